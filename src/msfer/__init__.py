@@ -1,0 +1,18 @@
+"""msfer: multi-scale, region-attention facial emotion recognition.
+
+Implements Zhang, Zhang, Fu and Qi, "A Multi-scale Attention-based Facial Emotion
+Recognition Method Based on Deep Learning", Instrumentation 9(3), 2022.
+"""
+from .labels import EMOTIONS
+
+__version__ = "0.1.0"
+__all__ = ["EMOTIONS", "EmotionRecognizer", "__version__"]
+
+
+def __getattr__(name):
+    # Imported lazily so that `import msfer` stays light (no torch) for the data tools.
+    if name == "EmotionRecognizer":
+        from .inference.recognizer import EmotionRecognizer
+
+        return EmotionRecognizer
+    raise AttributeError(f"module 'msfer' has no attribute {name!r}")

