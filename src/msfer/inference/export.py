@@ -1,0 +1,101 @@
+"""``msfer export``: the region network as an ONNX file that runs without PyTorch.
+
+The graph has one input, ``images`` (N x 3 x S x S float32, normalised as
+``mean``/``std`` say), a dynamic batch dimension, and the eval outputs of the
+network: ``logits`` (N x 7), ``boxes`` (N x R x 4, input pixels), ``box_scores``
+(N x R) and ``fallback`` (N, true where the default region layout was used). What a
+runtime needs to preprocess and to name the outputs is stored as JSON strings in the
+model's ``metadata_props``: ``classes``, ``input_size``, ``mean``, ``std``,
+``region_names`` (plus ``msfer_version``), so the file is self-describing like a
+checkpoint. Exported with PyTorch's TorchScript-based exporter, which needs no
+extra package (the newer dynamo exporter needs ``onnxscript``).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import warnings
+from pathlib import Path
+
+from ..errors import MsferError
+from ..labels import EMOTIONS
+
+OUTPUT_NAMES = ("logits", "boxes", "box_scores", "fallback")
+DEFAULT_OPSET = 17
+
+
+def onnx_bytes(model, source: str | Path, opset: int = DEFAULT_OPSET) -> bytes:
+    """The serialised ONNX model of ``model`` (an eval-mode msfer network), with msfer's metadata."""
+    import onnx
+    import torch
+
+    class EvalOutputs(torch.nn.Module):
+        """The network with its output dict as a tuple, the form ONNX outputs take."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = model
+
+        def forward(self, images):
+            output = self.net(images)
+            return tuple(output[name] for name in OUTPUT_NAMES)
+
+    size = int(model.input_size)
+    example = torch.zeros(2, 3, size, size)
+    buffer = io.BytesIO()
+    model.eval()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's deprecation and tracing chatter
+            torch.onnx.export(
+                EvalOutputs().cpu().eval(), (example,), buffer, input_names=["images"], output_names=list(OUTPUT_NAMES),
+                dynamic_axes={name: {0: "batch"} for name in ("images", *OUTPUT_NAMES)},
+                opset_version=opset, dynamo=False,
+            )
+    except Exception as error:  # the exporter raises many types; the user needs the model and the reason
+        raise MsferError(f"cannot export {source} to ONNX: {error}") from error
+    proto = onnx.load_from_string(buffer.getvalue())
+    from .. import __version__
+
+    metadata = {
+        "classes": list(EMOTIONS),
+        "input_size": size,
+        "mean": [float(v) for v in model.mean],
+        "std": [float(v) for v in model.std],
+        "region_names": list(model.region_names),
+        "msfer_version": __version__,
+    }
+    onnx.helper.set_model_props(proto, {key: json.dumps(value) for key, value in metadata.items()})
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
+
+
+def export_onnx(weights: str | Path | None, out: str | Path, opset: int = DEFAULT_OPSET) -> Path:
+    """Export the checkpoint ``weights`` (default: the bundled model) to ``out``; return ``out``."""
+    from .recognizer import TorchClassifier
+    from ..weights import default_weights_path
+
+    weights = Path(weights) if weights is not None else default_weights_path()
+    if opset < 17:
+        raise MsferError(f"opset {opset} is too old: msfer exports with opset 17 or newer")
+    data = onnx_bytes(TorchClassifier(weights, "cpu").model, weights, opset)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(out)  # never leave a half-written model under the final name
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=["onnx"], default="onnx", help="export format (only onnx)")
+    parser.add_argument("--out", required=True, type=Path, help="the file to write, e.g. model.onnx")
+    parser.add_argument("--weights", type=Path, help="checkpoint of 'msfer train' (default: the bundled model)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, 17 or newer (default {DEFAULT_OPSET})")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = export_onnx(args.weights, args.out, args.opset)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, opset {args.opset}, dynamic batch)")
+    return 0

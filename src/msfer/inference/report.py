@@ -1,0 +1,176 @@
+"""``msfer report VIDEO --out DIR``: an HTML report of the emotions shown by each face in a video.
+
+DIR gets ``report.html``, one ``timeline_<track>.png`` per tracked face (the 7
+probabilities over time, stacked), ``shares.png`` (the share of processed frames
+in which each emotion was the top label, per face) and ``frames.jsonl`` (the raw
+per-frame results, as ``msfer predict --out`` writes them). The report says plainly
+that it is a research aid, not a diagnosis.
+"""
+from __future__ import annotations
+
+import argparse
+import html
+from collections import Counter
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ..errors import MsferError
+from ..labels import EMOTIONS
+from .predict import ResultWriter
+from .recognizer import EmotionRecognizer
+from .video import VideoFrame, VideoSource, predict_video
+
+DISCLAIMER = (
+    "This report is a research aid, not a diagnosis. It shows what a neural network trained on posed and "
+    "web photos reads from facial expressions; expressions do not reliably reveal what a person feels, "
+    "the network makes mistakes (more so for some people, faces, lighting and cultures than others), and "
+    "nothing here should be used to make decisions about a person."
+)
+EMOTION_COLORS = {"angry": "#d62728", "disgust": "#8c564b", "fear": "#9467bd", "happy": "#ffbf00",
+                  "sad": "#1f77b4", "surprise": "#ff7f0e", "neutral": "#9e9e9e"}
+
+
+@dataclass
+class TrackSummary:
+    """The processed frames of one tracked face: times, probabilities (T x 7) and top labels."""
+
+    track_id: int
+    times: list[float] = field(default_factory=list)
+    probs: list[list[float]] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+
+    def shares(self) -> dict[str, float]:
+        """Fraction of this face's frames in which each emotion was the top label (canonical order)."""
+        counts = Counter(self.labels)
+        return {name: counts[name] / len(self.labels) for name in EMOTIONS}
+
+
+def summarise_tracks(frames: list[VideoFrame]) -> list[TrackSummary]:
+    """Per-track summaries of the processed frames, in order of first appearance."""
+    tracks: dict[int, TrackSummary] = {}
+    for frame in frames:
+        for face in frame.faces:
+            track = tracks.setdefault(face.track_id, TrackSummary(face.track_id))
+            track.times.append(frame.time)
+            track.probs.append([face.probs[name] for name in EMOTIONS])
+            track.labels.append(face.label)
+    return list(tracks.values())
+
+
+def plot_timeline(track: TrackSummary, path: Path) -> None:
+    """The 7 probabilities of one face over time, stacked to 1."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(9, 2.8), dpi=100)
+    probs = np.asarray(track.probs).T
+    axes.stackplot(track.times, probs, labels=EMOTIONS, colors=[EMOTION_COLORS[name] for name in EMOTIONS])
+    axes.set(xlabel="time (s)", ylabel="probability", ylim=(0, 1), title=f"face {track.track_id}")
+    axes.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def plot_shares(tracks: list[TrackSummary], path: Path) -> None:
+    """One horizontal bar per face: the share of its frames with each top label."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(9, 0.5 * len(tracks) + 1.4), dpi=100)
+    names = [f"face {track.track_id}" for track in tracks]
+    left = np.zeros(len(tracks))
+    for emotion in EMOTIONS:
+        share = np.array([track.shares()[emotion] for track in tracks])
+        axes.barh(names, share, left=left, color=EMOTION_COLORS[emotion], label=emotion)
+        left += share
+    axes.set(xlabel="share of the face's frames (top label)", xlim=(0, 1))
+    axes.invert_yaxis()
+    axes.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def write_report(video: Path, frames: list[VideoFrame], out_dir: Path, settings: dict[str, object]) -> Path:
+    """Write the plots and ``report.html`` for the processed ``frames`` of ``video`` into ``out_dir``; return the HTML path."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tracks = summarise_tracks(frames)
+    for track in tracks:
+        plot_timeline(track, out_dir / f"timeline_{track.track_id}.png")
+    if tracks:
+        plot_shares(tracks, out_dir / "shares.png")
+    with ExitStack() as stack:
+        writer = ResultWriter(out_dir / "frames.jsonl", stack)
+        for frame in frames:
+            writer.write({"source": str(video), "frame": frame.index, "time": frame.time, "faces": frame.faces})
+
+    duration = frames[-1].time if frames else 0.0
+    rows = "\n".join(
+        "<tr>" + "".join(f"<td>{cell}</td>" for cell in (
+            track.track_id, f"{track.times[0]:.2f}", f"{track.times[-1]:.2f}", len(track.times),
+            Counter(track.labels).most_common(1)[0][0],
+            *(f"{100 * share:.0f}%" for share in track.shares().values()),
+        )) + "</tr>"
+        for track in tracks
+    )
+    header = "".join(f"<th>{name}</th>" for name in ("face", "first seen (s)", "last seen (s)", "frames", "most often", *EMOTIONS))
+    timelines = "\n".join(
+        f'<img src="timeline_{track.track_id}.png" alt="emotion timeline of face {track.track_id}">' for track in tracks
+    )
+    settings_text = ", ".join(f"{key}: {html.escape(str(value))}" for key, value in settings.items())
+    body = (
+        f"<h2>Share of time in each emotion</h2>\n<img src=\"shares.png\" alt=\"share of time per emotion\">\n"
+        f"<h2>Faces</h2>\n<table>\n<tr>{header}</tr>\n{rows}\n</table>\n<h2>Emotion timelines</h2>\n{timelines}"
+        if tracks else "<p><strong>No face was found in the processed frames.</strong></p>"
+    )
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>msfer report: {html.escape(video.name)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; color: #222; }}
+.notice {{ border: 2px solid #c62828; background: #fff3f3; padding: 0.8em 1em; }}
+table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }}
+img {{ max-width: 100%; display: block; margin: 0.5em 0; }}
+</style></head><body>
+<h1>Facial emotion report: {html.escape(video.name)}</h1>
+<p class="notice"><strong>Research aid, not a diagnosis.</strong> {DISCLAIMER}</p>
+<p>{len(frames)} processed frames over {duration:.1f} s; {len(tracks)} tracked face(s). {settings_text}.</p>
+{body}
+</body></html>
+"""
+    path = out_dir / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("video", type=Path, metavar="VIDEO", help="the video file to analyse")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for report.html, its plots and frames.jsonl")
+    parser.add_argument("--weights", type=Path, help="a .pt checkpoint or an .onnx export (default: the bundled model)")
+    parser.add_argument("--device", default="cpu", help="torch device for the classifier (default cpu)")
+    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="classifier runtime (default torch)")
+    parser.add_argument("--every", type=int, default=1, metavar="N", help="process every N-th frame (default 1, all)")
+    parser.add_argument("--smooth", type=float, default=0.6, metavar="FACTOR",
+                        help="weight of the past in each face's moving average of probabilities, in [0, 1); 0 is off (default 0.6)")
+    parser.add_argument("--detect-size", type=int, default=640, help="longest side of the copy the face detector sees (default 640)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 0.0 <= args.smooth < 1.0:
+        raise MsferError(f"--smooth must be in [0, 1), got {args.smooth}")
+    recognizer = EmotionRecognizer(args.weights, device=args.device, backend=args.backend, detect_size=args.detect_size)
+    with VideoSource(args.video) as video, tqdm(total=video.frame_count, desc=args.video.name, unit="frame") as progress:
+        frames = []
+        for frame in predict_video(recognizer, video, args.every, args.smooth):
+            if frame.processed:
+                frame.image = None  # only the results are needed: keeps memory flat on long videos
+                frames.append(frame)
+            progress.update()
+    settings = {"model": args.weights or "bundled", "every": args.every, "smoothing": args.smooth}
+    print(f"wrote {write_report(args.video, frames, args.out, settings)}")
+    return 0

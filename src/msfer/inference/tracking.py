@@ -1,0 +1,88 @@
+"""Face tracks across video frames: IoU matching, stable ids, optional temporal smoothing.
+
+Faces move little between consecutive (processed) frames, so a face is the same
+person as the track whose last box overlaps it most, if that overlap is at least
+``iou_threshold``; pairs are matched greedily from the highest IoU down, each track
+and face at most once. An unmatched face starts a new track; a track unmatched for
+more than ``max_missed`` processed frames ends (its id is never reused).
+
+Smoothing is an exponential moving average of each track's probabilities:
+``smoothed = smoothing * previous + (1 - smoothing) * current``, so 0 is off and
+values near 1 follow slowly. It steadies labels that flicker between neighbouring
+emotions from frame to frame.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..labels import EMOTIONS
+from .recognizer import FaceResult
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in ``a`` (N x 4) with every box in ``b`` (M x 4), N x M."""
+    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
+    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    intersection = np.prod(np.clip(bottom_right - top_left, 0, None), axis=2)
+    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
+    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
+    return intersection / (area_a[:, None] + area_b[None, :] - intersection + 1e-9)
+
+
+@dataclass
+class Track:
+    id: int
+    box: np.ndarray
+    probs: np.ndarray
+    missed: int = 0
+
+
+class FaceTracker:
+    """Assigns ``track_id`` to the faces of successive frames; see the module docstring."""
+
+    def __init__(self, iou_threshold: float = 0.3, max_missed: int = 10, smoothing: float = 0.0) -> None:
+        if not 0.0 <= smoothing < 1.0:
+            raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+        self.iou_threshold, self.max_missed, self.smoothing = iou_threshold, max_missed, smoothing
+        self.tracks: list[Track] = []
+        self.next_id = 1
+
+    def update(self, faces: list[FaceResult]) -> list[FaceResult]:
+        """Set each face's ``track_id`` (and, when smoothing, its probs, label and confidence); return ``faces``."""
+        matches = self._match(faces)
+        matched_tracks = set(matches.values())
+        for track_index, track in enumerate(self.tracks):
+            if track_index not in matched_tracks:
+                track.missed += 1
+        for face_index, face in enumerate(faces):
+            probs = np.array([face.probs[name] for name in EMOTIONS])
+            if face_index in matches:
+                track = self.tracks[matches[face_index]]
+                track.box, track.missed = np.asarray(face.box, dtype=np.float64), 0
+                track.probs = self.smoothing * track.probs + (1 - self.smoothing) * probs
+            else:
+                track = Track(self.next_id, np.asarray(face.box, dtype=np.float64), probs)
+                self.tracks.append(track)
+                self.next_id += 1
+            face.track_id = track.id
+            if self.smoothing:
+                best = int(np.argmax(track.probs))
+                face.probs = {name: round(float(p), 5) for name, p in zip(EMOTIONS, track.probs)}
+                face.label, face.confidence = EMOTIONS[best], round(float(track.probs[best]), 5)
+        self.tracks = [track for track in self.tracks if track.missed <= self.max_missed]
+        return faces
+
+    def _match(self, faces: list[FaceResult]) -> dict[int, int]:
+        """Face index -> track index, greedy by decreasing IoU above the threshold."""
+        if not faces or not self.tracks:
+            return {}
+        iou = box_iou(np.array([face.box for face in faces], dtype=np.float64), np.array([t.box for t in self.tracks]))
+        matches: dict[int, int] = {}
+        for face_index, track_index in zip(*np.unravel_index(np.argsort(-iou, axis=None), iou.shape)):
+            if iou[face_index, track_index] < self.iou_threshold:
+                break
+            if face_index not in matches and track_index not in matches.values():
+                matches[int(face_index)] = int(track_index)
+        return matches

@@ -1,0 +1,199 @@
+"""The Python API: EmotionRecognizer on real photos (scikit-image's astronaut), with a random-weight model.
+
+The fixtures here are imported by the other tests/test_inference_*.py files.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from msfer import EMOTIONS, EmotionRecognizer
+from msfer.errors import MsferError
+from msfer.inference.recognizer import face_transform, map_boxes_back, to_rgb_array
+
+skimage_data = pytest.importorskip("skimage.data")
+
+# Eileen Collins' face in skimage.data.astronaut() (512 x 512): measured by eye, generous.
+ASTRONAUT_FACE = (150, 30, 300, 200)
+
+
+@pytest.fixture(scope="session")
+def random_weights(tmp_path_factory) -> Path:
+    """A checkpoint of the CPU model with random weights, saved as the engine saves one (shared by the inference tests)."""
+    path = tmp_path_factory.getbasetemp() / "inference_model" / "random.pt"
+    if not path.is_file():  # another test module's copy of this fixture may have written it already
+        import torch
+
+        from msfer.engine.checkpoint import describe, save_checkpoint
+        from msfer.model import build_model
+
+        torch.manual_seed(0)
+        config = {"name": "msfer_mobilenetv2", "pretrained": False}
+        model = build_model(config)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint({"model": model.state_dict(), **describe(model, {"model": config})}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def recognizer(random_weights) -> EmotionRecognizer:
+    return EmotionRecognizer(random_weights)
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> np.ndarray:
+    return skimage_data.astronaut()
+
+
+@pytest.fixture(scope="session")
+def astronaut_file(tmp_path_factory, astronaut) -> Path:
+    path = tmp_path_factory.mktemp("photos") / "astronaut.jpg"
+    Image.fromarray(astronaut).save(path, quality=95)
+    return path
+
+
+def inside(box, bounds, slack: float = 0.0) -> bool:
+    return box[0] >= bounds[0] - slack and box[1] >= bounds[1] - slack and box[2] <= bounds[2] + slack and box[3] <= bounds[3] + slack
+
+
+def test_one_face_with_every_field(recognizer, astronaut_file):
+    faces = recognizer.predict(astronaut_file)
+    assert len(faces) == 1
+    face = faces[0]
+    assert inside(face.box, ASTRONAUT_FACE) and face.score > 0.9
+    eyes, nose, mouth = face.landmarks[:2], face.landmarks[2], face.landmarks[3:]
+    assert max(y for _, y in eyes) < nose[1] < min(y for _, y in mouth)
+    assert list(face.probs) == list(EMOTIONS)
+    assert sum(face.probs.values()) == pytest.approx(1.0, abs=1e-3)
+    assert face.label == max(face.probs, key=face.probs.get) and face.confidence == face.probs[face.label]
+    assert list(face.regions) == list(recognizer.spec.region_names)
+    crop_side = max(face.box[2] - face.box[0], face.box[3] - face.box[1]) * recognizer.crop_scale
+    for region in face.regions.values():  # mapped back from crop pixels: inside the face crop, in image pixels
+        assert inside(region, face.box, slack=crop_side / 2) and region[2] > region[0] and region[3] > region[1]
+    record = face.to_dict()
+    assert set(record) == {"box", "score", "landmarks", "regions", "probs", "label", "confidence"}
+    json.dumps(record)
+
+
+def test_path_pil_rgb_and_bgr_arrays_agree(recognizer, astronaut, astronaut_file):
+    from_path = recognizer.predict(astronaut_file)[0]
+    decoded = np.asarray(Image.open(astronaut_file).convert("RGB"))
+    for same in (Image.fromarray(decoded), decoded, np.ascontiguousarray(decoded[:, :, ::-1])):
+        order = "bgr" if same is not decoded and isinstance(same, np.ndarray) else "rgb"
+        face = recognizer.predict(same, color_order=order)[0]
+        assert face.box == from_path.box and face.probs == from_path.probs
+    # A BGR array read as RGB is a different (blue-faced) image: the colour order matters.
+    assert recognizer.predict(decoded[:, :, ::-1].copy())[0].probs != from_path.probs
+
+
+def test_several_faces_largest_first_and_batch_equals_single(recognizer, astronaut):
+    small = np.asarray(Image.fromarray(astronaut).resize((384, 384)))
+    group = np.zeros((512, 512 + 384, 3), np.uint8)
+    group[:, :512], group[:384, 512:] = astronaut, small
+    faces = recognizer.predict(group)
+    assert len(faces) == 2
+    assert inside(faces[0].box, ASTRONAUT_FACE)  # the full-size face is the larger
+    assert faces[1].box[0] > 512
+    batch = recognizer.predict_batch([group, astronaut, skimage_data.coffee()])
+    assert [len(result) for result in batch] == [2, 1, 0]
+    assert batch[0][0].box == faces[0].box
+    assert batch[0][1].probs == pytest.approx(faces[1].probs, abs=1e-4)
+
+
+def test_no_face_and_tiny_images_give_empty_results(recognizer):
+    assert recognizer.predict(skimage_data.coffee()) == []
+    assert recognizer.predict(np.zeros((1, 1, 3), np.uint8)) == []
+    assert recognizer.predict(np.full((1, 1), 200, np.uint8)) == []
+
+
+def test_large_photo_is_detected_downscaled_and_mapped_back(recognizer, astronaut):
+    scale = 6  # 3072 x 3072: detection runs on a 640 px copy, the crop comes from full resolution
+    large = np.asarray(Image.fromarray(astronaut).resize((512 * scale, 512 * scale)))
+    face = recognizer.predict(large)[0]
+    small = recognizer.predict(astronaut)[0]
+    assert np.allclose(np.array(face.box) / scale, small.box, atol=4)
+
+
+def test_pre_cropped_faces(recognizer, astronaut):
+    crop = astronaut[40:200, 140:300]
+    faces = recognizer.classify_faces([crop, Image.fromarray(crop).resize((48, 48)).convert("L")])
+    assert [face.box for face in faces] == [[0, 0, 160, 160], [0, 0, 48, 48]]
+    assert faces[0].score is None and faces[0].landmarks is None
+    assert all(inside(region, face.box) for face in faces for region in face.regions.values())
+
+
+def test_tta_and_alignment_options(random_weights, recognizer, astronaut):
+    plain = recognizer.predict(astronaut)[0]
+    with_tta = EmotionRecognizer(random_weights, tta=True, detector=recognizer.detector).predict(astronaut)[0]
+    assert with_tta.box == plain.box and with_tta.probs != plain.probs
+    assert sum(with_tta.probs.values()) == pytest.approx(1.0, abs=1e-3)
+    rolled = np.asarray(Image.fromarray(astronaut).rotate(20, center=(225, 115)))  # head tilted by 20 degrees
+    aligned = EmotionRecognizer(random_weights, align=True, detector=recognizer.detector)
+    assert len(aligned.predict(rolled)) == 1
+
+
+def test_crop_transform_round_trip():
+    box, landmarks = np.array([100.0, 50.0, 180.0, 150.0]), np.array([[120, 90], [160, 80], [140, 110], [125, 130], [155, 125]], float)
+    for align in (False, True):
+        transform, side = face_transform(box, landmarks, crop_scale=1.0, align=align)
+        assert side == 100
+        center = transform @ np.array([140, 100, 1.0])
+        assert np.allclose(center, [50, 50])  # the face centre lands at the crop centre
+    transform, _ = face_transform(box, landmarks, 1.0, align=False)
+    crop_box = np.array([[10.0, 20.0, 60.0, 70.0]])
+    assert np.allclose(map_boxes_back(crop_box, transform, 1000, 1000), [[100, 70, 150, 120]])
+    assert np.allclose(map_boxes_back(crop_box, transform, 120, 100), [[100, 70, 120, 100]])  # clipped to the image
+
+
+def test_bad_inputs_raise_clear_errors(tmp_path, random_weights):
+    with pytest.raises(MsferError, match="uint8"):
+        to_rgb_array(np.zeros((4, 4, 3), np.float32))
+    with pytest.raises(MsferError, match="H x W"):
+        to_rgb_array(np.zeros((4, 4, 4), np.uint8))
+    with pytest.raises(MsferError, match="no such image"):
+        to_rgb_array(tmp_path / "absent.jpg")
+    with pytest.raises(MsferError, match="does not exist"):
+        EmotionRecognizer(tmp_path / "absent.pt")
+    not_a_model = tmp_path / "model.pt"
+    not_a_model.write_text("hello")
+    with pytest.raises(MsferError, match="cannot read checkpoint"):
+        EmotionRecognizer(not_a_model)
+    with pytest.raises(MsferError, match="backend"):
+        EmotionRecognizer(random_weights, backend="tensorrt")
+
+
+def test_bundled_model_reads_a_smile(astronaut):
+    from msfer.weights import BUNDLED_MODEL
+
+    if not BUNDLED_MODEL.is_file():
+        pytest.skip(f"the bundled model {BUNDLED_MODEL} is not there yet")
+    face = EmotionRecognizer().predict(astronaut)[0]
+    assert face.label == "happy"
+
+
+def test_whole_pipeline_evaluation_counts_missed_faces_as_wrong(recognizer, astronaut_file, tmp_path):
+    from msfer.data.samples import Sample
+    from msfer.engine.metrics import write_report
+    from msfer.inference.detect_eval import evaluate_with_detection
+
+    coffee = tmp_path / "coffee.jpg"
+    Image.fromarray(skimage_data.coffee()).save(coffee)
+    happy, sad = EMOTIONS.index("happy"), EMOTIONS.index("sad")
+    samples = [Sample("happy/astronaut.jpg", happy, "test", path=astronaut_file),
+               Sample("sad/coffee.jpg", sad, "test", path=coffee)]
+    metrics = evaluate_with_detection(recognizer, samples)
+    predicted = recognizer.predict(astronaut_file)[0].label
+    assert metrics["n"] == 2
+    assert metrics["overall_accuracy"] == (0.5 if predicted == "happy" else 0.0)
+    assert metrics["per_class"]["sad"]["recall"] == 0.0 and metrics["per_class"]["sad"]["support"] == 1
+    assert "no_face" not in metrics["per_class"]
+    matrix = np.array(metrics["confusion_matrix"])
+    assert matrix.shape == (7, 7) and matrix.sum() == 1 and matrix[happy, EMOTIONS.index(predicted)] == 1
+    assert metrics["detection"] == {"faces_found": 1, "faces_missed": 1, "miss_rate": 0.5,
+                                    "missed_per_class": {name: int(name == "sad") for name in EMOTIONS},
+                                    "missed_ids": ["sad/coffee.jpg"]}
+    assert json.loads(write_report(metrics, tmp_path / "eval", EMOTIONS, echo=False).read_text()) == metrics

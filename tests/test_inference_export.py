@@ -1,0 +1,72 @@
+"""`msfer export --format onnx` and the ONNX Runtime backend: same numbers as PyTorch on real faces."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from msfer.cli import main
+from msfer.errors import MsferError
+from msfer.inference.recognizer import EmotionRecognizer, OnnxClassifier, TorchClassifier
+
+from test_inference_api import astronaut, random_weights  # noqa: F401  (shared fixtures)
+
+onnx = pytest.importorskip("onnx")
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tmp_path_factory, random_weights):
+    out = tmp_path_factory.mktemp("export") / "model.onnx"
+    assert main(["export", "--format", "onnx", "--out", str(out), "--weights", str(random_weights)]) == 0
+    return out
+
+
+def real_face_crops(recognizer: EmotionRecognizer, astronaut: np.ndarray) -> np.ndarray:
+    """Normalised network inputs of real faces: the astronaut, mirrored, and two of them in one photo at other scales."""
+    from PIL import Image
+
+    photos = [astronaut, astronaut[:, ::-1].copy(), np.asarray(Image.fromarray(astronaut).resize((900, 900)))]
+    crops = [recognizer.crop_face(photo, face)[0] for photo, faces in zip(photos, recognizer.detect(photos)) for face in faces]
+    return recognizer.spec.normalise(np.stack(crops))
+
+
+def test_onnx_file_is_valid_with_metadata_and_dynamic_batch(onnx_file):
+    model = onnx.load(str(onnx_file))
+    onnx.checker.check_model(model)
+    assert max(opset.version for opset in model.opset_import if opset.domain in ("", "ai.onnx")) >= 17
+    metadata = {prop.key: json.loads(prop.value) for prop in model.metadata_props}
+    assert metadata["classes"] == ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+    assert metadata["input_size"] == 112 and len(metadata["mean"]) == len(metadata["std"]) == 3
+    assert metadata["region_names"] == ["face", "left_eye", "right_eye", "nose", "mouth"]
+    batch_dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param and not batch_dim.dim_value
+
+
+def test_onnx_matches_pytorch_on_real_faces(onnx_file, random_weights, astronaut):
+    torch_net = TorchClassifier(random_weights, "cpu")
+    onnx_net = OnnxClassifier(onnx_file, str(onnx_file))
+    recognizer = EmotionRecognizer(random_weights)
+    batch = real_face_crops(recognizer, astronaut)
+    assert len(batch) == 3
+    for inputs in (batch, batch[:1]):  # batched and single
+        torch_logits, torch_boxes = torch_net(inputs)
+        onnx_logits, onnx_boxes = onnx_net(inputs)
+        assert np.abs(onnx_logits - torch_logits).max() <= 1e-4
+        assert np.abs(onnx_boxes - torch_boxes).max() <= 1e-4 * recognizer.spec.input_size
+
+
+def test_recognizer_onnx_backend(onnx_file, random_weights, astronaut):
+    torch_face = EmotionRecognizer(random_weights).predict(astronaut)[0]
+    for weights in (onnx_file, random_weights):  # an exported file, or a checkpoint exported in memory
+        onnx_face = EmotionRecognizer(weights, backend="onnx").predict(astronaut)[0]
+        assert onnx_face.box == torch_face.box
+        assert onnx_face.probs == pytest.approx(torch_face.probs, abs=1e-4)
+    with pytest.raises(MsferError, match="backend 'onnx'"):
+        EmotionRecognizer(onnx_file)
+
+
+def test_export_errors(tmp_path, random_weights):
+    assert main(["export", "--out", str(tmp_path / "m.onnx"), "--weights", str(tmp_path / "absent.pt")]) == 2
+    assert main(["export", "--out", str(tmp_path / "m.onnx"), "--weights", str(random_weights), "--opset", "13"]) == 2
+    assert not (tmp_path / "m.onnx").exists()
