@@ -1,0 +1,62 @@
+"""Backbones that return the stride 8/16/32 feature maps C3, C4, C5 for the FPN.
+
+ResNet-18/34/50 give the outputs of ``layer2``/``layer3``/``layer4`` (the paper's C3..C5;
+C2 is never computed into a P2, as the paper says). MobileNetV2 gives the last block of its
+stride-8 (32 ch), stride-16 (96 ch) and stride-32 (320 ch) stages; its final 1x1 conv to
+1280 channels is dropped, as torchvision's SSDLite/FPN detectors do, since the FPN's
+lateral 1x1 convs replace it.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import Tensor, nn
+from torchvision import models
+
+from ..errors import MsferError
+from .pretrained import imagenet_weights_path
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2")
+
+
+class Backbone(nn.Module):
+    """``stages`` run in sequence; each returns one of C3, C4, C5 (``out_channels``)."""
+
+    strides = (8, 16, 32)
+
+    def __init__(self, stem: nn.Module, stages: list[nn.Module], out_channels: list[int]) -> None:
+        super().__init__()
+        self.stem = stem
+        self.stages = nn.ModuleList(stages)
+        self.out_channels = out_channels
+
+    def forward(self, images: Tensor) -> OrderedDict[str, Tensor]:
+        x = self.stem(images)
+        features = OrderedDict()
+        for level, stage in zip((3, 4, 5), self.stages):
+            x = stage(x)
+            features[f"c{level}"] = x
+        return features
+
+
+def _load_imagenet(net: nn.Module, name: str) -> None:
+    state = torch.load(imagenet_weights_path(name), map_location="cpu", weights_only=True)
+    net.load_state_dict(state)
+
+
+def build_backbone(name: str, pretrained: bool) -> Backbone:
+    """The named backbone, with ImageNet weights when ``pretrained`` (from the offline cache only)."""
+    if name not in BACKBONES:
+        raise MsferError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONES)}")
+    net = getattr(models, name)(weights=None)
+    if pretrained:
+        _load_imagenet(net, name)
+    if name.startswith("resnet"):
+        stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1)
+        stages = [net.layer2, net.layer3, net.layer4]
+        expansion = type(net.layer1[0]).expansion  # 1 for BasicBlock, 4 for Bottleneck
+        return Backbone(stem, stages, [width * expansion for width in (128, 256, 512)])
+    features = net.features  # stride 8 ends after block 6, stride 16 after 13, stride 32 after 17
+    stages = [features[4:7], features[7:14], features[14:18]]
+    return Backbone(features[:4], stages, [32, 96, 320])

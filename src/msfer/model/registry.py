@@ -1,0 +1,103 @@
+"""Named model configurations (timm style) and :func:`build_model`.
+
+Every entry is a complete config: ``build_model({"name": "msfer_resnet50"})`` builds it and
+any other key overrides that entry's value. Unknown keys are an error, never ignored.
+
+* ``msfer_mobilenetv2``: the CPU/laptop recipe. ImageNet MobileNetV2 (offline weights),
+  112 px, a 48-channel FPN, 48-wide head branches, 4x4 detector RoIs (16 per image), organ
+  RoIs 6x6 and face RoI 10x10 (P3 is 14x14 at 112 px, so larger pools only interpolate).
+  Sized so that training costs about 0.85x a plain MobileNetV2 classifier's time per image on a
+  2-core CPU (the 64-channel/5x5/24-RoI variant cost about 0.55x); see benchmarks/model_speed.py.
+* ``msfer_resnet18/34/50``: the paper's setting: 224 px, 256-channel FPN, organ RoIs 14x14,
+  face RoI 56x56, torchvision-sized detector (7x7 RoIs, 128 RoIs per image). ResNet
+  ImageNet weights are not available offline, so ``pretrained`` defaults to False.
+* ``classifier_resnet18``, ``classifier_mobilenetv2``: the plain-classifier baseline.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from torch import nn
+
+from ..errors import MsferError
+from .emotionnet import EmotionClassifier, EmotionNet
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+_COMMON = {
+    "input_size": 112,
+    "mean": IMAGENET_MEAN,
+    "std": IMAGENET_STD,
+    "dropout": 0.5,
+    "emotion_gamma": 2.0,
+    "label_smoothing": 0.0,
+    "class_weights": None,
+}
+
+_EMOTIONNET = {
+    "type": "emotionnet",
+    "backbone": "mobilenet_v2",
+    "pretrained": True,
+    **_COMMON,
+    "fpn_channels": 48,
+    "anchor_size_multiplier": 2.0,
+    "proposals_per_level": 16,
+    "rois_per_image": 16,
+    "positive_fraction": 0.25,
+    "detector_pool": 4,
+    "detector_channels": 32,
+    "detector_gamma": 2.0,
+    "box_loss_weight": 1.0,
+    "detector_weight": 1.0,
+    "region_score_threshold": 0.3,
+    "organ_pool": 6,
+    "face_pool": 10,
+    "head_channels": 48,
+    "scales": [1, 2, 3],
+    "region_source": "learned",
+    "merge_eyes": False,
+}
+
+_CLASSIFIER = {"type": "classifier", "backbone": "resnet18", "pretrained": False, **_COMMON}
+
+_PAPER = {
+    "pretrained": False, "input_size": 224, "fpn_channels": 256, "proposals_per_level": 64, "rois_per_image": 128,
+    "detector_pool": 7, "detector_channels": 256, "organ_pool": 14, "face_pool": 56, "head_channels": 256,
+}
+
+MODELS: dict[str, dict[str, Any]] = {
+    "msfer_mobilenetv2": dict(_EMOTIONNET),
+    **{f"msfer_{name}": {**_EMOTIONNET, **_PAPER, "backbone": name} for name in ("resnet18", "resnet34", "resnet50")},
+    "classifier_resnet18": dict(_CLASSIFIER),
+    "classifier_mobilenetv2": {**_CLASSIFIER, "backbone": "mobilenet_v2", "pretrained": True},
+}
+_TYPES = {"emotionnet": (EmotionNet, _EMOTIONNET), "classifier": (EmotionClassifier, _CLASSIFIER)}
+
+
+def model_config(name: str) -> dict[str, Any]:
+    """A copy of the named config (with its ``name``)."""
+    if name not in MODELS:
+        raise MsferError(f"unknown model {name!r}; registered: {', '.join(MODELS)}")
+    return {"name": name, **copy.deepcopy(MODELS[name])}
+
+
+def build_model(cfg: dict[str, Any]) -> nn.Module:
+    """Build a model from ``cfg``: a registered ``name`` (its defaults, overridden by the other keys), or a full config."""
+    cfg = dict(cfg)
+    name = cfg.pop("name", None)
+    if name is not None:
+        cfg = {**model_config(name), **cfg}
+        cfg.pop("name")
+    model_type = cfg.get("type", "emotionnet")
+    if model_type not in _TYPES:
+        raise MsferError(f"unknown model type {model_type!r}; expected one of {', '.join(_TYPES)}")
+    cls, defaults = _TYPES[model_type]
+    unknown = sorted(set(cfg) - set(defaults))
+    if unknown:
+        raise MsferError(f"unknown model config keys {unknown}; valid keys for type {model_type!r}: "
+                         f"{', '.join(['name', *sorted(defaults)])}")
+    cfg = {**defaults, **cfg}
+    del cfg["type"]
+    return cls(**cfg)
