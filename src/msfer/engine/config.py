@@ -1,0 +1,234 @@
+"""Run configuration: a YAML file, its ``_base_`` files, and ``key.sub=value`` overrides.
+
+Design (after detectron2's LazyConfig / yacs):
+
+* :data:`DEFAULTS` is the schema. Every key a config may set is here with its default,
+  so a typo (``train.lr_rate``) is an error naming the key and the keys that exist,
+  not a silently ignored setting. The one open section is ``model``: it is handed to
+  :func:`msfer.model.build_model`, which validates it.
+* ``_base_: other.yaml`` (a path relative to the file, or a list of paths) makes a file
+  a small diff on another one, which keeps the ablation configs a few lines long.
+  Mappings merge recursively; any other value (lists included) replaces.
+* Overrides ``a.b=value`` are applied last; ``value`` is parsed as YAML, so ``true``,
+  ``3e-4``, ``null`` and ``[0.8, 1.0]`` mean what they look like.
+* The merged result is saved as ``config.yaml`` beside a run's outputs, and is what a
+  checkpoint carries, so a run can be reproduced from either alone.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from numbers import Number
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from ..errors import MsferError
+
+Config = dict[str, Any]
+
+DEFAULTS: Config = {
+    # Passed to msfer.model.build_model (e.g. {"name": "msfer_mobilenetv2", "pretrained": true}).
+    "model": {},
+    "data": {
+        "format": "fer2013",  # a msfer.data.readers format name
+        "root": None,
+        "reader_options": {},  # extra keyword arguments of read_dataset
+        "train_split": "train",
+        # The split used for model selection (best.pt). It is validation: never the split you report as test.
+        "val_split": "public_test",
+        "annotations": None,  # JSONL of `msfer annotate`: region targets for the detector
+        "soft_labels": False,  # train on Sample.soft_label (e.g. FER+ vote distributions)
+        "balanced_sampling": False,  # draw classes equally often (sampling with replacement)
+        "cache_images": False,  # decode every image once into memory before the first epoch
+        # Side of the stored images; the on-device augmentation resamples them to the model's
+        # input size. null: the model's input size. 48 for FER2013 keeps its cache at 200 MB.
+        "image_size": None,
+        "limit": None,  # use only the first N samples of each split (smoke runs)
+        "num_workers": 2,
+        "augment": {
+            "scale": [0.75, 1.0],  # random resized crop: crop area as a fraction of the image
+            "ratio": [0.9, 1.1],  # crop aspect ratio range
+            "translate": 0.05,  # extra shift of the crop centre, fraction of the image side
+            "rotation": 10.0,  # degrees, uniform in [-rotation, rotation]
+            "flip": 0.5,  # probability of a horizontal flip (swaps left and right organs)
+            "brightness": 0.3,  # factor in [1 - b, 1 + b]
+            "contrast": 0.3,
+            "saturation": 0.0,  # only meaningful for colour images
+            "erase": 0.25,  # probability of random erasing (occlusion)
+            "erase_area": [0.02, 0.2],  # erased area as a fraction of the image
+            "min_box_visible": 0.5,  # a box with less of its area left in view becomes invalid
+        },
+    },
+    "train": {
+        "epochs": 30,
+        "batch_size": 64,
+        "optimizer": "adamw",  # adam | adamw | sgd
+        "lr": 1e-3,
+        "weight_decay": 0.05,
+        "momentum": 0.9,  # sgd only
+        "schedule": "onecycle",  # onecycle | cosine | none
+        "warmup_epochs": 1.0,  # linear warm-up (onecycle: its rising phase)
+        "label_smoothing": 0.0,
+        "class_weights": "none",  # none | balanced (inverse class frequency in the emotion loss)
+        "grad_clip": None,  # max gradient norm
+        "amp": False,  # false | bf16 | fp16 (CUDA only; bf16 needs no loss scaling)
+        "channels_last": False,
+        "ema": None,  # decay of an exponential moving average of the weights (e.g. 0.999); null: off
+        "seed": 0,
+        "max_minutes": None,  # time budget, see msfer.engine.train
+        "val_every": 1,  # validate every N epochs (and always after the last)
+        "select_metric": "mean_class_accuracy",  # overall_accuracy | mean_class_accuracy
+        "device": "auto",  # auto | cpu | cuda | cuda:N
+    },
+    "eval": {
+        "batch_size": 256,
+        "tta": False,  # average the softmax of each image and its mirror image
+        "regions": "learned",  # learned | pseudo: boxes from the detector, or the annotations
+    },
+    "output_dir": "runs/default",
+}
+
+CHOICES: dict[str, tuple] = {
+    "train.optimizer": ("adam", "adamw", "sgd"),
+    "train.schedule": ("onecycle", "cosine", "none"),
+    "train.class_weights": ("none", "balanced"),
+    "train.amp": (False, "bf16", "fp16"),
+    "train.select_metric": ("overall_accuracy", "mean_class_accuracy"),
+    "eval.regions": ("learned", "pseudo"),
+}
+
+# Sections whose contents are free-form (validated by whoever consumes them).
+OPEN_SECTIONS = ("model", "data.reader_options")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``3e-4`` as a string (it wants ``3.0e-4``); a learning rate should not need the dot."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+               r"|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = (), base: Config | None = None) -> Config:
+    """The defaults, merged with ``base`` (e.g. a checkpoint's config), the file ``path``, then ``overrides``."""
+    config = copy.deepcopy(DEFAULTS)
+    if base is not None:
+        config = merge(config, base)
+    if path is not None:
+        config = merge(config, _read_with_bases(Path(path), seen=()))
+    for override in overrides:
+        config = merge(config, parse_override(override))
+    validate(config)
+    return config
+
+
+def merge(base: Config, update: Config) -> Config:
+    """``update`` merged into a copy of ``base``: mappings recursively, other values replaced."""
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def parse_override(text: str) -> Config:
+    """``"train.lr=3e-4"`` -> ``{"train": {"lr": 0.0003}}`` (the value parsed as YAML)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise MsferError(f"override {text!r} is not of the form key.sub=value (e.g. train.lr=3e-4)")
+    try:
+        parsed = parse_yaml(value) if value.strip() else None
+    except yaml.YAMLError as error:
+        raise MsferError(f"override {text!r}: the value is not valid YAML ({error})") from None
+    nested: Any = parsed
+    for part in reversed(key.strip().split(".")):
+        nested = {part: nested}
+    return nested
+
+
+def validate(config: Config) -> None:
+    """Raise :class:`MsferError` for keys the schema does not know and values outside their choices."""
+    _check_keys(config, DEFAULTS, prefix="")
+    for key, allowed in CHOICES.items():
+        value = get(config, key)
+        if value not in allowed:
+            raise MsferError(f"config {key}={value!r} is not one of {', '.join(map(repr, allowed))}")
+
+
+def get(config: Config, dotted_key: str) -> Any:
+    value: Any = config
+    for part in dotted_key.split("."):
+        value = value[part]
+    return value
+
+
+def save_config(config: Config, out_dir: str | Path) -> Path:
+    path = Path(out_dir) / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _read_with_bases(path: Path, seen: tuple[Path, ...]) -> Config:
+    path = path.resolve()
+    if path in seen:
+        raise MsferError(f"config {path}: _base_ files include each other in a cycle")
+    try:
+        loaded = parse_yaml(path.read_text()) or {}
+    except FileNotFoundError:
+        raise MsferError(f"config file not found: {path}") from None
+    except yaml.YAMLError as error:
+        raise MsferError(f"config {path} is not valid YAML: {error}") from None
+    if not isinstance(loaded, dict):
+        raise MsferError(f"config {path} must be a mapping of sections, not {type(loaded).__name__}")
+    bases = loaded.pop("_base_", [])
+    merged: Config = {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        merged = merge(merged, _read_with_bases(path.parent / base, seen + (path,)))
+    return merge(merged, loaded)
+
+
+def _check_keys(config: Config, schema: Config, prefix: str) -> None:
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if key not in schema:
+            raise MsferError(f"unknown config key {dotted!r}; known keys here: {', '.join(schema)}")
+        if dotted in OPEN_SECTIONS:
+            if not isinstance(value, dict):
+                raise MsferError(f"config {dotted} must be a mapping, not {value!r}")
+            continue
+        default = schema[key]
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise MsferError(f"config {dotted} must be a mapping of keys, not {value!r}")
+            _check_keys(value, default, prefix=f"{dotted}.")
+        elif dotted not in CHOICES and not _same_kind(value, default):
+            raise MsferError(f"config {dotted}={value!r} has the wrong type: expected a {_kind(default)}")
+
+
+def _kind(default: Any) -> str:
+    if isinstance(default, bool):
+        return "boolean"
+    return "number" if isinstance(default, Number) else type(default).__name__
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    """Whether ``value`` may stand where the schema's ``default`` is (``None`` and defaults of ``None`` match anything)."""
+    if value is None or default is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, Number):
+        return isinstance(value, Number) and not isinstance(value, bool)
+    return isinstance(value, type(default))

@@ -1,0 +1,139 @@
+"""Classification and region-detection metrics over a whole split, and their report.
+
+Every number is computed from the complete list of predictions, never averaged over
+batches. ``mean_class_accuracy`` is the mean of per-class recall over the classes that
+occur in the split (a class with no sample has no recall; counting it as 0 or 1 would
+invent a number).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+
+def compute_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[str]) -> dict:
+    """``n``, ``overall_accuracy``, ``mean_class_accuracy``, ``per_class`` and ``confusion_matrix`` (rows true, columns predicted)."""
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    k = len(classes)
+    matrix = np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
+    support = matrix.sum(axis=1)
+    predicted = matrix.sum(axis=0)
+    correct = np.diag(matrix)
+    recall = np.divide(correct, support, out=np.zeros(k), where=support > 0)
+    precision = np.divide(correct, predicted, out=np.zeros(k), where=predicted > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0)
+    present = support > 0
+    return {
+        "n": int(len(y_true)),
+        "overall_accuracy": float(correct.sum() / max(len(y_true), 1)),
+        "mean_class_accuracy": float(recall[present].mean()) if present.any() else 0.0,
+        "per_class": {
+            name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+            for i, name in enumerate(classes)
+        },
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def box_iou_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of corresponding boxes (``... x 4`` each, ``x1, y1, x2, y2``)."""
+    width = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    height = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    intersection = width * height
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    return intersection / np.maximum(area_a + area_b - intersection, 1e-9)
+
+
+def average_precision(scores: np.ndarray, hits: np.ndarray, num_truths: int) -> float:
+    """Area under the precision-recall curve (all-point interpolation, as PASCAL VOC 2010+ and COCO)."""
+    if num_truths == 0:
+        return 0.0
+    order = np.argsort(-scores, kind="stable")
+    true_pos = np.cumsum(hits[order])
+    precision = true_pos / np.arange(1, len(order) + 1)
+    recall = true_pos / num_truths
+    # Make precision monotonically decreasing, then sum over the recall steps.
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    recall_steps = np.diff(np.concatenate([[0.0], recall]))
+    return float((precision * recall_steps).sum())
+
+
+def region_detection(
+    pred_boxes: np.ndarray, pred_scores: np.ndarray, true_boxes: np.ndarray, true_valid: np.ndarray, region_names: Sequence[str]
+) -> dict:
+    """Mean IoU and AP@0.5 of the detector's one box per region against the pseudo-labels.
+
+    Arrays are ``N x R x 4`` / ``N x R``. Only images with a pseudo-label for a region count
+    for that region: where the annotator found no face there is no truth to compare with.
+    A prediction is a hit when its IoU with the pseudo-label is at least 0.5.
+    """
+    per_region = {}
+    for r, name in enumerate(region_names):
+        keep = true_valid[:, r]
+        iou = box_iou_pairs(pred_boxes[keep, r], true_boxes[keep, r])
+        per_region[name] = {
+            "n": int(keep.sum()),
+            "mean_iou": float(iou.mean()) if keep.any() else 0.0,
+            "ap50": average_precision(pred_scores[keep, r], (iou >= 0.5).astype(np.float64), int(keep.sum())),
+        }
+    counted = [v for v in per_region.values() if v["n"]]
+    return {
+        "mean_iou": float(np.mean([v["mean_iou"] for v in counted])) if counted else 0.0,
+        "map50": float(np.mean([v["ap50"] for v in counted])) if counted else 0.0,
+        "per_region": per_region,
+    }
+
+
+def format_table(metrics: dict) -> str:
+    """The per-class table and the headline numbers, as printed by ``msfer evaluate``."""
+    lines = [f"{'class':<10} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}"]
+    for name, row in metrics["per_class"].items():
+        lines.append(f"{name:<10} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['f1']:>7.3f} {row['support']:>8d}")
+    lines.append(f"n = {metrics['n']}   overall accuracy = {metrics['overall_accuracy']:.4f}   "
+                 f"mean class accuracy = {metrics['mean_class_accuracy']:.4f}")
+    if "region_detection" in metrics:
+        det = metrics["region_detection"]
+        lines.append(f"region detection vs pseudo-labels: mean IoU = {det['mean_iou']:.3f}   mAP@0.5 = {det['map50']:.3f}")
+    return "\n".join(lines)
+
+
+def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: str | Path, title: str = "") -> None:
+    """Row-normalised confusion matrix (each row: where that true class went), with counts in the cells."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = np.asarray(matrix, dtype=np.float64)
+    rows = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    figure, axes = plt.subplots(figsize=(7, 6))
+    image = axes.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    axes.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    axes.set_yticks(range(len(classes)), classes)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(title or "confusion matrix (row-normalised)")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            axes.text(j, i, f"{rows[i, j]:.2f}\n{int(counts[i, j])}", ha="center", va="center", fontsize=7,
+                      color="white" if rows[i, j] > 0.5 else "black")
+    figure.colorbar(image, ax=axes, fraction=0.046)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_report(metrics: dict, out_dir: str | Path, classes: Sequence[str], echo: bool = True) -> Path:
+    """Write ``metrics.json`` and ``confusion_matrix.png`` into ``out_dir`` and print the table; return the JSON path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "metrics.json"
+    path.write_text(json.dumps(metrics, indent=2) + "\n")
+    plot_confusion_matrix(metrics["confusion_matrix"], classes, out_dir / "confusion_matrix.png")
+    if echo:
+        print(format_table(metrics))
+    return path

@@ -1,0 +1,460 @@
+"""``msfer train``: train a model from a YAML config (after torchvision's references/detection/train.py).
+
+    msfer train --config configs/cpu.yaml [key.sub=value ...] [--output-dir DIR]
+    msfer train --resume runs/cpu [key.sub=value ...]          # continue exactly where it stopped
+    msfer train --resume runs/cpu/best.pt --test-only           # evaluate a checkpoint on the validation split
+    torchrun --nproc_per_node 4 -m msfer.cli train --config configs/gpu.yaml   # data-parallel
+
+Outputs in ``output_dir``: ``config.yaml`` (the full merged config), ``last.pt`` (every
+epoch) and ``best.pt`` (best ``train.select_metric`` on ``data.val_split``), ``metrics.csv``,
+TensorBoard events in ``tensorboard/``.
+
+Design choices:
+
+* **Validation, not test.** ``data.val_split`` selects the checkpoint; it is called the
+  validation split everywhere in the outputs. Report test numbers with ``msfer evaluate``
+  on a split the run never saw.
+* **Exact resume.** The batch order of an epoch depends only on ``(seed, epoch)``
+  (:class:`~msfer.engine.distributed.EpochSampler`), the augmentation generator is
+  re-seeded from ``(seed, epoch, rank)`` at each epoch, and the global RNG states
+  (dropout) are saved with the model, optimizer, scheduler, scaler and EMA at every epoch
+  end, so a resumed run computes the same losses as one that never stopped.
+* **Time budget.** With ``train.max_minutes``, an epoch is started only if the mean epoch
+  time so far says it will end within the budget (the first epoch always runs). The run
+  then stops at an epoch boundary with ``last.pt`` written; ``--resume`` continues it
+  (pass ``train.max_minutes=null`` or a new budget). The learning-rate schedule is not
+  shortened: choose ``train.epochs`` to fit the budget for a complete schedule.
+* **Batch size** is the global batch: with N processes each takes ``batch_size / N``.
+* **Losses** are the model's own (``out["losses"]``, summed). Label smoothing and the
+  focal ``emotion_gamma`` are model config keys; ``train.class_weights=balanced`` writes
+  inverse-frequency weights of the training labels into ``model.class_weights``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..errors import MsferError
+from ..labels import EMOTIONS, NUM_EMOTIONS
+from .augment import BatchAugment
+from .checkpoint import describe, load_checkpoint, load_model, resolve_checkpoint, save_checkpoint
+from .config import Config, load_config, save_config
+from .datasets import FaceDataset
+from .distributed import DistInfo, EpochSampler, all_gather_objects, cleanup_distributed, init_distributed, mean_over_ranks
+from .evaluate import autocast, predict_split, resolve_device, split_metrics
+from .metrics import format_table, write_report
+
+log = logging.getLogger(__name__)
+
+CSV_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_overall_accuracy", "val_mean_class_accuracy", "lr",
+              "epoch_seconds", "train_images_per_second")
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Train an msfer model.", add_help=add_help)
+    add_arguments(parser)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="YAML config (see configs/); may name _base_ files")
+    parser.add_argument("opts", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides, e.g. train.lr=3e-4 data.root=/data/fer2013 (values parsed as YAML)")
+    parser.add_argument("--resume", type=Path, metavar="PATH_OR_DIR",
+                        help="continue from a checkpoint, or a run directory's last.pt, with its config (plus overrides)")
+    parser.add_argument("--output-dir", type=Path, help="where the run writes (overrides the config's output_dir)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="allow a new run in an existing, non-empty output directory (its checkpoints are replaced)")
+    parser.add_argument("--test-only", action="store_true",
+                        help="only evaluate the --resume checkpoint on the validation split, then exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    main(args)
+    return 0
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Train (or, with ``--test-only``, evaluate); return the summary (best epoch and its validation metrics)."""
+    checkpoint = None
+    if args.resume is not None:
+        if args.config is not None:
+            raise MsferError("--resume continues a run with its own config: drop --config, pass changes as key=value")
+        checkpoint = load_checkpoint(args.resume)
+        config = load_config(overrides=args.opts, base=checkpoint["config"])
+        output_dir = args.output_dir or resolve_checkpoint(args.resume).parent
+    elif args.config is not None:
+        config = load_config(args.config, args.opts)
+        output_dir = args.output_dir or Path(config["output_dir"])
+    else:
+        raise MsferError("give --config FILE for a new run, or --resume PATH to continue one")
+    config["output_dir"] = str(output_dir)
+
+    device = resolve_device(config["train"]["device"])
+    info = init_distributed(str(device))
+    if device.type == "cuda" and info.enabled:
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    try:
+        if args.test_only:
+            if args.resume is None:
+                raise MsferError("--test-only evaluates a checkpoint: give it with --resume PATH")
+            return test_only(config, resolve_checkpoint(args.resume, prefer="best.pt"), Path(output_dir), device, info)
+        trainer = Trainer(config, Path(output_dir), device, info, checkpoint)
+        if checkpoint is None and info.is_main:
+            trainer.claim_output_dir(args.overwrite)
+        return trainer.fit()
+    finally:
+        cleanup_distributed()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_states() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def epoch_seed(*keys: int) -> int:
+    """A well-mixed 63-bit seed from integers (e.g. seed, epoch, rank)."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+class ModelEma:
+    """Exponential moving average of the weights (buffers copied), kept as a model for evaluation."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for averaged, current in zip(self.module.state_dict().values(), model.state_dict().values()):
+            if averaged.is_floating_point():
+                averaged.lerp_(current, 1 - self.decay)
+            else:
+                averaged.copy_(current)
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, cosine: bool) -> float:
+    """Linear warm-up from 1% to 100%, then cosine decay to 0 (``cosine``) or constant."""
+    if step < warmup_steps:
+        return 0.01 + 0.99 * step / warmup_steps
+    if not cosine:
+        return 1.0
+    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def build_datasets(config: Config, model: torch.nn.Module, roles: tuple[str, ...], info: DistInfo) -> dict[str, FaceDataset]:
+    """The datasets of ``roles`` (``train_split``, ``val_split``), sized and ordered for ``model``."""
+    from ..data.readers import read_dataset
+    from ..regions.annotations import load_annotations
+
+    data = config["data"]
+    if data["root"] is None:
+        raise MsferError("data.root is not set: pass data.root=/path/to/dataset")
+    if getattr(model, "region_source", "none") != "none" and not data["annotations"]:
+        raise MsferError(f"this model learns from emotion regions (region_source={model.region_source}) but "
+                         "data.annotations is not set: make them with 'msfer annotate' and pass data.annotations=FILE, "
+                         "or train without regions (model.region_source=none, or a classifier_* model)")
+    index = read_dataset(data["root"], data["format"], **data["reader_options"])
+    annotations = load_annotations(data["annotations"]) if data["annotations"] else None
+    datasets = {}
+    for role in roles:
+        samples = [s for s in index.samples if s.split == data[role]]
+        if not samples:
+            raise MsferError(f"data.{role}={data[role]!r} has no samples in {data['root']}; "
+                             f"splits present: {', '.join(index.splits())}")
+        if data["limit"] and len(samples) > data["limit"]:
+            keep = np.random.default_rng(config["train"]["seed"]).choice(len(samples), data["limit"], replace=False)
+            samples = [samples[i] for i in sorted(keep)]
+        dataset = FaceDataset(samples, data["image_size"] or model.input_size, model.region_names, annotations,
+                              soft_labels=data["soft_labels"] and role == "train_split")
+        if annotations is not None and info.is_main:
+            log.info("%s %r: %d images, %.1f%% with usable region annotations", role, data[role], len(dataset),
+                     100 * dataset.annotated_fraction())
+        if data["cache_images"]:
+            dataset.cache_images(data["num_workers"])
+        datasets[role] = dataset
+    return datasets
+
+
+def test_only(config: Config, checkpoint_path: Path, output_dir: Path, device: torch.device, info: DistInfo) -> dict:
+    """Evaluate a checkpoint on the validation split; write the report under ``output_dir/eval_<split>``."""
+    model, _ = load_model(checkpoint_path, device)
+    val_set = build_datasets(config, model, ("val_split",), info)["val_split"]
+    metrics = validate(model, val_set, config, device, info)
+    if info.is_main:
+        write_report(metrics, output_dir / f"eval_{config['data']['val_split']}", EMOTIONS)
+    return metrics
+
+
+def validate(model: torch.nn.Module, dataset: FaceDataset, config: Config, device: torch.device, info: DistInfo) -> dict:
+    """Metrics of ``model`` on the validation ``dataset`` (gathered over all ranks).
+
+    With ``eval.regions=pseudo`` a learned-detector model is validated through a copy of its
+    weights whose head takes the pseudo-label regions (``region_source=pseudo``).
+    """
+    pseudo_regions = config["eval"]["regions"] == "pseudo" and bool(model.region_names)  # a classifier has none
+    if pseudo_regions and model.region_source != "pseudo":
+        from ..model import build_model
+
+        pseudo = build_model({**config["model"], "region_source": "pseudo", "pretrained": False})
+        pseudo.load_state_dict(model.state_dict(), strict=False)  # the detector's weights have no place in it
+        model = pseudo.to(device)
+    predictions = predict_split(model, dataset, device, config["eval"]["batch_size"], tta=config["eval"]["tta"],
+                                pseudo_regions=pseudo_regions,
+                                num_workers=config["data"]["num_workers"], info=info, amp=config["train"]["amp"])
+    return split_metrics(predictions, model.region_names, score_regions=getattr(model, "detector", None) is not None)
+
+
+class Trainer:
+    """One training run: data, model, optimisation state, and the epoch loop."""
+
+    def __init__(self, config: Config, output_dir: Path, device: torch.device, info: DistInfo, checkpoint: dict | None) -> None:
+        from ..model import build_model, model_config
+
+        self.config, self.output_dir, self.device, self.info = config, output_dir, device, info
+        data, train = config["data"], config["train"]
+        if "name" in config["model"]:
+            # Spell out every key of the named entry: checkpoints must rebuild the same network even
+            # after the registry's defaults change.
+            config["model"] = {**model_config(config["model"]["name"]), **config["model"]}
+        seed_everything(train["seed"])
+        torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed input sizes: let cuDNN pick its fastest kernels
+        if train["batch_size"] % info.world_size:
+            raise MsferError(f"train.batch_size={train['batch_size']} is the global batch: it must divide by the "
+                             f"{info.world_size} processes")
+        model = build_model(config["model"])
+        datasets = build_datasets(config, model, ("train_split", "val_split"), info)
+        self.train_set, self.val_set = datasets["train_split"], datasets["val_split"]
+        if train["class_weights"] == "balanced":
+            counts = np.bincount(self.train_set.labels, minlength=NUM_EMOTIONS)
+            weights = [round(float(w), 6) for w in len(self.train_set) / (NUM_EMOTIONS * np.maximum(counts, 1))]
+            config["model"]["class_weights"] = weights  # recorded, so the saved config rebuilds the same loss
+            model.class_weights = torch.tensor(weights)
+        model = model.to(device)
+        if train["channels_last"]:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.ema = ModelEma(model, train["ema"]) if train["ema"] else None
+        self.ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None) if info.enabled else model
+
+        weights = None
+        if data["balanced_sampling"]:
+            counts = np.bincount(self.train_set.labels, minlength=NUM_EMOTIONS)
+            weights = 1.0 / counts[self.train_set.labels]
+        self.sampler = EpochSampler(len(self.train_set), train["seed"], info, weights)
+        per_rank_batch = train["batch_size"] // info.world_size
+        if len(self.sampler) < per_rank_batch:
+            raise MsferError(f"the training split has {len(self.train_set)} samples, fewer than one batch "
+                             f"(train.batch_size={train['batch_size']})")
+        self.train_loader = DataLoader(
+            self.train_set, batch_size=per_rank_batch, sampler=self.sampler, drop_last=True,
+            num_workers=data["num_workers"], persistent_workers=data["num_workers"] > 0,
+            pin_memory=device.type == "cuda", generator=torch.Generator())
+        self.augment = BatchAugment(data["augment"], model.input_size, model.mean, model.std, model.region_names,
+                                    torch.Generator(device))
+
+        self.optimizer = self._optimizer()
+        self.steps_per_epoch = len(self.train_loader)
+        self.scheduler = self._scheduler()
+        self.scaler = torch.amp.GradScaler(device.type, enabled=train["amp"] == "fp16" and device.type == "cuda")
+        self.start_epoch, self.best = 0, {"epoch": None, "value": -1.0, "metrics": {}}
+        if checkpoint is not None:
+            self._restore(checkpoint)
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        train = self.config["train"]
+        # No weight decay on biases and normalisation parameters (as timm and torchvision's recipes).
+        decay, no_decay = [], []
+        for parameter in self.model.parameters():
+            if parameter.requires_grad:
+                (no_decay if parameter.ndim <= 1 else decay).append(parameter)
+        groups = [{"params": decay, "weight_decay": train["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+        if train["optimizer"] == "sgd":
+            return torch.optim.SGD(groups, lr=train["lr"], momentum=train["momentum"], nesterov=True)
+        optimizer_class = torch.optim.AdamW if train["optimizer"] == "adamw" else torch.optim.Adam
+        return optimizer_class(groups, lr=train["lr"])
+
+    def _scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
+        train = self.config["train"]
+        total = train["epochs"] * self.steps_per_epoch
+        warmup = int(train["warmup_epochs"] * self.steps_per_epoch)
+        if train["schedule"] == "onecycle":
+            return torch.optim.lr_scheduler.OneCycleLR(
+                self.optimizer, max_lr=train["lr"], total_steps=total, pct_start=min(max(warmup / total, 0.01), 0.99))
+        cosine = train["schedule"] == "cosine"
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(step, warmup, total, cosine))
+
+    def _restore(self, checkpoint: dict) -> None:
+        saved_epochs = checkpoint["config"]["train"]["epochs"]
+        if self.config["train"]["schedule"] == "onecycle" and self.config["train"]["epochs"] != saved_epochs:
+            raise MsferError(f"a one-cycle schedule cannot be stretched: the run was planned for {saved_epochs} epochs")
+        self.model.load_state_dict(checkpoint["model"])
+        if self.ema is not None and checkpoint.get("ema"):
+            self.ema.module.load_state_dict(checkpoint["ema"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        self.start_epoch = checkpoint["epoch"]
+        self.best = checkpoint["best"]
+        restore_rng_states(checkpoint["rng"])
+
+    def claim_output_dir(self, overwrite: bool) -> None:
+        """Create the run directory; refuse one that already holds a run, unless ``overwrite``."""
+        if self.output_dir.is_dir() and any(self.output_dir.iterdir()) and not overwrite:
+            raise MsferError(f"output directory {self.output_dir} already holds files: continue that run with "
+                             f"--resume {self.output_dir}, choose another --output-dir, or pass --overwrite")
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def fit(self) -> dict[str, Any]:
+        train, info = self.config["train"], self.info
+        writer = None
+        if info.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            save_config(self.config, self.output_dir)
+            writer = SummaryWriter(self.output_dir / "tensorboard")
+            log.info("training %s for epochs %d..%d on %s (%d process%s); %d train / %d validation (%s) images",
+                     self.config["model"].get("name", "model"), self.start_epoch + 1, train["epochs"], self.device,
+                     info.world_size, "es" if info.enabled else "", len(self.train_set), len(self.val_set),
+                     self.config["data"]["val_split"])
+        started, epoch_times = time.monotonic(), []
+        stopped_early = False
+        for epoch in range(self.start_epoch, train["epochs"]):
+            if train["max_minutes"] and epoch_times:
+                projected = time.monotonic() - started + float(np.mean(epoch_times))
+                # Rank 0 decides for all: ranks that disagreed would wait on each other forever.
+                if all_gather_objects(projected > train["max_minutes"] * 60, info)[0]:
+                    stopped_early = True
+                    if info.is_main:
+                        log.info("time budget of %s min reached: stopping before epoch %d (resume with --resume %s)",
+                                 train["max_minutes"], epoch + 1, self.output_dir)
+                    break
+            epoch_started = time.monotonic()
+            train_stats = self.train_one_epoch(epoch)
+            validation_due = (epoch + 1) % train["val_every"] == 0 or epoch + 1 == train["epochs"]
+            metrics = validate(self.eval_model, self.val_set, self.config, self.device, info) if validation_due else {}
+            epoch_times.append(time.monotonic() - epoch_started)
+            if info.is_main:
+                self._record(epoch, train_stats, metrics, epoch_times[-1], writer)
+        if writer is not None:
+            writer.close()
+        summary = {"best_epoch": self.best["epoch"], "select_metric": train["select_metric"],
+                   "best_validation": self.best["metrics"], "stopped_by_time_budget": stopped_early,
+                   "minutes": (time.monotonic() - started) / 60, "output_dir": str(self.output_dir)}
+        if info.is_main and self.best["metrics"]:
+            print(f"best epoch {self.best['epoch']} on validation split {self.config['data']['val_split']!r}:")
+            print(format_table(self.best["metrics"]))
+            print(f"checkpoints: {self.output_dir / 'best.pt'} (best), {self.output_dir / 'last.pt'} (last)")
+        return summary
+
+    def train_one_epoch(self, epoch: int) -> dict[str, float]:
+        train, info = self.config["train"], self.info
+        self.ddp_model.train()
+        self.sampler.set_epoch(epoch)
+        self.augment.generator.manual_seed(epoch_seed(train["seed"], epoch, info.rank))
+        totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, count (no per-step sync)
+        started = time.monotonic()
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{train['epochs']}", unit="batch", leave=False,
+                   disable=not info.is_main)
+        for step, batch in enumerate(bar):
+            images, boxes, box_valid = self.augment(
+                batch["image"].to(self.device, non_blocking=True), batch["boxes"].to(self.device, non_blocking=True),
+                batch["box_valid"].to(self.device, non_blocking=True), grey=bool(batch["grey"].all()))
+            if train["channels_last"]:
+                images = images.contiguous(memory_format=torch.channels_last)
+            labels = batch["label"].to(self.device, non_blocking=True)
+            targets = {"labels": batch["soft_label"].to(self.device) if self.config["data"]["soft_labels"] else labels,
+                       "boxes": boxes, "box_valid": box_valid}
+            with autocast(self.device, train["amp"]):
+                output = self.ddp_model(images, targets)
+                loss = sum(output["losses"].values())
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if train["grad_clip"]:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), train["grad_clip"])
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
+            correct = (output["logits"].argmax(dim=1) == labels).sum()
+            totals += torch.stack([loss.detach().double() * len(labels), correct.double(), totals.new_tensor(len(labels))])
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{totals[0] / totals[2]:.4f}", acc=f"{totals[1] / totals[2]:.3f}",
+                                lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+        seconds = time.monotonic() - started
+        totals = mean_over_ranks(totals, info).cpu()
+        return {"loss": float(totals[0] / totals[2]), "accuracy": float(totals[1] / totals[2]),
+                "lr": self.scheduler.get_last_lr()[0], "images_per_second": float(totals[2]) * info.world_size / seconds}
+
+    def _record(self, epoch: int, stats: dict[str, float], metrics: dict, seconds: float, writer) -> None:
+        """Rank 0: metrics.csv, TensorBoard, best.pt (if improved) and last.pt."""
+        select = self.config["train"]["select_metric"]
+        improved = bool(metrics) and metrics[select] > self.best["value"]
+        if improved:
+            self.best = {"epoch": epoch + 1, "value": metrics[select], "metrics": metrics}
+        row = {"epoch": epoch + 1, "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
+               "val_overall_accuracy": metrics.get("overall_accuracy", ""),
+               "val_mean_class_accuracy": metrics.get("mean_class_accuracy", ""), "lr": stats["lr"],
+               "epoch_seconds": round(seconds, 2), "train_images_per_second": round(stats["images_per_second"], 1)}
+        csv_path = self.output_dir / "metrics.csv"
+        new_file = not csv_path.exists()
+        with open(csv_path, "a", newline="") as handle:
+            csv_writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+            if new_file:
+                csv_writer.writeheader()
+            csv_writer.writerow(row)
+        for key, value in row.items():
+            if key != "epoch" and value != "":
+                writer.add_scalar(key.replace("_", "/", 1), value, epoch + 1)
+        checkpoint = {
+            "model": self.model.state_dict(), "ema": self.ema.module.state_dict() if self.ema else None,
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "epoch": epoch + 1, "best": self.best, "rng": rng_states(),
+            **describe(self.model, self.config, metrics),
+        }
+        save_checkpoint(checkpoint, self.output_dir / "last.pt")
+        if improved:
+            save_checkpoint(checkpoint, self.output_dir / "best.pt")
+        if metrics:
+            log.info("epoch %d: train loss %.4f acc %.4f | validation overall %.4f mean-class %.4f%s", epoch + 1,
+                     stats["loss"], stats["accuracy"], metrics["overall_accuracy"], metrics["mean_class_accuracy"],
+                     " (best)" if improved else "")

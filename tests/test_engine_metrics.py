@@ -1,0 +1,46 @@
+import json
+
+import numpy as np
+import pytest
+
+from msfer.engine.metrics import average_precision, compute_metrics, region_detection, write_report
+from msfer.labels import EMOTIONS
+
+
+def test_metrics_against_a_hand_computed_confusion_matrix():
+    # angry: 4 samples, 3 right; disgust: 1 sample, 0 right (called angry); fear: 0 samples (absent);
+    # happy: 5 samples, all right. Other classes absent.
+    y_true = [0, 0, 0, 0, 1, 3, 3, 3, 3, 3]
+    y_pred = [0, 0, 0, 3, 0, 3, 3, 3, 3, 3]
+    metrics = compute_metrics(y_true, y_pred, EMOTIONS)
+    assert metrics["n"] == 10
+    assert metrics["overall_accuracy"] == pytest.approx(8 / 10)
+    # mean of recalls over the 3 present classes: (3/4 + 0 + 5/5) / 3, not over all 7
+    assert metrics["mean_class_accuracy"] == pytest.approx((0.75 + 0.0 + 1.0) / 3)
+    matrix = np.zeros((7, 7), dtype=int)
+    matrix[0, 0], matrix[0, 3], matrix[1, 0], matrix[3, 3] = 3, 1, 1, 5
+    assert metrics["confusion_matrix"] == matrix.tolist()
+    angry, happy = metrics["per_class"]["angry"], metrics["per_class"]["happy"]
+    assert angry["precision"] == pytest.approx(3 / 4) and angry["recall"] == pytest.approx(3 / 4)
+    assert happy["precision"] == pytest.approx(5 / 6) and happy["f1"] == pytest.approx(2 * (5 / 6) / (5 / 6 + 1))
+    assert metrics["per_class"]["fear"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+
+
+def test_average_precision_and_region_detection():
+    # Ranked hits: hit, miss, hit of 2 truths -> precision envelope 1, 2/3 at recalls 0.5, 1.
+    assert average_precision(np.array([0.9, 0.8, 0.7]), np.array([1.0, 0.0, 1.0]), 2) == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
+    truth = np.array([[[0, 0, 10, 10]], [[0, 0, 10, 10]], [[0, 0, 10, 10]]], dtype=float)
+    pred = np.array([[[0, 0, 10, 10]], [[0, 0, 10, 5]], [[50, 50, 60, 60]]], dtype=float)
+    valid = np.array([[True], [True], [False]])  # the third image has no pseudo-label: not counted
+    result = region_detection(pred, np.array([[0.9], [0.8], [0.99]]), truth, valid, ["face"])
+    assert result["per_region"]["face"]["n"] == 2
+    assert result["mean_iou"] == pytest.approx((1.0 + 0.5) / 2)
+    assert result["map50"] == pytest.approx(1.0)
+
+
+def test_write_report(tmp_path, capsys):
+    metrics = compute_metrics([0, 1, 2, 3, 4, 5, 6], [0, 1, 2, 3, 4, 5, 5], EMOTIONS)
+    write_report(metrics, tmp_path, EMOTIONS)
+    assert json.loads((tmp_path / "metrics.json").read_text())["overall_accuracy"] == pytest.approx(6 / 7)
+    assert (tmp_path / "confusion_matrix.png").stat().st_size > 1000
+    assert "mean class accuracy" in capsys.readouterr().out
