@@ -197,3 +197,20 @@ def test_whole_pipeline_evaluation_counts_missed_faces_as_wrong(recognizer, astr
                                     "missed_per_class": {name: int(name == "sad") for name in EMOTIONS},
                                     "missed_ids": ["sad/coffee.jpg"]}
     assert json.loads(write_report(metrics, tmp_path / "eval", EMOTIONS, echo=False).read_text()) == metrics
+
+
+def test_evaluate_detect_faces_command(random_weights, astronaut_file, tmp_path):
+    from msfer.cli import main
+
+    root = tmp_path / "photos"
+    (root / "happy").mkdir(parents=True)
+    (root / "sad").mkdir()
+    (root / "happy" / "astronaut.jpg").write_bytes(astronaut_file.read_bytes())
+    Image.fromarray(skimage_data.coffee()).save(root / "sad" / "coffee.jpg")
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--weights", str(random_weights), "--data", str(root), "--format", "folder",
+                 "--out", str(out), "--detect-faces", "--device", "cpu"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 2 and metrics["detect_faces"] is True
+    assert metrics["detection"]["missed_ids"] == ["sad/coffee.jpg"]
+    assert (out / "confusion_matrix.png").is_file()

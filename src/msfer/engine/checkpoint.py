@@ -91,7 +91,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", model_overr
     model_config = {**checkpoint["config"]["model"], **(model_overrides or {})}
     model = build_model({**model_config, "pretrained": False})  # the file's weights replace any initialisation
     state = {k: v.float() if v.is_floating_point() else v for k, v in model_state(checkpoint).items()}
-    missing, unexpected = model.load_state_dict(state, strict=not model_overrides)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=not model_overrides)
+    except RuntimeError as error:  # shapes or names differ: a file from another msfer version or a damaged one
+        raise MsferError(f"checkpoint {path} does not match the model its config describes: {str(error)[:300]}") from None
     if missing:
         raise MsferError(f"checkpoint {path} lacks weights the model needs: {', '.join(missing[:5])}")
     metadata = {key: value for key, value in checkpoint.items() if key not in ("model", "ema", "optimizer", "scheduler", "scaler", "rng")}

@@ -45,7 +45,7 @@ DEFAULTS: Config = {
         # Side of the stored images; the on-device augmentation resamples them to the model's
         # input size. null: the model's input size. 48 for FER2013 keeps its cache at 200 MB.
         "image_size": None,
-        "limit": None,  # use only the first N samples of each split (smoke runs)
+        "limit": None,  # train on a fixed random N of the training split (smoke runs, reduced-budget studies)
         "num_workers": 2,
         "augment": {
             "scale": [0.75, 1.0],  # random resized crop: crop area as a fraction of the image

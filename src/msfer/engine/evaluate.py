@@ -114,10 +114,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default 128)")
     parser.add_argument("--num-workers", type=int, default=2, help="data-loading worker processes (default 2)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if available)")
+    parser.add_argument("--detect-faces", action="store_true",
+                        help="uncropped photos (JAFFE style): find faces with RetinaFace and classify the largest; "
+                             "a photo without a detected face counts as wrong (see 'detection' in metrics.json)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.readers import read_dataset
     from ..regions.annotations import load_annotations
     from ..weights import default_weights_path
     from .checkpoint import load_model
@@ -126,12 +128,11 @@ def run(args: argparse.Namespace) -> int:
         raise MsferError("--regions pseudo needs --annotations FILE (the pseudo-labels of this dataset)")
     device = resolve_device(args.device)
     weights = args.weights or default_weights_path()
+    if args.detect_faces:
+        return _evaluate_photos(args, weights, device)
     overrides = {"region_source": "pseudo"} if args.regions == "pseudo" else None
     model, meta = load_model(weights, device, model_overrides=overrides)
-    index = read_dataset(args.data, args.format)
-    samples = [s for s in index.samples if args.split is None or s.split == args.split]
-    if not samples:
-        raise MsferError(f"no samples in split {args.split!r} of {args.data}; splits present: {', '.join(index.splits())}")
+    samples = _split_samples(args)
     annotations = load_annotations(args.annotations) if args.annotations else None
     dataset = FaceDataset(samples, model.input_size, model.region_names, annotations)
     predictions = predict_split(model, dataset, device, args.batch_size, tta=args.tta,
@@ -140,6 +141,33 @@ def run(args: argparse.Namespace) -> int:
     metrics = split_metrics(predictions, model.region_names, score_regions=has_detector and annotations is not None)
     metrics.update({"weights": str(weights), "data": str(args.data), "format": args.format, "split": args.split,
                     "tta": args.tta, "regions": args.regions})
-    path = write_report(metrics, args.out, EMOTIONS)
-    print(f"wrote {path} and {args.out / 'confusion_matrix.png'}")
+    return _write(metrics, args.out)
+
+
+def _evaluate_photos(args: argparse.Namespace, weights: Path, device: torch.device) -> int:
+    """The whole pipeline (detection, then classification of the largest face) on uncropped photos."""
+    from ..inference.detect_eval import evaluate_with_detection
+    from ..inference.recognizer import EmotionRecognizer
+
+    samples = _split_samples(args)
+    recognizer = EmotionRecognizer(weights, device=str(device), tta=args.tta, batch_size=args.batch_size)
+    metrics = evaluate_with_detection(recognizer, samples)
+    metrics.update({"weights": str(weights), "data": str(args.data), "format": args.format, "split": args.split,
+                    "tta": args.tta, "detect_faces": True})
+    return _write(metrics, args.out)
+
+
+def _split_samples(args: argparse.Namespace) -> list:
+    from ..data.readers import read_dataset
+
+    index = read_dataset(args.data, args.format)
+    samples = [s for s in index.samples if args.split is None or s.split == args.split]
+    if not samples:
+        raise MsferError(f"no samples in split {args.split!r} of {args.data}; splits present: {', '.join(index.splits())}")
+    return samples
+
+
+def _write(metrics: dict, out: Path) -> int:
+    path = write_report(metrics, out, EMOTIONS)
+    print(f"wrote {path} and {out / 'confusion_matrix.png'}")
     return 0

@@ -194,8 +194,9 @@ def build_datasets(config: Config, model: torch.nn.Module, roles: tuple[str, ...
         if not samples:
             raise MsferError(f"data.{role}={data[role]!r} has no samples in {data['root']}; "
                              f"splits present: {', '.join(index.splits())}")
-        if data["limit"] and len(samples) > data["limit"]:
-            keep = np.random.default_rng(config["train"]["seed"]).choice(len(samples), data["limit"], replace=False)
+        # A fixed subset (the same for every seed), and never of the validation split: numbers stay comparable.
+        if data["limit"] and role == "train_split" and len(samples) > data["limit"]:
+            keep = np.random.default_rng(0).choice(len(samples), data["limit"], replace=False)
             samples = [samples[i] for i in sorted(keep)]
         dataset = FaceDataset(samples, data["image_size"] or model.input_size, model.region_names, annotations,
                               soft_labels=data["soft_labels"] and role == "train_split")
