@@ -10,21 +10,19 @@ both FER2013 splits) and ``mobilenet_v2-b0353104.pth`` (torchvision's ImageNet f
 2. Chooses the epochs so that all runs fit in ``--minutes`` if run one after another
    (they run concurrently, which only makes them finish sooner): the ablation rows share
    one equal epoch budget, the shipped model gets the rest.
-3. Trains everything concurrently (``msfer train``), then evaluates every best checkpoint
-   on FER2013 public_test (validation) with and without flip TTA, and the full models
-   also with pseudo-label regions at test time (``msfer evaluate``).
-4. Writes ``summary.json``, ``runs.tar.gz`` (configs, logs, metrics; no checkpoints) and
-   the shipped model (``msfer_fer2013.pt``, half precision) to ``--out``.
+3. Trains everything concurrently (``msfer train``; validation on FER2013 public_test
+   with flip TTA selects each best.pt), then evaluates the full models with pseudo-label
+   regions at test time (``msfer evaluate``), as scripts/ablation_study.py does on a CPU.
+4. Writes ``summary.json``, ``runs.tar.gz`` (configs, logs, metrics, the ablation table;
+   no checkpoints) and the shipped model (``msfer_fer2013.pt``, half precision) to ``--out``.
 """
 from __future__ import annotations
 
 import argparse
 import gzip
 import json
-import math
 import os
 import shutil
-import subprocess
 import sys
 import tarfile
 import time
@@ -33,18 +31,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from ablation_study import ROWS, evaluate_pseudo, msfer, run_all, summarize, train  # noqa: E402 (scripts/ beside this file)
+
 TRAIN_IMAGES = 28709
 SHIPPED = ("shipped", "configs/gpu.yaml", 0)
-# (row name, config, seed): the ablation study of issue 5, at one equal epoch budget.
-ABLATIONS = [
-    ("baseline", "configs/ablations/baseline.yaml", 0),
-    ("baseline", "configs/ablations/baseline.yaml", 1),
-    ("scale3", "configs/ablations/scale3.yaml", 0),
-    ("scales23", "configs/ablations/scales23.yaml", 0),
-    ("full", "configs/ablations/full.yaml", 0),
-    ("full", "configs/ablations/full.yaml", 1),
-    ("full_ce", "configs/ablations/full_ce.yaml", 0),
-]
+# The ablation configs hold the CPU recipe's budget; on the GPU every row gets the same batch, precision and loader.
+ABLATION_GPU = {"train.batch_size": "256", "train.lr": "4.0e-3", "train.amp": "bf16", "train.channels_last": "true",
+                "data.num_workers": "3"}
+# (row name, config, seed) of every ablation run, at one equal epoch budget (scripts/ablation_study.py).
+ABLATIONS = [(name, f"configs/ablations/{config}", seed) for name, _, config, seeds in ROWS for seed in seeds]
 
 
 def setup(carry: Path, work: Path) -> dict[str, str]:
@@ -70,32 +65,39 @@ def images_per_second(config_path: str, overrides: dict[str, str], steps: int = 
     from msfer.engine.config import load_config
     from msfer.model import build_model
 
+    cuda = torch.cuda.is_available()  # the CPU path only rehearses the script (--smoke)
+    device = torch.device("cuda" if cuda else "cpu")
     config = load_config(ROOT / config_path, [f"{k}={v}" for k, v in overrides.items()])
-    model = build_model(config["model"]).cuda().train().to(memory_format=torch.channels_last)
+    model = build_model(config["model"]).to(device).train().to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    batch, size = config["train"]["batch_size"], model.input_size
-    images = torch.randn(batch, 3, size, size, device="cuda").contiguous(memory_format=torch.channels_last)
+    batch, size = config["train"]["batch_size"] if cuda else 8, model.input_size
+    images = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
     regions = len(getattr(model, "region_names", ())) or 1
-    corner = torch.rand(batch, regions, 2, device="cuda") * size * 0.5
+    corner = torch.rand(batch, regions, 2, device=device) * size * 0.5
     targets = {
-        "labels": torch.randint(0, 7, (batch,), device="cuda"),
+        "labels": torch.randint(0, 7, (batch,), device=device),
         "boxes": torch.cat([corner, corner + size * 0.3], dim=2),
-        "box_valid": torch.ones(batch, regions, dtype=torch.bool, device="cuda"),
+        "box_valid": torch.ones(batch, regions, dtype=torch.bool, device=device),
     }
+    steps = steps if cuda else 1
     for step in range(steps + 3):
         if step == 3:
-            torch.cuda.synchronize()
+            synchronize(device)
             start = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
             loss = sum(model(images, targets)["losses"].values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    torch.cuda.synchronize()
-    rate = steps * batch / (time.perf_counter() - start)
-    del model, optimizer
-    torch.cuda.empty_cache()
-    return rate
+    synchronize(device)
+    return steps * batch / (time.perf_counter() - start)
+
+
+def synchronize(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def plan_epochs(rates: dict[str, float], seconds: float, ablation_share: float, max_ablation: int, max_shipped: int):
@@ -106,30 +108,6 @@ def plan_epochs(rates: dict[str, float], seconds: float, ablation_share: float, 
     left = seconds - ablation_epochs * ablation_epoch
     shipped_epochs = max(1, min(max_shipped, int(left / epoch_seconds["shipped"])))
     return ablation_epochs, shipped_epochs
-
-
-def launch(name: str, config: str, seed: int, epochs: int, overrides: dict[str, str], runs: Path, minutes: float):
-    out = runs / name
-    args = [sys.executable, "-m", "msfer.cli", "train", "--config", config, "--output-dir", str(out),
-            f"train.epochs={epochs}", f"train.seed={seed}", f"train.max_minutes={minutes}",
-            *[f"{k}={v}" for k, v in overrides.items()]]
-    log = open(runs / f"{name}.log", "w")
-    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"})
-
-
-def evaluate(run: Path, data_root: str, annotations: str, tta: bool, pseudo: bool) -> subprocess.Popen:
-    tag = "eval" + ("_tta" if tta else "") + ("_pseudo" if pseudo else "")
-    args = [sys.executable, "-m", "msfer.cli", "evaluate", "--weights", str(run / "best.pt"), "--data", data_root,
-            "--format", "fer2013", "--split", "public_test", "--out", str(run / tag), "--annotations", annotations,
-            "--batch-size", "512", "--num-workers", "2"]
-    if tta:
-        args.append("--tta")
-    if pseudo:
-        args += ["--regions", "pseudo"]
-    log = open(run / f"{tag}.log", "w")
-    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
 
 
 def main() -> int:
@@ -152,8 +130,13 @@ def main() -> int:
     shutil.rmtree(runs, ignore_errors=True)
     runs.mkdir(parents=True)
 
-    configs = {"shipped": SHIPPED[1], **{name: config for name, config, _ in ABLATIONS}}
-    rates = {name: images_per_second(config, overrides) for name, config in configs.items()}
+    import torch
+
+    if not torch.cuda.is_available():  # a rehearsal on the CPU
+        overrides.update({"train.batch_size": "16", "data.num_workers": "0"})
+    ablation_overrides = {**overrides, **(ABLATION_GPU if torch.cuda.is_available() else {})}
+    rates = {"shipped": images_per_second(SHIPPED[1], overrides)}
+    rates.update({name: images_per_second(config, ablation_overrides) for name, config, _ in ABLATIONS})
     print("training images/s on this GPU:", json.dumps({k: round(v) for k, v in rates.items()}), flush=True)
     if args.smoke:
         ablation_epochs, shipped_epochs = 1, 1
@@ -162,44 +145,29 @@ def main() -> int:
                                                       args.max_ablation_epochs, args.max_shipped_epochs)
     print(f"plan: ablation rows {ablation_epochs} epochs each, shipped model {shipped_epochs} epochs", flush=True)
 
-    budget = args.minutes + 1.0  # the engine's own stop: a run never outlives the call
-    jobs = {"shipped": launch("shipped", SHIPPED[1], SHIPPED[2], shipped_epochs, overrides, runs, budget)}
-    for name, config, seed in ABLATIONS:
-        jobs[f"{name}_seed{seed}"] = launch(f"{name}_seed{seed}", config, seed, ablation_epochs, overrides, runs, budget)
-    for name, job in jobs.items():
-        print(f"{name}: exit {job.wait()} at {time.time() - started:.0f}s", flush=True)
-
-    evals = []
-    for name in jobs:
-        run = runs / name
-        if not (run / "best.pt").is_file():
-            continue
-        for tta in (False, True):
-            evals.append(evaluate(run, overrides["data.root"], overrides["data.annotations"], tta, pseudo=False))
-        if name.startswith(("full", "shipped")):
-            evals.append(evaluate(run, overrides["data.root"], overrides["data.annotations"], True, pseudo=True))
-            evals.append(evaluate(run, overrides["data.root"], overrides["data.annotations"], False, pseudo=True))
-    for job in evals:
-        job.wait()
-
-    summary = {"rates": rates, "ablation_epochs": ablation_epochs, "shipped_epochs": shipped_epochs, "runs": {}}
-    for name in jobs:
-        run = runs / name
-        summary["runs"][name] = {
-            tag.name: {k: json.loads(tag.joinpath("metrics.json").read_text()).get(k)
-                       for k in ("n", "overall_accuracy", "mean_class_accuracy", "region_detection")}
-            for tag in sorted(run.glob("eval*")) if (tag / "metrics.json").is_file()
-        }
-    summary["seconds"] = time.time() - started
+    runs_overrides = [f"{k}={v}" for k, v in overrides.items()]
+    ablation_args = [f"{k}={v}" for k, v in ablation_overrides.items()]
+    budget = f"train.max_minutes={args.minutes + 1.0}"  # the engine's own stop: a run never outlives the call
+    jobs = [("shipped", lambda: msfer("train", "--config", str(ROOT / SHIPPED[1]), "--output-dir", str(runs / "shipped"),
+                                      f"train.epochs={shipped_epochs}", budget, *runs_overrides, log=runs / "shipped.log"))]
+    jobs += [(f"{name} seed {seed}", lambda n=name, c=Path(config).name, s=seed:
+              train(n, c, s, [*ablation_args, f"train.epochs={ablation_epochs}", budget], runs))
+             for name, config, seed in ABLATIONS]
+    run_all(jobs, parallel=len(jobs))
+    run_all([(f"full seed {seed} pseudo", lambda s=seed: evaluate_pseudo(runs / f"full_seed{s}", overrides["data.root"],
+                                                                          overrides["data.annotations"]))
+             for name, _, seed in ABLATIONS if name == "full"], parallel=4)
+    table = summarize(runs, f"all 28,709 FER2013 train images, {ablation_epochs} epochs, batch 256, bf16, one H100 "
+                            "shared by all runs")
+    summary = {"rates": rates, "ablation_epochs": ablation_epochs, "shipped_epochs": shipped_epochs, "ablation": table,
+               "seconds": time.time() - started}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     with tarfile.open(args.out / "runs.tar.gz", "w:gz") as tar:
         tar.add(runs, arcname="runs", filter=lambda info: None if info.name.endswith(".pt") else info)
-    if (runs / "shipped" / "best.pt").is_file():
-        from msfer.engine.checkpoint import export_weights
+    from msfer.engine.checkpoint import export_weights
 
-        export_weights(runs / "shipped" / "best.pt", args.out / "msfer_fer2013.pt", half=True)
-        export_weights(runs / "shipped" / "best.pt", args.out / "msfer_fer2013_fp32.pt", half=False)
+    export_weights(runs / "shipped" / "best.pt", args.out / "msfer_fer2013.pt", half=True)
     print(json.dumps(summary, indent=1))
     return 0
 
