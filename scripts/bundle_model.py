@@ -1,0 +1,79 @@
+"""Bundle a trained run as msfer's default model, and record what it measures.
+
+    python scripts/bundle_model.py runs/cpu --data /path/to/fer2013 --annotations data/annotations/fer2013.jsonl
+
+Exports the run's ``best.pt`` as ``src/msfer/weights/msfer_fer2013.pt`` (half precision,
+inference only), then evaluates the run's own file and the export on FER2013 public_test
+(validation), with and without flip TTA, and on the fixed sample that the tests re-check.
+The half-precision file is kept only if it loses nothing measurable (every accuracy within
+0.1 point of float32); otherwise float32 is bundled. Writes ``msfer_fer2013.json`` beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import torch  # noqa: E402
+
+from msfer.data.readers import read_dataset  # noqa: E402
+from msfer.engine.checkpoint import export_weights, load_model  # noqa: E402
+from msfer.engine.datasets import FaceDataset  # noqa: E402
+from msfer.engine.evaluate import predict_split, split_metrics  # noqa: E402
+from msfer.regions.annotations import load_annotations  # noqa: E402
+from msfer.weights import BUNDLED_MODEL, BUNDLED_RECORD, fixed_sample  # noqa: E402
+
+KEYS = ("n", "overall_accuracy", "mean_class_accuracy")
+
+
+def measure(weights: Path, samples: list, annotations: dict | None, tta: bool) -> dict:
+    model, _ = load_model(weights)
+    dataset = FaceDataset(samples, model.input_size, model.region_names, annotations)
+    predictions = predict_split(model, dataset, torch.device("cpu"), 256, tta=tta, num_workers=2)
+    metrics = split_metrics(predictions, model.region_names, score_regions=annotations is not None)
+    return {k: metrics[k] for k in (*KEYS, "region_detection", "fallback_rate") if k in metrics}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="training run folder (its best.pt is bundled)")
+    parser.add_argument("--data", type=Path, required=True, help="FER2013 folder tree")
+    parser.add_argument("--annotations", type=Path, help="pseudo-labels, to score the region detector too")
+    args = parser.parse_args()
+
+    best = args.run / "best.pt"
+    samples = [s for s in read_dataset(args.data, "fer2013").samples if s.split == "public_test"]
+    annotations = load_annotations(args.annotations) if args.annotations else None
+    half = export_weights(best, BUNDLED_MODEL.with_suffix(".fp16.tmp"), half=True)
+    record = {"source": str(best), "validation": {}}
+    for name, weights in (("float32", best), ("float16", half)):
+        record["validation"][name] = {
+            "fer2013_public_test": measure(weights, samples, annotations, tta=False),
+            "fer2013_public_test_tta": measure(weights, samples, annotations, tta=True),
+        }
+    fp32, fp16 = record["validation"]["float32"], record["validation"]["float16"]
+    lossless = all(abs(fp32[k][m] - fp16[k][m]) <= 0.001 for k in fp32 for m in ("overall_accuracy", "mean_class_accuracy"))
+    if lossless:
+        half.replace(BUNDLED_MODEL)
+    else:
+        half.unlink()
+        export_weights(best, BUNDLED_MODEL, half=False)
+    record["precision"] = "float16" if lossless else "float32"
+    sample = fixed_sample(samples)
+    record["fixed_sample"] = {"split": "public_test", "size": len(sample),
+                              **measure(BUNDLED_MODEL, sample, None, tta=False)}
+    checkpoint = torch.load(best, map_location="cpu", weights_only=False)
+    record["best_epoch"] = checkpoint.get("best", {}).get("epoch")
+    record["config"] = checkpoint["config"]
+    BUNDLED_RECORD.write_text(json.dumps(record, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in record.items() if k != "config"}, indent=1))
+    print(f"bundled {BUNDLED_MODEL} ({BUNDLED_MODEL.stat().st_size / 2**20:.1f} MB, {record['precision']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

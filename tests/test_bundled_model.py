@@ -1,0 +1,49 @@
+"""The model that ships inside the package (issue 5): it loads by default and still measures what was recorded."""
+import numpy as np
+import pytest
+import torch
+
+from msfer.labels import EMOTIONS
+from msfer.weights import BUNDLED_MODEL, bundled_record, default_weights_path, fixed_sample
+
+pytestmark = pytest.mark.skipif(not BUNDLED_MODEL.is_file(), reason=f"no bundled model at {BUNDLED_MODEL}")
+
+
+def test_bundled_model_loads_with_complete_metadata():
+    from msfer.engine.checkpoint import load_model
+
+    model, meta = load_model(default_weights_path())
+    assert meta["classes"] == list(EMOTIONS)
+    assert meta["input_size"] == model.input_size and len(meta["mean"]) == len(meta["std"]) == 3
+    assert tuple(meta["region_names"]) == model.region_names
+    assert meta["config"]["model"]["name"] and meta["msfer_version"]
+    assert {"overall_accuracy", "mean_class_accuracy"} <= set(meta["metrics"])
+    assert BUNDLED_MODEL.stat().st_size <= 25 * 2**20
+
+
+def test_bundled_model_is_the_default_and_deterministic_on_a_real_photo():
+    from skimage import data
+
+    from msfer import EmotionRecognizer
+
+    photo = data.astronaut()
+    first, second = EmotionRecognizer().predict(photo), EmotionRecognizer().predict(photo)
+    assert len(first) == 1
+    assert first[0].probs == second[0].probs and first[0].label == second[0].label
+    assert first[0].label in EMOTIONS and abs(sum(first[0].probs.values()) - 1) < 1e-3
+
+
+def test_bundled_model_accuracy_on_fixed_fer2013_sample_matches_record(fer2013_root):
+    from msfer.data.readers import read_dataset
+    from msfer.engine.checkpoint import load_model
+    from msfer.engine.datasets import FaceDataset
+    from msfer.engine.evaluate import predict_split
+
+    recorded = bundled_record()["fixed_sample"]
+    sample = fixed_sample(read_dataset(fer2013_root, "fer2013").samples)
+    assert len(sample) == recorded["n"]
+    model, _ = load_model(default_weights_path())
+    dataset = FaceDataset(sample, model.input_size, model.region_names)
+    predictions = predict_split(model, dataset, torch.device("cpu"), batch_size=100, progress=False)
+    accuracy = float(np.mean(predictions["probs"].argmax(axis=1) == predictions["y_true"]))
+    assert abs(accuracy - recorded["overall_accuracy"]) <= 0.01
