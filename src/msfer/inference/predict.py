@@ -62,6 +62,9 @@ def shard(items: list[InputItem], num_shards: int, shard_index: int) -> list[Inp
     return items[shard_index::num_shards]
 
 
+ECHO_LIMIT = 50
+
+
 class ResultWriter:
     """Writes records to JSON Lines or CSV by the file's extension (or nowhere when ``path`` is None)."""
 
@@ -99,7 +102,11 @@ def _csv_row(index: int, face: FaceResult) -> dict:
 def predict_images(
     recognizer: EmotionRecognizer, items: list[InputItem], writer: ResultWriter, vis_dir: Path | None, problems: list[str]
 ) -> None:
-    """Recognise ``items`` (images) in batches; unreadable ones go to ``problems`` and the rest carry on."""
+    """Recognise ``items`` (images) in batches; unreadable ones go to ``problems`` and the rest carry on.
+
+    A handful of images (up to ``ECHO_LIMIT``) also get a line each on the terminal; bulk runs stay quiet.
+    """
+    echo = len(items) <= ECHO_LIMIT
     with tqdm(total=len(items), desc="images", unit="img", disable=not items) as progress:
         for start in range(0, len(items), recognizer.batch_size):
             loaded: list[tuple[InputItem, np.ndarray]] = []
@@ -111,6 +118,9 @@ def predict_images(
             results = recognizer.predict_batch([image for _, image in loaded])
             for (item, image), faces in zip(loaded, results):
                 writer.write({"source": str(item.path), "faces": faces})
+                if echo:
+                    found = ", ".join(f"{face.label} {face.confidence:.2f}" for face in faces) or "no face"
+                    tqdm.write(f"{item.path}: {found}")
                 if vis_dir is not None:
                     out = (vis_dir / item.name).with_suffix(".jpg")
                     out.parent.mkdir(parents=True, exist_ok=True)
