@@ -146,7 +146,7 @@ def main() -> int:
     print(f"plan: ablation rows {ablation_epochs} epochs each, shipped model {shipped_epochs} epochs", flush=True)
 
     runs_overrides = [f"{k}={v}" for k, v in overrides.items()]
-    ablation_args = [f"{k}={v}" for k, v in ablation_overrides.items()]
+    ablation_args = [f"{k}={v}" for k, v in ablation_overrides.items()] + ["eval.tta=false"]
     budget = f"train.max_minutes={args.minutes + 1.0}"  # the engine's own stop: a run never outlives the call
     jobs = [("shipped", lambda: msfer("train", "--config", str(ROOT / SHIPPED[1]), "--output-dir", str(runs / "shipped"),
                                       f"train.epochs={shipped_epochs}", budget, *runs_overrides, log=runs / "shipped.log"))]
