@@ -57,8 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"msfer {command}", description=help_text[0].upper() + help_text[1:] + ".")
     module.add_arguments(parser)
-    # Intermixed: `msfer train --config X a.b=1 --overwrite c.d=2` keeps every override.
-    args = parser.parse_intermixed_args(argv[index + 1 :])
+    try:  # intermixed: `msfer train --config X a.b=1 --overwrite c.d=2` keeps every override
+        args = parser.parse_intermixed_args(argv[index + 1 :])
+    except TypeError:  # argparse cannot intermix around sub-commands (`msfer datasets inspect`)
+        args = parser.parse_args(argv[index + 1 :])
     logging.basicConfig(
         level=logging.DEBUG if top_args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
