@@ -1,4 +1,5 @@
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -40,3 +41,13 @@ def test_missing_file_and_base_cycle(tmp_path):
     (tmp_path / "b.yaml").write_text("_base_: a.yaml\n")
     with pytest.raises(MsferError, match="cycle"):
         load_config(tmp_path / "a.yaml")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_builds_its_model(path):
+    from msfer.model import build_model
+
+    config = load_config(path, ["data.root=/data/fer2013"])
+    model = build_model({**config["model"], "pretrained": False})
+    assert model.num_classes == 7 and model.input_size == config["model"].get("input_size", model.input_size)
