@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -33,3 +34,42 @@ def ferplus_root(shared_data, tmp_path_factory) -> Path:
     with tarfile.open(shared_data / "ferplus.tar.gz") as tar:
         tar.extractall(out, filter="data")
     return out / "ferplus" / "data"
+
+
+@pytest.fixture(scope="session")
+def random_weights(tmp_path_factory) -> Path:
+    """A checkpoint of the CPU model with random weights, saved as the engine saves one (for the inference tests)."""
+    import torch
+
+    from msfer.engine.checkpoint import describe, save_checkpoint
+    from msfer.model import build_model
+
+    torch.manual_seed(0)
+    config = {"name": "msfer_mobilenetv2", "pretrained": False}
+    model = build_model(config)
+    path = tmp_path_factory.mktemp("inference_model") / "random.pt"
+    save_checkpoint({"model": model.state_dict(), **describe(model, {"model": config})}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def recognizer(random_weights):
+    from msfer import EmotionRecognizer
+
+    return EmotionRecognizer(random_weights)
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> np.ndarray:
+    """A real photo with one face (NASA, public domain), as scikit-image ships it."""
+    skimage_data = pytest.importorskip("skimage.data")
+    return skimage_data.astronaut()
+
+
+@pytest.fixture(scope="session")
+def astronaut_file(tmp_path_factory, astronaut) -> Path:
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("photos") / "astronaut.jpg"
+    Image.fromarray(astronaut).save(path, quality=95)
+    return path

@@ -1,11 +1,10 @@
 """The Python API: EmotionRecognizer on real photos (scikit-image's astronaut), with a random-weight model.
 
-The fixtures here are imported by the other tests/test_inference_*.py files.
+The fixtures `random_weights`, `recognizer`, `astronaut` and `astronaut_file` are in tests/conftest.py.
 """
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,41 +18,6 @@ skimage_data = pytest.importorskip("skimage.data")
 
 # Eileen Collins' face in skimage.data.astronaut() (512 x 512): measured by eye, generous.
 ASTRONAUT_FACE = (150, 30, 300, 200)
-
-
-@pytest.fixture(scope="session")
-def random_weights(tmp_path_factory) -> Path:
-    """A checkpoint of the CPU model with random weights, saved as the engine saves one (shared by the inference tests)."""
-    path = tmp_path_factory.getbasetemp() / "inference_model" / "random.pt"
-    if not path.is_file():  # another test module's copy of this fixture may have written it already
-        import torch
-
-        from msfer.engine.checkpoint import describe, save_checkpoint
-        from msfer.model import build_model
-
-        torch.manual_seed(0)
-        config = {"name": "msfer_mobilenetv2", "pretrained": False}
-        model = build_model(config)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_checkpoint({"model": model.state_dict(), **describe(model, {"model": config})}, path)
-    return path
-
-
-@pytest.fixture(scope="session")
-def recognizer(random_weights) -> EmotionRecognizer:
-    return EmotionRecognizer(random_weights)
-
-
-@pytest.fixture(scope="session")
-def astronaut() -> np.ndarray:
-    return skimage_data.astronaut()
-
-
-@pytest.fixture(scope="session")
-def astronaut_file(tmp_path_factory, astronaut) -> Path:
-    path = tmp_path_factory.mktemp("photos") / "astronaut.jpg"
-    Image.fromarray(astronaut).save(path, quality=95)
-    return path
 
 
 def inside(box, bounds, slack: float = 0.0) -> bool:

@@ -10,7 +10,6 @@ from msfer.cli import main
 from msfer.errors import MsferError
 from msfer.inference.recognizer import EmotionRecognizer, OnnxClassifier, TorchClassifier
 
-from test_inference_api import astronaut, random_weights  # noqa: F401  (shared fixtures)
 
 onnx = pytest.importorskip("onnx")
 

@@ -15,7 +15,6 @@ from PIL import Image
 from msfer.cli import main
 from msfer.labels import EMOTIONS
 
-from test_inference_api import astronaut, random_weights  # noqa: F401  (shared fixtures)
 
 skimage_data = pytest.importorskip("skimage.data")
 

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +15,6 @@ from PIL import Image
 
 from msfer.inference.recognizer import EmotionRecognizer
 
-from test_inference_api import astronaut, random_weights  # noqa: F401  (shared fixtures)
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")

@@ -11,7 +11,6 @@ from msfer.inference.tracking import FaceTracker, box_iou
 from msfer.inference.video import VideoSource, predict_video
 from msfer.labels import EMOTIONS
 
-from test_inference_api import astronaut, random_weights  # noqa: F401  (shared fixtures)
 from test_inference_predict import moving_face_frames, write_video
 
 

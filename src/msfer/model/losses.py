@@ -9,7 +9,6 @@ term is applied to the softmax probability of each class, :func:`focal_cross_ent
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
