@@ -1,9 +1,11 @@
 """Training and inference speed (images/s) of the registered models on this machine.
 
-    python benchmarks/model_speed.py [--models msfer_mobilenetv2 classifier_resnet18] [--size 112] [--out speed.json]
+    python benchmarks/model_speed.py [--models msfer_mobilenetv2 classifier_resnet18] [--size 112] [--channels-last]
+        [--out speed.json]
 
 Training: forward with targets (synthetic labels and region boxes) + backward + Adam step at
-batch 32. Inference: eval forward under ``torch.no_grad`` at batch 1 and 32. Numbers depend on
+batch 32. Inference: eval forward under ``torch.no_grad`` at batch 1 and 32. ``--channels-last``
+puts model and images in that memory format, as ``train.channels_last`` does. Numbers depend on
 whatever else runs on the machine; run it alone for figures worth quoting.
 """
 from __future__ import annotations
@@ -40,10 +42,13 @@ def images_per_second(step, batch: int, seconds: float, warmup: int = 2) -> floa
     return count * batch / (time.perf_counter() - start)
 
 
-def measure(name: str, size: int, seconds: float) -> dict[str, float]:
+def measure(name: str, size: int, seconds: float, channels_last: bool = False) -> dict[str, float]:
     model = build_model({"name": name, "pretrained": False, "input_size": size})
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     images, targets = synthetic_batch(model, 32, size)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def train_step() -> None:
         loss = sum(model(images, targets)["losses"].values())
@@ -67,6 +72,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=112, help="input size in pixels (default 112)")
     parser.add_argument("--seconds", type=float, default=5.0, help="timing window per measurement")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--channels-last", action="store_true", help="channels-last memory format (train.channels_last)")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
     if args.threads:
@@ -74,13 +80,13 @@ def main() -> None:
     torch.manual_seed(0)
     results = {}
     print(f"{'model':24s} {'train b32':>10s} {'infer b1':>10s} {'infer b32':>10s} {'params M':>9s}   (images/s, {args.size} px, "
-          f"{torch.get_num_threads()} threads)")
+          f"{torch.get_num_threads()} threads{', channels-last' if args.channels_last else ''})")
     for name in args.models:
-        r = results[name] = measure(name, args.size, args.seconds)
+        r = results[name] = measure(name, args.size, args.seconds, args.channels_last)
         print(f"{name:24s} {r['train_b32']:10.1f} {r['infer_b1']:10.1f} {r['infer_b32']:10.1f} {r['params_m']:9.2f}", flush=True)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"size": args.size, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            json.dump({"size": args.size, "channels_last": args.channels_last, "threads": torch.get_num_threads(), "torch": torch.__version__,
                        "results": results}, f, indent=2)
 
 

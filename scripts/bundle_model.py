@@ -1,12 +1,17 @@
 """Bundle a trained run as msfer's default model, and record what it measures.
 
-    python scripts/bundle_model.py runs/cpu --data /path/to/fer2013 --annotations data/annotations/fer2013.jsonl
+    python scripts/bundle_model.py runs/cpu_2h --data /path/to/fer2013 --annotations data/annotations/fer2013.jsonl \
+        [--logit-adjust]
 
 Exports the run's ``best.pt`` as ``src/msfer/weights/msfer_fer2013.pt`` (half precision,
 inference only), then evaluates the run's own file and the export on FER2013 public_test
 (validation), with and without flip TTA, and on the fixed sample that the tests re-check.
 The half-precision file is kept only if it loses nothing measurable (every accuracy within
 0.1 point of float32); otherwise float32 is bundled. Writes ``msfer_fer2013.json`` beside it.
+
+``--logit-adjust`` folds a class-prior logit adjustment (``msfer.engine.prior``) into the
+bundled weights, its strength chosen on one stratified half of public_test; the record keeps
+the run's own numbers (``as_trained``) beside the adjusted ones, and the other half's.
 """
 from __future__ import annotations
 
@@ -24,18 +29,29 @@ from msfer.data.readers import read_dataset  # noqa: E402
 from msfer.engine.checkpoint import export_weights, load_model  # noqa: E402
 from msfer.engine.datasets import FaceDataset  # noqa: E402
 from msfer.engine.evaluate import predict_split, split_metrics  # noqa: E402
+from msfer.engine.prior import choose_tau, fold_adjustment  # noqa: E402
+from msfer.labels import EMOTIONS  # noqa: E402
 from msfer.regions.annotations import load_annotations  # noqa: E402
 from msfer.weights import BUNDLED_MODEL, BUNDLED_RECORD, fixed_sample  # noqa: E402
 
 KEYS = ("n", "overall_accuracy", "mean_class_accuracy")
 
 
-def measure(weights: Path, samples: list, annotations: dict | None, tta: bool) -> dict:
+def predict(weights: Path, samples: list, annotations: dict | None, tta: bool) -> tuple[dict, tuple[str, ...]]:
     model, _ = load_model(weights)
     dataset = FaceDataset(samples, model.input_size, model.region_names, annotations)
-    predictions = predict_split(model, dataset, torch.device("cpu"), 256, tta=tta, num_workers=2)
-    metrics = split_metrics(predictions, model.region_names, score_regions=annotations is not None)
+    return predict_split(model, dataset, torch.device("cpu"), 256, tta=tta, num_workers=2), model.region_names
+
+
+def measure(weights: Path, samples: list, annotations: dict | None, tta: bool) -> dict:
+    predictions, region_names = predict(weights, samples, annotations, tta)
+    metrics = split_metrics(predictions, region_names, score_regions=annotations is not None)
     return {k: metrics[k] for k in (*KEYS, "region_detection", "fallback_rate") if k in metrics}
+
+
+def public_test(weights: Path, samples: list, annotations: dict | None) -> dict:
+    return {"fer2013_public_test": measure(weights, samples, annotations, tta=False),
+            "fer2013_public_test_tta": measure(weights, samples, annotations, tta=True)}
 
 
 def main() -> int:
@@ -43,26 +59,36 @@ def main() -> int:
     parser.add_argument("run", type=Path, help="training run folder (its best.pt is bundled)")
     parser.add_argument("--data", type=Path, required=True, help="FER2013 folder tree")
     parser.add_argument("--annotations", type=Path, help="pseudo-labels, to score the region detector too")
+    parser.add_argument("--logit-adjust", action="store_true",
+                        help="fold a class-prior logit adjustment into the weights, chosen on half of public_test")
     args = parser.parse_args()
 
-    best = args.run / "best.pt"
-    samples = [s for s in read_dataset(args.data, "fer2013").samples if s.split == "public_test"]
+    best = source = args.run / "best.pt"
+    index = read_dataset(args.data, "fer2013")
+    samples = [s for s in index.samples if s.split == "public_test"]
     annotations = load_annotations(args.annotations) if args.annotations else None
-    half = export_weights(best, BUNDLED_MODEL.with_suffix(".fp16.tmp"), half=True)
     record = {"source": str(best), "validation": {}}
-    for name, weights in (("float32", best), ("float16", half)):
-        record["validation"][name] = {
-            "fer2013_public_test": measure(weights, samples, annotations, tta=False),
-            "fer2013_public_test_tta": measure(weights, samples, annotations, tta=True),
-        }
+    if args.logit_adjust:
+        predictions, _ = predict(best, samples, None, tta=False)
+        train_labels = [s.label for s in index.samples if s.split == "train"]
+        counts = [train_labels.count(label) for label in range(len(EMOTIONS))]
+        record["logit_adjustment"] = choose_tau(predictions["probs"], predictions["y_true"], counts)
+        source = fold_adjustment(best, BUNDLED_MODEL.with_suffix(".adjusted.tmp"), record["logit_adjustment"]["offsets"],
+                                 {k: v for k, v in record["logit_adjustment"].items() if k != "curve"})
+        record["validation"]["as_trained"] = public_test(best, samples, annotations)
+    half = export_weights(source, BUNDLED_MODEL.with_suffix(".fp16.tmp"), half=True)
+    for name, weights in (("float32", source), ("float16", half)):
+        record["validation"][name] = public_test(weights, samples, annotations)
     fp32, fp16 = record["validation"]["float32"], record["validation"]["float16"]
     lossless = all(abs(fp32[k][m] - fp16[k][m]) <= 0.001 for k in fp32 for m in ("overall_accuracy", "mean_class_accuracy"))
     if lossless:
         half.replace(BUNDLED_MODEL)
     else:
         half.unlink()
-        export_weights(best, BUNDLED_MODEL, half=False)
+        export_weights(source, BUNDLED_MODEL, half=False)
     record["precision"] = "float16" if lossless else "float32"
+    if source != best:
+        source.unlink()
     sample = fixed_sample(samples)
     record["fixed_sample"] = {"split": "public_test", "size": len(sample),
                               **measure(BUNDLED_MODEL, sample, None, tta=False)}
