@@ -46,7 +46,8 @@ def predict(weights: Path, samples: list, annotations: dict | None, tta: bool) -
 def measure(weights: Path, samples: list, annotations: dict | None, tta: bool) -> dict:
     predictions, region_names = predict(weights, samples, annotations, tta)
     metrics = split_metrics(predictions, region_names, score_regions=annotations is not None)
-    return {k: metrics[k] for k in (*KEYS, "region_detection", "fallback_rate") if k in metrics}
+    recall = {name: scores["recall"] for name, scores in metrics["per_class"].items()}
+    return {**{k: metrics[k] for k in (*KEYS, "region_detection", "fallback_rate") if k in metrics}, "recall": recall}
 
 
 def public_test(weights: Path, samples: list, annotations: dict | None) -> dict:

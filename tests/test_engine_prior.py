@@ -93,3 +93,23 @@ def test_fold_needs_a_classifier_bias(tmp_path):
     path = save_checkpoint({"model": {"w": torch.zeros(1)}, "config": {"model": {}}}, tmp_path / "odd.pt")
     with pytest.raises(MsferError, match="classifier.bias"):
         fold_adjustment(path, tmp_path / "out.pt", [0.0] * 7, {})
+
+
+def test_evaluate_applies_and_reports_a_folded_adjustment(random_weights, tmp_path):
+    """A very strong adjustment makes every face the rarest class, through the ordinary `msfer evaluate`."""
+    import json
+
+    from PIL import Image
+
+    from msfer.cli import main as cli
+
+    rng = np.random.default_rng(0)
+    for name in EMOTIONS:
+        (tmp_path / "faces" / name).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(tmp_path / "faces" / name / "0.png")
+    folded = fold_adjustment(random_weights, tmp_path / "folded.pt", adjustment(FER2013_TRAIN_COUNTS, 50.0), {"tau": 50.0})
+    assert cli(["evaluate", "--weights", str(folded), "--data", str(tmp_path / "faces"), "--format", "folder",
+                "--out", str(tmp_path / "eval"), "--num-workers", "0", "--device", "cpu"]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["logit_adjustment_tau"] == 50.0
+    assert [row[EMOTIONS.index("disgust")] for row in metrics["confusion_matrix"]] == [1] * len(EMOTIONS)

@@ -140,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
     has_detector = getattr(model, "detector", None) is not None
     metrics = split_metrics(predictions, model.region_names, score_regions=has_detector and annotations is not None)
     metrics.update({"weights": str(weights), "data": str(args.data), "format": args.format, "split": args.split,
-                    "tta": args.tta, "regions": args.regions})
+                    "tta": args.tta, "regions": args.regions,
+                    "logit_adjustment_tau": (meta.get("logit_adjustment") or {}).get("tau")})
     return _write(metrics, args.out)
 
 
