@@ -30,7 +30,6 @@ from msfer.engine.checkpoint import export_weights, load_model  # noqa: E402
 from msfer.engine.datasets import FaceDataset  # noqa: E402
 from msfer.engine.evaluate import predict_split, split_metrics  # noqa: E402
 from msfer.engine.prior import choose_tau, fold_adjustment  # noqa: E402
-from msfer.labels import EMOTIONS  # noqa: E402
 from msfer.regions.annotations import load_annotations  # noqa: E402
 from msfer.weights import BUNDLED_MODEL, BUNDLED_RECORD, fixed_sample  # noqa: E402
 
@@ -44,8 +43,11 @@ def predict(weights: Path, samples: list, annotations: dict | None, tta: bool) -
 
 
 def measure(weights: Path, samples: list, annotations: dict | None, tta: bool) -> dict:
-    predictions, region_names = predict(weights, samples, annotations, tta)
-    metrics = split_metrics(predictions, region_names, score_regions=annotations is not None)
+    return summarize(*predict(weights, samples, annotations, tta), scored_regions=annotations is not None)
+
+
+def summarize(predictions: dict, region_names: tuple[str, ...], scored_regions: bool) -> dict:
+    metrics = split_metrics(predictions, region_names, score_regions=scored_regions)
     recall = {name: scores["recall"] for name, scores in metrics["per_class"].items()}
     return {**{k: metrics[k] for k in (*KEYS, "region_detection", "fallback_rate") if k in metrics}, "recall": recall}
 
@@ -70,13 +72,14 @@ def main() -> int:
     annotations = load_annotations(args.annotations) if args.annotations else None
     record = {"source": str(best), "validation": {}}
     if args.logit_adjust:
-        predictions, _ = predict(best, samples, None, tta=False)
-        train_labels = [s.label for s in index.samples if s.split == "train"]
-        counts = [train_labels.count(label) for label in range(len(EMOTIONS))]
+        predictions, region_names = predict(best, samples, annotations, tta=False)
+        counts = list(index.counts()["train"].values())
         record["logit_adjustment"] = choose_tau(predictions["probs"], predictions["y_true"], counts)
         source = fold_adjustment(best, BUNDLED_MODEL.with_suffix(".adjusted.tmp"), record["logit_adjustment"]["offsets"],
                                  {k: v for k, v in record["logit_adjustment"].items() if k != "curve"})
-        record["validation"]["as_trained"] = public_test(best, samples, annotations)
+        record["validation"]["as_trained"] = {
+            "fer2013_public_test": summarize(predictions, region_names, scored_regions=annotations is not None),
+            "fer2013_public_test_tta": measure(best, samples, annotations, tta=True)}
     half = export_weights(source, BUNDLED_MODEL.with_suffix(".fp16.tmp"), half=True)
     for name, weights in (("float32", source), ("float16", half)):
         record["validation"][name] = public_test(weights, samples, annotations)
