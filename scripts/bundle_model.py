@@ -52,8 +52,9 @@ def summarize(predictions: dict, region_names: tuple[str, ...], scored_regions: 
     return {**{k: metrics[k] for k in (*KEYS, "region_detection", "fallback_rate") if k in metrics}, "recall": recall}
 
 
-def public_test(weights: Path, samples: list, annotations: dict | None) -> dict:
-    return {"fer2013_public_test": measure(weights, samples, annotations, tta=False),
+def public_test(weights: Path, samples: list, annotations: dict | None, without_tta: dict | None = None) -> dict:
+    """Scores with and without TTA; ``without_tta`` is the latter when already measured."""
+    return {"fer2013_public_test": without_tta or measure(weights, samples, annotations, tta=False),
             "fer2013_public_test_tta": measure(weights, samples, annotations, tta=True)}
 
 
@@ -77,9 +78,8 @@ def main() -> int:
         record["logit_adjustment"] = choose_tau(predictions["probs"], predictions["y_true"], counts)
         source = fold_adjustment(best, BUNDLED_MODEL.with_suffix(".adjusted.tmp"), record["logit_adjustment"]["offsets"],
                                  {k: v for k, v in record["logit_adjustment"].items() if k != "curve"})
-        record["validation"]["as_trained"] = {
-            "fer2013_public_test": summarize(predictions, region_names, scored_regions=annotations is not None),
-            "fer2013_public_test_tta": measure(best, samples, annotations, tta=True)}
+        record["validation"]["as_trained"] = public_test(
+            best, samples, annotations, summarize(predictions, region_names, scored_regions=annotations is not None))
     half = export_weights(source, BUNDLED_MODEL.with_suffix(".fp16.tmp"), half=True)
     for name, weights in (("float32", source), ("float16", half)):
         record["validation"][name] = public_test(weights, samples, annotations)
