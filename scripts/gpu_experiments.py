@@ -11,8 +11,9 @@ both FER2013 splits) and ``mobilenet_v2-b0353104.pth`` (torchvision's ImageNet f
    (they run concurrently, which only makes them finish sooner): the ablation rows share
    one equal epoch budget, the shipped model gets the rest.
 3. Trains everything concurrently (``msfer train``; validation on FER2013 public_test
-   with flip TTA selects each best.pt), then evaluates the full models with pseudo-label
-   regions at test time (``msfer evaluate``), as scripts/ablation_study.py does on a CPU.
+   selects each best.pt), then scores every ablation run as scripts/ablation_study.py does
+   on a CPU (FER2013 public_test, the full models also with pseudo-label regions, and TCCE
+   val through the whole pipeline when ``CARRY`` holds ``tcce.tar.gz``).
 4. Writes ``summary.json``, ``runs.tar.gz`` (configs, logs, metrics, the ablation table;
    no checkpoints) and the shipped model (``msfer_fer2013.pt``, half precision) to ``--out``.
 """
@@ -31,7 +32,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from ablation_study import ROWS, evaluate_pseudo, msfer, run_all, summarize, train  # noqa: E402 (scripts/ beside this file)
+import subprocess  # noqa: E402
+
+from ablation_study import NEEDS_NO_REGIONS, ROWS, score, summarize  # noqa: E402 (scripts/ beside this file)
 
 TRAIN_IMAGES = 28709
 SHIPPED = ("shipped", "configs/gpu.yaml", 0)
@@ -40,6 +43,31 @@ ABLATION_GPU = {"train.batch_size": "256", "train.lr": "4.0e-3", "train.amp": "b
                 "data.num_workers": "3"}
 # (row name, config, seed) of every ablation run, at one equal epoch budget (scripts/ablation_study.py).
 ABLATIONS = [(name, f"configs/ablations/{config}", seed) for name, _, config, seeds in ROWS for seed in seeds]
+
+
+def msfer(*args: str, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "msfer.cli", *args], stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+
+
+def run_all(jobs: list, parallel: int) -> None:
+    """Start the ``jobs`` (label, callable returning a Popen), at most ``parallel`` at a time; fail on any error."""
+    running: list[tuple[str, subprocess.Popen]] = []
+    for label, start in jobs:
+        if len(running) >= parallel:
+            _wait(running.pop(0))
+        running.append((label, start()))
+        print(f"started {label}", flush=True)
+    for item in running:
+        _wait(item)
+
+
+def _wait(item: tuple[str, subprocess.Popen]) -> None:
+    label, process = item
+    if process.wait() != 0:
+        raise SystemExit(f"{label} failed (exit {process.returncode}): see its log")
+    print(f"finished {label}", flush=True)
 
 
 def setup(carry: Path, work: Path) -> dict[str, str]:
@@ -55,6 +83,9 @@ def setup(carry: Path, work: Path) -> dict[str, str]:
     (torch_home / "hub" / "checkpoints").mkdir(parents=True, exist_ok=True)
     shutil.copy(carry / "mobilenet_v2-b0353104.pth", torch_home / "hub" / "checkpoints")
     os.environ["TORCH_HOME"] = str(torch_home)
+    if (carry / "tcce.tar.gz").exists() and not (data / "tcce").is_dir():
+        with tarfile.open(carry / "tcce.tar.gz") as tar:
+            tar.extractall(data, filter="data")
     return {"data.root": str(data / "fer2013"), "data.annotations": str(annotations)}
 
 
@@ -150,15 +181,20 @@ def main() -> int:
     budget = f"train.max_minutes={args.minutes + 1.0}"  # the engine's own stop: a run never outlives the call
     jobs = [("shipped", lambda: msfer("train", "--config", str(ROOT / SHIPPED[1]), "--output-dir", str(runs / "shipped"),
                                       f"train.epochs={shipped_epochs}", budget, *runs_overrides, log=runs / "shipped.log"))]
-    jobs += [(f"{name} seed {seed}", lambda n=name, c=Path(config).name, s=seed:
-              train(n, c, s, [*ablation_args, f"train.epochs={ablation_epochs}", budget], runs))
+    jobs += [(f"{name} seed {seed}", lambda n=name, c=config, s=seed: msfer(
+                 "train", "--config", str(ROOT / c), "--output-dir", str(runs / f"{n}_seed{s}"), f"train.seed={s}",
+                 *[a for a in ablation_args if not (n in NEEDS_NO_REGIONS and a.startswith("data.annotations="))],
+                 f"train.epochs={ablation_epochs}", budget, log=runs / f"{n}_seed{s}.log"))
              for name, config, seed in ABLATIONS]
     run_all(jobs, parallel=len(jobs))
-    run_all([(f"full seed {seed} pseudo", lambda s=seed: evaluate_pseudo(runs / f"full_seed{s}", overrides["data.root"],
-                                                                          overrides["data.annotations"]))
-             for name, _, seed in ABLATIONS if name == "full"], parallel=4)
-    table = summarize(runs, f"all 28,709 FER2013 train images, {ablation_epochs} epochs, batch 256, bf16, one H100 "
-                            "shared by all runs")
+    tcce = args.work / "data" / "tcce"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    for name, _, seed in ABLATIONS:
+        score(runs / f"{name}_seed{seed}", Path(overrides["data.root"]), Path(overrides["data.annotations"]),
+              tcce if tcce.is_dir() else None, pseudo=name == "full", device=device)
+    table = summarize(runs, {"epochs": ablation_epochs, "train_images": TRAIN_IMAGES,
+                             "description": f"all 28,709 FER2013 train images, {ablation_epochs} epochs, batch 256, bf16, "
+                                            "one GPU shared by all runs; validation without TTA"})
     summary = {"rates": rates, "ablation_epochs": ablation_epochs, "shipped_epochs": shipped_epochs, "ablation": table,
                "seconds": time.time() - started}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -61,14 +61,17 @@ def predict_split(
     """Predictions for every sample of ``dataset``, in dataset order, gathered from all ranks.
 
     Returns arrays ``index``, ``y_true``, ``probs`` (N x 7), ``boxes``/``box_scores`` (the regions the
-    head used, input pixels), ``fallback``, and the pseudo-label ``true_boxes``/``true_valid`` (input pixels).
+    head used, input pixels), ``fallback``, and the pseudo-label ``true_boxes``/``true_valid`` (input pixels);
+    for a learned detector also ``detected`` (its boxes before any fallback) and ``proposed`` (the
+    first-stage proposals they were refined from), N x R x 4.
     """
     model.eval()
     indices = shard_indices(len(dataset), info)
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=num_workers,
                         pin_memory=device.type == "cuda", generator=torch.Generator())
     size = model.input_size
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("y_true", "probs", "boxes", "box_scores", "fallback", "true_boxes", "true_valid")}
+    keys = ("y_true", "probs", "boxes", "box_scores", "fallback", "true_boxes", "true_valid", "detected", "proposed")
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     for batch in tqdm(loader, desc="evaluating", unit="batch", leave=False, disable=not (progress and info.is_main)):
         images, true_boxes = prepare_eval(batch["image"].to(device), batch["boxes"].to(device), size, model.mean, model.std)
         true_valid = batch["box_valid"].to(device)
@@ -77,12 +80,17 @@ def predict_split(
             probs, output = predict_probs(model, images, tta=tta, **given)
         for key, value in (("y_true", batch["label"]), ("probs", probs), ("boxes", output["boxes"]),
                            ("box_scores", output["box_scores"]), ("fallback", output["fallback"]),
-                           ("true_boxes", true_boxes), ("true_valid", true_valid)):
+                           ("true_boxes", true_boxes), ("true_valid", true_valid),
+                           ("detected", output.get("detected")), ("proposed", output.get("proposed"))):
+            if value is None:
+                continue
             parts[key].append(value.float().cpu().numpy() if value.is_floating_point() else value.cpu().numpy())
-    local = {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in parts.items()}
+    optional = ("detected", "proposed")  # only models with a learned detector give them
+    local = {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in parts.items() if v or k not in optional}
     local["index"] = np.asarray(indices, dtype=np.int64)
     gathered = all_gather_objects(local, info)
-    merged = {k: np.concatenate([g[k] for g in gathered if len(g["index"])]) for k in local}
+    filled = [g for g in gathered if len(g["index"])]
+    merged = {k: np.concatenate([g[k] for g in filled]) for k in (filled[0] if filled else local)}
     order = np.argsort(merged["index"], kind="stable")
     return {k: v[order] for k, v in merged.items()}
 
@@ -92,9 +100,14 @@ def split_metrics(predictions: dict[str, np.ndarray], region_names: Sequence[str
     metrics = compute_metrics(predictions["y_true"], predictions["probs"].argmax(axis=1), EMOTIONS)
     metrics["fallback_rate"] = float(predictions["fallback"].mean()) if len(predictions["fallback"]) else 0.0
     if score_regions and region_names and predictions["true_valid"].any():
-        metrics["region_detection"] = region_detection(
-            predictions["boxes"], predictions["box_scores"], predictions["true_boxes"], predictions["true_valid"], region_names
-        )
+        truth = (predictions["true_boxes"], predictions["true_valid"], region_names)
+        # what the head used (detector boxes, or the default layout where the score was too low)
+        metrics["region_detection"] = region_detection(predictions["boxes"], predictions["box_scores"], *truth)
+        if "detected" in predictions:  # the second stage against its own input: does refinement help?
+            metrics["region_detection_stages"] = {
+                "proposals": region_detection(predictions["proposed"], predictions["box_scores"], *truth),
+                "refined": region_detection(predictions["detected"], predictions["box_scores"], *truth),
+            }
     return metrics
 
 

@@ -25,17 +25,22 @@ from .recognizer import EmotionRecognizer
 NO_FACE = len(EMOTIONS)  # the extra "prediction" of a photo without a detected face
 
 
-def evaluate_with_detection(recognizer: EmotionRecognizer, samples: Sequence[Sample]) -> dict:
-    """Detect, then classify the largest face of each sample's photo; metrics as described in the module docstring."""
-    y_true, y_pred = [], []
+def predict_with_detection(recognizer: EmotionRecognizer, samples: Sequence[Sample]) -> np.ndarray:
+    """The class index (into ``EMOTIONS``) of each sample photo's largest face, or ``NO_FACE``: shape ``N``."""
+    y_pred = []
     with tqdm(total=len(samples), desc="detect + classify", unit="img") as progress:
         for start in range(0, len(samples), recognizer.batch_size):
             batch = samples[start : start + recognizer.batch_size]
             results = recognizer.predict_batch([sample.load() for sample in batch])
-            for sample, faces in zip(batch, results):
-                y_true.append(sample.label)
-                y_pred.append(EMOTIONS.index(faces[0].label) if faces else NO_FACE)
+            y_pred.extend(EMOTIONS.index(faces[0].label) if faces else NO_FACE for faces in results)
             progress.update(len(batch))
+    return np.asarray(y_pred, dtype=np.int64)
+
+
+def evaluate_with_detection(recognizer: EmotionRecognizer, samples: Sequence[Sample]) -> dict:
+    """Detect, then classify the largest face of each sample's photo; metrics as described in the module docstring."""
+    y_true = [sample.label for sample in samples]
+    y_pred = predict_with_detection(recognizer, samples).tolist()
     metrics = compute_metrics(y_true, y_pred, (*EMOTIONS, "no_face"))
     del metrics["per_class"]["no_face"]  # not a class: no photo has it as its truth
     matrix = np.asarray(metrics["confusion_matrix"])

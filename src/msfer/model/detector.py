@@ -19,10 +19,10 @@ data-dependent shapes for ONNX export.
 Fast R-CNN head. RoIAlign (:class:`~msfer.model.layers.LevelRoIAlign`: P3..P5 by the paper's
 level formula) to ``detector_pool``, a residual block, global average pooling, then two linear
 layers: region class (background + R regions) and class-specific box deltas (BoxCoder weights
-10, 10, 5, 5). Training: the pseudo-label boxes are added to the proposals, proposals are
-labelled by IoU >= 0.5 with a box (else background), and ``rois_per_image`` are sampled with at
-most ``positive_fraction`` positives (torchvision's ``BalancedPositiveNegativeSampler``, here
-vectorised over the batch). Loss ``1/N_cls sum focal_CE + lambda 1/N_cls sum p* smoothL1``
+10, 10, 5, 5). Training: the pseudo-label boxes are added to the proposals, every candidate
+is labelled by IoU >= 0.5 with a box (else background; torchvision's ``Matcher``), and
+``rois_per_image`` are sampled with at most ``positive_fraction`` positives (torchvision's
+``BalancedPositiveNegativeSampler``). Loss ``1/N_cls sum focal_CE + lambda 1/N_cls sum p* smoothL1``
 over the sampled RoIs (torchvision normalises the box term by the sampled count too).
 
 Output. For each region class the highest-scoring proposal, refined by that class's deltas:
@@ -36,7 +36,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.detection._utils import BoxCoder
+from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, BoxCoder, Matcher
 
 from .anchors import ANCHORS_PER_LOCATION, level_anchors
 from .fpn import LEVELS, STRIDES
@@ -103,6 +103,8 @@ class RegionDetector(nn.Module):
         self.proposal_head = ProposalHead(channels)
         self.anchor_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
         self.roi_coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
+        self.matcher = Matcher(0.5, 0.5, allow_low_quality_matches=False)
+        self.sampler = BalancedPositiveNegativeSampler(rois_per_image, positive_fraction)
         self.roi_pool = LevelRoIAlign(("p3", "p4", "p5"), pool_size)
         self.roi_block = residual_block(channels, head_channels)
         self.class_logits = nn.Linear(head_channels, num_regions + 1)
@@ -121,8 +123,12 @@ class RegionDetector(nn.Module):
 
     def forward(
         self, features: dict[str, Tensor], image_size: tuple[int, int], targets: dict[str, Tensor] | None = None
-    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """-> (boxes ``B x R x 4``, scores ``B x R``, losses). Losses only in training with ``targets``."""
+    ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        """-> (boxes ``B x R x 4``, scores ``B x R``, the proposals they were refined from ``B x R x 4``, losses).
+
+        Boxes in input pixels, ``x1, y1, x2, y2``, clipped to ``image_size`` (H, W); scores in [0, 1].
+        Losses only in training with ``targets``.
+        """
         level_anchors_ = self.anchors(features)
         anchors = torch.cat(level_anchors_)
         objectness, deltas = zip(*(self.proposal_head(features[level]) for level in LEVELS))
@@ -131,17 +137,14 @@ class RegionDetector(nn.Module):
 
         if not (self.training and targets is not None):
             logits, roi_deltas = self._roi_head(features, proposals)
-            boxes, scores = self._best_per_region(logits, roi_deltas, proposals, image_size)
-            return boxes, scores, {}
+            return (*self._best_per_region(logits, roi_deltas, proposals, image_size), {})
 
         gt_boxes, gt_valid = targets["boxes"].float(), targets["box_valid"].bool()
         losses = self._proposal_losses(objectness, deltas, anchors, gt_boxes, gt_valid)
-        rois, labels, matched = self._sample_rois(proposals, gt_boxes, gt_valid)
+        rois, labels, matched, is_proposal = self._sample_rois(proposals, gt_boxes, gt_valid)
         logits, roi_deltas = self._roi_head(features, rois)
         losses.update(self._roi_losses(logits, roi_deltas, rois, labels, matched))
-        is_proposal = torch.arange(rois.shape[1], device=rois.device) < rois.shape[1] - gt_boxes.shape[1]
-        boxes, scores = self._best_per_region(logits, roi_deltas, rois, image_size, candidates=is_proposal)
-        return boxes, scores, losses
+        return (*self._best_per_region(logits, roi_deltas, rois, image_size, candidates=is_proposal), losses)
 
     # -- proposals ---------------------------------------------------------------------------
 
@@ -189,36 +192,44 @@ class RegionDetector(nn.Module):
         return (self.class_logits(x).reshape(batch, count, -1),
                 self.box_deltas(x).reshape(batch, count, self.num_regions + 1, 4))
 
-    def _sample_rois(self, proposals: Tensor, gt_boxes: Tensor, gt_valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Sample ``rois_per_image`` RoIs per image from proposals + pseudo-label boxes.
+    def _sample_rois(self, proposals: Tensor, gt_boxes: Tensor, gt_valid: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Fast R-CNN's RoI sampling, as torchvision's ``RoIHeads.select_training_samples``.
 
-        Returns RoIs ``B x S x 4`` ordered as (sampled proposals..., then ``R`` slots for the
-        pseudo-label boxes), labels ``B x S`` (0 background, r+1 region r, -1 unused) and the
-        matched box of each RoI. The last ``R`` slots are always the pseudo-label boxes, so
-        the caller can tell proposals from them by position.
+        The pseudo-label boxes are appended to the proposals (``add_gt_proposals``); every
+        candidate is matched to the box it overlaps most (:class:`Matcher`, IoU >= 0.5 positive,
+        below it background, no low-quality matches), and ``rois_per_image`` are drawn with at
+        most ``positive_fraction`` positives (:class:`BalancedPositiveNegativeSampler`). So the
+        positives are mostly proposals near a pseudo-label, whose regression targets are real
+        offsets, and the pseudo-label boxes themselves compete for the same quota. Invalid
+        pseudo-label slots are neither candidates nor matches.
+
+        ``proposals`` ``B x K x 4``, ``gt_boxes`` ``B x R x 4`` (input pixels, ``x1, y1, x2, y2``),
+        ``gt_valid`` ``B x R`` bool. Returns, with ``S`` slots per image:
+        RoIs ``B x S x 4``, labels ``B x S`` (0 background, ``r + 1`` region ``r``, -1 an unused
+        slot, when an image has fewer usable candidates), the matched pseudo-label box of each
+        RoI ``B x S x 4``, and ``is_proposal`` ``B x S`` (False for pseudo-label boxes and unused slots);
+        ``S = min(rois_per_image, K + R)``.
         """
-        iou = box_iou(gt_boxes, proposals)  # B x R x K
+        batch, num_proposals = proposals.shape[:2]
+        candidates = torch.cat([proposals, gt_boxes], dim=1)  # B x (K + R) x 4
+        iou = box_iou(gt_boxes, candidates)  # B x R x (K + R)
         iou = torch.where(gt_valid[..., None], iou, torch.full_like(iou, -1.0))
-        best_iou, best_gt = iou.max(dim=1)
-        labels = torch.where(best_iou >= 0.5, best_gt + 1, torch.zeros_like(best_gt))
-        num_regions = gt_boxes.shape[1]
-        gt_labels = torch.where(gt_valid, torch.arange(1, num_regions + 1, device=gt_boxes.device), -1)
+        is_invalid_gt = torch.cat([gt_valid.new_zeros(batch, num_proposals), ~gt_valid], dim=1)
+        matches = torch.stack([self.matcher(iou[b]) for b in range(batch)])  # B x (K + R), -1 below 0.5
+        labels = torch.where(matches >= 0, matches + 1, torch.zeros_like(matches))
+        labels = torch.where(is_invalid_gt, torch.full_like(labels, -1), labels)
 
-        # the pseudo-label boxes are always kept; proposals fill the rest, positives first up to the quota
-        num_proposal_slots = max(self.rois_per_image - num_regions, 1)
-        max_positive = (self.positive_fraction * self.rois_per_image - gt_valid.sum(1, keepdim=True)).clamp(min=0)
-        noise = torch.rand(labels.shape, device=labels.device)
-        positive = labels > 0
-        positive_rank = torch.where(positive, noise, -1.0).argsort(dim=1, descending=True).argsort(dim=1)
-        kept_positive = positive & (positive_rank < max_positive)
-        priority = torch.where(kept_positive, 2.0 + noise, torch.where(labels == 0, 1.0 + noise, noise - 1.0))
-        priority, chosen = priority.topk(min(num_proposal_slots, priority.shape[1]), dim=1)
-        chosen_labels = torch.where(priority >= 1.0, _gather(labels, chosen), -1)
-
-        rois = torch.cat([_gather(proposals, chosen), gt_boxes], dim=1)
-        labels = torch.cat([chosen_labels, gt_labels], dim=1)
-        matched = torch.cat([_gather(_gather(gt_boxes, best_gt), chosen), gt_boxes], dim=1)
-        return rois, labels, matched
+        positive, negative = self.sampler(list(labels))
+        # sampled first (positives, then negatives), then the unused rest, in a fixed-size slot list
+        sampled = torch.stack(positive).bool() | torch.stack(negative).bool()
+        order = (torch.stack(positive).float() * 2 + torch.stack(negative).float()).argsort(dim=1, descending=True, stable=True)
+        chosen = order[:, : self.rois_per_image]
+        used = _gather(sampled, chosen)
+        rois = _gather(candidates, chosen)
+        chosen_labels = torch.where(used, _gather(labels, chosen), torch.full_like(chosen, -1))
+        matched = _gather(_gather(gt_boxes, matches.clamp(min=0)), chosen)
+        is_proposal = used & (chosen < num_proposals)
+        return rois, chosen_labels, matched, is_proposal
 
     def _roi_losses(self, logits: Tensor, deltas: Tensor, rois: Tensor, labels: Tensor, matched: Tensor) -> dict[str, Tensor]:
         used = labels >= 0
@@ -231,14 +242,18 @@ class RegionDetector(nn.Module):
         return {"region_class": cls_loss, "region_box": self.box_loss_weight * box_loss}
 
     def _best_per_region(self, logits: Tensor, deltas: Tensor, rois: Tensor, image_size: tuple[int, int],
-                         candidates: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Per region class the top-scoring RoI, refined by that class's deltas: ``B x R x 4``, ``B x R``."""
+                         candidates: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Per region class the top-scoring RoI, refined by that class's deltas.
+
+        -> refined boxes ``B x R x 4``, scores ``B x R``, the chosen RoIs before refinement ``B x R x 4``.
+        ``candidates`` (``B x N`` bool) restricts the choice to some RoIs.
+        """
         scores = logits.float().softmax(dim=-1)[..., 1:]  # B x N x R
-        if candidates is not None:
-            scores = scores * candidates[None, :, None]
+        if candidates is not None:  # B x N
+            scores = scores * candidates[..., None]
         best_scores, best = scores.max(dim=1)  # B x R
         region_deltas = deltas[:, :, 1:].float()  # B x N x R x 4
         chosen_deltas = region_deltas.gather(1, best[:, None, :, None].expand(-1, 1, -1, 4)).squeeze(1)
         chosen_rois = _gather(rois, best)  # B x R x 4
         boxes = self.roi_coder.decode_single(chosen_deltas.reshape(-1, 4), chosen_rois.reshape(-1, 4))
-        return clip_boxes(boxes.reshape(best.shape + (4,)), *image_size), best_scores
+        return clip_boxes(boxes.reshape(best.shape + (4,)), *image_size), best_scores, chosen_rois

@@ -168,7 +168,7 @@ class EmotionNet(EmotionModel):
                 # invalid slots may hold anything (zeros, NaN): keep them out of RoIAlign and BatchNorm
                 cleaned = torch.where(valid[..., None], training_targets["boxes"].float(), whole_image[:, None])
                 pseudo = {"boxes": cleaned, "box_valid": valid}
-            detected, scores, detector_losses = self.detector(features, (height, width), pseudo)
+            detected, scores, proposed, detector_losses = self.detector(features, (height, width), pseudo)
             losses.update({name: self.detector_weight * value for name, value in detector_losses.items()})
             found = scores >= self.region_score_threshold
             region_boxes = self._with_fallback(detected, found, whole_image)
@@ -190,6 +190,8 @@ class EmotionNet(EmotionModel):
 
         logits = self.classifier(self.dropout(self.head(features, region_boxes)))
         out = {"logits": logits, "boxes": region_boxes, "box_scores": scores, "fallback": ~found.all(dim=1)}
+        if self.region_source == "learned":
+            out.update(detected=detected, proposed=proposed)
         if targets is not None:
             out["losses"] = {"emotion": self.emotion_loss(logits, targets["labels"]), **losses}
         return out

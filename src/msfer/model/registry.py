@@ -45,7 +45,9 @@ _EMOTIONNET = {
     "anchor_size_multiplier": 2.0,
     "proposals_per_level": 16,
     "rois_per_image": 16,
-    "positive_fraction": 0.25,
+    # Fast R-CNN's 25% assumes few objects per image; a face crop always has R = 5 regions, and
+    # 0.25 x 16 = 4 positives could not hold one of each
+    "positive_fraction": 0.5,
     "detector_pool": 4,
     "detector_channels": 32,
     "detector_gamma": 2.0,
@@ -64,7 +66,7 @@ _CLASSIFIER = {"type": "classifier", "backbone": "resnet18", "pretrained": False
 
 _PAPER = {
     "pretrained": False, "input_size": 224, "fpn_channels": 256, "proposals_per_level": 64, "rois_per_image": 128,
-    "detector_pool": 7, "detector_channels": 256, "organ_pool": 14, "face_pool": 56, "head_channels": 256,
+    "positive_fraction": 0.25, "detector_pool": 7, "detector_channels": 256, "organ_pool": 14, "face_pool": 56, "head_channels": 256,
 }
 
 MODELS: dict[str, dict[str, Any]] = {
