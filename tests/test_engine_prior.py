@@ -1,11 +1,10 @@
-"""Class-prior logit adjustment: the offsets, the choice of tau on held-apart halves, and folding into a checkpoint."""
+"""Class-prior logit adjustment: the offsets, the choice of tau on held-apart halves, and unfolding an old folded checkpoint."""
 import numpy as np
 import pytest
 import torch
 
-from msfer.engine.checkpoint import export_weights, load_model
 from msfer.engine.metrics import compute_metrics
-from msfer.engine.prior import adjustment, choose_tau, fold_adjustment, stratified_halves
+from msfer.engine.prior import adjustment, choose_tau, stratified_halves, unfold_adjustment
 from msfer.errors import MsferError
 from msfer.labels import EMOTIONS
 
@@ -72,44 +71,14 @@ def test_choose_tau_rejects_mismatched_shapes():
         choose_tau(np.full((5, 6), 1 / 6), np.zeros(5, dtype=int), FER2013_TRAIN_COUNTS)
 
 
-@pytest.mark.parametrize("half", [False, True])
-def test_folded_checkpoint_adds_the_offsets_to_the_logits(random_weights, tmp_path, half):
-    source = export_weights(random_weights, tmp_path / "export.pt", half=half) if half else random_weights
-    offsets = adjustment(FER2013_TRAIN_COUNTS, 1.0)
-    folded = fold_adjustment(source, tmp_path / "folded.pt", offsets, {"tau": 1.0})
-    before, _ = load_model(source)
-    after, meta = load_model(folded)
-    images = torch.randn(3, 3, before.input_size, before.input_size)
-    with torch.no_grad():
-        difference = after(images)["logits"] - before(images)["logits"]
-    torch.testing.assert_close(difference, torch.tensor(offsets, dtype=torch.float32).expand(3, 7),
-                               atol=2e-2 if half else 1e-5, rtol=0)
-    assert meta["logit_adjustment"] == {"tau": 1.0}
+def test_unfold_takes_a_folded_adjustment_out_of_the_bias(random_weights):
+    from msfer.engine.checkpoint import load_checkpoint
 
-
-def test_fold_needs_a_classifier_bias(tmp_path):
-    from msfer.engine.checkpoint import save_checkpoint
-
-    path = save_checkpoint({"model": {"w": torch.zeros(1)}, "config": {"model": {}}}, tmp_path / "odd.pt")
-    with pytest.raises(MsferError, match="classifier.bias"):
-        fold_adjustment(path, tmp_path / "out.pt", [0.0] * 7, {})
-
-
-def test_evaluate_applies_and_reports_a_folded_adjustment(random_weights, tmp_path):
-    """A very strong adjustment makes every face the rarest class, through the ordinary `msfer evaluate`."""
-    import json
-
-    from PIL import Image
-
-    from msfer.cli import main as cli
-
-    rng = np.random.default_rng(0)
-    for name in EMOTIONS:
-        (tmp_path / "faces" / name).mkdir(parents=True)
-        Image.fromarray(rng.integers(0, 255, (64, 64), dtype=np.uint8)).save(tmp_path / "faces" / name / "0.png")
-    folded = fold_adjustment(random_weights, tmp_path / "folded.pt", adjustment(FER2013_TRAIN_COUNTS, 50.0), {"tau": 50.0})
-    assert cli(["evaluate", "--weights", str(folded), "--data", str(tmp_path / "faces"), "--format", "folder",
-                "--out", str(tmp_path / "eval"), "--num-workers", "0", "--device", "cpu"]) == 0
-    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert metrics["logit_adjustment_tau"] == 50.0
-    assert [row[EMOTIONS.index("disgust")] for row in metrics["confusion_matrix"]] == [1] * len(EMOTIONS)
+    checkpoint = load_checkpoint(random_weights)
+    offsets = adjustment(FER2013_TRAIN_COUNTS, 0.6)
+    folded = dict(checkpoint, model=dict(checkpoint["model"]), logit_adjustment={"tau": 0.6, "offsets": offsets.tolist()})
+    folded["model"]["classifier.bias"] = checkpoint["model"]["classifier.bias"] + torch.tensor(offsets, dtype=torch.float32)
+    unfolded = unfold_adjustment(folded)
+    torch.testing.assert_close(unfolded["model"]["classifier.bias"], checkpoint["model"]["classifier.bias"])
+    assert "logit_adjustment" not in unfolded
+    assert unfold_adjustment(checkpoint) is checkpoint  # nothing folded: unchanged

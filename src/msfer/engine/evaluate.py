@@ -24,6 +24,7 @@ from tqdm import tqdm
 from ..errors import MsferError
 from ..labels import EMOTIONS
 from .augment import predict_probs, prepare_eval
+from .calibration import DECISION_RULES, calibration_metrics, decide
 from .datasets import FaceDataset
 from .distributed import DistInfo, all_gather_objects, shard_indices
 from .metrics import compute_metrics, region_detection, write_report
@@ -63,14 +64,15 @@ def predict_split(
     Returns arrays ``index``, ``y_true``, ``probs`` (N x 7), ``boxes``/``box_scores`` (the regions the
     head used, input pixels), ``fallback``, and the pseudo-label ``true_boxes``/``true_valid`` (input pixels);
     for a learned detector also ``detected`` (its boxes before any fallback) and ``proposed`` (the
-    first-stage proposals they were refined from), N x R x 4.
+    first-stage proposals they were refined from), N x R x 4; without ``tta`` also the ``logits`` (N x 7)
+    whose softmax ``probs`` are.
     """
     model.eval()
     indices = shard_indices(len(dataset), info)
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=num_workers,
                         pin_memory=device.type == "cuda", generator=torch.Generator())
     size = model.input_size
-    keys = ("y_true", "probs", "boxes", "box_scores", "fallback", "true_boxes", "true_valid", "detected", "proposed")
+    keys = ("y_true", "probs", "logits", "boxes", "box_scores", "fallback", "true_boxes", "true_valid", "detected", "proposed")
     parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     for batch in tqdm(loader, desc="evaluating", unit="batch", leave=False, disable=not (progress and info.is_main)):
         images, true_boxes = prepare_eval(batch["image"].to(device), batch["boxes"].to(device), size, model.mean, model.std)
@@ -78,14 +80,15 @@ def predict_split(
         given = {"boxes": true_boxes, "box_valid": true_valid} if pseudo_regions else {}
         with autocast(device, amp):
             probs, output = predict_probs(model, images, tta=tta, **given)
-        for key, value in (("y_true", batch["label"]), ("probs", probs), ("boxes", output["boxes"]),
+        for key, value in (("y_true", batch["label"]), ("probs", probs), ("logits", None if tta else output["logits"]),
+                           ("boxes", output["boxes"]),
                            ("box_scores", output["box_scores"]), ("fallback", output["fallback"]),
                            ("true_boxes", true_boxes), ("true_valid", true_valid),
                            ("detected", output.get("detected")), ("proposed", output.get("proposed"))):
             if value is None:
                 continue
             parts[key].append(value.float().cpu().numpy() if value.is_floating_point() else value.cpu().numpy())
-    optional = ("detected", "proposed")  # only models with a learned detector give them
+    optional = ("logits", "detected", "proposed")  # logits without TTA only; the others from a learned detector
     local = {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in parts.items() if v or k not in optional}
     local["index"] = np.asarray(indices, dtype=np.int64)
     gathered = all_gather_objects(local, info)
@@ -95,9 +98,22 @@ def predict_split(
     return {k: v[order] for k, v in merged.items()}
 
 
-def split_metrics(predictions: dict[str, np.ndarray], region_names: Sequence[str], score_regions: bool) -> dict:
-    """:func:`compute_metrics` of the predictions, plus ``fallback_rate`` and, if ``score_regions``, ``region_detection``."""
-    metrics = compute_metrics(predictions["y_true"], predictions["probs"].argmax(axis=1), EMOTIONS)
+def split_metrics(predictions: dict[str, np.ndarray], region_names: Sequence[str], score_regions: bool,
+                  balanced_offsets: Sequence[float] | None = None, decision: str = "argmax") -> dict:
+    """:func:`compute_metrics` of the predictions under the ``decision`` rule, plus ``fallback_rate``,
+    ``calibration`` (:func:`~msfer.engine.calibration.calibration_metrics`) and, if ``score_regions``,
+    ``region_detection``. With ``balanced_offsets`` (a bundled model's) ``decision_rules`` gives
+    overall and mean class accuracy under both rules."""
+    offsets = np.zeros(len(EMOTIONS)) if balanced_offsets is None else np.asarray(balanced_offsets, dtype=np.float64)
+    y_true, probs = predictions["y_true"], predictions["probs"]
+    metrics = compute_metrics(y_true, decide(probs, offsets, decision), EMOTIONS)
+    metrics["decision"] = decision
+    if balanced_offsets is not None:
+        metrics["decision_rules"] = {}
+        for rule in DECISION_RULES:
+            scores = compute_metrics(y_true, decide(probs, offsets, rule), EMOTIONS)
+            metrics["decision_rules"][rule] = {k: scores[k] for k in ("overall_accuracy", "mean_class_accuracy")}
+    metrics["calibration"] = calibration_metrics(probs, y_true) if len(y_true) else {}
     metrics["fallback_rate"] = float(predictions["fallback"].mean()) if len(predictions["fallback"]) else 0.0
     if score_regions and region_names and predictions["true_valid"].any():
         truth = (predictions["true_boxes"], predictions["true_valid"], region_names)
@@ -124,6 +140,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="region pseudo-labels (JSONL of 'msfer annotate') to score the region detector against")
     parser.add_argument("--regions", choices=("model", "pseudo"), default="model",
                         help="regions for the head: the model's own (default) or the --annotations pseudo-labels")
+    parser.add_argument("--decision", choices=DECISION_RULES, default="argmax",
+                        help="decision rule: the most probable emotion (default), or 'balanced' (the class-prior "
+                             "adjustment of a bundled model: higher mean class accuracy; probabilities unchanged)")
     parser.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default 128)")
     parser.add_argument("--num-workers", type=int, default=2, help="data-loading worker processes (default 2)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if available)")
@@ -151,11 +170,24 @@ def run(args: argparse.Namespace) -> int:
     predictions = predict_split(model, dataset, device, args.batch_size, tta=args.tta,
                                 pseudo_regions=args.regions == "pseudo", num_workers=args.num_workers)
     has_detector = getattr(model, "detector", None) is not None
-    metrics = split_metrics(predictions, model.region_names, score_regions=has_detector and annotations is not None)
+    offsets = balanced_offsets(model, weights, args.decision)
+    metrics = split_metrics(predictions, model.region_names, score_regions=has_detector and annotations is not None,
+                            balanced_offsets=offsets, decision=args.decision)
     metrics.update({"weights": str(weights), "data": str(args.data), "format": args.format, "split": args.split,
-                    "tta": args.tta, "regions": args.regions,
-                    "logit_adjustment_tau": (meta.get("logit_adjustment") or {}).get("tau")})
-    return _write(metrics, args.out)
+                    "tta": args.tta, "regions": args.regions, "model_calibration": meta.get("calibration", {}).get("method"),
+                    "balanced_tau": (meta.get("decision") or {}).get("tau")})
+    return _write(metrics, args.out, predictions)
+
+
+def balanced_offsets(model: torch.nn.Module, weights: Path, decision: str) -> list[float] | None:
+    """The model's balanced-decision offsets, or None when it has none (they are fitted when a model is bundled)."""
+    offsets = model.balanced_offsets.float().cpu()
+    if not offsets.abs().sum():
+        if decision == "balanced":
+            raise MsferError(f"{weights} has no balanced decision rule (it is fitted by scripts/bundle_model.py): "
+                             "use --decision argmax")
+        return None
+    return offsets.tolist()
 
 
 def _evaluate_photos(args: argparse.Namespace, weights: Path, device: torch.device) -> int:
@@ -181,7 +213,13 @@ def _split_samples(args: argparse.Namespace) -> list:
     return samples
 
 
-def _write(metrics: dict, out: Path) -> int:
+def _write(metrics: dict, out: Path, predictions: dict | None = None) -> int:
     path = write_report(metrics, out, EMOTIONS)
-    print(f"wrote {path} and {out / 'confusion_matrix.png'}")
+    written = [path, out / "confusion_matrix.png"]
+    if predictions is not None and len(predictions["y_true"]):
+        from .calibration import plot_reliability
+
+        plot_reliability(predictions["probs"], predictions["y_true"], out / "reliability.png")
+        written.append(out / "reliability.png")
+    print("wrote " + ", ".join(map(str, written)))
     return 0

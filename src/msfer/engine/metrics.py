@@ -95,6 +95,13 @@ def format_table(metrics: dict) -> str:
         lines.append(f"{name:<10} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['f1']:>7.3f} {row['support']:>8d}")
     lines.append(f"n = {metrics['n']}   overall accuracy = {metrics['overall_accuracy']:.4f}   "
                  f"mean class accuracy = {metrics['mean_class_accuracy']:.4f}")
+    if metrics.get("calibration"):
+        cal = metrics["calibration"]
+        lines.append(f"calibration: ECE = {cal['ece']:.3f}   NLL = {cal['nll']:.3f}   Brier = {cal['brier']:.3f}   "
+                     f"mean top probability = {cal['mean_confidence']:.3f}")
+    for rule, scores in metrics.get("decision_rules", {}).items():
+        lines.append(f"decision {rule:<9} overall accuracy = {scores['overall_accuracy']:.4f}   "
+                     f"mean class accuracy = {scores['mean_class_accuracy']:.4f}")
     if "region_detection" in metrics:
         det = metrics["region_detection"]
         lines.append(f"region detection vs pseudo-labels: mean IoU = {det['mean_iou']:.3f}   mAP@0.5 = {det['map50']:.3f}")

@@ -4,16 +4,15 @@ A classifier trained on imbalanced data (FER2013: 7,215 happy faces, 436 disgust
 scores that include the class prior ``pi``; subtracting ``tau * log(pi)`` from its logits moves
 its decisions toward the balanced optimum (Menon et al., "Long-tail learning via logit
 adjustment", ICLR 2021): ``tau = 0`` is the model as trained, ``tau = 1`` the Bayes rule for
-mean class accuracy when the scores are calibrated. The adjustment is one constant vector, so
-:func:`fold_adjustment` adds it to the classifier's bias: PyTorch, flip TTA, the ONNX export
-and the service all apply it with no code of their own.
+mean class accuracy when the scores are calibrated. It is the ``balanced`` decision rule of
+:mod:`.calibration`: the offsets live in the model's ``balanced_offsets`` buffer and change
+decisions only, never the reported probabilities.
 
 ``tau`` is a choice made on validation data; :func:`choose_tau` makes it on one stratified half
 and reports the other half, so the gain it claims is measured on images the choice never saw.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -21,7 +20,7 @@ import torch
 
 from ..errors import MsferError
 from ..labels import EMOTIONS
-from .checkpoint import load_checkpoint, model_state, save_checkpoint
+from .checkpoint import model_state
 from .metrics import compute_metrics
 
 DEFAULT_TAUS = tuple(round(0.1 * step, 1) for step in range(16))
@@ -77,15 +76,16 @@ def choose_tau(probs: np.ndarray, labels: np.ndarray, class_counts: Sequence[int
             "on a stratified half (seed %d) of the validation split" % seed, "curve": curve}
 
 
-def fold_adjustment(checkpoint_path: str | Path, out: str | Path, offsets: Sequence[float], record: dict) -> Path:
-    """Write a copy of a checkpoint whose classifier bias includes ``offsets``; ``record`` is kept in it as ``logit_adjustment``."""
-    checkpoint = load_checkpoint(checkpoint_path, prefer="best.pt")
+def unfold_adjustment(checkpoint: dict) -> dict:
+    """A copy of a checkpoint whose classifier bias had an adjustment folded in (msfer <= 0.1's bundled
+    model, recorded as ``logit_adjustment``), with the offsets taken out again: the model as trained,
+    up to the rounding of the stored bias. Other checkpoints are returned as they are."""
+    record = checkpoint.get("logit_adjustment")
+    if not record:
+        return checkpoint
     state = dict(model_state(checkpoint))
-    if "classifier.bias" not in state:
-        raise MsferError(f"{checkpoint_path} has no classifier.bias to fold the adjustment into")
     bias = state["classifier.bias"]
-    state["classifier.bias"] = (bias.float() + torch.tensor(offsets, dtype=torch.float32)).to(bias.dtype)
-    checkpoint["model"] = state
-    checkpoint.pop("ema", None)  # the folded weights are the validated set now
-    checkpoint["logit_adjustment"] = record
-    return save_checkpoint(checkpoint, out)
+    state["classifier.bias"] = (bias.float() - torch.tensor(record["offsets"], dtype=torch.float32)).to(bias.dtype)
+    unfolded = {key: value for key, value in checkpoint.items() if key not in ("logit_adjustment", "ema")}
+    unfolded["model"] = state
+    return unfolded

@@ -21,6 +21,7 @@ from .heads import MultiScaleHead
 from .losses import focal_cross_entropy
 
 REGION_SOURCES = ("learned", "pseudo", "none")
+CALIBRATION_BUFFERS = ("logit_scale", "logit_bias", "balanced_offsets")
 
 # Default layout, relative to the face box (x1, y1, x2, y2 in face-box units). Organ centres
 # are the five-point ArcFace 112x112 alignment template (eyes at (0.34, 0.46), (0.66, 0.46),
@@ -55,6 +56,21 @@ class EmotionModel(nn.Module):
         self.register_buffer("class_weights", weights, persistent=False)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(feature_dim, NUM_EMOTIONS)
+        # Post-hoc calibration and the balanced decision rule (msfer.engine.calibration), fitted
+        # when a model is bundled; identity and zeros until then. Buffers, so that every path that
+        # runs the network (TTA, ONNX, the service) returns calibrated logits without code of its own.
+        self.register_buffer("logit_scale", torch.ones(NUM_EMOTIONS))
+        self.register_buffer("logit_bias", torch.zeros(NUM_EMOTIONS))
+        self.register_buffer("balanced_offsets", torch.zeros(NUM_EMOTIONS))
+
+    def calibrated(self, features: Tensor) -> Tensor:
+        """Classifier logits ``B x 7`` after calibration: ``z * logit_scale + logit_bias`` (softmax gives probabilities)."""
+        return self.classifier(self.dropout(features)) * self.logit_scale + self.logit_bias
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in CALIBRATION_BUFFERS:  # files written before calibration existed: identity
+            state_dict.setdefault(prefix + name, getattr(self, name).clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def emotion_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         return focal_cross_entropy(logits, labels, self.emotion_gamma, self.label_smoothing, self.class_weights)
@@ -74,8 +90,7 @@ class EmotionClassifier(EmotionModel):
                 boxes: Tensor | None = None, box_valid: Tensor | None = None) -> dict[str, Tensor]:
         if boxes is not None:
             raise MsferError("this classifier uses no regions: do not pass boxes")
-        features = self.backbone(images)["c5"].mean(dim=(2, 3))
-        logits = self.classifier(self.dropout(features))
+        logits = self.calibrated(self.backbone(images)["c5"].mean(dim=(2, 3)))
         batch = images.shape[0]
         out = {"logits": logits, "boxes": images.new_zeros((batch, 0, 4)), "box_scores": images.new_zeros((batch, 0)),
                "fallback": torch.zeros(batch, dtype=torch.bool, device=images.device)}
@@ -188,7 +203,7 @@ class EmotionNet(EmotionModel):
             scores = torch.zeros(batch, num_regions, device=images.device)
             found = torch.ones(batch, num_regions, dtype=torch.bool, device=images.device)
 
-        logits = self.classifier(self.dropout(self.head(features, region_boxes)))
+        logits = self.calibrated(self.head(features, region_boxes))
         out = {"logits": logits, "boxes": region_boxes, "box_scores": scores, "fallback": ~found.all(dim=1)}
         if self.region_source == "learned":
             out.update(detected=detected, proposed=proposed)

@@ -1,0 +1,229 @@
+"""Calibrated probabilities and an explicit decision rule.
+
+A network trained with label smoothing and a focal loss gives flat, underconfident softmax
+outputs. Post-hoc calibration rescales its logits ``z`` (N x 7) so that the softmax estimates
+P(emotion | face) under the training data's class frequencies:
+
+* temperature scaling (Guo et al., "On calibration of modern neural networks", ICML 2017):
+  ``z / T``, one parameter;
+* vector scaling (same paper, section 4.2): ``z * w + b``, a scale and a bias per class, 14
+  parameters; it can also correct how much probability mass each class receives.
+
+Both are fitted by minimising the negative log-likelihood on validation logits with L-BFGS;
+:func:`choose_calibration` picks one by 5-fold cross-validated likelihood within the fitting
+half of a validation split and reports the other half. The result is written into the model's
+``logit_scale``/``logit_bias`` buffers (``msfer.model.emotionnet``), so every path that runs
+the network applies it.
+
+The decision rule is separate from the probabilities. ``argmax`` takes the most probable
+emotion. ``balanced`` adds ``balanced_offsets = -tau * log(prior)`` (the class-prior logit
+adjustment of :mod:`.prior`) to the calibrated logits before the argmax, which trades overall
+accuracy for mean class accuracy; it changes labels, never the reported probabilities.
+
+Measures (:func:`calibration_metrics`): expected calibration error over 15 equal-width bins of
+the top probability (Naeini et al. 2015; Guo et al. 2017, eq. 3), negative log-likelihood,
+the multi-class Brier score (mean over faces of ``sum_c (p_c - y_c)^2``, range 0..2), and each
+class's mean probability against its frequency.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import MsferError
+from ..labels import EMOTIONS
+
+DECISION_RULES = ("argmax", "balanced")
+ECE_BINS = 15
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    """``sum_b |B_b|/N * |accuracy(B_b) - confidence(B_b)|`` over equal-width bins of the top probability.
+
+    ``probs`` N x C (rows sum to 1), ``labels`` N class indices; returns a value in [0, 1].
+    A top probability on a bin edge goes to the upper bin; 1.0 to the last.
+    """
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    error = 0.0
+    for b in range(bins):
+        members = which == b
+        if members.any():
+            error += members.mean() * abs(correct[members].mean() - confidence[members].mean())
+    return float(error)
+
+
+def negative_log_likelihood(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean ``-log p(true class)`` (natural log; probabilities floored at 1e-12)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+
+
+def brier_score(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over faces of ``sum_c (p_c - [c == label])^2`` (0 is perfect, 2 the worst)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    onehot = np.eye(probs.shape[1])[labels]
+    return float(((probs - onehot) ** 2).sum(axis=1).mean())
+
+
+def calibration_metrics(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str] = EMOTIONS) -> dict:
+    """``ece``, ``nll``, ``brier``, ``mean_confidence``, ``accuracy`` and per class ``mean_probability``
+    against ``frequency`` (and their largest absolute gap, ``max_class_mass_gap``)."""
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
+    mass = probs.mean(axis=0)
+    frequency = np.bincount(labels, minlength=len(classes)) / max(len(labels), 1)
+    return {
+        "n": int(len(labels)),
+        "ece": expected_calibration_error(probs, labels),
+        "nll": negative_log_likelihood(probs, labels),
+        "brier": brier_score(probs, labels),
+        "mean_confidence": float(probs.max(axis=1).mean()),
+        "accuracy": float((probs.argmax(axis=1) == labels).mean()),
+        "class_mass": {name: {"mean_probability": float(mass[i]), "frequency": float(frequency[i])}
+                       for i, name in enumerate(classes)},
+        "max_class_mass_gap": float(np.abs(mass - frequency).max()),
+    }
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.asarray(logits, dtype=np.float64) - np.max(logits, axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def fit(logits: np.ndarray, labels: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """Fit ``method`` (``"temperature"`` or ``"vector"``) by maximum likelihood; returns ``(scale, bias)``, 7 each.
+
+    Temperature: ``scale = 1/T`` for every class, ``bias = 0``. Vector: free per-class scale and
+    bias (the bias's mean is fixed at 0: a common shift changes no probability).
+    """
+    if method not in ("temperature", "vector"):
+        raise MsferError(f"calibration method must be 'temperature' or 'vector', not {method!r}")
+    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    classes = z.shape[1]
+    log_scale = torch.zeros(1 if method == "temperature" else classes, dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(classes, dtype=torch.float64, requires_grad=method == "vector")
+    parameters = [log_scale] + ([bias] if method == "vector" else [])
+    optimizer = torch.optim.LBFGS(parameters, lr=0.5, max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(z * log_scale.exp() + (bias - bias.mean()), y)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    scale = log_scale.detach().exp().expand(classes).numpy().copy()
+    return scale, (bias.detach() - bias.detach().mean()).numpy().copy()
+
+
+def apply(logits: np.ndarray, scale: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Calibrated probabilities ``softmax(z * scale + bias)``, N x 7."""
+    return softmax(np.asarray(logits, dtype=np.float64) * scale + bias)
+
+
+def _cross_validated_nll(logits: np.ndarray, labels: np.ndarray, method: str, folds: int, seed: int) -> float:
+    order = np.random.default_rng(seed).permutation(len(labels))
+    total = 0.0
+    for part in np.array_split(order, folds):
+        rest = np.setdiff1d(order, part)
+        scale, bias = fit(logits[rest], labels[rest], method)
+        total += negative_log_likelihood(apply(logits[part], scale, bias), labels[part]) * len(part)
+    return total / len(labels)
+
+
+def choose_calibration(logits: np.ndarray, labels: np.ndarray, seed: int = 0, folds: int = 5) -> dict:
+    """Fit the calibration on one stratified half of a validation split and report the other.
+
+    ``logits``: the model's uncalibrated logits, N x 7 (no TTA); ``labels``: N class indices.
+    The method (temperature or vector scaling) is the one with the lower ``folds``-fold
+    cross-validated NLL within the fitting half, so the held-out half judges only the result.
+    Returns ``method``, ``scale``, ``bias`` (refitted on the whole fitting half), the
+    cross-validated NLL of each method, and :func:`calibration_metrics` of the held-out half
+    before and after.
+    """
+    from .prior import stratified_halves
+
+    logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels)
+    fitting, held_out = stratified_halves(labels, seed)
+    cv = {method: _cross_validated_nll(logits[fitting], labels[fitting], method, folds, seed)
+          for method in ("temperature", "vector")}
+    method = min(cv, key=cv.get)
+    scale, bias = fit(logits[fitting], labels[fitting], method)
+    alternative = "vector" if method == "temperature" else "temperature"
+    other_scale, other_bias = fit(logits[fitting], labels[fitting], alternative)
+    return {
+        "method": method, "scale": scale.tolist(), "bias": bias.tolist(),
+        "criterion": f"lower {folds}-fold cross-validated NLL on a stratified half (seed {seed}) of the validation split",
+        "cross_validated_nll": cv,
+        "held_out": {
+            "uncalibrated": calibration_metrics(softmax(logits[held_out]), labels[held_out]),
+            "calibrated": calibration_metrics(apply(logits[held_out], scale, bias), labels[held_out]),
+            alternative: calibration_metrics(apply(logits[held_out], other_scale, other_bias), labels[held_out]),
+        },
+    }
+
+
+def decide(probs: np.ndarray, balanced_offsets: Sequence[float], rule: str = "argmax") -> np.ndarray:
+    """Class index per row of ``probs`` (N x 7) under ``rule``: the most probable emotion, or
+    ``argmax(log p + balanced_offsets)`` for ``"balanced"``."""
+    if rule not in DECISION_RULES:
+        raise MsferError(f"decision rule must be one of {', '.join(DECISION_RULES)}, not {rule!r}")
+    if rule == "argmax":
+        return np.asarray(probs).argmax(axis=1)
+    return (np.log(np.clip(probs, 1e-12, None)) + np.asarray(balanced_offsets)).argmax(axis=1)
+
+
+def plot_reliability(probs: np.ndarray, labels: np.ndarray, path, title: str = "", bins: int = ECE_BINS) -> None:
+    """Reliability diagram (accuracy against confidence per bin, with the diagonal) above a histogram of the top probability."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    edges = np.linspace(0, 1, bins + 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    counts = np.bincount(which, minlength=bins)
+    accuracy = np.array([correct[which == b].mean() if counts[b] else np.nan for b in range(bins)])
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(5.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.bar(centres, np.nan_to_num(accuracy), width=1 / bins, edgecolor="black", color="tab:blue", label="accuracy")
+    top.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    top.set_ylabel("accuracy in bin")
+    top.set_ylim(0, 1)
+    top.legend(loc="upper left")
+    top.set_title(title or f"reliability (ECE {expected_calibration_error(probs, labels):.3f}, n = {len(labels)})")
+    bottom.bar(centres, counts / max(len(labels), 1), width=1 / bins, edgecolor="black", color="tab:grey")
+    bottom.set_xlabel("confidence (top probability)")
+    bottom.set_ylabel("share of faces")
+    bottom.set_xlim(0, 1)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def calibrated_checkpoint(checkpoint: dict, scale: Sequence[float], bias: Sequence[float],
+                          balanced_offsets: Sequence[float], record: dict) -> dict:
+    """A copy of ``checkpoint`` whose model applies ``scale``/``bias`` to its logits and carries the
+    ``balanced_offsets`` of the balanced decision rule (7 values each, ``EMOTIONS`` order);
+    ``record`` (how they were chosen) is kept as ``calibration``."""
+    from .checkpoint import model_state
+
+    values = {"logit_scale": scale, "logit_bias": bias, "balanced_offsets": balanced_offsets}
+    for name, value in values.items():
+        if len(value) != len(EMOTIONS):
+            raise MsferError(f"{name} needs {len(EMOTIONS)} values (EMOTIONS order), got {len(value)}")
+    state = dict(model_state(checkpoint))
+    dtype = state["classifier.bias"].dtype
+    state.update({name: torch.tensor(value, dtype=torch.float32).to(dtype) for name, value in values.items()})
+    out = {key: value for key, value in checkpoint.items() if key != "ema"}
+    out.update(model=state, calibration=record)
+    return out
