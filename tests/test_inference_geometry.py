@@ -172,3 +172,52 @@ def test_small_faces_in_a_large_photo_are_found_by_default(random_weights, recog
     assert all(40 <= f.box[2] - f.box[0] <= 90 for f in found)
     coarse_only = EmotionRecognizer(random_weights, detector=recognizer.detector, min_face=None)
     assert len(coarse_only.predict(photo)) < 5  # what the single 640 px pass found before
+
+
+class FailingOnWidth:
+    """The real detector, except that it raises on images of one width (a stand-in for any fault inside detection)."""
+
+    def __init__(self, detector, width: int) -> None:
+        self.detector, self.width, self.nms_threshold = detector, width, detector.nms_threshold
+
+    def detect(self, images):
+        if any(image.shape[1] == self.width for image in images):
+            raise RuntimeError("detector failure")
+        return self.detector.detect(images)
+
+
+def test_an_image_that_breaks_detection_costs_only_its_own_record(recognizer, astronaut, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(astronaut).save(photos / "a.png")
+    Image.fromarray(np.zeros((40, 77, 3), np.uint8)).save(photos / "b_breaks.png")
+    Image.fromarray(astronaut).save(photos / "c.png")
+    failing = copy.copy(recognizer)
+    failing.detector = FailingOnWidth(recognizer.detector, 77)
+    out = tmp_path / "out.jsonl"
+    with ExitStack() as stack:
+        predict_images(failing, collect_inputs([photos])[0], ResultWriter(out, stack), None, problems := [])
+    records = read_jsonl(out)
+    assert len(records["a.png"]["faces"]) == 1 and len(records["c.png"]["faces"]) == 1
+    assert "b_breaks.png" in records["b_breaks.png"]["error"] and "RuntimeError" in records["b_breaks.png"]["error"]
+    assert len(problems) == 1
+
+
+def test_annotate_writes_an_image_that_breaks_detection_as_unreadable(astronaut):
+    from msfer.data.samples import Sample
+    from msfer.regions.annotate import Annotator
+    from msfer.regions.detector import RetinaFaceDetector
+
+    face = np.ascontiguousarray(astronaut[20:260, 120:340])
+    images = [face, np.zeros((40, 77, 3), np.uint8), face]
+    samples = [Sample(f"happy/{k}.png", 3, "train") for k in range(3)]
+    # Enlarged or shrunk to 128 px before detection, a 77 px-wide image is 128 px wide there.
+    records = Annotator(FailingOnWidth(RetinaFaceDetector(), 128)).annotate(samples, images)
+    assert [record["status"] for record in records] == ["ok", "unreadable", "ok"]
+
+
+def test_bad_detection_options_are_usage_errors(random_weights, tmp_path, capsys):
+    photo = tmp_path / "grey.png"
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(photo)
+    assert main(["predict", str(photo), "--weights", str(random_weights), "--min-face", "-1"]) == 2
+    assert "min_face" in capsys.readouterr().err
