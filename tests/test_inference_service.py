@@ -204,7 +204,9 @@ def test_a_full_queue_answers_503_with_retry_after(recognizer, astronaut):
         running = pool.submit(client.post, "/v1/predict", files=upload)
         assert held.entered.acquire(timeout=60)  # the first request is being recognised
         waiting = pool.submit(client.post, "/v1/predict", files=upload)
+        deadline = time.monotonic() + 60
         while client.get("/healthz").json()["in_flight"] < 2:  # the second has taken the queue's place
+            assert time.monotonic() < deadline
             time.sleep(0.05)
         refused = client.post("/v1/predict", files=upload)
         assert refused.status_code == 503 and refused.headers["retry-after"] == "2"
