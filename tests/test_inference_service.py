@@ -1,13 +1,17 @@
 """The REST service (FastAPI's test client) and its web page end to end in headless Chromium."""
 from __future__ import annotations
 
+import asyncio
 import io
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -45,28 +49,172 @@ def test_health_page_and_sample(client):
     assert sample.status_code == 200 and sample.content[:2] == b"\xff\xd8"
 
 
+def encoded(array: np.ndarray, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def multipart(field: str, filename: bytes, data: bytes, content_type: bytes | None = None) -> tuple[bytes, dict]:
+    """A multipart body with one file part, built byte by byte (any file name, with or without a part type)."""
+    boundary = b"msfer-test-boundary"
+    part_type = b"" if content_type is None else b"Content-Type: " + content_type + b"\r\n"
+    body = (b"--" + boundary + b"\r\nContent-Disposition: form-data; name=\"" + field.encode() + b"\"; filename=\""
+            + filename + b"\"\r\n" + part_type + b"\r\n" + data + b"\r\n--" + boundary + b"--\r\n")
+    return body, {"content-type": "multipart/form-data; boundary=" + boundary.decode()}
+
+
 def test_predict_returns_the_faces(client, astronaut):
-    response = client.post("/v1/predict", files={"file": ("astronaut.jpg", jpeg(astronaut), "image/jpeg")})
+    response = client.post("/v1/predict", files={"image": ("astronaut.jpg", jpeg(astronaut), "image/jpeg")})
     assert response.status_code == 200
     result = response.json()
     assert (result["source"], result["width"], result["height"]) == ("astronaut.jpg", 512, 512)
     assert len(result["faces"]) == 1
     assert set(result["faces"][0]) == {"box", "score", "landmarks", "regions", "probs", "label", "confidence"}
-    no_face = client.post("/v1/predict", files={"file": ("grey.jpg", jpeg(np.full((64, 64, 3), 128, np.uint8)), "image/jpeg")})
+    no_face = client.post("/v1/predict", files={"image": ("grey.jpg", jpeg(np.full((64, 64, 3), 128, np.uint8)), "image/jpeg")})
     assert no_face.status_code == 200 and no_face.json()["faces"] == []
 
 
-def test_bad_uploads_get_clear_4xx_answers(client, astronaut):
-    not_image = client.post("/v1/predict", files={"file": ("notes.txt", b"hello", "text/plain")})
-    assert not_image.status_code == 415 and "not an image" in not_image.json()["detail"]
-    garbage = client.post("/v1/predict", files={"file": ("photo.jpg", b"\xff\xd8 not really a jpeg", "image/jpeg")})
-    assert garbage.status_code == 400 and "photo.jpg" in garbage.json()["detail"]
-    empty = client.post("/v1/predict", files={"file": ("empty.png", b"", "image/png")})
-    assert empty.status_code == 400 and "empty" in empty.json()["detail"]
+def test_the_image_is_judged_by_its_bytes_not_its_declared_type(client, astronaut):
+    expected = client.post("/v1/predict", files={"image": ("a.jpg", jpeg(astronaut), "image/jpeg")}).json()["faces"]
+    uploads = {
+        "field file, the old name": ("file", b"a.jpg", jpeg(astronaut), b"image/jpeg"),
+        "no part type (requests' default)": ("image", b"a.jpg", jpeg(astronaut), None),
+        "application/octet-stream": ("image", b"a.jpg", jpeg(astronaut), b"application/octet-stream"),
+        "a JPEG named .txt, typed text/plain": ("image", b"a.txt", jpeg(astronaut), b"text/plain"),
+        "WebP": ("image", b"a.webp", encoded(astronaut, "WEBP", quality=95), b"application/octet-stream"),
+        "BMP": ("image", b"a.bmp", encoded(astronaut, "BMP"), b"image/bmp"),
+        "PNG with a 300-character extension": ("image", b"a." + b"x" * 300, encoded(astronaut, "PNG"), b"image/png"),
+        "a NUL byte in the file name": ("image", b"a\x00b.jpg", jpeg(astronaut), b"image/jpeg"),
+    }
+    for what, (field, filename, data, content_type) in uploads.items():
+        body, headers = multipart(field, filename, data, content_type)
+        response = client.post("/v1/predict", content=body, headers=headers)
+        assert response.status_code == 200, (what, response.text)
+        faces = response.json()["faces"]
+        assert len(faces) == 1 and np.allclose(faces[0]["box"], expected[0]["box"], atol=3), what
+    raw = client.post("/v1/predict", content=encoded(astronaut, "PNG"), headers={"content-type": "application/octet-stream"})
+    assert raw.status_code == 200 and raw.json()["source"] == "upload" and len(raw.json()["faces"]) == 1
+    thin = client.post("/v1/predict", files={"image": ("thin.png", encoded(np.zeros((1, 1600, 3), np.uint8), "PNG"))})
+    assert thin.status_code == 200 and thin.json()["faces"] == []
+
+
+def test_bad_uploads_get_clear_json_errors(client, astronaut):
+    def error(response, status: int, *words: str) -> None:
+        assert response.status_code == status, response.text
+        assert response.headers["content-type"] == "application/json"
+        assert all(word in response.json()["detail"] for word in words), response.json()
+
+    error(client.post("/v1/predict", files={"image": ("notes.txt", b"hello", "text/plain")}), 415, "notes.txt", "not an image")
+    error(client.post("/v1/predict", files={"image": ("photo.jpg", b"\xff\xd8 not really a jpeg", "image/jpeg")}), 415)
+    truncated = jpeg(astronaut)[:3000]
+    error(client.post("/v1/predict", files={"image": ("cut.jpg", truncated, "image/jpeg")}), 400, "cut.jpg", "cannot decode")
+    error(client.post("/v1/predict", files={"image": ("empty.png", b"", "image/png")}), 400, "empty")
     noise = np.random.default_rng(0).integers(0, 256, (1200, 1200, 3), dtype=np.uint8)  # ~1.5 MB as JPEG
-    too_large = client.post("/v1/predict", files={"file": ("big.jpg", jpeg(noise, 95), "image/jpeg")})
-    assert too_large.status_code == 413 and "1 MB" in too_large.json()["detail"]
-    assert client.post("/v1/predict").status_code == 422  # no file field
+    error(client.post("/v1/predict", files={"image": ("big.jpg", jpeg(noise, 95), "image/jpeg")}), 413, "1 MB")
+    error(client.post("/v1/predict"), 422, "image")  # nothing sent
+    error(client.post("/v1/predict", data={"image": "not a file"}), 422, "image")
+    other_field = client.post("/v1/predict", data={"image": "not a file"}, files={"photo": ("a.jpg", jpeg(astronaut))})
+    error(other_field, 422, "'image'")
+    error(client.post("/v1/predict", content=b"--x\r\n", headers={"content-type": "multipart/form-data"}), 400)
+    error(client.get("/v1/predict"), 405)
+    error(client.get("/no/such/page"), 404)
+
+
+def test_an_unexpected_failure_is_a_json_500(recognizer, astronaut):
+    class Failing:
+        classifier, min_face = recognizer.classifier, recognizer.min_face
+
+        def predict(self, image):
+            raise RuntimeError("the model broke")
+
+    client = TestClient(create_app(Failing()), raise_server_exceptions=False)
+    response = client.post("/v1/predict", files={"image": ("a.jpg", jpeg(astronaut), "image/jpeg")})
+    assert response.status_code == 500 and response.headers["content-type"] == "application/json"
+    assert "RuntimeError" in response.json()["detail"]
+
+
+def sparse_png(width: int, height: int) -> bytes:
+    """A valid 1-bit PNG of width x height pixels in a few kB (all black)."""
+    buffer = io.BytesIO()
+    Image.new("1", (width, height)).save(buffer, "PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def test_images_over_the_pixel_limit_are_refused_before_decoding(recognizer):
+    huge = sparse_png(12000, 12000)  # 144 MP in about 20 KB
+    assert len(huge) < 100_000
+    client = TestClient(create_app(recognizer))  # the default limit
+    response = client.post("/v1/predict", files={"image": ("huge.png", huge, "image/png")})
+    assert response.status_code == 413 and "12000 x 12000" in response.json()["detail"]
+    assert "40,000,000" in response.json()["detail"]
+
+    small_limit = TestClient(create_app(recognizer, max_pixels=1_000_000))
+    assert small_limit.get("/healthz").json()["max_pixels"] == 1_000_000
+    ok = small_limit.post("/v1/predict", files={"image": ("ok.png", sparse_png(1000, 1000), "image/png")})
+    assert ok.status_code == 200
+    # The header alone decides: a file whose pixel data is cut off is refused as too large, not as corrupt.
+    over = sparse_png(1001, 1000)
+    refused = small_limit.post("/v1/predict", files={"image": ("over.png", over[: len(over) // 2], "image/png")})
+    assert refused.status_code == 413 and "1001 x 1000" in refused.json()["detail"]
+
+
+def test_a_chunked_body_is_cut_off_at_the_limit_while_it_is_read(recognizer):
+    app = create_app(recognizer, max_upload_mb=1.0)
+    chunk, chunks = b"\x00" * 65536, 1000  # 64 MB offered, without Content-Length
+    pulled, sent = 0, []
+
+    async def receive() -> dict:
+        nonlocal pulled
+        pulled += 1
+        return {"type": "http.request", "body": chunk, "more_body": pulled < chunks}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/predict", "raw_path": b"/v1/predict", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"multipart/form-data; boundary=x"), (b"transfer-encoding", b"chunked")],
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000)}
+    asyncio.run(app(scope, receive, send))
+    start = next(message for message in sent if message["type"] == "http.response.start")
+    body = b"".join(message.get("body", b"") for message in sent if message["type"] == "http.response.body")
+    assert start["status"] == 413 and "1 MB" in json.loads(body)["detail"]
+    assert pulled <= 1024 * 1024 // len(chunk) + 1  # stopped reading just past 1 MB of the 64 offered
+
+
+def test_a_full_queue_answers_503_with_retry_after(recognizer, astronaut):
+    class Held:
+        """The real recognizer, each call held until the test releases it."""
+
+        classifier, min_face = recognizer.classifier, recognizer.min_face
+
+        def __init__(self) -> None:
+            self.entered, self.release = threading.Semaphore(0), threading.Event()
+
+        def predict(self, image):
+            self.entered.release()
+            assert self.release.wait(60)
+            return recognizer.predict(image)
+
+    held = Held()
+    client = TestClient(create_app(held, max_concurrent=1, max_queue=1))
+    upload = {"image": ("a.jpg", jpeg(astronaut), "image/jpeg")}
+    with ThreadPoolExecutor(2) as pool:
+        running = pool.submit(client.post, "/v1/predict", files=upload)
+        assert held.entered.acquire(timeout=60)  # the first request is being recognised
+        waiting = pool.submit(client.post, "/v1/predict", files=upload)
+        deadline = time.monotonic() + 60
+        while client.get("/healthz").json()["in_flight"] < 2:  # the second has taken the queue's place
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        refused = client.post("/v1/predict", files=upload)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "2"
+        assert "busy" in refused.json()["detail"]
+        held.release.set()
+        assert running.result().status_code == 200 and waiting.result().status_code == 200
+    assert client.get("/healthz").json()["in_flight"] == 0
+    assert client.post("/v1/predict", files=upload).status_code == 200
 
 
 def free_port() -> int:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from ..errors import MsferError
 from ..labels import EMOTIONS
-from .recognizer import EmotionRecognizer, FaceResult, to_rgb_array
+from .recognizer import DEFAULT_MIN_FACE, EmotionRecognizer, FaceResult, to_rgb_array
 from .video import VIDEO_EXTENSIONS, VideoFrame, VideoSource, is_video, predict_video
 from .visualize import draw_faces
 
@@ -115,8 +115,10 @@ def predict_images(
                     loaded.append((item, to_rgb_array(item.path)))
                 except MsferError as error:
                     _report(problems, writer, str(item.path), str(error))
-            results = recognizer.predict_batch([image for _, image in loaded])
+            results = _recognise(recognizer, loaded, writer, problems)
             for (item, image), faces in zip(loaded, results):
+                if faces is None:
+                    continue
                 writer.write({"source": str(item.path), "faces": faces})
                 if echo:
                     found = ", ".join(f"{face.label} {face.confidence:.2f}" for face in faces) or "no face"
@@ -126,6 +128,27 @@ def predict_images(
                     out.parent.mkdir(parents=True, exist_ok=True)
                     Image.fromarray(draw_faces(image, faces)).save(out, quality=92)
             progress.update(len(items[start : start + recognizer.batch_size]))
+
+
+def _recognise(
+    recognizer: EmotionRecognizer, loaded: list[tuple[InputItem, np.ndarray]], writer: ResultWriter, problems: list[str]
+) -> list[list[FaceResult] | None]:
+    """The faces of each loaded image; should the batch fail, each image alone, None (reported) for those that fail.
+
+    Any error, not only MsferError: one image that breaks the detector or classifier must not cost the
+    other images of its batch their results.
+    """
+    try:
+        return recognizer.predict_batch([image for _, image in loaded])
+    except Exception:  # noqa: BLE001 - narrowed down below, image by image
+        results: list[list[FaceResult] | None] = []
+        for item, image in loaded:
+            try:
+                results.append(recognizer.predict(image))
+            except Exception as error:  # noqa: BLE001
+                _report(problems, writer, str(item.path), f"{item.path}: recognition failed ({type(error).__name__}: {error})")
+                results.append(None)
+        return results
 
 
 def predict_stream(
@@ -184,6 +207,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="images per detection batch and faces per classifier batch (default 32)")
     parser.add_argument("--detect-size", type=int, default=640,
                         help="longest side of the copy the face detector sees; smaller is faster but misses small faces (default 640)")
+    parser.add_argument("--min-face", type=float, default=DEFAULT_MIN_FACE, metavar="PX",
+                        help="smallest face (pixels) to find in large photos, by a finer detection pass where the "
+                             f"--detect-size copy would miss it (default {DEFAULT_MIN_FACE:g}; 0: no finer pass, faster)")
     parser.add_argument("--every", type=int, default=1, metavar="N", help="video: process every N-th frame (default 1, all)")
     parser.add_argument("--smooth", type=float, nargs="?", const=0.6, default=0.0, metavar="FACTOR",
                         help="video: smooth each tracked face's probabilities over time, FACTOR in [0, 1) is the weight of the past (0.6 if given without a value)")
@@ -199,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
     items, missing = collect_inputs(args.inputs)
     items = shard(items, args.num_shards, args.shard_index)
     recognizer = EmotionRecognizer(args.weights, device=args.device, backend=args.backend, tta=args.tta,
-                                   batch_size=args.batch_size, detect_size=args.detect_size)
+                                   batch_size=args.batch_size, detect_size=args.detect_size, min_face=args.min_face)
     with ExitStack() as stack:
         writer = ResultWriter(args.out, stack)
         problems: list[str] = []

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from ..errors import MsferError
 from ..labels import EMOTIONS
 from .predict import ResultWriter
-from .recognizer import EmotionRecognizer
+from .recognizer import DEFAULT_MIN_FACE, EmotionRecognizer
 from .video import VideoFrame, VideoSource, predict_video
 
 DISCLAIMER = (
@@ -158,12 +158,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--smooth", type=float, default=0.6, metavar="FACTOR",
                         help="weight of the past in each face's moving average of probabilities, in [0, 1); 0 is off (default 0.6)")
     parser.add_argument("--detect-size", type=int, default=640, help="longest side of the copy the face detector sees (default 640)")
+    parser.add_argument("--min-face", type=float, default=DEFAULT_MIN_FACE, metavar="PX",
+                        help=f"smallest face (pixels) to find in large frames (default {DEFAULT_MIN_FACE:g}; 0: no finer pass)")
 
 
 def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.smooth < 1.0:
         raise MsferError(f"--smooth must be in [0, 1), got {args.smooth}")
-    recognizer = EmotionRecognizer(args.weights, device=args.device, backend=args.backend, detect_size=args.detect_size)
+    recognizer = EmotionRecognizer(args.weights, device=args.device, backend=args.backend, detect_size=args.detect_size,
+                                   min_face=args.min_face)
     with VideoSource(args.video) as video, tqdm(total=video.frame_count, desc=args.video.name, unit="frame") as progress:
         frames = []
         for frame in predict_video(recognizer, video, args.every, args.smooth):

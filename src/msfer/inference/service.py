@@ -1,58 +1,182 @@
 """``msfer serve``: the REST service and its web page.
 
-* ``POST /v1/predict``: a multipart upload (field ``file``) of one image; answers
-  ``{"source", "width", "height", "faces": [...]}`` with faces as ``msfer predict``
-  writes them. Too large an upload is 413 (checked on ``Content-Length`` before the
-  body is read, and on the received size), a non-image content type 415, an image
-  that cannot be decoded 400; every error is JSON ``{"detail": "..."}``.
-* ``GET /healthz``: ``{"status": "ok", ...}`` once the model is loaded.
+* ``POST /v1/predict``: one image, as a multipart upload in the field ``image`` (``file``
+  is accepted too), or as the raw request body; answers ``{"source", "width", "height",
+  "faces": [...]}`` with faces as ``msfer predict`` writes them. Whether it is an image
+  is decided by its bytes (what Pillow can decode: JPEG, PNG, WebP, BMP, TIFF, GIF, ...),
+  never by the declared content type or file name.
+* ``GET /healthz``: ``{"status": "ok", ...}`` once the model is loaded, with the limits and
+  ``in_flight``, the requests being served or waiting.
 * ``GET /``: a page to upload a photo and see it annotated (drawn in the browser
   from the JSON). ``/?demo=1`` runs it on ``GET /sample.jpg``, the bundled sample.
 
-The recognizer is thread-safe for inference, so the endpoint is a plain function
-that FastAPI runs in its thread pool.
+Limits, each answered with a JSON ``{"detail": "..."}`` error, as every error is:
+
+* **upload size** (``max_upload_mb``, the whole request body): 413, from
+  ``Content-Length`` before anything is read, and counted while the body is read, so
+  a body sent without ``Content-Length`` (chunked) is cut off as soon as it passes the
+  limit, never stored in full;
+* **pixels** (``max_pixels``, width x height as the file's header declares them): 413,
+  checked before decoding, since a small file can declare a huge image (a 140 KB PNG
+  of 12000 x 12000 decodes to 430 MB);
+* **concurrency**: ``max_concurrent`` requests decode and infer at once, ``max_queue``
+  more wait for a turn; beyond that 503 with ``Retry-After``;
+* a body that is not an image 415, an image that cannot be decoded (truncated,
+  corrupt, empty) 400, no image at all 422, any unexpected failure 500.
 """
 from __future__ import annotations
 
 import argparse
-import shutil
+import logging
 import tempfile
+import threading
 from pathlib import Path
 
-from fastapi import FastAPI, File, HTTPException, Request, UploadFile
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from PIL import Image, UnidentifiedImageError
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
 
 from ..data.images import UnreadableImageError, load_rgb
 from .recognizer import EmotionRecognizer
 
+log = logging.getLogger(__name__)
+
 DEFAULT_MAX_UPLOAD_MB = 10.0
+# 40 MP holds any phone or DSLR photo (24-36 MP typical); decoding one takes about 120 MB.
+DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_CONCURRENT = 2
+DEFAULT_MAX_QUEUE = 8
+RETRY_AFTER_S = 2
+FIELD_NAMES = ("image", "file")
 STATIC_DIR = Path(__file__).with_name("static")
 SAMPLE_IMAGE = Path(__file__).parents[1] / "samples" / "astronaut.jpg"
 
 
-def create_app(recognizer: EmotionRecognizer | None = None, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> FastAPI:
-    """The FastAPI app around ``recognizer`` (default: the bundled model on the CPU)."""
+class InferenceGate:
+    """At most ``slots`` requests decode and infer at once and ``queue`` more wait; :meth:`enter` refuses the rest.
+
+    Thread-based (not asyncio), so it holds whatever event loop or thread a request runs in.
+    """
+
+    def __init__(self, slots: int, queue: int) -> None:
+        if slots < 1 or queue < 0:
+            raise ValueError(f"need at least 1 concurrent slot and a queue of 0 or more, got {slots} and {queue}")
+        self.slots = threading.BoundedSemaphore(slots)
+        self.capacity = slots + queue
+        self.admitted = 0
+        self._lock = threading.Lock()
+
+    def enter(self) -> bool:
+        """Take a place (running or waiting); False when all places are taken."""
+        with self._lock:
+            if self.admitted >= self.capacity:
+                return False
+            self.admitted += 1
+            return True
+
+    def leave(self) -> None:
+        with self._lock:
+            self.admitted -= 1
+
+
+def create_app(
+    recognizer: EmotionRecognizer | None = None,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+) -> FastAPI:
+    """The FastAPI app around ``recognizer`` (default: the bundled model on the CPU), with the limits above."""
     from .. import __version__
 
     recognizer = recognizer or EmotionRecognizer()
     max_bytes = int(max_upload_mb * 1024 * 1024)
+    gate = InferenceGate(max_concurrent, max_queue)
     app = FastAPI(title="msfer", version=__version__, description="Facial emotion recognition")
+    app.state.gate = gate
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, error: Exception) -> JSONResponse:
+        # Without this, Starlette answers an unexpected error in plain text.
+        log.exception("%s %s failed", request.method, request.url.path)
+        return JSONResponse({"detail": f"internal error ({type(error).__name__}); the server log has the details"},
+                            status_code=500)
 
     def too_large() -> HTTPException:
         return HTTPException(413, f"upload too large: the limit is {max_upload_mb:g} MB")
 
-    @app.middleware("http")
-    async def refuse_large_bodies(request: Request, call_next):
-        # Before the multipart body is parsed (and spooled to disk), so a huge upload costs nothing.
+    async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
-        if request.url.path == "/v1/predict" and declared and declared.isdigit() and int(declared) > max_bytes:
-            return JSONResponse({"detail": too_large().detail}, status_code=413)
-        return await call_next(request)
+        if declared and declared.isdigit() and int(declared) > max_bytes:
+            raise too_large()
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:  # a chunked body has no Content-Length: stop reading it here
+                raise too_large()
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def upload_of(request: Request, body: bytes) -> tuple[str, bytes]:
+        """(file name, bytes) of the image: the multipart field ``image`` or ``file``, else the raw body."""
+        content_type = request.headers.get("content-type", "")
+        if not content_type.startswith("multipart/form-data"):
+            if not body or content_type.startswith("application/x-www-form-urlencoded"):  # a form without a file
+                raise HTTPException(422, "no image: send it in the multipart field 'image' (curl -F image=@photo.jpg ...)")
+            return "upload", body
+
+        async def replay() -> dict:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        try:
+            form = await Request(request.scope, replay).form(max_files=len(FIELD_NAMES), max_fields=16)
+        except MultiPartException as error:
+            raise HTTPException(400, f"malformed multipart body: {error.message}") from None
+        try:
+            upload = next((form[name] for name in FIELD_NAMES if isinstance(form.get(name), UploadFile)), None)
+            if upload is None:
+                raise HTTPException(422, "no image: send it in the multipart field 'image' as a file "
+                                         "(curl -F image=@photo.jpg ...)")
+            return upload.filename or "upload", await upload.read()
+        finally:
+            await form.close()
+
+    def recognise(name: str, data: bytes) -> dict:
+        """Decode and recognise, in a worker thread, holding one of the gate's slots."""
+        if not data:
+            raise HTTPException(400, f"{name}: empty file (0 bytes)")
+        with gate.slots, tempfile.NamedTemporaryFile() as stored:
+            stored.write(data)
+            stored.flush()
+            try:
+                with Image.open(stored.name) as header:  # lazy: reads the size, decodes nothing
+                    width, height = header.size
+            except UnidentifiedImageError:
+                raise HTTPException(415, f"{name}: not an image (the bytes are no format Pillow decodes, "
+                                         "e.g. JPEG, PNG, WebP, BMP, TIFF)") from None
+            except Image.DecompressionBombError:
+                raise HTTPException(413, f"{name}: image too large: over {max_pixels:,} pixels") from None
+            except (OSError, ValueError, SyntaxError, EOFError) as error:
+                raise HTTPException(400, f"{name}: cannot decode image ({error})") from None
+            if width * height > max_pixels:
+                raise HTTPException(413, f"{name}: image too large: {width} x {height} = {width * height:,} pixels, "
+                                         f"the limit is {max_pixels:,}")
+            try:
+                # load_rgb applies msfer's decoding rules (EXIF rotation, alpha on white, 16-bit).
+                image = load_rgb(stored.name)
+            except UnreadableImageError as error:
+                raise HTTPException(400, str(error).replace(stored.name, name)) from None
+            faces = recognizer.predict(image)
+        return {"source": name, "width": image.width, "height": image.height, "faces": [f.to_dict() for f in faces]}
 
     @app.get("/healthz")
     def healthz() -> dict:
         return {"status": "ok", "version": __version__, "backend": type(recognizer.classifier).__name__,
-                "max_upload_mb": max_upload_mb}
+                "max_upload_mb": max_upload_mb, "max_pixels": max_pixels, "max_concurrent": max_concurrent,
+                "max_queue": max_queue, "in_flight": gate.admitted, "min_face": recognizer.min_face}
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> FileResponse:
@@ -62,23 +186,26 @@ def create_app(recognizer: EmotionRecognizer | None = None, max_upload_mb: float
     def sample() -> FileResponse:
         return FileResponse(SAMPLE_IMAGE, media_type="image/jpeg")
 
-    @app.post("/v1/predict")
-    def predict(file: UploadFile = File(..., description="the image: JPEG, PNG, WebP, BMP, TIFF, ...")) -> dict:
-        name = file.filename or "upload"
-        if not (file.content_type or "").startswith("image/"):
-            raise HTTPException(415, f"{name}: content type {file.content_type!r} is not an image (expected image/*)")
-        if file.size is not None and file.size > max_bytes:
-            raise too_large()
-        with tempfile.NamedTemporaryFile(suffix=Path(name).suffix) as stored:
-            # load_rgb applies msfer's decoding rules (EXIF rotation, alpha on white, 16-bit, bomb guard).
-            shutil.copyfileobj(file.file, stored)
-            stored.flush()
-            try:
-                image = load_rgb(stored.name)
-            except UnreadableImageError as error:
-                raise HTTPException(400, str(error).replace(stored.name, name)) from None
-        faces = recognizer.predict(image)
-        return {"source": name, "width": image.width, "height": image.height, "faces": [f.to_dict() for f in faces]}
+    upload_schema = {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
+            "image": {"type": "string", "format": "binary", "description": "the photo (JPEG, PNG, WebP, BMP, TIFF, ...)"},
+        }}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    }}}
+
+    @app.post("/v1/predict", openapi_extra=upload_schema)
+    async def predict(request: Request) -> dict:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > max_bytes:
+            raise too_large()  # before taking a place in the queue
+        if not gate.enter():
+            raise HTTPException(503, f"busy: {gate.capacity} requests are being served or waiting; retry shortly",
+                                headers={"Retry-After": str(RETRY_AFTER_S)})
+        try:
+            name, data = await upload_of(request, await read_body(request))
+            return await run_in_threadpool(recognise, name, data)
+        finally:
+            gate.leave()
 
     return app
 
@@ -90,13 +217,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device for the classifier (default cpu)")
     parser.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="classifier runtime (default torch)")
     parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
-                        help=f"largest accepted upload in MB; larger ones get 413 (default {DEFAULT_MAX_UPLOAD_MB:g})")
+                        help=f"largest accepted request body in MB; larger ones get 413 (default {DEFAULT_MAX_UPLOAD_MB:g})")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help=f"largest accepted image, width x height; larger ones get 413 before decoding "
+                             f"(default {DEFAULT_MAX_PIXELS:,})")
+    parser.add_argument("--max-concurrent", type=int, default=DEFAULT_MAX_CONCURRENT,
+                        help=f"requests decoded and recognised at once (default {DEFAULT_MAX_CONCURRENT})")
+    parser.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
+                        help=f"requests that wait for a turn; more get 503 with Retry-After (default {DEFAULT_MAX_QUEUE})")
 
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from ..errors import MsferError
+
+    if args.max_upload_mb <= 0 or args.max_pixels < 1 or args.max_concurrent < 1 or args.max_queue < 0:
+        raise MsferError("--max-upload-mb and --max-pixels must be positive, --max-concurrent at least 1, "
+                         "--max-queue 0 or more")
     recognizer = EmotionRecognizer(args.weights, device=args.device, backend=args.backend)
     print(f"msfer serve: open http://{args.host}:{args.port}/ (Ctrl+C stops)")
-    uvicorn.run(create_app(recognizer, args.max_upload_mb), host=args.host, port=args.port)
+    app = create_app(recognizer, args.max_upload_mb, args.max_pixels, args.max_concurrent, args.max_queue)
+    uvicorn.run(app, host=args.host, port=args.port)
     return 0

@@ -1,7 +1,7 @@
 """``msfer annotate``: RetinaFace pseudo-labels of the emotion regions for a whole dataset.
 
 The pipeline per batch: decode (in a background thread, overlapping the network),
-resize to the detection size, detect (one batched onnxruntime call), map back to the
+resize to the detection size, detect (batched onnxruntime calls, one per image size), map back to the
 original pixels, pick the single-face crop's face, filter, derive the regions, append
 the lines and flush. The output is resumable: ids already in ``--out`` are skipped.
 
@@ -32,7 +32,7 @@ from tqdm import tqdm
 from ..errors import MsferError
 from ..labels import EMOTIONS
 from .annotations import REJECTED_PREFIX, STATUS_NO_FACE, STATUS_OK, STATUS_UNREADABLE, AnnotationWriter
-from .detector import Face, RetinaFaceDetector
+from .detector import Face, RetinaFaceDetector, resize_by
 from .geometry import derive_regions
 from .quality import QualityRules, rejection_reason, select_face
 
@@ -112,20 +112,34 @@ class Annotator:
         """One record per sample, in order; ``images[i]`` is None when sample i could not be decoded."""
         readable = [i for i, image in enumerate(images) if image is not None]
         scales = [detection_scale(images[i].shape[1], images[i].shape[0], self.detect_size) for i in readable]
-        resized = [
-            images[i] if scale == 1.0 else cv2.resize(images[i], None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
-            for i, scale in zip(readable, scales)
-        ]
-        detections = dict(zip(readable, zip(self.detector.detect(resized), scales)))
+        resized = [resize_by(images[i], scale, cv2.INTER_LINEAR) for i, scale in zip(readable, scales)]
+        detections = dict(zip(readable, zip(self._detect(resized, [samples[i] for i in readable]), scales)))
         records = []
         for i, (sample, image) in enumerate(zip(samples, images)):
             record = {"id": sample.id, "split": sample.split, "label": sample.label}
-            if image is None:
+            if image is None or detections[i][0] is None:
                 records.append({**record, "status": STATUS_UNREADABLE})
                 continue
             faces, scale = detections[i]
             records.append({**record, **self._describe(faces, scale, image.shape[1], image.shape[0])})
         return records
+
+    def _detect(self, images: list[np.ndarray], samples: list) -> list[list[Face] | None]:
+        """The detector's faces per image; should the batch fail, image by image, None for an image that fails.
+
+        One image that breaks the detector must not cost the rest of its batch (or the run) their records.
+        """
+        try:
+            return self.detector.detect(images)
+        except Exception:  # noqa: BLE001 - narrowed down below, image by image
+            faces: list[list[Face] | None] = []
+            for image, sample in zip(images, samples):
+                try:
+                    faces.append(self.detector.detect([image])[0])
+                except Exception as error:  # noqa: BLE001
+                    log.warning("%s: detection failed (%s: %s); written as unreadable", sample.id, type(error).__name__, error)
+                    faces.append(None)
+            return faces
 
     def _describe(self, faces: list, scale: float, width: int, height: int) -> dict:
         """The record fields of one decoded image from its detections (in detector pixels)."""

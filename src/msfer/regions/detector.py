@@ -7,14 +7,17 @@ N x A x 4, class scores N x A x 2, landmark offsets N x A x 10, e.g. a ResNet-50
 can be used through ``model_path``; the outputs are told apart by their last
 dimension, not their names, because exports name them differently.
 
-Batches of images of different sizes are pasted into one canvas size (top-left
-aligned, the padding is the mean colour, i.e. zero after normalisation), so a pixel
-keeps its coordinates and no mapping back is needed. A model exported with a fixed
-input size gets each image letterboxed (scaled to fit) into that size instead.
+Only images of the same size share a forward pass: an image is never padded to the
+size of another one, because the padding changes what the network sees near its edges
+and so made a photo's faces depend on the rest of its batch. A batch of same-size
+images gives each image exactly the faces it gets alone. A model exported with a fixed
+input size gets each image letterboxed (scaled to fit, padded with the mean colour)
+into that size instead. Images of any shape, down to 1 x 1, are accepted.
 """
 from __future__ import annotations
 
 import os
+from collections import defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -32,6 +35,9 @@ ANCHOR_SIZES = ((16, 32), (64, 128), (256, 512))
 CENTER_VARIANCE, SIZE_VARIANCE = 0.1, 0.2
 # The network's training normalisation: BGR input minus this mean, no scaling.
 BGR_MEAN = np.array([104.0, 117.0, 123.0], dtype=np.float32)
+# Pixels per forward pass: a group of same-size images is run in chunks of at most this
+# many pixels, so that a batch of large photos does not need gigabytes at once.
+MAX_BATCH_PIXELS = 8_000_000
 
 
 @dataclass
@@ -45,6 +51,21 @@ class Face:
     box: np.ndarray
     score: float
     landmarks: np.ndarray
+
+
+def resize_by(image: np.ndarray, scale: float, interpolation: int | None = None) -> np.ndarray:
+    """``image`` scaled by ``scale``, each side rounded but at least 1 pixel (1 x 5000 by 0.1 is 1 x 500).
+
+    ``cv2.resize(fx=, fy=)`` rounds a side to 0 for very long, thin images and then fails.
+    Default interpolation: area averaging when shrinking, bilinear when enlarging.
+    """
+    if scale == 1.0:
+        return image
+    height, width = image.shape[:2]
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if interpolation is None:
+        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return cv2.resize(image, size, interpolation=interpolation)
 
 
 @lru_cache(maxsize=16)
@@ -137,22 +158,38 @@ class RetinaFaceDetector:
         return inputs[0].name, fixed, [last_dims.index(n) for n in (4, 2, 10)]
 
     def detect(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
-        """Faces in each image (H x W x 3 uint8 RGB, or H x W gray), in one batched forward pass."""
-        if not images:
-            return []
-        canvas_height, canvas_width = self.fixed_size or (max(i.shape[0] for i in images), max(i.shape[1] for i in images))
-        batch = np.zeros((len(images), canvas_height, canvas_width, 3), dtype=np.float32)
+        """Faces in each image (H x W x 3 uint8 RGB, or H x W gray), batched by image size.
+
+        Each image gets the same faces whatever else is in ``images``. An empty image
+        (a side of 0 pixels) has no faces.
+        """
+        results: list[list[Face]] = [[] for _ in images]
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for index, image in enumerate(images):
+            if image.shape[0] and image.shape[1]:
+                groups[self.fixed_size or image.shape[:2]].append(index)
+        for (height, width), members in groups.items():
+            per_pass = max(1, MAX_BATCH_PIXELS // (height * width))
+            for start in range(0, len(members), per_pass):
+                chunk = members[start : start + per_pass]
+                for index, faces in zip(chunk, self._detect_same_size([images[i] for i in chunk], height, width)):
+                    results[index] = faces
+        return results
+
+    def _detect_same_size(self, images: Sequence[np.ndarray], height: int, width: int) -> list[list[Face]]:
+        """One forward pass over images that are all ``height`` x ``width`` (or get letterboxed into it)."""
+        batch = np.zeros((len(images), height, width, 3), dtype=np.float32)
         scales = np.ones(len(images), dtype=np.float32)
         for i, image in enumerate(images):
             if self.fixed_size is not None:
-                scales[i] = min(canvas_height / image.shape[0], canvas_width / image.shape[1])
-                image = cv2.resize(image, None, fx=scales[i], fy=scales[i], interpolation=cv2.INTER_LINEAR)
+                scales[i] = min(height / image.shape[0], width / image.shape[1])
+                image = resize_by(image, float(scales[i]), cv2.INTER_LINEAR)[:height, :width]
             bgr = image[..., ::-1] if image.ndim == 3 else image[..., None]
             batch[i, : image.shape[0], : image.shape[1]] = bgr
             batch[i, : image.shape[0], : image.shape[1]] -= BGR_MEAN
         outputs = self.session.run(None, {self.input_name: batch.transpose(0, 3, 1, 2)})
         loc, conf, landmarks = (outputs[k] for k in self.output_order)
-        return self._decode(loc, conf[..., 1], landmarks, anchors_for(canvas_height, canvas_width), scales)
+        return self._decode(loc, conf[..., 1], landmarks, anchors_for(height, width), scales)
 
     def _decode(
         self, loc: np.ndarray, scores: np.ndarray, landmarks: np.ndarray, anchors: np.ndarray, scales: np.ndarray
