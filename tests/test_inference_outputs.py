@@ -62,6 +62,17 @@ def test_annotated_copies_written_into_the_input_folder_change_no_input(shots, r
     assert "skipped" in capsys.readouterr().err and sorted(digests(shots)) == sorted(after)
 
 
+def test_a_name_too_long_for_a_suffix_gets_a_shortened_unique_copy(tmp_path, astronaut, random_weights):
+    folder, vis = tmp_path / "long", tmp_path / "vis"
+    folder.mkdir()
+    names = ["x" * 240 + "-1.jpg", "x" * 240 + "-2.jpg"]  # 246 bytes: allowed, but not with ".msfer.jpg" after it
+    for name in names:
+        Image.fromarray(astronaut[::4, ::4]).save(folder / name)
+    assert main(["predict", str(folder), "--weights", str(random_weights), "--save-vis", str(vis)]) == 0
+    written = sorted(path.name for path in vis.iterdir())
+    assert len(written) == 2 and all(len(name) <= 255 and name.endswith(".msfer.jpg") for name in written)
+
+
 def test_outputs_that_would_land_on_an_input_are_refused(shots, random_weights, tmp_path, capsys):
     # An input named like the annotated copy of another input: writing the copy would destroy it.
     photo = shots / "selfie.jpg"
@@ -171,9 +182,12 @@ def test_heic_odd_extensions_and_skipped_files_are_never_silent(tmp_path, astron
     (folder / "notes.txt").write_text("a note")
     (folder / "IMG_0001.AAE").write_text("<plist/>")  # iPhone edit sidecar
     out = tmp_path / "iphone.jsonl"
-    assert main(["predict", str(folder), "--weights", str(random_weights), "--out", str(out)]) == 0
+    # The photo named twice (in its folder and by name) is processed once, and the second mention is named too.
+    assert main(["predict", str(folder), str(folder / "IMG_0001.HEIC"), "--weights", str(random_weights),
+                 "--out", str(out)]) == 0
     errors = capsys.readouterr().err
     assert "notes.txt: not an image or video" in errors and "IMG_0001.AAE: not an image or video" in errors
+    assert "IMG_0001.HEIC: the same file as" in errors
     assert [(Path(r["source"]).name, len(r["faces"])) for r in jsonl(out)] == [("IMG_0001.HEIC", 1)]
 
     # A JPEG without an extension and an upper-case camcorder .MTS given by name are read by their content.

@@ -1,7 +1,7 @@
 """Rules every command follows when it writes files, and how file names are shown.
 
 * **Never onto an input.** :class:`InputFiles` remembers the files a command reads (by
-  real path and by device/inode, so links and hard links count); :meth:`InputFiles.refuse`
+  device and inode, so links and hard links count); :meth:`InputFiles.refuse`
   raises a :class:`MsferError` naming both when an output would land on one of them.
 * **Whole or not at all.** :func:`atomic_output` writes to a temporary file beside the
   target and renames it onto the target only when the writing succeeded, so a reader
@@ -60,23 +60,31 @@ def source_fields(source: str | os.PathLike | int) -> dict[str, str]:
 
 
 class InputFiles:
-    """The files a command reads, to refuse any output that would land on one of them."""
+    """The files a command reads, to refuse any output that would land on one of them.
 
-    def __init__(self, paths: Iterable[str | os.PathLike]) -> None:
-        self.real: dict[str, Path] = {}
+    Files are told apart by device and inode, so a symbolic or hard link to an input is
+    that input; an output path that does not exist yet cannot be one.
+    """
+
+    def __init__(self, paths: Iterable[str | os.PathLike] = ()) -> None:
         self.ids: dict[tuple[int, int], Path] = {}
         for path in paths:
-            self.real[os.path.realpath(path)] = Path(path)
-            try:
-                status = os.stat(path)
-                self.ids[(status.st_dev, status.st_ino)] = Path(path)
-            except OSError:
-                pass
+            self.add(path)
+
+    def add(self, path: str | os.PathLike) -> Path | None:
+        """Remember ``path``; if it is a file already remembered (named twice, or a link), return that one's path."""
+        try:
+            status = os.stat(path)
+        except OSError:
+            return None
+        key = (status.st_dev, status.st_ino)
+        if key in self.ids:
+            return self.ids[key]
+        self.ids[key] = Path(path)
+        return None
 
     def find(self, output: str | os.PathLike) -> Path | None:
         """The input that ``output`` is (the same file by path, link or hard link), or None."""
-        if os.path.realpath(output) in self.real:
-            return self.real[os.path.realpath(output)]
         try:
             status = os.stat(output)
         except OSError:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import json
 import os
@@ -73,6 +74,7 @@ class Inputs:
     missing: list[Path] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     not_media: list[Path] = field(default_factory=list)  # given by name, but neither an image nor a video
+    files: InputFiles = field(default_factory=InputFiles)  # every file to process, to keep outputs off them
 
 
 def file_kind(path: Path, by_content: bool) -> str | None:
@@ -103,7 +105,6 @@ def collect_inputs(inputs: Iterable[Path]) -> Inputs:
     found = Inputs()
     files: list[tuple[Path, str]] = []
     bases: list[str] = []
-    seen: set[str] = set()
     for given in inputs:
         if given.is_dir():
             bases.append(os.path.abspath(given))
@@ -111,25 +112,42 @@ def collect_inputs(inputs: Iterable[Path]) -> Inputs:
                 kind = None if path.name.lower().endswith((IMAGE_VIS_SUFFIX, VIDEO_VIS_SUFFIX)) else file_kind(path, False)
                 if kind is None:
                     found.skipped.append((path, _skip_reason(path)))
-                elif os.path.realpath(path) not in seen:
-                    seen.add(os.path.realpath(path))
+                elif (earlier := found.files.add(path)) is not None:
+                    found.skipped.append((path, f"the same file as {printable(earlier)}, which is processed"))
+                else:
                     files.append((path, kind))
         elif given.is_file():
             bases.append(os.path.dirname(os.path.abspath(given)))
             kind = file_kind(given, True)
+            earlier = found.files.add(given)  # even a file that is no image or video is read: never written onto
             if kind is None:
                 found.not_media.append(given)
-            elif os.path.realpath(given) not in seen:
-                seen.add(os.path.realpath(given))
+            elif earlier is not None:
+                found.skipped.append((given, f"the same file as {printable(earlier)}, which is processed"))
+            else:
                 files.append((given, kind))
         else:
             found.missing.append(given)
     root = os.path.commonpath(bases) if bases else ""
     used: set[str] = set()
     for path, kind in files:
-        name = os.path.relpath(os.path.abspath(path), root) + (VIDEO_VIS_SUFFIX if kind == "video" else IMAGE_VIS_SUFFIX)
-        found.items.append(InputItem(path, kind == "video", Path(_unique(name, used))))
+        folder, name = os.path.split(os.path.relpath(os.path.abspath(path), root))
+        name = _vis_file_name(name, VIDEO_VIS_SUFFIX if kind == "video" else IMAGE_VIS_SUFFIX)
+        found.items.append(InputItem(path, kind == "video", Path(_unique(os.path.join(folder, name), used))))
     return found
+
+
+NAME_MAX = 255  # bytes in one file name on common Linux, macOS and Windows file systems
+
+
+def _vis_file_name(name: str, suffix: str) -> str:
+    """``name + suffix``; a name too long for that is cut and given a hash of the whole name (still unique)."""
+    if len(os.fsencode(name + suffix)) <= NAME_MAX:
+        return name + suffix
+    tag = "~" + hashlib.sha1(os.fsencode(name)).hexdigest()[:10]
+    while len(os.fsencode(name + tag + suffix)) > NAME_MAX:
+        name = name[:-1]
+    return name + tag + suffix
 
 
 def _unique(name: str, used: set[str]) -> str:
@@ -326,12 +344,11 @@ def _report(problems: list[str], writer: ResultWriter, source: Path | str | int,
 
 def check_outputs(args: argparse.Namespace, inputs: Inputs, items: list[InputItem]) -> None:
     """Refuse (a :class:`MsferError` naming both files) any output that would land on an input."""
-    files = InputFiles([item.path for item in inputs.items])
     if args.out is not None:
-        files.refuse(args.out, "--out")
+        inputs.files.refuse(args.out, "--out")
     if args.save_vis is not None:
         for item in items:
-            files.refuse(args.save_vis / item.vis_name, "--save-vis")
+            inputs.files.refuse(args.save_vis / item.vis_name, "--save-vis")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -374,6 +391,8 @@ def run(args: argparse.Namespace) -> int:
         print("msfer predict: nothing to process: no image or video among the inputs", file=sys.stderr)
         return 1
     items = shard(inputs.items, args.num_shards, args.shard_index)
+    if args.save_vis is not None and args.save_vis.exists() and not args.save_vis.is_dir():
+        raise MsferError(f"--save-vis {printable(args.save_vis)} is a file; give a folder")
     check_outputs(args, inputs, items)
     recognizer = EmotionRecognizer(args.weights, device=args.device, backend=args.backend, tta=args.tta,
                                    batch_size=args.batch_size, detect_size=args.detect_size)
