@@ -150,3 +150,25 @@ def test_load_annotations_reads_gzip_and_reports_damage(tmp_path):
         load_annotations(damaged)
     with pytest.raises(MsferError, match="missing.jsonl"):
         load_annotations(tmp_path / "missing.jsonl")
+
+
+def test_file_names_that_are_not_utf8(tmp_path):
+    """A Latin-1 JPEG name crashed OpenCV's reader (the whole process); in a subprocess, so a regression fails, not kills."""
+    import os
+    import subprocess
+    import sys
+
+    import msfer
+
+    root = tmp_path / "latin1"
+    (root / "happy").mkdir(parents=True)
+    name = os.fsdecode(os.fsencode(root / "happy") + b"/caf\xe9.jpg")
+    Image.fromarray(astronaut()).save(name, format="JPEG")
+    out, sheet = tmp_path / "ann.jsonl", tmp_path / "review.png"
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict",
+           "PYTHONPATH": os.pathsep.join([str(Path(msfer.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "msfer.cli", "annotate", str(root), "--format", "folder",
+                           "--out", str(out), "--review", str(sheet)], env=env, capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    records = load_annotations(out)
+    assert [(os.fsencode(key), record["status"]) for key, record in records.items()] == [(b"happy/caf\xe9.jpg", "ok")]

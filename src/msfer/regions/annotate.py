@@ -89,11 +89,17 @@ def decode(sample) -> np.ndarray | None:
 
     JPEGs (no alpha, no 16 bits) are decoded with OpenCV, grey ones staying one channel,
     which is several times faster than PIL; everything else goes through ``sample.load()``.
+    The file is read by Python and its bytes handed to OpenCV: ``cv2.imread`` crashes the
+    process on a file name that is not valid UTF-8.
     """
     from ..data.images import UnreadableImageError
 
     if sample.path is not None and Path(sample.path).suffix.lower() in JPEG_SUFFIXES:
-        image = cv2.imread(str(sample.path), cv2.IMREAD_ANYCOLOR)
+        try:
+            data = np.frombuffer(Path(sample.path).read_bytes(), np.uint8)
+        except OSError:
+            data = np.zeros(0, np.uint8)
+        image = cv2.imdecode(data, cv2.IMREAD_ANYCOLOR) if data.size else None
         if image is not None:
             return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     try:
