@@ -203,12 +203,12 @@ class AnnotatedVideoWriter:
         height, width = rgb.shape[:2]
         if self.stream is None:
             codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-            self.stream = self.container.add_stream(codec, rate=Fraction(self.fps).limit_denominator(1001))
+            options = {"crf": "20", "preset": "veryfast"} if codec == "libx264" else {}
+            self.stream = self.container.add_stream(codec, rate=Fraction(self.fps).limit_denominator(1001),
+                                                    options=options)
             self.stream.width, self.stream.height = width + width % 2, height + height % 2
             self.stream.pix_fmt = "yuv420p"
             self.stream.codec_context.time_base = self.TIME_BASE
-            if codec == "libx264":
-                self.stream.options = {"crf": "20", "preset": "veryfast"}
         rgb = np.pad(rgb, ((0, self.stream.height - height), (0, self.stream.width - width), (0, 0)), mode="edge")
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         # Strictly increasing (a muxer refuses equal times; two frames within a millisecond are rare).
