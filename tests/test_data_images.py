@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from msfer.data.images import UnreadableImageError, image_header, load_rgb, load_rgb_array, rgb_from_array
+from msfer.data.images import (IMAGE_EXTENSIONS, UnreadableImageError, image_header, load_rgb, load_rgb_array,
+                               rgb_from_array, to_upright_rgb)
 from msfer.errors import MsferError
 
 
@@ -83,6 +84,36 @@ def test_exif_orientation_is_applied(tmp_path):
     assert result[5, 10, 0] > 200 and result[5, 10, 2] < 60  # top: red
     assert result[35, 10, 2] > 200 and result[35, 10, 0] < 60  # bottom: blue
     assert image_header(path) == (40, 20, "RGB")  # the header reports the size as stored
+
+
+def test_heic_is_read_upright_through_the_plugin(tmp_path):
+    # What iPhones write: HEIC, here stored landscape with EXIF 6 (turn 90 degrees clockwise to show it).
+    stored = np.zeros((32, 64, 3), np.uint8)
+    stored[:, :32] = (255, 0, 0)
+    stored[:, 32:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "IMG_0001.HEIC"
+    Image.fromarray(stored).save(path, exif=exif.tobytes(), quality=95)
+    assert ".heic" in IMAGE_EXTENSIONS and ".heif" in IMAGE_EXTENSIONS
+    result = pixels(load_rgb(path))
+    assert result.shape == (64, 32, 3)  # portrait, as shown
+    assert result[10, 16, 0] > 200 and result[10, 16, 2] < 60  # top: red
+    assert result[54, 16, 2] > 200 and result[54, 16, 0] < 60  # bottom: blue
+
+
+def test_a_pil_image_gets_the_rules_a_path_gets(tmp_path):
+    stored = np.zeros((20, 40, 4), np.uint8)
+    stored[:, :20] = (255, 0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "rotated.png"
+    Image.fromarray(stored, "RGBA").save(path, exif=exif)
+    with Image.open(path) as image:
+        from_object = to_upright_rgb(image)
+    assert from_object.mode == "RGB" and pixels(from_object).tolist() == pixels(load_rgb(path)).tolist()
+    assert from_object.size == (20, 40) and pixels(from_object)[35, 10].tolist() == [255, 255, 255]  # alpha on white
+    assert pixels(to_upright_rgb(from_object)).tolist() == pixels(from_object).tolist()  # never turned twice
 
 
 def test_cmyk_jpeg_becomes_rgb(tmp_path):

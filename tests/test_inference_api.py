@@ -113,6 +113,37 @@ def test_crop_transform_round_trip():
     assert np.allclose(map_boxes_back(crop_box, transform, 120, 100), [[100, 70, 120, 100]])  # clipped to the image
 
 
+def test_predict_batch_can_return_per_item_errors(recognizer, astronaut, astronaut_file, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(astronaut_file.read_bytes()[:300])
+    inputs = [astronaut_file, broken, tmp_path / "absent.jpg", np.zeros((4, 4), np.float32), astronaut]
+    with pytest.raises(MsferError, match="broken.jpg"):
+        recognizer.predict_batch(inputs)  # the default: the first bad input raises
+    results = recognizer.predict_batch(inputs, errors="return")
+    assert len(results) == 5
+    assert [len(r) for r in (results[0], results[4])] == [1, 1]
+    assert results[0][0].probs == pytest.approx(recognizer.predict(astronaut_file)[0].probs, abs=1e-5)
+    assert all(isinstance(r, MsferError) for r in results[1:4])
+    assert "broken.jpg" in str(results[1]) and "absent.jpg" in str(results[2]) and "uint8" in str(results[3])
+    assert recognizer.predict_batch([broken], errors="return")[0].args == results[1].args  # alone as in a batch
+    with pytest.raises(ValueError, match="errors"):
+        recognizer.predict_batch(inputs, errors="ignore")
+
+
+def test_a_pil_image_is_turned_upright_like_a_path(recognizer, astronaut, tmp_path):
+    # A phone photo stored sideways: pixels rotated, EXIF 8 says "turn 90 degrees counter-clockwise to show".
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    path = tmp_path / "sideways.jpg"
+    Image.fromarray(np.rot90(astronaut, -1)).save(path, exif=exif, quality=95)
+    from_path = recognizer.predict(path)
+    with Image.open(path) as image:
+        from_object = recognizer.predict(image)
+    assert len(from_path) == 1 and inside(from_path[0].box, ASTRONAUT_FACE, slack=8)
+    assert [face.box for face in from_object] == [face.box for face in from_path]
+    assert from_object[0].probs == pytest.approx(from_path[0].probs, abs=1e-5)
+
+
 def test_bad_inputs_raise_clear_errors(tmp_path, random_weights):
     with pytest.raises(MsferError, match="uint8"):
         to_rgb_array(np.zeros((4, 4, 3), np.float32))

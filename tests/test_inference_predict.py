@@ -112,10 +112,13 @@ def test_folder_video_and_bad_inputs_in_one_batch(media, random_weights, tmp_pat
     assert [r["time"] for r in frames] == pytest.approx([k / 10 for k in range(6)])
     assert {f["track_id"] for r in frames for f in r["faces"]} == {1}
 
-    assert (vis / "photos" / "astronaut.jpg").is_file() and (vis / "photos" / "nested" / "two.jpg").is_file()
-    annotated = np.asarray(Image.open(vis / "photos" / "astronaut.jpg"))
+    # Annotated copies keep the inputs' paths below their common folder, with the full name and a suffix.
+    assert (vis / "photos" / "astronaut.jpg.msfer.jpg").is_file()
+    assert (vis / "photos" / "nested" / "two.png.msfer.jpg").is_file()
+    annotated = np.asarray(Image.open(vis / "photos" / "astronaut.jpg.msfer.jpg"))
     assert annotated.shape == (512, 512, 3)
-    capture = cv2.VideoCapture(str(vis / "clip.mp4"))
+    assert not [p for p in vis.rglob("*") if p.name.startswith(".msfer-")]  # no temporary file left behind
+    capture = cv2.VideoCapture(str(vis / "clip.avi.msfer.mp4"))
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 6
     capture.release()
 

@@ -1,12 +1,18 @@
 """Video: the IoU tracker, smoothing, frame skipping and timestamps, and `msfer report`."""
 from __future__ import annotations
 
+import json
+import re
+import struct
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from msfer.cli import main
 from msfer.errors import MsferError
 from msfer.inference.recognizer import EmotionRecognizer, FaceResult
+from msfer.inference.report import EMOTION_COLORS
 from msfer.inference.tracking import FaceTracker, box_iou
 from msfer.inference.video import VideoSource, predict_video
 from msfer.labels import EMOTIONS
@@ -92,3 +98,95 @@ def test_report(clip, random_weights, tmp_path):
     for name in ("timeline_1.png", "shares.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len((out / "frames.jsonl").read_text().splitlines()) == 5
+
+
+# -- Time from the container's timestamps (variable frame rate), rotation, one-frame videos ----------------------
+
+VFR_TIMES = [0.0, 0.1, 0.2, 1.5, 3.0, 11.0]  # a phone or browser recording: frames arrive unevenly
+
+
+def write_timed_video(path, frames, times, codec: str, container_format: str | None = None, start: float = 0.0):
+    """A video whose frame k is shown at ``start + times[k]`` seconds (per-frame timestamps, as PyAV writes them)."""
+    from fractions import Fraction
+
+    import av
+
+    time_base = Fraction(1, 1000)
+    with av.open(str(path), "w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=30)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = time_base
+        for image, seconds in zip(frames, times):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = round((start + seconds) * 1000), time_base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+@pytest.fixture(scope="module")
+def vfr_videos(tmp_path_factory, astronaut):
+    folder = tmp_path_factory.mktemp("vfr")
+    frames = moving_face_frames(astronaut, len(VFR_TIMES))
+    videos = {"mp4": folder / "phone.mp4", "webm": folder / "browser.webm", "mts": folder / "camcorder.MTS"}
+    write_timed_video(videos["mp4"], frames, VFR_TIMES, "libx264")  # H.264 with B-frames: decode order != display order
+    write_timed_video(videos["webm"], frames, VFR_TIMES, "libvpx")
+    # MPEG-TS timestamps start wherever the camera's clock was; times count from the stream's start.
+    write_timed_video(videos["mts"], frames, VFR_TIMES, "libx264", "mpegts", start=600.0)  # AVCHD: H.264 in MPEG-TS
+    return videos
+
+
+@pytest.mark.parametrize("kind", ["mp4", "webm", "mts"])
+def test_video_time_comes_from_the_frame_timestamps(vfr_videos, kind, random_weights, tmp_path):
+    out, vis = tmp_path / "frames.jsonl", tmp_path / "vis"
+    video = vfr_videos[kind]
+    assert main(["predict", str(video), "--weights", str(random_weights), "--out", str(out),
+                 "--save-vis", str(vis)]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["frame"] for r in records] == list(range(len(VFR_TIMES)))
+    assert [r["time"] for r in records] == pytest.approx(VFR_TIMES, abs=0.002)
+    assert all(len(r["faces"]) == 1 for r in records)
+    # The annotated copy keeps the timing: frame k is still shown at VFR_TIMES[k].
+    import av
+
+    with av.open(str(vis / (video.name + ".msfer.mp4"))) as container:
+        shown = [float(frame.time) for frame in container.decode(video=0)]
+    assert [t - shown[0] for t in shown] == pytest.approx(VFR_TIMES, abs=0.002)
+
+
+def test_report_durations_follow_the_timestamps(vfr_videos, random_weights, tmp_path):
+    out = tmp_path / "report"
+    assert main(["report", str(vfr_videos["webm"]), "--out", str(out), "--weights", str(random_weights)]) == 0
+    page = (out / "report.html").read_text()
+    assert f"{len(VFR_TIMES)} processed frames over 11.0 s" in page
+    row = re.search(r"<tr><td>1</td><td>([\d.]+)</td><td>([\d.]+)</td><td>(\d+)</td>", page)
+    assert row is not None and row.groups() == ("0.00", "11.00", str(len(VFR_TIMES)))  # first seen, last seen, frames
+
+
+def test_a_phone_video_stored_sideways_comes_out_upright(tmp_path):
+    # A phone stores landscape pixels and a display matrix saying "turn 90 degrees clockwise".
+    image = np.zeros((48, 64, 3), np.uint8)
+    image[:, :32] = (255, 0, 0)  # left half red
+    path = tmp_path / "sideways.mp4"
+    write_timed_video(path, [image] * 3, [0.0, 0.1, 0.2], "libx264")
+    data = bytearray(path.read_bytes())
+    tkhd = data.find(b"tkhd")
+    matrix = tkhd + 4 + 4 + (8 + 8 + 4 + 4 + 8 if data[tkhd + 4] == 1 else 4 + 4 + 4 + 4 + 4) + 8 + 8
+    data[matrix : matrix + 36] = struct.pack(">9i", 0, 1 << 16, 0, -(1 << 16), 0, 0, 0, 0, 1 << 30)
+    path.write_bytes(bytes(data))
+    with VideoSource(path) as video:
+        frames = [rgb for rgb, _ in video.frames()]
+    assert len(frames) == 3 and frames[0].shape == (64, 48, 3)  # portrait
+    assert frames[0][:24, :, 0].mean() > 200 and frames[0][40:, :, 0].mean() < 50  # the red half is now on top
+
+
+def test_a_one_frame_video_gets_a_visible_timeline(astronaut, random_weights, tmp_path):
+    video, out = tmp_path / "still.webm", tmp_path / "report"
+    write_timed_video(video, moving_face_frames(astronaut, 1), [0.0], "libvpx")
+    assert main(["report", str(video), "--out", str(out), "--weights", str(random_weights)]) == 0
+    timeline = np.asarray(Image.open(out / "timeline_1.png").convert("RGB")).astype(int)
+    plot_area = timeline[:, : timeline.shape[1] * 6 // 10]  # the legend sits right of the axes
+    colours = np.array([[int(c[i : i + 2], 16) for i in (1, 3, 5)] for c in EMOTION_COLORS.values()])
+    painted = (np.abs(plot_area[:, :, None, :] - colours).max(axis=3) < 12).any(axis=2).sum()
+    assert painted > 1000, painted  # a stacked bar at the moment the face was seen, not an empty plot
+    assert "1 processed frames" in (out / "report.html").read_text()

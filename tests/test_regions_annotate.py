@@ -88,12 +88,23 @@ def test_merge_eyes_and_split_options(dataset, tmp_path):
     assert annotate_cli(dataset, out, "--split", "test") == 2  # no such split: a clear error, not a crash
 
 
-def test_a_second_run_skips_what_is_written(dataset, tmp_path):
+def test_a_resumed_run_skips_what_is_written(dataset, tmp_path):
     out = tmp_path / "ann.jsonl"
-    annotate_cli(dataset, out)
+    assert annotate_cli(dataset, out) == 0
     before = out.read_bytes()
-    annotate_cli(dataset, out)
+    assert annotate_cli(dataset, out, "--resume") == 0
     assert out.read_bytes() == before
+
+
+def test_an_existing_out_needs_resume_or_overwrite(dataset, tmp_path, capsys):
+    # The rule msfer predict follows too: an existing --out is never appended to or replaced unasked.
+    out = tmp_path / "ann.jsonl"
+    out.write_text('{"id": "someone/else.jpg", "status": "ok"}\n')
+    assert annotate_cli(dataset, out) == 2
+    assert "already exists" in capsys.readouterr().err and out.read_text().startswith('{"id": "someone/else.jpg"')
+    assert annotate_cli(dataset, out, "--resume", "--overwrite") == 2
+    assert annotate_cli(dataset, out, "--overwrite") == 0
+    assert sorted(record["id"] for record in lines_of(out)) == sorted(ALL_IDS)  # replaced, not appended to
 
 
 def test_an_interrupted_run_keeps_its_batches_and_a_rerun_completes_it(dataset, tmp_path, monkeypatch):
@@ -114,7 +125,7 @@ def test_an_interrupted_run_keeps_its_batches_and_a_rerun_completes_it(dataset, 
         handle.write('{"id": "sad/small.png", "split": "all", "sta')
     monkeypatch.setattr(annotate.Annotator, "annotate", real_annotate)
 
-    assert annotate_cli(dataset, out) == 0
+    assert annotate_cli(dataset, out, "--resume") == 0
     ids = [record["id"] for record in lines_of(out)]
     assert sorted(ids) == sorted(ALL_IDS)  # every id, exactly once, every line whole
 
@@ -139,3 +150,25 @@ def test_load_annotations_reads_gzip_and_reports_damage(tmp_path):
         load_annotations(damaged)
     with pytest.raises(MsferError, match="missing.jsonl"):
         load_annotations(tmp_path / "missing.jsonl")
+
+
+def test_file_names_that_are_not_utf8(tmp_path):
+    """A Latin-1 JPEG name crashed OpenCV's reader (the whole process); in a subprocess, so a regression fails, not kills."""
+    import os
+    import subprocess
+    import sys
+
+    import msfer
+
+    root = tmp_path / "latin1"
+    (root / "happy").mkdir(parents=True)
+    name = os.fsdecode(os.fsencode(root / "happy") + b"/caf\xe9.jpg")
+    Image.fromarray(astronaut()).save(name, format="JPEG")
+    out, sheet = tmp_path / "ann.jsonl", tmp_path / "review.png"
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict",
+           "PYTHONPATH": os.pathsep.join([str(Path(msfer.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "msfer.cli", "annotate", str(root), "--format", "folder",
+                           "--out", str(out), "--review", str(sheet)], env=env, capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    records = load_annotations(out)
+    assert [(os.fsencode(key), record["status"]) for key, record in records.items()] == [(b"happy/caf\xe9.jpg", "ok")]

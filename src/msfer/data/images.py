@@ -4,7 +4,10 @@ Design choices:
 
 * **Orientation.** EXIF orientation is applied (``ImageOps.exif_transpose``), so a phone
   photo stored sideways comes out the way it is shown; region boxes are measured on
-  this upright image.
+  this upright image. The same rules apply to a PIL image handed over in memory
+  (:func:`to_upright_rgb`), so a photo gives the same answer as a path or as an object.
+* **HEIC/HEIF** (what iPhones write) is read through the ``pillow-heif`` plugin, which is
+  registered when this module is imported; it applies the file's own rotation.
 * **Transparency** (RGBA, LA, PA, palette with a transparent colour) is composited on
   **white**, not dropped: dropping alpha exposes whatever colour the encoder left under
   transparent pixels (often black or garbage), while white matches how the image is
@@ -24,9 +27,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pillow_heif
 from PIL import Image, ImageOps
 
 from ..errors import MsferError
+
+pillow_heif.register_heif_opener()
+
+# Every extension Pillow (with the HEIF plugin) can open, lower-case with the dot.
+IMAGE_EXTENSIONS = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
@@ -41,7 +50,17 @@ def load_rgb(path: str | Path) -> Image.Image:
     path = Path(path)
     with _reading(path), Image.open(path) as image:
         image.load()  # decode now, inside _reading: truncation only shows up here
-        return _to_rgb(ImageOps.exif_transpose(image))
+        return to_upright_rgb(image)
+
+
+def to_upright_rgb(image: Image.Image) -> Image.Image:
+    """``image`` (any mode) turned upright by its EXIF orientation and converted to 8-bit RGB.
+
+    The rules of the module docstring (alpha on white, 16-bit scaling); an image that is
+    already upright and RGB comes back unchanged in content (EXIF orientation is dropped
+    from the result, so applying this twice never rotates twice).
+    """
+    return _to_rgb(ImageOps.exif_transpose(image))
 
 
 def image_header(path: str | Path) -> tuple[int, int, str]:

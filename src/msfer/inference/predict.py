@@ -1,58 +1,168 @@
 """``msfer predict``: emotions of every face in photos, folders, videos or a webcam.
 
-Inputs are image files, folders (searched recursively for images and videos),
-video files (by extension) and ``--webcam N``. Results go to ``--out``: JSON Lines
-(one object per image or processed video frame) or CSV (one row per face; a source
-without a face gets one row with empty face columns), chosen by the file's
-extension. A source that cannot be read is reported on stderr and, in the output, as
-a record with an ``error``; the others are still processed and the exit status is 1.
+Inputs are image files, folders (searched recursively) and video files, and ``--webcam
+N``. In a folder, images and videos are recognised by their extension (any case: every
+format Pillow and the HEIF plugin open; :data:`msfer.inference.video.VIDEO_EXTENSIONS`);
+every other file is skipped and named on stderr with the reason. A file given by name
+with an extension neither list has is recognised by its content. A run that finds
+nothing to process exits with status 1.
+
+Results go to ``--out``: JSON Lines (one object per image or processed video frame) or
+CSV (one row per face; a source without a face gets one row with empty face columns),
+chosen by the file's extension. A source that cannot be read is reported on stderr and,
+in the output, as a record with an ``error``; the others are still processed and the
+exit status is 1. An existing ``--out`` needs ``--resume`` or ``--overwrite``
+(:func:`msfer.outputs.existing_out_mode`).
+
+``--save-vis DIR`` writes an annotated copy of every input under DIR at the input's path
+relative to the inputs' common folder (the deepest folder holding every given folder and
+the folder of every given file), with ``.msfer.jpg`` (images) or ``.msfer.mp4`` (videos)
+appended to the full file name: ``msfer predict shots/`` with ``shots/holiday.jpg``,
+``shots/holiday.png`` and ``shots/a/x.jpg`` gives ``DIR/holiday.jpg.msfer.jpg``,
+``DIR/holiday.png.msfer.jpg`` and ``DIR/a/x.jpg.msfer.jpg``. Names cannot collide, each
+file appears whole (written to a temporary file and renamed), files named like these
+copies are skipped in folders (a second run does not annotate the first one's output),
+and a run whose output would land on one of its inputs is refused before anything is
+written.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
+import io
 import json
+import os
 import sys
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
-import cv2
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..data.images import IMAGE_EXTENSIONS
 from ..errors import MsferError
 from ..labels import EMOTIONS
+from ..outputs import InputFiles, atomic_output, existing_out_mode, printable, source_fields
 from .recognizer import DEFAULT_MIN_FACE, EmotionRecognizer, FaceResult, to_rgb_array
-from .video import VIDEO_EXTENSIONS, VideoFrame, VideoSource, is_video, predict_video
+from .video import AnnotatedVideoWriter, VideoFrame, VideoSource, is_video, predict_video, probe_video
 from .visualize import draw_faces
 
-IMAGE_EXTENSIONS = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 CSV_FACE_FIELDS = ["face", "track_id", "x1", "y1", "x2", "y2", "score", "label", "confidence", *EMOTIONS]
+CSV_FIELDS = ["source", "frame", "time", *CSV_FACE_FIELDS, "error", "source_hex"]
+# Appended to an input's full file name for its annotated copy under --save-vis.
+IMAGE_VIS_SUFFIX, VIDEO_VIS_SUFFIX = ".msfer.jpg", ".msfer.mp4"
 
 
 @dataclass(frozen=True)
 class InputItem:
-    """A file to process and its name under ``--save-vis`` (relative to the folder it was found in)."""
+    """A file to process, whether it is a video, and its annotated copy's path under ``--save-vis``."""
 
     path: Path
-    name: Path
+    video: bool
+    vis_name: Path
 
 
-def collect_inputs(inputs: Iterable[Path]) -> tuple[list[InputItem], list[Path]]:
-    """Files named by ``inputs`` (folders expanded recursively, in sorted order), and the paths that do not exist."""
-    items, missing = [], []
+@dataclass
+class Inputs:
+    """What the INPUT arguments hold: files to process, paths that do not exist, and files skipped with the reason."""
+
+    items: list[InputItem] = field(default_factory=list)
+    missing: list[Path] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    not_media: list[Path] = field(default_factory=list)  # given by name, but neither an image nor a video
+    files: InputFiles = field(default_factory=InputFiles)  # every file to process, to keep outputs off them
+
+
+def file_kind(path: Path, by_content: bool) -> str | None:
+    """``"video"``, ``"image"`` or None, by extension; with ``by_content``, unknown extensions are probed."""
+    if is_video(path):  # first: Pillow registers .mpg for a format it can only identify, not decode
+        return "video"
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return "image"
+    if not by_content:
+        return None
+    try:
+        with Image.open(path) as image:
+            if image.format != "MPEG":
+                return "image"
+    except Exception:  # not something Pillow recognises (it raises many types); try video next
+        pass
+    return "video" if probe_video(path) else None
+
+
+def _skip_reason(path: Path) -> str:
+    if path.name.lower().endswith((IMAGE_VIS_SUFFIX, VIDEO_VIS_SUFFIX)):
+        return "an annotated copy written by msfer predict --save-vis"
+    return f"not an image or video file name extension ({path.suffix or 'none'})"
+
+
+def collect_inputs(inputs: Iterable[Path]) -> Inputs:
+    """Files named by ``inputs`` (folders expanded recursively, in sorted order), each once; see the module docstring."""
+    found = Inputs()
+    files: list[tuple[Path, str]] = []
+    bases: list[str] = []
     for given in inputs:
         if given.is_dir():
-            found = sorted(p for p in given.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS)
-            items.extend(InputItem(path, Path(given.resolve().name) / path.relative_to(given)) for path in found)
-        elif given.exists():
-            items.append(InputItem(given, Path(given.name)))
+            bases.append(os.path.abspath(given))
+            for path in sorted(p for p in given.rglob("*") if p.is_file()):
+                kind = None if path.name.lower().endswith((IMAGE_VIS_SUFFIX, VIDEO_VIS_SUFFIX)) else file_kind(path, False)
+                if kind is None:
+                    found.skipped.append((path, _skip_reason(path)))
+                elif (earlier := found.files.add(path)) is not None:
+                    found.skipped.append((path, f"the same file as {printable(earlier)}, which is processed"))
+                else:
+                    files.append((path, kind))
+        elif given.is_file():
+            bases.append(os.path.dirname(os.path.abspath(given)))
+            kind = file_kind(given, True)
+            earlier = found.files.add(given)  # even a file that is no image or video is read: never written onto
+            if kind is None:
+                found.not_media.append(given)
+            elif earlier is not None:
+                found.skipped.append((given, f"the same file as {printable(earlier)}, which is processed"))
+            else:
+                files.append((given, kind))
         else:
-            missing.append(given)
-    return items, missing
+            found.missing.append(given)
+    root = os.path.commonpath(bases) if bases else ""
+    used: set[str] = set()
+    for path, kind in files:
+        folder, name = os.path.split(os.path.relpath(os.path.abspath(path), root))
+        name = _vis_file_name(name, VIDEO_VIS_SUFFIX if kind == "video" else IMAGE_VIS_SUFFIX)
+        found.items.append(InputItem(path, kind == "video", Path(_unique(os.path.join(folder, name), used))))
+    return found
+
+
+NAME_MAX = 255  # bytes in one file name on common Linux, macOS and Windows file systems
+
+
+def _vis_file_name(name: str, suffix: str) -> str:
+    """``name + suffix``; a name too long for that is cut and given a hash of the whole name (still unique)."""
+    if len(os.fsencode(name + suffix)) <= NAME_MAX:
+        return name + suffix
+    tag = "~" + hashlib.sha1(os.fsencode(name)).hexdigest()[:10]
+    while len(os.fsencode(name + tag + suffix)) > NAME_MAX:
+        name = name[:-1]
+    return name + tag + suffix
+
+
+def _unique(name: str, used: set[str]) -> str:
+    """``name``, or ``name`` with ``-2``, ``-3``... before its suffix if a name differing only in case was taken.
+
+    Distinct inputs give distinct names; only a case-insensitive file system for --save-vis
+    could merge two of them.
+    """
+    stem, _, extension = name.rpartition(".msfer.")
+    candidate, count = name, 1
+    while candidate.casefold() in used:
+        count += 1
+        candidate = f"{stem}-{count}.msfer.{extension}"
+    used.add(candidate.casefold())
+    return candidate
 
 
 def shard(items: list[InputItem], num_shards: int, shard_index: int) -> list[InputItem]:
@@ -65,28 +175,94 @@ def shard(items: list[InputItem], num_shards: int, shard_index: int) -> list[Inp
 ECHO_LIMIT = 50
 
 
-class ResultWriter:
-    """Writes records to JSON Lines or CSV by the file's extension (or nowhere when ``path`` is None)."""
+def source_key(record: dict) -> tuple[str, str]:
+    """What identifies a record's input in an output file: ``source`` and ``source_hex`` (empty when absent)."""
+    return str(record.get("source") or ""), str(record.get("source_hex") or "")
 
-    def __init__(self, path: Path | None, stack: ExitStack) -> None:
-        self.format = None if path is None else path.suffix.lower().lstrip(".")
-        if self.format not in (None, "jsonl", "csv"):
-            raise MsferError(f"--out {path}: use a .jsonl or .csv file")
+
+class ResultWriter:
+    """Writes records to JSON Lines or CSV by the file's extension (or nowhere when ``path`` is None).
+
+    ``mode="a"`` continues a file an earlier run wrote (see :meth:`_prepare_resume`);
+    :attr:`done` then holds the :func:`source_key` of every input it has whole.
+    """
+
+    def __init__(self, path: Path | None, stack: ExitStack, mode: str = "w") -> None:
+        self.format = self.format_of(path)
         self.file: IO[str] | None = None
+        self.done: set[tuple[str, str]] = set()
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = stack.enter_context(open(path, "w", encoding="utf-8", newline=""))
+            if mode == "a":
+                self.done = self._prepare_resume(path)
+            self.file = stack.enter_context(open(path, mode, encoding="utf-8", newline=""))
         if self.format == "csv":
-            self.csv = csv.DictWriter(self.file, ["source", "frame", "time", *CSV_FACE_FIELDS, "error"])
-            self.csv.writeheader()
+            self.csv = csv.DictWriter(self.file, CSV_FIELDS)
+            if self.file.tell() == 0:
+                self.csv.writeheader()
+
+    @staticmethod
+    def format_of(path: Path | None) -> str | None:
+        """``"jsonl"``, ``"csv"`` or None (no file) for ``--out path``; another extension is a :class:`MsferError`."""
+        format = None if path is None else path.suffix.lower().lstrip(".")
+        if format not in (None, "jsonl", "csv"):
+            raise MsferError(f"--out {printable(path)}: use a .jsonl or .csv file")
+        return format
+
+    def _prepare_resume(self, path: Path) -> set[tuple[str, str]]:
+        """The inputs ``path`` already has; drops what may be incomplete so that it is done again.
+
+        Records go out input by input, so only the last input can be incomplete: a line
+        torn by a kill is dropped, and so are the frames of a video that came last (it
+        may have been cut short; it is processed again from its start).
+        """
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise MsferError(f"--resume: cannot read {printable(path)} ({error})") from None
+        lines = original = text.splitlines(keepends=True)
+        if lines and not lines[-1].endswith("\n"):
+            lines = lines[:-1]  # torn by an interruption while it was written
+        entries: list[tuple[tuple[str, str], bool, int]] = []  # (input, an unfinished video's frame, end line)
+        if self.format == "jsonl":
+            start = 0
+            for number, line in enumerate(lines, start=1):
+                if line.strip():
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError:
+                        raise MsferError(f"--resume: {printable(path)} line {number} is not JSON; it was not written "
+                                         "by msfer predict (use --overwrite or another --out)") from None
+                    entries.append((source_key(record), "frame" in record and "error" not in record, number))
+        else:
+            reader = csv.DictReader(io.StringIO("".join(lines)))
+            if reader.fieldnames is not None and reader.fieldnames != CSV_FIELDS:
+                raise MsferError(f"--resume: {printable(path)} has other columns than msfer predict writes "
+                                 "(use --overwrite or another --out)")
+            start = 1 if reader.fieldnames is not None else 0
+            for row in reader:
+                entries.append((source_key(row), bool(row.get("frame")) and not row.get("error"), reader.line_num))
+        keep = len(lines)
+        if entries and entries[-1][1]:  # the last input is a video: it may be incomplete
+            last = entries[-1][0]
+            while entries and entries[-1][0] == last:
+                entries.pop()
+            keep = entries[-1][2] if entries else start
+        if keep < len(original):
+            with atomic_output(path) as temporary:
+                temporary.write_text("".join(lines[:keep]), encoding="utf-8")
+        return {key for key, _, _ in entries}
 
     def write(self, record: dict) -> None:
-        """One record: ``source``, optionally ``frame``/``time``, and ``faces`` (FaceResult) or ``error``."""
+        """One record: ``source`` (a path, name or webcam number), optionally ``frame``/``time``, and ``faces`` (FaceResult) or ``error``."""
+        record = {**source_fields(record["source"]),
+                  **{key: printable(value) if isinstance(value, str) else value
+                     for key, value in record.items() if key != "source"}}
         if self.format == "jsonl":
             faces = [face.to_dict() for face in record.get("faces", [])]
             self.file.write(json.dumps({**record, **({"faces": faces} if "faces" in record else {})}) + "\n")
         elif self.format == "csv":
-            base = {key: record[key] for key in ("source", "frame", "time", "error") if key in record}
+            base = {key: record[key] for key in ("source", "source_hex", "frame", "time", "error") if key in record}
             rows = [_csv_row(index, face) for index, face in enumerate(record.get("faces", []))] or [{}]
             self.csv.writerows({**base, **row} for row in rows)
         if self.file is not None:
@@ -114,19 +290,18 @@ def predict_images(
                 try:
                     loaded.append((item, to_rgb_array(item.path)))
                 except MsferError as error:
-                    _report(problems, writer, str(item.path), str(error))
+                    _report(problems, writer, item.path, str(error))
             results = _recognise(recognizer, loaded, writer, problems)
             for (item, image), faces in zip(loaded, results):
                 if faces is None:
                     continue
-                writer.write({"source": str(item.path), "faces": faces})
+                writer.write({"source": item.path, "faces": faces})
                 if echo:
                     found = ", ".join(f"{face.label} {face.confidence:.2f}" for face in faces) or "no face"
-                    tqdm.write(f"{item.path}: {found}")
+                    tqdm.write(f"{printable(item.path)}: {found}")
                 if vis_dir is not None:
-                    out = (vis_dir / item.name).with_suffix(".jpg")
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(draw_faces(image, faces)).save(out, quality=92)
+                    with atomic_output(vis_dir / item.vis_name) as temporary:
+                        Image.fromarray(draw_faces(image, faces)).save(temporary, format="JPEG", quality=92)
             progress.update(len(items[start : start + recognizer.batch_size]))
 
 
@@ -146,29 +321,32 @@ def _recognise(
             try:
                 results.append(recognizer.predict(image))
             except Exception as error:  # noqa: BLE001
-                _report(problems, writer, str(item.path), f"{item.path}: recognition failed ({type(error).__name__}: {error})")
+                _report(problems, writer, item.path, f"{printable(item.path)}: recognition failed ({type(error).__name__}: {error})")
                 results.append(None)
         return results
 
 
 def predict_stream(
-    recognizer: EmotionRecognizer, source: Path | int, name: Path, args: argparse.Namespace, writer: ResultWriter,
+    recognizer: EmotionRecognizer, source: Path | int, vis_name: Path, args: argparse.Namespace, writer: ResultWriter,
 ) -> None:
     """Recognise a video file or webcam; write processed frames, and with ``--save-vis`` an annotated .mp4."""
-    with VideoSource(source) as video, tqdm(total=video.frame_count, desc=str(name), unit="frame") as progress:
+    label = printable(source if isinstance(source, int) else source.name)
+    with VideoSource(source) as video, tqdm(total=video.frame_count, desc=label, unit="frame") as progress:
         video_writer = None
+        complete = False
         try:
             for frame in _until_interrupted(predict_video(recognizer, video, args.every, args.smooth), video.live):
                 if frame.processed:
-                    writer.write({"source": str(source), "frame": frame.index, "time": frame.time, "faces": frame.faces})
+                    writer.write({"source": source, "frame": frame.index, "time": frame.time, "faces": frame.faces})
                 if args.save_vis is not None:
                     if video_writer is None:
-                        video_writer = _open_video_writer(args.save_vis / name.with_suffix(".mp4"), video.fps, frame)
-                    video_writer.write(cv2.cvtColor(draw_faces(frame.image, frame.faces), cv2.COLOR_RGB2BGR))
+                        video_writer = AnnotatedVideoWriter(args.save_vis / vis_name, video.fps)
+                    video_writer.write(draw_faces(frame.image, frame.faces), frame.time)
                 progress.update()
+            complete = True
         finally:
             if video_writer is not None:
-                video_writer.release()
+                video_writer.close(complete)
 
 
 def _until_interrupted(frames: Iterator[VideoFrame], live: bool) -> Iterator[VideoFrame]:
@@ -181,16 +359,19 @@ def _until_interrupted(frames: Iterator[VideoFrame], live: bool) -> Iterator[Vid
         print("webcam stopped", file=sys.stderr)
 
 
-def _open_video_writer(path: Path, fps: float, frame: VideoFrame) -> cv2.VideoWriter:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    height, width = frame.image.shape[:2]
-    return cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps or 25.0, (width, height))
-
-
-def _report(problems: list[str], writer: ResultWriter, source: str, message: str) -> None:
+def _report(problems: list[str], writer: ResultWriter, source: Path | str | int, message: str) -> None:
     problems.append(message)
     writer.write({"source": source, "error": message})
-    tqdm.write(f"msfer predict: skipped {message}", file=sys.stderr)
+    tqdm.write(f"msfer predict: skipped {printable(message)}", file=sys.stderr)
+
+
+def check_outputs(args: argparse.Namespace, inputs: Inputs, items: list[InputItem]) -> None:
+    """Refuse (a :class:`MsferError` naming both files) any output that would land on an input."""
+    if args.out is not None:
+        inputs.files.refuse(args.out, "--out")
+    if args.save_vis is not None:
+        for item in items:
+            inputs.files.refuse(args.save_vis / item.vis_name, "--save-vis")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -199,7 +380,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--webcam", type=int, metavar="N", help="also read webcam N (0 is the first); stop with Ctrl+C")
     parser.add_argument("--weights", type=Path, help="a .pt checkpoint or an .onnx export (default: the bundled model)")
     parser.add_argument("--out", type=Path, help="write results to FILE.jsonl (one object per image or frame) or FILE.csv (one row per face)")
-    parser.add_argument("--save-vis", type=Path, metavar="DIR", help="write annotated images (.jpg) and videos (.mp4) into DIR")
+    parser.add_argument("--resume", action="store_true",
+                        help="--out exists: continue it, skipping the inputs it already has")
+    parser.add_argument("--overwrite", action="store_true", help="--out exists: replace it")
+    parser.add_argument("--save-vis", type=Path, metavar="DIR",
+                        help="write annotated copies into DIR: NAME.msfer.jpg per image, NAME.msfer.mp4 per video, "
+                             "at the inputs' relative paths")
     parser.add_argument("--device", default="cpu", help="torch device for the classifier, e.g. cpu, cuda, cuda:1 (default cpu)")
     parser.add_argument("--backend", choices=["torch", "onnx"], default="torch",
                         help="run the classifier in PyTorch or ONNX Runtime (a .pt is exported in memory; default torch)")
@@ -222,24 +408,43 @@ def run(args: argparse.Namespace) -> int:
         raise MsferError("give at least one INPUT (image, folder or video) or --webcam N")
     if not 0.0 <= args.smooth < 1.0:
         raise MsferError(f"--smooth must be in [0, 1), got {args.smooth}")
-    items, missing = collect_inputs(args.inputs)
-    items = shard(items, args.num_shards, args.shard_index)
+    ResultWriter.format_of(args.out)
+    mode = existing_out_mode(args.out, args.resume, args.overwrite)
+    inputs = collect_inputs(args.inputs)
+    for path, reason in inputs.skipped:
+        print(f"msfer predict: skipped {printable(path)}: {reason}", file=sys.stderr)
+    if not (inputs.items or inputs.missing or inputs.not_media or args.webcam is not None):
+        print("msfer predict: nothing to process: no image or video among the inputs", file=sys.stderr)
+        return 1
+    items = shard(inputs.items, args.num_shards, args.shard_index)
+    if args.save_vis is not None and args.save_vis.exists() and not args.save_vis.is_dir():
+        raise MsferError(f"--save-vis {printable(args.save_vis)} is a file; give a folder")
+    check_outputs(args, inputs, items)
     recognizer = EmotionRecognizer(args.weights, device=args.device, backend=args.backend, tta=args.tta,
                                    batch_size=args.batch_size, detect_size=args.detect_size, min_face=args.min_face)
     with ExitStack() as stack:
-        writer = ResultWriter(args.out, stack)
+        writer = ResultWriter(args.out, stack, mode)
         problems: list[str] = []
-        for path in missing:
-            _report(problems, writer, str(path), f"{path}: no such file or folder")
-        predict_images(recognizer, [item for item in items if not is_video(item.path)], writer, args.save_vis, problems)
-        streams = [(item.path, item.name) for item in items if is_video(item.path)]
+        for path in inputs.missing:
+            _report(problems, writer, path, f"{path}: no such file or folder")
+        for path in inputs.not_media:
+            _report(problems, writer, path, f"{path}: not an image or video file (its content is neither)")
+        todo = [item for item in items if source_key(source_fields(item.path)) not in writer.done]
+        if len(todo) < len(items):
+            print(f"msfer predict: {printable(args.out)} already has {len(items) - len(todo)} of the inputs; "
+                  f"processing the other {len(todo)}", file=sys.stderr)
+        elif not items and inputs.items:
+            print(f"msfer predict: shard {args.shard_index} of {args.num_shards} has no inputs", file=sys.stderr)
+        predict_images(recognizer, [item for item in todo if not item.video], writer, args.save_vis, problems)
+        streams = [(item.path, item.vis_name) for item in todo if item.video]
         if args.webcam is not None:
-            streams.append((args.webcam, Path(f"webcam{args.webcam}")))
-        for source, name in streams:
+            taken = {str(item.vis_name).casefold() for item in inputs.items}
+            streams.append((args.webcam, Path(_unique(f"webcam{args.webcam}{VIDEO_VIS_SUFFIX}", taken))))
+        for source, vis_name in streams:
             try:
-                predict_stream(recognizer, source, name, args, writer)
+                predict_stream(recognizer, source, vis_name, args, writer)
             except MsferError as error:
-                _report(problems, writer, str(source), str(error))
+                _report(problems, writer, source, str(error))
     if problems:
         print(f"msfer predict: {len(problems)} input(s) could not be processed (see the messages above)", file=sys.stderr)
         return 1

@@ -196,16 +196,25 @@ def load_classifier(weights: str | os.PathLike | None, device: str = "cpu", back
 def to_rgb_array(image: ImageInput, color_order: str = "rgb") -> np.ndarray:
     """``image`` as H x W x 3 uint8 RGB.
 
-    A path is decoded with :func:`msfer.data.images.load_rgb` (EXIF-rotated; an
-    unreadable file raises :class:`MsferError` naming it). A numpy array is H x W
-    (grey) or H x W x 3 uint8, in ``color_order`` ("rgb", or "bgr" for OpenCV).
+    A path is decoded with :func:`msfer.data.images.load_rgb` (an unreadable file
+    raises :class:`MsferError` naming it). A PIL image follows the same rules
+    (:func:`msfer.data.images.to_upright_rgb`): turned upright by its EXIF orientation,
+    alpha composited on white, so an image gives one answer whether it is passed as a
+    path or as an object. A numpy array is taken as it is: H x W (grey) or H x W x 3
+    uint8, in ``color_order`` ("rgb", or "bgr" for OpenCV).
     """
     if isinstance(image, (str, os.PathLike)):
         from ..data.images import load_rgb
 
         return np.asarray(load_rgb(image))
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
+        from ..data.images import to_upright_rgb
+
+        try:  # a lazily opened image is decoded only here
+            return np.asarray(to_upright_rgb(image))
+        except (OSError, ValueError, SyntaxError, EOFError) as error:
+            name = getattr(image, "filename", "") or "a PIL image"
+            raise MsferError(f"{name}: cannot decode image ({error})") from None
     array = np.asarray(image)
     if (array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3)
             or 0 in array.shape[:2]):
@@ -326,16 +335,39 @@ class EmotionRecognizer:
         """
         return self.predict_batch([image], color_order)[0]
 
-    def predict_batch(self, images: Sequence[ImageInput], color_order: str = "rgb") -> list[list[FaceResult]]:
+    def predict_batch(
+        self, images: Sequence[ImageInput], color_order: str = "rgb", errors: str = "raise"
+    ) -> list[list[FaceResult] | MsferError]:
         """:meth:`predict` for many images: detection batched by image size, classification in batches of ``batch_size``.
 
         Each image's faces are the same as from :meth:`predict` on it alone.
+
+        ``errors`` says what an input that cannot be read (a missing or corrupt file, a
+        wrong array) does: ``"raise"`` (default) raises its :class:`MsferError` and no
+        result is returned; ``"return"`` puts that :class:`MsferError` (its message names
+        the file) in the input's place and still gives every other input its faces::
+
+            for path, result in zip(paths, recognizer.predict_batch(paths, errors="return")):
+                if isinstance(result, MsferError):
+                    print("skipped", result)
         """
-        arrays = [to_rgb_array(image, color_order) for image in images]
-        faces = [(index, face) for index, found in enumerate(self.detect(arrays)) for face in found]
+        if errors not in ("raise", "return"):
+            raise ValueError(f"errors must be 'raise' or 'return', got {errors!r}")
+        results: list[list[FaceResult] | MsferError] = []
+        arrays: dict[int, np.ndarray] = {}
+        for index, image in enumerate(images):
+            try:
+                arrays[index] = to_rgb_array(image, color_order)
+                results.append([])
+            except MsferError as error:
+                if errors == "raise":
+                    raise
+                results.append(error)
+        readable = list(arrays)
+        detections = self.detect([arrays[index] for index in readable])
+        faces = [(index, face) for index, found in zip(readable, detections) for face in found]
         crops_and_transforms = [self.crop_face(arrays[index], face) for index, face in faces]
         probs, boxes = self.classify_crops([crop for crop, _ in crops_and_transforms])
-        results: list[list[FaceResult]] = [[] for _ in arrays]
         for (index, face), (_, transform), face_probs, face_boxes in zip(faces, crops_and_transforms, probs, boxes):
             height, width = arrays[index].shape[:2]
             regions = map_boxes_back(face_boxes, transform, width, height)

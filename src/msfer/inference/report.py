@@ -1,10 +1,13 @@
 """``msfer report VIDEO --out DIR``: an HTML report of the emotions shown by each face in a video.
 
 DIR gets ``report.html``, one ``timeline_<track>.png`` per tracked face (the 7
-probabilities over time, stacked), ``shares.png`` (the share of processed frames
-in which each emotion was the top label, per face) and ``frames.jsonl`` (the raw
-per-frame results, as ``msfer predict --out`` writes them). The report says plainly
-that it is a research aid, not a diagnosis.
+probabilities over time, stacked; a face seen in a single processed frame gets a
+stacked bar at that moment), ``shares.png`` (the share of processed frames in which
+each emotion was the top label, per face) and ``frames.jsonl`` (the raw per-frame
+results, as ``msfer predict --out`` writes them). Times are the video's own frame
+timestamps (:mod:`msfer.inference.video`). Each file is replaced whole (written beside
+it and renamed); a DIR where one of them would be the video itself is refused. The
+report says plainly that it is a research aid, not a diagnosis.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from tqdm import tqdm
 
 from ..errors import MsferError
 from ..labels import EMOTIONS
+from ..outputs import InputFiles, atomic_output, printable
 from .predict import ResultWriter
 from .recognizer import DEFAULT_MIN_FACE, EmotionRecognizer
 from .video import VideoFrame, VideoSource, predict_video
@@ -61,17 +65,32 @@ def summarise_tracks(frames: list[VideoFrame]) -> list[TrackSummary]:
     return list(tracks.values())
 
 
-def plot_timeline(track: TrackSummary, path: Path) -> None:
-    """The 7 probabilities of one face over time, stacked to 1."""
+def plot_timeline(track: TrackSummary, path: Path, duration: float | None = None) -> None:
+    """The 7 probabilities of one face over time, stacked to 1, on an axis from 0 to ``duration`` seconds.
+
+    A face seen at a single moment (a one-frame video, or one processed frame) has no
+    area to fill: it is drawn as a stacked bar at that moment, 3% of the axis wide.
+    """
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(9, 2.8), dpi=100)
     probs = np.asarray(track.probs).T
-    axes.stackplot(track.times, probs, labels=EMOTIONS, colors=[EMOTION_COLORS[name] for name in EMOTIONS])
-    axes.set(xlabel="time (s)", ylabel="probability", ylim=(0, 1), title=f"face {track.track_id}")
+    colors = [EMOTION_COLORS[name] for name in EMOTIONS]
+    end = max(duration or 0.0, track.times[-1])
+    span = end if end > 0 else 1.0
+    title = f"face {track.track_id}"
+    if len(set(track.times)) > 1:
+        axes.stackplot(track.times, probs, labels=EMOTIONS, colors=colors)
+    else:
+        bottom = np.concatenate([[0.0], np.cumsum(probs[:, 0])[:-1]])
+        axes.bar([track.times[0]] * len(EMOTIONS), probs[:, 0], bottom=bottom, width=0.03 * span, align="edge",
+                 color=colors, label=EMOTIONS)
+        title += f" (seen at {track.times[0]:.2f} s only)"
+    axes.set(xlabel="time (s)", ylabel="probability", ylim=(0, 1), xlim=(0, span), title=title)
     axes.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     figure.tight_layout()
-    figure.savefig(path)
+    with atomic_output(path) as temporary:
+        figure.savefig(temporary, format="png")
     plt.close(figure)
 
 
@@ -90,8 +109,14 @@ def plot_shares(tracks: list[TrackSummary], path: Path) -> None:
     axes.invert_yaxis()
     axes.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     figure.tight_layout()
-    figure.savefig(path)
+    with atomic_output(path) as temporary:
+        figure.savefig(temporary, format="png")
     plt.close(figure)
+
+
+def report_files(tracks: list[TrackSummary]) -> list[str]:
+    """The names of the files a report with ``tracks`` writes into its folder."""
+    return ["report.html", "frames.jsonl", "shares.png", *(f"timeline_{track.track_id}.png" for track in tracks)]
 
 
 def write_report(video: Path, frames: list[VideoFrame], out_dir: Path, settings: dict[str, object]) -> Path:
@@ -101,16 +126,18 @@ def write_report(video: Path, frames: list[VideoFrame], out_dir: Path, settings:
     matplotlib.use("Agg")  # files only, no display
     out_dir.mkdir(parents=True, exist_ok=True)
     tracks = summarise_tracks(frames)
+    inputs = InputFiles([video])
+    for name in report_files(tracks):
+        inputs.refuse(out_dir / name, "--out")
+    duration = frames[-1].time if frames else 0.0
     for track in tracks:
-        plot_timeline(track, out_dir / f"timeline_{track.track_id}.png")
+        plot_timeline(track, out_dir / f"timeline_{track.track_id}.png", duration)
     if tracks:
         plot_shares(tracks, out_dir / "shares.png")
-    with ExitStack() as stack:
-        writer = ResultWriter(out_dir / "frames.jsonl", stack)
+    with atomic_output(out_dir / "frames.jsonl") as temporary, ExitStack() as stack:
+        writer = ResultWriter(temporary, stack)
         for frame in frames:
-            writer.write({"source": str(video), "frame": frame.index, "time": frame.time, "faces": frame.faces})
-
-    duration = frames[-1].time if frames else 0.0
+            writer.write({"source": video, "frame": frame.index, "time": frame.time, "faces": frame.faces})
     rows = "\n".join(
         "<tr>" + "".join(f"<td>{cell}</td>" for cell in (
             track.track_id, f"{track.times[0]:.2f}", f"{track.times[-1]:.2f}", len(track.times),
@@ -123,28 +150,29 @@ def write_report(video: Path, frames: list[VideoFrame], out_dir: Path, settings:
     timelines = "\n".join(
         f'<img src="timeline_{track.track_id}.png" alt="emotion timeline of face {track.track_id}">' for track in tracks
     )
-    settings_text = ", ".join(f"{key}: {html.escape(str(value))}" for key, value in settings.items())
+    settings_text = ", ".join(f"{key}: {html.escape(printable(str(value)))}" for key, value in settings.items())
     body = (
         f"<h2>Share of time in each emotion</h2>\n<img src=\"shares.png\" alt=\"share of time per emotion\">\n"
         f"<h2>Faces</h2>\n<table>\n<tr>{header}</tr>\n{rows}\n</table>\n<h2>Emotion timelines</h2>\n{timelines}"
         if tracks else "<p><strong>No face was found in the processed frames.</strong></p>"
     )
     page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>msfer report: {html.escape(video.name)}</title>
+<html lang="en"><head><meta charset="utf-8"><title>msfer report: {html.escape(printable(video.name))}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; color: #222; }}
 .notice {{ border: 2px solid #c62828; background: #fff3f3; padding: 0.8em 1em; }}
 table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }}
 img {{ max-width: 100%; display: block; margin: 0.5em 0; }}
 </style></head><body>
-<h1>Facial emotion report: {html.escape(video.name)}</h1>
+<h1>Facial emotion report: {html.escape(printable(video.name))}</h1>
 <p class="notice"><strong>Research aid, not a diagnosis.</strong> {DISCLAIMER}</p>
 <p>{len(frames)} processed frames over {duration:.1f} s; {len(tracks)} tracked face(s). {settings_text}.</p>
 {body}
 </body></html>
 """
     path = out_dir / "report.html"
-    path.write_text(page, encoding="utf-8")
+    with atomic_output(path) as temporary:
+        temporary.write_text(page, encoding="utf-8")
     return path
 
 
@@ -165,9 +193,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.smooth < 1.0:
         raise MsferError(f"--smooth must be in [0, 1), got {args.smooth}")
+    # Refused before the work, not after: the fixed names, and any timeline_<N>.png.
+    inputs = InputFiles([args.video])
+    for name in report_files([]):
+        inputs.refuse(args.out / name, "--out")
+    if args.video.name.startswith("timeline_") and args.video.suffix == ".png":
+        inputs.refuse(args.out / args.video.name, "--out")
     recognizer = EmotionRecognizer(args.weights, device=args.device, backend=args.backend, detect_size=args.detect_size,
                                    min_face=args.min_face)
-    with VideoSource(args.video) as video, tqdm(total=video.frame_count, desc=args.video.name, unit="frame") as progress:
+    with VideoSource(args.video) as video, tqdm(total=video.frame_count, desc=printable(args.video.name), unit="frame") as progress:
         frames = []
         for frame in predict_video(recognizer, video, args.every, args.smooth):
             if frame.processed:
@@ -175,5 +209,5 @@ def run(args: argparse.Namespace) -> int:
                 frames.append(frame)
             progress.update()
     settings = {"model": args.weights or "bundled", "every": args.every, "smoothing": args.smooth}
-    print(f"wrote {write_report(args.video, frames, args.out, settings)}")
+    print(f"wrote {printable(write_report(args.video, frames, args.out, settings))}")
     return 0

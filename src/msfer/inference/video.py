@@ -5,13 +5,27 @@ the faces of the last processed frame, so an annotated video shows no flicker, b
 only processed frames are reported (``processed=True``). Frames of a file are
 detected and classified in chunks of ``frames_per_batch`` (one batched forward pass
 each, which is what makes video fast on a CPU); a webcam is processed frame by frame,
-since waiting for a chunk would add latency. Timestamps are the frame index over
-the stream's frame rate for files, and seconds since the start for webcams.
+since waiting for a chunk would add latency.
+
+**Time.** A file's frames are decoded with PyAV (FFmpeg) and each frame's ``time`` is
+its presentation timestamp from the container, in seconds from the container's start:
+the moment a player shows it. Phones and browsers record at a variable frame rate,
+so the frame index over an average frame rate can be seconds off; the timestamps are
+not. (A frame without a timestamp, rare, gets the previous one plus one average frame
+interval.) A webcam's time is seconds since it was opened. The display rotation a
+phone stores (its display matrix) is applied, so frames come out upright.
+
+File names are handed to FFmpeg as Python strings, so names that are not valid UTF-8
+work too (OpenCV's reader crashed on them).
 """
 from __future__ import annotations
 
+import logging
+import os
+import tempfile
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
 
@@ -22,9 +36,17 @@ from ..errors import MsferError
 from .recognizer import EmotionRecognizer, FaceResult
 from .tracking import FaceTracker
 
+log = logging.getLogger(__name__)
+
 # Frames held back until their chunk is recognised: bounds memory when `every` is large.
 MAX_PENDING_FRAMES = 64
-VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"})
+# File name extensions read as video (compared lower-case): the containers phones, cameras,
+# camcorders (AVCHD .mts/.m2ts), browsers, screen recorders and older players write.
+VIDEO_EXTENSIONS = frozenset({
+    ".mp4", ".m4v", ".mov", ".qt", ".avi", ".mkv", ".mk3d", ".webm", ".wmv", ".asf", ".flv", ".f4v",
+    ".3gp", ".3g2", ".mpg", ".mpeg", ".mpe", ".m1v", ".m2v", ".vob", ".ts", ".mts", ".m2ts", ".m2t",
+    ".mxf", ".ogv", ".dv", ".divx", ".rm", ".rmvb", ".y4m", ".hevc", ".h264", ".264",
+})
 
 
 @dataclass
@@ -39,36 +61,172 @@ class VideoFrame:
 
 
 def is_video(path: Path) -> bool:
+    """Whether ``path``'s extension is a video container's (any case; see :data:`VIDEO_EXTENSIONS`)."""
     return path.suffix.lower() in VIDEO_EXTENSIONS
+
+
+def probe_video(path: Path) -> bool:
+    """Whether FFmpeg recognises ``path``'s content as a container with a video stream (for files without a known extension)."""
+    import av
+
+    try:
+        with av.open(str(path), metadata_errors="ignore") as container:
+            return bool(container.streams.video)
+    except (av.FFmpegError, OSError, ValueError, UnicodeError):
+        return False
 
 
 class VideoSource:
     """An opened video file or webcam (a context manager that releases it), with its frame rate and length.
 
-    Opening raises a clear :class:`MsferError` for a missing or undecodable file or an absent webcam.
+    ``frames()`` yields ``(rgb, seconds)`` per frame: H x W x 3 uint8 RGB, upright, and the
+    frame's presentation time (see the module docstring). ``fps`` is the average frame rate
+    (0.0 when unknown), ``frame_count`` the number of frames the container declares (None
+    when it does not say, and for a webcam). Opening raises a clear :class:`MsferError` for a
+    missing or undecodable file or an absent webcam.
     """
 
     def __init__(self, source: str | Path | int) -> None:
         self.source, self.live = source, isinstance(source, int)
+        self.fps, self.frame_count = 0.0, None
         if self.live:
             self.capture = cv2.VideoCapture(source)
             if not self.capture.isOpened():
                 raise MsferError(f"webcam {source} cannot be opened (no such camera, or it is in use)")
+            self.fps = self.capture.get(cv2.CAP_PROP_FPS) or 0.0
+            return
+        import av
+
+        if not Path(source).is_file():
+            raise MsferError(f"{source}: no such video file")
+        try:
+            self.container = av.open(str(source), metadata_errors="ignore")
+        except (av.FFmpegError, OSError, ValueError) as error:
+            raise MsferError(f"{source}: cannot open as a video (unknown format or corrupt file: {error})") from None
+        if not self.container.streams.video:
+            self.container.close()
+            raise MsferError(f"{source}: cannot open as a video (the file has no video stream)")
+        self.stream = self.container.streams.video[0]
+        self.stream.thread_type = "AUTO"  # frame- and slice-threaded decoding
+        rate = self.stream.average_rate or self.stream.guessed_rate
+        self.fps = float(rate) if rate else 0.0
+        self.frame_count = self.stream.frames or None
+
+    def frames(self) -> Iterator[tuple[np.ndarray, float]]:
+        """Every frame as ``(rgb, seconds)``, in presentation order."""
+        yield from (self._live_frames() if self.live else self._file_frames())
+
+    def _live_frames(self) -> Iterator[tuple[np.ndarray, float]]:
+        started = time.monotonic()
+        while True:
+            ok, bgr = self.capture.read()
+            if not ok:
+                return
+            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), time.monotonic() - started
+
+    def _file_frames(self) -> Iterator[tuple[np.ndarray, float]]:
+        import av
+
+        # Times count from the container's start, as a player's clock does; a stream whose
+        # start is not declared counts from its first frame.
+        origin = self.container.start_time / 1e6 if self.container.start_time is not None else None
+        step = 1.0 / self.fps if self.fps > 0 else 0.0
+        last = None
+        packets = self.container.demux(self.stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                return
+            except (av.FFmpegError, OSError) as error:  # a damaged container: keep what was read, as a player does
+                log.warning("%s: stopped reading at %s s (%s)", self.source, last, error)
+                return
+            try:
+                decoded = packet.decode()
+            except av.FFmpegError as error:  # one damaged packet: skip it, as a player does
+                log.debug("%s: skipped an undecodable packet (%s)", self.source, error)
+                continue
+            for frame in decoded:
+                if frame.pts is not None:
+                    seconds = float(frame.pts * frame.time_base)
+                    if origin is None:
+                        origin = seconds
+                    seconds -= origin
+                else:
+                    seconds = 0.0 if last is None else last + step
+                last = seconds
+                rgb = frame.to_ndarray(format="rgb24")
+                quarter_turns = round((frame.rotation or 0) / 90) % 4  # counter-clockwise, as np.rot90 counts
+                if quarter_turns:
+                    rgb = np.ascontiguousarray(np.rot90(rgb, quarter_turns))
+                yield rgb, seconds
+
+    def close(self) -> None:
+        if self.live:
+            self.capture.release()
         else:
-            if not Path(source).is_file():
-                raise MsferError(f"{source}: no such video file")
-            self.capture = cv2.VideoCapture(str(source))
-            if not self.capture.isOpened():
-                raise MsferError(f"{source}: cannot open as a video (unknown format or corrupt file)")
-        self.fps: float = self.capture.get(cv2.CAP_PROP_FPS) or 0.0
-        count = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        self.frame_count: int | None = count if count > 0 and not self.live else None
+            self.container.close()
 
     def __enter__(self) -> "VideoSource":
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self.capture.release()
+        self.close()
+
+
+class AnnotatedVideoWriter:
+    """Writes frames to an .mp4 (H.264) that appears at ``path`` only when it is complete.
+
+    Frames go to a temporary file beside ``path`` that :meth:`close` renames onto it (an
+    interrupted or failed run leaves no half-written video, and never a truncated copy
+    of anything). Each frame keeps its time from the source, so a variable-frame-rate
+    video stays in sync. Odd sizes are padded by one pixel (H.264 needs even sides).
+    """
+
+    TIME_BASE = Fraction(1, 1000)  # milliseconds
+
+    def __init__(self, path: Path, fps: float) -> None:
+        import av
+
+        self.path, self.fps = Path(path), fps or 25.0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle, self.temporary = tempfile.mkstemp(prefix=".msfer-", suffix=".mp4", dir=self.path.parent)
+        os.close(handle)
+        self.container = av.open(self.temporary, "w", format="mp4")
+        self.stream = None
+        self.last_pts = -1
+
+    def write(self, rgb: np.ndarray, seconds: float) -> None:
+        """Add one H x W x 3 uint8 RGB frame shown at ``seconds``."""
+        import av
+
+        height, width = rgb.shape[:2]
+        if self.stream is None:
+            codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+            options = {"crf": "20", "preset": "veryfast"} if codec == "libx264" else {}
+            self.stream = self.container.add_stream(codec, rate=Fraction(self.fps).limit_denominator(1001),
+                                                    options=options)
+            self.stream.width, self.stream.height = width + width % 2, height + height % 2
+            self.stream.pix_fmt = "yuv420p"
+            self.stream.codec_context.time_base = self.TIME_BASE
+        rgb = np.pad(rgb, ((0, self.stream.height - height), (0, self.stream.width - width), (0, 0)), mode="edge")
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        # Strictly increasing (a muxer refuses equal times; two frames within a millisecond are rare).
+        self.last_pts = frame.pts = max(round(seconds / self.TIME_BASE), self.last_pts + 1)
+        frame.time_base = self.TIME_BASE
+        self.container.mux(self.stream.encode(frame))
+
+    def close(self, complete: bool = True) -> None:
+        """Finish the file and move it onto ``path`` (``complete=False``: discard it)."""
+        try:
+            if complete and self.stream is not None:
+                self.container.mux(self.stream.encode())  # flush the encoder
+            self.container.close()
+            if complete and self.stream is not None:
+                os.replace(self.temporary, self.path)
+        finally:
+            if os.path.exists(self.temporary):
+                os.unlink(self.temporary)
 
 
 def predict_video(
@@ -84,16 +242,10 @@ def predict_video(
     """
     tracker = FaceTracker(smoothing=smoothing)
     every, frames_per_batch = max(int(every), 1), 1 if video.live else max(int(frames_per_batch), 1)
-    started = time.monotonic()
     pending: list[VideoFrame] = []
     last_faces: list[FaceResult] = []
     index = 0
-    while True:
-        ok, bgr = video.capture.read()
-        if not ok:
-            break
-        seconds = time.monotonic() - started if video.live or video.fps <= 0 else index / video.fps
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    for rgb, seconds in video.frames():
         pending.append(VideoFrame(index, round(seconds, 3), rgb, [], index % every == 0))
         index += 1
         if sum(frame.processed for frame in pending) == frames_per_batch or len(pending) >= MAX_PENDING_FRAMES:

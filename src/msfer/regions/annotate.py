@@ -3,7 +3,9 @@
 The pipeline per batch: decode (in a background thread, overlapping the network),
 resize to the detection size, detect (batched onnxruntime calls, one per image size), map back to the
 original pixels, pick the single-face crop's face, filter, derive the regions, append
-the lines and flush. The output is resumable: ids already in ``--out`` are skipped.
+the lines and flush. The output is resumable: with ``--resume``, ids already in ``--out``
+are skipped; an existing ``--out`` without ``--resume`` or ``--overwrite`` is refused
+(:func:`msfer.outputs.existing_out_mode`, the rule ``msfer predict`` follows too).
 
 Detection size. RetinaFace's smallest anchors are 16 px and it was trained on faces
 inside larger scenes, so a 48 x 48 FER2013 crop, all face, must be enlarged. On 3,000
@@ -31,6 +33,7 @@ from tqdm import tqdm
 
 from ..errors import MsferError
 from ..labels import EMOTIONS
+from ..outputs import InputFiles, existing_out_mode
 from .annotations import REJECTED_PREFIX, STATUS_NO_FACE, STATUS_OK, STATUS_UNREADABLE, AnnotationWriter
 from .detector import Face, RetinaFaceDetector, resize_by
 from .geometry import derive_regions
@@ -53,7 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", type=Path, help="dataset folder (or CSV file, for FER2013 in Kaggle form)")
     parser.add_argument("--format", required=True, choices=sorted(READERS), help="layout of the dataset")
     parser.add_argument("--out", required=True, type=Path,
-                        help="annotation file (.jsonl) to write; if it exists, ids already in it are skipped")
+                        help="annotation file (.jsonl) to write; an existing one needs --resume or --overwrite")
+    parser.add_argument("--resume", action="store_true",
+                        help="--out exists: continue it, skipping the ids it already has (after an interruption)")
+    parser.add_argument("--overwrite", action="store_true", help="--out exists: replace it")
     parser.add_argument("--split", help="annotate only this split (default: every split of the dataset)")
     parser.add_argument("--review", type=Path, metavar="SHEET.png",
                         help="also draw a contact sheet of random accepted and rejected images")
@@ -83,11 +89,17 @@ def decode(sample) -> np.ndarray | None:
 
     JPEGs (no alpha, no 16 bits) are decoded with OpenCV, grey ones staying one channel,
     which is several times faster than PIL; everything else goes through ``sample.load()``.
+    The file is read by Python and its bytes handed to OpenCV: ``cv2.imread`` crashes the
+    process on a file name that is not valid UTF-8.
     """
     from ..data.images import UnreadableImageError
 
     if sample.path is not None and Path(sample.path).suffix.lower() in JPEG_SUFFIXES:
-        image = cv2.imread(str(sample.path), cv2.IMREAD_ANYCOLOR)
+        try:
+            data = np.frombuffer(Path(sample.path).read_bytes(), np.uint8)
+        except OSError:
+            data = np.zeros(0, np.uint8)
+        image = cv2.imdecode(data, cv2.IMREAD_ANYCOLOR) if data.size else None
         if image is not None:
             return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     try:
@@ -219,6 +231,11 @@ def run(args: argparse.Namespace) -> int:
         samples = [sample for sample in samples if sample.split == args.split]
         if not samples:
             raise MsferError(f"{args.data} has no split {args.split!r}; its splits: {', '.join(index.splits()) or 'none'}")
+    if existing_out_mode(args.out, args.resume, args.overwrite) == "w" and args.out.exists():
+        args.out.unlink()  # --overwrite (or an empty file): start afresh
+    # Only same-named images can be the output file (a cheap filter before the file-system checks).
+    same_name = (sample.path for sample in samples if sample.path is not None and Path(sample.path).name == args.out.name)
+    InputFiles(same_name).refuse(args.out, "--out")
     detector = RetinaFaceDetector(args.detector_model, score_threshold=min(CANDIDATE_SCORE, args.score_threshold),
                                   threads=args.threads)
     annotator = Annotator(detector, QualityRules(min_score=args.score_threshold), args.merge_eyes, args.detect_size)

@@ -15,6 +15,7 @@ from typing import Sequence
 from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import MsferError
+from ..outputs import printable
 from .annotations import STATUS_OK
 
 TILE = 144
@@ -44,7 +45,7 @@ def _tile(sample, record: dict, font: ImageFont.ImageFont) -> Image.Image:
             draw.ellipse([x * scale - 1.5, y * scale - 1.5, x * scale + 1.5, y * scale + 1.5], fill=LANDMARK_COLOUR)
     score = record.get("score")
     status = record["status"].removeprefix("rejected:")
-    draw.text((3, TILE + 2), Path(sample.id).name[:24], fill=(200, 200, 200), font=font)
+    draw.text((3, TILE + 2), printable(Path(sample.id).name)[:24], fill=(200, 200, 200), font=font)
     draw.text((3, TILE + 13), status + (f" {score:.2f}" if score is not None else ""),
               fill=(120, 255, 120) if record["status"] == STATUS_OK else (255, 140, 120), font=font)
     return tile
