@@ -99,7 +99,7 @@ def test_results_do_not_depend_on_the_batch(recognizer, astronaut, tmp_path):
     photos.mkdir()
     for name, image in mixed_size_photos(astronaut).items():
         Image.fromarray(image).save(photos / name)
-    items, _ = collect_inputs([photos])
+    items = collect_inputs([photos]).items
     runs = {}
     for batch_size in (1, 2, 5):  # what `msfer predict --batch-size N` runs, with the model loaded once
         out = tmp_path / f"batch{batch_size}.jsonl"
@@ -196,7 +196,7 @@ def test_an_image_that_breaks_detection_costs_only_its_own_record(recognizer, as
     failing.detector = FailingOnWidth(recognizer.detector, 77)
     out = tmp_path / "out.jsonl"
     with ExitStack() as stack:
-        predict_images(failing, collect_inputs([photos])[0], ResultWriter(out, stack), None, problems := [])
+        predict_images(failing, collect_inputs([photos]).items, ResultWriter(out, stack), None, problems := [])
     records = read_jsonl(out)
     assert len(records["a.png"]["faces"]) == 1 and len(records["c.png"]["faces"]) == 1
     assert "b_breaks.png" in records["b_breaks.png"]["error"] and "RuntimeError" in records["b_breaks.png"]["error"]
