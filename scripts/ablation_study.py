@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))  # the checkpoint reader of this checkout
 
 # (row name, what it is, config, seeds)
 ROWS = [
@@ -73,9 +74,9 @@ def _wait(item: tuple[str, subprocess.Popen]) -> None:
 
 def best_metrics(run: Path) -> dict:
     """The validation metrics of the selected epoch (what best.pt holds)."""
-    import torch
+    from msfer.engine.checkpoint import load_checkpoint
 
-    checkpoint = torch.load(run / "best.pt", map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint(run / "best.pt")
     return {key: checkpoint["metrics"][key] for key in ("overall_accuracy", "mean_class_accuracy")}
 
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "src"))
 import torch  # noqa: E402
 
 from msfer.data.readers import read_dataset  # noqa: E402
-from msfer.engine.checkpoint import export_weights, load_model  # noqa: E402
+from msfer.engine.checkpoint import export_weights, load_checkpoint, load_model  # noqa: E402
 from msfer.engine.datasets import FaceDataset  # noqa: E402
 from msfer.engine.evaluate import predict_split, split_metrics  # noqa: E402
 from msfer.engine.prior import choose_tau, fold_adjustment  # noqa: E402
@@ -96,7 +96,7 @@ def main() -> int:
     sample = fixed_sample(samples)
     record["fixed_sample"] = {"split": "public_test", "size": len(sample),
                               **measure(BUNDLED_MODEL, sample, None, tta=False)}
-    checkpoint = torch.load(best, map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint(best)
     record["best_epoch"] = checkpoint.get("best", {}).get("epoch")
     record["config"] = checkpoint["config"]
     BUNDLED_RECORD.write_text(json.dumps(record, indent=1) + "\n")

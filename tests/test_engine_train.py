@@ -87,7 +87,7 @@ def test_resume_continues_exactly(tiny_data, tmp_path):
     assert len(split) == 2
     for key in ("train_loss", "train_accuracy", "val_overall_accuracy", "lr"):
         assert float(split[1][key]) == pytest.approx(float(whole[1][key]), rel=1e-6, abs=1e-9), key
-    a, b = torch.load(tmp_path / "whole" / "last.pt", weights_only=False), torch.load(tmp_path / "split" / "last.pt", weights_only=False)
+    a, b = torch.load(tmp_path / "whole" / "last.pt", weights_only=True), torch.load(tmp_path / "split" / "last.pt", weights_only=True)
     assert all(torch.allclose(a["ema"][k].float(), b["ema"][k].float(), atol=1e-6) for k in a["ema"])
     # a run directory is never overwritten by accident
     assert train("--output-dir", str(tmp_path / "whole"), *common) == 2
@@ -101,7 +101,7 @@ def test_checkpoint_describes_itself(tiny_data, tmp_path):
     assert {"config", "mean", "std", "region_names", "metrics", "msfer_version", "epoch"} <= set(meta)
     assert meta["metrics"]["n"] == 28
     slim = export_weights(tmp_path / "run" / "best.pt", tmp_path / "slim.pt")
-    content = torch.load(slim, weights_only=False)
+    content = torch.load(slim, weights_only=True)
     assert "optimizer" not in content and all(v.dtype != torch.float32 for v in content["model"].values())
     slim_model, _ = load_model(slim)  # fp16 weights come back as float32
     images = torch.randn(2, 3, 32, 32)
@@ -133,7 +133,7 @@ def test_two_process_gloo_ddp(tiny_data, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    checkpoint = torch.load(run / "last.pt", weights_only=False)
+    checkpoint = torch.load(run / "last.pt", weights_only=True)
     assert checkpoint["epoch"] == 1
     assert checkpoint["metrics"]["n"] == 28  # validation gathered from both ranks: the whole split
     rows = read_csv(run / "metrics.csv")
