@@ -1,6 +1,7 @@
 """Model files are read with torch.load(weights_only=True): a pickled payload never runs, in any command."""
 from __future__ import annotations
 
+import pickle
 import random
 import re
 import shutil
@@ -66,6 +67,21 @@ def test_the_loader_and_the_api_refuse_a_payload(booby_trapped, tmp_path):
     shutil.copy(path, run / "best.pt")
     with pytest.raises(MsferError, match=re.escape(f"{run / 'best.pt'} {UNSAFE}")):
         load_model(run)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("writer", ["torch.save, legacy format", "pickle.dump"])
+def test_payloads_in_older_and_raw_pickle_files_are_refused(random_weights, tmp_path, writer):
+    marker = tmp_path / "payload_ran"
+    checkpoint = {**load_checkpoint(random_weights), "notes": Payload(marker)}
+    path = tmp_path / "model.pt"
+    if writer == "pickle.dump":
+        path.write_bytes(pickle.dumps(checkpoint, protocol=4))
+    else:
+        torch.save(checkpoint, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(MsferError) as error:
+        load_checkpoint(path)
+    assert_refused(str(error.value), path)
     assert not marker.exists()
 
 

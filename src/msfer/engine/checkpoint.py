@@ -123,13 +123,17 @@ def load_checkpoint(path: str | Path, prefer: str = "last.pt") -> dict[str, Any]
     try:
         with _allow_legacy_numpy():
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:  # what the weights-only unpickler raises for any other object
-        reason = next((line.strip() for line in str(error).splitlines() if "Unsupported" in line), "")
-        raise MsferError(f"{path} is not a safe msfer checkpoint: it holds pickled Python objects besides tensors "
-                         f"and plain data, which msfer never loads because reading them can run code"
-                         f"{f' ({reason[:200]})' if reason else ''}") from None
+    except pickle.UnpicklingError as error:  # the weights-only unpickler refused something, or the file is damaged
+        message = str(error).split("WeightsUnpickler error:")[-1].strip()
+        reason = message.splitlines()[0].split(" was not an allowed global")[0][:200] if message else ""
+        # Its refusals of an object name the GLOBAL (the class or function) it would have had to import.
+        what = ("it holds pickled Python objects besides tensors and plain data" if "GLOBAL" in message or "allowlisted"
+                in message else "it is not made of tensors and plain data alone, or it is damaged")
+        raise MsferError(f"{path} is not a safe msfer checkpoint: {what} ({reason}); msfer reads no other objects "
+                         "from a model file, because reading them can run code") from None
     except Exception as error:  # torch raises many types for a damaged or foreign file
-        raise MsferError(f"cannot read checkpoint {path}: {error}") from None
+        raise MsferError(f"cannot read checkpoint {path}: it is damaged or not a PyTorch file "
+                         f"({type(error).__name__}: {str(error)[:200]})") from None
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "config" not in checkpoint:
         raise MsferError(f"{path} is not an msfer checkpoint (no model state and config inside)")
     return checkpoint

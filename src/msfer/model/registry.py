@@ -92,7 +92,7 @@ RANGES: dict[str, Range] = {
     "detector_gamma": Range(0),
     "box_loss_weight": Range(0),
     "detector_weight": Range(0),
-    "region_score_threshold": Range(0, 1),
+    "region_score_threshold": Range(0),  # above 1: no region is ever used (always the default layout)
     "organ_pool": Range(1, whole=True),
     "face_pool": Range(1, whole=True),
     "head_channels": Range(1, whole=True),
