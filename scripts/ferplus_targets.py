@@ -81,10 +81,10 @@ def main() -> int:
 
 def trained(run: Path, epochs: int) -> bool:
     """Whether ``run`` holds a finished training of ``epochs`` epochs."""
-    import torch
+    from msfer.engine.checkpoint import load_checkpoint
 
     last = run / "last.pt"
-    return last.is_file() and torch.load(last, map_location="cpu", weights_only=False).get("epoch") == epochs
+    return last.is_file() and load_checkpoint(last).get("epoch") == epochs
 
 
 def summarize(results: dict, args: argparse.Namespace) -> None:

@@ -51,3 +51,86 @@ def test_every_shipped_config_loads_and_builds_its_model(path):
     config = load_config(path, ["data.root=/data/fer2013"])
     model = build_model({**config["model"], "pretrained": False})
     assert model.num_classes == 7 and model.input_size == config["model"].get("input_size", model.input_size)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs=0", "config train.epochs=0 is out of range: expected a whole number >= 1"),
+    ("train.epochs=-1", "config train.epochs=-1 is out of range"),
+    ("train.epochs=2.5", "config train.epochs=2.5 has the wrong type: expected a whole number >= 1"),
+    ("train.epochs=true", "config train.epochs=True has the wrong type"),
+    ("train.batch_size=0", "config train.batch_size=0 is out of range"),
+    ("train.lr=-1", "config train.lr=-1 is out of range: expected a number > 0"),
+    ("train.lr=0", "config train.lr=0 is out of range"),
+    ("train.lr=.nan", "config train.lr=nan is out of range"),
+    ("train.lr=abc", "config train.lr='abc' has the wrong type"),
+    ("train.weight_decay=-0.1", "config train.weight_decay=-0.1 is out of range"),
+    ("train.momentum=1", "config train.momentum=1 is out of range"),
+    ("train.warmup_epochs=-1", "config train.warmup_epochs=-1 is out of range"),
+    ("train.grad_clip=0", "config train.grad_clip=0 is out of range: expected a number > 0 or null"),
+    ("train.ema=1.5", "config train.ema=1.5 is out of range"),
+    ("train.seed=-1", "config train.seed=-1 is out of range"),
+    ("train.max_minutes=-5", "config train.max_minutes=-5 is out of range"),
+    ("train.val_every=0", "config train.val_every=0 is out of range"),
+    ("eval.batch_size=0", "config eval.batch_size=0 is out of range"),
+    ("data.limit=abc", "config data.limit='abc' has the wrong type: expected a whole number >= 1 or null"),
+    ("data.limit=0", "config data.limit=0 is out of range"),
+    ("data.image_size=-48", "config data.image_size=-48 is out of range"),
+    ("data.num_workers=-1", "config data.num_workers=-1 is out of range"),
+    ("data.augment.flip=2", "config data.augment.flip=2 is out of range: expected a number in [0, 1]"),
+    ("data.augment.rotation=-10", "config data.augment.rotation=-10 is out of range"),
+    ("data.augment.scale=[1.0, 0.5]", "config data.augment.scale=[1.0, 0.5] is out of range"),
+    ("data.augment.scale=[0.5]", "config data.augment.scale=[0.5] has the wrong type"),
+    ("data.augment.erase_area=[0, 0.2]", "config data.augment.erase_area=[0, 0.2] is out of range"),
+    ("data.root=5", "config data.root=5 has the wrong type: expected a path or null"),
+])
+def test_out_of_range_values_are_clear_errors(override, message):
+    with pytest.raises(MsferError, match=re.escape(message)):
+        load_config(overrides=[override])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.input_size=0", "config model.input_size=0 is out of range: expected a whole number >= 8"),
+    ("model.input_size=abc", "config model.input_size='abc' has the wrong type"),
+    ("model.dropout=1.5", "config model.dropout=1.5 is out of range"),
+    ("model.label_smoothing=-0.1", "config model.label_smoothing=-0.1 is out of range"),
+    ("model.rois_per_image=0", "config model.rois_per_image=0 is out of range"),
+    ("model.std=[0.2, 0, 0.2]", "config model.std=[0.2, 0, 0.2] is out of range"),
+    ("model.class_weights=[1, 2]", "config model.class_weights=[1, 2] has the wrong type: expected a list of 7 numbers"),
+    ("model.pretrained=yes please", "config model.pretrained='yes please' has the wrong type: expected true or false"),
+])
+def test_out_of_range_model_values_are_clear_errors(override, message):
+    from msfer.model import build_model
+
+    config = load_config(overrides=["model.name=msfer_mobilenetv2", override])
+    with pytest.raises(MsferError, match=re.escape(message)):
+        build_model(config["model"])
+
+
+@pytest.mark.parametrize("override", ["train.epochs=0", "train.epochs=-1", "train.epochs=2.5", "train.batch_size=0",
+                                      "train.lr=-1", "data.limit=abc", "model.input_size=0"])
+def test_train_cli_exits_2_naming_the_key(tmp_path, override, capsys):
+    from msfer.cli import main as cli
+
+    config = tmp_path / "run.yaml"
+    config.write_text("model: {name: classifier_mobilenetv2, pretrained: false}\ntrain: {device: cpu}\n")
+    assert cli(["train", "--config", str(config), "--output-dir", str(tmp_path / "run"), "data.root=/nowhere",
+                override]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("msfer train: error: config ") and override.split("=")[0] in error
+    assert "Traceback" not in error
+
+
+def test_train_cli_process_exits_2_with_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    config = tmp_path / "run.yaml"
+    config.write_text("train: {epochs: 3}\n")
+    source = Path(__file__).resolve().parents[1] / "src"
+    env = {**os.environ, "PYTHONPATH": f"{source}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    result = subprocess.run([sys.executable, "-m", "msfer.cli", "train", "--config", str(config), "train.epochs=0"],
+                            capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("msfer train: error: config train.epochs=0 is out of range: "
+                                     "expected a whole number >= 1")

@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -87,7 +88,7 @@ def test_resume_continues_exactly(tiny_data, tmp_path):
     assert len(split) == 2
     for key in ("train_loss", "train_accuracy", "val_overall_accuracy", "lr"):
         assert float(split[1][key]) == pytest.approx(float(whole[1][key]), rel=1e-6, abs=1e-9), key
-    a, b = torch.load(tmp_path / "whole" / "last.pt", weights_only=False), torch.load(tmp_path / "split" / "last.pt", weights_only=False)
+    a, b = torch.load(tmp_path / "whole" / "last.pt", weights_only=True), torch.load(tmp_path / "split" / "last.pt", weights_only=True)
     assert all(torch.allclose(a["ema"][k].float(), b["ema"][k].float(), atol=1e-6) for k in a["ema"])
     # a run directory is never overwritten by accident
     assert train("--output-dir", str(tmp_path / "whole"), *common) == 2
@@ -101,7 +102,7 @@ def test_checkpoint_describes_itself(tiny_data, tmp_path):
     assert {"config", "mean", "std", "region_names", "metrics", "msfer_version", "epoch"} <= set(meta)
     assert meta["metrics"]["n"] == 28
     slim = export_weights(tmp_path / "run" / "best.pt", tmp_path / "slim.pt")
-    content = torch.load(slim, weights_only=False)
+    content = torch.load(slim, weights_only=True)
     assert "optimizer" not in content and all(v.dtype != torch.float32 for v in content["model"].values())
     slim_model, _ = load_model(slim)  # fp16 weights come back as float32
     images = torch.randn(2, 3, 32, 32)
@@ -133,8 +134,107 @@ def test_two_process_gloo_ddp(tiny_data, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    checkpoint = torch.load(run / "last.pt", weights_only=False)
+    checkpoint = torch.load(run / "last.pt", weights_only=True)
     assert checkpoint["epoch"] == 1
     assert checkpoint["metrics"]["n"] == 28  # validation gathered from both ranks: the whole split
     rows = read_csv(run / "metrics.csv")
     assert len(rows) == 1
+
+
+# --- A kill during an epoch's commit (metrics.csv, best.pt, last.pt) ----------------------------------------------
+# A real write failure stands in for the kill: a directory where the file's temporary copy goes makes that write
+# fail (exit 2), after the files before it in the commit were written and before the ones after it.
+
+COMMIT = ["--config", os.devnull, *TINY, "train.epochs=2", "train.val_every=2"]  # epoch 1 unvalidated: epoch 2 is best
+COMPARED = ("train_loss", "train_accuracy", "val_overall_accuracy", "val_mean_class_accuracy", "lr")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_data, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("uninterrupted") / "run"
+    assert train("--output-dir", str(run), *COMMIT, f"data.root={tiny_data}") == 0
+    return run
+
+
+def assert_consistent(run: Path, reference: Path, epochs: int) -> None:
+    """One row per epoch, best.pt = the best epoch the run records, and the same numbers as the reference run."""
+    from msfer.engine.checkpoint import load_checkpoint
+
+    rows, expected = read_csv(run / "metrics.csv"), read_csv(reference / "metrics.csv")
+    assert [row["epoch"] for row in rows] == [str(e) for e in range(1, epochs + 1)]
+    for row, other in zip(rows, expected):
+        for key in COMPARED:
+            if other[key] == "":  # an epoch without validation
+                assert row[key] == "", key
+            else:
+                assert float(row[key]) == pytest.approx(float(other[key]), rel=1e-6, abs=1e-9), key
+    last, best = load_checkpoint(run / "last.pt"), load_checkpoint(run / "best.pt")
+    assert last["epoch"] == epochs and best["epoch"] == last["best"]["epoch"]
+    assert float(rows[best["epoch"] - 1]["val_mean_class_accuracy"]) == best["metrics"]["mean_class_accuracy"]
+    assert load_model(run)[1]["epoch"] == best["epoch"]  # what predict and evaluate use for the run folder
+    reference_last = load_checkpoint(reference / "last.pt")
+    assert all(torch.allclose(last["model"][k].float(), reference_last["model"][k].float(), atol=1e-6)
+               for k in last["model"])
+    assert not list(run.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("killed_at", ["metrics.csv", "best.pt", "last.pt"])
+def test_a_kill_during_a_commit_resumes_consistently(tiny_data, uninterrupted, tmp_path, killed_at, capsys):
+    from msfer.engine.checkpoint import load_checkpoint
+
+    run = tmp_path / "run"
+    # Epoch 1 committed (the time budget stops the run there).
+    assert train("--output-dir", str(run), *COMMIT, f"data.root={tiny_data}", "train.max_minutes=1e-9") == 0
+    blocker = run / f".{killed_at}.tmp"
+    blocker.mkdir()
+    assert train("--resume", str(run), "train.max_minutes=null") == 2
+    assert f"cannot write {run / killed_at}" in capsys.readouterr().err
+    # What the kill left: epoch 2's files up to the failed one, last.pt still at epoch 1.
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1
+    assert len(read_csv(run / "metrics.csv")) == (1 if killed_at == "metrics.csv" else 2)
+    assert (run / "best.pt").exists() == (killed_at == "last.pt")
+    blocker.rmdir()
+    # A kill in the middle of writing the next file leaves a truncated temporary copy.
+    blocker.write_bytes((run / "last.pt").read_bytes()[:1000])
+    assert train("--resume", str(run), "train.max_minutes=null") == 0
+    assert "best epoch 2 " in capsys.readouterr().out
+    assert_consistent(run, uninterrupted, epochs=2)
+
+
+@pytest.mark.parametrize("killed_at", ["best.pt", "last.pt"])
+def test_a_kill_during_the_first_commit_says_start_over(tiny_data, tmp_path, killed_at, capsys):
+    from msfer.engine.checkpoint import load_checkpoint
+
+    run = tmp_path / "run"
+    one_epoch = ["--output-dir", str(run), "--config", os.devnull, *TINY, f"data.root={tiny_data}", "train.epochs=1"]
+    blocker = run / f".{killed_at}.tmp"
+    blocker.mkdir(parents=True)
+    assert train(*one_epoch, "--overwrite") == 2  # (--overwrite: the directory holds the blocker)
+    blocker.rmdir()
+    assert not (run / "last.pt").exists() and len(read_csv(run / "metrics.csv")) == 1
+    capsys.readouterr()
+    # Neither message sends the user to a --resume that cannot work.
+    assert train(*one_epoch) == 2
+    error = capsys.readouterr().err
+    assert "no last.pt" in error and "--overwrite" in error and "--resume" not in error
+    assert train("--resume", str(run)) == 2
+    error = capsys.readouterr().err
+    assert f"{run} holds no last.pt" in error and "--overwrite" in error
+    # --overwrite starts fresh files: one row, one TensorBoard event file, a best.pt of this run.
+    assert train(*one_epoch, "--overwrite") == 0
+    assert [row["epoch"] for row in read_csv(run / "metrics.csv")] == ["1"]
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    last, best = load_checkpoint(run / "last.pt"), load_checkpoint(run / "best.pt")
+    assert last["epoch"] == best["epoch"] == 1
+    assert all(torch.equal(last["model"][k], best["model"][k]) for k in last["model"])
+
+
+def test_a_run_left_inconsistent_by_an_older_msfer_is_repaired_on_resume(uninterrupted, tmp_path):
+    """Older msfer wrote last.pt before best.pt and appended to metrics.csv: a kill left best.pt behind and rows twice."""
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run)
+    (run / "best.pt").unlink()
+    with open(run / "metrics.csv", "a") as handle:
+        handle.write((run / "metrics.csv").read_text().splitlines()[-1] + "\n")  # epoch 2 twice
+    assert train("--resume", str(run)) == 0  # nothing left to train
+    assert_consistent(run, uninterrupted, epochs=2)

@@ -11,18 +11,28 @@ the set that was validated and selected, so :func:`model_state` (and therefore
 
 Files are written to a temporary name in the same folder and moved into place with
 ``os.replace``: an interrupted write never leaves a truncated ``last.pt`` behind.
+
+Checkpoints hold only tensors and plain data (dicts, lists, tuples, str, int, float, bool,
+None) and are read with ``torch.load(weights_only=True)``: a file carrying any other pickled
+object (which could run code while it is read) is refused with an :class:`MsferError` naming
+it. :func:`load_checkpoint` is the one reader every command uses; :func:`save_checkpoint`
+refuses to write what it could not read back.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .. import __version__
 from ..errors import MsferError
 from ..labels import EMOTIONS
+from .files import write_atomic
 
 CHECKPOINT_NAMES = ("best.pt", "last.pt")
 
@@ -41,32 +51,89 @@ def describe(model: torch.nn.Module, config: dict, metrics: dict | None = None) 
     }
 
 
+def plain(value: Any, where: str = "checkpoint") -> Any:
+    """``value`` with numpy scalars and arrays turned into Python numbers and lists.
+
+    What remains must be what ``torch.load(weights_only=True)`` reads back: tensors, dicts,
+    lists, tuples, str, int, float, bool, None (plus torch dtypes and sizes). Anything else
+    raises ``TypeError`` naming where it is (a programming error, never a user's). Containers
+    with nothing to convert are returned as they are (a state dict keeps its ``_metadata``).
+    """
+    if isinstance(value, np.ndarray | np.generic):  # first: numpy.float64 is also a float
+        return value.tolist()
+    if isinstance(value, torch.Tensor | str | bytes | bool | int | float | type(None) | torch.dtype | torch.Size):
+        return value
+    if isinstance(value, dict):
+        items = {key: plain(item, f"{where}[{key!r}]") for key, item in value.items()}
+        return value if all(items[key] is item for key, item in value.items()) else type(value)(items)
+    if isinstance(value, list | tuple):
+        converted = [plain(item, f"{where}[{i}]") for i, item in enumerate(value)]
+        return value if all(a is b for a, b in zip(converted, value)) else type(value)(converted)
+    raise TypeError(f"{where} is a {type(value).__name__}: a checkpoint holds only tensors and plain data")
+
+
 def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
-    """Write ``checkpoint`` to ``path`` atomically (temporary file, then ``os.replace``)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, path)
-    return path
+    """Write ``checkpoint`` to ``path`` atomically (temporary file, then ``os.replace``).
+
+    Numpy values become plain numbers (:func:`plain`), so the file always loads with
+    ``weights_only=True``. Raises :class:`MsferError` naming ``path`` when it cannot be written.
+    """
+    checkpoint = plain(checkpoint)
+    return write_atomic(path, lambda handle: torch.save(checkpoint, handle))
 
 
 def resolve_checkpoint(path: str | Path, prefer: str = "last.pt") -> Path:
     """``path`` itself if it is a file, else ``path/prefer`` (a run directory)."""
     path = Path(path)
     if path.is_dir():
-        path = path / prefer
+        run_dir, path = path, path / prefer
+        if not path.is_file() and prefer == "last.pt":
+            raise MsferError(f"{run_dir} holds no last.pt: no epoch of a run there was saved, so there is nothing "
+                             f"to resume; start the run again with --config FILE --output-dir {run_dir} --overwrite")
+        if not path.is_file():
+            raise MsferError(f"{run_dir} holds no {prefer}: no validated epoch of a run there has been saved yet")
     if not path.is_file():
         raise MsferError(f"checkpoint {path} does not exist")
     return path
 
 
+# What the numpy RNG state of checkpoints written before msfer stored it as a tensor needs
+# (a uint32 array). Only array reconstruction: its elements still go through the
+# weights-only unpickler, so no other object can come in through it.
+_multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+_LEGACY_NUMPY_GLOBALS = [_multiarray._reconstruct, (_multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+                         np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def _allow_legacy_numpy():
+    # torch.serialization.safe_globals exists from torch 2.5; before it, such old files are refused.
+    safe_globals = getattr(torch.serialization, "safe_globals", None)
+    return safe_globals(_LEGACY_NUMPY_GLOBALS) if safe_globals else contextlib.nullcontext()
+
+
 def load_checkpoint(path: str | Path, prefer: str = "last.pt") -> dict[str, Any]:
-    """Read a checkpoint (a file, or a run directory's ``prefer`` file) onto the CPU."""
+    """Read a checkpoint (a file, or a run directory's ``prefer`` file) onto the CPU.
+
+    Only tensors and plain data are read (``torch.load(weights_only=True)``). Raises
+    :class:`MsferError` naming the file when it is missing, damaged, not an msfer
+    checkpoint, or carries other pickled objects ("not a safe msfer checkpoint"): their
+    code is never run.
+    """
     path = resolve_checkpoint(path, prefer)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        with _allow_legacy_numpy():
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # the weights-only unpickler refused something, or the file is damaged
+        message = str(error).split("WeightsUnpickler error:")[-1].strip()
+        reason = message.splitlines()[0].split(" was not an allowed global")[0][:200] if message else ""
+        # Its refusals of an object name the GLOBAL (the class or function) it would have had to import.
+        what = ("it holds pickled Python objects besides tensors and plain data" if "GLOBAL" in message or "allowlisted"
+                in message else "it is not made of tensors and plain data alone, or it is damaged")
+        raise MsferError(f"{path} is not a safe msfer checkpoint: {what} ({reason}); msfer reads no other objects "
+                         "from a model file, because reading them can run code") from None
     except Exception as error:  # torch raises many types for a damaged or foreign file
-        raise MsferError(f"cannot read checkpoint {path}: {error}") from None
+        raise MsferError(f"cannot read checkpoint {path}: it is damaged or not a PyTorch file "
+                         f"({type(error).__name__}: {str(error)[:200]})") from None
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "config" not in checkpoint:
         raise MsferError(f"{path} is not an msfer checkpoint (no model state and config inside)")
     return checkpoint

@@ -25,6 +25,8 @@ from typing import Any, Iterable
 import yaml
 
 from ..errors import MsferError
+from ..values import Range, check_number, check_numbers
+from .files import write_atomic
 
 Config = dict[str, Any]
 
@@ -102,6 +104,43 @@ CHOICES: dict[str, tuple] = {
 # Sections whose contents are free-form (validated by whoever consumes them).
 OPEN_SECTIONS = ("model", "data.reader_options")
 
+# The allowed values of every number (keys whose default is null may also be null).
+_FRACTION = Range(0, 1)
+RANGES: dict[str, Range] = {
+    "data.image_size": Range(1, whole=True, nullable=True),
+    "data.limit": Range(1, whole=True, nullable=True),
+    "data.num_workers": Range(0, whole=True),
+    "data.augment.translate": _FRACTION,
+    "data.augment.rotation": Range(0, 180),
+    "data.augment.flip": _FRACTION,
+    "data.augment.brightness": _FRACTION,
+    "data.augment.contrast": _FRACTION,
+    "data.augment.saturation": _FRACTION,
+    "data.augment.erase": _FRACTION,
+    "data.augment.min_box_visible": _FRACTION,
+    "train.epochs": Range(1, whole=True),
+    "train.batch_size": Range(1, whole=True),
+    "train.lr": Range(0, low_open=True),
+    "train.weight_decay": Range(0),
+    "train.momentum": Range(0, 1, high_open=True),
+    "train.warmup_epochs": Range(0),
+    "train.label_smoothing": Range(0, 1, high_open=True),
+    "train.grad_clip": Range(0, low_open=True, nullable=True),
+    "train.ema": Range(0, 1, low_open=True, high_open=True, nullable=True),
+    "train.seed": Range(0, 2**32 - 1, whole=True),  # what numpy's global seed accepts
+    "train.max_minutes": Range(0, low_open=True, nullable=True),
+    "train.val_every": Range(1, whole=True),
+    "eval.batch_size": Range(1, whole=True),
+}
+# [low, high] pairs.
+PAIRS: dict[str, Range] = {
+    "data.augment.scale": Range(0, 1, low_open=True),
+    "data.augment.ratio": Range(0, low_open=True),
+    "data.augment.erase_area": Range(0, 1, low_open=True),
+}
+# Paths that may be unset.
+PATHS = ("data.root", "data.annotations")
+
 
 class _Loader(yaml.SafeLoader):
     """YAML 1.1 reads ``3e-4`` as a string (it wants ``3.0e-4``); a learning rate should not need the dot."""
@@ -159,12 +198,20 @@ def parse_override(text: str) -> Config:
 
 
 def validate(config: Config) -> None:
-    """Raise :class:`MsferError` for keys the schema does not know and values outside their choices."""
+    """Raise :class:`MsferError` for keys the schema does not know and values of the wrong type or out of range."""
     _check_keys(config, DEFAULTS, prefix="")
     for key, allowed in CHOICES.items():
         value = get(config, key)
         if value not in allowed:
             raise MsferError(f"config {key}={value!r} is not one of {', '.join(map(repr, allowed))}")
+    for key, allowed in RANGES.items():
+        check_number(key, get(config, key), allowed)
+    for key, allowed in PAIRS.items():
+        check_numbers(key, get(config, key), allowed, ordered=True)
+    for key in PATHS:
+        value = get(config, key)
+        if value is not None and not isinstance(value, str):
+            raise MsferError(f"config {key}={value!r} has the wrong type: expected a path or null")
 
 
 def get(config: Config, dotted_key: str) -> Any:
@@ -175,9 +222,8 @@ def get(config: Config, dotted_key: str) -> Any:
 
 
 def save_config(config: Config, out_dir: str | Path) -> Path:
-    path = Path(out_dir) / "config.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+    text = yaml.safe_dump(config, sort_keys=False)
+    return write_atomic(Path(out_dir) / "config.yaml", lambda handle: handle.write(text), mode="w")
 
 
 def _read_with_bases(path: Path, seen: tuple[Path, ...]) -> Config:

@@ -24,6 +24,13 @@ Design choices:
   then stops at an epoch boundary with ``last.pt`` written; ``--resume`` continues it
   (pass ``train.max_minutes=null`` or a new budget). The learning-rate schedule is not
   shortened: choose ``train.epochs`` to fit the budget for a complete schedule.
+* **Crash-safe epochs.** Each epoch ends with one commit: ``metrics.csv``, then
+  ``best.pt`` (if the epoch improved), then ``last.pt``, each written to a temporary file
+  and moved into place. ``last.pt`` is the commit marker: a run killed anywhere resumes
+  from the last committed epoch, ``metrics.csv`` is cut back to it (the rerun epoch is
+  not listed twice), and a ``best.pt`` written for the interrupted epoch stays the best
+  (an exact resume writes the same one again). A kill before the first commit leaves no
+  ``last.pt``: start again with ``--overwrite``, which removes the old run's files.
 * **Batch size** is the global batch: with N processes each takes ``batch_size / N``.
 * **Losses** are the model's own (``out["losses"]``, summed). Label smoothing and the
   focal ``emotion_gamma`` are model config keys; ``train.class_weights=balanced`` writes
@@ -54,12 +61,15 @@ from .config import Config, load_config, save_config
 from .datasets import FaceDataset
 from .distributed import DistInfo, EpochSampler, all_gather_objects, cleanup_distributed, init_distributed, mean_over_ranks
 from .evaluate import autocast, predict_split, resolve_device, split_metrics
+from .files import write_atomic
 from .metrics import format_table, write_report
 
 log = logging.getLogger(__name__)
 
 CSV_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_overall_accuracy", "val_mean_class_accuracy", "lr",
               "epoch_seconds", "train_images_per_second")
+# What a run writes in its output directory (and --overwrite removes): nothing else there is touched.
+RUN_FILES = ("config.yaml", "metrics.csv", "best.pt", "last.pt")
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -76,7 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continue from a checkpoint, or a run directory's last.pt, with its config (plus overrides)")
     parser.add_argument("--output-dir", type=Path, help="where the run writes (overrides the config's output_dir)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="allow a new run in an existing, non-empty output directory (its checkpoints are replaced)")
+                        help="start a new run in a directory that holds one: its checkpoints, metrics.csv, config.yaml "
+                             "and TensorBoard events are removed first")
     parser.add_argument("--test-only", action="store_true",
                         help="only evaluate the --resume checkpoint on the validation split, then exit")
 
@@ -127,17 +138,28 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_states() -> dict[str, Any]:
+    """The global RNG states, in the plain types a weights-only checkpoint holds (lists, ints, tensors)."""
+    version, internal, gauss = random.getstate()
+    _, key, position, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
     return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": [version, list(internal), gauss],
+        # The Mersenne Twister key is uint32: int64 holds every value exactly.
+        "numpy": {"key": torch.from_numpy(key.astype(np.int64)), "pos": int(position), "has_gauss": int(has_gauss),
+                  "gauss": float(cached_gaussian)},
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
 
 def restore_rng_states(states: dict[str, Any]) -> None:
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    """Set the states :func:`rng_states` saved (also the tuple-and-array form of older checkpoints)."""
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy_state = states["numpy"]
+    if isinstance(numpy_state, dict):
+        numpy_state = ("MT19937", numpy_state["key"].numpy().astype(np.uint32), numpy_state["pos"],
+                       numpy_state["has_gauss"], numpy_state["gauss"])
+    np.random.set_state(numpy_state)
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
@@ -292,8 +314,11 @@ class Trainer:
         self.scheduler = self._scheduler()
         self.scaler = torch.amp.GradScaler(device.type, enabled=train["amp"] == "fp16" and device.type == "cuda")
         self.start_epoch, self.best = 0, {"epoch": None, "value": -1.0, "metrics": {}}
+        self.resuming = checkpoint is not None
+        self._resumed = checkpoint  # kept until the run's files are checked against it (fit)
         if checkpoint is not None:
             self._restore(checkpoint)
+        self.rows: list[dict] = []  # metrics.csv, one row per committed epoch
 
     def _optimizer(self) -> torch.optim.Optimizer:
         train = self.config["train"]
@@ -333,11 +358,76 @@ class Trainer:
         restore_rng_states(checkpoint["rng"])
 
     def claim_output_dir(self, overwrite: bool) -> None:
-        """Create the run directory; refuse one that already holds a run, unless ``overwrite``."""
-        if self.output_dir.is_dir() and any(self.output_dir.iterdir()) and not overwrite:
-            raise MsferError(f"output directory {self.output_dir} already holds files: continue that run with "
-                             f"--resume {self.output_dir}, choose another --output-dir, or pass --overwrite")
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        """Create the run directory; refuse one that already holds files, unless ``overwrite``.
+
+        With ``overwrite`` the files of a run there (:data:`RUN_FILES`, their temporary
+        files, the TensorBoard events) are removed, so the new run starts fresh.
+        """
+        out = self.output_dir
+        if out.exists() and not out.is_dir():
+            raise MsferError(f"output directory {out} is a file")
+        if out.is_dir() and any(out.iterdir()):
+            if not overwrite and (out / "last.pt").is_file():
+                raise MsferError(f"output directory {out} already holds a run: continue it with --resume {out}, "
+                                 "choose another --output-dir, or pass --overwrite to start over there")
+            if not overwrite:
+                raise MsferError(f"output directory {out} already holds files but no last.pt (no epoch of a run "
+                                 "there was saved, so it cannot be resumed): choose another --output-dir, or pass "
+                                 "--overwrite to start over there")
+            for name in RUN_FILES:
+                _remove_file(out / name)
+                _remove_file(out / f".{name}.tmp")
+            for events in (out / "tensorboard").glob("events.out.tfevents.*"):
+                _remove_file(events)
+        out.mkdir(parents=True, exist_ok=True)
+
+    def _start_run_files(self) -> None:
+        """Rank 0, before the first epoch: config.yaml, metrics.csv cut back to the resumed epoch, best.pt checked."""
+        save_config(self.config, self.output_dir)
+        for name in RUN_FILES:  # a write that a kill interrupted
+            _remove_file(self.output_dir / f".{name}.tmp")
+        if not self.resuming:
+            self.rows = []
+        else:
+            # Rows after the resumed epoch were written by an epoch whose commit (last.pt) did not
+            # happen: it runs again now. One row per epoch, the latest kept.
+            rows = {}
+            for row in _read_rows(self.output_dir / "metrics.csv"):
+                if row["epoch"].isdigit() and int(row["epoch"]) <= self.start_epoch:
+                    rows[int(row["epoch"])] = row
+            self.rows = [rows[epoch] for epoch in sorted(rows)]
+            self._check_best()
+        self._write_rows()
+
+    def _check_best(self) -> None:
+        """Make best.pt and the resumed best record agree (after a kill between their writes)."""
+        path, epoch, recorded = self.output_dir / "best.pt", self.start_epoch, self.best["epoch"]
+        on_disk = None
+        if path.is_file():
+            try:
+                on_disk = load_checkpoint(path)
+            except MsferError as error:
+                log.warning("%s; it is ignored", error)
+        disk_epoch = on_disk.get("epoch") if on_disk else None
+        if disk_epoch is not None and disk_epoch > epoch and on_disk.get("best", {}).get("epoch") == disk_epoch:
+            # Written for the epoch whose last.pt a kill prevented: it was validated and beat the
+            # committed best, so it stays the best; the rerun of its epoch replaces it if it does better.
+            self.best = on_disk["best"]
+        elif recorded is not None and disk_epoch != recorded:
+            if recorded == epoch:  # last.pt is that epoch's checkpoint (runs that wrote last.pt first)
+                log.info("best.pt is rewritten from last.pt (epoch %d): a kill had left it behind", epoch)
+                save_checkpoint(self._resumed, path)
+            else:
+                log.warning("%s holds epoch %s, but the run's best epoch is %d, whose weights are gone: best.pt is "
+                            "replaced when an epoch does better", path, disk_epoch, recorded)
+
+    def _write_rows(self) -> None:
+        def write(handle) -> None:
+            writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, restval="", extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+        write_atomic(self.output_dir / "metrics.csv", write, mode="w")
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -349,12 +439,15 @@ class Trainer:
         if info.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
-            save_config(self.config, self.output_dir)
-            writer = SummaryWriter(self.output_dir / "tensorboard")
+            self._start_run_files()
+            # A resumed run hides the events of epochs that are being run again.
+            writer = SummaryWriter(self.output_dir / "tensorboard",
+                                   purge_step=self.start_epoch + 1 if self.resuming else None)
             log.info("training %s for epochs %d..%d on %s (%d process%s); %d train / %d validation (%s) images",
                      self.config["model"].get("name", "model"), self.start_epoch + 1, train["epochs"], self.device,
                      info.world_size, "es" if info.enabled else "", len(self.train_set), len(self.val_set),
                      self.config["data"]["val_split"])
+        self._resumed = None  # no need to hold its optimizer state and weights twice
         started, epoch_times = time.monotonic(), []
         stopped_early = False
         for epoch in range(self.start_epoch, train["epochs"]):
@@ -427,7 +520,11 @@ class Trainer:
                 "lr": self.scheduler.get_last_lr()[0], "images_per_second": float(totals[2]) * info.world_size / seconds}
 
     def _record(self, epoch: int, stats: dict[str, float], metrics: dict, seconds: float, writer) -> None:
-        """Rank 0: metrics.csv, TensorBoard, best.pt (if improved) and last.pt."""
+        """Rank 0: TensorBoard, then the epoch's commit: metrics.csv, best.pt (if improved), last.pt.
+
+        Each file is replaced atomically, and last.pt comes last: a kill at any point leaves the
+        previous commit whole, and resuming from it repeats this epoch and rewrites the same files.
+        """
         select = self.config["train"]["select_metric"]
         improved = bool(metrics) and metrics[select] > self.best["value"]
         if improved:
@@ -436,26 +533,36 @@ class Trainer:
                "val_overall_accuracy": metrics.get("overall_accuracy", ""),
                "val_mean_class_accuracy": metrics.get("mean_class_accuracy", ""), "lr": stats["lr"],
                "epoch_seconds": round(seconds, 2), "train_images_per_second": round(stats["images_per_second"], 1)}
-        csv_path = self.output_dir / "metrics.csv"
-        new_file = not csv_path.exists()
-        with open(csv_path, "a", newline="") as handle:
-            csv_writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
-            if new_file:
-                csv_writer.writeheader()
-            csv_writer.writerow(row)
         for key, value in row.items():
             if key != "epoch" and value != "":
                 writer.add_scalar(key.replace("_", "/", 1), value, epoch + 1)
+        writer.flush()
+        self.rows.append(row)
+        self._write_rows()
         checkpoint = {
             "model": self.model.state_dict(), "ema": self.ema.module.state_dict() if self.ema else None,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "epoch": epoch + 1, "best": self.best, "rng": rng_states(),
             **describe(self.model, self.config, metrics),
         }
-        save_checkpoint(checkpoint, self.output_dir / "last.pt")
         if improved:
             save_checkpoint(checkpoint, self.output_dir / "best.pt")
+        save_checkpoint(checkpoint, self.output_dir / "last.pt")  # the commit
         if metrics:
             log.info("epoch %d: train loss %.4f acc %.4f | validation overall %.4f mean-class %.4f%s", epoch + 1,
                      stats["loss"], stats["accuracy"], metrics["overall_accuracy"], metrics["mean_class_accuracy"],
                      " (best)" if improved else "")
+
+
+def _read_rows(path: Path) -> list[dict]:
+    """The rows of a run's metrics.csv ([] when it is missing)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        return [row for row in csv.DictReader(handle) if row.get("epoch")]
+
+
+def _remove_file(path: Path) -> None:
+    """Remove ``path`` if it is a file (whatever else has that name is not msfer's to remove)."""
+    if path.is_file() or path.is_symlink():
+        path.unlink()

@@ -21,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import MsferError
+from ..values import Range, check_number, check_numbers
 from .emotionnet import EmotionClassifier, EmotionNet
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -77,6 +78,41 @@ MODELS: dict[str, dict[str, Any]] = {
 }
 _TYPES = {"emotionnet": (EmotionNet, _EMOTIONNET), "classifier": (EmotionClassifier, _CLASSIFIER)}
 
+# The allowed values of the numeric keys (a key a model type lacks is not checked for it).
+RANGES: dict[str, Range] = {
+    "input_size": Range(8, whole=True),
+    "dropout": Range(0, 1, high_open=True),
+    "emotion_gamma": Range(0),
+    "label_smoothing": Range(0, 1, high_open=True),
+    "fpn_channels": Range(1, whole=True),
+    "anchor_size_multiplier": Range(0, low_open=True),
+    "proposals_per_level": Range(1, whole=True),
+    "rois_per_image": Range(1, whole=True),
+    "positive_fraction": Range(0, 1, low_open=True),
+    "detector_pool": Range(1, whole=True),
+    "detector_channels": Range(1, whole=True),
+    "detector_gamma": Range(0),
+    "box_loss_weight": Range(0),
+    "detector_weight": Range(0),
+    "region_score_threshold": Range(0),  # above 1: no region is ever used (always the default layout)
+    "organ_pool": Range(1, whole=True),
+    "face_pool": Range(1, whole=True),
+    "head_channels": Range(1, whole=True),
+}
+
+
+def _check_values(cfg: dict[str, Any], defaults: dict[str, Any]) -> None:
+    """Raise :class:`MsferError` naming ``model.<key>`` for a value of the wrong type or out of range."""
+    for key, allowed in RANGES.items():
+        if key in cfg:
+            check_number(f"model.{key}", cfg[key], allowed)
+    check_numbers("model.mean", cfg["mean"], Range(), length=3)
+    check_numbers("model.std", cfg["std"], Range(0, low_open=True), length=3)
+    check_numbers("model.class_weights", cfg["class_weights"], Range(0, nullable=True), length=7)
+    for key, default in defaults.items():
+        if isinstance(default, bool) and not isinstance(cfg[key], bool):
+            raise MsferError(f"config model.{key}={cfg[key]!r} has the wrong type: expected true or false")
+
 
 def model_config(name: str) -> dict[str, Any]:
     """A copy of the named config (with its ``name``)."""
@@ -101,5 +137,6 @@ def build_model(cfg: dict[str, Any]) -> nn.Module:
         raise MsferError(f"unknown model config keys {unknown}; valid keys for type {model_type!r}: "
                          f"{', '.join(['name', *sorted(defaults)])}")
     cfg = {**defaults, **cfg}
+    _check_values(cfg, defaults)
     del cfg["type"]
     return cls(**cfg)
