@@ -24,8 +24,6 @@ from .. import __version__
 from ..errors import MsferError
 from ..labels import EMOTIONS
 
-CHECKPOINT_NAMES = ("best.pt", "last.pt")
-
 
 def describe(model: torch.nn.Module, config: dict, metrics: dict | None = None) -> dict[str, Any]:
     """The metadata every checkpoint carries, taken from the model itself."""

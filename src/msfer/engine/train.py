@@ -62,12 +62,6 @@ CSV_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_overall_accuracy", "
               "epoch_seconds", "train_images_per_second")
 
 
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Train an msfer model.", add_help=add_help)
-    add_arguments(parser)
-    return parser
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="YAML config (see configs/); may name _base_ files")
     parser.add_argument("opts", nargs="*", metavar="KEY=VALUE",
