@@ -18,17 +18,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "datasets": ("msfer.data.commands", "inspect facial-expression datasets (counts, sizes, problems)"),
     "annotate": ("msfer.regions.annotate", "make emotion-region pseudo-labels with RetinaFace"),
     "train": ("msfer.engine.train", "train a model from a YAML config with key=value overrides"),
-    "evaluate": ("msfer.engine.evaluate", "measure a model on a dataset split (metrics.json, confusion matrix)"),
+    "evaluate": ("msfer.inference.evaluate", "measure a model on a dataset split (metrics.json, confusion matrix)"),
     "predict": ("msfer.inference.predict", "recognise emotions in photos, folders, videos or a webcam"),
     "export": ("msfer.inference.export", "export a model to ONNX"),
     "serve": ("msfer.inference.service", "run the REST service and its web page"),
     "report": ("msfer.inference.report", "write an HTML emotion report for a video"),
-    "setup-weights": ("msfer.model.pretrained", "put the offline ImageNet weights where torchvision finds them"),
+    "setup-weights": ("msfer.model.commands", "put the offline ImageNet weights where torchvision finds them"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="msfer",

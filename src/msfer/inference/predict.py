@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from ..errors import MsferError
 from ..labels import EMOTIONS
+from .options import add_model_arguments, model_options
 from .recognizer import EmotionRecognizer, FaceResult, to_rgb_array
 from .video import VIDEO_EXTENSIONS, VideoFrame, VideoSource, is_video, predict_video
 from .visualize import draw_faces
@@ -174,12 +175,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="*", type=Path, metavar="INPUT",
                         help="image files, folders (searched recursively) and video files")
     parser.add_argument("--webcam", type=int, metavar="N", help="also read webcam N (0 is the first); stop with Ctrl+C")
-    parser.add_argument("--weights", type=Path, help="a .pt checkpoint or an .onnx export (default: the bundled model)")
     parser.add_argument("--out", type=Path, help="write results to FILE.jsonl (one object per image or frame) or FILE.csv (one row per face)")
     parser.add_argument("--save-vis", type=Path, metavar="DIR", help="write annotated images (.jpg) and videos (.mp4) into DIR")
-    parser.add_argument("--device", default="cpu", help="torch device for the classifier, e.g. cpu, cuda, cuda:1 (default cpu)")
-    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch",
-                        help="run the classifier in PyTorch or ONNX Runtime (a .pt is exported in memory; default torch)")
     parser.add_argument("--tta", action="store_true", help="average each face with its mirror image (slower, slightly steadier)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per detection batch and faces per classifier batch (default 32)")
     parser.add_argument("--detect-size", type=int, default=640,
@@ -189,6 +186,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="video: smooth each tracked face's probabilities over time, FACTOR in [0, 1) is the weight of the past (0.6 if given without a value)")
     parser.add_argument("--num-shards", type=int, default=1, help="split the sorted input list into this many parts ...")
     parser.add_argument("--shard-index", type=int, default=0, help="... and process only this one (0-based)")
+    add_model_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -198,8 +196,8 @@ def run(args: argparse.Namespace) -> int:
         raise MsferError(f"--smooth must be in [0, 1), got {args.smooth}")
     items, missing = collect_inputs(args.inputs)
     items = shard(items, args.num_shards, args.shard_index)
-    recognizer = EmotionRecognizer(args.weights, device=args.device, backend=args.backend, tta=args.tta,
-                                   batch_size=args.batch_size, detect_size=args.detect_size)
+    recognizer = EmotionRecognizer(**model_options(args), tta=args.tta, batch_size=args.batch_size,
+                                   detect_size=args.detect_size)
     with ExitStack() as stack:
         writer = ResultWriter(args.out, stack)
         problems: list[str] = []

@@ -23,6 +23,7 @@ from fastapi import FastAPI, File, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
 from ..data.images import UnreadableImageError, load_rgb
+from .options import add_model_arguments, model_options
 from .recognizer import EmotionRecognizer
 
 DEFAULT_MAX_UPLOAD_MB = 10.0
@@ -32,7 +33,7 @@ SAMPLE_IMAGE = Path(__file__).parents[1] / "samples" / "astronaut.jpg"
 
 def create_app(recognizer: EmotionRecognizer | None = None, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> FastAPI:
     """The FastAPI app around ``recognizer`` (default: the bundled model on the CPU)."""
-    from .. import __version__
+    from .._version import __version__
 
     recognizer = recognizer or EmotionRecognizer()
     max_bytes = int(max_upload_mb * 1024 * 1024)
@@ -86,17 +87,15 @@ def create_app(recognizer: EmotionRecognizer | None = None, max_upload_mb: float
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
-    parser.add_argument("--weights", type=Path, help="a .pt checkpoint or an .onnx export (default: the bundled model)")
-    parser.add_argument("--device", default="cpu", help="torch device for the classifier (default cpu)")
-    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="classifier runtime (default torch)")
     parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
                         help=f"largest accepted upload in MB; larger ones get 413 (default {DEFAULT_MAX_UPLOAD_MB:g})")
+    add_model_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    recognizer = EmotionRecognizer(args.weights, device=args.device, backend=args.backend)
+    recognizer = EmotionRecognizer(**model_options(args))
     print(f"msfer serve: open http://{args.host}:{args.port}/ (Ctrl+C stops)")
     uvicorn.run(create_app(recognizer, args.max_upload_mb), host=args.host, port=args.port)
     return 0

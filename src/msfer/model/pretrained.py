@@ -9,7 +9,6 @@ a user who has them puts the torchvision file in the same folder.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 from pathlib import Path
@@ -72,12 +71,3 @@ def imagenet_weights_path(backbone: str) -> Path:
         f"ImageNet weights for {backbone} are not available offline: put torchvision's "
         f"{WEIGHT_FILES[backbone]} into {path.parent}, or train from scratch with model.pretrained=false"
     )
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = f"Target folder: $TORCH_HOME/hub/checkpoints (now {checkpoint_dir()})."
-
-
-def run(args: argparse.Namespace) -> int:
-    print(f"ImageNet MobileNetV2 weights: {setup_weights()}")
-    return 0
