@@ -1,5 +1,6 @@
 """The `msfer` command line: every command and every option explains itself."""
 import argparse
+import os
 import importlib
 
 import pytest
@@ -78,3 +79,17 @@ def test_model_options_are_checked_before_any_model_loads(tmp_path, capsys):
     assert "--backend onnx runs on the CPU" in capsys.readouterr().err
     assert main(["evaluate", "--backend", "onnx", "--data", str(tmp_path), "--format", "folder", "--out", str(tmp_path)]) == 2
     assert "--backend onnx is for the whole pipeline (--detect-faces)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, module, extra", [("serve", "fastapi", "serve"), ("export", "onnx", "export"),
+                                                    ("train", "tensorboard", "train")])
+def test_a_command_whose_extra_is_missing_says_what_to_install(command, module, extra, monkeypatch, tmp_path, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, module, None)  # as if the extra were not installed: importing it fails
+    for loaded in [name for name in sys.modules if name.startswith(("msfer.inference.service", "msfer.inference.export"))]:
+        monkeypatch.delitem(sys.modules, loaded)
+    args = {"serve": [], "export": ["--out", str(tmp_path / "m.onnx")], "train": ["--config", os.devnull]}
+    assert main([command, *args[command]]) == 2
+    err = capsys.readouterr().err
+    assert f"pip install 'msfer[{extra}]'" in err and "Traceback" not in err

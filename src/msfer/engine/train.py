@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import importlib.util
 import logging
 import math
 import random
@@ -96,6 +97,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     else:
         raise MsferError("give --config FILE for a new run, or --resume PATH to continue one")
     config["output_dir"] = str(output_dir)
+    if not args.test_only and importlib.util.find_spec("tensorboard") is None:  # fail before any data is read
+        raise MsferError("msfer train writes TensorBoard logs: install what training needs with "
+                         "pip install 'msfer[train]' (or pip install tensorboard)")
 
     device = resolve_device(config["train"]["device"])
     info = init_distributed(str(device))
