@@ -75,6 +75,7 @@ def test_holdout_is_the_papers_stratified_split_when_asked_for():
     (["data.val_split=null"], "data.val_split is null"),
     (["data.val_split=null", "data.holdout.fraction=1.5"], "data.holdout.fraction=1.5 must be a number between 0 and 1"),
     (["data.val_split=null", "data.holdout.fraction=a/b"], "data.holdout.fraction='a/b' must be a number"),
+    (["data.val_split=null", "data.holdout.fraction=1/0"], "data.holdout.fraction='1/0' must be a number"),
     (["data.val_split=null", "data.holdout={seed: 1}"], "must be null or a mapping"),
     (["data.val_split=null", "data.holdout={fraction: 0.2, sede: 1}"], "must be null or a mapping"),
     (["data.val_split=null", "data.holdout={fraction: 0.2, seed: 0.5}"], "data.holdout.seed=0.5 must be an integer"),

@@ -179,6 +179,7 @@ def validate(config: Config) -> None:
 
 
 def _drop_retired(config: Config) -> None:
+    """Remove the :data:`RETIRED` keys that hold their inert value; raise for any other value."""
     for dotted, (inert_value, acting_key) in RETIRED.items():
         section, key = dotted.rsplit(".", 1)
         parent = config.get(section)
@@ -203,8 +204,8 @@ def _check_holdout(data: Config) -> Config | None:
     fraction, seed = holdout["fraction"], holdout.get("seed", 0)
     try:
         fraction = float(Fraction(fraction)) if isinstance(fraction, str) else fraction
-    except ValueError:
-        pass
+    except (ValueError, ZeroDivisionError):
+        pass  # left as the string: the check below names it
     if not isinstance(fraction, Number) or isinstance(fraction, bool) or not 0 < fraction < 1:
         raise MsferError(f"config data.holdout.fraction={holdout['fraction']!r} must be a number between 0 and 1 "
                          "(e.g. 1/6 for the paper's 5:1)")
