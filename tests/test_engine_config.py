@@ -134,3 +134,35 @@ def test_train_cli_process_exits_2_with_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == ("msfer train: error: config train.epochs=0 is out of range: "
                                      "expected a whole number >= 1")
+
+
+def test_a_key_that_does_nothing_is_an_error():
+    # train.label_smoothing never acted (model.label_smoothing does): setting it must not pass silently ...
+    with pytest.raises(MsferError, match=re.escape("'train.label_smoothing' does nothing: set model.label_smoothing=0.1")):
+        load_config(overrides=["train.label_smoothing=0.1"])
+    # ... while the saved configs of earlier runs, which hold it at its inert 0.0, still load (for --resume).
+    config = load_config(base={"train": {"label_smoothing": 0.0, "epochs": 3}})
+    assert "label_smoothing" not in config["train"] and config["train"]["epochs"] == 3
+
+
+def test_holdout_is_the_papers_stratified_split_when_asked_for():
+    config = load_config(overrides=["data.val_split=null", "data.holdout={fraction: 1/6, seed: 3}"])
+    assert config["data"]["holdout"] == {"fraction": pytest.approx(1 / 6), "seed": 3}
+    assert load_config(overrides=["data.val_split=null", "data.holdout.fraction=0.2"])["data"]["holdout"] == \
+        {"fraction": 0.2, "seed": 0}
+    assert load_config()["data"]["holdout"] is None
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.holdout.fraction=1/6"], "data.val_split='public_test' names one too"),
+    (["data.val_split=null"], "data.val_split is null"),
+    (["data.val_split=null", "data.holdout.fraction=1.5"], "data.holdout.fraction=1.5 must be a number between 0 and 1"),
+    (["data.val_split=null", "data.holdout.fraction=a/b"], "data.holdout.fraction='a/b' must be a number"),
+    (["data.val_split=null", "data.holdout.fraction=1/0"], "data.holdout.fraction='1/0' must be a number"),
+    (["data.val_split=null", "data.holdout={seed: 1}"], "must be null or a mapping"),
+    (["data.val_split=null", "data.holdout={fraction: 0.2, sede: 1}"], "must be null or a mapping"),
+    (["data.val_split=null", "data.holdout={fraction: 0.2, seed: 0.5}"], "data.holdout.seed=0.5 must be an integer"),
+])
+def test_bad_holdouts_are_clear_errors(overrides, message):
+    with pytest.raises(MsferError, match=re.escape(message)):
+        load_config(overrides=overrides)

@@ -126,6 +126,30 @@ def test_test_only_and_clear_errors(tiny_data, tmp_path, capsys):
     assert "data.annotations is not set" in capsys.readouterr().err
 
 
+def test_holdout_validates_on_the_stratified_part_of_the_training_split(tiny_data, tmp_path):
+    from msfer.data.readers import read_dataset
+    from msfer.data.splits import stratified_split
+    from msfer.engine.config import load_config
+    from msfer.engine.train import role_samples
+
+    holdout = ["data.val_split=null", "data.holdout={fraction: 1/4, seed: 5}"]
+    data = load_config(overrides=[*TINY, f"data.root={tiny_data}", *holdout])["data"]
+    index = read_dataset(tiny_data, "folder")
+    train_part, held_out = (role_samples(index, data, role) for role in ("train_split", "val_split"))
+    assert ({s.id for s in held_out}, {s.id for s in train_part}) == tuple(
+        {s.id for s in side} for side in reversed(stratified_split([s for s in index.samples if s.split == "train"], 1 / 4, 5)))
+    assert sorted(s.label for s in held_out) == list(range(7))  # one of each class's four
+    assert not {s.id for s in held_out} & {s.id for s in train_part} and len(train_part) == 21
+    assert not any(s.id.startswith("val/") for s in train_part + held_out)  # the folder's own val split is unused
+
+    run = tmp_path / "run"
+    assert train("--config", os.devnull, "--output-dir", str(run), *TINY, f"data.root={tiny_data}", *holdout,
+                 "train.epochs=1") == 0
+    assert torch.load(run / "best.pt", weights_only=False)["metrics"]["n"] == 7
+    assert train("--resume", str(run), "--test-only") == 0  # the same holdout, from the saved config
+    assert json.loads((run / "eval_holdout" / "metrics.json").read_text())["n"] == 7
+
+
 def test_two_process_gloo_ddp(tiny_data, tmp_path):
     run = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

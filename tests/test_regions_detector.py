@@ -80,10 +80,10 @@ def test_model_path_errors_name_the_file(tmp_path):
 
 
 def test_another_export_of_the_same_form_can_be_loaded(tmp_path, detector):
-    from retinaface.weights import WEIGHTS
+    from msfer.weights import RETINAFACE_MODEL
 
     exported = tmp_path / "retinaface.onnx"
-    exported.write_bytes(WEIGHTS)
+    exported.write_bytes(RETINAFACE_MODEL.read_bytes())
     other = RetinaFaceDetector(exported, score_threshold=0.5, threads=1)
     (faces,) = other.detect([astronaut()])
     np.testing.assert_allclose(faces[0].box, detector.detect([astronaut()])[0][0].box, atol=1e-3)

@@ -3,9 +3,9 @@
 Implements Zhang, Zhang, Fu and Qi, "A Multi-scale Attention-based Facial Emotion
 Recognition Method Based on Deep Learning", Instrumentation 9(3), 2022.
 """
+from ._version import __version__
 from .labels import EMOTIONS
 
-__version__ = "0.1.0"
 __all__ = ["EMOTIONS", "EmotionRecognizer", "__version__"]
 
 

@@ -18,17 +18,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "datasets": ("msfer.data.commands", "inspect facial-expression datasets (counts, sizes, problems)"),
     "annotate": ("msfer.regions.annotate", "make emotion-region pseudo-labels with RetinaFace"),
     "train": ("msfer.engine.train", "train a model from a YAML config with key=value overrides"),
-    "evaluate": ("msfer.engine.evaluate", "measure a model on a dataset split (metrics.json, confusion matrix)"),
+    "evaluate": ("msfer.inference.evaluate", "measure a model on a dataset split (metrics.json, confusion matrix)"),
     "predict": ("msfer.inference.predict", "recognise emotions in photos, folders, videos or a webcam"),
     "export": ("msfer.inference.export", "export a model to ONNX"),
     "serve": ("msfer.inference.service", "run the REST service and its web page"),
     "report": ("msfer.inference.report", "write an HTML emotion report for a video"),
-    "setup-weights": ("msfer.model.pretrained", "put the offline ImageNet weights where torchvision finds them"),
+    "setup-weights": ("msfer.model.commands", "put the offline ImageNet weights where torchvision finds them"),
 }
+
+# Modules that only an extra of the msfer package brings (pyproject.toml): a command that needs one
+# says which extra to install instead of ending in an ImportError.
+EXTRA_OF_MODULE = {"fastapi": "serve", "uvicorn": "serve", "multipart": "serve", "python_multipart": "serve",
+                   "onnx": "export", "tensorboard": "train"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="msfer",
@@ -54,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     index = argv.index(command)
     top_args = top.parse_args(argv[:index] + [command])
     module_name, help_text = COMMANDS[command]
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        return _missing_extra(command, error)
     parser = argparse.ArgumentParser(prog=f"msfer {command}", description=help_text[0].upper() + help_text[1:] + ".")
     module.add_arguments(parser)
     try:  # intermixed: `msfer train --config X a.b=1 --overwrite c.d=2` keeps every override
@@ -70,9 +78,21 @@ def main(argv: list[str] | None = None) -> int:
     except MsferError as error:
         print(f"msfer {command}: error: {error}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as error:
+        return _missing_extra(command, error)
     except KeyboardInterrupt:
         print(f"msfer {command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _missing_extra(command: str, error: ModuleNotFoundError) -> int:
+    """Exit status 2 and what to install, for a module an extra brings; any other missing module is a bug."""
+    extra = EXTRA_OF_MODULE.get((error.name or "").split(".")[0])
+    if extra is None:
+        raise error
+    print(f"msfer {command}: error: this needs the package {error.name!r}, which msfer's '{extra}' extra installs: "
+          f"pip install 'msfer[{extra}]'", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

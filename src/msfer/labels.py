@@ -50,10 +50,5 @@ def canonical_emotion(name: str) -> str:
         ) from None
 
 
-def emotion_index(name: str) -> int:
-    """Index of ``name`` in :data:`EMOTIONS`, after :func:`canonical_emotion`."""
-    return EMOTION_INDEX[canonical_emotion(name)]
-
-
 def region_names(merge_eyes: bool = False) -> tuple[str, ...]:
     return MERGED_EYES_REGION_NAMES if merge_eyes else REGION_NAMES

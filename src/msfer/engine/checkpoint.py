@@ -21,7 +21,6 @@ refuses to write what it could not read back.
 from __future__ import annotations
 
 import contextlib
-import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -29,12 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..errors import MsferError
 from ..labels import EMOTIONS
 from .files import write_atomic
-
-CHECKPOINT_NAMES = ("best.pt", "last.pt")
 
 
 def describe(model: torch.nn.Module, config: dict, metrics: dict | None = None) -> dict[str, Any]:

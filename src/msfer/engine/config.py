@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import re
+from fractions import Fraction
 from numbers import Number
 from pathlib import Path
 from typing import Any, Iterable
@@ -40,6 +41,10 @@ DEFAULTS: Config = {
         "train_split": "train",
         # The split used for model selection (best.pt). It is validation: never the split you report as test.
         "val_split": "public_test",
+        # For a dataset without a validation split (RAF-DB, CK+, a folder tree): validate on a seeded,
+        # class-stratified part of train_split instead, e.g. {fraction: 1/6, seed: 0}, the paper's 5:1
+        # (msfer.data.splits.stratified_split); train on the rest. Needs val_split: null.
+        "holdout": None,
         "annotations": None,  # JSONL of `msfer annotate`: region targets for the detector
         "soft_labels": False,  # train on Sample.soft_label (e.g. FER+ vote distributions)
         "balanced_sampling": False,  # draw classes equally often (sampling with replacement)
@@ -72,7 +77,6 @@ DEFAULTS: Config = {
         "momentum": 0.9,  # sgd only
         "schedule": "onecycle",  # onecycle | cosine | none
         "warmup_epochs": 1.0,  # linear warm-up (onecycle: its rising phase)
-        "label_smoothing": 0.0,
         "class_weights": "none",  # none | balanced (inverse class frequency in the emotion loss)
         "grad_clip": None,  # max gradient norm
         "amp": False,  # false | bf16 | fp16 (CUDA only; bf16 needs no loss scaling)
@@ -124,7 +128,6 @@ RANGES: dict[str, Range] = {
     "train.weight_decay": Range(0),
     "train.momentum": Range(0, 1, high_open=True),
     "train.warmup_epochs": Range(0),
-    "train.label_smoothing": Range(0, 1, high_open=True),
     "train.grad_clip": Range(0, low_open=True, nullable=True),
     "train.ema": Range(0, 1, low_open=True, high_open=True, nullable=True),
     "train.seed": Range(0, 2**32 - 1, whole=True),  # what numpy's global seed accepts
@@ -140,6 +143,11 @@ PAIRS: dict[str, Range] = {
 }
 # Paths that may be unset.
 PATHS = ("data.root", "data.annotations")
+
+# Keys that once existed but never acted -> (the value they always had, the key that acts). Saved
+# configs still hold them at that value, which is dropped (it changed nothing); any other value is
+# an error, since a setting that is silently ignored is worse than none.
+RETIRED: dict[str, tuple[Any, str]] = {"train.label_smoothing": (0.0, "model.label_smoothing")}
 
 
 class _Loader(yaml.SafeLoader):
@@ -199,6 +207,7 @@ def parse_override(text: str) -> Config:
 
 def validate(config: Config) -> None:
     """Raise :class:`MsferError` for keys the schema does not know and values of the wrong type or out of range."""
+    _drop_retired(config)
     _check_keys(config, DEFAULTS, prefix="")
     for key, allowed in CHOICES.items():
         value = get(config, key)
@@ -212,6 +221,51 @@ def validate(config: Config) -> None:
         value = get(config, key)
         if value is not None and not isinstance(value, str):
             raise MsferError(f"config {key}={value!r} has the wrong type: expected a path or null")
+    config["data"]["holdout"] = _check_holdout(config["data"])
+
+
+def _drop_retired(config: Config) -> None:
+    """Remove the :data:`RETIRED` keys that hold their inert value; raise for any other value."""
+    for dotted, (inert_value, acting_key) in RETIRED.items():
+        section, key = dotted.rsplit(".", 1)
+        parent = config.get(section)
+        if not isinstance(parent, dict) or key not in parent:
+            continue
+        if parent[key] != inert_value:
+            raise MsferError(f"config key {dotted!r} does nothing: set {acting_key}={parent[key]!r} instead")
+        del parent[key]
+
+
+def _check_holdout(data: Config) -> Config | None:
+    """``data.holdout`` checked and completed (``seed`` defaults to 0; ``fraction`` may be written ``1/6``)."""
+    holdout = data["holdout"]
+    if holdout is None:
+        if data["val_split"] is None:
+            raise MsferError("config data.val_split is null: name the validation split, or validate on a "
+                             "part of the training split with data.holdout={fraction: 1/6, seed: 0}")
+        return None
+    if not isinstance(holdout, dict) or "fraction" not in holdout or set(holdout) - {"fraction", "seed"}:
+        raise MsferError(f"config data.holdout={holdout!r} must be null or a mapping {{fraction: F, seed: N}} "
+                         "(e.g. {fraction: 1/6, seed: 0}, the paper's 5:1)")
+    fraction, seed = holdout["fraction"], holdout.get("seed", 0)
+    try:
+        fraction = float(Fraction(fraction)) if isinstance(fraction, str) else fraction
+    except (ValueError, ZeroDivisionError):
+        pass  # left as the string: the check below names it
+    if not isinstance(fraction, Number) or isinstance(fraction, bool) or not 0 < fraction < 1:
+        raise MsferError(f"config data.holdout.fraction={holdout['fraction']!r} must be a number between 0 and 1 "
+                         "(e.g. 1/6 for the paper's 5:1)")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise MsferError(f"config data.holdout.seed={seed!r} must be an integer")
+    if data["val_split"] is not None:
+        raise MsferError(f"config data.holdout takes the validation samples from data.train_split, but "
+                         f"data.val_split={data['val_split']!r} names one too: set data.val_split=null")
+    return {"fraction": float(fraction), "seed": seed}
+
+
+def validation_name(config: Config) -> str:
+    """What the validation split is called in outputs: ``data.val_split``, or ``holdout``."""
+    return config["data"]["val_split"] or "holdout"
 
 
 def get(config: Config, dotted_key: str) -> Any:

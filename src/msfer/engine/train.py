@@ -6,7 +6,8 @@
     torchrun --nproc_per_node 4 -m msfer.cli train --config configs/gpu.yaml   # data-parallel
 
 Outputs in ``output_dir``: ``config.yaml`` (the full merged config), ``last.pt`` (every
-epoch) and ``best.pt`` (best ``train.select_metric`` on ``data.val_split``), ``metrics.csv``,
+epoch) and ``best.pt`` (best ``train.select_metric`` on the validation split: ``data.val_split``,
+or with ``data.holdout`` a seeded, class-stratified part of the training split), ``metrics.csv``,
 TensorBoard events in ``tensorboard/``.
 
 Design choices:
@@ -41,6 +42,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import importlib.util
 import logging
 import math
 import random
@@ -57,7 +59,7 @@ from ..errors import MsferError
 from ..labels import EMOTIONS, NUM_EMOTIONS
 from .augment import BatchAugment
 from .checkpoint import describe, load_checkpoint, load_model, resolve_checkpoint, save_checkpoint
-from .config import Config, load_config, save_config
+from .config import Config, load_config, save_config, validation_name
 from .datasets import FaceDataset
 from .distributed import DistInfo, EpochSampler, all_gather_objects, cleanup_distributed, init_distributed, mean_over_ranks
 from .evaluate import autocast, predict_split, resolve_device, split_metrics
@@ -70,12 +72,6 @@ CSV_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_overall_accuracy", "
               "epoch_seconds", "train_images_per_second")
 # What a run writes in its output directory (and --overwrite removes): nothing else there is touched.
 RUN_FILES = ("config.yaml", "metrics.csv", "best.pt", "last.pt")
-
-
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Train an msfer model.", add_help=add_help)
-    add_arguments(parser)
-    return parser
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,6 +108,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     else:
         raise MsferError("give --config FILE for a new run, or --resume PATH to continue one")
     config["output_dir"] = str(output_dir)
+    if not args.test_only and importlib.util.find_spec("tensorboard") is None:  # fail before any data is read
+        raise MsferError("msfer train writes TensorBoard logs: install what training needs with "
+                         "pip install 'msfer[train]' (or pip install tensorboard)")
 
     device = resolve_device(config["train"]["device"])
     info = init_distributed(str(device))
@@ -212,10 +211,7 @@ def build_datasets(config: Config, model: torch.nn.Module, roles: tuple[str, ...
     annotations = load_annotations(data["annotations"]) if data["annotations"] else None
     datasets = {}
     for role in roles:
-        samples = [s for s in index.samples if s.split == data[role]]
-        if not samples:
-            raise MsferError(f"data.{role}={data[role]!r} has no samples in {data['root']}; "
-                             f"splits present: {', '.join(index.splits())}")
+        samples = role_samples(index, data, role)
         # A fixed subset (the same for every seed), and never of the validation split: numbers stay comparable.
         if data["limit"] and role == "train_split" and len(samples) > data["limit"]:
             keep = np.random.default_rng(0).choice(len(samples), data["limit"], replace=False)
@@ -231,13 +227,29 @@ def build_datasets(config: Config, model: torch.nn.Module, roles: tuple[str, ...
     return datasets
 
 
+def role_samples(index, data: Config, role: str) -> list:
+    """The samples of ``role`` (``train_split`` or ``val_split``); with ``data.holdout``, the two sides of
+    :func:`msfer.data.splits.stratified_split` of the training split."""
+    from ..data.splits import stratified_split
+
+    source = "train_split" if data["holdout"] else role
+    samples = [s for s in index.samples if s.split == data[source]]
+    if not samples:
+        raise MsferError(f"data.{source}={data[source]!r} has no samples in {data['root']}; "
+                         f"splits present: {', '.join(index.splits())}")
+    if data["holdout"]:
+        train, held_out = stratified_split(samples, data["holdout"]["fraction"], data["holdout"]["seed"])
+        samples = train if role == "train_split" else held_out
+    return samples
+
+
 def test_only(config: Config, checkpoint_path: Path, output_dir: Path, device: torch.device, info: DistInfo) -> dict:
     """Evaluate a checkpoint on the validation split; write the report under ``output_dir/eval_<split>``."""
     model, _ = load_model(checkpoint_path, device)
     val_set = build_datasets(config, model, ("val_split",), info)["val_split"]
     metrics = validate(model, val_set, config, device, info)
     if info.is_main:
-        write_report(metrics, output_dir / f"eval_{config['data']['val_split']}", EMOTIONS)
+        write_report(metrics, output_dir / f"eval_{validation_name(config)}", EMOTIONS)
     return metrics
 
 
@@ -446,7 +458,7 @@ class Trainer:
             log.info("training %s for epochs %d..%d on %s (%d process%s); %d train / %d validation (%s) images",
                      self.config["model"].get("name", "model"), self.start_epoch + 1, train["epochs"], self.device,
                      info.world_size, "es" if info.enabled else "", len(self.train_set), len(self.val_set),
-                     self.config["data"]["val_split"])
+                     validation_name(self.config))
         self._resumed = None  # no need to hold its optimizer state and weights twice
         started, epoch_times = time.monotonic(), []
         stopped_early = False
@@ -473,7 +485,7 @@ class Trainer:
                    "best_validation": self.best["metrics"], "stopped_by_time_budget": stopped_early,
                    "minutes": (time.monotonic() - started) / 60, "output_dir": str(self.output_dir)}
         if info.is_main and self.best["metrics"]:
-            print(f"best epoch {self.best['epoch']} on validation split {self.config['data']['val_split']!r}:")
+            print(f"best epoch {self.best['epoch']} on validation split {validation_name(self.config)!r}:")
             print(format_table(self.best["metrics"]))
             print(f"checkpoints: {self.output_dir / 'best.pt'} (best), {self.output_dir / 'last.pt'} (last)")
         return summary

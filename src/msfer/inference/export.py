@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..errors import MsferError
 from ..labels import EMOTIONS
+from .options import add_model_arguments
 
 OUTPUT_NAMES = ("logits", "boxes", "box_scores", "fallback")
 DEFAULT_OPSET = 17
@@ -56,7 +57,7 @@ def onnx_bytes(model, source: str | Path, opset: int = DEFAULT_OPSET) -> bytes:
     except Exception as error:  # the exporter raises many types; the user needs the model and the reason
         raise MsferError(f"cannot export {source} to ONNX: {error}") from error
     proto = onnx.load_from_string(buffer.getvalue())
-    from .. import __version__
+    from .._version import __version__
 
     metadata = {
         "classes": list(EMOTIONS),
@@ -91,8 +92,9 @@ def export_onnx(weights: str | Path | None, out: str | Path, opset: int = DEFAUL
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=["onnx"], default="onnx", help="export format (only onnx)")
     parser.add_argument("--out", required=True, type=Path, help="the file to write, e.g. model.onnx")
-    parser.add_argument("--weights", type=Path, help="checkpoint of 'msfer train' (default: the bundled model)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, 17 or newer (default {DEFAULT_OPSET})")
+    # The export traces the PyTorch model on the CPU: --device and --backend would change nothing.
+    add_model_arguments(parser, device=False, backend=False)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -47,6 +47,7 @@ from ..data.images import IMAGE_EXTENSIONS
 from ..errors import MsferError
 from ..labels import EMOTIONS
 from ..outputs import InputFiles, atomic_output, existing_out_mode, printable, source_fields
+from .options import add_model_arguments, model_options
 from .recognizer import DEFAULT_MIN_FACE, EmotionRecognizer, FaceResult, to_rgb_array
 from .video import AnnotatedVideoWriter, VideoFrame, VideoSource, is_video, predict_video, probe_video
 from .visualize import draw_faces
@@ -378,7 +379,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="*", type=Path, metavar="INPUT",
                         help="image files, folders (searched recursively) and video files")
     parser.add_argument("--webcam", type=int, metavar="N", help="also read webcam N (0 is the first); stop with Ctrl+C")
-    parser.add_argument("--weights", type=Path, help="a .pt checkpoint or an .onnx export (default: the bundled model)")
     parser.add_argument("--out", type=Path, help="write results to FILE.jsonl (one object per image or frame) or FILE.csv (one row per face)")
     parser.add_argument("--resume", action="store_true",
                         help="--out exists: continue it, skipping the inputs it already has")
@@ -386,9 +386,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-vis", type=Path, metavar="DIR",
                         help="write annotated copies into DIR: NAME.msfer.jpg per image, NAME.msfer.mp4 per video, "
                              "at the inputs' relative paths")
-    parser.add_argument("--device", default="cpu", help="torch device for the classifier, e.g. cpu, cuda, cuda:1 (default cpu)")
-    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch",
-                        help="run the classifier in PyTorch or ONNX Runtime (a .pt is exported in memory; default torch)")
     parser.add_argument("--tta", action="store_true", help="average each face with its mirror image (slower, slightly steadier)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per detection batch and faces per classifier batch (default 32)")
     parser.add_argument("--detect-size", type=int, default=640,
@@ -401,6 +398,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="video: smooth each tracked face's probabilities over time, FACTOR in [0, 1) is the weight of the past (0.6 if given without a value)")
     parser.add_argument("--num-shards", type=int, default=1, help="split the sorted input list into this many parts ...")
     parser.add_argument("--shard-index", type=int, default=0, help="... and process only this one (0-based)")
+    add_model_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -420,8 +418,8 @@ def run(args: argparse.Namespace) -> int:
     if args.save_vis is not None and args.save_vis.exists() and not args.save_vis.is_dir():
         raise MsferError(f"--save-vis {printable(args.save_vis)} is a file; give a folder")
     check_outputs(args, inputs, items)
-    recognizer = EmotionRecognizer(args.weights, device=args.device, backend=args.backend, tta=args.tta,
-                                   batch_size=args.batch_size, detect_size=args.detect_size, min_face=args.min_face)
+    recognizer = EmotionRecognizer(**model_options(args), tta=args.tta, batch_size=args.batch_size,
+                                   detect_size=args.detect_size, min_face=args.min_face)
     with ExitStack() as stack:
         writer = ResultWriter(args.out, stack, mode)
         problems: list[str] = []

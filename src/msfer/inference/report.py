@@ -24,6 +24,7 @@ from tqdm import tqdm
 from ..errors import MsferError
 from ..labels import EMOTIONS
 from ..outputs import InputFiles, atomic_output, printable
+from .options import add_model_arguments, model_options
 from .predict import ResultWriter
 from .recognizer import DEFAULT_MIN_FACE, EmotionRecognizer
 from .video import VideoFrame, VideoSource, predict_video
@@ -179,15 +180,13 @@ img {{ max-width: 100%; display: block; margin: 0.5em 0; }}
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("video", type=Path, metavar="VIDEO", help="the video file to analyse")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for report.html, its plots and frames.jsonl")
-    parser.add_argument("--weights", type=Path, help="a .pt checkpoint or an .onnx export (default: the bundled model)")
-    parser.add_argument("--device", default="cpu", help="torch device for the classifier (default cpu)")
-    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="classifier runtime (default torch)")
     parser.add_argument("--every", type=int, default=1, metavar="N", help="process every N-th frame (default 1, all)")
     parser.add_argument("--smooth", type=float, default=0.6, metavar="FACTOR",
                         help="weight of the past in each face's moving average of probabilities, in [0, 1); 0 is off (default 0.6)")
     parser.add_argument("--detect-size", type=int, default=640, help="longest side of the copy the face detector sees (default 640)")
     parser.add_argument("--min-face", type=float, default=DEFAULT_MIN_FACE, metavar="PX",
                         help=f"smallest face (pixels) to find in large frames (default {DEFAULT_MIN_FACE:g}; 0: no finer pass)")
+    add_model_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -199,8 +198,7 @@ def run(args: argparse.Namespace) -> int:
         inputs.refuse(args.out / name, "--out")
     if args.video.name.startswith("timeline_") and args.video.suffix == ".png":
         inputs.refuse(args.out / args.video.name, "--out")
-    recognizer = EmotionRecognizer(args.weights, device=args.device, backend=args.backend, detect_size=args.detect_size,
-                                   min_face=args.min_face)
+    recognizer = EmotionRecognizer(**model_options(args), detect_size=args.detect_size, min_face=args.min_face)
     with VideoSource(args.video) as video, tqdm(total=video.frame_count, desc=printable(args.video.name), unit="frame") as progress:
         frames = []
         for frame in predict_video(recognizer, video, args.every, args.smooth):

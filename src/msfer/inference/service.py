@@ -40,6 +40,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
 from ..data.images import UnreadableImageError, load_rgb
+from .options import add_model_arguments, model_options
 from .recognizer import EmotionRecognizer
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def create_app(
     max_queue: int = DEFAULT_MAX_QUEUE,
 ) -> FastAPI:
     """The FastAPI app around ``recognizer`` (default: the bundled model on the CPU), with the limits above."""
-    from .. import __version__
+    from .._version import __version__
 
     recognizer = recognizer or EmotionRecognizer()
     max_bytes = int(max_upload_mb * 1024 * 1024)
@@ -213,9 +214,6 @@ def create_app(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
-    parser.add_argument("--weights", type=Path, help="a .pt checkpoint or an .onnx export (default: the bundled model)")
-    parser.add_argument("--device", default="cpu", help="torch device for the classifier (default cpu)")
-    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="classifier runtime (default torch)")
     parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
                         help=f"largest accepted request body in MB; larger ones get 413 (default {DEFAULT_MAX_UPLOAD_MB:g})")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
@@ -225,6 +223,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"requests decoded and recognised at once (default {DEFAULT_MAX_CONCURRENT})")
     parser.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
                         help=f"requests that wait for a turn; more get 503 with Retry-After (default {DEFAULT_MAX_QUEUE})")
+    add_model_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -235,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_upload_mb <= 0 or args.max_pixels < 1 or args.max_concurrent < 1 or args.max_queue < 0:
         raise MsferError("--max-upload-mb and --max-pixels must be positive, --max-concurrent at least 1, "
                          "--max-queue 0 or more")
-    recognizer = EmotionRecognizer(args.weights, device=args.device, backend=args.backend)
+    recognizer = EmotionRecognizer(**model_options(args))
     print(f"msfer serve: open http://{args.host}:{args.port}/ (Ctrl+C stops)")
     app = create_app(recognizer, args.max_upload_mb, args.max_pixels, args.max_concurrent, args.max_queue)
     uvicorn.run(app, host=args.host, port=args.port)

@@ -21,9 +21,7 @@ BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2")
 
 
 class Backbone(nn.Module):
-    """``stages`` run in sequence; each returns one of C3, C4, C5 (``out_channels``)."""
-
-    strides = (8, 16, 32)
+    """``stages`` run in sequence; each returns one of C3, C4, C5 (``out_channels``), at strides 8, 16, 32."""
 
     def __init__(self, stem: nn.Module, stages: list[nn.Module], out_channels: list[int]) -> None:
         super().__init__()

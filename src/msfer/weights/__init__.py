@@ -1,8 +1,10 @@
-"""The trained model bundled with msfer, and the figures recorded when it was bundled.
+"""The models bundled with msfer, and the figures recorded when the emotion model was bundled.
 
 ``msfer_fer2013.pt`` is a slim, half-precision export of the shipped run's ``best.pt``
 (``scripts/bundle_model.py``); ``msfer_fer2013.json`` records its validation numbers and its
 accuracy on a fixed sample of FER2013 public_test, which the tests check it still reaches.
+``retinaface_mnet025.onnx`` is the face detector's default model (RetinaFace MobileNet-0.25,
+MIT; its source and licence are in ``retinaface_mnet025.NOTICE.md`` beside it).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from ..errors import MsferError
 
 BUNDLED_MODEL = Path(__file__).with_name("msfer_fer2013.pt")
 BUNDLED_RECORD = BUNDLED_MODEL.with_suffix(".json")
+RETINAFACE_MODEL = Path(__file__).with_name("retinaface_mnet025.onnx")
 SAMPLE_SPLIT, SAMPLE_SIZE, SAMPLE_SEED = "public_test", 500, 0
 
 

@@ -1,0 +1,138 @@
+"""``msfer evaluate``: measure a model on one split of a dataset.
+
+    msfer evaluate --data /data/fer2013 --format fer2013 --split public_test --out eval/ [--weights W] [--tta]
+
+Writes ``OUT/metrics.json`` and ``OUT/confusion_matrix.png`` and prints the per-class
+table (see :mod:`msfer.engine.metrics`). Face crops (FER2013 style) go through the
+engine's split evaluation (:func:`msfer.engine.evaluate.predict_split`, which is also the
+validation step of ``msfer train``). With ``--annotations`` (the ``msfer annotate`` file
+of that dataset) it also scores the learned region detector against the pseudo-labels,
+and ``--regions pseudo`` runs the head on those pseudo-label regions instead of the
+detector's (the ablation "pseudo-label regions at test time"). ``--detect-faces``
+measures the whole pipeline on uncropped photos instead
+(:func:`msfer.inference.detect_eval.evaluate_with_detection`).
+
+This command sits in the inference layer because it composes both: the engine never
+imports the inference layer.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..engine.calibration import DECISION_RULES
+from ..errors import MsferError
+from ..labels import EMOTIONS
+from .options import add_model_arguments, model_options
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="dataset root (or file, for CSV formats)")
+    parser.add_argument("--format", required=True, help="dataset format, e.g. fer2013, rafdb, ferplus, folder")
+    parser.add_argument("--split", default=None,
+                        help="split to evaluate (e.g. public_test, test); default: every sample of the dataset")
+    parser.add_argument("--out", type=Path, required=True, help="folder for metrics.json and confusion_matrix.png")
+    parser.add_argument("--tta", action="store_true", help="horizontal-flip test-time augmentation (mean of both softmaxes)")
+    parser.add_argument("--annotations", type=Path, default=None,
+                        help="region pseudo-labels (JSONL of 'msfer annotate') to score the region detector against")
+    parser.add_argument("--regions", choices=("model", "pseudo"), default="model",
+                        help="regions for the head: the model's own (default) or the --annotations pseudo-labels")
+    parser.add_argument("--decision", choices=DECISION_RULES, default="argmax",
+                        help="decision rule: the most probable emotion (default), or 'balanced' (the class-prior "
+                             "adjustment of a bundled model: higher mean class accuracy; probabilities unchanged)")
+    parser.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default 128)")
+    parser.add_argument("--num-workers", type=int, default=2, help="data-loading worker processes (default 2)")
+    parser.add_argument("--detect-faces", action="store_true",
+                        help="uncropped photos (JAFFE style): find faces with RetinaFace and classify the largest; "
+                             "a photo without a detected face counts as wrong (see 'detection' in metrics.json)")
+    add_model_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..weights import default_weights_path
+
+    if args.regions == "pseudo" and args.annotations is None:
+        raise MsferError("--regions pseudo needs --annotations FILE (the pseudo-labels of this dataset)")
+    options = model_options(args)
+    options["weights"] = options["weights"] or default_weights_path()
+    if args.detect_faces:
+        return _evaluate_photos(args, options)
+    if options["backend"] != "torch":
+        raise MsferError("--backend onnx is for the whole pipeline (--detect-faces): the evaluation of face crops "
+                         "reads the PyTorch model's region outputs")
+    return _evaluate_crops(args, options)
+
+
+def _evaluate_crops(args: argparse.Namespace, options: dict) -> int:
+    """Face crops through the engine's split evaluation (the same code as ``msfer train``'s validation)."""
+    import torch
+
+    from ..engine.checkpoint import load_model
+    from ..engine.datasets import FaceDataset
+    from ..engine.evaluate import predict_split, split_metrics
+    from ..regions.annotations import load_annotations
+
+    device, weights = torch.device(options["device"]), options["weights"]
+    overrides = {"region_source": "pseudo"} if args.regions == "pseudo" else None
+    model, meta = load_model(weights, device, model_overrides=overrides)
+    samples = _split_samples(args)
+    annotations = load_annotations(args.annotations) if args.annotations else None
+    dataset = FaceDataset(samples, model.input_size, model.region_names, annotations)
+    predictions = predict_split(model, dataset, device, args.batch_size, tta=args.tta,
+                                pseudo_regions=args.regions == "pseudo", num_workers=args.num_workers)
+    has_detector = getattr(model, "detector", None) is not None
+    metrics = split_metrics(predictions, model.region_names, score_regions=has_detector and annotations is not None,
+                            balanced_offsets=balanced_offsets(model, weights, args.decision), decision=args.decision)
+    metrics.update({"weights": str(weights), "data": str(args.data), "format": args.format, "split": args.split,
+                    "tta": args.tta, "regions": args.regions,
+                    "model_calibration": (meta.get("calibration") or {}).get("method"),
+                    "balanced_tau": (meta.get("calibration") or {}).get("balanced_tau")})
+    return _write(metrics, args.out, predictions)
+
+
+def balanced_offsets(model, weights: Path, decision: str) -> list[float] | None:
+    """The model's balanced-decision offsets, or None when it has none (they are fitted when a model is bundled)."""
+    offsets = model.balanced_offsets.float().cpu()
+    if not offsets.abs().sum():
+        if decision == "balanced":
+            raise MsferError(f"{weights} has no balanced decision rule (it is fitted by scripts/bundle_model.py): "
+                             "use --decision argmax")
+        return None
+    return offsets.tolist()
+
+
+def _evaluate_photos(args: argparse.Namespace, options: dict) -> int:
+    """The whole pipeline (detection, then classification of the largest face) on uncropped photos."""
+    from .detect_eval import evaluate_with_detection
+    from .recognizer import EmotionRecognizer
+
+    samples = _split_samples(args)
+    recognizer = EmotionRecognizer(**options, tta=args.tta, batch_size=args.batch_size)
+    metrics = evaluate_with_detection(recognizer, samples)
+    metrics.update({"weights": str(options["weights"]), "data": str(args.data), "format": args.format,
+                    "split": args.split, "tta": args.tta, "backend": options["backend"], "detect_faces": True})
+    return _write(metrics, args.out)
+
+
+def _split_samples(args: argparse.Namespace) -> list:
+    from ..data.readers import read_dataset
+
+    index = read_dataset(args.data, args.format)
+    samples = [s for s in index.samples if args.split is None or s.split == args.split]
+    if not samples:
+        raise MsferError(f"no samples in split {args.split!r} of {args.data}; splits present: {', '.join(index.splits())}")
+    return samples
+
+
+def _write(metrics: dict, out: Path, predictions: dict | None = None) -> int:
+    from ..engine.metrics import write_report
+
+    path = write_report(metrics, out, EMOTIONS)
+    written = [path, out / "confusion_matrix.png"]
+    if predictions is not None and len(predictions["y_true"]):
+        from ..engine.calibration import plot_reliability
+
+        plot_reliability(predictions["probs"], predictions["y_true"], out / "reliability.png")
+        written.append(out / "reliability.png")
+    print("wrote " + ", ".join(map(str, written)))
+    return 0

@@ -1,0 +1,49 @@
+"""The command-line options of every command that loads an emotion model: one set, one set of defaults.
+
+``predict``, ``evaluate``, ``serve``, ``report`` and ``export`` all take ``--weights``
+(default: the bundled model); those that run the model also take ``--device`` (default
+``auto``: CUDA when available, else the CPU; the face detector always runs on the CPU)
+and ``--backend`` (``torch`` or ``onnx``; ONNX Runtime runs on the CPU).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import MsferError
+
+BACKENDS = ("torch", "onnx")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, device: bool = True, backend: bool = True) -> None:
+    """Add ``--weights`` and, unless the command cannot honour them, ``--device`` and ``--backend``."""
+    group = parser.add_argument_group("model")
+    onnx = ", or an .onnx file of 'msfer export' (with --backend onnx)" if backend else ""
+    group.add_argument("--weights", type=Path, default=None, metavar="PATH",
+                       help=f"a .pt checkpoint of 'msfer train' or its run directory (best.pt){onnx}; "
+                            "default: the bundled model")
+    if device:
+        group.add_argument("--device", default="auto",
+                           help="torch device for the classifier: auto (CUDA if available, else cpu), cpu, cuda or "
+                                "cuda:N; default auto")
+    if backend:
+        group.add_argument("--backend", choices=BACKENDS, default="torch",
+                           help="classifier runtime: torch, or onnx (ONNX Runtime on the CPU; a .pt is exported "
+                                "in memory); default torch")
+
+
+def model_options(args: argparse.Namespace) -> dict:
+    """``weights``, ``device`` (resolved) and ``backend`` of parsed options, as keyword arguments of
+    :class:`msfer.inference.recognizer.EmotionRecognizer`.
+
+    Raises :class:`MsferError` for a CUDA device where there is none, or a device other than
+    the CPU with the ONNX backend (it would be ignored).
+    """
+    backend, device = getattr(args, "backend", "torch"), getattr(args, "device", "auto")
+    if backend == "onnx":
+        if device not in ("auto", "cpu"):
+            raise MsferError(f"--backend onnx runs on the CPU (ONNX Runtime): drop --device {device}")
+        return {"weights": args.weights, "device": "cpu", "backend": backend}
+    from ..engine.evaluate import resolve_device
+
+    return {"weights": args.weights, "device": str(resolve_device(device)), "backend": backend}

@@ -1,0 +1,78 @@
+"""The layers of msfer point one way: data -> regions -> model -> engine -> inference -> cli.
+
+Every import in the package is read from its source with ``ast`` (imports inside functions
+included, since those hide cycles from Python itself) and none may reach a higher layer.
+"""
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "msfer"
+
+# Lowest first. The base modules hold what every layer shares (names, errors, the version, the
+# bundled files' paths); the package root is the public facade, so it counts as the top.
+LAYERS = ["base", "data", "regions", "model", "engine", "inference", "cli"]
+LAYER_OF = {
+    "msfer._version": "base", "msfer.errors": "base", "msfer.labels": "base", "msfer.weights": "base",
+    "msfer.data": "data", "msfer.regions": "regions", "msfer.model": "model", "msfer.engine": "engine",
+    "msfer.inference": "inference", "msfer.cli": "cli", "msfer": "cli",
+}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def layer(module: str) -> str:
+    """The layer of a module: that of its longest listed prefix (``msfer`` itself only when nothing longer is)."""
+    prefixes = [name for name in LAYER_OF if module == name or module.startswith(name + ".")]
+    return LAYER_OF[max(prefixes, key=len)]
+
+
+def imported_modules(module: str, path: Path) -> list[tuple[int, str]]:
+    """(line, absolute module name) of every msfer module that ``module`` imports, anywhere in its code."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            for alias in node.names:
+                # `from .. import name` imports the submodule `name` if there is one, else an attribute of the package
+                submodule = f"{base}.{alias.name}"
+                found.append((node.lineno, submodule if submodule in MODULES else base))
+    return [(line, name) for line, name in found if name == "msfer" or name.startswith("msfer.")]
+
+
+def test_every_module_has_a_layer():
+    assert "msfer.engine.train" in MODULES and "msfer.inference.recognizer" in MODULES  # the walk found the package
+    for module in MODULES:
+        assert any(module == name or module.startswith(name + ".") for name in LAYER_OF if name != "msfer") \
+            or module == "msfer", f"{module} belongs to no layer: add it to LAYER_OF"
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_imports_point_down(module):
+    own = LAYERS.index(layer(module))
+    upward = [f"line {line}: {name} ({layer(name)})" for line, name in imported_modules(module, MODULES[module])
+              if LAYERS.index(layer(name)) > own]
+    assert not upward, f"{module} ({layer(module)}) imports from a higher layer: " + "; ".join(upward)
+
+
+def test_the_check_sees_imports_inside_functions(tmp_path):
+    # The old engine.evaluate imported inference inside a function: exactly what the test must catch.
+    source = tmp_path / "probe.py"
+    source.write_text("def run():\n    from ..inference.detect_eval import evaluate_with_detection\n"
+                      "    from .. import __version__\n")
+    found = imported_modules("msfer.engine.probe", source)
+    assert found == [(2, "msfer.inference.detect_eval"), (3, "msfer")]
+    assert [layer(name) for _, name in found] == ["inference", "cli"]  # both above the engine
