@@ -10,11 +10,13 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "msfer"
 
-# Lowest first. The base modules hold what every layer shares (names, errors, the version, the
-# bundled files' paths); the package root is the public facade, so it counts as the top.
+# Lowest first. The base modules hold what every layer shares (names, errors, the version, value
+# checks, safe output files, the bundled files' paths); the package root is the public facade, so
+# it counts as the top.
 LAYERS = ["base", "data", "regions", "model", "engine", "inference", "cli"]
 LAYER_OF = {
     "msfer._version": "base", "msfer.errors": "base", "msfer.labels": "base", "msfer.weights": "base",
+    "msfer.outputs": "base", "msfer.values": "base",
     "msfer.data": "data", "msfer.regions": "regions", "msfer.model": "model", "msfer.engine": "engine",
     "msfer.inference": "inference", "msfer.cli": "cli", "msfer": "cli",
 }

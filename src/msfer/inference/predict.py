@@ -406,6 +406,7 @@ def run(args: argparse.Namespace) -> int:
         raise MsferError("give at least one INPUT (image, folder or video) or --webcam N")
     if not 0.0 <= args.smooth < 1.0:
         raise MsferError(f"--smooth must be in [0, 1), got {args.smooth}")
+    options = model_options(args)  # a bad option is an error before any file is looked at
     ResultWriter.format_of(args.out)
     mode = existing_out_mode(args.out, args.resume, args.overwrite)
     inputs = collect_inputs(args.inputs)
@@ -418,7 +419,7 @@ def run(args: argparse.Namespace) -> int:
     if args.save_vis is not None and args.save_vis.exists() and not args.save_vis.is_dir():
         raise MsferError(f"--save-vis {printable(args.save_vis)} is a file; give a folder")
     check_outputs(args, inputs, items)
-    recognizer = EmotionRecognizer(**model_options(args), tta=args.tta, batch_size=args.batch_size,
+    recognizer = EmotionRecognizer(**options, tta=args.tta, batch_size=args.batch_size,
                                    detect_size=args.detect_size, min_face=args.min_face)
     with ExitStack() as stack:
         writer = ResultWriter(args.out, stack, mode)
