@@ -39,7 +39,8 @@ def test_one_face_with_every_field(recognizer, astronaut_file):
     for region in face.regions.values():  # mapped back from crop pixels: inside the face crop, in image pixels
         assert inside(region, face.box, slack=crop_side / 2) and region[2] > region[0] and region[3] > region[1]
     record = face.to_dict()
-    assert set(record) == {"box", "score", "landmarks", "regions", "probs", "label", "confidence"}
+    assert set(record) == {"box", "score", "landmarks", "regions", "probs", "label", "confidence", "decision", "face_size",
+                           "sharpness", "roll", "yaw", "quality", "quality_issues"}
     json.dumps(record)
 
 

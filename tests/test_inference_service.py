@@ -70,7 +70,8 @@ def test_predict_returns_the_faces(client, astronaut):
     result = response.json()
     assert (result["source"], result["width"], result["height"]) == ("astronaut.jpg", 512, 512)
     assert len(result["faces"]) == 1
-    assert set(result["faces"][0]) == {"box", "score", "landmarks", "regions", "probs", "label", "confidence"}
+    assert set(result["faces"][0]) == {"box", "score", "landmarks", "regions", "probs", "label", "confidence",
+                                       "decision", "face_size", "sharpness", "roll", "yaw", "quality", "quality_issues"}
     no_face = client.post("/v1/predict", files={"image": ("grey.jpg", jpeg(np.full((64, 64, 3), 128, np.uint8)), "image/jpeg")})
     assert no_face.status_code == 200 and no_face.json()["faces"] == []
 

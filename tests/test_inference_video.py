@@ -190,3 +190,62 @@ def test_a_one_frame_video_gets_a_visible_timeline(astronaut, random_weights, tm
     painted = (np.abs(plot_area[:, :, None, :] - colours).max(axis=3) < 12).any(axis=2).sum()
     assert painted > 1000, painted  # a stacked bar at the moment the face was seen, not an empty plot
     assert "1 processed frames" in (out / "report.html").read_text()
+
+
+# -- The report's reading of each moment: uncertain below a threshold, low quality marked or left out (issue 12) --
+
+def moment(label: str, p: float, quality: str = "good", track_id: int = 1) -> FaceResult:
+    result = face([0, 0, 100, 100], label, p)
+    result.track_id, result.quality = track_id, quality
+    result.quality_issues = ["blurry"] if quality == "low" else []
+    return result
+
+
+def test_moments_below_the_threshold_are_uncertain_and_low_quality_is_marked_or_left_out():
+    from msfer.inference.report import STATES, VideoFrame, summarise_tracks
+
+    faces = [moment("happy", 0.7), moment("happy", 0.35), moment("sad", 0.9, "low"), moment("sad", 0.45)]
+    frames = [VideoFrame(k, k / 10, None, [f], True) for k, f in enumerate(faces)]
+    track = summarise_tracks(frames, uncertain_below=0.4)[0]
+    assert track.states == ["happy", "uncertain", "low quality", "sad"]
+    shares = track.shares()
+    assert list(shares) == list(STATES) and sum(shares.values()) == pytest.approx(1.0)
+    assert shares["happy"] == shares["uncertain"] == shares["low quality"] == shares["sad"] == 0.25
+    assert summarise_tracks(frames, uncertain_below=0.5)[0].states == ["happy", "uncertain", "low quality", "uncertain"]
+    assert summarise_tracks(frames, uncertain_below=0.0)[0].states == ["happy", "happy", "low quality", "sad"]
+    kept = summarise_tracks(frames, uncertain_below=0.4, min_quality="good")[0]
+    assert kept.states == ["happy", "uncertain", "sad"] and kept.times == [0.0, 0.1, 0.3]
+    everything_uncertain = summarise_tracks(frames[1:2], uncertain_below=0.4)[0]
+    assert everything_uncertain.most_often() == "none" and track.most_often() in ("happy", "sad")
+
+
+def report_row(page: str) -> dict[str, str]:
+    """The cells of the first face's row in the report's table, by column name."""
+    header = re.findall(r"<th>(.*?)</th>", page)
+    row = re.findall(r"<tr><td>.*?</tr>", page)[0]
+    return dict(zip(header, re.findall(r"<td>(.*?)</td>", row)))
+
+
+def test_report_uncertain_threshold_and_calibration_statement(clip, random_weights, tmp_path):
+    from test_inference_decision import with_offsets
+
+    pages = {}
+    for threshold in ("1", "0"):
+        out = tmp_path / f"report{threshold}"
+        assert main(["report", str(clip), "--out", str(out), "--weights", str(random_weights), "--every", "3",
+                     "--uncertain-below", threshold]) == 0
+        pages[threshold] = (out / "report.html").read_text()
+    everything = report_row(pages["1"])  # no label has probability 1: every moment is uncertain
+    assert everything["uncertain"] == "100%" and everything["most often"] == "none"
+    assert all(everything[name] == "0%" for name in EMOTIONS)
+    nothing = report_row(pages["0"])
+    assert nothing["uncertain"] == "0%" and nothing["most often"] in EMOTIONS
+    assert "below 1.00: then it is <em>uncertain</em>" in pages["1"]
+    assert "probabilities are not calibrated" in pages["1"]  # the random model has no calibration record
+    calibrated = with_offsets(random_weights, tmp_path / "calibrated.pt", [0.0] * 7)
+    out = tmp_path / "report_calibrated"
+    assert main(["report", str(clip), "--out", str(out), "--weights", str(calibrated), "--every", "5"]) == 0
+    page = (out / "report.html").read_text()
+    assert "probabilities are calibrated (temperature scaling)" in page and "expected calibration error 0.031" in page
+    assert "below 0.50" in page  # the default threshold
+    assert main(["report", str(clip), "--out", str(out), "--weights", str(random_weights), "--uncertain-below", "2"]) == 2

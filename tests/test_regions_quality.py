@@ -88,3 +88,69 @@ def test_select_face_keeps_the_largest_most_central_confident_face():
     assert select_face([corner_large, central], 120, 120) is central  # 68^2 x 0.13 < 60^2 x 1
     assert select_face([weak_huge, central], 120, 120, min_score=0.5) is central
     assert select_face([weak_huge], 120, 120, min_score=0.5) is weak_huge
+
+
+# -- Face quality at inference: yaw, sharpness and the quality flag ----------------------------------------------
+
+from msfer.regions.quality import QUALITY_ISSUES, QualityThresholds, face_quality, sharpness, yaw_degrees  # noqa: E402
+
+
+def turned(degrees: float, eye_half: float = 20.0, depth: float = 20.0) -> np.ndarray:
+    """Landmarks of a head turned by ``degrees`` (positive toward the image's right), seen from the front:
+    eyes and mouth corners on the face plane, the nose tip ``depth`` px in front of it (weak perspective)."""
+    angle = np.radians(degrees)
+    # (x across, y down, z toward the camera) on the head; the turn rotates x and z about the vertical axis.
+    points = np.array([[-eye_half, 0, 0], [eye_half, 0, 0], [0, 25, depth], [-16, 50, 0], [16, 50, 0]], dtype=float)
+    x = points[:, 0] * np.cos(angle) + points[:, 2] * np.sin(angle)
+    return np.stack([x + 100, points[:, 1] + 90], axis=1)
+
+
+def test_yaw_of_a_frontal_face_is_zero_and_follows_the_turn():
+    assert yaw_degrees(LANDMARKS) == pytest.approx(0.0)
+    # With the nose tip half an eye distance in front of the eyes, the proxy is the turn itself.
+    for degrees in (-60, -30, -10, 10, 30, 60):
+        assert yaw_degrees(turned(degrees)) == pytest.approx(degrees, abs=1e-6)
+    # A longer nose reads as more turn: it is a proxy, monotonic in the true angle.
+    values = [yaw_degrees(turned(d, depth=30)) for d in (0, 10, 20, 40)]
+    assert values == sorted(values) and values[1] > 10
+
+
+def test_yaw_does_not_depend_on_roll_scale_or_position():
+    for degrees in (15, -40):
+        points = turned(degrees)
+        assert yaw_degrees(rotated(points, 35)) == pytest.approx(degrees, abs=1e-6)
+        assert yaw_degrees(points * 3 + 50) == pytest.approx(degrees, abs=1e-6)
+        assert roll_degrees(rotated(points, 35)) == pytest.approx(35)
+
+
+def test_sharpness_falls_with_blur_and_is_zero_for_a_flat_patch():
+    import cv2
+
+    rng = np.random.default_rng(0)
+    texture = cv2.resize(rng.integers(0, 256, (32, 32), dtype=np.uint8), (128, 128), interpolation=cv2.INTER_NEAREST)
+    patch = np.repeat(texture[:, :, None], 3, axis=2)
+    values = [sharpness(cv2.GaussianBlur(patch, (0, 0), sigma) if sigma else patch) for sigma in (0, 1, 2, 4)]
+    assert values == sorted(values, reverse=True) and values[-1] < values[0] / 10
+    assert sharpness(np.full((50, 40, 3), 128, np.uint8)) == 0.0
+    assert sharpness(np.zeros((0, 10, 3), np.uint8)) == 0.0
+    assert sharpness(texture) == pytest.approx(values[0], rel=1e-4)  # grey or RGB alike
+
+
+def test_face_quality_fields_and_flag():
+    import cv2
+
+    rng = np.random.default_rng(1)
+    image = cv2.resize(rng.integers(0, 256, (60, 60, 3), dtype=np.uint8), (240, 240), interpolation=cv2.INTER_NEAREST)
+    good = face_quality(image, [50, 40, 150, 170], 0.99, LANDMARKS)
+    assert set(good) == {"face_size", "sharpness", "roll", "yaw", "quality", "quality_issues"}
+    assert good["face_size"] == 100.0 and good["sharpness"] > 0 and good["roll"] == 0.0 and good["yaw"] == 0.0
+    assert good["quality"] == "good" and good["quality_issues"] == []
+    blurred = cv2.GaussianBlur(image, (0, 0), 8)
+    bad = face_quality(blurred, [50, 40, 62, 170], 0.3, rotated(turned(60), 45, centre=(100, 100)))
+    assert bad["quality"] == "low" and bad["quality_issues"] == list(QUALITY_ISSUES)  # every rule fails, in order
+    assert bad["face_size"] == 12.0 and bad["roll"] == pytest.approx(45, abs=0.1) and bad["yaw"] == pytest.approx(60, abs=0.1)
+    # A face given already cropped has no score or landmarks: those rules are not judged.
+    crop = face_quality(image, [0, 0, 240, 240], None, None)
+    assert crop["roll"] is None and crop["yaw"] is None and crop["quality"] == "good"
+    strict = QualityThresholds(min_face_size=120)
+    assert face_quality(image, [50, 40, 150, 170], 0.99, LANDMARKS, strict)["quality_issues"] == ["small"]

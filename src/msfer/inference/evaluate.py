@@ -20,10 +20,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..engine.calibration import DECISION_RULES
 from ..errors import MsferError
 from ..labels import EMOTIONS
-from .options import add_model_arguments, model_options
+from .options import add_decision_argument, add_model_arguments, model_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,9 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="region pseudo-labels (JSONL of 'msfer annotate') to score the region detector against")
     parser.add_argument("--regions", choices=("model", "pseudo"), default="model",
                         help="regions for the head: the model's own (default) or the --annotations pseudo-labels")
-    parser.add_argument("--decision", choices=DECISION_RULES, default="argmax",
-                        help="decision rule: the most probable emotion (default), or 'balanced' (the class-prior "
-                             "adjustment of a bundled model: higher mean class accuracy; probabilities unchanged)")
+    add_decision_argument(parser)
     parser.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default 128)")
     parser.add_argument("--num-workers", type=int, default=2, help="data-loading worker processes (default 2)")
     parser.add_argument("--detect-faces", action="store_true",
@@ -107,7 +104,7 @@ def _evaluate_photos(args: argparse.Namespace, options: dict) -> int:
     from .recognizer import EmotionRecognizer
 
     samples = _split_samples(args)
-    recognizer = EmotionRecognizer(**options, tta=args.tta, batch_size=args.batch_size)
+    recognizer = EmotionRecognizer(**options, tta=args.tta, batch_size=args.batch_size, decision=args.decision)
     metrics = evaluate_with_detection(recognizer, samples)
     metrics.update({"weights": str(options["weights"]), "data": str(args.data), "format": args.format,
                     "split": args.split, "tta": args.tta, "backend": options["backend"], "detect_faces": True})

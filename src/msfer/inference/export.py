@@ -6,8 +6,12 @@ network: ``logits`` (N x 7), ``boxes`` (N x R x 4, input pixels), ``box_scores``
 (N x R) and ``fallback`` (N, true where the default region layout was used). What a
 runtime needs to preprocess and to name the outputs is stored as JSON strings in the
 model's ``metadata_props``: ``classes``, ``input_size``, ``mean``, ``std``,
-``region_names`` (plus ``msfer_version``), so the file is self-describing like a
-checkpoint. Exported with PyTorch's TorchScript-based exporter, which needs no
+``region_names``, ``balanced_offsets`` (the balanced decision rule's logit offsets, zeros
+for a model without one), ``calibration`` (how its probabilities were calibrated and the
+held-out figures, :func:`msfer.inference.recognizer.calibration_summary`; null when they
+were not) and ``msfer_version``, so the file is self-describing like a checkpoint. The
+calibration itself is part of the graph (the model's ``logit_scale``/``logit_bias``), so
+``logits`` are calibrated. Exported with PyTorch's TorchScript-based exporter, which needs no
 extra package (the newer dynamo exporter needs ``onnxscript``).
 """
 from __future__ import annotations
@@ -26,8 +30,11 @@ OUTPUT_NAMES = ("logits", "boxes", "box_scores", "fallback")
 DEFAULT_OPSET = 17
 
 
-def onnx_bytes(model, source: str | Path, opset: int = DEFAULT_OPSET) -> bytes:
-    """The serialised ONNX model of ``model`` (an eval-mode msfer network), with msfer's metadata."""
+def onnx_bytes(model, source: str | Path, opset: int = DEFAULT_OPSET, calibration: dict | None = None) -> bytes:
+    """The serialised ONNX model of ``model`` (an eval-mode msfer network), with msfer's metadata.
+
+    ``calibration``: the model's calibration summary, stored as metadata for reports.
+    """
     import onnx
     import torch
 
@@ -65,6 +72,8 @@ def onnx_bytes(model, source: str | Path, opset: int = DEFAULT_OPSET) -> bytes:
         "mean": [float(v) for v in model.mean],
         "std": [float(v) for v in model.std],
         "region_names": list(model.region_names),
+        "balanced_offsets": [float(v) for v in model.balanced_offsets.float().cpu()],
+        "calibration": calibration,
         "msfer_version": __version__,
     }
     onnx.helper.set_model_props(proto, {key: json.dumps(value) for key, value in metadata.items()})
@@ -80,7 +89,8 @@ def export_onnx(weights: str | Path | None, out: str | Path, opset: int = DEFAUL
     weights = Path(weights) if weights is not None else default_weights_path()
     if opset < 17:
         raise MsferError(f"opset {opset} is too old: msfer exports with opset 17 or newer")
-    data = onnx_bytes(TorchClassifier(weights, "cpu").model, weights, opset)
+    classifier = TorchClassifier(weights, "cpu")
+    data = onnx_bytes(classifier.model, weights, opset, calibration=classifier.calibration)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

@@ -3,13 +3,15 @@
 ``predict``, ``evaluate``, ``serve``, ``report`` and ``export`` all take ``--weights``
 (default: the bundled model); those that run the model also take ``--device`` (default
 ``auto``: CUDA when available, else the CPU; the face detector always runs on the CPU)
-and ``--backend`` (``torch`` or ``onnx``; ONNX Runtime runs on the CPU).
+and ``--backend`` (``torch`` or ``onnx``; ONNX Runtime runs on the CPU). ``predict``, ``evaluate``,
+``serve`` and ``report`` also take ``--decision`` (:func:`add_decision_argument`).
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from ..engine.calibration import DECISION_RULES
 from ..errors import MsferError
 
 BACKENDS = ("torch", "onnx")
@@ -30,6 +32,14 @@ def add_model_arguments(parser: argparse.ArgumentParser, device: bool = True, ba
         group.add_argument("--backend", choices=BACKENDS, default="torch",
                            help="classifier runtime: torch, or onnx (ONNX Runtime on the CPU; a .pt is exported "
                                 "in memory); default torch")
+
+
+def add_decision_argument(parser: argparse.ArgumentParser) -> None:
+    """``--decision``: how a face's label is chosen from its probabilities (which it never changes)."""
+    parser.add_argument("--decision", choices=DECISION_RULES, default="argmax",
+                        help="decision rule: 'argmax', the most probable emotion (default: the label agrees with the "
+                             "probabilities), or 'balanced', the class-prior adjustment a bundled model carries "
+                             "(higher mean class accuracy, for studies of rare emotions); probabilities are unchanged")
 
 
 def model_options(args: argparse.Namespace) -> dict:

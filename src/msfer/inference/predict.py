@@ -9,7 +9,10 @@ nothing to process exits with status 1.
 
 Results go to ``--out``: JSON Lines (one object per image or processed video frame) or
 CSV (one row per face; a source without a face gets one row with empty face columns),
-chosen by the file's extension. A source that cannot be read is reported on stderr and,
+chosen by the file's extension. Each face carries its label under the ``--decision`` rule
+and its quality measures (:class:`msfer.inference.recognizer.FaceResult`); ``--min-quality
+good`` leaves out the faces whose quality is "low" (after tracking, so track ids stay the
+same) and says how many on stderr. A source that cannot be read is reported on stderr and,
 in the output, as a record with an ``error``; the others are still processed and the
 exit status is 1. An existing ``--out`` needs ``--resume`` or ``--overwrite``
 (:func:`msfer.outputs.existing_out_mode`).
@@ -47,12 +50,15 @@ from ..data.images import IMAGE_EXTENSIONS
 from ..errors import MsferError
 from ..labels import EMOTIONS
 from ..outputs import InputFiles, atomic_output, existing_out_mode, printable, source_fields
-from .options import add_model_arguments, model_options
+from .options import add_decision_argument, add_model_arguments, model_options
 from .recognizer import DEFAULT_MIN_FACE, EmotionRecognizer, FaceResult, to_rgb_array
 from .video import AnnotatedVideoWriter, VideoFrame, VideoSource, is_video, predict_video, probe_video
 from .visualize import draw_faces
 
-CSV_FACE_FIELDS = ["face", "track_id", "x1", "y1", "x2", "y2", "score", "label", "confidence", *EMOTIONS]
+QUALITY_FIELDS = ["face_size", "sharpness", "roll", "yaw", "quality", "quality_issues"]
+CSV_FACE_FIELDS = ["face", "track_id", "x1", "y1", "x2", "y2", "score", "label", "confidence", *EMOTIONS, "decision",
+                   *QUALITY_FIELDS]
+MIN_QUALITY = ("low", "good")  # --min-quality: "low" keeps every face, "good" leaves out the low-quality ones
 CSV_FIELDS = ["source", "frame", "time", *CSV_FACE_FIELDS, "error", "source_hex"]
 # Appended to an input's full file name for its annotated copy under --save-vis.
 IMAGE_VIS_SUFFIX, VIDEO_VIS_SUFFIX = ".msfer.jpg", ".msfer.mp4"
@@ -273,16 +279,36 @@ class ResultWriter:
 def _csv_row(index: int, face: FaceResult) -> dict:
     x1, y1, x2, y2 = face.box
     return {"face": index, "track_id": face.track_id, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "score": face.score,
-            "label": face.label, "confidence": face.confidence, **face.probs}
+            "label": face.label, "confidence": face.confidence, **face.probs, "decision": face.decision,
+            **{name: getattr(face, name) for name in QUALITY_FIELDS[:-1]}, "quality_issues": ";".join(face.quality_issues)}
+
+
+class QualityFilter:
+    """Leaves out faces below ``min_quality`` ("low": none, "good": those whose quality is "low"), counting them."""
+
+    def __init__(self, min_quality: str = "low") -> None:
+        if min_quality not in MIN_QUALITY:
+            raise MsferError(f"--min-quality must be one of {', '.join(MIN_QUALITY)}, not {min_quality!r}")
+        self.min_quality, self.left_out = min_quality, 0
+
+    def __call__(self, faces: list[FaceResult]) -> list[FaceResult]:
+        if self.min_quality == "low":
+            return faces
+        kept = [face for face in faces if face.quality != "low"]
+        self.left_out += len(faces) - len(kept)
+        return kept
 
 
 def predict_images(
-    recognizer: EmotionRecognizer, items: list[InputItem], writer: ResultWriter, vis_dir: Path | None, problems: list[str]
+    recognizer: EmotionRecognizer, items: list[InputItem], writer: ResultWriter, vis_dir: Path | None, problems: list[str],
+    keep: QualityFilter | None = None,
 ) -> None:
     """Recognise ``items`` (images) in batches; unreadable ones go to ``problems`` and the rest carry on.
 
-    A handful of images (up to ``ECHO_LIMIT``) also get a line each on the terminal; bulk runs stay quiet.
+    ``keep`` filters each image's faces (default: all kept). A handful of images (up to
+    ``ECHO_LIMIT``) also get a line each on the terminal; bulk runs stay quiet.
     """
+    keep = keep or QualityFilter()
     echo = len(items) <= ECHO_LIMIT
     with tqdm(total=len(items), desc="images", unit="img", disable=not items) as progress:
         for start in range(0, len(items), recognizer.batch_size):
@@ -296,9 +322,11 @@ def predict_images(
             for (item, image), faces in zip(loaded, results):
                 if faces is None:
                     continue
+                faces = keep(faces)
                 writer.write({"source": item.path, "faces": faces})
                 if echo:
-                    found = ", ".join(f"{face.label} {face.confidence:.2f}" for face in faces) or "no face"
+                    found = ", ".join(f"{face.label} {face.confidence:.2f}" + (" (low quality)" if face.quality == "low"
+                                                                               else "") for face in faces) or "no face"
                     tqdm.write(f"{printable(item.path)}: {found}")
                 if vis_dir is not None:
                     with atomic_output(vis_dir / item.vis_name) as temporary:
@@ -329,8 +357,12 @@ def _recognise(
 
 def predict_stream(
     recognizer: EmotionRecognizer, source: Path | int, vis_name: Path, args: argparse.Namespace, writer: ResultWriter,
+    keep: QualityFilter | None = None,
 ) -> None:
-    """Recognise a video file or webcam; write processed frames, and with ``--save-vis`` an annotated .mp4."""
+    """Recognise a video file or webcam; write processed frames, and with ``--save-vis`` an annotated .mp4.
+
+    ``keep`` filters each frame's faces after tracking (default: all kept)."""
+    keep = keep or QualityFilter()
     label = printable(source if isinstance(source, int) else source.name)
     with VideoSource(source) as video, tqdm(total=video.frame_count, desc=label, unit="frame") as progress:
         video_writer = None
@@ -338,6 +370,7 @@ def predict_stream(
         try:
             for frame in _until_interrupted(predict_video(recognizer, video, args.every, args.smooth), video.live):
                 if frame.processed:
+                    frame.faces = keep(frame.faces)
                     writer.write({"source": source, "frame": frame.index, "time": frame.time, "faces": frame.faces})
                 if args.save_vis is not None:
                     if video_writer is None:
@@ -396,6 +429,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--every", type=int, default=1, metavar="N", help="video: process every N-th frame (default 1, all)")
     parser.add_argument("--smooth", type=float, nargs="?", const=0.6, default=0.0, metavar="FACTOR",
                         help="video: smooth each tracked face's probabilities over time, FACTOR in [0, 1) is the weight of the past (0.6 if given without a value)")
+    parser.add_argument("--min-quality", choices=MIN_QUALITY, default="low",
+                        help="leave out faces below this quality: 'low' keeps every face (each says its quality), "
+                             "'good' leaves out those whose quality is low (default low)")
+    add_decision_argument(parser)
     parser.add_argument("--num-shards", type=int, default=1, help="split the sorted input list into this many parts ...")
     parser.add_argument("--shard-index", type=int, default=0, help="... and process only this one (0-based)")
     add_model_arguments(parser)
@@ -420,7 +457,8 @@ def run(args: argparse.Namespace) -> int:
         raise MsferError(f"--save-vis {printable(args.save_vis)} is a file; give a folder")
     check_outputs(args, inputs, items)
     recognizer = EmotionRecognizer(**options, tta=args.tta, batch_size=args.batch_size,
-                                   detect_size=args.detect_size, min_face=args.min_face)
+                                   detect_size=args.detect_size, min_face=args.min_face, decision=args.decision)
+    keep = QualityFilter(args.min_quality)
     with ExitStack() as stack:
         writer = ResultWriter(args.out, stack, mode)
         problems: list[str] = []
@@ -434,16 +472,18 @@ def run(args: argparse.Namespace) -> int:
                   f"processing the other {len(todo)}", file=sys.stderr)
         elif not items and inputs.items:
             print(f"msfer predict: shard {args.shard_index} of {args.num_shards} has no inputs", file=sys.stderr)
-        predict_images(recognizer, [item for item in todo if not item.video], writer, args.save_vis, problems)
+        predict_images(recognizer, [item for item in todo if not item.video], writer, args.save_vis, problems, keep)
         streams = [(item.path, item.vis_name) for item in todo if item.video]
         if args.webcam is not None:
             taken = {str(item.vis_name).casefold() for item in inputs.items}
             streams.append((args.webcam, Path(_unique(f"webcam{args.webcam}{VIDEO_VIS_SUFFIX}", taken))))
         for source, vis_name in streams:
             try:
-                predict_stream(recognizer, source, vis_name, args, writer)
+                predict_stream(recognizer, source, vis_name, args, writer, keep)
             except MsferError as error:
                 _report(problems, writer, source, str(error))
+    if keep.left_out:
+        print(f"msfer predict: left out {keep.left_out} face(s) of low quality (--min-quality good)", file=sys.stderr)
     if problems:
         print(f"msfer predict: {len(problems)} input(s) could not be processed (see the messages above)", file=sys.stderr)
         return 1

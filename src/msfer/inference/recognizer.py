@@ -29,7 +29,12 @@ Pipeline, per image:
 3. **Classify** the crops in batches of ``batch_size`` with the region network
    (PyTorch, or ONNX Runtime with ``backend="onnx"``); ``tta=True`` averages the
    probabilities of each crop and its mirror image.
-4. **Map back** the emotion regions the network used from crop pixels to image pixels.
+4. **Decide** the label by the ``decision`` rule: ``"argmax"`` (default), the most probable
+   emotion; ``"balanced"``, the class-prior adjustment a bundled model carries (higher mean
+   class accuracy, for studies of rare emotions). The rule changes ``label`` and
+   ``confidence`` (the probability of that label), never ``probs``.
+5. **Map back** the emotion regions the network used from crop pixels to image pixels, and
+   measure each face's quality (:func:`msfer.regions.quality.face_quality`).
 
 Images are RGB everywhere in msfer. A numpy array is taken as RGB unless
 ``color_order="bgr"`` (what OpenCV's ``imread`` and ``VideoCapture`` give).
@@ -49,11 +54,16 @@ from PIL import Image
 from ..errors import MsferError
 from ..labels import EMOTIONS
 from ..regions.detector import Face, non_maximum_suppression, resize_by
+from ..regions.quality import QualityThresholds, face_quality
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
 # Keys under which `msfer export` stores the model's description in the ONNX metadata_props.
 ONNX_METADATA_KEYS = ("classes", "input_size", "mean", "std", "region_names")
+# Also written by `msfer export` (files exported before they existed lack them): the balanced
+# decision rule's logit offsets, and the model's calibration summary (:func:`calibration_summary`).
+ONNX_OPTIONAL_KEYS = ("balanced_offsets", "calibration")
+DEFAULT_DECISION = "argmax"
 
 # The face sizes (box width, detector pixels) the bundled RetinaFace finds, measured with the
 # sample face scaled on a grey canvas: none at 14 px, score 0.83 at 16, >= 0.92 from 20 px; a
@@ -76,6 +86,12 @@ class FaceResult:
     :data:`msfer.labels.EMOTIONS` order. ``score`` and ``landmarks`` are ``None`` for
     faces that were given pre-cropped (:meth:`EmotionRecognizer.classify_faces`);
     ``track_id`` is set only for video.
+
+    ``label`` is the emotion the ``decision`` rule ("argmax" or "balanced") chose and
+    ``confidence`` its probability; ``probs`` do not depend on the rule. The quality fields
+    are those of :func:`msfer.regions.quality.face_quality`: ``face_size`` (pixels),
+    ``sharpness``, ``roll`` and ``yaw`` (degrees; None without landmarks), ``quality``
+    ("good" or "low") and ``quality_issues``.
     """
 
     box: list[float]
@@ -85,6 +101,13 @@ class FaceResult:
     probs: dict[str, float]
     label: str
     confidence: float
+    decision: str = DEFAULT_DECISION
+    face_size: float | None = None
+    sharpness: float | None = None
+    roll: float | None = None
+    yaw: float | None = None
+    quality: str | None = None
+    quality_issues: list[str] = field(default_factory=list)
     track_id: int | None = field(default=None)
 
     def to_dict(self) -> dict[str, Any]:
@@ -116,6 +139,30 @@ def _check_classes(classes: Sequence[str], source: str) -> None:
         raise MsferError(f"{source} predicts classes {list(classes)}, not msfer's {list(EMOTIONS)}")
 
 
+def calibration_summary(record: dict | None, weights: Path | None = None) -> dict | None:
+    """How a model's probabilities were calibrated and how well, or None when they were not.
+
+    ``record`` is a checkpoint's ``calibration`` entry (``scripts/bundle_model.py`` writes it:
+    ``method`` and how it was chosen). The figures measured on the held-out half of the
+    validation split come from the record itself when it has them (``held_out``), else, for the
+    bundled model, from its JSON record. Returns ``{"method", and if measured: "ece", "nll",
+    "brier", "accuracy", "mean_confidence", "n"}``.
+    """
+    if not record:
+        return None
+    summary = {"method": record.get("method")}
+    held_out = record.get("held_out")
+    if held_out is None and weights is not None:
+        from ..weights import BUNDLED_MODEL, bundled_record
+
+        if BUNDLED_MODEL.is_file() and Path(weights).is_file() and os.path.samefile(weights, BUNDLED_MODEL):
+            held_out = (bundled_record().get("calibration") or {}).get("held_out")
+    figures = (held_out or {}).get("calibrated") or {}
+    summary.update({key: figures[key] for key in ("ece", "nll", "brier", "accuracy", "mean_confidence", "n")
+                    if key in figures})
+    return summary
+
+
 class TorchClassifier:
     """The region network in PyTorch, from a checkpoint of ``msfer train``."""
 
@@ -131,6 +178,8 @@ class TorchClassifier:
         _check_classes(meta["classes"], str(weights))
         self.spec = ModelSpec(int(meta["input_size"]), tuple(meta["mean"]), tuple(meta["std"]),
                               tuple(meta["region_names"]))
+        self.balanced_offsets = self.model.balanced_offsets.float().cpu().numpy().astype(np.float64)
+        self.calibration = calibration_summary(meta.get("calibration"), weights)
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits (N x 7) and region boxes (N x R x 4, input pixels) of a normalised batch."""
@@ -160,6 +209,12 @@ class OnnxClassifier:
         _check_classes(meta["classes"], source)
         self.spec = ModelSpec(int(meta["input_size"]), tuple(meta["mean"]), tuple(meta["std"]),
                               tuple(meta["region_names"]))
+        optional = {key: json.loads(metadata[key]) if key in metadata else None for key in ONNX_OPTIONAL_KEYS}
+        offsets = optional["balanced_offsets"]
+        self.balanced_offsets = np.zeros(len(EMOTIONS)) if offsets is None else np.asarray(offsets, dtype=np.float64)
+        if self.balanced_offsets.shape != (len(EMOTIONS),):
+            raise MsferError(f"{source}: balanced_offsets in its metadata must be {len(EMOTIONS)} numbers")
+        self.calibration = optional["calibration"]
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -189,7 +244,8 @@ def load_classifier(weights: str | os.PathLike | None, device: str = "cpu", back
         from .export import onnx_bytes
 
         torch_classifier = TorchClassifier(path, "cpu")
-        return OnnxClassifier(onnx_bytes(torch_classifier.model, path), f"{path} (exported to ONNX)")
+        return OnnxClassifier(onnx_bytes(torch_classifier.model, path, calibration=torch_classifier.calibration),
+                              f"{path} (exported to ONNX)")
     return TorchClassifier(path, device)
 
 
@@ -297,8 +353,10 @@ class EmotionRecognizer:
     ``tta``: average with the mirrored crop. ``detect_size``: longest side of the coarse
     copy the detector sees. ``min_face``: the smallest face (pixels) to find in large
     photos, by a finer second copy (None or 0: the coarse copy alone, faster on large
-    photos). See the module docstring for the pipeline and the choice of ``crop_scale``
-    and ``align``.
+    photos). ``decision``: the default decision rule, "argmax" or "balanced" (each
+    ``predict*`` call can override it); "balanced" needs a model that carries its offsets,
+    else :class:`MsferError`. ``quality``: the thresholds of the ``quality`` flag. See the
+    module docstring for the pipeline and the choice of ``crop_scale`` and ``align``.
     """
 
     def __init__(
@@ -313,11 +371,17 @@ class EmotionRecognizer:
         crop_scale: float = 1.0,
         align: bool = False,
         min_face: float | None = DEFAULT_MIN_FACE,
+        decision: str = DEFAULT_DECISION,
+        quality: QualityThresholds = QualityThresholds(),
     ) -> None:
         if detect_size < 1 or (min_face is not None and min_face < 0):
             raise MsferError(f"detect_size must be at least 1 and min_face 0 or more, got {detect_size} and {min_face}")
         self.classifier = load_classifier(weights, device, backend)
         self.spec: ModelSpec = self.classifier.spec
+        self.weights_name = str(weights) if weights is not None else "the bundled model"
+        self.decision = DEFAULT_DECISION
+        self.decision = self.check_decision(decision)
+        self.quality = quality
         if detector is None:
             from ..regions.detector import RetinaFaceDetector
 
@@ -328,15 +392,22 @@ class EmotionRecognizer:
 
     # -- public API --------------------------------------------------------------------
 
-    def predict(self, image: ImageInput, color_order: str = "rgb") -> list[FaceResult]:
+    @property
+    def calibration(self) -> dict | None:
+        """The model's :func:`calibration_summary` (None: its probabilities are not calibrated)."""
+        return self.classifier.calibration
+
+    def predict(self, image: ImageInput, color_order: str = "rgb", decision: str | None = None) -> list[FaceResult]:
         """Every face in ``image`` (a path, PIL image or numpy array; see :func:`to_rgb_array`), largest first.
 
-        An image without a detectable face gives an empty list.
+        An image without a detectable face gives an empty list. ``decision``: this call's
+        decision rule (default: the recognizer's).
         """
-        return self.predict_batch([image], color_order)[0]
+        return self.predict_batch([image], color_order, decision=decision)[0]
 
     def predict_batch(
-        self, images: Sequence[ImageInput], color_order: str = "rgb", errors: str = "raise"
+        self, images: Sequence[ImageInput], color_order: str = "rgb", errors: str = "raise",
+        decision: str | None = None,
     ) -> list[list[FaceResult] | MsferError]:
         """:meth:`predict` for many images: detection batched by image size, classification in batches of ``batch_size``.
 
@@ -353,6 +424,7 @@ class EmotionRecognizer:
         """
         if errors not in ("raise", "return"):
             raise ValueError(f"errors must be 'raise' or 'return', got {errors!r}")
+        decision = self.check_decision(decision)
         results: list[list[FaceResult] | MsferError] = []
         arrays: dict[int, np.ndarray] = {}
         for index, image in enumerate(images):
@@ -372,15 +444,18 @@ class EmotionRecognizer:
             height, width = arrays[index].shape[:2]
             regions = map_boxes_back(face_boxes, transform, width, height)
             box = clip_box(face.box, width, height)  # a face cut by the image edge extends past it
-            results[index].append(self._result(box, face.score, face.landmarks, regions, face_probs))
+            quality = face_quality(arrays[index], box, face.score, face.landmarks, self.quality)
+            results[index].append(self._result(box, face.score, face.landmarks, regions, face_probs, decision, quality))
         return results
 
-    def classify_faces(self, crops: Sequence[ImageInput], color_order: str = "rgb") -> list[FaceResult]:
+    def classify_faces(self, crops: Sequence[ImageInput], color_order: str = "rgb",
+                       decision: str | None = None) -> list[FaceResult]:
         """Classify images that are already face crops (e.g. FER2013), without detection.
 
         Each crop is resized to the network's input size as a whole; ``box`` is the
-        whole crop, and ``score`` and ``landmarks`` are ``None``.
+        whole crop, ``score``, ``landmarks``, ``roll`` and ``yaw`` are ``None``.
         """
+        decision = self.check_decision(decision)
         arrays = [to_rgb_array(crop, color_order) for crop in crops]
         size = self.spec.input_size
         probs, boxes = self.classify_crops([resize_square(array, size) for array in arrays])
@@ -389,8 +464,21 @@ class EmotionRecognizer:
             height, width = array.shape[:2]
             to_crop = np.array([[size / width, 0, 0], [0, size / height, 0]])
             regions = map_boxes_back(face_boxes, to_crop, width, height)
-            results.append(self._result(np.array([0, 0, width, height]), None, None, regions, face_probs))
+            box = np.array([0, 0, width, height])
+            quality = face_quality(array, box, None, None, self.quality)
+            results.append(self._result(box, None, None, regions, face_probs, decision, quality))
         return results
+
+    def decide(self, probs: np.ndarray, decision: str | None = None) -> np.ndarray:
+        """The class index (into ``EMOTIONS``) of each row of ``probs`` (N x 7) under ``decision``
+        (default: the recognizer's rule); see :func:`msfer.engine.calibration.decide`."""
+        decision = self.check_decision(decision)
+        probs = np.asarray(probs, dtype=np.float64)
+        if decision == "argmax":  # the same rule as calibration.decide, without importing torch for it
+            return probs.argmax(axis=1)
+        from ..engine.calibration import decide
+
+        return decide(probs, self.classifier.balanced_offsets, decision)
 
     # -- steps -------------------------------------------------------------------------
 
@@ -439,8 +527,25 @@ class EmotionRecognizer:
         scale = self.spec.input_size / side
         return resize_square(native, self.spec.input_size), transform * scale
 
-    def _result(self, box, score, landmarks, regions: np.ndarray, probs: np.ndarray) -> FaceResult:
-        best = int(np.argmax(probs))
+    def check_decision(self, decision: str | None) -> str:
+        """``decision`` (None: the recognizer's), checked: a known rule, and for "balanced" a model that carries
+        its offsets; else :class:`MsferError`."""
+        if decision is None:
+            return self.decision
+        if decision != "argmax":
+            from ..engine.calibration import DECISION_RULES
+
+            if decision not in DECISION_RULES:
+                raise MsferError(f"unknown decision rule {decision!r}: use one of {', '.join(DECISION_RULES)}")
+            if not np.any(self.classifier.balanced_offsets):
+                raise MsferError(f"{self.weights_name} has no balanced decision rule (its offsets are all zero: they "
+                                 "are fitted when a model is bundled by scripts/bundle_model.py, and an ONNX file "
+                                 "carries them when 'msfer export' wrote it from such a model); use decision 'argmax'")
+        return decision
+
+    def _result(self, box, score, landmarks, regions: np.ndarray, probs: np.ndarray, decision: str,
+                quality: dict) -> FaceResult:
+        best = int(self.decide(probs[None], decision)[0])
         return FaceResult(
             box=_rounded(box, 1),
             score=None if score is None else round(float(score), 4),
@@ -449,6 +554,8 @@ class EmotionRecognizer:
             probs={name: round(float(p), 5) for name, p in zip(EMOTIONS, probs)},
             label=EMOTIONS[best],
             confidence=round(float(probs[best]), 5),
+            decision=decision,
+            **quality,
         )
 
 

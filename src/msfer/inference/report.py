@@ -1,10 +1,20 @@
 """``msfer report VIDEO --out DIR``: an HTML report of the emotions shown by each face in a video.
 
 DIR gets ``report.html``, one ``timeline_<track>.png`` per tracked face (the 7
-probabilities over time, stacked; a face seen in a single processed frame gets a
-stacked bar at that moment), ``shares.png`` (the share of processed frames in which
-each emotion was the top label, per face) and ``frames.jsonl`` (the raw per-frame
-results, as ``msfer predict --out`` writes them). Times are the video's own frame
+probabilities over time, stacked, under a band of what each moment reads as; a face seen
+in a single processed frame gets a stacked bar at that moment), ``shares.png`` (the share
+of processed frames in which each emotion was the face's label, per face) and
+``frames.jsonl`` (the raw per-frame results, as ``msfer predict --out`` writes them).
+
+The probabilities are the model's, calibrated when the model is (a bundled model's are:
+its logits are calibrated inside the network), smoothed over time per face (``--smooth``).
+A moment reads as its label (by the ``--decision`` rule) unless the label's probability is
+below ``--uncertain-below``: then it is **uncertain**, neither in an emotion's share nor in
+"most often". With calibrated probabilities a label of probability p is right about p of the
+time, so the default 0.5 marks the moments whose label is more likely wrong than right.
+A face of low quality (:func:`msfer.regions.quality.face_quality`) is marked **low
+quality** instead (default), or with ``--min-quality good`` left out of the report. The
+report states the model's calibration figures, or that its probabilities are uncalibrated. Times are the video's own frame
 timestamps (:mod:`msfer.inference.video`). Each file is replaced whole (written beside
 it and renamed); a DIR where one of them would be the video itself is refused. The
 report says plainly that it is a research aid, not a diagnosis.
@@ -24,7 +34,7 @@ from tqdm import tqdm
 from ..errors import MsferError
 from ..labels import EMOTIONS
 from ..outputs import InputFiles, atomic_output, printable
-from .options import add_model_arguments, model_options
+from .options import add_decision_argument, add_model_arguments, model_options
 from .predict import ResultWriter
 from .recognizer import DEFAULT_MIN_FACE, EmotionRecognizer
 from .video import VideoFrame, VideoSource, predict_video
@@ -37,48 +47,106 @@ DISCLAIMER = (
 )
 EMOTION_COLORS = {"angry": "#d62728", "disgust": "#8c564b", "fear": "#9467bd", "happy": "#ffbf00",
                   "sad": "#1f77b4", "surprise": "#ff7f0e", "neutral": "#9e9e9e"}
+UNCERTAIN, LOW_QUALITY = "uncertain", "low quality"
+# What a moment of a face can read as: an emotion, or neither.
+STATES = (*EMOTIONS, UNCERTAIN, LOW_QUALITY)
+STATE_COLORS = {**EMOTION_COLORS, UNCERTAIN: "#ffffff", LOW_QUALITY: "#000000"}
+# With calibrated probabilities, below 0.5 a label is more likely wrong than right (README, "Video report").
+DEFAULT_UNCERTAIN_BELOW = 0.5
+MIN_QUALITY = ("low", "good")
 
 
 @dataclass
 class TrackSummary:
-    """The processed frames of one tracked face: times, probabilities (T x 7) and top labels."""
+    """The processed frames of one tracked face: times, probabilities (T x 7) and what each moment reads as.
+
+    ``states`` holds, per moment, the label, ``"uncertain"`` or ``"low quality"`` (see the module docstring).
+    """
 
     track_id: int
     times: list[float] = field(default_factory=list)
     probs: list[list[float]] = field(default_factory=list)
-    labels: list[str] = field(default_factory=list)
+    states: list[str] = field(default_factory=list)
 
     def shares(self) -> dict[str, float]:
-        """Fraction of this face's frames in which each emotion was the top label (canonical order)."""
-        counts = Counter(self.labels)
-        return {name: counts[name] / len(self.labels) for name in EMOTIONS}
+        """Fraction of this face's frames in each state (the emotions, then uncertain and low quality)."""
+        counts = Counter(self.states)
+        return {name: counts[name] / len(self.states) for name in STATES}
+
+    def most_often(self) -> str:
+        """The emotion this face's moments most often read as ("none" when every moment was uncertain or low quality)."""
+        counts = Counter(state for state in self.states if state in EMOTIONS)
+        return counts.most_common(1)[0][0] if counts else "none"
 
 
-def summarise_tracks(frames: list[VideoFrame]) -> list[TrackSummary]:
-    """Per-track summaries of the processed frames, in order of first appearance."""
+def moment_state(face, uncertain_below: float) -> str:
+    """What one face at one moment reads as: ``"low quality"``, ``"uncertain"`` or its label."""
+    if face.quality == "low":
+        return LOW_QUALITY
+    return UNCERTAIN if face.confidence < uncertain_below else face.label
+
+
+def summarise_tracks(frames: list[VideoFrame], uncertain_below: float = DEFAULT_UNCERTAIN_BELOW,
+                     min_quality: str = "low") -> list[TrackSummary]:
+    """Per-track summaries of the processed frames, in order of first appearance.
+
+    ``min_quality="good"`` leaves the low-quality moments out; a face with no moment left has no track.
+    """
     tracks: dict[int, TrackSummary] = {}
     for frame in frames:
         for face in frame.faces:
+            if min_quality == "good" and face.quality == "low":
+                continue
             track = tracks.setdefault(face.track_id, TrackSummary(face.track_id))
             track.times.append(frame.time)
             track.probs.append([face.probs[name] for name in EMOTIONS])
-            track.labels.append(face.label)
+            track.states.append(moment_state(face, uncertain_below))
     return list(tracks.values())
+
+
+def calibration_sentence(calibration: dict | None) -> str:
+    """One plain sentence on how far the model's probabilities can be taken at their word."""
+    if not calibration:
+        return ("This model's probabilities are not calibrated: they rank the emotions, but a probability of, "
+                "say, 70% does not mean the label is right 70% of the time.")
+    if "ece" not in calibration:
+        return (f"This model's probabilities were calibrated ({html.escape(str(calibration.get('method')))} scaling), "
+                "but no measurement of how well was recorded with it.")
+    return (f"This model's probabilities are calibrated ({html.escape(str(calibration.get('method')))} scaling): on "
+            f"{calibration.get('n', 'held-out')} validation faces not used to calibrate it, a label given with "
+            f"probability p was right about p of the time, on average within {100 * calibration['ece']:.1f} "
+            f"percentage points (expected calibration error {calibration['ece']:.3f}; negative log-likelihood "
+            f"{calibration['nll']:.2f}, Brier score {calibration['brier']:.2f}; lower is better for all three). "
+            "On faces unlike that validation data (other cameras, poses, people) the probabilities can be further off.")
 
 
 def plot_timeline(track: TrackSummary, path: Path, duration: float | None = None) -> None:
     """The 7 probabilities of one face over time, stacked to 1, on an axis from 0 to ``duration`` seconds.
 
-    A face seen at a single moment (a one-frame video, or one processed frame) has no
-    area to fill: it is drawn as a stacked bar at that moment, 3% of the axis wide.
+    Above them a band shows what each moment reads as (its label's colour; white with hatching
+    for uncertain, black for low quality), each moment until the next one. A face seen at a
+    single moment (a one-frame video, or one processed frame) has no area to fill: it is drawn
+    as a stacked bar at that moment, 3% of the axis wide.
     """
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(9, 2.8), dpi=100)
+    figure, (band, axes) = plt.subplots(2, 1, figsize=(9, 3.3), dpi=100, sharex=True,
+                                        gridspec_kw={"height_ratios": [1, 6]})
     probs = np.asarray(track.probs).T
     colors = [EMOTION_COLORS[name] for name in EMOTIONS]
     end = max(duration or 0.0, track.times[-1])
     span = end if end > 0 else 1.0
+    starts = np.asarray(track.times, dtype=np.float64)
+    ends = np.append(starts[1:], starts[-1] + (np.median(np.diff(starts)) if len(starts) > 1 else 0.03 * span))
+    widths = np.maximum(ends - starts, 0.003 * span)
+    for state in STATES:
+        chosen = [k for k, value in enumerate(track.states) if value == state]
+        if chosen:
+            band.broken_barh([(starts[k], widths[k]) for k in chosen], (0, 1), facecolors=STATE_COLORS[state],
+                             edgecolor="#999999" if state == UNCERTAIN else "face", linewidth=0.3,
+                             hatch="///" if state == UNCERTAIN else None, label=state)
+    band.set(ylim=(0, 1), yticks=[])
+    band.set_ylabel("reads as", rotation=0, ha="right", va="center", fontsize=8)
     title = f"face {track.track_id}"
     if len(set(track.times)) > 1:
         axes.stackplot(track.times, probs, labels=EMOTIONS, colors=colors)
@@ -87,8 +155,13 @@ def plot_timeline(track: TrackSummary, path: Path, duration: float | None = None
         axes.bar([track.times[0]] * len(EMOTIONS), probs[:, 0], bottom=bottom, width=0.03 * span, align="edge",
                  color=colors, label=EMOTIONS)
         title += f" (seen at {track.times[0]:.2f} s only)"
-    axes.set(xlabel="time (s)", ylabel="probability", ylim=(0, 1), xlim=(0, span), title=title)
+    axes.set(xlabel="time (s)", ylabel="probability", ylim=(0, 1), xlim=(0, span))
+    band.set_title(title)
     axes.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    neither = [state for state in (UNCERTAIN, LOW_QUALITY) if state in track.states]
+    if neither:
+        handles = [handle for handle in band.get_legend_handles_labels()[0] if handle.get_label() in neither]
+        band.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
     figure.tight_layout()
     with atomic_output(path) as temporary:
         figure.savefig(temporary, format="png")
@@ -96,17 +169,19 @@ def plot_timeline(track: TrackSummary, path: Path, duration: float | None = None
 
 
 def plot_shares(tracks: list[TrackSummary], path: Path) -> None:
-    """One horizontal bar per face: the share of its frames with each top label."""
+    """One horizontal bar per face: the share of its frames in each state (emotion, uncertain, low quality)."""
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(9, 0.5 * len(tracks) + 1.4), dpi=100)
     names = [f"face {track.track_id}" for track in tracks]
     left = np.zeros(len(tracks))
-    for emotion in EMOTIONS:
-        share = np.array([track.shares()[emotion] for track in tracks])
-        axes.barh(names, share, left=left, color=EMOTION_COLORS[emotion], label=emotion)
+    for state in STATES:
+        share = np.array([track.shares()[state] for track in tracks])
+        if state in EMOTIONS or share.any():
+            axes.barh(names, share, left=left, color=STATE_COLORS[state], label=state,
+                      edgecolor="#999999" if state == UNCERTAIN else None, hatch="///" if state == UNCERTAIN else None)
         left += share
-    axes.set(xlabel="share of the face's frames (top label)", xlim=(0, 1))
+    axes.set(xlabel="share of the face's frames (label; uncertain and low quality apart)", xlim=(0, 1))
     axes.invert_yaxis()
     axes.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     figure.tight_layout()
@@ -120,13 +195,19 @@ def report_files(tracks: list[TrackSummary]) -> list[str]:
     return ["report.html", "frames.jsonl", "shares.png", *(f"timeline_{track.track_id}.png" for track in tracks)]
 
 
-def write_report(video: Path, frames: list[VideoFrame], out_dir: Path, settings: dict[str, object]) -> Path:
-    """Write the plots and ``report.html`` for the processed ``frames`` of ``video`` into ``out_dir``; return the HTML path."""
+def write_report(video: Path, frames: list[VideoFrame], out_dir: Path, settings: dict[str, object],
+                 uncertain_below: float = DEFAULT_UNCERTAIN_BELOW, min_quality: str = "low",
+                 calibration: dict | None = None) -> Path:
+    """Write the plots and ``report.html`` for the processed ``frames`` of ``video`` into ``out_dir``; return the HTML path.
+
+    ``uncertain_below``, ``min_quality``: see the module docstring; ``calibration``: the model's
+    :func:`msfer.inference.recognizer.calibration_summary` (None: uncalibrated).
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     out_dir.mkdir(parents=True, exist_ok=True)
-    tracks = summarise_tracks(frames)
+    tracks = summarise_tracks(frames, uncertain_below, min_quality)
     inputs = InputFiles([video])
     for name in report_files(tracks):
         inputs.refuse(out_dir / name, "--out")
@@ -141,13 +222,20 @@ def write_report(video: Path, frames: list[VideoFrame], out_dir: Path, settings:
             writer.write({"source": video, "frame": frame.index, "time": frame.time, "faces": frame.faces})
     rows = "\n".join(
         "<tr>" + "".join(f"<td>{cell}</td>" for cell in (
-            track.track_id, f"{track.times[0]:.2f}", f"{track.times[-1]:.2f}", len(track.times),
-            Counter(track.labels).most_common(1)[0][0],
+            track.track_id, f"{track.times[0]:.2f}", f"{track.times[-1]:.2f}", len(track.times), track.most_often(),
             *(f"{100 * share:.0f}%" for share in track.shares().values()),
         )) + "</tr>"
         for track in tracks
     )
-    header = "".join(f"<th>{name}</th>" for name in ("face", "first seen (s)", "last seen (s)", "frames", "most often", *EMOTIONS))
+    header = "".join(f"<th>{name}</th>" for name in ("face", "first seen (s)", "last seen (s)", "frames", "most often", *STATES))
+    left_out = sum(face.quality == "low" for frame in frames for face in frame.faces) if min_quality == "good" else 0
+    reading = (
+        f"<p>Each moment reads as its label (decision rule: {html.escape(str(settings.get('decision', 'argmax')))}) "
+        f"unless the label's probability is below {uncertain_below:.2f}: then it is <em>uncertain</em>. "
+        + ("Faces of low quality (small, blurred, turned away or weakly detected) are "
+           + (f"left out ({left_out} face-moments)." if min_quality == "good" else "marked <em>low quality</em>.")
+           ) + f"</p>\n<p>{calibration_sentence(calibration)}</p>"
+    )
     timelines = "\n".join(
         f'<img src="timeline_{track.track_id}.png" alt="emotion timeline of face {track.track_id}">' for track in tracks
     )
@@ -168,6 +256,7 @@ img {{ max-width: 100%; display: block; margin: 0.5em 0; }}
 <h1>Facial emotion report: {html.escape(printable(video.name))}</h1>
 <p class="notice"><strong>Research aid, not a diagnosis.</strong> {DISCLAIMER}</p>
 <p>{len(frames)} processed frames over {duration:.1f} s; {len(tracks)} tracked face(s). {settings_text}.</p>
+{reading}
 {body}
 </body></html>
 """
@@ -186,19 +275,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detect-size", type=int, default=640, help="longest side of the copy the face detector sees (default 640)")
     parser.add_argument("--min-face", type=float, default=DEFAULT_MIN_FACE, metavar="PX",
                         help=f"smallest face (pixels) to find in large frames (default {DEFAULT_MIN_FACE:g}; 0: no finer pass)")
+    parser.add_argument("--uncertain-below", type=float, default=DEFAULT_UNCERTAIN_BELOW, metavar="P",
+                        help="a moment whose label has a probability below P is shown as uncertain, not as that "
+                             f"emotion (default {DEFAULT_UNCERTAIN_BELOW:g}: with calibrated probabilities, the labels "
+                             "more likely wrong than right; 0 turns it off)")
+    parser.add_argument("--min-quality", choices=MIN_QUALITY, default="low",
+                        help="'low' (default) keeps low-quality faces, marked as such; 'good' leaves them out")
+    add_decision_argument(parser)
     add_model_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.smooth < 1.0:
         raise MsferError(f"--smooth must be in [0, 1), got {args.smooth}")
+    if not 0.0 <= args.uncertain_below <= 1.0:
+        raise MsferError(f"--uncertain-below must be in [0, 1], got {args.uncertain_below}")
     # Refused before the work, not after: the fixed names, and any timeline_<N>.png.
     inputs = InputFiles([args.video])
     for name in report_files([]):
         inputs.refuse(args.out / name, "--out")
     if args.video.name.startswith("timeline_") and args.video.suffix == ".png":
         inputs.refuse(args.out / args.video.name, "--out")
-    recognizer = EmotionRecognizer(**model_options(args), detect_size=args.detect_size, min_face=args.min_face)
+    recognizer = EmotionRecognizer(**model_options(args), detect_size=args.detect_size, min_face=args.min_face,
+                                   decision=args.decision)
     with VideoSource(args.video) as video, tqdm(total=video.frame_count, desc=printable(args.video.name), unit="frame") as progress:
         frames = []
         for frame in predict_video(recognizer, video, args.every, args.smooth):
@@ -206,6 +305,9 @@ def run(args: argparse.Namespace) -> int:
                 frame.image = None  # only the results are needed: keeps memory flat on long videos
                 frames.append(frame)
             progress.update()
-    settings = {"model": args.weights or "bundled", "every": args.every, "smoothing": args.smooth}
-    print(f"wrote {printable(write_report(args.video, frames, args.out, settings))}")
+    settings = {"model": args.weights or "bundled", "every": args.every, "smoothing": args.smooth,
+                "decision": args.decision, "uncertain below": args.uncertain_below, "min quality": args.min_quality}
+    path = write_report(args.video, frames, args.out, settings, args.uncertain_below, args.min_quality,
+                        recognizer.calibration)
+    print(f"wrote {printable(path)}")
     return 0

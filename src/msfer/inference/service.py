@@ -2,7 +2,10 @@
 
 * ``POST /v1/predict``: one image, as a multipart upload in the field ``image`` (``file``
   is accepted too), or as the raw request body; answers ``{"source", "width", "height",
-  "faces": [...]}`` with faces as ``msfer predict`` writes them. Whether it is an image
+  "decision", "faces": [...]}`` with faces as ``msfer predict`` writes them. The decision
+  rule is the query parameter ``decision`` (``?decision=balanced``) or a form field of that
+  name, else the service's (``msfer serve --decision``); an unknown rule, or "balanced" for a
+  model without it, is 422. Whether it is an image
   is decided by its bytes (what Pillow can decode: JPEG, PNG, WebP, BMP, TIFF, GIF, ...),
   never by the declared content type or file name.
 * ``GET /healthz``: ``{"status": "ok", ...}`` once the model is loaded, with the limits and
@@ -40,7 +43,8 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
 from ..data.images import UnreadableImageError, load_rgb
-from .options import add_model_arguments, model_options
+from ..errors import MsferError
+from .options import add_decision_argument, add_model_arguments, model_options
 from .recognizer import EmotionRecognizer
 
 log = logging.getLogger(__name__)
@@ -121,13 +125,20 @@ def create_app(
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def upload_of(request: Request, body: bytes) -> tuple[str, bytes]:
-        """(file name, bytes) of the image: the multipart field ``image`` or ``file``, else the raw body."""
+    def decision_of(value: str | None) -> str:
+        """The request's decision rule, checked (422 for an unknown one, or "balanced" without offsets)."""
+        try:
+            return recognizer.check_decision(value)
+        except MsferError as error:
+            raise HTTPException(422, str(error)) from None
+
+    async def upload_of(request: Request, body: bytes) -> tuple[str, bytes, str | None]:
+        """(file name, bytes, decision field) of the image: the multipart field ``image`` or ``file``, else the raw body."""
         content_type = request.headers.get("content-type", "")
         if not content_type.startswith("multipart/form-data"):
             if not body or content_type.startswith("application/x-www-form-urlencoded"):  # a form without a file
                 raise HTTPException(422, "no image: send it in the multipart field 'image' (curl -F image=@photo.jpg ...)")
-            return "upload", body
+            return "upload", body, None
 
         async def replay() -> dict:
             return {"type": "http.request", "body": body, "more_body": False}
@@ -141,11 +152,12 @@ def create_app(
             if upload is None:
                 raise HTTPException(422, "no image: send it in the multipart field 'image' as a file "
                                          "(curl -F image=@photo.jpg ...)")
-            return upload.filename or "upload", await upload.read()
+            decision = form.get("decision")
+            return upload.filename or "upload", await upload.read(), decision if isinstance(decision, str) else None
         finally:
             await form.close()
 
-    def recognise(name: str, data: bytes) -> dict:
+    def recognise(name: str, data: bytes, decision: str) -> dict:
         """Decode and recognise, in a worker thread, holding one of the gate's slots."""
         if not data:
             raise HTTPException(400, f"{name}: empty file (0 bytes)")
@@ -170,14 +182,17 @@ def create_app(
                 image = load_rgb(stored.name)
             except UnreadableImageError as error:
                 raise HTTPException(400, str(error).replace(stored.name, name)) from None
-            faces = recognizer.predict(image)
-        return {"source": name, "width": image.width, "height": image.height, "faces": [f.to_dict() for f in faces]}
+            faces = recognizer.predict(image, decision=decision)
+        return {"source": name, "width": image.width, "height": image.height, "decision": decision,
+                "faces": [f.to_dict() for f in faces]}
 
     @app.get("/healthz")
     def healthz() -> dict:
         return {"status": "ok", "version": __version__, "backend": type(recognizer.classifier).__name__,
                 "max_upload_mb": max_upload_mb, "max_pixels": max_pixels, "max_concurrent": max_concurrent,
-                "max_queue": max_queue, "in_flight": gate.admitted, "min_face": recognizer.min_face}
+                "max_queue": max_queue, "in_flight": gate.admitted, "min_face": recognizer.min_face,
+                "decision": recognizer.decision, "balanced_decision": bool(any(recognizer.classifier.balanced_offsets)),
+                "calibration": recognizer.calibration}
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> FileResponse:
@@ -187,9 +202,13 @@ def create_app(
     def sample() -> FileResponse:
         return FileResponse(SAMPLE_IMAGE, media_type="image/jpeg")
 
-    upload_schema = {"requestBody": {"required": True, "content": {
+    rules = {"type": "string", "enum": ["argmax", "balanced"],
+             "description": "decision rule: argmax (the most probable emotion) or balanced; default the service's"}
+    upload_schema = {"parameters": [{"name": "decision", "in": "query", "required": False, "schema": rules}],
+                     "requestBody": {"required": True, "content": {
         "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
             "image": {"type": "string", "format": "binary", "description": "the photo (JPEG, PNG, WebP, BMP, TIFF, ...)"},
+            "decision": rules,
         }}},
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
     }}}
@@ -203,8 +222,10 @@ def create_app(
             raise HTTPException(503, f"busy: {gate.capacity} requests are being served or waiting; retry shortly",
                                 headers={"Retry-After": str(RETRY_AFTER_S)})
         try:
-            name, data = await upload_of(request, await read_body(request))
-            return await run_in_threadpool(recognise, name, data)
+            query_decision = decision_of(request.query_params.get("decision"))
+            name, data, form_decision = await upload_of(request, await read_body(request))
+            decision = decision_of(form_decision) if form_decision is not None else query_decision
+            return await run_in_threadpool(recognise, name, data, decision)
         finally:
             gate.leave()
 
@@ -223,18 +244,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"requests decoded and recognised at once (default {DEFAULT_MAX_CONCURRENT})")
     parser.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
                         help=f"requests that wait for a turn; more get 503 with Retry-After (default {DEFAULT_MAX_QUEUE})")
+    add_decision_argument(parser)
     add_model_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from ..errors import MsferError
-
     if args.max_upload_mb <= 0 or args.max_pixels < 1 or args.max_concurrent < 1 or args.max_queue < 0:
         raise MsferError("--max-upload-mb and --max-pixels must be positive, --max-concurrent at least 1, "
                          "--max-queue 0 or more")
-    recognizer = EmotionRecognizer(**model_options(args))
+    recognizer = EmotionRecognizer(**model_options(args), decision=args.decision)
     print(f"msfer serve: open http://{args.host}:{args.port}/ (Ctrl+C stops)")
     app = create_app(recognizer, args.max_upload_mb, args.max_pixels, args.max_concurrent, args.max_queue)
     uvicorn.run(app, host=args.host, port=args.port)

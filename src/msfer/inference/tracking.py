@@ -9,11 +9,13 @@ more than ``max_missed`` processed frames ends (its id is never reused).
 Smoothing is an exponential moving average of each track's probabilities:
 ``smoothed = smoothing * previous + (1 - smoothing) * current``, so 0 is off and
 values near 1 follow slowly. It steadies labels that flicker between neighbouring
-emotions from frame to frame.
+emotions from frame to frame. A smoothed face's label is chosen again from the smoothed
+probabilities, by the same decision rule as its frame's (``decide``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -42,10 +44,13 @@ class Track:
 class FaceTracker:
     """Assigns ``track_id`` to the faces of successive frames; see the module docstring."""
 
-    def __init__(self, iou_threshold: float = 0.3, max_missed: int = 10, smoothing: float = 0.0) -> None:
+    def __init__(self, iou_threshold: float = 0.3, max_missed: int = 10, smoothing: float = 0.0,
+                 decide: Callable[[np.ndarray], int] | None = None) -> None:
+        """``decide``: the class index of a smoothed probability vector (7,), default the most probable."""
         if not 0.0 <= smoothing < 1.0:
             raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
         self.iou_threshold, self.max_missed, self.smoothing = iou_threshold, max_missed, smoothing
+        self.decide = decide or (lambda probs: int(np.argmax(probs)))
         self.tracks: list[Track] = []
         self.next_id = 1
 
@@ -68,7 +73,7 @@ class FaceTracker:
                 self.next_id += 1
             face.track_id = track.id
             if self.smoothing:
-                best = int(np.argmax(track.probs))
+                best = self.decide(track.probs)
                 face.probs = {name: round(float(p), 5) for name, p in zip(EMOTIONS, track.probs)}
                 face.label, face.confidence = EMOTIONS[best], round(float(track.probs[best]), 5)
         self.tracks = [track for track in self.tracks if track.missed <= self.max_missed]

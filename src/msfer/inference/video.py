@@ -240,7 +240,8 @@ def predict_video(
 
     Raises :class:`MsferError` if the video gives no frame at all.
     """
-    tracker = FaceTracker(smoothing=smoothing)
+    # Smoothed labels follow the recognizer's decision rule, like the frames' own.
+    tracker = FaceTracker(smoothing=smoothing, decide=lambda probs: int(recognizer.decide(probs[None])[0]))
     every, frames_per_batch = max(int(every), 1), 1 if video.live else max(int(frames_per_batch), 1)
     pending: list[VideoFrame] = []
     last_faces: list[FaceResult] = []
