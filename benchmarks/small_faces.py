@@ -27,7 +27,7 @@ import torch
 
 from msfer.data.images import load_rgb_array
 from msfer.inference.recognizer import EmotionRecognizer
-from msfer.regions.detector import RetinaFaceDetector
+from msfer.regions.retinaface import RetinaFaceDetector
 
 SAMPLE = Path(__file__).resolve().parents[1] / "src" / "msfer" / "samples" / "astronaut.jpg"
 

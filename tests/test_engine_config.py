@@ -145,6 +145,27 @@ def test_a_key_that_does_nothing_is_an_error():
     assert "label_smoothing" not in config["train"] and config["train"]["epochs"] == 3
 
 
+def test_the_region_source_has_one_name_and_old_configs_still_load(tmp_path):
+    assert load_config()["eval"]["region_source"] is None  # the model's own regions
+    assert load_config(overrides=["eval.region_source=pseudo"])["eval"]["region_source"] == "pseudo"
+    # configs saved before the rename (a checkpoint's, for --resume) held eval.regions: learned | pseudo
+    for old, new in (("learned", None), ("model", None), ("pseudo", "pseudo")):
+        config = load_config(base={"eval": {"regions": old, "tta": True}})
+        assert config["eval"]["region_source"] == new and "regions" not in config["eval"], old
+        assert config["eval"]["tta"] is True
+    # a later layer's new key wins over an earlier layer's old one; a YAML file is translated too
+    assert load_config(overrides=["eval.region_source=null"],
+                       base={"eval": {"regions": "pseudo"}})["eval"]["region_source"] is None
+    (tmp_path / "old.yaml").write_text("eval: {regions: pseudo}\n")
+    assert load_config(tmp_path / "old.yaml")["eval"]["region_source"] == "pseudo"
+    with pytest.raises(MsferError, match=re.escape("eval.regions='detector' is not one of")):
+        load_config(base={"eval": {"regions": "detector"}})
+    with pytest.raises(MsferError, match=re.escape("both eval.regions='pseudo' and eval.region_source=None")):
+        load_config(base={"eval": {"regions": "pseudo", "region_source": None}})
+    with pytest.raises(MsferError, match="is not one of None, 'pseudo'"):
+        load_config(overrides=["eval.region_source=learned"])
+
+
 def test_holdout_is_the_papers_stratified_split_when_asked_for():
     config = load_config(overrides=["data.val_split=null", "data.holdout={fraction: 1/6, seed: 3}"])
     assert config["data"]["holdout"] == {"fraction": pytest.approx(1 / 6), "seed": 3}

@@ -72,7 +72,7 @@ def test_train_then_evaluate_the_region_model(tiny_data, tmp_path, capsys):
     # pseudo-label regions at test time (the ablation): the detector's weights are set aside
     assert cli(["evaluate", "--weights", str(run / "best.pt"), "--data", str(tiny_data), "--format", "folder",
                 "--split", "val", "--out", str(tmp_path / "pseudo"), "--annotations", str(tiny_data / "regions.jsonl"),
-                "--regions", "pseudo", "--num-workers", "0", "--device", "cpu"]) == 0
+                "--region-source", "pseudo", "--num-workers", "0", "--device", "cpu"]) == 0
     assert "mean class accuracy" in capsys.readouterr().out
 
 

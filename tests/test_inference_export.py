@@ -8,7 +8,7 @@ import pytest
 
 from msfer.cli import main
 from msfer.errors import MsferError
-from msfer.inference.recognizer import EmotionRecognizer, OnnxClassifier, TorchClassifier
+from msfer.inference.recognizer import EmotionRecognizer, OnnxBackend, TorchBackend
 
 
 onnx = pytest.importorskip("onnx")
@@ -43,8 +43,8 @@ def test_onnx_file_is_valid_with_metadata_and_dynamic_batch(onnx_file):
 
 
 def test_onnx_matches_pytorch_on_real_faces(onnx_file, random_weights, astronaut):
-    torch_net = TorchClassifier(random_weights, "cpu")
-    onnx_net = OnnxClassifier(onnx_file, str(onnx_file))
+    torch_net = TorchBackend(random_weights, "cpu")
+    onnx_net = OnnxBackend(onnx_file, str(onnx_file))
     recognizer = EmotionRecognizer(random_weights)
     batch = real_face_crops(recognizer, astronaut)
     assert len(batch) == 3

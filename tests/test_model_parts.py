@@ -10,7 +10,7 @@ from msfer.model.anchors import ANCHORS_PER_LOCATION, cell_anchors, level_anchor
 from msfer.model.backbones import BACKBONES, build_backbone
 from msfer.model.emotionnet import _TEMPLATE
 from msfer.model.fpn import LEVELS, STRIDES, FeaturePyramid
-from msfer.model.heads import MultiScaleHead
+from msfer.model.multiscale import MultiScaleHead
 from msfer.model.layers import LevelRoIAlign, box_iou
 from msfer.model.losses import binary_focal_loss, focal_cross_entropy
 

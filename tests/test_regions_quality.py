@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from msfer.regions.detector import Face
+from msfer.regions.retinaface import Face
 from msfer.regions.quality import REJECTION_REASONS, QualityRules, rejection_reason, roll_degrees, select_face
 
 BOX = np.array([50.0, 40.0, 150.0, 170.0])

@@ -256,10 +256,10 @@ def test_only(config: Config, checkpoint_path: Path, output_dir: Path, device: t
 def validate(model: torch.nn.Module, dataset: FaceDataset, config: Config, device: torch.device, info: DistInfo) -> dict:
     """Metrics of ``model`` on the validation ``dataset`` (gathered over all ranks).
 
-    With ``eval.regions=pseudo`` a learned-detector model is validated through a copy of its
-    weights whose head takes the pseudo-label regions (``region_source=pseudo``).
+    With ``eval.region_source=pseudo`` a learned-detector model is validated through a copy of its
+    weights whose head takes the pseudo-label regions (``model.region_source=pseudo``).
     """
-    pseudo_regions = config["eval"]["regions"] == "pseudo" and bool(model.region_names)  # a classifier has none
+    pseudo_regions = config["eval"]["region_source"] == "pseudo" and bool(model.region_names)  # a classifier has none
     if pseudo_regions and model.region_source != "pseudo":
         from ..model import build_model
 

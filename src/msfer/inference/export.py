@@ -74,13 +74,13 @@ def onnx_bytes(model, source: str | Path, opset: int = DEFAULT_OPSET) -> bytes:
 
 def export_onnx(weights: str | Path | None, out: str | Path, opset: int = DEFAULT_OPSET) -> Path:
     """Export the checkpoint ``weights`` (default: the bundled model) to ``out``; return ``out``."""
-    from .recognizer import TorchClassifier
+    from .recognizer import TorchBackend
     from ..weights import default_weights_path
 
     weights = Path(weights) if weights is not None else default_weights_path()
     if opset < 17:
         raise MsferError(f"opset {opset} is too old: msfer exports with opset 17 or newer")
-    data = onnx_bytes(TorchClassifier(weights, "cpu").model, weights, opset)
+    data = onnx_bytes(TorchBackend(weights, "cpu").model, weights, opset)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

@@ -48,7 +48,7 @@ from PIL import Image
 
 from ..errors import MsferError
 from ..labels import EMOTIONS
-from ..regions.detector import Face, non_maximum_suppression, resize_by
+from ..regions.retinaface import Face, non_maximum_suppression, resize_by
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
@@ -116,8 +116,8 @@ def _check_classes(classes: Sequence[str], source: str) -> None:
         raise MsferError(f"{source} predicts classes {list(classes)}, not msfer's {list(EMOTIONS)}")
 
 
-class TorchClassifier:
-    """The region network in PyTorch, from a checkpoint of ``msfer train``."""
+class TorchBackend:
+    """Inference backend: the region network in PyTorch, from a checkpoint of ``msfer train``."""
 
     def __init__(self, weights: Path, device: str) -> None:
         import torch
@@ -139,8 +139,8 @@ class TorchClassifier:
         return output["logits"].float().cpu().numpy(), output["boxes"].float().cpu().numpy()
 
 
-class OnnxClassifier:
-    """The region network in ONNX Runtime, from a file of ``msfer export`` (or its bytes)."""
+class OnnxBackend:
+    """Inference backend: the region network in ONNX Runtime, from a file of ``msfer export`` (or its bytes)."""
 
     def __init__(self, model: Path | bytes, source: str, threads: int | None = None) -> None:
         import onnxruntime as ort
@@ -167,8 +167,8 @@ class OnnxClassifier:
         return logits, boxes
 
 
-def load_classifier(weights: str | os.PathLike | None, device: str = "cpu", backend: str = "torch"):
-    """A classifier for ``weights`` (default: the bundled model).
+def load_backend(weights: str | os.PathLike | None, device: str = "cpu", backend: str = "torch"):
+    """The inference backend (:class:`TorchBackend` or :class:`OnnxBackend`) for ``weights`` (default: the bundled model).
 
     ``weights`` is a ``.pt`` checkpoint, a run directory of ``msfer train`` (its best.pt) or an ``.onnx`` export.
 
@@ -184,13 +184,13 @@ def load_classifier(weights: str | os.PathLike | None, device: str = "cpu", back
     if path.suffix == ".onnx":
         if backend != "onnx":
             raise MsferError(f"{path} is an ONNX model: use backend 'onnx' (--backend onnx)")
-        return OnnxClassifier(path, str(path))
+        return OnnxBackend(path, str(path))
     if backend == "onnx":
         from .export import onnx_bytes
 
-        torch_classifier = TorchClassifier(path, "cpu")
-        return OnnxClassifier(onnx_bytes(torch_classifier.model, path), f"{path} (exported to ONNX)")
-    return TorchClassifier(path, device)
+        torch_backend = TorchBackend(path, "cpu")
+        return OnnxBackend(onnx_bytes(torch_backend.model, path), f"{path} (exported to ONNX)")
+    return TorchBackend(path, device)
 
 
 def to_rgb_array(image: ImageInput, color_order: str = "rgb") -> np.ndarray:
@@ -293,7 +293,7 @@ class EmotionRecognizer:
     ``weights``: a checkpoint of ``msfer train`` (``.pt``) or an ``msfer export`` file
     (``.onnx``); default the bundled model. ``backend``: "torch" or "onnx" (a ``.pt``
     is then exported in memory). ``detector``: a
-    :class:`msfer.regions.detector.RetinaFaceDetector` (default: its bundled weights).
+    :class:`msfer.regions.retinaface.RetinaFaceDetector` (default: its bundled weights).
     ``tta``: average with the mirrored crop. ``detect_size``: longest side of the coarse
     copy the detector sees. ``min_face``: the smallest face (pixels) to find in large
     photos, by a finer second copy (None or 0: the coarse copy alone, faster on large
@@ -316,10 +316,10 @@ class EmotionRecognizer:
     ) -> None:
         if detect_size < 1 or (min_face is not None and min_face < 0):
             raise MsferError(f"detect_size must be at least 1 and min_face 0 or more, got {detect_size} and {min_face}")
-        self.classifier = load_classifier(weights, device, backend)
+        self.classifier = load_backend(weights, device, backend)
         self.spec: ModelSpec = self.classifier.spec
         if detector is None:
-            from ..regions.detector import RetinaFaceDetector
+            from ..regions.retinaface import RetinaFaceDetector
 
             detector = RetinaFaceDetector()
         self.detector = detector

@@ -15,9 +15,9 @@ from torch import Tensor, nn
 from ..errors import MsferError
 from ..labels import NUM_EMOTIONS, region_names
 from .backbones import build_backbone
-from .detector import RegionDetector
+from .region_detector import RegionDetector
 from .fpn import LEVELS, FeaturePyramid
-from .heads import MultiScaleHead
+from .multiscale import MultiScaleHead
 from .losses import focal_cross_entropy
 
 REGION_SOURCES = ("learned", "pseudo", "none")

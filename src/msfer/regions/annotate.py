@@ -35,7 +35,7 @@ from ..errors import MsferError
 from ..labels import EMOTIONS
 from ..outputs import InputFiles, existing_out_mode
 from .annotations import REJECTED_PREFIX, STATUS_NO_FACE, STATUS_OK, STATUS_UNREADABLE, AnnotationWriter
-from .detector import Face, RetinaFaceDetector, resize_by
+from .retinaface import Face, RetinaFaceDetector, resize_by
 from .geometry import derive_regions
 from .quality import QualityRules, rejection_reason, select_face
 

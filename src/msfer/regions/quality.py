@@ -29,7 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .detector import Face
+from .retinaface import Face
 
 REJECTION_REASONS: tuple[str, ...] = ("low_score", "landmarks_outside_face", "roll", "landmark_order", "eye_distance")
 

@@ -7,7 +7,7 @@ import pytest
 from skimage.data import astronaut
 
 from msfer.errors import MsferError
-from msfer.regions.detector import RetinaFaceDetector, anchors_for, non_maximum_suppression
+from msfer.regions.retinaface import RetinaFaceDetector, anchors_for, non_maximum_suppression
 from msfer.regions.geometry import derive_regions
 
 
