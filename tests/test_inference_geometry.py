@@ -1,4 +1,4 @@
-"""Image geometry in detection: degenerate shapes, faces cut by the edge, batch independence, small faces in large photos."""
+"""Detection geometry: degenerate shapes, faces cut by the edge, batch independence, small faces in large photos."""
 from __future__ import annotations
 
 import copy

@@ -15,7 +15,6 @@ from PIL import Image
 from msfer.cli import main
 from msfer.labels import EMOTIONS
 
-
 skimage_data = pytest.importorskip("skimage.data")
 
 

@@ -8,6 +8,7 @@ import struct
 import numpy as np
 import pytest
 from PIL import Image
+from test_inference_predict import moving_face_frames, write_video
 
 from msfer.cli import main
 from msfer.errors import MsferError
@@ -16,8 +17,6 @@ from msfer.inference.report import EMOTION_COLORS
 from msfer.inference.tracking import FaceTracker, box_iou
 from msfer.inference.video import VideoSource, predict_video
 from msfer.labels import EMOTIONS
-
-from test_inference_predict import moving_face_frames, write_video
 
 
 def face(box, label: str = "happy", p: float = 0.7) -> FaceResult:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from msfer.regions.retinaface import Face
 from msfer.regions.quality import REJECTION_REASONS, QualityRules, rejection_reason, roll_degrees, select_face
+from msfer.regions.retinaface import Face
 
 BOX = np.array([50.0, 40.0, 150.0, 170.0])
 LANDMARKS = np.array([[80, 90], [120, 90], [100, 115], [84, 140], [116, 140]], dtype=float)

@@ -7,8 +7,8 @@ import pytest
 from skimage.data import astronaut
 
 from msfer.errors import MsferError
-from msfer.regions.retinaface import RetinaFaceDetector, anchors_for, non_maximum_suppression
 from msfer.regions.geometry import derive_regions
+from msfer.regions.retinaface import RetinaFaceDetector, anchors_for, non_maximum_suppression
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +92,7 @@ def test_another_export_of_the_same_form_can_be_loaded(tmp_path, detector):
 def test_exactly_one_headless_opencv_is_installed():
     from importlib.metadata import distributions
 
-    opencv = sorted({d.metadata["Name"].lower() for d in distributions() if d.metadata["Name"].lower().startswith("opencv")})
+    names = {d.metadata["Name"].lower() for d in distributions()}
+    opencv = sorted(name for name in names if name.startswith("opencv"))
     assert opencv == ["opencv-python-headless"], opencv
     assert cv2.imdecode(cv2.imencode(".png", np.zeros((4, 4), np.uint8))[1], cv2.IMREAD_GRAYSCALE).shape == (4, 4)

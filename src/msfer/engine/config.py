@@ -357,7 +357,10 @@ def _kind(default: Any) -> str:
 
 
 def _same_kind(value: Any, default: Any) -> bool:
-    """Whether ``value`` may stand where the schema's ``default`` is (``None`` and defaults of ``None`` match anything)."""
+    """Whether ``value`` may stand where the schema's ``default`` is.
+
+    ``None``, and any value where the default is ``None``, match anything.
+    """
     if value is None or default is None:
         return True
     if isinstance(default, bool):

@@ -63,10 +63,12 @@ def predict_split(
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=num_workers,
                         pin_memory=device.type == "cuda", generator=torch.Generator())
     size = model.input_size
-    keys = ("y_true", "probs", "logits", "boxes", "box_scores", "fallback", "true_boxes", "true_valid", "detected", "proposed")
+    keys = ("y_true", "probs", "logits", "boxes", "box_scores", "fallback", "true_boxes", "true_valid", "detected",
+            "proposed")
     parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     for batch in tqdm(loader, desc="evaluating", unit="batch", leave=False, disable=not (progress and info.is_main)):
-        images, true_boxes = prepare_eval(batch["image"].to(device), batch["boxes"].to(device), size, model.mean, model.std)
+        images, true_boxes = prepare_eval(batch["image"].to(device), batch["boxes"].to(device), size, model.mean,
+                                          model.std)
         true_valid = batch["box_valid"].to(device)
         given = {"boxes": true_boxes, "box_valid": true_valid} if pseudo_regions else {}
         with autocast(device, amp):

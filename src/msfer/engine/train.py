@@ -61,7 +61,14 @@ from .augment import BatchAugment
 from .checkpoint import describe, load_checkpoint, load_model, resolve_checkpoint, save_checkpoint
 from .config import Config, load_config, save_config, validation_name
 from .datasets import FaceDataset
-from .distributed import DistInfo, EpochSampler, all_gather_objects, cleanup_distributed, init_distributed, mean_over_ranks
+from .distributed import (
+    DistInfo,
+    EpochSampler,
+    all_gather_objects,
+    cleanup_distributed,
+    init_distributed,
+    mean_over_ranks,
+)
 from .evaluate import autocast, predict_split, resolve_device, split_metrics
 from .files import write_atomic
 from .metrics import format_table, write_report
@@ -79,7 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("opts", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, e.g. train.lr=3e-4 data.root=/data/fer2013 (values parsed as YAML)")
     parser.add_argument("--resume", type=Path, metavar="PATH_OR_DIR",
-                        help="continue from a checkpoint, or a run directory's last.pt, with its config (plus overrides)")
+                        help="continue from a checkpoint, or a run directory's last.pt, with its config "
+                             "(plus overrides)")
     parser.add_argument("--output-dir", type=Path, help="where the run writes (overrides the config's output_dir)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start a new run in a directory that holds one: its checkpoints, metrics.csv, config.yaml "
@@ -195,7 +203,8 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, cosine: bool) -> f
     return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def build_datasets(config: Config, model: torch.nn.Module, roles: tuple[str, ...], info: DistInfo) -> dict[str, FaceDataset]:
+def build_datasets(config: Config, model: torch.nn.Module, roles: tuple[str, ...],
+                   info: DistInfo) -> dict[str, FaceDataset]:
     """The datasets of ``roles`` (``train_split``, ``val_split``), sized and ordered for ``model``."""
     from ..data.readers import read_dataset
     from ..regions.annotations import load_annotations
@@ -253,7 +262,8 @@ def test_only(config: Config, checkpoint_path: Path, output_dir: Path, device: t
     return metrics
 
 
-def validate(model: torch.nn.Module, dataset: FaceDataset, config: Config, device: torch.device, info: DistInfo) -> dict:
+def validate(model: torch.nn.Module, dataset: FaceDataset, config: Config, device: torch.device,
+             info: DistInfo) -> dict:
     """Metrics of ``model`` on the validation ``dataset`` (gathered over all ranks).
 
     With ``eval.region_source=pseudo`` a learned-detector model is validated through a copy of its
@@ -275,7 +285,8 @@ def validate(model: torch.nn.Module, dataset: FaceDataset, config: Config, devic
 class Trainer:
     """One training run: data, model, optimisation state, and the epoch loop."""
 
-    def __init__(self, config: Config, output_dir: Path, device: torch.device, info: DistInfo, checkpoint: dict | None) -> None:
+    def __init__(self, config: Config, output_dir: Path, device: torch.device, info: DistInfo,
+                 checkpoint: dict | None) -> None:
         from ..model import build_model, model_config
 
         self.config, self.output_dir, self.device, self.info = config, output_dir, device, info
@@ -522,14 +533,16 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update(self.model)
             correct = (output["logits"].argmax(dim=1) == labels).sum()
-            totals += torch.stack([loss.detach().double() * len(labels), correct.double(), totals.new_tensor(len(labels))])
+            count = totals.new_tensor(len(labels))
+            totals += torch.stack([loss.detach().double() * len(labels), correct.double(), count])
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{totals[0] / totals[2]:.4f}", acc=f"{totals[1] / totals[2]:.3f}",
                                 lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
         seconds = time.monotonic() - started
         totals = mean_over_ranks(totals, info).cpu()
         return {"loss": float(totals[0] / totals[2]), "accuracy": float(totals[1] / totals[2]),
-                "lr": self.scheduler.get_last_lr()[0], "images_per_second": float(totals[2]) * info.world_size / seconds}
+                "lr": self.scheduler.get_last_lr()[0],
+                "images_per_second": float(totals[2]) * info.world_size / seconds}
 
     def _record(self, epoch: int, stats: dict[str, float], metrics: dict, seconds: float, writer) -> None:
         """Rank 0: TensorBoard, then the epoch's commit: metrics.csv, best.pt (if improved), last.pt.

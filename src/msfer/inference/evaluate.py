@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default=None,
                         help="split to evaluate (e.g. public_test, test); default: every sample of the dataset")
     parser.add_argument("--out", type=Path, required=True, help="folder for metrics.json and confusion_matrix.png")
-    parser.add_argument("--tta", action="store_true", help="horizontal-flip test-time augmentation (mean of both softmaxes)")
+    parser.add_argument("--tta", action="store_true",
+                        help="horizontal-flip test-time augmentation (mean of both softmaxes)")
     parser.add_argument("--annotations", type=Path, default=None,
                         help="region pseudo-labels (JSONL of 'msfer annotate') to score the region detector against")
     parser.add_argument("--region-source", choices=("pseudo",), default=None,
@@ -122,7 +123,8 @@ def _split_samples(args: argparse.Namespace) -> list:
     index = read_dataset(args.data, args.format)
     samples = [s for s in index.samples if args.split is None or s.split == args.split]
     if not samples:
-        raise MsferError(f"no samples in split {args.split!r} of {args.data}; splits present: {', '.join(index.splits())}")
+        raise MsferError(f"no samples in split {args.split!r} of {args.data}; "
+                         f"splits present: {', '.join(index.splits())}")
     return samples
 
 

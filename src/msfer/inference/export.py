@@ -74,8 +74,8 @@ def onnx_bytes(model, source: str | Path, opset: int = DEFAULT_OPSET) -> bytes:
 
 def export_onnx(weights: str | Path | None, out: str | Path, opset: int = DEFAULT_OPSET) -> Path:
     """Export the checkpoint ``weights`` (default: the bundled model) to ``out``; return ``out``."""
-    from .recognizer import TorchBackend
     from ..weights import default_weights_path
+    from .recognizer import TorchBackend
 
     weights = Path(weights) if weights is not None else default_weights_path()
     if opset < 17:
@@ -92,7 +92,8 @@ def export_onnx(weights: str | Path | None, out: str | Path, opset: int = DEFAUL
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=["onnx"], default="onnx", help="export format (only onnx)")
     parser.add_argument("--out", required=True, type=Path, help="the file to write, e.g. model.onnx")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, 17 or newer (default {DEFAULT_OPSET})")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                        help=f"ONNX opset, 17 or newer (default {DEFAULT_OPSET})")
     # The export traces the PyTorch model on the CPU: --device and --backend would change nothing.
     add_model_arguments(parser, device=False, backend=False)
 

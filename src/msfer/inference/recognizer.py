@@ -168,7 +168,9 @@ class OnnxBackend:
 
 
 def load_backend(weights: str | os.PathLike | None, device: str = "cpu", backend: str = "torch"):
-    """The inference backend (:class:`TorchBackend` or :class:`OnnxBackend`) for ``weights`` (default: the bundled model).
+    """The inference backend (:class:`TorchBackend` or :class:`OnnxBackend`) for ``weights``.
+
+    ``weights`` defaults to the bundled model.
 
     ``weights`` is a ``.pt`` checkpoint, a run directory of ``msfer train`` (its best.pt) or an ``.onnx`` export.
 
@@ -338,7 +340,7 @@ class EmotionRecognizer:
     def predict_batch(
         self, images: Sequence[ImageInput], color_order: str = "rgb", errors: str = "raise"
     ) -> list[list[FaceResult] | MsferError]:
-        """:meth:`predict` for many images: detection batched by image size, classification in batches of ``batch_size``.
+        """:meth:`predict` for many images: detection batched by image size, faces classified ``batch_size`` at a time.
 
         Each image's faces are the same as from :meth:`predict` on it alone.
 
@@ -413,7 +415,7 @@ class EmotionRecognizer:
                 keep = non_maximum_suppression(np.array([face.box for face in faces]),
                                                np.array([face.score for face in faces]), self.detector.nms_threshold)
                 faces = [faces[k] for k in keep]
-            detections[index] = sorted(faces, key=lambda face: -(face.box[2] - face.box[0]) * (face.box[3] - face.box[1]))
+            detections[index] = sorted(faces, key=lambda f: -(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
         return detections
 
     def classify_crops(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -121,7 +121,10 @@ def report_files(tracks: list[TrackSummary]) -> list[str]:
 
 
 def write_report(video: Path, frames: list[VideoFrame], out_dir: Path, settings: dict[str, object]) -> Path:
-    """Write the plots and ``report.html`` for the processed ``frames`` of ``video`` into ``out_dir``; return the HTML path."""
+    """Write the plots and ``report.html`` for the processed ``frames`` of ``video`` into ``out_dir``.
+
+    Returns the HTML path.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -147,7 +150,8 @@ def write_report(video: Path, frames: list[VideoFrame], out_dir: Path, settings:
         )) + "</tr>"
         for track in tracks
     )
-    header = "".join(f"<th>{name}</th>" for name in ("face", "first seen (s)", "last seen (s)", "frames", "most often", *EMOTIONS))
+    columns = ("face", "first seen (s)", "last seen (s)", "frames", "most often", *EMOTIONS)
+    header = "".join(f"<th>{name}</th>" for name in columns)
     timelines = "\n".join(
         f'<img src="timeline_{track.track_id}.png" alt="emotion timeline of face {track.track_id}">' for track in tracks
     )
@@ -179,13 +183,17 @@ img {{ max-width: 100%; display: block; margin: 0.5em 0; }}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("video", type=Path, metavar="VIDEO", help="the video file to analyse")
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for report.html, its plots and frames.jsonl")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="folder for report.html, its plots and frames.jsonl")
     parser.add_argument("--every", type=int, default=1, metavar="N", help="process every N-th frame (default 1, all)")
     parser.add_argument("--smooth", type=float, default=0.6, metavar="FACTOR",
-                        help="weight of the past in each face's moving average of probabilities, in [0, 1); 0 is off (default 0.6)")
-    parser.add_argument("--detect-size", type=int, default=640, help="longest side of the copy the face detector sees (default 640)")
+                        help="weight of the past in each face's moving average of probabilities, in [0, 1); 0 is off "
+                             "(default 0.6)")
+    parser.add_argument("--detect-size", type=int, default=640,
+                        help="longest side of the copy the face detector sees (default 640)")
     parser.add_argument("--min-face", type=float, default=DEFAULT_MIN_FACE, metavar="PX",
-                        help=f"smallest face (pixels) to find in large frames (default {DEFAULT_MIN_FACE:g}; 0: no finer pass)")
+                        help=f"smallest face (pixels) to find in large frames (default {DEFAULT_MIN_FACE:g}; "
+                             "0: no finer pass)")
     add_model_arguments(parser)
 
 
@@ -199,7 +207,8 @@ def run(args: argparse.Namespace) -> int:
     if args.video.name.startswith("timeline_") and args.video.suffix == ".png":
         inputs.refuse(args.out / args.video.name, "--out")
     recognizer = EmotionRecognizer(**model_options(args), detect_size=args.detect_size, min_face=args.min_face)
-    with VideoSource(args.video) as video, tqdm(total=video.frame_count, desc=printable(args.video.name), unit="frame") as progress:
+    with (VideoSource(args.video) as video,
+          tqdm(total=video.frame_count, desc=printable(args.video.name), unit="frame") as progress):
         frames = []
         for frame in predict_video(recognizer, video, args.every, args.smooth):
             if frame.processed:

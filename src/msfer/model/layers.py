@@ -19,7 +19,8 @@ def residual_block(in_channels: int, out_channels: int) -> BasicBlock:
 
 
 def conv1x1_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels),
+                         nn.ReLU(inplace=True))
 
 
 def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:

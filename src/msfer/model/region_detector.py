@@ -133,7 +133,8 @@ class RegionDetector(nn.Module):
         anchors = torch.cat(level_anchors_)
         objectness, deltas = zip(*(self.proposal_head(features[level]) for level in LEVELS))
         objectness, deltas = torch.cat(objectness, 1), torch.cat(deltas, 1)
-        proposals = self._proposals(objectness.detach(), deltas.detach(), anchors, [len(a) for a in level_anchors_], image_size)
+        proposals = self._proposals(objectness.detach(), deltas.detach(), anchors, [len(a) for a in level_anchors_],
+                                    image_size)
 
         if not (self.training and targets is not None):
             logits, roi_deltas = self._roi_head(features, proposals)
@@ -179,7 +180,8 @@ class RegionDetector(nn.Module):
         cls_loss = binary_focal_loss(objectness[labels >= 0], labels[labels >= 0], self.gamma) / normaliser
         matched = _gather(gt_boxes, best_gt)  # B x A x 4
         targets = self.anchor_coder.encode_single(matched[positive], anchors.expand_as(matched)[positive])
-        box_loss = F.smooth_l1_loss(deltas[positive].float(), targets, beta=SMOOTH_L1_BETA, reduction="sum") / normaliser
+        box_loss = F.smooth_l1_loss(deltas[positive].float(), targets, beta=SMOOTH_L1_BETA, reduction="sum")
+        box_loss = box_loss / normaliser
         return {"proposal_class": cls_loss, "proposal_box": self.box_loss_weight * box_loss}
 
     # -- Fast R-CNN head ---------------------------------------------------------------------
@@ -192,7 +194,8 @@ class RegionDetector(nn.Module):
         return (self.class_logits(x).reshape(batch, count, -1),
                 self.box_deltas(x).reshape(batch, count, self.num_regions + 1, 4))
 
-    def _sample_rois(self, proposals: Tensor, gt_boxes: Tensor, gt_valid: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _sample_rois(self, proposals: Tensor, gt_boxes: Tensor,
+                     gt_valid: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Fast R-CNN's RoI sampling, as torchvision's ``RoIHeads.select_training_samples``.
 
         The pseudo-label boxes are appended to the proposals (``add_gt_proposals``); every
@@ -222,7 +225,8 @@ class RegionDetector(nn.Module):
         positive, negative = self.sampler(list(labels))
         # sampled first (positives, then negatives), then the unused rest, in a fixed-size slot list
         sampled = torch.stack(positive).bool() | torch.stack(negative).bool()
-        order = (torch.stack(positive).float() * 2 + torch.stack(negative).float()).argsort(dim=1, descending=True, stable=True)
+        rank = torch.stack(positive).float() * 2 + torch.stack(negative).float()
+        order = rank.argsort(dim=1, descending=True, stable=True)
         chosen = order[:, : self.rois_per_image]
         used = _gather(sampled, chosen)
         rois = _gather(candidates, chosen)
@@ -231,7 +235,8 @@ class RegionDetector(nn.Module):
         is_proposal = used & (chosen < num_proposals)
         return rois, chosen_labels, matched, is_proposal
 
-    def _roi_losses(self, logits: Tensor, deltas: Tensor, rois: Tensor, labels: Tensor, matched: Tensor) -> dict[str, Tensor]:
+    def _roi_losses(self, logits: Tensor, deltas: Tensor, rois: Tensor, labels: Tensor,
+                    matched: Tensor) -> dict[str, Tensor]:
         used = labels >= 0
         normaliser = used.sum().clamp(min=1)
         cls_loss = focal_cross_entropy(logits[used], labels[used], self.gamma, reduction="sum") / normaliser

@@ -6,7 +6,7 @@ replaces the paper's manual removal; ``annotations``: the JSON Lines file;
 ``annotate``: the ``msfer annotate`` command; ``review``: the contact sheet.
 """
 from .annotations import load_annotations
-from .retinaface import Face, RetinaFaceDetector
 from .geometry import derive_regions
+from .retinaface import Face, RetinaFaceDetector
 
 __all__ = ["Face", "RetinaFaceDetector", "derive_regions", "load_annotations"]
