@@ -28,6 +28,8 @@ def test_box_iou():
     a = np.array([[0, 0, 10, 10]], float)
     b = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]], float)
     assert np.allclose(box_iou(a, b), [[1.0, 50 / 150, 0.0]])
+    point = np.array([[5, 5, 5, 5]], float)  # zero area: IoU 0 with everything (torchvision's 0 / 0 is NaN)
+    assert box_iou(point, np.vstack([point, a])).tolist() == [[0.0, 0.0]]
 
 
 def test_tracker_keeps_ids_of_moving_faces_and_ends_lost_tracks():

@@ -82,6 +82,27 @@ def test_default_anchor_size_covers_organs_at_112px():
     assert box_iou(regions, anchors).max(dim=1).values.min() > 0.5
 
 
+def test_batched_box_iou_and_clipping_are_torchvisions():
+    import torchvision.ops
+
+    torch.manual_seed(0)
+    corners = torch.rand(3, 6, 2, 2) * 60 - 10
+    boxes = torch.cat([corners.amin(dim=2), corners.amax(dim=2)], dim=-1)  # B x N x 4, some past the edges
+    others = boxes.flip(1)[:, :4] + torch.rand(3, 4, 4)
+    iou = box_iou(boxes, others)
+    assert iou.shape == (3, 6, 4)
+    for b in range(3):
+        torch.testing.assert_close(iou[b], torchvision.ops.box_iou(boxes[b], others[b]))
+    degenerate = torch.tensor([[[5.0, 5.0, 5.0, 5.0]]])
+    assert box_iou(degenerate, degenerate).item() == 0.0  # torchvision: NaN
+    clipped = torchvision.ops.clip_boxes_to_image(boxes, (32, 48))  # batched: (H, W)
+    assert clipped.shape == boxes.shape
+    assert (clipped[..., 0::2] >= 0).all() and (clipped[..., 0::2] <= 48).all()
+    assert (clipped[..., 1::2] >= 0).all() and (clipped[..., 1::2] <= 32).all()
+    inside = ((boxes[..., :2] >= 0) & (boxes[..., 2:3] <= 48) & (boxes[..., 3:] <= 32)).all(dim=-1)
+    assert torch.equal(clipped[inside], boxes[inside])
+
+
 def test_level_roi_align_follows_the_level_formula():
     channels, size = 4, 224
     features = {f"p{k}": torch.full((2, channels, size // 2 ** k, size // 2 ** k), float(k)) for k in (3, 4, 5)}

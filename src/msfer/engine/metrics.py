@@ -43,7 +43,10 @@ def compute_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes: Seque
 
 
 def box_iou_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of corresponding boxes (``... x 4`` each, ``x1, y1, x2, y2``)."""
+    """IoU of corresponding boxes (``... x 4`` each, ``x1, y1, x2, y2``).
+
+    Element by element, which :func:`torchvision.ops.box_iou` (every pair of two sets) is not.
+    """
     width = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
     height = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
     intersection = width * height

@@ -37,10 +37,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, BoxCoder, Matcher
+from torchvision.ops import clip_boxes_to_image
 
 from .anchors import ANCHORS_PER_LOCATION, level_anchors
 from .fpn import LEVELS, STRIDES
-from .layers import LevelRoIAlign, box_iou, clip_boxes, residual_block
+from .layers import LevelRoIAlign, box_iou, residual_block
 from .losses import binary_focal_loss, focal_cross_entropy
 
 SMOOTH_L1_BETA = 1.0 / 9
@@ -161,7 +162,7 @@ class RegionDetector(nn.Module):
         batch, count = index.shape
         chosen_deltas = _gather(deltas.float(), index).reshape(-1, 4)
         boxes = self.anchor_coder.decode_single(chosen_deltas, anchors[index.reshape(-1)])
-        return clip_boxes(boxes.reshape(batch, count, 4), *image_size)
+        return clip_boxes_to_image(boxes.reshape(batch, count, 4), image_size)
 
     def _proposal_losses(self, objectness: Tensor, deltas: Tensor, anchors: Tensor, gt_boxes: Tensor,
                          gt_valid: Tensor) -> dict[str, Tensor]:
@@ -261,4 +262,4 @@ class RegionDetector(nn.Module):
         chosen_deltas = region_deltas.gather(1, best[:, None, :, None].expand(-1, 1, -1, 4)).squeeze(1)
         chosen_rois = _gather(rois, best)  # B x R x 4
         boxes = self.roi_coder.decode_single(chosen_deltas.reshape(-1, 4), chosen_rois.reshape(-1, 4))
-        return clip_boxes(boxes.reshape(best.shape + (4,)), *image_size), best_scores, chosen_rois
+        return clip_boxes_to_image(boxes.reshape(best.shape + (4,)), image_size), best_scores, chosen_rois
