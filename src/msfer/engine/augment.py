@@ -25,29 +25,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..data.transforms import class_probabilities, mirror, normalize
 from ..labels import FLIP_SWAP
-
-
-def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """``uint8``-range or [0, 1] float images -> normalised float (``mean``/``std`` on the [0, 1] scale)."""
-    if images.dtype == torch.uint8:
-        images = images.float().div_(255)
-    scale = 1 / torch.tensor(std, device=images.device).view(1, -1, 1, 1)
-    shift = -torch.tensor(mean, device=images.device).view(1, -1, 1, 1) * scale
-    # One fused pass; a 1-channel (grey) batch broadcasts to 3 channels.
-    return torch.addcmul(shift, images, scale)
-
-
-def prepare_eval(images: torch.Tensor, boxes: torch.Tensor, input_size: int, mean,
-                 std) -> tuple[torch.Tensor, torch.Tensor]:
-    """The evaluation transform: resize to ``input_size`` (boxes scaled alike) and normalise."""
-    height, width = images.shape[-2:]
-    images = images.float().div_(255)
-    if (height, width) != (input_size, input_size):
-        images = F.interpolate(images, size=(input_size, input_size), mode="bilinear", antialias=True,
-                               align_corners=False)
-    scale = torch.tensor([input_size / width, input_size / height] * 2, device=boxes.device)
-    return normalize(images, mean, std), boxes * scale
 
 
 def flip_permutation(region_names: Sequence[str]) -> list[int]:
@@ -189,13 +168,13 @@ def predict_probs(model: torch.nn.Module, images: torch.Tensor, tta: bool = Fals
 
     ``boxes``/``box_valid`` are given regions (models with ``region_source="pseudo"``); the
     mirror pass gets them mirrored. Returns ``(probs, output on the unflipped images)``.
+    The mirror and the mean of both softmaxes are those of :mod:`msfer.data.transforms`, as in the API.
     """
     output = model(images, boxes=boxes, box_valid=box_valid)
-    probs = output["logits"].float().softmax(dim=1)
+    mirrored = None
     if tta:
         if boxes is not None:
             flip_index = flip_permutation(model.region_names)
             boxes, box_valid = mirror_boxes(boxes, images.shape[-1], flip_index), box_valid[:, flip_index]
-        mirrored = model(images.flip(-1), boxes=boxes, box_valid=box_valid)
-        probs = (probs + mirrored["logits"].float().softmax(dim=1)) / 2
-    return probs, output
+        mirrored = model(mirror(images), boxes=boxes, box_valid=box_valid)["logits"]
+    return class_probabilities(output["logits"], mirrored), output

@@ -49,8 +49,9 @@ DEFAULTS: Config = {
         "soft_labels": False,  # train on Sample.soft_label (e.g. FER+ vote distributions)
         "balanced_sampling": False,  # draw classes equally often (sampling with replacement)
         "cache_images": False,  # decode every image once into memory before the first epoch
-        # Side of the stored images; the on-device augmentation resamples them to the model's
-        # input size. null: the model's input size. 48 for FER2013 keeps its cache at 200 MB.
+        # Side of the stored training images; the on-device augmentation resamples them to the model's
+        # input size. null: the model's input size. 48 for FER2013 keeps its cache at 200 MB. The
+        # validation images are always stored at the input size (resized once, as evaluation does).
         "image_size": None,
         "limit": None,  # train on a fixed random N of the training split (smoke runs, reduced-budget studies)
         "num_workers": 2,

@@ -284,7 +284,10 @@ def build_datasets(config: Config, model: torch.nn.Module, roles: tuple[str, ...
         if data["limit"] and role == "train_split" and len(samples) > data["limit"]:
             keep = np.random.default_rng(0).choice(len(samples), data["limit"], replace=False)
             samples = [samples[i] for i in sorted(keep)]
-        dataset = FaceDataset(samples, data["image_size"] or model.input_size, model.region_names, annotations,
+        # Only the training set may be stored smaller (its augmentation resamples it); the validation set is
+        # held at the input size, resized once as msfer evaluate and inference resize (msfer.data.transforms).
+        size = (data["image_size"] or model.input_size) if role == "train_split" else model.input_size
+        dataset = FaceDataset(samples, size, model.region_names, annotations,
                               soft_labels=data["soft_labels"] and role == "train_split")
         if annotations is not None and info.is_main:
             log.info("%s %r: %d images, %.1f%% with usable region annotations", role, data[role], len(dataset),

@@ -28,7 +28,10 @@ Pipeline, per image:
    (median roll 4.7 degrees, 10% of them over 20).
 3. **Classify** the crops in batches of ``batch_size`` with the region network
    (PyTorch, or ONNX Runtime with ``backend="onnx"``); ``tta=True`` averages the
-   probabilities of each crop and its mirror image.
+   probabilities of each crop and its mirror image. Resizing to the network's input,
+   normalising and mirroring are :mod:`msfer.data.transforms`, the functions ``msfer
+   evaluate`` and training's validation use: a crop gives the same input tensor and
+   probabilities on every path.
 4. **Map back** the emotion regions the network used from crop pixels to image pixels.
 
 Images are RGB everywhere in msfer. A numpy array is taken as RGB unless
@@ -44,8 +47,10 @@ from typing import Any, Sequence, Union
 
 import cv2
 import numpy as np
+import torch
 from PIL import Image
 
+from ..data.transforms import class_probabilities, mirror, model_input, resize_square
 from ..errors import MsferError
 from ..labels import EMOTIONS
 from ..regions.retinaface import Face, non_maximum_suppression, resize_by
@@ -105,10 +110,8 @@ class ModelSpec:
     region_names: tuple[str, ...]
 
     def normalise(self, crops: np.ndarray) -> np.ndarray:
-        """N x S x S x 3 uint8 RGB -> N x 3 x S x S float32, scaled to [0, 1] then standardised."""
-        pixels = crops.astype(np.float32) / 255.0
-        pixels = (pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))
+        """N x S x S x 3 uint8 RGB -> N x 3 x S x S float32 (:func:`msfer.data.transforms.model_input`)."""
+        return model_input(crops, self.mean, self.std).numpy()
 
 
 def _check_classes(classes: Sequence[str], source: str) -> None:
@@ -243,12 +246,6 @@ def face_transform(box: np.ndarray, landmarks: np.ndarray, crop_scale: float, al
     transform = cv2.getRotationMatrix2D((float(center[0]), float(center[1])), angle, 1.0)
     transform[:, 2] += side / 2 - center  # the face centre goes to the crop centre
     return transform, side
-
-
-def resize_square(image: np.ndarray, size: int) -> np.ndarray:
-    """``image`` resized to ``size`` x ``size``: area averaging when shrinking (no aliasing), bilinear when growing."""
-    shrinking = image.shape[0] * image.shape[1] > size * size
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
 def detection_scales(height: int, width: int, detect_size: int, min_face: float | None) -> list[float]:
@@ -425,12 +422,11 @@ class EmotionRecognizer:
             return np.zeros((0, len(EMOTIONS)), np.float32), np.zeros((0, len(self.spec.region_names), 4), np.float32)
         probs, boxes = [], []
         for start in range(0, len(crops), self.batch_size):
-            batch = self.spec.normalise(np.stack(crops[start : start + self.batch_size]))
-            logits, batch_boxes = self.classifier(batch)
-            batch_probs = _softmax(logits)
-            if self.tta:
-                batch_probs = (batch_probs + _softmax(self.classifier(np.ascontiguousarray(batch[..., ::-1]))[0])) / 2
-            probs.append(batch_probs)
+            # msfer.data.transforms: the same tensors and probabilities as msfer evaluate's
+            batch = model_input(np.stack(crops[start : start + self.batch_size]), self.spec.mean, self.spec.std)
+            logits, batch_boxes = self.classifier(batch.numpy())
+            mirrored = torch.from_numpy(self.classifier(mirror(batch).numpy())[0]) if self.tta else None
+            probs.append(class_probabilities(torch.from_numpy(logits), mirrored).numpy())
             boxes.append(np.clip(batch_boxes, 0, size))
         return np.concatenate(probs), np.concatenate(boxes)
 
@@ -453,7 +449,3 @@ class EmotionRecognizer:
             confidence=round(float(probs[best]), 5),
         )
 
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
