@@ -20,10 +20,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from msfer.data.readers import read_dataset  # noqa: E402
-from msfer.inference.recognizer import EmotionRecognizer  # noqa: E402
-from msfer.labels import EMOTIONS  # noqa: E402
-from msfer.weights import fixed_sample  # noqa: E402
+from msfer.data.readers import read_dataset
+from msfer.inference.recognizer import EmotionRecognizer
+from msfer.labels import EMOTIONS
+from msfer.weights import fixed_sample
 
 
 def as_photo(face: Image.Image) -> np.ndarray:

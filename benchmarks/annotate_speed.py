@@ -18,7 +18,7 @@ from pathlib import Path
 from msfer.data.readers import read_dataset
 from msfer.regions.annotate import Annotator, decode, prefetched
 from msfer.regions.annotations import AnnotationWriter
-from msfer.regions.detector import RetinaFaceDetector
+from msfer.regions.retinaface import RetinaFaceDetector
 
 
 def main() -> None:

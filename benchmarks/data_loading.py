@@ -46,7 +46,8 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="FER2013 root (folder tree or CSV)")
     parser.add_argument("--size", type=int, default=112, help="model input size (default 112)")
     parser.add_argument("--batch-size", type=int, default=256, help="batch size (default 256)")
-    parser.add_argument("--workers", type=int, nargs="+", default=[2], help="DataLoader worker counts to try (default 2)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[2],
+                        help="DataLoader worker counts to try (default 2)")
     parser.add_argument("--batches", type=int, default=30, help="timed batches per setting (default 30)")
     args = parser.parse_args()
     samples = [s for s in read_dataset(args.data, "fer2013").samples if s.split == "train"]

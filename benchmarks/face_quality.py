@@ -32,6 +32,7 @@ in each natural dataset and in each degradation over all its levels; ``confidenc
 accuracy per band of the label's probability (the report's uncertain threshold). A face not
 found counts in ``missed``, not in the accuracies.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from msfer.data.readers import read_dataset  # noqa: E402
 from msfer.inference.recognizer import EmotionRecognizer  # noqa: E402
 from msfer.labels import EMOTIONS  # noqa: E402
-from msfer.regions.detector import resize_by  # noqa: E402
 from msfer.regions.quality import QUALITY_ISSUES, QualityThresholds, quality_issues  # noqa: E402
+from msfer.regions.retinaface import resize_by  # noqa: E402
 
 FER_DETECT_SIZE = 128
 NATURAL = ("fer2013_public_test", "tcce_val")
@@ -92,9 +93,20 @@ def recognise(recognizer: EmotionRecognizer, images: list[np.ndarray], labels: l
                 rows.append({"image": index, "found": False, "label": label})
                 continue
             face = faces[0]
-            rows.append({"image": index, "found": True, "label": label, "correct": EMOTIONS.index(face.label) == label,
-                         "confidence": face.confidence, "face_size": face.face_size, "score": face.score,
-                         "sharpness": face.sharpness, "abs_roll": abs(face.roll), "abs_yaw": abs(face.yaw)})
+            rows.append(
+                {
+                    "image": index,
+                    "found": True,
+                    "label": label,
+                    "correct": EMOTIONS.index(face.label) == label,
+                    "confidence": face.confidence,
+                    "face_size": face.face_size,
+                    "score": face.score,
+                    "sharpness": face.sharpness,
+                    "abs_roll": abs(face.roll),
+                    "abs_yaw": abs(face.yaw),
+                }
+            )
     return rows
 
 
@@ -105,11 +117,16 @@ def measure(args: argparse.Namespace) -> dict[str, list[dict]]:
     tcce = [s for s in read_dataset(args.tcce, "folder").samples if s.split == "val"]
     tcce_images, tcce_labels = [np.asarray(s.load()) for s in tcce], [s.label for s in tcce]
     fer_images = [resize_by(np.asarray(s.load()), FER_DETECT_SIZE / 48, cv2.INTER_LINEAR) for s in fer]
-    rows = {"fer2013_public_test": recognise(recognizer, fer_images, [s.label for s in fer]),
-            "tcce_val": recognise(recognizer, tcce_images, tcce_labels)}
+    rows = {
+        "fer2013_public_test": recognise(recognizer, fer_images, [s.label for s in fer]),
+        "tcce_val": recognise(recognizer, tcce_images, tcce_labels),
+    }
     for kind, (_, levels) in DEGRADATIONS.items():
-        rows[kind] = [{**row, "level": level} for level in levels
-                      for row in recognise(recognizer, [degrade(image, kind, level) for image in tcce_images], tcce_labels)]
+        rows[kind] = [
+            {**row, "level": level}
+            for level in levels
+            for row in recognise(recognizer, [degrade(image, kind, level) for image in tcce_images], tcce_labels)
+        ]
     return rows
 
 
@@ -122,8 +139,12 @@ def group(correct: np.ndarray, expected: np.ndarray, members: np.ndarray) -> dic
     if not members.any():
         return {"n": 0, "accuracy": None, "expected": None, "adjusted": None}
     observed, mix = float(correct[members].mean()), float(expected[members].mean())
-    return {"n": int(members.sum()), "accuracy": round(observed, 4), "expected": round(mix, 4),
-            "adjusted": round(observed - mix, 4)}
+    return {
+        "n": int(members.sum()),
+        "accuracy": round(observed, 4),
+        "expected": round(mix, 4),
+        "adjusted": round(observed - mix, 4),
+    }
 
 
 def natural(rows: list[dict], gap: float, min_flagged: int) -> dict:
@@ -137,15 +158,26 @@ def natural(rows: list[dict], gap: float, min_flagged: int) -> dict:
     for name, grid in GRID.items():
         values = np.array([row[name] for row in found], dtype=np.float64)
         edges = np.quantile(values, [0, 0.25, 0.5, 0.75, 1])
-        quartiles = [{"from": round(float(edges[q]), 3), "to": round(float(edges[q + 1]), 3),
-                      **group(correct, expected, (values >= edges[q]) & ((values < edges[q + 1]) if q < 3
-                                                                           else (values <= edges[q + 1])))}
-                     for q in range(4)]
+        quartiles = [
+            {
+                "from": round(float(edges[q]), 3),
+                "to": round(float(edges[q + 1]), 3),
+                **group(
+                    correct,
+                    expected,
+                    (values >= edges[q]) & ((values < edges[q + 1]) if q < 3 else (values <= edges[q + 1])),
+                ),
+            }
+            for q in range(4)
+        ]
         thresholds, suggested = [], None
         for threshold in grid:
             flagged = values < threshold if name in LOW_BELOW else values > threshold
-            entry = {"threshold": threshold, "flagged": group(correct, expected, flagged),
-                     "kept": group(correct, expected, ~flagged)}
+            entry = {
+                "threshold": threshold,
+                "flagged": group(correct, expected, flagged),
+                "kept": group(correct, expected, ~flagged),
+            }
             thresholds.append(entry)
             if entry["flagged"]["n"] >= min_flagged and entry["flagged"]["adjusted"] <= -gap / 100:
                 # The loosest qualifying threshold (the grid ascends): the highest for "below" measures,
@@ -154,14 +186,23 @@ def natural(rows: list[dict], gap: float, min_flagged: int) -> dict:
                     suggested = threshold
         summary["measures"][name] = {"quartiles": quartiles, "thresholds": thresholds, "suggested": suggested}
     low, issues = flags(found)
-    summary["chosen"] = {"good": group(correct, expected, ~low), "low": group(correct, expected, low),
-                         "issues": {name: group(correct, expected, np.array([name in failed for failed in issues],
-                                                                            dtype=bool)) for name in QUALITY_ISSUES}}
+    summary["chosen"] = {
+        "good": group(correct, expected, ~low),
+        "low": group(correct, expected, low),
+        "issues": {
+            name: group(correct, expected, np.array([name in failed for failed in issues], dtype=bool))
+            for name in QUALITY_ISSUES
+        },
+    }
     confidence = np.array([row["confidence"] for row in found])
     summary["confidence"] = [
-        {"from": low_edge, "to": min(high_edge, 1.0), "n": int(inside.sum()),
-         "accuracy": accuracy([row for row, member in zip(found, inside) if member]),
-         "mean_confidence": round(float(confidence[inside].mean()), 4) if inside.any() else None}
+        {
+            "from": low_edge,
+            "to": min(high_edge, 1.0),
+            "n": int(inside.sum()),
+            "accuracy": accuracy([row for row, member in zip(found, inside) if member]),
+            "mean_confidence": round(float(confidence[inside].mean()), 4) if inside.any() else None,
+        }
         for low_edge, high_edge in zip(CONFIDENCE_BANDS[:-1], CONFIDENCE_BANDS[1:])
         for inside in [(confidence >= low_edge) & (confidence < high_edge)]
     ]
@@ -170,8 +211,10 @@ def natural(rows: list[dict], gap: float, min_flagged: int) -> dict:
 
 def flags(found: list[dict]) -> tuple[np.ndarray, list[list[str]]]:
     """The quality flag as msfer computes it from each face's measures and ``QualityThresholds``: low?, issues."""
-    issues = [quality_issues(row["face_size"], row["score"], row["sharpness"], row["abs_roll"], row["abs_yaw"])
-              for row in found]
+    issues = [
+        quality_issues(row["face_size"], row["score"], row["sharpness"], row["abs_roll"], row["abs_yaw"])
+        for row in found
+    ]
     return np.array([bool(failed) for failed in issues], dtype=bool), issues
 
 
@@ -185,16 +228,24 @@ def controlled(rows: list[dict], reference: list[dict], kind: str, gap: float) -
         found = [row for row in rows if row["level"] == level and row["found"]]
         paired = [row for row in found if original[row["image"]]["found"]]
         change = accuracy(paired) - accuracy([original[row["image"]] for row in paired])
-        summary["levels"].append({"level": level, "n": sum(row["level"] == level for row in rows),
-                                  "missed": sum(row["level"] == level and not row["found"] for row in rows),
-                                  f"median_{name}": round(float(np.median([row[name] for row in found])), 1),
-                                  "accuracy": accuracy(found), "change": round(change, 4)})
+        summary["levels"].append(
+            {
+                "level": level,
+                "n": sum(row["level"] == level for row in rows),
+                "missed": sum(row["level"] == level and not row["found"] for row in rows),
+                f"median_{name}": round(float(np.median([row[name] for row in found])), 1),
+                "accuracy": accuracy(found),
+                "change": round(change, 4),
+            }
+        )
         if summary["suggested"] is None and change <= -gap / 100:
             summary["suggested"] = summary["levels"][-1][f"median_{name}"]
     found = [row for row in rows if row["found"]]
     low, _ = flags(found)
-    summary["chosen"] = {"good": {"n": int((~low).sum()), "accuracy": accuracy([r for r, m in zip(found, low) if not m])},
-                         "low": {"n": int(low.sum()), "accuracy": accuracy([r for r, m in zip(found, low) if m])}}
+    summary["chosen"] = {
+        "good": {"n": int((~low).sum()), "accuracy": accuracy([r for r, m in zip(found, low) if not m])},
+        "low": {"n": int(low.sum()), "accuracy": accuracy([r for r, m in zip(found, low) if m])},
+    }
     return summary
 
 
@@ -203,11 +254,15 @@ def main() -> int:
     parser.add_argument("--fer2013", type=Path, help="FER2013 folder tree (its public_test split is used)")
     parser.add_argument("--tcce", type=Path, help="TCCE folder tree (its val split is used)")
     parser.add_argument("--weights", help="checkpoint (default: the bundled model)")
-    parser.add_argument("--gap", type=float, default=5.0, help="accuracy points a threshold's faces must lose (default 5)")
+    parser.add_argument(
+        "--gap", type=float, default=5.0, help="accuracy points a threshold's faces must lose (default 5)"
+    )
     parser.add_argument("--min-flagged", type=int, default=30, help="faces a threshold must flag to count (default 30)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--rows", type=Path, help="also write every face's measures here (JSON Lines)")
-    parser.add_argument("--from-rows", type=Path, help="summarise the rows a run wrote with --rows instead of measuring")
+    parser.add_argument(
+        "--from-rows", type=Path, help="summarise the rows a run wrote with --rows instead of measuring"
+    )
     parser.add_argument("--note", default="", help="a note kept in the results (e.g. what --weights was)")
     args = parser.parse_args()
 
@@ -222,28 +277,47 @@ def main() -> int:
     else:
         rows = measure(args)
         if args.rows:
-            args.rows.write_text("".join(json.dumps({"dataset": name, **row}) + "\n"
-                                         for name, part in rows.items() for row in part))
-    results = {"weights": args.weights or "bundled", "note": args.note, "decision": "argmax", "thresholds": asdict(QualityThresholds()),
-               "gap": args.gap, "min_flagged": args.min_flagged, "seconds": round(time.time() - started, 1),
-               "natural": {name: natural(rows[name], args.gap, args.min_flagged) for name in NATURAL},
-               "controlled": {kind: controlled(rows[kind], rows["tcce_val"], kind, args.gap) for kind in DEGRADATIONS}}
+            args.rows.write_text(
+                "".join(json.dumps({"dataset": name, **row}) + "\n" for name, part in rows.items() for row in part)
+            )
+    results = {
+        "weights": args.weights or "bundled",
+        "note": args.note,
+        "decision": "argmax",
+        "thresholds": asdict(QualityThresholds()),
+        "gap": args.gap,
+        "min_flagged": args.min_flagged,
+        "seconds": round(time.time() - started, 1),
+        "natural": {name: natural(rows[name], args.gap, args.min_flagged) for name in NATURAL},
+        "controlled": {kind: controlled(rows[kind], rows["tcce_val"], kind, args.gap) for kind in DEGRADATIONS},
+    }
     results["suggested"] = {
         "face_size": results["controlled"]["shrink"]["suggested"],
         "sharpness": results["controlled"]["blur"]["suggested"],
         "abs_roll": results["controlled"]["rotate"]["suggested"],
-        **{name: results["natural"]["fer2013_public_test"]["measures"][name]["suggested"] for name in ("score", "abs_yaw")},
+        **{
+            name: results["natural"]["fer2013_public_test"]["measures"][name]["suggested"]
+            for name in ("score", "abs_yaw")
+        },
     }
     for name in NATURAL:
         summary = results["natural"][name]
-        print(f"{name}: {summary['n']} images, {summary['missed']} missed, accuracy {summary['accuracy']}; "
-              f"good {summary['chosen']['good']}, low {summary['chosen']['low']}")
+        print(
+            f"{name}: {summary['n']} images, {summary['missed']} missed, accuracy {summary['accuracy']}; "
+            f"good {summary['chosen']['good']}, low {summary['chosen']['low']}"
+        )
     for kind, summary in results["controlled"].items():
         median = "median_" + summary["measure"]
-        print(f"{kind}: " + ", ".join(f"{level['level']}: {level[median]} -> {level['accuracy']} "
-                                      f"({100 * level['change']:+.1f}, {level['missed']} missed)"
-                                      for level in summary["levels"]) + f"; good {summary['chosen']['good']}, "
-              f"low {summary['chosen']['low']}")
+        print(
+            f"{kind}: "
+            + ", ".join(
+                f"{level['level']}: {level[median]} -> {level['accuracy']} "
+                f"({100 * level['change']:+.1f}, {level['missed']} missed)"
+                for level in summary["levels"]
+            )
+            + f"; good {summary['chosen']['good']}, "
+            f"low {summary['chosen']['low']}"
+        )
     print(f"suggested thresholds: {results['suggested']}; in QualityThresholds: {results['thresholds']}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -83,7 +83,8 @@ def main() -> None:
         for batch in (1, 32):
             inputs = reference.spec.normalise(np.stack([crop] * batch))
             results[f"classifier_{backend}_batch{batch}_crops_per_s"] = round(
-                rate(lambda: recognizer.classifier(inputs), batch, args.repeats * (8 if batch == 1 else 1)), 1)
+                rate(lambda recognizer=recognizer, inputs=inputs: recognizer.classifier(inputs), batch,
+                     args.repeats * (8 if batch == 1 else 1)), 1)
 
     photos = []
     for k in range(32):
@@ -92,7 +93,7 @@ def main() -> None:
         photos.append(path)
     for backend, recognizer in recognizers.items():
         results[f"end_to_end_{backend}_photos_per_s"] = round(
-            rate(lambda: recognizer.predict_batch(photos), len(photos), args.repeats), 1)
+            rate(lambda recognizer=recognizer: recognizer.predict_batch(photos), len(photos), args.repeats), 1)
 
     video_path = work / "video.avi"
     writer = cv2.VideoWriter(str(video_path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (640, 480))
@@ -103,10 +104,11 @@ def main() -> None:
         for detect_size in (640, 320):
             recognizer.detect_size = detect_size
 
-            def run_video() -> None:
+            def run_video(recognizer=recognizer) -> None:
                 with VideoSource(video_path) as video:
                     faces = sum(len(frame.faces) for frame in predict_video(recognizer, video))
-                assert faces == VIDEO_FRAMES, f"expected one face in each of the {VIDEO_FRAMES} frames, found {faces} in total"
+                assert faces == VIDEO_FRAMES, \
+                    f"expected one face in each of the {VIDEO_FRAMES} frames, found {faces} in total"
 
             results[f"video_{backend}_detect{detect_size}_frames_per_s"] = round(rate(run_video, VIDEO_FRAMES, 1), 1)
             recognizer.detect_size = 640

@@ -61,7 +61,7 @@ def measure(name: str, size: int, seconds: float, channels_last: bool = False) -
     model.eval()
     with torch.no_grad():
         for batch in (1, 32):
-            result[f"infer_b{batch}"] = images_per_second(lambda: model(images[:batch]), batch, seconds)
+            result[f"infer_b{batch}"] = images_per_second(lambda batch=batch: model(images[:batch]), batch, seconds)
     result["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
     return result
 
@@ -72,22 +72,25 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=112, help="input size in pixels (default 112)")
     parser.add_argument("--seconds", type=float, default=5.0, help="timing window per measurement")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--channels-last", action="store_true", help="channels-last memory format (train.channels_last)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="channels-last memory format (train.channels_last)")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     results = {}
-    print(f"{'model':24s} {'train b32':>10s} {'infer b1':>10s} {'infer b32':>10s} {'params M':>9s}   (images/s, {args.size} px, "
+    print(f"{'model':24s} {'train b32':>10s} {'infer b1':>10s} {'infer b32':>10s} {'params M':>9s}   "
+          f"(images/s, {args.size} px, "
           f"{torch.get_num_threads()} threads{', channels-last' if args.channels_last else ''})")
     for name in args.models:
         r = results[name] = measure(name, args.size, args.seconds, args.channels_last)
-        print(f"{name:24s} {r['train_b32']:10.1f} {r['infer_b1']:10.1f} {r['infer_b32']:10.1f} {r['params_m']:9.2f}", flush=True)
+        print(f"{name:24s} {r['train_b32']:10.1f} {r['infer_b1']:10.1f} {r['infer_b32']:10.1f} {r['params_m']:9.2f}",
+              flush=True)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"size": args.size, "channels_last": args.channels_last, "threads": torch.get_num_threads(), "torch": torch.__version__,
-                       "results": results}, f, indent=2)
+            json.dump({"size": args.size, "channels_last": args.channels_last, "threads": torch.get_num_threads(),
+                       "torch": torch.__version__, "results": results}, f, indent=2)
 
 
 if __name__ == "__main__":

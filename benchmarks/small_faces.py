@@ -27,7 +27,7 @@ import torch
 
 from msfer.data.images import load_rgb_array
 from msfer.inference.recognizer import EmotionRecognizer
-from msfer.regions.detector import RetinaFaceDetector
+from msfer.regions.retinaface import RetinaFaceDetector
 
 SAMPLE = Path(__file__).resolve().parents[1] / "src" / "msfer" / "samples" / "astronaut.jpg"
 
@@ -112,7 +112,8 @@ def main() -> None:
     ordinary = np.full((480, 640, 3), 90, np.uint8)
     ordinary[90 : 90 + patch.shape[0], 240 : 240 + patch.shape[1]] = patch
 
-    results: dict = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+    machine = platform.processor() or platform.machine()
+    results: dict = {"machine": f"{machine}, {torch.get_num_threads()} torch threads",
                      "group_photo": f"{group.shape[1]}x{group.shape[0]}, {args.faces} faces of {args.face_px} px"}
     for name, min_face in (("before", None), ("after", 40)):
         recognizer = EmotionRecognizer(weights, detector=detector, min_face=min_face)
@@ -120,7 +121,7 @@ def main() -> None:
         results[f"{name}_faces_found"] = f"{found}/{args.faces}"
         results[f"{name}_false_detections"] = false
         results[f"{name}_group_photos_per_s"] = round(photos_per_s(recognizer.predict, group, args.repeats), 2)
-        detect_only = lambda photo: recognizer.detect([photo])  # noqa: E731
+        detect_only = lambda photo, recognizer=recognizer: recognizer.detect([photo])  # noqa: E731
         results[f"{name}_group_photos_per_s_detection_only"] = round(photos_per_s(detect_only, group, args.repeats), 2)
         results[f"{name}_640x480_photos_per_s"] = round(photos_per_s(recognizer.predict, ordinary, args.repeats * 5), 1)
     for key, value in results.items():

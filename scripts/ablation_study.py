@@ -97,13 +97,17 @@ def score(run: Path, data: Path, annotations: Path, tcce: Path | None, pseudo: b
     device = torch.device(device)
     samples = [s for s in read_dataset(data, "fer2013").samples if s.split == "public_test"]
     scores = {}
-    variants = [("fer2013_public_test", None)] + ([("fer2013_public_test_pseudo", {"region_source": "pseudo"})] if pseudo else [])
+    variants = [("fer2013_public_test", None)]
+    if pseudo:
+        variants.append(("fer2013_public_test_pseudo", {"region_source": "pseudo"}))
     for key, overrides in variants:
         model, _ = load_model(run / "best.pt", device, model_overrides=overrides)
         regions = annotations if (model.region_names and annotations) else None
-        dataset = FaceDataset(samples, model.input_size, model.region_names, load_annotations(regions) if regions else None)
+        dataset = FaceDataset(samples, model.input_size, model.region_names,
+                              load_annotations(regions) if regions else None)
         predictions = predict_split(model, dataset, device, batch_size=256, pseudo_regions=overrides is not None)
-        metrics = split_metrics(predictions, model.region_names, score_regions=getattr(model, "detector", None) is not None)
+        metrics = split_metrics(predictions, model.region_names,
+                                score_regions=getattr(model, "detector", None) is not None)
         scores[key] = {"y_true": predictions["y_true"].tolist(), "y_pred": predictions["probs"].argmax(1).tolist(),
                        **{k: metrics[k] for k in ("overall_accuracy", "mean_class_accuracy")},
                        **{k: metrics[k] for k in ("region_detection", "region_detection_stages") if k in metrics}}
@@ -139,7 +143,8 @@ def paired_difference(full: list[dict], baseline: list[dict], key: str, resample
         only_full, only_base = int((f_right & ~b_right).sum()), int((~f_right & b_right).sum())
         mcnemar.append({"only_full_right": only_full, "only_baseline_right": only_base,
                         "p_value": mcnemar_exact(only_full, only_base)})
-    return {"overall_accuracy": float(per_image.mean()), "ci95": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))],
+    return {"overall_accuracy": float(per_image.mean()),
+            "ci95": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))],
             "images": int(len(per_image)), "seed_pairs": len(mcnemar), "mcnemar": mcnemar}
 
 
@@ -192,7 +197,8 @@ def table(result: dict) -> str:
         return f"{statistics.mean(values):.1f}" + (f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else "")
 
     lines = [f"Budget per row: {result['budget']['description']}.", "",
-             "| row | seeds | FER2013 public_test overall (%) | mean class (%) | TCCE val overall (%) | mean class (%) |",
+             "| row | seeds | FER2013 public_test overall (%) | mean class (%) | TCCE val overall (%) "
+             "| mean class (%) |",
              "|---|---|---|---|---|---|"]
     for row in result["rows"].values():
         runs = row["runs"]
@@ -204,7 +210,8 @@ def table(result: dict) -> str:
     for key, label in (("full_minus_baseline", "FER2013 public_test"), ("full_minus_baseline_tcce_val", "TCCE val")):
         if key in result:
             d = result[key]
-            lines.append(f"\nFull minus plain classifier, {label} ({d['images']} images, {d['seed_pairs']} seed pair(s)): "
+            lines.append(f"\nFull minus plain classifier, {label} ({d['images']} images, "
+                         f"{d['seed_pairs']} seed pair(s)): "
                          f"{100 * d['overall_accuracy']:+.1f} points overall accuracy, 95% interval "
                          f"[{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}]; McNemar p = "
                          + ", ".join(f"{m['p_value']:.3g}" for m in d["mcnemar"]) + ".")
@@ -214,11 +221,14 @@ def table(result: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="FER2013 folder tree (train/, public_test/)")
-    parser.add_argument("--annotations", type=Path, required=True, help="msfer annotate output over both FER2013 splits")
-    parser.add_argument("--tcce", type=Path, default=None, help="TCCE folder tree (train/, val/): scored through the whole pipeline")
+    parser.add_argument("--annotations", type=Path, required=True,
+                        help="msfer annotate output over both FER2013 splits")
+    parser.add_argument("--tcce", type=Path, default=None,
+                        help="TCCE folder tree (train/, val/): scored through the whole pipeline")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "ablations", help="output folder")
     parser.add_argument("--epochs", type=int, default=5, help="epochs per row (all of FER2013 train each)")
-    parser.add_argument("--summarize-only", action="store_true", help="train nothing; rewrite the tables from finished runs")
+    parser.add_argument("--summarize-only", action="store_true",
+                        help="train nothing; rewrite the tables from finished runs")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every row (repeatable; it changes the budget: say so)")
     args = parser.parse_args()
@@ -234,7 +244,8 @@ def main() -> int:
                              + (f"; overrides {' '.join(args.overrides)}" if args.overrides else "")}
     if not args.summarize_only:
         for name, _, config, seeds in ROWS:
-            row_overrides = [o for o in overrides if not (name in NEEDS_NO_REGIONS and o.startswith("data.annotations="))]
+            row_overrides = [o for o in overrides
+                             if not (name in NEEDS_NO_REGIONS and o.startswith("data.annotations="))]
             for seed in seeds:
                 run = run_dir(args.out, name, seed)
                 if (run / "scores.json").exists():

@@ -1,4 +1,6 @@
-"""Bundle a trained run as msfer's default model: calibrate it, choose its balanced decision rule, record what it measures.
+"""Bundle a trained run as msfer's default model.
+
+It calibrates the model, chooses its balanced decision rule and records what it measures.
 
     python scripts/bundle_model.py runs/cpu_2h --data /path/to/fer2013 --annotations data/annotations/fer2013.jsonl
 
@@ -27,21 +29,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from msfer.data.readers import read_dataset  # noqa: E402
-from msfer.engine.calibration import (  # noqa: E402
-    DECISION_RULES, apply, calibrated_checkpoint, calibration_metrics, choose_calibration, decide)
-from msfer.engine.metrics import compute_metrics  # noqa: E402
-from msfer.labels import EMOTIONS  # noqa: E402
-from msfer.engine.checkpoint import (  # noqa: E402
-    export_weights, load_checkpoint, load_model, resolve_checkpoint, save_checkpoint)
-from msfer.engine.datasets import FaceDataset  # noqa: E402
-from msfer.engine.evaluate import predict_split, split_metrics  # noqa: E402
-from msfer.engine.prior import choose_tau, stratified_halves, unfold_adjustment  # noqa: E402
-from msfer.regions.annotations import load_annotations  # noqa: E402
-from msfer.weights import BUNDLED_MODEL, BUNDLED_RECORD, fixed_sample  # noqa: E402
+from msfer.data.readers import read_dataset
+from msfer.engine.calibration import (
+    DECISION_RULES,
+    apply,
+    calibrated_checkpoint,
+    calibration_metrics,
+    choose_calibration,
+    decide,
+)
+from msfer.engine.checkpoint import export_weights, load_checkpoint, load_model, resolve_checkpoint, save_checkpoint
+from msfer.engine.datasets import FaceDataset
+from msfer.engine.evaluate import predict_split, split_metrics
+from msfer.engine.metrics import compute_metrics
+from msfer.engine.prior import choose_tau, stratified_halves, unfold_adjustment
+from msfer.labels import EMOTIONS
+from msfer.regions.annotations import load_annotations
+from msfer.weights import BUNDLED_MODEL, BUNDLED_RECORD, fixed_sample
 
 KEYS = ("n", "overall_accuracy", "mean_class_accuracy")
 
@@ -63,8 +70,8 @@ def summarize(predictions: dict, region_names: tuple[str, ...], scored_regions: 
     metrics = split_metrics(predictions, region_names, score_regions=scored_regions,
                             balanced_offsets=predictions["balanced_offsets"])
     recall = {name: scores["recall"] for name, scores in metrics["per_class"].items()}
-    balanced = compute_metrics(predictions["y_true"], decide(predictions["probs"], predictions["balanced_offsets"], "balanced"),
-                               EMOTIONS)
+    balanced_labels = decide(predictions["probs"], predictions["balanced_offsets"], "balanced")
+    balanced = compute_metrics(predictions["y_true"], balanced_labels, EMOTIONS)
     return {**{k: metrics[k] for k in (*KEYS, "decision_rules", "calibration", "region_detection",
                                         "region_detection_stages", "fallback_rate") if k in metrics},
             "recall": recall, "recall_balanced": {name: s["recall"] for name, s in balanced["per_class"].items()}}
@@ -77,7 +84,7 @@ def public_test(weights: Path, samples: list, annotations: dict | None, without_
 
 
 def tcce_val(root: Path) -> dict:
-    """The bundled model on TCCE val through the whole pipeline (largest face of each photo), under both decision rules."""
+    """The bundled model on TCCE val through the whole pipeline (largest face of each photo), under both rules."""
     from msfer.inference.recognizer import EmotionRecognizer
 
     samples = [s for s in read_dataset(root, "folder").samples if s.split == "val"]
@@ -120,7 +127,8 @@ def main() -> int:
     record["decision"] = {"default": "argmax", **{k: v for k, v in decision.items() if k != "curve"},
                           "curve": decision["curve"]}
     kept = {"method": calibration["method"], "scale": calibration["scale"], "bias": calibration["bias"],
-            "criterion": calibration["criterion"], "balanced_tau": decision["tau"], "balanced_criterion": decision["criterion"]}
+            "criterion": calibration["criterion"], "balanced_tau": decision["tau"],
+            "balanced_criterion": decision["criterion"]}
     source = save_checkpoint(calibrated_checkpoint(checkpoint, calibration["scale"], calibration["bias"],
                                                    decision["offsets"], kept), BUNDLED_MODEL.with_suffix(".fp32.tmp"))
     record["validation"]["as_trained"] = public_test(
@@ -142,9 +150,11 @@ def main() -> int:
     record["precision"] = "float16" if lossless else "float32"
     bundled, _ = predict(BUNDLED_MODEL, samples, annotations, tta=False)
     _, held_out = stratified_halves(bundled["y_true"])
-    record["calibration"]["held_out"]["bundled"] = calibration_metrics(bundled["probs"][held_out], bundled["y_true"][held_out])
+    record["calibration"]["held_out"]["bundled"] = calibration_metrics(bundled["probs"][held_out],
+                                                                       bundled["y_true"][held_out])
     sample = fixed_sample(samples)
-    record["fixed_sample"] = {"split": "public_test", "size": len(sample), **measure(BUNDLED_MODEL, sample, None, tta=False)}
+    record["fixed_sample"] = {"split": "public_test", "size": len(sample),
+                              **measure(BUNDLED_MODEL, sample, None, tta=False)}
     if args.tcce:
         record["validation"]["tcce_val"] = tcce_val(args.tcce)
     record["config"] = checkpoint["config"]

@@ -53,7 +53,8 @@ def main() -> int:
     parser.add_argument("--ferplus", required=True, help="FER+ folder holding FER2013Train/ and FER2013Valid/")
     parser.add_argument("--fer2013-annotations", required=True, help="msfer annotate output over FER2013")
     parser.add_argument("--ferplus-annotations", required=True, help="msfer annotate output over FER+")
-    parser.add_argument("--limit", type=int, default=5000, help="fixed random subset of the train images (default 5000)")
+    parser.add_argument("--limit", type=int, default=5000,
+                        help="fixed random subset of the train images (default 5000)")
     parser.add_argument("--epochs", type=int, default=1, help="epochs per run (default 1)")
     parser.add_argument("--jobs", type=int, default=1, help="trainings at once")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "ferplus_targets", help="output folder")
@@ -93,18 +94,20 @@ def summarize(results: dict, args: argparse.Namespace) -> None:
         return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
     lines = [f"Budget per run: a fixed random {args.limit:,} train images, {args.epochs} epoch(s), the full model "
-             f"(configs/ablations/full.yaml), {len(SEEDS)} seeds; scored without TTA. Accuracy %, overall / mean class.", "",
+             f"(configs/ablations/full.yaml), {len(SEEDS)} seeds; scored without TTA. "
+             "Accuracy %, overall / mean class.", "",
              "| training targets | FER2013 public_test, FER2013 labels |",
              "|---|---|"]
     for condition, what in CONDITIONS.items():
         scores = results[condition]
-        lines.append(f"| {what} | " + " | ".join(
-            f"{cell(scores[s], 'overall_accuracy')} / {cell(scores[s], 'mean_class_accuracy')}" for s, *_ in SCORES) + " |")
+        cells = (f"{cell(scores[s], 'overall_accuracy')} / {cell(scores[s], 'mean_class_accuracy')}"
+                 for s, *_ in SCORES)
+        lines.append(f"| {what} | " + " | ".join(cells) + " |")
     table = {c: {s: [{k: m[k] for k in ("n", "overall_accuracy", "mean_class_accuracy")} for m in runs]
                  for s, runs in scores.items()} for c, scores in results.items()}
     (args.out / "ferplus_targets.md").write_text("\n".join(lines) + "\n")
-    (args.out / "ferplus_targets.json").write_text(json.dumps(
-        {"limit": args.limit, "epochs": args.epochs, "seeds": SEEDS, "conditions": CONDITIONS, "results": table}, indent=1))
+    record = {"limit": args.limit, "epochs": args.epochs, "seeds": SEEDS, "conditions": CONDITIONS, "results": table}
+    (args.out / "ferplus_targets.json").write_text(json.dumps(record, indent=1))
     print("\n".join(lines))
 
 

@@ -24,6 +24,7 @@ import gzip
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tarfile
 import time
@@ -32,9 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-import subprocess  # noqa: E402
-
-from ablation_study import NEEDS_NO_REGIONS, ROWS, score, summarize  # noqa: E402 (scripts/ beside this file)
+from ablation_study import NEEDS_NO_REGIONS, ROWS, score, summarize  # scripts/, the folder of this file
 
 TRAIN_IMAGES = 28709
 SHIPPED = ("shipped", "configs/gpu.yaml", 0)
@@ -143,7 +142,8 @@ def plan_epochs(rates: dict[str, float], seconds: float, ablation_share: float, 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--carry", type=Path, default=ROOT / ".carry", help="folder with the data, annotations and weights")
+    parser.add_argument("--carry", type=Path, default=ROOT / ".carry",
+                        help="folder with the data, annotations and weights")
     parser.add_argument("--out", type=Path, required=True, help="where summary.json, runs.tar.gz and the model go")
     parser.add_argument("--work", type=Path, default=Path("/tmp/msfer-gpu"), help="scratch folder")
     parser.add_argument("--minutes", type=float, default=7.0, help="training time budget, all runs together")
@@ -179,8 +179,9 @@ def main() -> int:
     runs_overrides = [f"{k}={v}" for k, v in overrides.items()]
     ablation_args = [f"{k}={v}" for k, v in ablation_overrides.items()] + ["eval.tta=false"]
     budget = f"train.max_minutes={args.minutes + 1.0}"  # the engine's own stop: a run never outlives the call
-    jobs = [("shipped", lambda: msfer("train", "--config", str(ROOT / SHIPPED[1]), "--output-dir", str(runs / "shipped"),
-                                      f"train.epochs={shipped_epochs}", budget, *runs_overrides, log=runs / "shipped.log"))]
+    jobs = [("shipped", lambda: msfer("train", "--config", str(ROOT / SHIPPED[1]),
+                                      "--output-dir", str(runs / "shipped"), f"train.epochs={shipped_epochs}", budget,
+                                      *runs_overrides, log=runs / "shipped.log"))]
     jobs += [(f"{name} seed {seed}", lambda n=name, c=config, s=seed: msfer(
                  "train", "--config", str(ROOT / c), "--output-dir", str(runs / f"{n}_seed{s}"), f"train.seed={s}",
                  *[a for a in ablation_args if not (n in NEEDS_NO_REGIONS and a.startswith("data.annotations="))],
@@ -193,8 +194,8 @@ def main() -> int:
         score(runs / f"{name}_seed{seed}", Path(overrides["data.root"]), Path(overrides["data.annotations"]),
               tcce if tcce.is_dir() else None, pseudo=name == "full", device=device)
     table = summarize(runs, {"epochs": ablation_epochs, "train_images": TRAIN_IMAGES,
-                             "description": f"all 28,709 FER2013 train images, {ablation_epochs} epochs, batch 256, bf16, "
-                                            "one GPU shared by all runs; validation without TTA"})
+                             "description": f"all 28,709 FER2013 train images, {ablation_epochs} epochs, batch 256, "
+                                            "bf16, one GPU shared by all runs; validation without TTA"})
     summary = {"rates": rates, "ablation_epochs": ablation_epochs, "shipped_epochs": shipped_epochs, "ablation": table,
                "seconds": time.time() - started}
     args.out.mkdir(parents=True, exist_ok=True)

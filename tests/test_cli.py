@@ -1,7 +1,7 @@
 """The `msfer` command line: every command and every option explains itself."""
 import argparse
-import os
 import importlib
+import os
 
 import pytest
 
@@ -67,7 +67,8 @@ def test_model_options_are_one_set_with_one_set_of_defaults(command):
             assert name not in options, f"msfer {command} {name} would change nothing"
             continue
         mine, theirs = options[name], reference[name]
-        assert (mine.default, mine.choices, mine.type) == (theirs.default, theirs.choices, theirs.type), f"{command} {name}"
+        assert (mine.default, mine.choices, mine.type) == (theirs.default, theirs.choices, theirs.type), \
+            f"{command} {name}"
     assert reference["--device"].default == "auto" and reference["--weights"].default is None
 
 
@@ -77,7 +78,8 @@ def test_model_options_are_checked_before_any_model_loads(tmp_path, capsys):
     assert model_options(argparse.Namespace(weights=None, device="auto", backend="onnx"))["device"] == "cpu"
     assert main(["predict", "--backend", "onnx", "--device", "cuda:1", str(tmp_path)]) == 2
     assert "--backend onnx runs on the CPU" in capsys.readouterr().err
-    assert main(["evaluate", "--backend", "onnx", "--data", str(tmp_path), "--format", "folder", "--out", str(tmp_path)]) == 2
+    assert main(["evaluate", "--backend", "onnx", "--data", str(tmp_path), "--format", "folder",
+                 "--out", str(tmp_path)]) == 2
     assert "--backend onnx is for the whole pipeline (--detect-faces)" in capsys.readouterr().err
 
 
@@ -87,7 +89,8 @@ def test_a_command_whose_extra_is_missing_says_what_to_install(command, module, 
     import sys
 
     monkeypatch.setitem(sys.modules, module, None)  # as if the extra were not installed: importing it fails
-    for loaded in [name for name in sys.modules if name.startswith(("msfer.inference.service", "msfer.inference.export"))]:
+    extras = ("msfer.inference.service", "msfer.inference.export")
+    for loaded in [name for name in sys.modules if name.startswith(extras)]:
         monkeypatch.delitem(sys.modules, loaded)
     args = {"serve": [], "export": ["--out", str(tmp_path / "m.onnx")], "train": ["--config", os.devnull]}
     assert main([command, *args[command]]) == 2

@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from msfer.data.images import (IMAGE_EXTENSIONS, UnreadableImageError, image_header, load_rgb, load_rgb_array,
-                               rgb_from_array, to_upright_rgb)
+from msfer.data.images import (
+    IMAGE_EXTENSIONS,
+    UnreadableImageError,
+    image_header,
+    load_rgb,
+    load_rgb_array,
+    rgb_from_array,
+    to_upright_rgb,
+)
 from msfer.errors import MsferError
 
 

@@ -105,8 +105,8 @@ def test_pytorch_and_onnx_runtime_apply_the_same_calibration(random_weights, tmp
     from msfer.engine.checkpoint import load_model
     from msfer.inference.export import export_onnx
 
-    path = calibrated_copy(random_weights, tmp_path, [3.0, 1.0, 0.5, 1.5, 1.0, 2.0, 1.0], [0.5, -0.2, 0, 0.3, 0, -0.3, -0.3],
-                        [0.0] * 7)
+    path = calibrated_copy(random_weights, tmp_path, [3.0, 1.0, 0.5, 1.5, 1.0, 2.0, 1.0],
+                           [0.5, -0.2, 0, 0.3, 0, -0.3, -0.3], [0.0] * 7)
     model, _ = load_model(path)
     onnx_path = export_onnx(path, tmp_path / "model.onnx")
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])

@@ -9,7 +9,8 @@ from msfer.errors import MsferError
 
 
 def test_base_inheritance_overrides_and_save(tmp_path):
-    (tmp_path / "base.yaml").write_text("model: {name: msfer_mobilenetv2, scales: [1, 2, 3]}\ntrain: {epochs: 10, lr: 0.001}\n")
+    (tmp_path / "base.yaml").write_text("model: {name: msfer_mobilenetv2, scales: [1, 2, 3]}\n"
+                                        "train: {epochs: 10, lr: 0.001}\n")
     (tmp_path / "child.yaml").write_text("_base_: base.yaml\nmodel: {scales: [3]}\ntrain: {epochs: 5}\n")
     config = load_config(tmp_path / "child.yaml", ["train.lr=3e-4", "data.augment.scale=[0.5, 1.0]", "train.ema=null"])
     assert config["model"] == {"name": "msfer_mobilenetv2", "scales": [3]}  # lists replace, mappings merge
@@ -95,7 +96,8 @@ def test_out_of_range_values_are_clear_errors(override, message):
     ("model.label_smoothing=-0.1", "config model.label_smoothing=-0.1 is out of range"),
     ("model.rois_per_image=0", "config model.rois_per_image=0 is out of range"),
     ("model.std=[0.2, 0, 0.2]", "config model.std=[0.2, 0, 0.2] is out of range"),
-    ("model.class_weights=[1, 2]", "config model.class_weights=[1, 2] has the wrong type: expected a list of 7 numbers"),
+    ("model.class_weights=[1, 2]",
+     "config model.class_weights=[1, 2] has the wrong type: expected a list of 7 numbers"),
     ("model.pretrained=yes please", "config model.pretrained='yes please' has the wrong type: expected true or false"),
 ])
 def test_out_of_range_model_values_are_clear_errors(override, message):
@@ -138,11 +140,33 @@ def test_train_cli_process_exits_2_with_one_line(tmp_path):
 
 def test_a_key_that_does_nothing_is_an_error():
     # train.label_smoothing never acted (model.label_smoothing does): setting it must not pass silently ...
-    with pytest.raises(MsferError, match=re.escape("'train.label_smoothing' does nothing: set model.label_smoothing=0.1")):
+    message = "'train.label_smoothing' does nothing: set model.label_smoothing=0.1"
+    with pytest.raises(MsferError, match=re.escape(message)):
         load_config(overrides=["train.label_smoothing=0.1"])
     # ... while the saved configs of earlier runs, which hold it at its inert 0.0, still load (for --resume).
     config = load_config(base={"train": {"label_smoothing": 0.0, "epochs": 3}})
     assert "label_smoothing" not in config["train"] and config["train"]["epochs"] == 3
+
+
+def test_the_region_source_has_one_name_and_old_configs_still_load(tmp_path):
+    assert load_config()["eval"]["region_source"] is None  # the model's own regions
+    assert load_config(overrides=["eval.region_source=pseudo"])["eval"]["region_source"] == "pseudo"
+    # configs saved before the rename (a checkpoint's, for --resume) held eval.regions: learned | pseudo
+    for old, new in (("learned", None), ("model", None), ("pseudo", "pseudo")):
+        config = load_config(base={"eval": {"regions": old, "tta": True}})
+        assert config["eval"]["region_source"] == new and "regions" not in config["eval"], old
+        assert config["eval"]["tta"] is True
+    # a later layer's new key wins over an earlier layer's old one; a YAML file is translated too
+    assert load_config(overrides=["eval.region_source=null"],
+                       base={"eval": {"regions": "pseudo"}})["eval"]["region_source"] is None
+    (tmp_path / "old.yaml").write_text("eval: {regions: pseudo}\n")
+    assert load_config(tmp_path / "old.yaml")["eval"]["region_source"] == "pseudo"
+    with pytest.raises(MsferError, match=re.escape("eval.regions='detector' is not one of")):
+        load_config(base={"eval": {"regions": "detector"}})
+    with pytest.raises(MsferError, match=re.escape("both eval.regions='pseudo' and eval.region_source=None")):
+        load_config(base={"eval": {"regions": "pseudo", "region_source": None}})
+    with pytest.raises(MsferError, match="is not one of None, 'pseudo'"):
+        load_config(overrides=["eval.region_source=learned"])
 
 
 def test_holdout_is_the_papers_stratified_split_when_asked_for():
@@ -156,7 +180,8 @@ def test_holdout_is_the_papers_stratified_split_when_asked_for():
 @pytest.mark.parametrize("overrides, message", [
     (["data.holdout.fraction=1/6"], "data.val_split='public_test' names one too"),
     (["data.val_split=null"], "data.val_split is null"),
-    (["data.val_split=null", "data.holdout.fraction=1.5"], "data.holdout.fraction=1.5 must be a number between 0 and 1"),
+    (["data.val_split=null", "data.holdout.fraction=1.5"],
+     "data.holdout.fraction=1.5 must be a number between 0 and 1"),
     (["data.val_split=null", "data.holdout.fraction=a/b"], "data.holdout.fraction='a/b' must be a number"),
     (["data.val_split=null", "data.holdout.fraction=1/0"], "data.holdout.fraction='1/0' must be a number"),
     (["data.val_split=null", "data.holdout={seed: 1}"], "must be null or a mapping"),

@@ -28,7 +28,8 @@ def test_metrics_against_a_hand_computed_confusion_matrix():
 
 def test_average_precision_and_region_detection():
     # Ranked hits: hit, miss, hit of 2 truths -> precision envelope 1, 2/3 at recalls 0.5, 1.
-    assert average_precision(np.array([0.9, 0.8, 0.7]), np.array([1.0, 0.0, 1.0]), 2) == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
+    ap = average_precision(np.array([0.9, 0.8, 0.7]), np.array([1.0, 0.0, 1.0]), 2)
+    assert ap == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
     truth = np.array([[[0, 0, 10, 10]], [[0, 0, 10, 10]], [[0, 0, 10, 10]]], dtype=float)
     pred = np.array([[[0, 0, 10, 10]], [[0, 0, 10, 5]], [[50, 50, 60, 60]]], dtype=float)
     valid = np.array([[True], [True], [False]])  # the third image has no pseudo-label: not counted

@@ -1,4 +1,4 @@
-"""Class-prior logit adjustment: the offsets, the choice of tau on held-apart halves, and unfolding an old folded checkpoint."""
+"""Class-prior logit adjustment: the offsets, the choice of tau on held-apart halves, unfolding an old checkpoint."""
 import numpy as np
 import pytest
 import torch
@@ -36,7 +36,10 @@ def test_stratified_halves_split_every_class_evenly():
 
 
 def biased_predictions(rng, counts, n=6000):
-    """Labels drawn with the prior of ``counts``; scores that add log(prior) to a noisy class signal, as training on it does."""
+    """Labels drawn with the prior of ``counts``.
+
+    Scores add log(prior) to a noisy class signal, as training on that prior does.
+    """
     prior = np.asarray(counts) / sum(counts)
     labels = rng.choice(len(counts), n, p=prior)
     logits = rng.normal(0, 1.0, (n, len(counts))) + 1.5 * np.eye(len(counts))[labels] + np.log(prior)
@@ -76,8 +79,10 @@ def test_unfold_takes_a_folded_adjustment_out_of_the_bias(random_weights):
 
     checkpoint = load_checkpoint(random_weights)
     offsets = adjustment(FER2013_TRAIN_COUNTS, 0.6)
-    folded = dict(checkpoint, model=dict(checkpoint["model"]), logit_adjustment={"tau": 0.6, "offsets": offsets.tolist()})
-    folded["model"]["classifier.bias"] = checkpoint["model"]["classifier.bias"] + torch.tensor(offsets, dtype=torch.float32)
+    folded = dict(checkpoint, model=dict(checkpoint["model"]),
+                  logit_adjustment={"tau": 0.6, "offsets": offsets.tolist()})
+    folded["model"]["classifier.bias"] = (checkpoint["model"]["classifier.bias"]
+                                          + torch.tensor(offsets, dtype=torch.float32))
     unfolded = unfold_adjustment(folded)
     torch.testing.assert_close(unfolded["model"]["classifier.bias"], checkpoint["model"]["classifier.bias"])
     assert "logit_adjustment" not in unfolded

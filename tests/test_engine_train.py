@@ -38,8 +38,9 @@ def tiny_data(tmp_path_factory) -> Path:
                 Image.fromarray(pixels).save(folder / f"{i}.png")
                 records.append({"id": f"{split}/{name}/{i}.png", "split": split, "label": k, "width": 24, "height": 24,
                                 "status": "ok" if i else "no_face",
-                                "regions": {"face": [1, 1, 23, 23], "left_eye": [4, 6, 10, 10], "right_eye": [14, 6, 20, 10],
-                                            "nose": [9, 10, 15, 15], "mouth": [7, 16, 17, 20]}})
+                                "regions": {"face": [1, 1, 23, 23], "left_eye": [4, 6, 10, 10],
+                                            "right_eye": [14, 6, 20, 10], "nose": [9, 10, 15, 15],
+                                            "mouth": [7, 16, 17, 20]}})
     (root / "regions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return root
 
@@ -72,7 +73,7 @@ def test_train_then_evaluate_the_region_model(tiny_data, tmp_path, capsys):
     # pseudo-label regions at test time (the ablation): the detector's weights are set aside
     assert cli(["evaluate", "--weights", str(run / "best.pt"), "--data", str(tiny_data), "--format", "folder",
                 "--split", "val", "--out", str(tmp_path / "pseudo"), "--annotations", str(tiny_data / "regions.jsonl"),
-                "--regions", "pseudo", "--num-workers", "0", "--device", "cpu"]) == 0
+                "--region-source", "pseudo", "--num-workers", "0", "--device", "cpu"]) == 0
     assert "mean class accuracy" in capsys.readouterr().out
 
 
@@ -88,7 +89,7 @@ def test_resume_continues_exactly(tiny_data, tmp_path):
     assert len(split) == 2
     for key in ("train_loss", "train_accuracy", "val_overall_accuracy", "lr"):
         assert float(split[1][key]) == pytest.approx(float(whole[1][key]), rel=1e-6, abs=1e-9), key
-    a, b = torch.load(tmp_path / "whole" / "last.pt", weights_only=True), torch.load(tmp_path / "split" / "last.pt", weights_only=True)
+    a, b = (torch.load(tmp_path / run / "last.pt", weights_only=True) for run in ("whole", "split"))
     assert all(torch.allclose(a["ema"][k].float(), b["ema"][k].float(), atol=1e-6) for k in a["ema"])
     # a run directory is never overwritten by accident
     assert train("--output-dir", str(tmp_path / "whole"), *common) == 2
@@ -137,7 +138,8 @@ def test_holdout_validates_on_the_stratified_part_of_the_training_split(tiny_dat
     index = read_dataset(tiny_data, "folder")
     train_part, held_out = (role_samples(index, data, role) for role in ("train_split", "val_split"))
     assert ({s.id for s in held_out}, {s.id for s in train_part}) == tuple(
-        {s.id for s in side} for side in reversed(stratified_split([s for s in index.samples if s.split == "train"], 1 / 4, 5)))
+        {s.id for s in side}
+        for side in reversed(stratified_split([s for s in index.samples if s.split == "train"], 1 / 4, 5)))
     assert sorted(s.label for s in held_out) == list(range(7))  # one of each class's four
     assert not {s.id for s in held_out} & {s.id for s in train_part} and len(train_part) == 21
     assert not any(s.id.startswith("val/") for s in train_part + held_out)  # the folder's own val split is unused
@@ -254,7 +256,10 @@ def test_a_kill_during_the_first_commit_says_start_over(tiny_data, tmp_path, kil
 
 
 def test_a_run_left_inconsistent_by_an_older_msfer_is_repaired_on_resume(uninterrupted, tmp_path):
-    """Older msfer wrote last.pt before best.pt and appended to metrics.csv: a kill left best.pt behind and rows twice."""
+    """Older msfer wrote last.pt before best.pt and appended to metrics.csv.
+
+    A kill then left best.pt behind and rows twice.
+    """
     run = tmp_path / "run"
     shutil.copytree(uninterrupted, run)
     (run / "best.pt").unlink()

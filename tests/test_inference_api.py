@@ -21,7 +21,8 @@ ASTRONAUT_FACE = (150, 30, 300, 200)
 
 
 def inside(box, bounds, slack: float = 0.0) -> bool:
-    return box[0] >= bounds[0] - slack and box[1] >= bounds[1] - slack and box[2] <= bounds[2] + slack and box[3] <= bounds[3] + slack
+    return (box[0] >= bounds[0] - slack and box[1] >= bounds[1] - slack
+            and box[2] <= bounds[2] + slack and box[3] <= bounds[3] + slack)
 
 
 def test_one_face_with_every_field(recognizer, astronaut_file):
@@ -39,8 +40,8 @@ def test_one_face_with_every_field(recognizer, astronaut_file):
     for region in face.regions.values():  # mapped back from crop pixels: inside the face crop, in image pixels
         assert inside(region, face.box, slack=crop_side / 2) and region[2] > region[0] and region[3] > region[1]
     record = face.to_dict()
-    assert set(record) == {"box", "score", "landmarks", "regions", "probs", "label", "confidence", "decision", "face_size",
-                           "sharpness", "roll", "yaw", "quality", "quality_issues"}
+    assert set(record) == {"box", "score", "landmarks", "regions", "probs", "label", "confidence", "decision",
+                           "face_size", "sharpness", "roll", "yaw", "quality", "quality_issues"}
     json.dumps(record)
 
 
@@ -102,7 +103,8 @@ def test_tta_and_alignment_options(random_weights, recognizer, astronaut):
 
 
 def test_crop_transform_round_trip():
-    box, landmarks = np.array([100.0, 50.0, 180.0, 150.0]), np.array([[120, 90], [160, 80], [140, 110], [125, 130], [155, 125]], float)
+    box = np.array([100.0, 50.0, 180.0, 150.0])
+    landmarks = np.array([[120, 90], [160, 80], [140, 110], [125, 130], [155, 125]], float)
     for align in (False, True):
         transform, side = face_transform(box, landmarks, crop_scale=1.0, align=align)
         assert side == 100

@@ -1,6 +1,7 @@
 """The decision rule (issue 12): `--decision balanced` changes labels and never probabilities, through the API,
 `msfer predict`, the REST service and `msfer evaluate --detect-faces`, with PyTorch and ONNX Runtime alike; a model
 without the balanced rule's offsets is a clear error."""
+
 from __future__ import annotations
 
 import csv
@@ -18,14 +19,17 @@ from msfer.errors import MsferError
 from msfer.inference.recognizer import EmotionRecognizer
 from msfer.labels import EMOTIONS
 
-CALIBRATION_RECORD = {"method": "temperature", "held_out": {"calibrated": {"n": 1794, "ece": 0.031, "nll": 0.91,
-                                                                           "brier": 0.44}}}
+CALIBRATION_RECORD = {
+    "method": "temperature",
+    "held_out": {"calibrated": {"n": 1794, "ece": 0.031, "nll": 0.91, "brier": 0.44}},
+}
 
 
 def with_offsets(random_weights: Path, out: Path, offsets) -> Path:
-    """``random_weights`` with the balanced rule's ``offsets`` (identity calibration, so the probabilities are unchanged)."""
-    checkpoint = calibrated_checkpoint(load_checkpoint(random_weights), [1.0] * 7, [0.0] * 7, list(offsets),
-                                       CALIBRATION_RECORD)
+    """``random_weights`` with the balanced rule's ``offsets`` (identity calibration: probabilities unchanged)."""
+    checkpoint = calibrated_checkpoint(
+        load_checkpoint(random_weights), [1.0] * 7, [0.0] * 7, list(offsets), CALIBRATION_RECORD
+    )
     return save_checkpoint(checkpoint, out)
 
 
@@ -79,8 +83,9 @@ def test_balanced_without_offsets_is_a_clear_error(random_weights, astronaut):
         EmotionRecognizer(random_weights).predict(astronaut, decision="balanced")
 
 
-def test_torch_and_onnx_agree_and_the_offsets_travel_in_the_onnx_metadata(balanced_weights, random_weights, offsets,
-                                                                          astronaut, tmp_path):
+def test_torch_and_onnx_agree_and_the_offsets_travel_in_the_onnx_metadata(
+    balanced_weights, random_weights, offsets, astronaut, tmp_path
+):
     pytest.importorskip("onnx")
     import onnx
 
@@ -117,8 +122,10 @@ def test_predict_decision_option(balanced_weights, random_weights, offsets, astr
     for rule in ("argmax", "balanced"):
         for suffix in ("jsonl", "csv"):
             out = tmp_path / f"{rule}.{suffix}"
-            assert main(["predict", str(photo), "--weights", str(balanced_weights), "--out", str(out),
-                         "--decision", rule]) == 0
+            assert (
+                main(["predict", str(photo), "--weights", str(balanced_weights), "--out", str(out), "--decision", rule])
+                == 0
+            )
         faces[rule] = json.loads((tmp_path / f"{rule}.jsonl").read_text())["faces"][0]
         columns = next(csv.DictReader((tmp_path / f"{rule}.csv").open()))
         assert columns["label"] == faces[rule]["label"] and columns["decision"] == rule
@@ -150,7 +157,9 @@ def test_service_decision_parameter(balanced_weights, random_weights, offsets, a
     by_query = client.post("/v1/predict?decision=balanced", files=upload).json()
     by_form = client.post("/v1/predict", files=upload, data={"decision": "balanced"}).json()
     raw = client.post("/v1/predict?decision=balanced", content=buffer.getvalue()).json()
-    assert plain["decision"] == "argmax" and by_query["decision"] == by_form["decision"] == raw["decision"] == "balanced"
+    assert (
+        plain["decision"] == "argmax" and by_query["decision"] == by_form["decision"] == raw["decision"] == "balanced"
+    )
     for result in (by_query, by_form, raw):
         face = result["faces"][0]
         assert face["probs"] == plain["faces"][0]["probs"] and face["decision"] == "balanced"
@@ -172,8 +181,27 @@ def test_evaluate_detect_faces_under_both_rules(balanced_weights, astronaut, tmp
     results = {}
     for rule in ("argmax", "balanced"):
         out = tmp_path / rule
-        assert main(["evaluate", "--weights", str(balanced_weights), "--data", str(root), "--format", "folder",
-                     "--out", str(out), "--detect-faces", "--device", "cpu", "--decision", rule]) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    "--weights",
+                    str(balanced_weights),
+                    "--data",
+                    str(root),
+                    "--format",
+                    "folder",
+                    "--out",
+                    str(out),
+                    "--detect-faces",
+                    "--device",
+                    "cpu",
+                    "--decision",
+                    rule,
+                ]
+            )
+            == 0
+        )
         results[rule] = json.loads((out / "metrics.json").read_text())
         assert results[rule]["decision"] == rule and set(results[rule]["decision_rules"]) == {"argmax", "balanced"}
         assert results[rule]["calibration"]["n"] == 2

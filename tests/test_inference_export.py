@@ -8,8 +8,7 @@ import pytest
 
 from msfer.cli import main
 from msfer.errors import MsferError
-from msfer.inference.recognizer import EmotionRecognizer, OnnxClassifier, TorchClassifier
-
+from msfer.inference.recognizer import EmotionRecognizer, OnnxBackend, TorchBackend
 
 onnx = pytest.importorskip("onnx")
 
@@ -22,11 +21,12 @@ def onnx_file(tmp_path_factory, random_weights):
 
 
 def real_face_crops(recognizer: EmotionRecognizer, astronaut: np.ndarray) -> np.ndarray:
-    """Normalised network inputs of real faces: the astronaut, mirrored, and two of them in one photo at other scales."""
+    """Normalised network inputs of real faces: the astronaut, mirrored, and two in one photo at other scales."""
     from PIL import Image
 
     photos = [astronaut, astronaut[:, ::-1].copy(), np.asarray(Image.fromarray(astronaut).resize((900, 900)))]
-    crops = [recognizer.crop_face(photo, face)[0] for photo, faces in zip(photos, recognizer.detect(photos)) for face in faces]
+    crops = [recognizer.crop_face(photo, face)[0]
+             for photo, faces in zip(photos, recognizer.detect(photos)) for face in faces]
     return recognizer.spec.normalise(np.stack(crops))
 
 
@@ -43,8 +43,8 @@ def test_onnx_file_is_valid_with_metadata_and_dynamic_batch(onnx_file):
 
 
 def test_onnx_matches_pytorch_on_real_faces(onnx_file, random_weights, astronaut):
-    torch_net = TorchClassifier(random_weights, "cpu")
-    onnx_net = OnnxClassifier(onnx_file, str(onnx_file))
+    torch_net = TorchBackend(random_weights, "cpu")
+    onnx_net = OnnxBackend(onnx_file, str(onnx_file))
     recognizer = EmotionRecognizer(random_weights)
     batch = real_face_crops(recognizer, astronaut)
     assert len(batch) == 3

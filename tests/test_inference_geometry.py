@@ -1,4 +1,4 @@
-"""Image geometry in detection: degenerate shapes, faces cut by the edge, batch independence, small faces in large photos."""
+"""Detection geometry: degenerate shapes, faces cut by the edge, batch independence, small faces in large photos."""
 from __future__ import annotations
 
 import copy
@@ -206,7 +206,7 @@ def test_an_image_that_breaks_detection_costs_only_its_own_record(recognizer, as
 def test_annotate_writes_an_image_that_breaks_detection_as_unreadable(astronaut):
     from msfer.data.samples import Sample
     from msfer.regions.annotate import Annotator
-    from msfer.regions.detector import RetinaFaceDetector
+    from msfer.regions.retinaface import RetinaFaceDetector
 
     face = np.ascontiguousarray(astronaut[20:260, 120:340])
     images = [face, np.zeros((40, 77, 3), np.uint8), face]

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from test_inference_predict import moving_face_frames, write_video
 
 import msfer
 from msfer.cli import main
 
-from test_inference_predict import moving_face_frames, write_video
-
 
 def digests(folder: Path) -> dict[str, str]:
-    return {os.fsdecode(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    files = (p for p in sorted(folder.rglob("*")) if p.is_file())
+    return {os.fsdecode(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 def jsonl(path: Path) -> list[dict]:
@@ -78,7 +78,8 @@ def test_outputs_that_would_land_on_an_input_are_refused(shots, random_weights, 
     copy_named = shots / "selfie.jpg.msfer.jpg"
     copy_named.write_bytes(photo.read_bytes())
     before = digests(shots)
-    assert main(["predict", str(photo), str(copy_named), "--weights", str(random_weights), "--save-vis", str(shots)]) == 2
+    assert main(["predict", str(photo), str(copy_named), "--weights", str(random_weights),
+                 "--save-vis", str(shots)]) == 2
     message = capsys.readouterr().err
     assert "selfie.jpg.msfer.jpg" in message and "never writes onto a file it reads" in message
     assert digests(shots) == before
@@ -111,7 +112,8 @@ def test_an_existing_out_needs_resume_or_overwrite(shots, random_weights, tmp_pa
     out = tmp_path / "results.jsonl"
     out.write_text('{"source": "yesterday.jpg", "faces": []}\n')
     assert main(["predict", str(shots / "selfie.jpg"), "--weights", str(random_weights), "--out", str(out)]) == 2
-    assert "already exists" in capsys.readouterr().err and out.read_text() == '{"source": "yesterday.jpg", "faces": []}\n'
+    assert "already exists" in capsys.readouterr().err
+    assert out.read_text() == '{"source": "yesterday.jpg", "faces": []}\n'
     assert main(["predict", str(shots / "selfie.jpg"), "--weights", str(random_weights), "--out", str(out),
                  "--overwrite"]) == 0
     assert [Path(r["source"]).name for r in jsonl(out)] == ["selfie.jpg"]
@@ -144,7 +146,8 @@ def test_file_names_that_are_not_utf8(tmp_path, astronaut, random_weights):
     folder = tmp_path / "archive"
     folder.mkdir()
     raw = os.fsencode(folder)
-    photo, video, broken = (os.fsdecode(raw + b"/" + name) for name in (b"caf\xe9.jpg", b"vid\xe9o.avi", b"d\xe9fect.png"))
+    names = (b"caf\xe9.jpg", b"vid\xe9o.avi", b"d\xe9fect.png")
+    photo, video, broken = (os.fsdecode(raw + b"/" + name) for name in names)
     Image.fromarray(astronaut).save(photo, format="JPEG")
     write_video(folder / "video.avi", moving_face_frames(astronaut, 4))  # OpenCV's writer crashes on such names
     os.rename(folder / "video.avi", video)

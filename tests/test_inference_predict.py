@@ -15,7 +15,6 @@ from PIL import Image
 from msfer.cli import main
 from msfer.labels import EMOTIONS
 
-
 skimage_data = pytest.importorskip("skimage.data")
 
 
@@ -104,8 +103,8 @@ def test_folder_video_and_bad_inputs_in_one_batch(media, random_weights, tmp_pat
     for name in ("empty.jpg", "text.png", "truncated.jpg", "huge.png", "broken.mp4", "absent.jpg"):
         assert "error" in records[name][0]
     face = records["astronaut.jpg"][0]["faces"][0]
-    assert set(face) == {"box", "score", "landmarks", "regions", "probs", "label", "confidence", "decision", "face_size",
-                         "sharpness", "roll", "yaw", "quality", "quality_issues"}
+    assert set(face) == {"box", "score", "landmarks", "regions", "probs", "label", "confidence", "decision",
+                         "face_size", "sharpness", "roll", "yaw", "quality", "quality_issues"}
     assert list(face["probs"]) == list(EMOTIONS)
 
     frames = records["clip.avi"]

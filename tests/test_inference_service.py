@@ -19,7 +19,6 @@ from PIL import Image
 
 from msfer.inference.recognizer import EmotionRecognizer
 
-
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -72,7 +71,8 @@ def test_predict_returns_the_faces(client, astronaut):
     assert len(result["faces"]) == 1
     assert set(result["faces"][0]) == {"box", "score", "landmarks", "regions", "probs", "label", "confidence",
                                        "decision", "face_size", "sharpness", "roll", "yaw", "quality", "quality_issues"}
-    no_face = client.post("/v1/predict", files={"image": ("grey.jpg", jpeg(np.full((64, 64, 3), 128, np.uint8)), "image/jpeg")})
+    grey = jpeg(np.full((64, 64, 3), 128, np.uint8))
+    no_face = client.post("/v1/predict", files={"image": ("grey.jpg", grey, "image/jpeg")})
     assert no_face.status_code == 200 and no_face.json()["faces"] == []
 
 
@@ -94,7 +94,8 @@ def test_the_image_is_judged_by_its_bytes_not_its_declared_type(client, astronau
         assert response.status_code == 200, (what, response.text)
         faces = response.json()["faces"]
         assert len(faces) == 1 and np.allclose(faces[0]["box"], expected[0]["box"], atol=3), what
-    raw = client.post("/v1/predict", content=encoded(astronaut, "PNG"), headers={"content-type": "application/octet-stream"})
+    raw = client.post("/v1/predict", content=encoded(astronaut, "PNG"),
+                      headers={"content-type": "application/octet-stream"})
     assert raw.status_code == 200 and raw.json()["source"] == "upload" and len(raw.json()["faces"]) == 1
     thin = client.post("/v1/predict", files={"image": ("thin.png", encoded(np.zeros((1, 1600, 3), np.uint8), "PNG"))})
     assert thin.status_code == 200 and thin.json()["faces"] == []
@@ -106,10 +107,12 @@ def test_bad_uploads_get_clear_json_errors(client, astronaut):
         assert response.headers["content-type"] == "application/json"
         assert all(word in response.json()["detail"] for word in words), response.json()
 
-    error(client.post("/v1/predict", files={"image": ("notes.txt", b"hello", "text/plain")}), 415, "notes.txt", "not an image")
+    error(client.post("/v1/predict", files={"image": ("notes.txt", b"hello", "text/plain")}), 415, "notes.txt",
+          "not an image")
     error(client.post("/v1/predict", files={"image": ("photo.jpg", b"\xff\xd8 not really a jpeg", "image/jpeg")}), 415)
     truncated = jpeg(astronaut)[:3000]
-    error(client.post("/v1/predict", files={"image": ("cut.jpg", truncated, "image/jpeg")}), 400, "cut.jpg", "cannot decode")
+    error(client.post("/v1/predict", files={"image": ("cut.jpg", truncated, "image/jpeg")}), 400, "cut.jpg",
+          "cannot decode")
     error(client.post("/v1/predict", files={"image": ("empty.png", b"", "image/png")}), 400, "empty")
     noise = np.random.default_rng(0).integers(0, 256, (1200, 1200, 3), dtype=np.uint8)  # ~1.5 MB as JPEG
     error(client.post("/v1/predict", files={"image": ("big.jpg", jpeg(noise, 95), "image/jpeg")}), 413, "1 MB")

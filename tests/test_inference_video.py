@@ -8,6 +8,7 @@ import struct
 import numpy as np
 import pytest
 from PIL import Image
+from test_inference_predict import moving_face_frames, write_video
 
 from msfer.cli import main
 from msfer.errors import MsferError
@@ -16,8 +17,6 @@ from msfer.inference.report import EMOTION_COLORS
 from msfer.inference.tracking import FaceTracker, box_iou
 from msfer.inference.video import VideoSource, predict_video
 from msfer.labels import EMOTIONS
-
-from test_inference_predict import moving_face_frames, write_video
 
 
 def face(box, label: str = "happy", p: float = 0.7) -> FaceResult:
@@ -29,6 +28,8 @@ def test_box_iou():
     a = np.array([[0, 0, 10, 10]], float)
     b = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]], float)
     assert np.allclose(box_iou(a, b), [[1.0, 50 / 150, 0.0]])
+    point = np.array([[5, 5, 5, 5]], float)  # zero area: IoU 0 with everything (torchvision's 0 / 0 is NaN)
+    assert box_iou(point, np.vstack([point, a])).tolist() == [[0.0, 0.0]]
 
 
 def test_tracker_keeps_ids_of_moving_faces_and_ends_lost_tracks():
@@ -248,4 +249,5 @@ def test_report_uncertain_threshold_and_calibration_statement(clip, random_weigh
     page = (out / "report.html").read_text()
     assert "probabilities are calibrated (temperature scaling)" in page and "expected calibration error 0.031" in page
     assert "below 0.50" in page  # the default threshold
-    assert main(["report", str(clip), "--out", str(out), "--weights", str(random_weights), "--uncertain-below", "2"]) == 2
+    args = ["report", str(clip), "--out", str(out), "--weights", str(random_weights), "--uncertain-below", "2"]
+    assert main(args) == 2

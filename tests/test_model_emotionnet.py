@@ -29,7 +29,8 @@ def face_boxes(batch: int, size: int = SIZE) -> torch.Tensor:
 def targets_for(model, batch: int) -> dict[str, torch.Tensor]:
     regions = len(model.region_names)
     boxes = face_boxes(batch)[:, :regions] if regions else torch.zeros(batch, 0, 4)
-    return {"labels": torch.arange(batch) % 7, "boxes": boxes, "box_valid": torch.ones(batch, regions, dtype=torch.bool)}
+    return {"labels": torch.arange(batch) % 7, "boxes": boxes,
+            "box_valid": torch.ones(batch, regions, dtype=torch.bool)}
 
 
 def test_registry_has_the_paper_and_cpu_configs():
@@ -170,7 +171,8 @@ def test_overfits_a_tiny_synthetic_dataset():
     torch.manual_seed(0)
     images, labels = _synthetic_dataset(per_class=1)
     model = tiny("msfer_resnet18", dropout=0.0)
-    targets = {"labels": labels, "boxes": face_boxes(len(labels)), "box_valid": torch.ones(len(labels), 5, dtype=torch.bool)}
+    targets = {"labels": labels, "boxes": face_boxes(len(labels)),
+               "box_valid": torch.ones(len(labels), 5, dtype=torch.bool)}
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     accuracy = 0.0
     for step in range(1, 61):

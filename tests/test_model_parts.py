@@ -10,9 +10,9 @@ from msfer.model.anchors import ANCHORS_PER_LOCATION, cell_anchors, level_anchor
 from msfer.model.backbones import BACKBONES, build_backbone
 from msfer.model.emotionnet import _TEMPLATE
 from msfer.model.fpn import LEVELS, STRIDES, FeaturePyramid
-from msfer.model.heads import MultiScaleHead
 from msfer.model.layers import LevelRoIAlign, box_iou
 from msfer.model.losses import binary_focal_loss, focal_cross_entropy
+from msfer.model.multiscale import MultiScaleHead
 
 
 @pytest.mark.parametrize("name", BACKBONES)
@@ -60,7 +60,8 @@ def test_cell_anchors_ratios_and_scales():
 
 def test_anchor_count_and_positions():
     sizes = {"p3": (14, 14), "p4": (7, 7), "p5": (4, 4), "p6": (2, 2), "p7": (1, 1)}
-    per_level = [level_anchors(h, w, STRIDES[name], 2.0 * STRIDES[name], torch.device("cpu")) for name, (h, w) in sizes.items()]
+    per_level = [level_anchors(h, w, STRIDES[name], 2.0 * STRIDES[name], torch.device("cpu"))
+                 for name, (h, w) in sizes.items()]
     assert sum(len(a) for a in per_level) == ANCHORS_PER_LOCATION * sum(h * w for h, w in sizes.values()) == 2394
     assert all(a.shape[1] == 4 for a in per_level)
     p3 = per_level[0].reshape(14, 14, 9, 4)
@@ -76,8 +77,30 @@ def test_default_anchor_size_covers_organs_at_112px():
     regions = torch.stack([torch.cat([face[:2] + torch.tensor(r[:2]) * size, face[:2] + torch.tensor(r[2:]) * size])
                            for r in _TEMPLATE.values()])
     grid = {"p3": 14, "p4": 7, "p5": 4, "p6": 2, "p7": 1}
-    anchors = torch.cat([level_anchors(n, n, STRIDES[k], 2.0 * STRIDES[k], torch.device("cpu")) for k, n in grid.items()])
+    anchors = torch.cat([level_anchors(n, n, STRIDES[k], 2.0 * STRIDES[k], torch.device("cpu"))
+                         for k, n in grid.items()])
     assert box_iou(regions, anchors).max(dim=1).values.min() > 0.5
+
+
+def test_batched_box_iou_and_clipping_are_torchvisions():
+    import torchvision.ops
+
+    torch.manual_seed(0)
+    corners = torch.rand(3, 6, 2, 2) * 60 - 10
+    boxes = torch.cat([corners.amin(dim=2), corners.amax(dim=2)], dim=-1)  # B x N x 4, some past the edges
+    others = boxes.flip(1)[:, :4] + torch.rand(3, 4, 4)
+    iou = box_iou(boxes, others)
+    assert iou.shape == (3, 6, 4)
+    for b in range(3):
+        torch.testing.assert_close(iou[b], torchvision.ops.box_iou(boxes[b], others[b]))
+    degenerate = torch.tensor([[[5.0, 5.0, 5.0, 5.0]]])
+    assert box_iou(degenerate, degenerate).item() == 0.0  # torchvision: NaN
+    clipped = torchvision.ops.clip_boxes_to_image(boxes, (32, 48))  # batched: (H, W)
+    assert clipped.shape == boxes.shape
+    assert (clipped[..., 0::2] >= 0).all() and (clipped[..., 0::2] <= 48).all()
+    assert (clipped[..., 1::2] >= 0).all() and (clipped[..., 1::2] <= 32).all()
+    inside = ((boxes[..., :2] >= 0) & (boxes[..., 2:3] <= 48) & (boxes[..., 3:] <= 32)).all(dim=-1)
+    assert torch.equal(clipped[inside], boxes[inside])
 
 
 def test_level_roi_align_follows_the_level_formula():
@@ -85,7 +108,8 @@ def test_level_roi_align_follows_the_level_formula():
     features = {f"p{k}": torch.full((2, channels, size // 2 ** k, size // 2 ** k), float(k)) for k in (3, 4, 5)}
     pool = LevelRoIAlign(("p3", "p4", "p5"), 5)
     # k = floor(4 + log2(sqrt(wh) / 224)): 40 px -> 1.5 -> 3 (clamped), 112 -> 3, 224 -> 4, 448 -> 5
-    boxes = torch.tensor([[[0, 0, 40, 40], [0, 0, 112, 112]], [[0, 0, 224, 224], [-112, -112, 336, 336]]], dtype=torch.float)
+    boxes = torch.tensor([[[0, 0, 40, 40], [0, 0, 112, 112]], [[0, 0, 224, 224], [-112, -112, 336, 336]]],
+                         dtype=torch.float)
     pooled = pool(features, boxes)
     assert pooled.shape == (4, channels, 5, 5)
     assert pooled[:, 0, 2, 2].tolist() == [3.0, 3.0, 4.0, 5.0]
@@ -112,7 +136,8 @@ def test_head_pools_regions_to_the_configured_sizes():
 # -- focal loss ----------------------------------------------------------------------------
 
 def test_focal_cross_entropy_hand_computed():
-    logits = torch.tensor([[math.log(0.7), math.log(0.2), math.log(0.1)], [math.log(0.25), math.log(0.25), math.log(0.5)]])
+    logits = torch.tensor([[math.log(0.7), math.log(0.2), math.log(0.1)],
+                           [math.log(0.25), math.log(0.25), math.log(0.5)]])
     target = torch.tensor([0, 2])
     gamma = 2.0
     expected = [-(0.3 ** 2) * math.log(0.7), -(0.5 ** 2) * math.log(0.5)]
@@ -120,7 +145,8 @@ def test_focal_cross_entropy_hand_computed():
     torch.testing.assert_close(focal_cross_entropy(logits, target, gamma), torch.tensor(sum(expected) / 2))
     soft = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
     expected_soft = -0.5 * 0.3 ** 2 * math.log(0.7) - 0.5 * 0.8 ** 2 * math.log(0.2)
-    torch.testing.assert_close(focal_cross_entropy(logits, soft, gamma, reduction="none")[0], torch.tensor(expected_soft))
+    torch.testing.assert_close(focal_cross_entropy(logits, soft, gamma, reduction="none")[0],
+                               torch.tensor(expected_soft))
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from msfer.model import MODELS, model_config
-from msfer.model.detector import RegionDetector
+from msfer.model.region_detector import RegionDetector
 
 SIZE = 112
 # face, left eye, right eye, nose, mouth of a centred face (input pixels)

@@ -19,7 +19,7 @@ from msfer.regions.annotations import AnnotationWriter, load_annotations
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    """happy/ and sad/ with 8 images: faces at several sizes (JPEG and PNG, colour and grey), a blank, a corrupt file."""
+    """happy/ and sad/ with 8 images: faces at several sizes (JPEG, PNG, colour, grey), a blank, a corrupt file."""
     root = tmp_path_factory.mktemp("faces")
     image = astronaut()
     face = image[40:200, 150:300]
@@ -57,7 +57,8 @@ def test_annotate_writes_one_record_per_image_in_original_pixels(dataset, tmp_pa
     assert annotate_cli(dataset, out, "--review", str(sheet)) == 0
     records = load_annotations(out)
     assert set(records) == ALL_IDS and len(lines_of(out)) == len(ALL_IDS)
-    for name in ("happy/full.jpg", "happy/crop.png", "happy/fer_like.jpg", "happy/aligned.jpg", "sad/mirrored.jpg", "sad/small.png"):
+    for name in ("happy/full.jpg", "happy/crop.png", "happy/fer_like.jpg", "happy/aligned.jpg", "sad/mirrored.jpg",
+                 "sad/small.png"):
         record = records[name]
         assert record["status"] == "ok", name
         assert set(record["regions"]) == {"face", "left_eye", "right_eye", "nose", "mouth"}
@@ -153,7 +154,10 @@ def test_load_annotations_reads_gzip_and_reports_damage(tmp_path):
 
 
 def test_file_names_that_are_not_utf8(tmp_path):
-    """A Latin-1 JPEG name crashed OpenCV's reader (the whole process); in a subprocess, so a regression fails, not kills."""
+    """A Latin-1 JPEG name crashed OpenCV's reader (the whole process).
+
+    Run in a subprocess, so that a regression fails the test instead of killing the run.
+    """
     import os
     import subprocess
     import sys

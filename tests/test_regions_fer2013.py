@@ -8,7 +8,7 @@ import pytest
 from msfer.data.readers import read_dataset
 from msfer.regions.annotate import LOW_SCORE, Annotator, decode
 from msfer.regions.annotations import STATUS_NO_FACE, STATUS_OK, STATUS_UNREADABLE
-from msfer.regions.detector import RetinaFaceDetector
+from msfer.regions.retinaface import RetinaFaceDetector
 
 pytestmark = pytest.mark.realdata
 

@@ -62,7 +62,8 @@ def test_merged_eyes_are_the_union_of_the_two_eye_boxes():
     separate = derive_regions(BOX, LANDMARKS, 200, 200)
     merged = derive_regions(BOX, LANDMARKS, 200, 200, merge_eyes=True)
     assert list(merged) == list(MERGED_EYES_REGION_NAMES)
-    assert merged["eyes"] == [separate["left_eye"][0], separate["left_eye"][1], separate["right_eye"][2], separate["right_eye"][3]]
+    left, right = separate["left_eye"], separate["right_eye"]
+    assert merged["eyes"] == [left[0], left[1], right[2], right[3]]
     assert merged["mouth"] == separate["mouth"]
 
 

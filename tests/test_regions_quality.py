@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from msfer.regions.detector import Face
 from msfer.regions.quality import REJECTION_REASONS, QualityRules, rejection_reason, roll_degrees, select_face
+from msfer.regions.retinaface import Face
 
 BOX = np.array([50.0, 40.0, 150.0, 170.0])
 LANDMARKS = np.array([[80, 90], [120, 90], [100, 115], [84, 140], [116, 140]], dtype=float)
@@ -148,7 +148,8 @@ def test_face_quality_fields_and_flag():
     blurred = cv2.GaussianBlur(image, (0, 0), 8)
     bad = face_quality(blurred, [50, 40, 62, 170], 0.3, rotated(turned(60), 45, centre=(100, 100)))
     assert bad["quality"] == "low" and bad["quality_issues"] == list(QUALITY_ISSUES)  # every rule fails, in order
-    assert bad["face_size"] == 12.0 and bad["roll"] == pytest.approx(45, abs=0.1) and bad["yaw"] == pytest.approx(60, abs=0.1)
+    assert bad["face_size"] == 12.0
+    assert bad["roll"] == pytest.approx(45, abs=0.1) and bad["yaw"] == pytest.approx(60, abs=0.1)
     # A face given already cropped has no score or landmarks: those rules are not judged.
     crop = face_quality(image, [0, 0, 240, 240], None, None)
     assert crop["roll"] is None and crop["yaw"] is None and crop["quality"] == "good"

@@ -53,7 +53,9 @@ class Range:
 
 
 def _text(bound: float | None) -> str:
-    return str(int(bound)) if bound is not None and float(bound).is_integer() else f"{bound:g}" if bound is not None else ""
+    if bound is None:
+        return ""
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
 
 
 def check_number(key: str, value: Any, allowed: Range) -> None:
@@ -74,8 +76,10 @@ def check_numbers(key: str, value: Any, allowed: Range, length: int | None = Non
     if value is None and allowed.nullable:
         return
     shape = "[low, high] with low <= high" if ordered else f"of {length} numbers" if length else "of numbers"
-    what = f"a list {shape}, each {allowed.describe().removesuffix(' or null')}" + (" (or null)" if allowed.nullable else "")
+    what = f"a list {shape}, each {allowed.describe().removesuffix(' or null')}"
+    what += " (or null)" if allowed.nullable else ""
     if not isinstance(value, list | tuple) or not value or len(value) != (2 if ordered else length or len(value)):
         raise MsferError(f"config {key}={value!r} has the wrong type: expected {what}")
-    if not all(allowed.fits_type(item) and allowed.contains(item) for item in value) or (ordered and value[0] > value[1]):
+    in_range = all(allowed.fits_type(item) and allowed.contains(item) for item in value)
+    if not in_range or (ordered and value[0] > value[1]):
         raise MsferError(f"config {key}={value!r} is out of range: expected {what}")

@@ -25,27 +25,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..data.transforms import class_probabilities, mirror, normalize
 from ..labels import FLIP_SWAP
-
-
-def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """``uint8``-range or [0, 1] float images -> normalised float (``mean``/``std`` on the [0, 1] scale)."""
-    if images.dtype == torch.uint8:
-        images = images.float().div_(255)
-    scale = 1 / torch.tensor(std, device=images.device).view(1, -1, 1, 1)
-    shift = -torch.tensor(mean, device=images.device).view(1, -1, 1, 1) * scale
-    # One fused pass; a 1-channel (grey) batch broadcasts to 3 channels.
-    return torch.addcmul(shift, images, scale)
-
-
-def prepare_eval(images: torch.Tensor, boxes: torch.Tensor, input_size: int, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
-    """The evaluation transform: resize to ``input_size`` (boxes scaled alike) and normalise."""
-    height, width = images.shape[-2:]
-    images = images.float().div_(255)
-    if (height, width) != (input_size, input_size):
-        images = F.interpolate(images, size=(input_size, input_size), mode="bilinear", antialias=True, align_corners=False)
-    scale = torch.tensor([input_size / width, input_size / height] * 2, device=boxes.device)
-    return normalize(images, mean, std), boxes * scale
 
 
 def flip_permutation(region_names: Sequence[str]) -> list[int]:
@@ -62,7 +43,8 @@ class BatchAugment:
     it returns normalised float images ``B x 3 x S x S``, boxes in their pixels, validity.
     """
 
-    def __init__(self, params: dict[str, Any], input_size: int, mean, std, region_names: Sequence[str], generator: torch.Generator):
+    def __init__(self, params: dict[str, Any], input_size: int, mean, std, region_names: Sequence[str],
+                 generator: torch.Generator):
         self.params = params
         self.input_size = input_size
         self.mean, self.std = mean, std
@@ -73,7 +55,10 @@ class BatchAugment:
         return torch.rand(n, device=device, generator=self.generator) * (high - low) + low
 
     def __call__(self, images: torch.Tensor, boxes: torch.Tensor, box_valid: torch.Tensor, grey: bool = False):
-        """``grey``: every image of the batch has 3 equal channels (the dataset says so); then one channel is resampled."""
+        """``grey``: every image of the batch has 3 equal channels (the dataset says so).
+
+        Then one channel is resampled.
+        """
         n, _, height, width = images.shape
         if grey:
             images = images[:, :1]
@@ -120,7 +105,8 @@ class BatchAugment:
         """Send boxes (input pixels) through the inverse of ``theta`` into output pixels."""
         size = self.input_size
         x1, y1, x2, y2 = boxes.unbind(-1)
-        corners = torch.stack([torch.stack(c, dim=-1) for c in ((x1, y1), (x2, y1), (x1, y2), (x2, y2))], dim=2)  # B R 4 2
+        corners = [(x1, y1), (x2, y1), (x1, y2), (x2, y2)]
+        corners = torch.stack([torch.stack(c, dim=-1) for c in corners], dim=2)  # B R 4 2
         # Pixel edges 0..W map to -1..1 (align_corners=False).
         scale_in = torch.tensor([2 / width, 2 / height], device=boxes.device)
         normalised = corners * scale_in - 1
@@ -146,7 +132,8 @@ class BatchAugment:
             images = (images - mean) * self._uniform(1 - p["contrast"], 1 + p["contrast"], n, device).view(view) + mean
         if p["saturation"]:
             grey = images.mean(dim=1, keepdim=True)
-            images = (images - grey) * self._uniform(1 - p["saturation"], 1 + p["saturation"], n, device).view(view) + grey
+            factor = self._uniform(1 - p["saturation"], 1 + p["saturation"], n, device).view(view)
+            images = (images - grey) * factor + grey
         return images.clamp(0, 1)
 
     def _erase(self, images: torch.Tensor) -> torch.Tensor:
@@ -175,19 +162,19 @@ def mirror_boxes(boxes: torch.Tensor, width: int, flip_index: Sequence[int]) -> 
 
 
 @torch.no_grad()
-def predict_probs(model: torch.nn.Module, images: torch.Tensor, tta: bool = False,
-                  boxes: torch.Tensor | None = None, box_valid: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-    """Softmax probabilities of ``model`` on normalised ``images``; with ``tta`` the mean over each image and its mirror.
+def predict_probs(model: torch.nn.Module, images: torch.Tensor, tta: bool = False, boxes: torch.Tensor | None = None,
+                  box_valid: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """Softmax probabilities of ``model`` on normalised ``images``; with ``tta`` the mean of each image and its mirror.
 
     ``boxes``/``box_valid`` are given regions (models with ``region_source="pseudo"``); the
     mirror pass gets them mirrored. Returns ``(probs, output on the unflipped images)``.
+    The mirror and the mean of both softmaxes are those of :mod:`msfer.data.transforms`, as in the API.
     """
     output = model(images, boxes=boxes, box_valid=box_valid)
-    probs = output["logits"].float().softmax(dim=1)
+    mirrored = None
     if tta:
         if boxes is not None:
             flip_index = flip_permutation(model.region_names)
             boxes, box_valid = mirror_boxes(boxes, images.shape[-1], flip_index), box_valid[:, flip_index]
-        mirrored = model(images.flip(-1), boxes=boxes, box_valid=box_valid)
-        probs = (probs + mirrored["logits"].float().softmax(dim=1)) / 2
-    return probs, output
+        mirrored = model(mirror(images), boxes=boxes, box_valid=box_valid)["logits"]
+    return class_probabilities(output["logits"], mirrored), output

@@ -159,7 +159,8 @@ def choose_calibration(logits: np.ndarray, labels: np.ndarray, seed: int = 0, fo
     other_scale, other_bias = fit(logits[fitting], labels[fitting], alternative)
     return {
         "method": method, "scale": scale.tolist(), "bias": bias.tolist(),
-        "criterion": f"lower {folds}-fold cross-validated NLL on a stratified half (seed {seed}) of the validation split",
+        "criterion": f"lower {folds}-fold cross-validated NLL on a stratified half (seed {seed}) "
+                     "of the validation split",
         "cross_validated_nll": cv,
         "held_out": {
             "uncalibrated": calibration_metrics(softmax(logits[held_out]), labels[held_out]),
@@ -180,7 +181,10 @@ def decide(probs: np.ndarray, balanced_offsets: Sequence[float], rule: str = "ar
 
 
 def plot_reliability(probs: np.ndarray, labels: np.ndarray, path, title: str = "", bins: int = ECE_BINS) -> None:
-    """Reliability diagram (accuracy against confidence per bin, with the diagonal) above a histogram of the top probability."""
+    """Reliability diagram (accuracy against confidence per bin, with the diagonal).
+
+    Below it, a histogram of the top probability.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

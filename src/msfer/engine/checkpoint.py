@@ -141,7 +141,8 @@ def model_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
     return checkpoint.get("ema") or checkpoint["model"]
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", model_overrides: dict | None = None) -> tuple[torch.nn.Module, dict]:
+def load_model(path: str | Path, device: str | torch.device = "cpu",
+               model_overrides: dict | None = None) -> tuple[torch.nn.Module, dict]:
     """Rebuild the model from the file alone; return ``(model in eval mode, metadata)``.
 
     Half-precision weights (an exported file) are upcast to float32. ``model_overrides``
@@ -158,10 +159,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", model_overr
     try:
         missing, unexpected = model.load_state_dict(state, strict=not model_overrides)
     except RuntimeError as error:  # shapes or names differ: a file from another msfer version or a damaged one
-        raise MsferError(f"checkpoint {path} does not match the model its config describes: {str(error)[:300]}") from None
+        raise MsferError(f"checkpoint {path} does not match the model its config describes: "
+                         f"{str(error)[:300]}") from None
     if missing:
         raise MsferError(f"checkpoint {path} lacks weights the model needs: {', '.join(missing[:5])}")
-    metadata = {key: value for key, value in checkpoint.items() if key not in ("model", "ema", "optimizer", "scheduler", "scaler", "rng")}
+    training_state = ("model", "ema", "optimizer", "scheduler", "scaler", "rng")
+    metadata = {key: value for key, value in checkpoint.items() if key not in training_state}
     return model.to(device).eval(), metadata
 
 
@@ -169,6 +172,7 @@ def export_weights(checkpoint_path: str | Path, out: str | Path, half: bool = Tr
     """Write a slim inference file: the selected weights (fp16 if ``half``) and the metadata, no training state."""
     checkpoint = load_checkpoint(checkpoint_path, prefer="best.pt")
     state = {k: v.half() if half and v.is_floating_point() else v for k, v in model_state(checkpoint).items()}
-    slim = {key: value for key, value in checkpoint.items() if key not in ("ema", "optimizer", "scheduler", "scaler", "rng", "epoch")}
+    training_state = ("ema", "optimizer", "scheduler", "scaler", "rng", "epoch")
+    slim = {key: value for key, value in checkpoint.items() if key not in training_state}
     slim["model"] = state
     return save_checkpoint(slim, out)

@@ -49,8 +49,9 @@ DEFAULTS: Config = {
         "soft_labels": False,  # train on Sample.soft_label (e.g. FER+ vote distributions)
         "balanced_sampling": False,  # draw classes equally often (sampling with replacement)
         "cache_images": False,  # decode every image once into memory before the first epoch
-        # Side of the stored images; the on-device augmentation resamples them to the model's
-        # input size. null: the model's input size. 48 for FER2013 keeps its cache at 200 MB.
+        # Side of the stored training images; the on-device augmentation resamples them to the model's
+        # input size. null: the model's input size. 48 for FER2013 keeps its cache at 200 MB. The
+        # validation images are always stored at the input size (resized once, as evaluation does).
         "image_size": None,
         "limit": None,  # train on a fixed random N of the training split (smoke runs, reduced-budget studies)
         "num_workers": 2,
@@ -91,7 +92,9 @@ DEFAULTS: Config = {
     "eval": {
         "batch_size": 256,
         "tta": False,  # average the softmax of each image and its mirror image
-        "regions": "learned",  # learned | pseudo: boxes from the detector, or the annotations
+        # Where the head's regions come from when validating: null, the model's own (its model.region_source),
+        # or pseudo: the data.annotations boxes (a learned-detector model is then run without its detector).
+        "region_source": None,
     },
     "output_dir": "runs/default",
 }
@@ -102,7 +105,7 @@ CHOICES: dict[str, tuple] = {
     "train.class_weights": ("none", "balanced"),
     "train.amp": (False, "bf16", "fp16"),
     "train.select_metric": ("overall_accuracy", "mean_class_accuracy"),
-    "eval.regions": ("learned", "pseudo"),
+    "eval.region_source": (None, "pseudo"),
 }
 
 # Sections whose contents are free-form (validated by whoever consumes them).
@@ -148,6 +151,12 @@ PATHS = ("data.root", "data.annotations")
 # configs still hold them at that value, which is dropped (it changed nothing); any other value is
 # an error, since a setting that is silently ignored is worse than none.
 RETIRED: dict[str, tuple[Any, str]] = {"train.label_smoothing": (0.0, "model.label_smoothing")}
+# Keys that were renamed -> (the new key, old value -> new value). Saved configs (a checkpoint's, for
+# --resume) still hold the old key: it is moved to the new one. ``eval.regions`` named the region source
+# a third way (learned | pseudo, and "model" on the command line) beside model.region_source.
+RENAMED: dict[str, tuple[str, dict[Any, Any]]] = {
+    "eval.regions": ("eval.region_source", {"learned": None, "model": None, "pseudo": "pseudo"}),
+}
 
 
 class _Loader(yaml.SafeLoader):
@@ -170,11 +179,11 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = (), b
     """The defaults, merged with ``base`` (e.g. a checkpoint's config), the file ``path``, then ``overrides``."""
     config = copy.deepcopy(DEFAULTS)
     if base is not None:
-        config = merge(config, base)
+        config = merge(config, _move_renamed(copy.deepcopy(base)))
     if path is not None:
         config = merge(config, _read_with_bases(Path(path), seen=()))
     for override in overrides:
-        config = merge(config, parse_override(override))
+        config = merge(config, _move_renamed(parse_override(override)))
     validate(config)
     return config
 
@@ -208,6 +217,7 @@ def parse_override(text: str) -> Config:
 def validate(config: Config) -> None:
     """Raise :class:`MsferError` for keys the schema does not know and values of the wrong type or out of range."""
     _drop_retired(config)
+    _move_renamed(config)  # a config that did not come through load_config
     _check_keys(config, DEFAULTS, prefix="")
     for key, allowed in CHOICES.items():
         value = get(config, key)
@@ -234,6 +244,30 @@ def _drop_retired(config: Config) -> None:
         if parent[key] != inert_value:
             raise MsferError(f"config key {dotted!r} does nothing: set {acting_key}={parent[key]!r} instead")
         del parent[key]
+
+
+def _move_renamed(layer: Config) -> Config:
+    """``layer`` (one config file, base or override) with its :data:`RENAMED` keys moved to their new names.
+
+    Done per layer before merging, so a later layer's new key overrides an earlier layer's old one.
+    An old value with no translation, or both keys in one layer with different values, is an error.
+    """
+    for dotted, (new_dotted, values) in RENAMED.items():
+        section, key = dotted.rsplit(".", 1)
+        new_section, new_key = new_dotted.rsplit(".", 1)
+        parent = layer.get(section)
+        if not isinstance(parent, dict) or key not in parent:
+            continue
+        old = parent.pop(key)
+        if old not in values:
+            raise MsferError(f"config key {dotted!r} is now {new_dotted!r}; {dotted}={old!r} is not one of "
+                             f"{', '.join(map(repr, values))}")
+        target = layer.setdefault(new_section, {})
+        if new_key in target and target[new_key] != values[old]:
+            raise MsferError(f"config gives both {dotted}={old!r} and {new_dotted}={target[new_key]!r}: "
+                             f"keep {new_dotted} only")
+        target[new_key] = values[old]
+    return layer
 
 
 def _check_holdout(data: Config) -> Config | None:
@@ -296,7 +330,7 @@ def _read_with_bases(path: Path, seen: tuple[Path, ...]) -> Config:
     merged: Config = {}
     for base in [bases] if isinstance(bases, str) else bases:
         merged = merge(merged, _read_with_bases(path.parent / base, seen + (path,)))
-    return merge(merged, loaded)
+    return merge(merged, _move_renamed(loaded))
 
 
 def _check_keys(config: Config, schema: Config, prefix: str) -> None:
@@ -324,7 +358,10 @@ def _kind(default: Any) -> str:
 
 
 def _same_kind(value: Any, default: Any) -> bool:
-    """Whether ``value`` may stand where the schema's ``default`` is (``None`` and defaults of ``None`` match anything)."""
+    """Whether ``value`` may stand where the schema's ``default`` is.
+
+    ``None``, and any value where the default is ``None``, match anything.
+    """
     if value is None or default is None:
         return True
     if isinstance(default, bool):

@@ -2,10 +2,12 @@
 
 Work is split so that the CPU does as little as possible per image: a worker decodes
 and resizes to ``image_size`` (or reads the in-memory cache), and everything random
-happens batched on the device (:mod:`msfer.engine.augment`). ``image_size`` may be
-smaller than the model's input (48 for FER2013): the augmentation's resampling does the
-upscaling on the device, and the cache stays small (FER2013 train: 28,709 x 3 x 48 x 48
-bytes = 200 MB).
+happens batched on the device (:mod:`msfer.engine.augment`). The resize is
+:func:`msfer.data.transforms.resize_square`, the one every evaluation and inference path
+uses. A training set's ``image_size`` may be smaller than the model's input (48 for
+FER2013): the augmentation's resampling does the upscaling on the device, and the cache
+stays small (FER2013 train: 28,709 x 3 x 48 x 48 bytes = 200 MB). A set that is evaluated
+is held at the model's input size, so that its crops are resized once, as in inference.
 """
 from __future__ import annotations
 
@@ -14,11 +16,11 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..data.samples import Sample
+from ..data.transforms import resize_square
 from ..errors import MsferError
 
 log = logging.getLogger(__name__)
@@ -90,10 +92,7 @@ class FaceDataset(Dataset):
 
     def decode(self, index: int) -> tuple[np.ndarray, bool]:
         """Image ``index`` as ``3 x S x S`` uint8, and whether its channels are equal (a grey image)."""
-        image = self.samples[index].load()
-        if image.size != (self.image_size, self.image_size):
-            image = image.resize((self.image_size, self.image_size), Image.BILINEAR)
-        pixels = np.asarray(image)
+        pixels = resize_square(self.samples[index].load(), self.image_size)
         grey = bool(np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 1], pixels[..., 2]))
         return np.ascontiguousarray(pixels.transpose(2, 0, 1)), grey
 

@@ -108,5 +108,8 @@ class EpochSampler(Sampler[int]):
 
 
 def shard_indices(size: int, info: DistInfo) -> list[int]:
-    """This rank's share of an evaluation split: every ``world_size``-th sample, no padding (no duplicates in metrics)."""
+    """This rank's share of an evaluation split: every ``world_size``-th sample.
+
+    No padding, so no sample is counted twice in the metrics.
+    """
     return list(range(info.rank, size, info.world_size))

@@ -13,9 +13,10 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from ..data.transforms import model_input
 from ..errors import MsferError
 from ..labels import EMOTIONS
-from .augment import predict_probs, prepare_eval
+from .augment import predict_probs
 from .calibration import DECISION_RULES, calibration_metrics, decide
 from .datasets import FaceDataset
 from .distributed import DistInfo, all_gather_objects, shard_indices
@@ -59,14 +60,18 @@ def predict_split(
     whose softmax ``probs`` are.
     """
     model.eval()
+    if dataset.image_size != model.input_size:
+        raise ValueError(f"the dataset holds {dataset.image_size} px images; evaluating this model needs them at its "
+                         f"input size, {model.input_size} px (one resize, msfer.data.transforms.resize_square)")
     indices = shard_indices(len(dataset), info)
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=num_workers,
                         pin_memory=device.type == "cuda", generator=torch.Generator())
-    size = model.input_size
-    keys = ("y_true", "probs", "logits", "boxes", "box_scores", "fallback", "true_boxes", "true_valid", "detected", "proposed")
+    keys = ("y_true", "probs", "logits", "boxes", "box_scores", "fallback", "true_boxes", "true_valid", "detected",
+            "proposed")
     parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     for batch in tqdm(loader, desc="evaluating", unit="batch", leave=False, disable=not (progress and info.is_main)):
-        images, true_boxes = prepare_eval(batch["image"].to(device), batch["boxes"].to(device), size, model.mean, model.std)
+        images = model_input(batch["image"].to(device), model.mean, model.std)
+        true_boxes = batch["boxes"].to(device)
         true_valid = batch["box_valid"].to(device)
         given = {"boxes": true_boxes, "box_valid": true_valid} if pseudo_regions else {}
         with autocast(device, amp):

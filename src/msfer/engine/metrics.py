@@ -15,7 +15,10 @@ import numpy as np
 
 
 def compute_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[str]) -> dict:
-    """``n``, ``overall_accuracy``, ``mean_class_accuracy``, ``per_class`` and ``confusion_matrix`` (rows true, columns predicted)."""
+    """``n``, ``overall_accuracy``, ``mean_class_accuracy``, ``per_class`` and ``confusion_matrix``.
+
+    The confusion matrix has the true classes as rows and the predicted ones as columns.
+    """
     y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
     k = len(classes)
     matrix = np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
@@ -31,7 +34,8 @@ def compute_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes: Seque
         "overall_accuracy": float(correct.sum() / max(len(y_true), 1)),
         "mean_class_accuracy": float(recall[present].mean()) if present.any() else 0.0,
         "per_class": {
-            name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+            name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                   "support": int(support[i])}
             for i, name in enumerate(classes)
         },
         "confusion_matrix": matrix.tolist(),
@@ -39,7 +43,10 @@ def compute_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes: Seque
 
 
 def box_iou_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of corresponding boxes (``... x 4`` each, ``x1, y1, x2, y2``)."""
+    """IoU of corresponding boxes (``... x 4`` each, ``x1, y1, x2, y2``).
+
+    Element by element, which :func:`torchvision.ops.box_iou` (every pair of two sets) is not.
+    """
     width = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
     height = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
     intersection = width * height
@@ -63,7 +70,8 @@ def average_precision(scores: np.ndarray, hits: np.ndarray, num_truths: int) -> 
 
 
 def region_detection(
-    pred_boxes: np.ndarray, pred_scores: np.ndarray, true_boxes: np.ndarray, true_valid: np.ndarray, region_names: Sequence[str]
+    pred_boxes: np.ndarray, pred_scores: np.ndarray, true_boxes: np.ndarray, true_valid: np.ndarray,
+    region_names: Sequence[str],
 ) -> dict:
     """Mean IoU and AP@0.5 of the detector's one box per region against the pseudo-labels.
 
@@ -92,7 +100,8 @@ def format_table(metrics: dict) -> str:
     """The per-class table and the headline numbers, as printed by ``msfer evaluate``."""
     lines = [f"{'class':<10} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}"]
     for name, row in metrics["per_class"].items():
-        lines.append(f"{name:<10} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['f1']:>7.3f} {row['support']:>8d}")
+        lines.append(f"{name:<10} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['f1']:>7.3f} "
+                     f"{row['support']:>8d}")
     lines.append(f"n = {metrics['n']}   overall accuracy = {metrics['overall_accuracy']:.4f}   "
                  f"mean class accuracy = {metrics['mean_class_accuracy']:.4f}")
     if metrics.get("calibration"):
@@ -104,11 +113,13 @@ def format_table(metrics: dict) -> str:
                      f"mean class accuracy = {scores['mean_class_accuracy']:.4f}")
     if "region_detection" in metrics:
         det = metrics["region_detection"]
-        lines.append(f"region detection vs pseudo-labels: mean IoU = {det['mean_iou']:.3f}   mAP@0.5 = {det['map50']:.3f}")
+        lines.append(f"region detection vs pseudo-labels: mean IoU = {det['mean_iou']:.3f}   "
+                     f"mAP@0.5 = {det['map50']:.3f}")
     return "\n".join(lines)
 
 
-def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: str | Path, title: str = "") -> None:
+def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: str | Path,
+                          title: str = "") -> None:
     """Row-normalised confusion matrix (each row: where that true class went), with counts in the cells."""
     import matplotlib
 
@@ -135,7 +146,10 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str
 
 
 def write_report(metrics: dict, out_dir: str | Path, classes: Sequence[str], echo: bool = True) -> Path:
-    """Write ``metrics.json`` and ``confusion_matrix.png`` into ``out_dir`` and print the table; return the JSON path."""
+    """Write ``metrics.json`` and ``confusion_matrix.png`` into ``out_dir`` and print the table.
+
+    Returns the JSON path.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "metrics.json"

@@ -30,7 +30,8 @@ def adjustment(class_counts: Sequence[int], tau: float) -> np.ndarray:
     """The logit offsets ``-tau * log(prior)``, shifted to mean 0 (a common shift changes no decision)."""
     counts = np.asarray(class_counts, dtype=np.float64)
     if counts.shape != (len(EMOTIONS),) or (counts <= 0).any():
-        raise MsferError(f"class_counts needs {len(EMOTIONS)} positive counts (one per emotion, EMOTIONS order), got {list(class_counts)}")
+        raise MsferError(f"class_counts needs {len(EMOTIONS)} positive counts (one per emotion, EMOTIONS order), "
+                         f"got {list(class_counts)}")
     offsets = -tau * np.log(counts / counts.sum())
     return offsets - offsets.mean()
 

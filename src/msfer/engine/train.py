@@ -24,7 +24,9 @@ Design choices:
   time so far says it will end within the budget (the first epoch always runs). The run
   then stops at an epoch boundary with ``last.pt`` written; ``--resume`` continues it
   (pass ``train.max_minutes=null`` or a new budget). The learning-rate schedule is not
-  shortened: choose ``train.epochs`` to fit the budget for a complete schedule.
+  shortened: choose ``train.epochs`` to fit the budget for a complete schedule. A resumed run
+  keeps its schedule: ``train.schedule``, ``train.warmup_epochs`` and (unless the schedule is
+  ``none``, constant after the warm-up) ``train.epochs`` cannot change.
 * **Crash-safe epochs.** Each epoch ends with one commit: ``metrics.csv``, then
   ``best.pt`` (if the epoch improved), then ``last.pt``, each written to a temporary file
   and moved into place. ``last.pt`` is the commit marker: a run killed anywhere resumes
@@ -40,18 +42,27 @@ Design choices:
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import importlib.util
 import logging
-import math
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.lr_scheduler import (
+    ConstantLR,
+    CosineAnnealingLR,
+    LambdaLR,
+    LinearLR,
+    LRScheduler,
+    OneCycleLR,
+    SequentialLR,
+)
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -61,7 +72,14 @@ from .augment import BatchAugment
 from .checkpoint import describe, load_checkpoint, load_model, resolve_checkpoint, save_checkpoint
 from .config import Config, load_config, save_config, validation_name
 from .datasets import FaceDataset
-from .distributed import DistInfo, EpochSampler, all_gather_objects, cleanup_distributed, init_distributed, mean_over_ranks
+from .distributed import (
+    DistInfo,
+    EpochSampler,
+    all_gather_objects,
+    cleanup_distributed,
+    init_distributed,
+    mean_over_ranks,
+)
 from .evaluate import autocast, predict_split, resolve_device, split_metrics
 from .files import write_atomic
 from .metrics import format_table, write_report
@@ -79,7 +97,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("opts", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, e.g. train.lr=3e-4 data.root=/data/fer2013 (values parsed as YAML)")
     parser.add_argument("--resume", type=Path, metavar="PATH_OR_DIR",
-                        help="continue from a checkpoint, or a run directory's last.pt, with its config (plus overrides)")
+                        help="continue from a checkpoint, or a run directory's last.pt, with its config "
+                             "(plus overrides)")
     parser.add_argument("--output-dir", type=Path, help="where the run writes (overrides the config's output_dir)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start a new run in a directory that holds one: its checkpoints, metrics.csv, config.yaml "
@@ -169,33 +188,82 @@ def epoch_seed(*keys: int) -> int:
     return int(np.random.SeedSequence(list(keys)).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
-class ModelEma:
-    """Exponential moving average of the weights (buffers copied), kept as a model for evaluation."""
+def ema_model(model: torch.nn.Module, decay: float) -> AveragedModel:
+    """An exponential moving average of ``model``'s weights and floating-point buffers, kept as a model.
 
-    def __init__(self, model: torch.nn.Module, decay: float) -> None:
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)
-        self.decay = decay
+    torch's :class:`~torch.optim.swa_utils.AveragedModel` with :func:`~torch.optim.swa_utils.get_ema_multi_avg_fn`:
+    after each ``update_parameters(model)``, ``average = decay * average + (1 - decay) * model``. It starts
+    as a copy of ``model`` (AveragedModel copies at its first update, which is done here). Integer buffers
+    (BatchNorm's step counters) are copied, not averaged. ``.module`` is the averaged network.
+    """
+    average = get_ema_multi_avg_fn(decay)
 
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        for averaged, current in zip(self.module.state_dict().values(), model.state_dict().values()):
-            if averaged.is_floating_point():
-                averaged.lerp_(current, 1 - self.decay)
-            else:
-                averaged.copy_(current)
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], count: torch.Tensor) -> None:
+        if averaged[0].is_floating_point():
+            average(averaged, current, count)
+        else:  # torch's EMA would average the counters and truncate them
+            for target, value in zip(averaged, current):
+                target.copy_(value)
 
-
-def lr_factor(step: int, warmup_steps: int, total_steps: int, cosine: bool) -> float:
-    """Linear warm-up from 1% to 100%, then cosine decay to 0 (``cosine``) or constant."""
-    if step < warmup_steps:
-        return 0.01 + 0.99 * step / warmup_steps
-    if not cosine:
-        return 1.0
-    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
-    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    ema = AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+    ema.update_parameters(model)
+    return ema.requires_grad_(False)
 
 
-def build_datasets(config: Config, model: torch.nn.Module, roles: tuple[str, ...], info: DistInfo) -> dict[str, FaceDataset]:
+def build_scheduler(optimizer: torch.optim.Optimizer, train: Config, steps_per_epoch: int) -> LRScheduler:
+    """The learning-rate schedule of ``train`` (the config section), stepped once per batch.
+
+    ``onecycle``: :class:`~torch.optim.lr_scheduler.OneCycleLR` with ``warmup_epochs`` as its rising phase.
+    ``cosine`` and ``none``: a linear warm-up from 1% to 100% of ``train.lr`` over ``warmup_epochs``
+    (:class:`~torch.optim.lr_scheduler.LinearLR`), then cosine decay to 0 by the last step
+    (:class:`~torch.optim.lr_scheduler.CosineAnnealingLR`) or constant, joined by
+    :class:`~torch.optim.lr_scheduler.SequentialLR`.
+    """
+    total = train["epochs"] * steps_per_epoch
+    warmup = int(train["warmup_epochs"] * steps_per_epoch)
+    if train["schedule"] == "onecycle":
+        return OneCycleLR(optimizer, max_lr=train["lr"], total_steps=total,
+                          pct_start=min(max(warmup / total, 0.01), 0.99))
+    if train["schedule"] == "cosine":
+        after = CosineAnnealingLR(optimizer, T_max=max(total - warmup, 1))
+    else:
+        after = ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if warmup == 0:
+        return after
+    ramp = LinearLR(optimizer, start_factor=0.01, end_factor=1.0, total_iters=warmup)
+    return SequentialLR(optimizer, [ramp, after], milestones=[warmup])
+
+
+def restore_scheduler(scheduler: LRScheduler, train: Config, steps_per_epoch: int,
+                      state: dict[str, Any]) -> LRScheduler:
+    """``scheduler`` (of :func:`build_scheduler`) moved to the step a checkpoint's ``state`` was saved at.
+
+    Call it after the optimizer's state is loaded: the optimizer holds the current rate, which the
+    chained schedulers (warm-up, cosine) step from. ``state`` is the scheduler's ``state_dict()``. The
+    cosine and constant schedules were once a ``LambdaLR``; such a state is replayed step by step from
+    the start, which gives the same rates. Returns the scheduler to use from now on.
+    """
+    if "lr_lambdas" not in state or isinstance(scheduler, LambdaLR):
+        scheduler.load_state_dict(state)
+        return scheduler
+    optimizer = scheduler.optimizer
+    for group in optimizer.param_groups:  # back to the start of the schedule, then forward
+        group["lr"] = group["initial_lr"]
+    scheduler = build_scheduler(optimizer, train, steps_per_epoch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()": no training step is due
+        for _ in range(state["last_epoch"]):
+            scheduler.step()
+    return scheduler
+
+
+# What fixes the shape of the learning-rate schedule: a resumed run must keep it (the saved scheduler
+# state holds the old shape). train.epochs only matters when the schedule ends somewhere.
+SCHEDULE_KEYS = ("schedule", "warmup_epochs", "epochs")
+
+
+def build_datasets(config: Config, model: torch.nn.Module, roles: tuple[str, ...],
+                   info: DistInfo) -> dict[str, FaceDataset]:
     """The datasets of ``roles`` (``train_split``, ``val_split``), sized and ordered for ``model``."""
     from ..data.readers import read_dataset
     from ..regions.annotations import load_annotations
@@ -216,7 +284,10 @@ def build_datasets(config: Config, model: torch.nn.Module, roles: tuple[str, ...
         if data["limit"] and role == "train_split" and len(samples) > data["limit"]:
             keep = np.random.default_rng(0).choice(len(samples), data["limit"], replace=False)
             samples = [samples[i] for i in sorted(keep)]
-        dataset = FaceDataset(samples, data["image_size"] or model.input_size, model.region_names, annotations,
+        # Only the training set may be stored smaller (its augmentation resamples it); the validation set is
+        # held at the input size, resized once as msfer evaluate and inference resize (msfer.data.transforms).
+        size = (data["image_size"] or model.input_size) if role == "train_split" else model.input_size
+        dataset = FaceDataset(samples, size, model.region_names, annotations,
                               soft_labels=data["soft_labels"] and role == "train_split")
         if annotations is not None and info.is_main:
             log.info("%s %r: %d images, %.1f%% with usable region annotations", role, data[role], len(dataset),
@@ -253,13 +324,14 @@ def test_only(config: Config, checkpoint_path: Path, output_dir: Path, device: t
     return metrics
 
 
-def validate(model: torch.nn.Module, dataset: FaceDataset, config: Config, device: torch.device, info: DistInfo) -> dict:
+def validate(model: torch.nn.Module, dataset: FaceDataset, config: Config, device: torch.device,
+             info: DistInfo) -> dict:
     """Metrics of ``model`` on the validation ``dataset`` (gathered over all ranks).
 
-    With ``eval.regions=pseudo`` a learned-detector model is validated through a copy of its
-    weights whose head takes the pseudo-label regions (``region_source=pseudo``).
+    With ``eval.region_source=pseudo`` a learned-detector model is validated through a copy of its
+    weights whose head takes the pseudo-label regions (``model.region_source=pseudo``).
     """
-    pseudo_regions = config["eval"]["regions"] == "pseudo" and bool(model.region_names)  # a classifier has none
+    pseudo_regions = config["eval"]["region_source"] == "pseudo" and bool(model.region_names)  # a classifier has none
     if pseudo_regions and model.region_source != "pseudo":
         from ..model import build_model
 
@@ -275,7 +347,8 @@ def validate(model: torch.nn.Module, dataset: FaceDataset, config: Config, devic
 class Trainer:
     """One training run: data, model, optimisation state, and the epoch loop."""
 
-    def __init__(self, config: Config, output_dir: Path, device: torch.device, info: DistInfo, checkpoint: dict | None) -> None:
+    def __init__(self, config: Config, output_dir: Path, device: torch.device, info: DistInfo,
+                 checkpoint: dict | None) -> None:
         from ..model import build_model, model_config
 
         self.config, self.output_dir, self.device, self.info = config, output_dir, device, info
@@ -301,7 +374,7 @@ class Trainer:
         if train["channels_last"]:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.ema = ModelEma(model, train["ema"]) if train["ema"] else None
+        self.ema = ema_model(model, train["ema"]) if train["ema"] else None
         self.ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None) if info.enabled else model
 
@@ -323,7 +396,7 @@ class Trainer:
 
         self.optimizer = self._optimizer()
         self.steps_per_epoch = len(self.train_loader)
-        self.scheduler = self._scheduler()
+        self.scheduler = build_scheduler(self.optimizer, train, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(device.type, enabled=train["amp"] == "fp16" and device.type == "cuda")
         self.start_epoch, self.best = 0, {"epoch": None, "value": -1.0, "metrics": {}}
         self.resuming = checkpoint is not None
@@ -345,25 +418,19 @@ class Trainer:
         optimizer_class = torch.optim.AdamW if train["optimizer"] == "adamw" else torch.optim.Adam
         return optimizer_class(groups, lr=train["lr"])
 
-    def _scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
-        train = self.config["train"]
-        total = train["epochs"] * self.steps_per_epoch
-        warmup = int(train["warmup_epochs"] * self.steps_per_epoch)
-        if train["schedule"] == "onecycle":
-            return torch.optim.lr_scheduler.OneCycleLR(
-                self.optimizer, max_lr=train["lr"], total_steps=total, pct_start=min(max(warmup / total, 0.01), 0.99))
-        cosine = train["schedule"] == "cosine"
-        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(step, warmup, total, cosine))
-
     def _restore(self, checkpoint: dict) -> None:
-        saved_epochs = checkpoint["config"]["train"]["epochs"]
-        if self.config["train"]["schedule"] == "onecycle" and self.config["train"]["epochs"] != saved_epochs:
-            raise MsferError(f"a one-cycle schedule cannot be stretched: the run was planned for {saved_epochs} epochs")
+        train, saved = self.config["train"], checkpoint["config"]["train"]
+        for key in SCHEDULE_KEYS:
+            if key == "epochs" and train["schedule"] == "none":
+                continue  # a constant rate after the warm-up may run for more epochs
+            if train[key] != saved.get(key, train[key]):
+                raise MsferError(f"train.{key}={train[key]!r}: the learning-rate schedule cannot change in a resumed "
+                                 f"run, which was planned with train.{key}={saved[key]!r}")
         self.model.load_state_dict(checkpoint["model"])
         if self.ema is not None and checkpoint.get("ema"):
             self.ema.module.load_state_dict(checkpoint["ema"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.scheduler = restore_scheduler(self.scheduler, train, self.steps_per_epoch, checkpoint["scheduler"])
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.start_epoch = checkpoint["epoch"]
         self.best = checkpoint["best"]
@@ -520,16 +587,18 @@ class Trainer:
             self.scaler.update()
             self.scheduler.step()
             if self.ema is not None:
-                self.ema.update(self.model)
+                self.ema.update_parameters(self.model)
             correct = (output["logits"].argmax(dim=1) == labels).sum()
-            totals += torch.stack([loss.detach().double() * len(labels), correct.double(), totals.new_tensor(len(labels))])
+            count = totals.new_tensor(len(labels))
+            totals += torch.stack([loss.detach().double() * len(labels), correct.double(), count])
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{totals[0] / totals[2]:.4f}", acc=f"{totals[1] / totals[2]:.3f}",
                                 lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
         seconds = time.monotonic() - started
         totals = mean_over_ranks(totals, info).cpu()
         return {"loss": float(totals[0] / totals[2]), "accuracy": float(totals[1] / totals[2]),
-                "lr": self.scheduler.get_last_lr()[0], "images_per_second": float(totals[2]) * info.world_size / seconds}
+                "lr": self.scheduler.get_last_lr()[0],
+                "images_per_second": float(totals[2]) * info.world_size / seconds}
 
     def _record(self, epoch: int, stats: dict[str, float], metrics: dict, seconds: float, writer) -> None:
         """Rank 0: TensorBoard, then the epoch's commit: metrics.csv, best.pt (if improved), last.pt.

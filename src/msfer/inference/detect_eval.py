@@ -43,7 +43,7 @@ def probs_with_detection(recognizer: EmotionRecognizer, samples: Sequence[Sample
 
 
 def decisions(recognizer: EmotionRecognizer, probs: np.ndarray, decision: str | None = None) -> np.ndarray:
-    """The class index of each row of ``probs`` under ``decision`` (default: the recognizer's), ``NO_FACE`` for NaN rows."""
+    """The class index of each row of ``probs`` under ``decision`` (default: the recognizer's); NaN: ``NO_FACE``."""
     found = ~np.isnan(probs).any(axis=1)
     y_pred = np.full(len(probs), NO_FACE, dtype=np.int64)
     if found.any():

@@ -7,8 +7,9 @@ table (see :mod:`msfer.engine.metrics`). Face crops (FER2013 style) go through t
 engine's split evaluation (:func:`msfer.engine.evaluate.predict_split`, which is also the
 validation step of ``msfer train``). With ``--annotations`` (the ``msfer annotate`` file
 of that dataset) it also scores the learned region detector against the pseudo-labels,
-and ``--regions pseudo`` runs the head on those pseudo-label regions instead of the
-detector's (the ablation "pseudo-label regions at test time"). ``--detect-faces``
+and ``--region-source pseudo`` runs the head on those pseudo-label regions instead of the
+model's own (the ablation "pseudo-label regions at test time"; the same as the training
+config's ``eval.region_source: pseudo``). ``--detect-faces``
 measures the whole pipeline on uncropped photos instead
 (:func:`msfer.inference.detect_eval.evaluate_with_detection`).
 
@@ -31,11 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default=None,
                         help="split to evaluate (e.g. public_test, test); default: every sample of the dataset")
     parser.add_argument("--out", type=Path, required=True, help="folder for metrics.json and confusion_matrix.png")
-    parser.add_argument("--tta", action="store_true", help="horizontal-flip test-time augmentation (mean of both softmaxes)")
+    parser.add_argument("--tta", action="store_true",
+                        help="horizontal-flip test-time augmentation (mean of both softmaxes)")
     parser.add_argument("--annotations", type=Path, default=None,
                         help="region pseudo-labels (JSONL of 'msfer annotate') to score the region detector against")
-    parser.add_argument("--regions", choices=("model", "pseudo"), default="model",
-                        help="regions for the head: the model's own (default) or the --annotations pseudo-labels")
+    parser.add_argument("--region-source", choices=("pseudo",), default=None,
+                        help="where the head's regions come from: the model's own (its region_source: learned, "
+                             "pseudo or none; default), or 'pseudo': the --annotations pseudo-labels")
     add_decision_argument(parser)
     parser.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default 128)")
     parser.add_argument("--num-workers", type=int, default=2, help="data-loading worker processes (default 2)")
@@ -48,8 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..weights import default_weights_path
 
-    if args.regions == "pseudo" and args.annotations is None:
-        raise MsferError("--regions pseudo needs --annotations FILE (the pseudo-labels of this dataset)")
+    if args.region_source == "pseudo" and args.annotations is None:
+        raise MsferError("--region-source pseudo needs --annotations FILE (the pseudo-labels of this dataset)")
     options = model_options(args)
     options["weights"] = options["weights"] or default_weights_path()
     if args.detect_faces:
@@ -70,18 +73,18 @@ def _evaluate_crops(args: argparse.Namespace, options: dict) -> int:
     from ..regions.annotations import load_annotations
 
     device, weights = torch.device(options["device"]), options["weights"]
-    overrides = {"region_source": "pseudo"} if args.regions == "pseudo" else None
+    overrides = {"region_source": "pseudo"} if args.region_source == "pseudo" else None
     model, meta = load_model(weights, device, model_overrides=overrides)
     samples = _split_samples(args)
     annotations = load_annotations(args.annotations) if args.annotations else None
     dataset = FaceDataset(samples, model.input_size, model.region_names, annotations)
     predictions = predict_split(model, dataset, device, args.batch_size, tta=args.tta,
-                                pseudo_regions=args.regions == "pseudo", num_workers=args.num_workers)
+                                pseudo_regions=args.region_source == "pseudo", num_workers=args.num_workers)
     has_detector = getattr(model, "detector", None) is not None
     metrics = split_metrics(predictions, model.region_names, score_regions=has_detector and annotations is not None,
                             balanced_offsets=balanced_offsets(model, weights, args.decision), decision=args.decision)
     metrics.update({"weights": str(weights), "data": str(args.data), "format": args.format, "split": args.split,
-                    "tta": args.tta, "regions": args.regions,
+                    "tta": args.tta, "region_source": getattr(model, "region_source", "none"),
                     "model_calibration": (meta.get("calibration") or {}).get("method"),
                     "balanced_tau": (meta.get("calibration") or {}).get("balanced_tau")})
     return _write(metrics, args.out, predictions)
@@ -117,7 +120,8 @@ def _split_samples(args: argparse.Namespace) -> list:
     index = read_dataset(args.data, args.format)
     samples = [s for s in index.samples if args.split is None or s.split == args.split]
     if not samples:
-        raise MsferError(f"no samples in split {args.split!r} of {args.data}; splits present: {', '.join(index.splits())}")
+        raise MsferError(f"no samples in split {args.split!r} of {args.data}; "
+                         f"splits present: {', '.join(index.splits())}")
     return samples
 
 

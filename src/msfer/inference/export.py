@@ -83,14 +83,14 @@ def onnx_bytes(model, source: str | Path, opset: int = DEFAULT_OPSET, calibratio
 
 def export_onnx(weights: str | Path | None, out: str | Path, opset: int = DEFAULT_OPSET) -> Path:
     """Export the checkpoint ``weights`` (default: the bundled model) to ``out``; return ``out``."""
-    from .recognizer import TorchClassifier
     from ..weights import default_weights_path
+    from .recognizer import TorchBackend
 
     weights = Path(weights) if weights is not None else default_weights_path()
     if opset < 17:
         raise MsferError(f"opset {opset} is too old: msfer exports with opset 17 or newer")
-    classifier = TorchClassifier(weights, "cpu")
-    data = onnx_bytes(classifier.model, weights, opset, calibration=classifier.calibration)
+    backend = TorchBackend(weights, "cpu")
+    data = onnx_bytes(backend.model, weights, opset, calibration=backend.calibration)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
@@ -102,7 +102,8 @@ def export_onnx(weights: str | Path | None, out: str | Path, opset: int = DEFAUL
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=["onnx"], default="onnx", help="export format (only onnx)")
     parser.add_argument("--out", required=True, type=Path, help="the file to write, e.g. model.onnx")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, 17 or newer (default {DEFAULT_OPSET})")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                        help=f"ONNX opset, 17 or newer (default {DEFAULT_OPSET})")
     # The export traces the PyTorch model on the CPU: --device and --backend would change nothing.
     add_model_arguments(parser, device=False, backend=False)
 

@@ -108,7 +108,10 @@ def _skip_reason(path: Path) -> str:
 
 
 def collect_inputs(inputs: Iterable[Path]) -> Inputs:
-    """Files named by ``inputs`` (folders expanded recursively, in sorted order), each once; see the module docstring."""
+    """Files named by ``inputs`` (folders expanded recursively, in sorted order), each once.
+
+    See the module docstring.
+    """
     found = Inputs()
     files: list[tuple[Path, str]] = []
     bases: list[str] = []
@@ -116,7 +119,8 @@ def collect_inputs(inputs: Iterable[Path]) -> Inputs:
         if given.is_dir():
             bases.append(os.path.abspath(given))
             for path in sorted(p for p in given.rglob("*") if p.is_file()):
-                kind = None if path.name.lower().endswith((IMAGE_VIS_SUFFIX, VIDEO_VIS_SUFFIX)) else file_kind(path, False)
+                ours = path.name.lower().endswith((IMAGE_VIS_SUFFIX, VIDEO_VIS_SUFFIX))
+                kind = None if ours else file_kind(path, False)
                 if kind is None:
                     found.skipped.append((path, _skip_reason(path)))
                 elif (earlier := found.files.add(path)) is not None:
@@ -261,7 +265,8 @@ class ResultWriter:
         return {key for key, _, _ in entries}
 
     def write(self, record: dict) -> None:
-        """One record: ``source`` (a path, name or webcam number), optionally ``frame``/``time``, and ``faces`` (FaceResult) or ``error``."""
+        """One record: ``source`` (a path, name or webcam number), optionally ``frame``/``time``, and ``faces``
+        (FaceResult) or ``error``."""
         record = {**source_fields(record["source"]),
                   **{key: printable(value) if isinstance(value, str) else value
                      for key, value in record.items() if key != "source"}}
@@ -280,7 +285,8 @@ def _csv_row(index: int, face: FaceResult) -> dict:
     x1, y1, x2, y2 = face.box
     return {"face": index, "track_id": face.track_id, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "score": face.score,
             "label": face.label, "confidence": face.confidence, **face.probs, "decision": face.decision,
-            **{name: getattr(face, name) for name in QUALITY_FIELDS[:-1]}, "quality_issues": ";".join(face.quality_issues)}
+            **{name: getattr(face, name) for name in QUALITY_FIELDS[:-1]},
+            "quality_issues": ";".join(face.quality_issues)}
 
 
 class QualityFilter:
@@ -300,8 +306,8 @@ class QualityFilter:
 
 
 def predict_images(
-    recognizer: EmotionRecognizer, items: list[InputItem], writer: ResultWriter, vis_dir: Path | None, problems: list[str],
-    keep: QualityFilter | None = None,
+    recognizer: EmotionRecognizer, items: list[InputItem], writer: ResultWriter, vis_dir: Path | None,
+    problems: list[str], keep: QualityFilter | None = None,
 ) -> None:
     """Recognise ``items`` (images) in batches; unreadable ones go to ``problems`` and the rest carry on.
 
@@ -350,7 +356,8 @@ def _recognise(
             try:
                 results.append(recognizer.predict(image))
             except Exception as error:  # noqa: BLE001
-                _report(problems, writer, item.path, f"{printable(item.path)}: recognition failed ({type(error).__name__}: {error})")
+                _report(problems, writer, item.path,
+                        f"{printable(item.path)}: recognition failed ({type(error).__name__}: {error})")
                 results.append(None)
         return results
 
@@ -412,28 +419,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="*", type=Path, metavar="INPUT",
                         help="image files, folders (searched recursively) and video files")
     parser.add_argument("--webcam", type=int, metavar="N", help="also read webcam N (0 is the first); stop with Ctrl+C")
-    parser.add_argument("--out", type=Path, help="write results to FILE.jsonl (one object per image or frame) or FILE.csv (one row per face)")
+    parser.add_argument("--out", type=Path,
+                        help="write results to FILE.jsonl (one object per image or frame) or FILE.csv "
+                             "(one row per face)")
     parser.add_argument("--resume", action="store_true",
                         help="--out exists: continue it, skipping the inputs it already has")
     parser.add_argument("--overwrite", action="store_true", help="--out exists: replace it")
     parser.add_argument("--save-vis", type=Path, metavar="DIR",
                         help="write annotated copies into DIR: NAME.msfer.jpg per image, NAME.msfer.mp4 per video, "
                              "at the inputs' relative paths")
-    parser.add_argument("--tta", action="store_true", help="average each face with its mirror image (slower, slightly steadier)")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per detection batch and faces per classifier batch (default 32)")
+    parser.add_argument("--tta", action="store_true",
+                        help="average each face with its mirror image (slower, slightly steadier)")
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="images per detection batch and faces per classifier batch (default 32)")
     parser.add_argument("--detect-size", type=int, default=640,
-                        help="longest side of the copy the face detector sees; smaller is faster but misses small faces (default 640)")
+                        help="longest side of the copy the face detector sees; smaller is faster but misses small "
+                             "faces (default 640)")
     parser.add_argument("--min-face", type=float, default=DEFAULT_MIN_FACE, metavar="PX",
                         help="smallest face (pixels) to find in large photos, by a finer detection pass where the "
-                             f"--detect-size copy would miss it (default {DEFAULT_MIN_FACE:g}; 0: no finer pass, faster)")
-    parser.add_argument("--every", type=int, default=1, metavar="N", help="video: process every N-th frame (default 1, all)")
+                             f"--detect-size copy would miss it (default {DEFAULT_MIN_FACE:g}; 0: no finer pass, "
+                             "faster)")
+    parser.add_argument("--every", type=int, default=1, metavar="N",
+                        help="video: process every N-th frame (default 1, all)")
     parser.add_argument("--smooth", type=float, nargs="?", const=0.6, default=0.0, metavar="FACTOR",
-                        help="video: smooth each tracked face's probabilities over time, FACTOR in [0, 1) is the weight of the past (0.6 if given without a value)")
+                        help="video: smooth each tracked face's probabilities over time, FACTOR in [0, 1) is the "
+                             "weight of the past (0.6 if given without a value)")
     parser.add_argument("--min-quality", choices=MIN_QUALITY, default="low",
                         help="leave out faces below this quality: 'low' keeps every face (each says its quality), "
                              "'good' leaves out those whose quality is low (default low)")
     add_decision_argument(parser)
-    parser.add_argument("--num-shards", type=int, default=1, help="split the sorted input list into this many parts ...")
+    parser.add_argument("--num-shards", type=int, default=1,
+                        help="split the sorted input list into this many parts ...")
     parser.add_argument("--shard-index", type=int, default=0, help="... and process only this one (0-based)")
     add_model_arguments(parser)
 
@@ -485,6 +501,7 @@ def run(args: argparse.Namespace) -> int:
     if keep.left_out:
         print(f"msfer predict: left out {keep.left_out} face(s) of low quality (--min-quality good)", file=sys.stderr)
     if problems:
-        print(f"msfer predict: {len(problems)} input(s) could not be processed (see the messages above)", file=sys.stderr)
+        print(f"msfer predict: {len(problems)} input(s) could not be processed (see the messages above)",
+              file=sys.stderr)
         return 1
     return 0

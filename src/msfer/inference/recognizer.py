@@ -28,7 +28,10 @@ Pipeline, per image:
    (median roll 4.7 degrees, 10% of them over 20).
 3. **Classify** the crops in batches of ``batch_size`` with the region network
    (PyTorch, or ONNX Runtime with ``backend="onnx"``); ``tta=True`` averages the
-   probabilities of each crop and its mirror image.
+   probabilities of each crop and its mirror image. Resizing to the network's input,
+   normalising and mirroring are :mod:`msfer.data.transforms`, the functions ``msfer
+   evaluate`` and training's validation use: a crop gives the same input tensor and
+   probabilities on every path.
 4. **Decide** the label by the ``decision`` rule: ``"argmax"`` (default), the most probable
    emotion; ``"balanced"``, the class-prior adjustment a bundled model carries (higher mean
    class accuracy, for studies of rare emotions). The rule changes ``label`` and
@@ -49,12 +52,14 @@ from typing import Any, Sequence, Union
 
 import cv2
 import numpy as np
+import torch
 from PIL import Image
 
+from ..data.transforms import class_probabilities, mirror, model_input, resize_square
 from ..errors import MsferError
 from ..labels import EMOTIONS
-from ..regions.detector import Face, non_maximum_suppression, resize_by
 from ..regions.quality import QualityThresholds, face_quality
+from ..regions.retinaface import Face, non_maximum_suppression, resize_by
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
@@ -128,10 +133,8 @@ class ModelSpec:
     region_names: tuple[str, ...]
 
     def normalise(self, crops: np.ndarray) -> np.ndarray:
-        """N x S x S x 3 uint8 RGB -> N x 3 x S x S float32, scaled to [0, 1] then standardised."""
-        pixels = crops.astype(np.float32) / 255.0
-        pixels = (pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))
+        """N x S x S x 3 uint8 RGB -> N x 3 x S x S float32 (:func:`msfer.data.transforms.model_input`)."""
+        return model_input(crops, self.mean, self.std).numpy()
 
 
 def _check_classes(classes: Sequence[str], source: str) -> None:
@@ -163,8 +166,8 @@ def calibration_summary(record: dict | None, weights: Path | None = None) -> dic
     return summary
 
 
-class TorchClassifier:
-    """The region network in PyTorch, from a checkpoint of ``msfer train``."""
+class TorchBackend:
+    """Inference backend: the region network in PyTorch, from a checkpoint of ``msfer train``."""
 
     def __init__(self, weights: Path, device: str) -> None:
         import torch
@@ -188,8 +191,8 @@ class TorchClassifier:
         return output["logits"].float().cpu().numpy(), output["boxes"].float().cpu().numpy()
 
 
-class OnnxClassifier:
-    """The region network in ONNX Runtime, from a file of ``msfer export`` (or its bytes)."""
+class OnnxBackend:
+    """Inference backend: the region network in ONNX Runtime, from a file of ``msfer export`` (or its bytes)."""
 
     def __init__(self, model: Path | bytes, source: str, threads: int | None = None) -> None:
         import onnxruntime as ort
@@ -222,8 +225,10 @@ class OnnxClassifier:
         return logits, boxes
 
 
-def load_classifier(weights: str | os.PathLike | None, device: str = "cpu", backend: str = "torch"):
-    """A classifier for ``weights`` (default: the bundled model).
+def load_backend(weights: str | os.PathLike | None, device: str = "cpu", backend: str = "torch"):
+    """The inference backend (:class:`TorchBackend` or :class:`OnnxBackend`) for ``weights``.
+
+    ``weights`` defaults to the bundled model.
 
     ``weights`` is a ``.pt`` checkpoint, a run directory of ``msfer train`` (its best.pt) or an ``.onnx`` export.
 
@@ -239,14 +244,14 @@ def load_classifier(weights: str | os.PathLike | None, device: str = "cpu", back
     if path.suffix == ".onnx":
         if backend != "onnx":
             raise MsferError(f"{path} is an ONNX model: use backend 'onnx' (--backend onnx)")
-        return OnnxClassifier(path, str(path))
+        return OnnxBackend(path, str(path))
     if backend == "onnx":
         from .export import onnx_bytes
 
-        torch_classifier = TorchClassifier(path, "cpu")
-        return OnnxClassifier(onnx_bytes(torch_classifier.model, path, calibration=torch_classifier.calibration),
-                              f"{path} (exported to ONNX)")
-    return TorchClassifier(path, device)
+        torch_backend = TorchBackend(path, "cpu")
+        return OnnxBackend(onnx_bytes(torch_backend.model, path, calibration=torch_backend.calibration),
+                           f"{path} (exported to ONNX)")
+    return TorchBackend(path, device)
 
 
 def to_rgb_array(image: ImageInput, color_order: str = "rgb") -> np.ndarray:
@@ -299,12 +304,6 @@ def face_transform(box: np.ndarray, landmarks: np.ndarray, crop_scale: float, al
     return transform, side
 
 
-def resize_square(image: np.ndarray, size: int) -> np.ndarray:
-    """``image`` resized to ``size`` x ``size``: area averaging when shrinking (no aliasing), bilinear when growing."""
-    shrinking = image.shape[0] * image.shape[1] > size * size
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-
-
 def detection_scales(height: int, width: int, detect_size: int, min_face: float | None) -> list[float]:
     """The scales (detector pixels per image pixel) an image is detected at: one or two (see the module docstring).
 
@@ -349,7 +348,7 @@ class EmotionRecognizer:
     ``weights``: a checkpoint of ``msfer train`` (``.pt``) or an ``msfer export`` file
     (``.onnx``); default the bundled model. ``backend``: "torch" or "onnx" (a ``.pt``
     is then exported in memory). ``detector``: a
-    :class:`msfer.regions.detector.RetinaFaceDetector` (default: its bundled weights).
+    :class:`msfer.regions.retinaface.RetinaFaceDetector` (default: its bundled weights).
     ``tta``: average with the mirrored crop. ``detect_size``: longest side of the coarse
     copy the detector sees. ``min_face``: the smallest face (pixels) to find in large
     photos, by a finer second copy (None or 0: the coarse copy alone, faster on large
@@ -372,18 +371,18 @@ class EmotionRecognizer:
         align: bool = False,
         min_face: float | None = DEFAULT_MIN_FACE,
         decision: str = DEFAULT_DECISION,
-        quality: QualityThresholds = QualityThresholds(),
+        quality: QualityThresholds | None = None,
     ) -> None:
         if detect_size < 1 or (min_face is not None and min_face < 0):
             raise MsferError(f"detect_size must be at least 1 and min_face 0 or more, got {detect_size} and {min_face}")
-        self.classifier = load_classifier(weights, device, backend)
+        self.classifier = load_backend(weights, device, backend)
         self.spec: ModelSpec = self.classifier.spec
         self.weights_name = str(weights) if weights is not None else "the bundled model"
         self.decision = DEFAULT_DECISION
         self.decision = self.check_decision(decision)
-        self.quality = quality
+        self.quality = quality or QualityThresholds()
         if detector is None:
-            from ..regions.detector import RetinaFaceDetector
+            from ..regions.retinaface import RetinaFaceDetector
 
             detector = RetinaFaceDetector()
         self.detector = detector
@@ -409,7 +408,7 @@ class EmotionRecognizer:
         self, images: Sequence[ImageInput], color_order: str = "rgb", errors: str = "raise",
         decision: str | None = None,
     ) -> list[list[FaceResult] | MsferError]:
-        """:meth:`predict` for many images: detection batched by image size, classification in batches of ``batch_size``.
+        """:meth:`predict` for many images: detection batched by image size, faces classified ``batch_size`` at a time.
 
         Each image's faces are the same as from :meth:`predict` on it alone.
 
@@ -501,7 +500,7 @@ class EmotionRecognizer:
                 keep = non_maximum_suppression(np.array([face.box for face in faces]),
                                                np.array([face.score for face in faces]), self.detector.nms_threshold)
                 faces = [faces[k] for k in keep]
-            detections[index] = sorted(faces, key=lambda face: -(face.box[2] - face.box[0]) * (face.box[3] - face.box[1]))
+            detections[index] = sorted(faces, key=lambda f: -(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
         return detections
 
     def classify_crops(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -511,12 +510,11 @@ class EmotionRecognizer:
             return np.zeros((0, len(EMOTIONS)), np.float32), np.zeros((0, len(self.spec.region_names), 4), np.float32)
         probs, boxes = [], []
         for start in range(0, len(crops), self.batch_size):
-            batch = self.spec.normalise(np.stack(crops[start : start + self.batch_size]))
-            logits, batch_boxes = self.classifier(batch)
-            batch_probs = _softmax(logits)
-            if self.tta:
-                batch_probs = (batch_probs + _softmax(self.classifier(np.ascontiguousarray(batch[..., ::-1]))[0])) / 2
-            probs.append(batch_probs)
+            # msfer.data.transforms: the same tensors and probabilities as msfer evaluate's
+            batch = model_input(np.stack(crops[start : start + self.batch_size]), self.spec.mean, self.spec.std)
+            logits, batch_boxes = self.classifier(batch.numpy())
+            mirrored = torch.from_numpy(self.classifier(mirror(batch).numpy())[0]) if self.tta else None
+            probs.append(class_probabilities(torch.from_numpy(logits), mirrored).numpy())
             boxes.append(np.clip(batch_boxes, 0, size))
         return np.concatenate(probs), np.concatenate(boxes)
 
@@ -558,7 +556,3 @@ class EmotionRecognizer:
             **quality,
         )
 
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)

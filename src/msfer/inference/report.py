@@ -14,8 +14,8 @@ below ``--uncertain-below``: then it is **uncertain**, neither in an emotion's s
 time, so the default 0.5 marks the moments whose label is more likely wrong than right.
 A face of low quality (:func:`msfer.regions.quality.face_quality`) is marked **low
 quality** instead (default), or with ``--min-quality good`` left out of the report. The
-report states the model's calibration figures, or that its probabilities are uncalibrated. Times are the video's own frame
-timestamps (:mod:`msfer.inference.video`). Each file is replaced whole (written beside
+report states the model's calibration figures, or that its probabilities are uncalibrated.
+Times are the video's own frame timestamps (:mod:`msfer.inference.video`). Each file is replaced whole (written beside
 it and renamed); a DIR where one of them would be the video itself is refused. The
 report says plainly that it is a research aid, not a diagnosis.
 """
@@ -74,7 +74,7 @@ class TrackSummary:
         return {name: counts[name] / len(self.states) for name in STATES}
 
     def most_often(self) -> str:
-        """The emotion this face's moments most often read as ("none" when every moment was uncertain or low quality)."""
+        """The emotion this face's moments most often read as ("none": every moment was uncertain or low quality)."""
         counts = Counter(state for state in self.states if state in EMOTIONS)
         return counts.most_common(1)[0][0] if counts else "none"
 
@@ -198,7 +198,9 @@ def report_files(tracks: list[TrackSummary]) -> list[str]:
 def write_report(video: Path, frames: list[VideoFrame], out_dir: Path, settings: dict[str, object],
                  uncertain_below: float = DEFAULT_UNCERTAIN_BELOW, min_quality: str = "low",
                  calibration: dict | None = None) -> Path:
-    """Write the plots and ``report.html`` for the processed ``frames`` of ``video`` into ``out_dir``; return the HTML path.
+    """Write the plots and ``report.html`` for the processed ``frames`` of ``video`` into ``out_dir``.
+
+    Returns the HTML path.
 
     ``uncertain_below``, ``min_quality``: see the module docstring; ``calibration``: the model's
     :func:`msfer.inference.recognizer.calibration_summary` (None: uncalibrated).
@@ -227,7 +229,8 @@ def write_report(video: Path, frames: list[VideoFrame], out_dir: Path, settings:
         )) + "</tr>"
         for track in tracks
     )
-    header = "".join(f"<th>{name}</th>" for name in ("face", "first seen (s)", "last seen (s)", "frames", "most often", *STATES))
+    columns = ("face", "first seen (s)", "last seen (s)", "frames", "most often", *STATES)
+    header = "".join(f"<th>{name}</th>" for name in columns)
     left_out = sum(face.quality == "low" for frame in frames for face in frame.faces) if min_quality == "good" else 0
     reading = (
         f"<p>Each moment reads as its label (decision rule: {html.escape(str(settings.get('decision', 'argmax')))}) "
@@ -268,13 +271,17 @@ img {{ max-width: 100%; display: block; margin: 0.5em 0; }}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("video", type=Path, metavar="VIDEO", help="the video file to analyse")
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for report.html, its plots and frames.jsonl")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="folder for report.html, its plots and frames.jsonl")
     parser.add_argument("--every", type=int, default=1, metavar="N", help="process every N-th frame (default 1, all)")
     parser.add_argument("--smooth", type=float, default=0.6, metavar="FACTOR",
-                        help="weight of the past in each face's moving average of probabilities, in [0, 1); 0 is off (default 0.6)")
-    parser.add_argument("--detect-size", type=int, default=640, help="longest side of the copy the face detector sees (default 640)")
+                        help="weight of the past in each face's moving average of probabilities, in [0, 1); 0 is off "
+                             "(default 0.6)")
+    parser.add_argument("--detect-size", type=int, default=640,
+                        help="longest side of the copy the face detector sees (default 640)")
     parser.add_argument("--min-face", type=float, default=DEFAULT_MIN_FACE, metavar="PX",
-                        help=f"smallest face (pixels) to find in large frames (default {DEFAULT_MIN_FACE:g}; 0: no finer pass)")
+                        help=f"smallest face (pixels) to find in large frames (default {DEFAULT_MIN_FACE:g}; "
+                             "0: no finer pass)")
     parser.add_argument("--uncertain-below", type=float, default=DEFAULT_UNCERTAIN_BELOW, metavar="P",
                         help="a moment whose label has a probability below P is shown as uncertain, not as that "
                              f"emotion (default {DEFAULT_UNCERTAIN_BELOW:g}: with calibrated probabilities, the labels "
@@ -298,7 +305,8 @@ def run(args: argparse.Namespace) -> int:
         inputs.refuse(args.out / args.video.name, "--out")
     recognizer = EmotionRecognizer(**model_options(args), detect_size=args.detect_size, min_face=args.min_face,
                                    decision=args.decision)
-    with VideoSource(args.video) as video, tqdm(total=video.frame_count, desc=printable(args.video.name), unit="frame") as progress:
+    with (VideoSource(args.video) as video,
+          tqdm(total=video.frame_count, desc=printable(args.video.name), unit="frame") as progress):
         frames = []
         for frame in predict_video(recognizer, video, args.every, args.smooth):
             if frame.processed:

@@ -133,11 +133,12 @@ def create_app(
             raise HTTPException(422, str(error)) from None
 
     async def upload_of(request: Request, body: bytes) -> tuple[str, bytes, str | None]:
-        """(file name, bytes, decision field) of the image: the multipart field ``image`` or ``file``, else the raw body."""
+        """(file name, bytes, decision field) of the image: multipart field ``image`` or ``file``, else the raw body."""
         content_type = request.headers.get("content-type", "")
         if not content_type.startswith("multipart/form-data"):
             if not body or content_type.startswith("application/x-www-form-urlencoded"):  # a form without a file
-                raise HTTPException(422, "no image: send it in the multipart field 'image' (curl -F image=@photo.jpg ...)")
+                raise HTTPException(
+                    422, "no image: send it in the multipart field 'image' (curl -F image=@photo.jpg ...)")
             return "upload", body, None
 
         async def replay() -> dict:
@@ -207,7 +208,8 @@ def create_app(
     upload_schema = {"parameters": [{"name": "decision", "in": "query", "required": False, "schema": rules}],
                      "requestBody": {"required": True, "content": {
         "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
-            "image": {"type": "string", "format": "binary", "description": "the photo (JPEG, PNG, WebP, BMP, TIFF, ...)"},
+            "image": {"type": "string", "format": "binary",
+                      "description": "the photo (JPEG, PNG, WebP, BMP, TIFF, ...)"},
             "decision": rules,
         }}},
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
@@ -236,14 +238,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
-                        help=f"largest accepted request body in MB; larger ones get 413 (default {DEFAULT_MAX_UPLOAD_MB:g})")
+                        help=f"largest accepted request body in MB; larger ones get 413 "
+                             f"(default {DEFAULT_MAX_UPLOAD_MB:g})")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help=f"largest accepted image, width x height; larger ones get 413 before decoding "
                              f"(default {DEFAULT_MAX_PIXELS:,})")
     parser.add_argument("--max-concurrent", type=int, default=DEFAULT_MAX_CONCURRENT,
                         help=f"requests decoded and recognised at once (default {DEFAULT_MAX_CONCURRENT})")
     parser.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
-                        help=f"requests that wait for a turn; more get 503 with Retry-After (default {DEFAULT_MAX_QUEUE})")
+                        help=f"requests that wait for a turn; more get 503 with Retry-After "
+                             f"(default {DEFAULT_MAX_QUEUE})")
     add_decision_argument(parser)
     add_model_arguments(parser)
 

@@ -24,13 +24,15 @@ from .recognizer import FaceResult
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in ``a`` (N x 4) with every box in ``b`` (M x 4), N x M."""
-    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
-    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    intersection = np.prod(np.clip(bottom_right - top_left, 0, None), axis=2)
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
-    return intersection / (area_a[:, None] + area_b[None, :] - intersection + 1e-9)
+    """IoU of every box in ``a`` (N x 4) with every box in ``b`` (M x 4), N x M (:func:`torchvision.ops.box_iou`).
+
+    Two boxes of zero area have IoU 0 (torchvision gives NaN for 0 / 0).
+    """
+    import torch
+    from torchvision.ops import box_iou as torch_box_iou
+
+    iou = torch_box_iou(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64))
+    return iou.nan_to_num(0.0).numpy()
 
 
 @dataclass

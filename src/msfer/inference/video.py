@@ -66,7 +66,10 @@ def is_video(path: Path) -> bool:
 
 
 def probe_video(path: Path) -> bool:
-    """Whether FFmpeg recognises ``path``'s content as a container with a video stream (for files without a known extension)."""
+    """Whether FFmpeg recognises ``path``'s content as a container with a video stream.
+
+    For files without a known extension.
+    """
     import av
 
     try:
@@ -262,7 +265,10 @@ def predict_video(
 def _recognise(
     recognizer: EmotionRecognizer, tracker: FaceTracker, frames: list[VideoFrame], last_faces: list[FaceResult]
 ) -> list[FaceResult]:
-    """Fill in the faces of ``frames`` (processed ones in one batch, in order through the tracker); return the last faces."""
+    """Fill in the faces of ``frames`` (processed ones in one batch, in order through the tracker).
+
+    Returns the last faces.
+    """
     processed = [frame for frame in frames if frame.processed]
     for frame, faces in zip(processed, recognizer.predict_batch([frame.image for frame in processed])):
         frame.faces = tracker.update(faces)

@@ -15,10 +15,10 @@ from torch import Tensor, nn
 from ..errors import MsferError
 from ..labels import NUM_EMOTIONS, region_names
 from .backbones import build_backbone
-from .detector import RegionDetector
 from .fpn import LEVELS, FeaturePyramid
-from .heads import MultiScaleHead
 from .losses import focal_cross_entropy
+from .multiscale import MultiScaleHead
+from .region_detector import RegionDetector
 
 REGION_SOURCES = ("learned", "pseudo", "none")
 CALIBRATION_BUFFERS = ("logit_scale", "logit_bias", "balanced_offsets")
@@ -64,7 +64,10 @@ class EmotionModel(nn.Module):
         self.register_buffer("balanced_offsets", torch.zeros(NUM_EMOTIONS))
 
     def calibrated(self, features: Tensor) -> Tensor:
-        """Classifier logits ``B x 7`` after calibration: ``z * logit_scale + logit_bias`` (softmax gives probabilities)."""
+        """Classifier logits ``B x 7`` after calibration: ``z * logit_scale + logit_bias``.
+
+        Their softmax gives the probabilities.
+        """
         return self.classifier(self.dropout(features)) * self.logit_scale + self.logit_bias
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

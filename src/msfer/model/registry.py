@@ -67,7 +67,8 @@ _CLASSIFIER = {"type": "classifier", "backbone": "resnet18", "pretrained": False
 
 _PAPER = {
     "pretrained": False, "input_size": 224, "fpn_channels": 256, "proposals_per_level": 64, "rois_per_image": 128,
-    "positive_fraction": 0.25, "detector_pool": 7, "detector_channels": 256, "organ_pool": 14, "face_pool": 56, "head_channels": 256,
+    "positive_fraction": 0.25, "detector_pool": 7, "detector_channels": 256, "organ_pool": 14, "face_pool": 56,
+    "head_channels": 256,
 }
 
 MODELS: dict[str, dict[str, Any]] = {
@@ -122,7 +123,8 @@ def model_config(name: str) -> dict[str, Any]:
 
 
 def build_model(cfg: dict[str, Any]) -> nn.Module:
-    """Build a model from ``cfg``: a registered ``name`` (its defaults, overridden by the other keys), or a full config."""
+    """Build a model from ``cfg``: a registered ``name`` (its defaults, overridden by the other keys), or a full
+    config."""
     cfg = dict(cfg)
     name = cfg.pop("name", None)
     if name is not None:

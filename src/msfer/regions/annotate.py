@@ -35,9 +35,9 @@ from ..errors import MsferError
 from ..labels import EMOTIONS
 from ..outputs import InputFiles, existing_out_mode
 from .annotations import REJECTED_PREFIX, STATUS_NO_FACE, STATUS_OK, STATUS_UNREADABLE, AnnotationWriter
-from .detector import Face, RetinaFaceDetector, resize_by
 from .geometry import derive_regions
 from .quality import QualityRules, rejection_reason, select_face
+from .retinaface import Face, RetinaFaceDetector, resize_by
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--merge-eyes", action="store_true",
                         help="write one 'eyes' region instead of 'left_eye' and 'right_eye'")
     parser.add_argument("--detector-model", type=Path, metavar="PATH",
-                        help="another RetinaFace ONNX export with the same outputs (default: the bundled MobileNet-0.25)")
+                        help="another RetinaFace ONNX export with the same outputs "
+                             "(default: the bundled MobileNet-0.25)")
     parser.add_argument("--detect-size", type=int, default=DETECT_SIZE,
-                        help=f"smaller images are enlarged so their longer side has this many pixels (default {DETECT_SIZE})")
+                        help=f"smaller images are enlarged so their longer side has this many pixels "
+                             f"(default {DETECT_SIZE})")
     parser.add_argument("--threads", type=int, help="onnxruntime threads (default: all cores)")
 
 
@@ -149,7 +151,8 @@ class Annotator:
                 try:
                     faces.append(self.detector.detect([image])[0])
                 except Exception as error:  # noqa: BLE001
-                    log.warning("%s: detection failed (%s: %s); written as unreadable", sample.id, type(error).__name__, error)
+                    log.warning("%s: detection failed (%s: %s); written as unreadable", sample.id,
+                                type(error).__name__, error)
                     faces.append(None)
             return faces
 
@@ -213,7 +216,8 @@ def summarize(samples: Sequence, records: dict[str, dict]) -> str:
             counts = table.get((split, name))
             if counts:
                 n = counts["images"]
-                lines.append(f"{split:<14}{name:<10}{n:>8}{counts['detected'] / n:>10.1%}{counts['accepted'] / n:>10.1%}")
+                detected, accepted = counts["detected"] / n, counts["accepted"] / n
+                lines.append(f"{split:<14}{name:<10}{n:>8}{detected:>10.1%}{accepted:>10.1%}")
     not_accepted = ", ".join(f"{status} {count}" for status, count in reasons.most_common()) or "none"
     lines.append(f"not accepted: {not_accepted}")
     lines.append(f"images with several faces (the largest, most central one kept): {multiple_faces}")
@@ -230,11 +234,13 @@ def run(args: argparse.Namespace) -> int:
     if args.split is not None:
         samples = [sample for sample in samples if sample.split == args.split]
         if not samples:
-            raise MsferError(f"{args.data} has no split {args.split!r}; its splits: {', '.join(index.splits()) or 'none'}")
+            raise MsferError(f"{args.data} has no split {args.split!r}; "
+                             f"its splits: {', '.join(index.splits()) or 'none'}")
     if existing_out_mode(args.out, args.resume, args.overwrite) == "w" and args.out.exists():
         args.out.unlink()  # --overwrite (or an empty file): start afresh
     # Only same-named images can be the output file (a cheap filter before the file-system checks).
-    same_name = (sample.path for sample in samples if sample.path is not None and Path(sample.path).name == args.out.name)
+    same_name = (sample.path for sample in samples
+                 if sample.path is not None and Path(sample.path).name == args.out.name)
     InputFiles(same_name).refuse(args.out, "--out")
     detector = RetinaFaceDetector(args.detector_model, score_threshold=min(CANDIDATE_SCORE, args.score_threshold),
                                   threads=args.threads)
@@ -243,7 +249,8 @@ def run(args: argparse.Namespace) -> int:
     with AnnotationWriter(args.out) as writer:
         todo = [sample for sample in samples if sample.id not in writer.records]
         if len(todo) < len(samples):
-            log.info("%s already has %d of these images; annotating the other %d", args.out, len(samples) - len(todo), len(todo))
+            log.info("%s already has %d of these images; annotating the other %d", args.out,
+                     len(samples) - len(todo), len(todo))
         batches = [todo[i : i + args.batch_size] for i in range(0, len(todo), args.batch_size)]
         with tqdm(total=len(todo), unit="img", desc="annotate") as progress:
             for batch, images in prefetched(batches, decode):
@@ -252,7 +259,8 @@ def run(args: argparse.Namespace) -> int:
         records = writer.records
     elapsed = time.perf_counter() - started
     print(summarize(samples, records))
-    print(f"annotated {len(todo)} images in {elapsed:.1f} s ({len(todo) / max(elapsed, 1e-9):.0f} images/s) -> {args.out}")
+    rate = len(todo) / max(elapsed, 1e-9)
+    print(f"annotated {len(todo)} images in {elapsed:.1f} s ({rate:.0f} images/s) -> {args.out}")
     if args.review is not None:
         from .review import write_review_sheet
 

@@ -21,6 +21,7 @@ import io
 import json
 import os
 from pathlib import Path
+
 from ..errors import MsferError
 
 STATUS_OK = "ok"
@@ -72,7 +73,8 @@ class AnnotationWriter:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         if self.path.suffix == ".gz":
-            raise MsferError(f"{self.path}: annotations are written as plain .jsonl (gzip the finished file if you like)")
+            raise MsferError(f"{self.path}: annotations are written as plain .jsonl "
+                             "(gzip the finished file if you like)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.records = load_annotations(self.path) if self.path.exists() else {}
         self._handle = open(self.path, "a+b")

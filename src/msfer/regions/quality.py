@@ -48,7 +48,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .detector import Face
+from .retinaface import Face
 
 REJECTION_REASONS: tuple[str, ...] = ("low_score", "landmarks_outside_face", "roll", "landmark_order", "eye_distance")
 
@@ -149,7 +149,9 @@ def quality_issues(face_size: float, score: float | None, sharpness: float, roll
 
 def face_quality(image: np.ndarray, box: Sequence[float], score: float | None, landmarks: np.ndarray | None,
                  thresholds: QualityThresholds = QualityThresholds()) -> dict:
-    """The quality measures of one face: ``face_size``, ``sharpness``, ``roll``, ``yaw``, ``quality``, ``quality_issues``.
+    """The quality measures of one face.
+
+    ``face_size``, ``sharpness``, ``roll``, ``yaw``, ``quality``, ``quality_issues``.
 
     ``image`` is H x W x 3 uint8 RGB, ``box`` ``[x1, y1, x2, y2]`` already clipped to it,
     ``score`` RetinaFace's confidence and ``landmarks`` its 5 x 2 points (None for a face

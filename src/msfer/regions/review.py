@@ -40,7 +40,8 @@ def _tile(sample, record: dict, font: ImageFont.ImageFont) -> Image.Image:
         scale = TILE / max(image.size)
         tile.paste(image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR))
         for name, (x1, y1, x2, y2) in (record.get("regions") or {}).items():
-            draw.rectangle([x1 * scale, y1 * scale, x2 * scale, y2 * scale], outline=REGION_COLOURS.get(name, (255, 255, 255)))
+            draw.rectangle([x1 * scale, y1 * scale, x2 * scale, y2 * scale],
+                           outline=REGION_COLOURS.get(name, (255, 255, 255)))
         for x, y in record.get("landmarks") or []:
             draw.ellipse([x * scale - 1.5, y * scale - 1.5, x * scale + 1.5, y * scale + 1.5], fill=LANDMARK_COLOUR)
     score = record.get("score")

@@ -21,15 +21,20 @@ from torch import Tensor, nn
 from .layers import LevelRoIAlign, conv1x1_bn_relu, residual_block
 
 
+def _branch(channels: int, width: int) -> nn.Sequential:
+    """The 1x1 conv to ``width`` channels, then a residual block (scales 1 and 2)."""
+    return nn.Sequential(conv1x1_bn_relu(channels, width), residual_block(width, width))
+
+
 class MultiScaleHead(nn.Module):
     def __init__(self, channels: int, width: int, num_organs: int, scales: tuple[int, ...],
                  organ_pool: int, face_pool: int, organ_levels: tuple[str, ...]) -> None:
         super().__init__()
         self.scales = scales
         self.organ_pool = LevelRoIAlign(organ_levels, organ_pool) if 1 in scales else None
-        self.organ_branch = nn.Sequential(conv1x1_bn_relu(channels, width), residual_block(width, width)) if 1 in scales else None
+        self.organ_branch = _branch(channels, width) if 1 in scales else None
         self.face_pool = LevelRoIAlign(("p3",), face_pool) if 2 in scales else None
-        self.face_branch = nn.Sequential(conv1x1_bn_relu(channels, width), residual_block(width, width)) if 2 in scales else None
+        self.face_branch = _branch(channels, width) if 2 in scales else None
         self.global_branch = residual_block(channels, width) if 3 in scales else None
         self.out_features = width * ((num_organs if 1 in scales else 0) + (2 in scales) + (3 in scales))
 

@@ -37,10 +37,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, BoxCoder, Matcher
+from torchvision.ops import clip_boxes_to_image
 
 from .anchors import ANCHORS_PER_LOCATION, level_anchors
 from .fpn import LEVELS, STRIDES
-from .layers import LevelRoIAlign, box_iou, clip_boxes, residual_block
+from .layers import LevelRoIAlign, box_iou, residual_block
 from .losses import binary_focal_loss, focal_cross_entropy
 
 SMOOTH_L1_BETA = 1.0 / 9
@@ -133,7 +134,8 @@ class RegionDetector(nn.Module):
         anchors = torch.cat(level_anchors_)
         objectness, deltas = zip(*(self.proposal_head(features[level]) for level in LEVELS))
         objectness, deltas = torch.cat(objectness, 1), torch.cat(deltas, 1)
-        proposals = self._proposals(objectness.detach(), deltas.detach(), anchors, [len(a) for a in level_anchors_], image_size)
+        proposals = self._proposals(objectness.detach(), deltas.detach(), anchors, [len(a) for a in level_anchors_],
+                                    image_size)
 
         if not (self.training and targets is not None):
             logits, roi_deltas = self._roi_head(features, proposals)
@@ -160,7 +162,7 @@ class RegionDetector(nn.Module):
         batch, count = index.shape
         chosen_deltas = _gather(deltas.float(), index).reshape(-1, 4)
         boxes = self.anchor_coder.decode_single(chosen_deltas, anchors[index.reshape(-1)])
-        return clip_boxes(boxes.reshape(batch, count, 4), *image_size)
+        return clip_boxes_to_image(boxes.reshape(batch, count, 4), image_size)
 
     def _proposal_losses(self, objectness: Tensor, deltas: Tensor, anchors: Tensor, gt_boxes: Tensor,
                          gt_valid: Tensor) -> dict[str, Tensor]:
@@ -179,7 +181,8 @@ class RegionDetector(nn.Module):
         cls_loss = binary_focal_loss(objectness[labels >= 0], labels[labels >= 0], self.gamma) / normaliser
         matched = _gather(gt_boxes, best_gt)  # B x A x 4
         targets = self.anchor_coder.encode_single(matched[positive], anchors.expand_as(matched)[positive])
-        box_loss = F.smooth_l1_loss(deltas[positive].float(), targets, beta=SMOOTH_L1_BETA, reduction="sum") / normaliser
+        box_loss = F.smooth_l1_loss(deltas[positive].float(), targets, beta=SMOOTH_L1_BETA, reduction="sum")
+        box_loss = box_loss / normaliser
         return {"proposal_class": cls_loss, "proposal_box": self.box_loss_weight * box_loss}
 
     # -- Fast R-CNN head ---------------------------------------------------------------------
@@ -192,7 +195,8 @@ class RegionDetector(nn.Module):
         return (self.class_logits(x).reshape(batch, count, -1),
                 self.box_deltas(x).reshape(batch, count, self.num_regions + 1, 4))
 
-    def _sample_rois(self, proposals: Tensor, gt_boxes: Tensor, gt_valid: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _sample_rois(self, proposals: Tensor, gt_boxes: Tensor,
+                     gt_valid: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Fast R-CNN's RoI sampling, as torchvision's ``RoIHeads.select_training_samples``.
 
         The pseudo-label boxes are appended to the proposals (``add_gt_proposals``); every
@@ -222,7 +226,8 @@ class RegionDetector(nn.Module):
         positive, negative = self.sampler(list(labels))
         # sampled first (positives, then negatives), then the unused rest, in a fixed-size slot list
         sampled = torch.stack(positive).bool() | torch.stack(negative).bool()
-        order = (torch.stack(positive).float() * 2 + torch.stack(negative).float()).argsort(dim=1, descending=True, stable=True)
+        rank = torch.stack(positive).float() * 2 + torch.stack(negative).float()
+        order = rank.argsort(dim=1, descending=True, stable=True)
         chosen = order[:, : self.rois_per_image]
         used = _gather(sampled, chosen)
         rois = _gather(candidates, chosen)
@@ -231,7 +236,8 @@ class RegionDetector(nn.Module):
         is_proposal = used & (chosen < num_proposals)
         return rois, chosen_labels, matched, is_proposal
 
-    def _roi_losses(self, logits: Tensor, deltas: Tensor, rois: Tensor, labels: Tensor, matched: Tensor) -> dict[str, Tensor]:
+    def _roi_losses(self, logits: Tensor, deltas: Tensor, rois: Tensor, labels: Tensor,
+                    matched: Tensor) -> dict[str, Tensor]:
         used = labels >= 0
         normaliser = used.sum().clamp(min=1)
         cls_loss = focal_cross_entropy(logits[used], labels[used], self.gamma, reduction="sum") / normaliser
@@ -256,4 +262,4 @@ class RegionDetector(nn.Module):
         chosen_deltas = region_deltas.gather(1, best[:, None, :, None].expand(-1, 1, -1, 4)).squeeze(1)
         chosen_rois = _gather(rois, best)  # B x R x 4
         boxes = self.roi_coder.decode_single(chosen_deltas.reshape(-1, 4), chosen_rois.reshape(-1, 4))
-        return clip_boxes(boxes.reshape(best.shape + (4,)), *image_size), best_scores, chosen_rois
+        return clip_boxes_to_image(boxes.reshape(best.shape + (4,)), image_size), best_scores, chosen_rois

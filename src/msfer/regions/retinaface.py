@@ -87,19 +87,18 @@ def anchors_for(height: int, width: int) -> np.ndarray:
 
 
 def non_maximum_suppression(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Indices of the boxes kept by greedy NMS, highest score first."""
-    order = np.argsort(-scores)
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    keep = []
-    while order.size:
-        best, rest = order[0], order[1:]
-        keep.append(best)
-        top_left = np.maximum(boxes[best, :2], boxes[rest, :2])
-        bottom_right = np.minimum(boxes[best, 2:], boxes[rest, 2:])
-        inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=1)
-        iou = inter / (areas[best] + areas[rest] - inter + 1e-9)
-        order = rest[iou <= iou_threshold]
-    return np.asarray(keep, dtype=np.int64)
+    """Indices of the boxes (N x 4, ``x1, y1, x2, y2``) kept by greedy NMS, highest score first.
+
+    :func:`torchvision.ops.nms` on numpy arrays: a box is dropped when its IoU with a kept,
+    higher-scoring box exceeds ``iou_threshold``.
+    """
+    import torch
+    from torchvision.ops import nms
+
+    dtype = np.result_type(np.asarray(boxes).dtype, np.float32)  # float32 stays float32, float64 float64
+    keep = nms(torch.from_numpy(np.ascontiguousarray(boxes, dtype=dtype)),
+               torch.from_numpy(np.ascontiguousarray(scores, dtype=dtype)), iou_threshold)
+    return keep.numpy().astype(np.int64)
 
 
 class RetinaFaceDetector:

@@ -7,8 +7,8 @@ import pytest
 from skimage.data import astronaut
 
 from msfer.errors import MsferError
-from msfer.regions.detector import RetinaFaceDetector, anchors_for, non_maximum_suppression
 from msfer.regions.geometry import derive_regions
+from msfer.regions.retinaface import RetinaFaceDetector, anchors_for, non_maximum_suppression
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +70,33 @@ def test_nms_keeps_the_best_of_overlapping_boxes():
     assert keep.tolist() == [1, 2]
 
 
+def greedy_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int]:
+    """msfer's former numpy NMS, the reference for torchvision's."""
+    order = np.argsort(-scores)
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    keep = []
+    while order.size:
+        best, rest = order[0], order[1:]
+        keep.append(int(best))
+        top_left = np.maximum(boxes[best, :2], boxes[rest, :2])
+        bottom_right = np.minimum(boxes[best, 2:], boxes[rest, 2:])
+        inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=1)
+        order = rest[inter / (areas[best] + areas[rest] - inter + 1e-9) <= iou_threshold]
+    return keep
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nms_is_the_greedy_one(dtype):
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        corner = rng.uniform(0, 80, (40, 2))
+        boxes = np.hstack([corner, corner + rng.uniform(5, 40, (40, 2))]).astype(dtype)
+        scores = rng.permutation(40).astype(dtype) / 40 + 0.01  # distinct: no ties to break
+        for threshold in (0.3, 0.4, 0.7):
+            keep = non_maximum_suppression(boxes, scores, threshold)
+            assert keep.dtype == np.int64 and keep.tolist() == greedy_nms(boxes, scores, threshold), (trial, threshold)
+
+
 def test_model_path_errors_name_the_file(tmp_path):
     with pytest.raises(MsferError, match="missing.onnx"):
         RetinaFaceDetector(tmp_path / "missing.onnx")
@@ -92,6 +119,7 @@ def test_another_export_of_the_same_form_can_be_loaded(tmp_path, detector):
 def test_exactly_one_headless_opencv_is_installed():
     from importlib.metadata import distributions
 
-    opencv = sorted({d.metadata["Name"].lower() for d in distributions() if d.metadata["Name"].lower().startswith("opencv")})
+    names = {d.metadata["Name"].lower() for d in distributions()}
+    opencv = sorted(name for name in names if name.startswith("opencv"))
     assert opencv == ["opencv-python-headless"], opencv
     assert cv2.imdecode(cv2.imencode(".png", np.zeros((4, 4), np.uint8))[1], cv2.IMREAD_GRAYSCALE).shape == (4, 4)
