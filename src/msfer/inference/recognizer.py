@@ -355,7 +355,8 @@ class EmotionRecognizer:
     photos, by a finer second copy (None or 0: the coarse copy alone, faster on large
     photos). ``decision``: the default decision rule, "argmax" or "balanced" (each
     ``predict*`` call can override it); "balanced" needs a model that carries its offsets,
-    else :class:`MsferError`. ``quality``: the thresholds of the ``quality`` flag. See the
+    else :class:`MsferError`. ``quality``: the thresholds of the ``quality`` flag (default
+    :class:`msfer.regions.quality.QualityThresholds`). See the
     module docstring for the pipeline and the choice of ``crop_scale`` and ``align``.
     """
 
@@ -372,7 +373,7 @@ class EmotionRecognizer:
         align: bool = False,
         min_face: float | None = DEFAULT_MIN_FACE,
         decision: str = DEFAULT_DECISION,
-        quality: QualityThresholds = QualityThresholds(),
+        quality: QualityThresholds | None = None,
     ) -> None:
         if detect_size < 1 or (min_face is not None and min_face < 0):
             raise MsferError(f"detect_size must be at least 1 and min_face 0 or more, got {detect_size} and {min_face}")
@@ -381,7 +382,7 @@ class EmotionRecognizer:
         self.weights_name = str(weights) if weights is not None else "the bundled model"
         self.decision = DEFAULT_DECISION
         self.decision = self.check_decision(decision)
-        self.quality = quality
+        self.quality = quality or QualityThresholds()
         if detector is None:
             from ..regions.detector import RetinaFaceDetector
 
