@@ -179,11 +179,11 @@ def natural(rows: list[dict], gap: float, min_flagged: int) -> dict:
                 "kept": group(correct, expected, ~flagged),
             }
             thresholds.append(entry)
-            if entry["flagged"]["n"] >= min_flagged and entry["flagged"]["adjusted"] <= -gap / 100:
-                # The loosest qualifying threshold (the grid ascends): the highest for "below" measures,
-                # the lowest for "above" ones.
-                if name in LOW_BELOW or suggested is None:
-                    suggested = threshold
+            qualifies = entry["flagged"]["n"] >= min_flagged and entry["flagged"]["adjusted"] <= -gap / 100
+            # The loosest qualifying threshold (the grid ascends): the highest for "below" measures,
+            # the lowest for "above" ones.
+            if qualifies and (name in LOW_BELOW or suggested is None):
+                suggested = threshold
         summary["measures"][name] = {"quartiles": quartiles, "thresholds": thresholds, "suggested": suggested}
     low, issues = flags(found)
     summary["chosen"] = {

@@ -127,9 +127,10 @@ def test_bad_uploads_get_clear_json_errors(client, astronaut):
 
 def test_an_unexpected_failure_is_a_json_500(recognizer, astronaut):
     class Failing:
-        classifier, min_face = recognizer.classifier, recognizer.min_face
+        classifier, min_face, decision = recognizer.classifier, recognizer.min_face, recognizer.decision
+        calibration, check_decision = recognizer.calibration, recognizer.check_decision
 
-        def predict(self, image):
+        def predict(self, image, decision=None):
             raise RuntimeError("the model broke")
 
     client = TestClient(create_app(Failing()), raise_server_exceptions=False)
@@ -191,15 +192,16 @@ def test_a_full_queue_answers_503_with_retry_after(recognizer, astronaut):
     class Held:
         """The real recognizer, each call held until the test releases it."""
 
-        classifier, min_face = recognizer.classifier, recognizer.min_face
+        classifier, min_face, decision = recognizer.classifier, recognizer.min_face, recognizer.decision
+        calibration, check_decision = recognizer.calibration, recognizer.check_decision
 
         def __init__(self) -> None:
             self.entered, self.release = threading.Semaphore(0), threading.Event()
 
-        def predict(self, image):
+        def predict(self, image, decision=None):
             self.entered.release()
             assert self.release.wait(60)
-            return recognizer.predict(image)
+            return recognizer.predict(image, decision=decision)
 
     held = Held()
     client = TestClient(create_app(held, max_concurrent=1, max_queue=1))

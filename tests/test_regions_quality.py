@@ -1,10 +1,21 @@
-"""Every rule of the quality filter, and the choice of face in a single-face crop."""
+"""Every rule of the quality filter, the choice of face in a single-face crop, and the per-face quality measures."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from msfer.regions.quality import REJECTION_REASONS, QualityRules, rejection_reason, roll_degrees, select_face
+from msfer.regions.quality import (
+    QUALITY_ISSUES,
+    REJECTION_REASONS,
+    QualityRules,
+    QualityThresholds,
+    face_quality,
+    rejection_reason,
+    roll_degrees,
+    select_face,
+    sharpness,
+    yaw_degrees,
+)
 from msfer.regions.retinaface import Face
 
 BOX = np.array([50.0, 40.0, 150.0, 170.0])
@@ -91,8 +102,6 @@ def test_select_face_keeps_the_largest_most_central_confident_face():
 
 
 # -- Face quality at inference: yaw, sharpness and the quality flag ----------------------------------------------
-
-from msfer.regions.quality import QUALITY_ISSUES, QualityThresholds, face_quality, sharpness, yaw_degrees  # noqa: E402
 
 
 def turned(degrees: float, eye_half: float = 20.0, depth: float = 20.0) -> np.ndarray:

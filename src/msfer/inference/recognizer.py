@@ -354,7 +354,8 @@ class EmotionRecognizer:
     photos, by a finer second copy (None or 0: the coarse copy alone, faster on large
     photos). ``decision``: the default decision rule, "argmax" or "balanced" (each
     ``predict*`` call can override it); "balanced" needs a model that carries its offsets,
-    else :class:`MsferError`. ``quality``: the thresholds of the ``quality`` flag. See the
+    else :class:`MsferError`. ``quality``: the thresholds of the ``quality`` flag (default
+    :class:`msfer.regions.quality.QualityThresholds`). See the
     module docstring for the pipeline and the choice of ``crop_scale`` and ``align``.
     """
 

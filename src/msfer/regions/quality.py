@@ -136,8 +136,10 @@ class QualityThresholds:
 
 
 def quality_issues(face_size: float, score: float | None, sharpness: float, roll: float | None, yaw: float | None,
-                   thresholds: QualityThresholds = QualityThresholds()) -> list[str]:
-    """The :data:`QUALITY_ISSUES` a face's measures fail, in that order (None: not measured, not judged)."""
+                   thresholds: QualityThresholds | None = None) -> list[str]:
+    """The :data:`QUALITY_ISSUES` a face's measures fail, in that order (None: not measured, not judged);
+    ``thresholds`` default :class:`QualityThresholds`."""
+    thresholds = thresholds or QualityThresholds()
     return [name for name, failed in (
         ("small", face_size < thresholds.min_face_size),
         ("low_score", score is not None and score < thresholds.min_score),
@@ -148,7 +150,7 @@ def quality_issues(face_size: float, score: float | None, sharpness: float, roll
 
 
 def face_quality(image: np.ndarray, box: Sequence[float], score: float | None, landmarks: np.ndarray | None,
-                 thresholds: QualityThresholds = QualityThresholds()) -> dict:
+                 thresholds: QualityThresholds | None = None) -> dict:
     """The quality measures of one face.
 
     ``face_size``, ``sharpness``, ``roll``, ``yaw``, ``quality``, ``quality_issues``.
@@ -159,8 +161,8 @@ def face_quality(image: np.ndarray, box: Sequence[float], score: float | None, l
     """
     x1, y1, x2, y2 = box
     face_size = max(min(x2 - x1, y2 - y1), 0.0)
-    left, top = int(math.floor(x1)), int(math.floor(y1))
-    right, bottom = max(int(math.ceil(x2)), left + 1), max(int(math.ceil(y2)), top + 1)
+    left, top = math.floor(x1), math.floor(y1)
+    right, bottom = max(math.ceil(x2), left + 1), max(math.ceil(y2), top + 1)
     sharp = sharpness(image[top:bottom, left:right])
     roll = yaw = None
     if landmarks is not None:
