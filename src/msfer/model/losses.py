@@ -29,8 +29,8 @@ def focal_cross_entropy(
 ) -> Tensor:
     """Softmax focal cross-entropy ``-sum_c q_c w_c (1 - p_c)^gamma log p_c``.
 
-    ``target`` is either hard labels (``B`` long; ``q`` is their one-hot) or soft labels
-    (``B x C`` probabilities, e.g. FER+ vote distributions). Label smoothing mixes ``q``
+    ``logits`` ``B x classes``. ``target`` is either hard labels (``B`` long; ``q`` is their one-hot)
+    or soft labels (``B x classes`` probabilities, e.g. FER+ vote distributions). Label smoothing mixes ``q``
     with the uniform distribution first. With ``gamma=0`` this equals
     :func:`torch.nn.functional.cross_entropy` in every mode, including its normalisation:
     ``reduction="mean"`` divides by the summed class weights of the hard labels (by the

@@ -64,7 +64,7 @@ class ProposalHead(nn.Module):
         nn.init.constant_(self.objectness.bias, -math.log((1 - PRIOR_PROBABILITY) / PRIOR_PROBABILITY))
 
     def forward(self, feature: Tensor) -> tuple[Tensor, Tensor]:
-        """``B x C x H x W`` -> objectness ``B x HWA``, deltas ``B x HWA x 4`` (anchor order of :mod:`.anchors`)."""
+        """``B x C x H x W`` -> objectness ``B x HWa``, deltas ``B x HWa x 4`` (anchor order of :mod:`.anchors`)."""
         x = F.relu(self.conv(feature))
         batch = x.shape[0]
         objectness = self.objectness(x).permute(0, 2, 3, 1).reshape(batch, -1)
@@ -208,11 +208,11 @@ class RegionDetector(nn.Module):
         pseudo-label slots are neither candidates nor matches.
 
         ``proposals`` ``B x K x 4``, ``gt_boxes`` ``B x R x 4`` (input pixels, ``x1, y1, x2, y2``),
-        ``gt_valid`` ``B x R`` bool. Returns, with ``S`` slots per image:
-        RoIs ``B x S x 4``, labels ``B x S`` (0 background, ``r + 1`` region ``r``, -1 an unused
+        ``gt_valid`` ``B x R`` bool. Returns, with ``N`` slots per image:
+        RoIs ``B x N x 4``, labels ``B x N`` (0 background, ``r + 1`` region ``r``, -1 an unused
         slot, when an image has fewer usable candidates), the matched pseudo-label box of each
-        RoI ``B x S x 4``, and ``is_proposal`` ``B x S`` (False for pseudo-label boxes and unused slots);
-        ``S = min(rois_per_image, K + R)``.
+        RoI ``B x N x 4``, and ``is_proposal`` ``B x N`` (False for pseudo-label boxes and unused slots);
+        ``N = min(rois_per_image, K + R)``.
         """
         batch, num_proposals = proposals.shape[:2]
         candidates = torch.cat([proposals, gt_boxes], dim=1)  # B x (K + R) x 4
