@@ -68,7 +68,7 @@ def train(name: str, config: str, seed: int, overrides: list[str], out: Path, ep
     if done >= epochs:
         return
     if done:
-        args = ["train", "--resume", str(run)]
+        args = ["train", "--resume", str(run), f"train.epochs={epochs}"]  # the budget may have grown
     else:
         args = ["train", "--config", str(ROOT / "configs" / "ablations" / config), "--output-dir", str(run),
                 "--overwrite", f"train.seed={seed}", *overrides]

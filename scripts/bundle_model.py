@@ -114,7 +114,10 @@ def main() -> int:
     index = read_dataset(args.data, "fer2013")
     samples = [s for s in index.samples if s.split == "public_test"]
     annotations = load_annotations(args.annotations) if args.annotations else None
-    checkpoint = unfold_adjustment(load_checkpoint(best))
+    # the model as trained: an earlier bundle's folded adjustment taken out, any calibration reset, so
+    # that the calibration is fitted to (and later applied to) the raw logits
+    checkpoint = calibrated_checkpoint(unfold_adjustment(load_checkpoint(best)), [1.0] * 7, [0.0] * 7, [0.0] * 7, {})
+    checkpoint.pop("calibration")
     as_trained = save_checkpoint(checkpoint, BUNDLED_MODEL.with_suffix(".as_trained.tmp"))
     record = {"source": str(best), "best_epoch": checkpoint.get("best", {}).get("epoch"), "validation": {}}
 

@@ -376,8 +376,8 @@ def predict_stream(
         complete = False
         try:
             for frame in _until_interrupted(predict_video(recognizer, video, args.every, args.smooth), video.live):
+                frame.faces = keep(frame.faces)  # skipped frames (--every) too: they show the last faces
                 if frame.processed:
-                    frame.faces = keep(frame.faces)
                     writer.write({"source": source, "frame": frame.index, "time": frame.time, "faces": frame.faces})
                 if args.save_vis is not None:
                     if video_writer is None:
