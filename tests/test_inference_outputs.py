@@ -54,6 +54,10 @@ def test_annotated_copies_written_into_the_input_folder_change_no_input(shots, r
 
     with av.open(str(shots / "clip.avi.msfer.mp4")) as container:
         assert sum(1 for _ in container.decode(video=0)) == 6  # the whole video, not a truncated one
+    # written through temporary files, yet with the permissions any new file gets (not mkstemp's 0600)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {(shots / name).stat().st_mode & 0o777 for name in written} == {0o666 & ~umask}
 
     # A second run over the same folder skips the first run's copies, names them, and changes nothing else.
     capsys.readouterr()

@@ -121,6 +121,20 @@ def existing_out_mode(path: Path | None, resume: bool, overwrite: bool) -> str:
                      "are skipped) or --overwrite to replace it")
 
 
+def temporary_beside(path: Path, suffix: str) -> str:
+    """An empty temporary file (ASCII name) in ``path``'s folder, with the permissions a new file gets.
+
+    ``mkstemp`` makes it readable by its owner only (0600); an output renamed from it should be
+    what ``open(path, "w")`` would have made (0666 minus the umask).
+    """
+    handle, temporary = tempfile.mkstemp(prefix=".msfer-", suffix=suffix, dir=path.parent)
+    os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
+    return temporary
+
+
 @contextmanager
 def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; renamed onto ``path`` if the block succeeds, removed if not.
@@ -130,9 +144,7 @@ def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterato
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".msfer-", suffix=path.suffix if suffix is None else suffix,
-                                         dir=path.parent)
-    os.close(handle)
+    temporary = temporary_beside(path, path.suffix if suffix is None else suffix)
     try:
         yield Path(temporary)
         os.replace(temporary, path)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from fractions import Fraction
@@ -33,6 +32,7 @@ import cv2
 import numpy as np
 
 from ..errors import MsferError
+from ..outputs import temporary_beside
 from .recognizer import EmotionRecognizer, FaceResult
 from .tracking import FaceTracker
 
@@ -193,8 +193,7 @@ class AnnotatedVideoWriter:
 
         self.path, self.fps = Path(path), fps or 25.0
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle, self.temporary = tempfile.mkstemp(prefix=".msfer-", suffix=".mp4", dir=self.path.parent)
-        os.close(handle)
+        self.temporary = temporary_beside(self.path, ".mp4")
         self.container = av.open(self.temporary, "w", format="mp4")
         self.stream = None
         self.last_pts = -1
