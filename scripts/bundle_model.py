@@ -85,21 +85,13 @@ def public_test(weights: Path, samples: list, annotations: dict | None, without_
 
 def tcce_val(root: Path) -> dict:
     """The bundled model on TCCE val through the whole pipeline (largest face of each photo), under both rules."""
+    from msfer.inference.detect_eval import evaluate_with_detection
     from msfer.inference.recognizer import EmotionRecognizer
 
     samples = [s for s in read_dataset(root, "folder").samples if s.split == "val"]
-    recognizer = EmotionRecognizer(BUNDLED_MODEL, device="cpu", batch_size=32)
-    offsets = load_model(BUNDLED_MODEL)[0].balanced_offsets.float().numpy()
-    found = [faces[0].probs if faces else None for faces in recognizer.predict_batch([s.load() for s in samples])]
-    y_true = np.array([s.label for s in samples])
-    scores = {}
-    for rule in DECISION_RULES:
-        y_pred = np.array([decide(np.array([list(p.values())]), offsets, rule)[0] if p else -1 for p in found])
-        recalls = [float((y_pred[y_true == c] == c).mean()) for c in np.unique(y_true)]
-        scores[rule] = {"n": len(samples), "overall_accuracy": float((y_pred == y_true).mean()),
-                        "mean_class_accuracy": float(np.mean(recalls))}
-    scores["faces_missed"] = sum(p is None for p in found)
-    return scores
+    metrics = evaluate_with_detection(EmotionRecognizer(BUNDLED_MODEL, device="cpu", batch_size=32), samples)
+    return {**{rule: {"n": metrics["n"], **scores} for rule, scores in metrics["decision_rules"].items()},
+            "faces_missed": metrics["detection"]["faces_missed"]}
 
 
 def main() -> int:
