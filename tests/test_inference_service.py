@@ -229,13 +229,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
-def test_web_page_in_headless_chromium(random_weights, tmp_path):
+def browse(weights, tmp_path, query: str, output: list[str]) -> tuple[str, str]:
+    """Serve ``weights``, open the page at ``/?{query}`` in headless Chromium with ``output`` (e.g. a screenshot
+    flag) and return (Chromium's stdout, the server's log)."""
     port = free_port()
-    log = (tmp_path / "server.log").open("w")
+    log_path = tmp_path / f"server-{port}.log"
+    log = log_path.open("w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "msfer.cli", "serve", "--port", str(port), "--weights", str(random_weights)],
+        [sys.executable, "-m", "msfer.cli", "serve", "--port", str(port), "--weights", str(weights)],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
@@ -248,22 +249,55 @@ def test_web_page_in_headless_chromium(random_weights, tmp_path):
                     break
             except httpx.TransportError:
                 pass
-            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
+            assert server.poll() is None and time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.3)
-        screenshot = tmp_path / "page.png"
-        subprocess.run(
+        browser = subprocess.run(
             [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1000,900", "--virtual-time-budget=60000",
-             f"--screenshot={screenshot}", f"http://127.0.0.1:{port}/?demo=1"],
-            check=True, timeout=120, capture_output=True,
+             f"--user-data-dir={tmp_path / f'profile-{port}'}", "--window-size=1000,900",
+             "--virtual-time-budget=60000", *output, f"http://127.0.0.1:{port}/?{query}"],
+            check=True, timeout=120, capture_output=True, text=True,
         )
     finally:
         server.terminate()
         server.wait(timeout=30)
         log.close()
-    access_log = (tmp_path / "server.log").read_text()
+    return browser.stdout, log_path.read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+def test_web_page_in_headless_chromium(random_weights, tmp_path):
+    screenshot = tmp_path / "page.png"
+    _, access_log = browse(random_weights, tmp_path, "demo=1", [f"--screenshot={screenshot}"])
     assert "POST /v1/predict HTTP/1.1\" 200" in access_log  # the page uploaded the sample and got its faces
     pixels = np.asarray(Image.open(screenshot).convert("RGB")).astype(int)
     box_green = (pixels[..., 0] < 40) & (pixels[..., 1] > 180) & (pixels[..., 2] < 40)
-    assert box_green.sum() > 200, "no face box was drawn on the page"
+    box_orange = (pixels[..., 0] > 230) & (np.abs(pixels[..., 1] - 140) < 25) & (pixels[..., 2] < 40)
+    assert box_green.sum() + box_orange.sum() > 200, "no face box was drawn on the page"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+def test_web_page_shows_decision_quality_and_calibration(random_weights, tmp_path):
+    """The page sends the decision rule chosen on it, and shows each face's reading, quality and the calibration."""
+    from msfer.engine.calibration import calibrated_checkpoint
+    from msfer.engine.checkpoint import load_checkpoint, save_checkpoint
+    from msfer.labels import EMOTIONS
+
+    offsets = np.zeros(len(EMOTIONS))
+    offsets[EMOTIONS.index("fear")] = 50.0  # under the balanced rule every face reads fear
+    held_out = {"n": 1794, "ece": 0.031, "nll": 0.91, "brier": 0.44}
+    record = {"method": "temperature", "held_out": {"calibrated": held_out}}
+    weights = save_checkpoint(calibrated_checkpoint(load_checkpoint(random_weights), [1.0] * 7, [0.0] * 7,
+                                                    list(offsets - offsets.mean()), record), tmp_path / "balanced.pt")
+    pages = {rule: browse(weights, tmp_path, f"demo=1&decision={rule}", ["--dump-dom"])[0]
+             for rule in ("argmax", "balanced")}
+    for rule, dom in pages.items():
+        assert f"(decision: {rule})" in dom, dom[-3000:]
+        for header in ("quality", "size (px)", "sharpness", "roll", "yaw", "reading"):
+            assert f">{header}</th>" in dom
+        assert "calibrated (temperature scaling)" in dom  # the service's calibration note
+    status = pages["balanced"].split('id="status"')[1].split("</p>")[0]
+    assert "fear" in status
+    assert any(quality in pages["argmax"] for quality in (">good", ">low"))

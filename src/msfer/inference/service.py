@@ -8,10 +8,15 @@
   model without it, is 422. Whether it is an image
   is decided by its bytes (what Pillow can decode: JPEG, PNG, WebP, BMP, TIFF, GIF, ...),
   never by the declared content type or file name.
-* ``GET /healthz``: ``{"status": "ok", ...}`` once the model is loaded, with the limits and
-  ``in_flight``, the requests being served or waiting.
+* ``GET /healthz``: ``{"status": "ok", ...}`` once the model is loaded, with the limits,
+  ``in_flight`` (the requests being served or waiting), the decision rules the model offers,
+  its calibration figures and ``calibration_note`` (the report's sentence on them), and
+  ``uncertain_below``, the report's threshold under which a label counts as uncertain.
 * ``GET /``: a page to upload a photo and see it annotated (drawn in the browser
-  from the JSON). ``/?demo=1`` runs it on ``GET /sample.jpg``, the bundled sample.
+  from the JSON): each face's label, probabilities and quality, the decision rule chosen on
+  the page, labels below ``uncertain_below`` marked uncertain and low-quality faces marked as
+  such. ``/?demo=1`` runs it on ``GET /sample.jpg``, the bundled sample
+  (``&decision=balanced`` to start with that rule).
 
 Limits, each answered with a JSON ``{"detail": "..."}`` error, as every error is:
 
@@ -46,6 +51,7 @@ from ..data.images import UnreadableImageError, load_rgb
 from ..errors import MsferError
 from .options import add_decision_argument, add_model_arguments, model_options
 from .recognizer import EmotionRecognizer
+from .report import DEFAULT_UNCERTAIN_BELOW, calibration_sentence
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +199,8 @@ def create_app(
                 "max_upload_mb": max_upload_mb, "max_pixels": max_pixels, "max_concurrent": max_concurrent,
                 "max_queue": max_queue, "in_flight": gate.admitted, "min_face": recognizer.min_face,
                 "decision": recognizer.decision, "balanced_decision": bool(any(recognizer.classifier.balanced_offsets)),
-                "calibration": recognizer.calibration}
+                "calibration": recognizer.calibration, "calibration_note": calibration_sentence(recognizer.calibration),
+                "uncertain_below": DEFAULT_UNCERTAIN_BELOW}
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> FileResponse:
