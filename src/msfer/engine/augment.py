@@ -31,11 +31,11 @@ face detector make it, in this order:
    gets the same noise in its three channels (the luminance noise of a grey photo).
 5. JPEG re-compression last, as a camera or a website writes the file last: its 8 x 8 block
    artefacts and quantised colours are never smoothed by anything after it. It runs on the
-   CPU (libjpeg through ``torchvision.io``); a grey image is encoded as a one-channel JPEG.
+   CPU (libjpeg-turbo through Pillow); a grey image is encoded as a one-channel JPEG.
 
 Library functions do the work where they handle a batch with one parameter per image
-(``torchvision.transforms.v2.functional.rgb_to_grayscale``, ``F.grid_sample``,
-``torchvision.io.encode_jpeg``/``decode_jpeg``). Written here, because torchvision's take
+(``torchvision.transforms.v2.functional.rgb_to_grayscale``, ``F.grid_sample``) and Pillow
+writes and reads the JPEGs (torchvision's JPEG functions are deprecated). Written here, because torchvision's take
 one parameter for the whole batch: the colour jitter (per-image factors), the hue rotation
 (a per-image 3 x 3 matrix in YIQ space, an approximation of an HSV hue shift that stays
 linear), the Gaussian blur (a separable grouped convolution with one kernel per image; the
@@ -44,12 +44,14 @@ against which the tests check it) and the noise.
 """
 from __future__ import annotations
 
+import io
 import math
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
+from PIL import Image
 from torchvision.transforms.v2.functional import rgb_to_grayscale
 
 from ..data.transforms import class_probabilities, mirror, normalize
@@ -226,10 +228,12 @@ class BatchAugment:
     def _jpeg(self, images: torch.Tensor, grey: torch.Tensor) -> torch.Tensor:
         """JPEG re-compression of a ``jpeg`` share of the images, quality a whole number in ``jpeg_quality``.
 
-        Pixels are rounded to ``uint8``, encoded and decoded by libjpeg on the CPU, one image at a
-        time (``encode_jpeg`` takes one quality per call), a grey one as a one-channel JPEG. Cost,
-        measured once: 0.24 ms per colour 112 px image (0.11 ms grey) on one CPU core, so 15 ms
-        per batch of 64 with ``jpeg: 1.0``; on a GPU the batch also waits for one transfer.
+        Pixels are rounded to ``uint8``, written and read back by Pillow (libjpeg-turbo, its default
+        4:2:0 chroma subsampling) on the CPU, one image at a time, a grey one as a one-channel JPEG.
+        Pillow rather than ``torchvision.io.encode_jpeg``, which torchvision 0.29 deprecates (it is
+        0.24 ms where Pillow is 0.37). Cost, measured once (best of 9 on the shared 2-core CPU): 0.37 ms
+        per colour 112 px image (0.24 ms grey) on one core, so ~24 ms per batch of 64 with ``jpeg: 1.0``;
+        on a GPU the batch also waits for one transfer each way.
         """
         p, n, device = self.params, images.shape[0], images.device
         if not p["jpeg"]:
@@ -241,15 +245,23 @@ class BatchAugment:
         index = chosen.nonzero().squeeze(1)
         if len(index) == 0:
             return images
-        pixels = images[index].mul(255).round_().to(torch.uint8).cpu()
+        pixels = images[index].mul(255).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         qualities, greys = quality[index].int().tolist(), grey[index].tolist()
-        decoded = []
-        for image, q, is_grey in zip(pixels, qualities, greys):
-            data = encode_jpeg(image[:1] if is_grey else image, quality=q)
-            decoded.append(decode_jpeg(data, mode=ImageReadMode.UNCHANGED).expand_as(image))
+        decoded = [jpeg_roundtrip(image[..., 0] if is_grey else image, q).reshape(*image.shape[:2], -1)
+                   for image, q, is_grey in zip(pixels, qualities, greys)]
+        decoded = np.stack([np.broadcast_to(d, pixels.shape[1:]) for d in decoded])  # grey: its one channel, 3 times
         images = images.clone()
-        images[index] = torch.stack(decoded).to(device).float().div_(255)
+        images[index] = torch.from_numpy(decoded).permute(0, 3, 1, 2).to(device).float().div_(255)
         return images
+
+
+def jpeg_roundtrip(pixels: np.ndarray, quality: int) -> np.ndarray:
+    """``pixels`` (``H x W`` grey or ``H x W x 3`` RGB, ``uint8``) as a JPEG of ``quality`` (1..100), read back."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        return np.asarray(decoded)
 
 
 def _hue_rotation(turn: torch.Tensor) -> torch.Tensor:

@@ -75,9 +75,9 @@ DEFAULTS: Config = {
             "blur_sigma": [0.5, 2.0],  # its standard deviation in pixels of the model input, uniform per image
             "noise": 0.0,  # probability of Gaussian pixel noise (sensor noise; grey images get grey noise)
             "noise_std": [2.0, 10.0],  # its standard deviation in 0..255 pixel units, uniform per image
-            # Probability of a JPEG re-compression, on the CPU (libjpeg, one core): measured 0.24 ms per colour
-            # 112 px image chosen (0.11 ms grey), 15 ms per batch of 64 at jpeg 1.0, ~30 ms per GPU batch of 256
-            # at 0.5: negligible beside a CPU step, a visible share of a fast GPU step.
+            # Probability of a JPEG re-compression, on the CPU (Pillow, one core): measured 0.37 ms per colour
+            # 112 px image chosen (0.24 ms grey), ~24 ms per batch of 64 at jpeg 1.0, ~47 ms per GPU batch of 256
+            # at 0.5: small beside a CPU step (~750 ms at batch 64), a visible share of a fast GPU step.
             "jpeg": 0.0,
             "jpeg_quality": [30, 90],  # its quality (libjpeg's 1..100), a whole number uniform per image
             "min_box_visible": 0.5,  # a box with less of its area left in view becomes invalid
