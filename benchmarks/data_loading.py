@@ -34,7 +34,7 @@ def measure(dataset: FaceDataset, size: int, batch_size: int, workers: int, batc
     for step, batch in enumerate(loader):
         if step == warmup:
             started, count = time.perf_counter(), 0
-        augment(batch["image"], batch["boxes"], batch["box_valid"], grey=bool(batch["grey"].all()))
+        augment(batch["image"], batch["boxes"], batch["box_valid"], grey=batch["grey"])
         count += len(batch["image"])
         if step == warmup + batches:
             break

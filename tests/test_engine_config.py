@@ -82,6 +82,15 @@ def test_every_shipped_config_loads_and_builds_its_model(path):
     ("data.augment.scale=[1.0, 0.5]", "config data.augment.scale=[1.0, 0.5] is out of range"),
     ("data.augment.scale=[0.5]", "config data.augment.scale=[0.5] has the wrong type"),
     ("data.augment.erase_area=[0, 0.2]", "config data.augment.erase_area=[0, 0.2] is out of range"),
+    ("data.augment.hue=0.6", "config data.augment.hue=0.6 is out of range: expected a number in [0, 0.5]"),
+    ("data.augment.jpeg=1.5", "config data.augment.jpeg=1.5 is out of range"),
+    ("data.augment.jpeg_quality=[0, 90]", "config data.augment.jpeg_quality=[0, 90] is out of range"),
+    ("data.augment.jpeg_quality=[30.5, 90]",
+     "config data.augment.jpeg_quality=[30.5, 90] is out of range: expected a list [low, high] with low <= high, "
+     "each a whole number in [1, 100]"),
+    ("data.augment.blur_sigma=[0, 1]", "config data.augment.blur_sigma=[0, 1] is out of range"),
+    ("data.augment.noise_std=[10, 2]", "config data.augment.noise_std=[10, 2] is out of range"),
+    ("data.augment.erase_ratio=[0, 3]", "config data.augment.erase_ratio=[0, 3] is out of range"),
     ("data.root=5", "config data.root=5 has the wrong type: expected a path or null"),
 ])
 def test_out_of_range_values_are_clear_errors(override, message):

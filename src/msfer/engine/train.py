@@ -569,7 +569,7 @@ class Trainer:
         for step, batch in enumerate(bar):
             images, boxes, box_valid = self.augment(
                 batch["image"].to(self.device, non_blocking=True), batch["boxes"].to(self.device, non_blocking=True),
-                batch["box_valid"].to(self.device, non_blocking=True), grey=bool(batch["grey"].all()))
+                batch["box_valid"].to(self.device, non_blocking=True), grey=batch["grey"])
             if train["channels_last"]:
                 images = images.contiguous(memory_format=torch.channels_last)
             labels = batch["label"].to(self.device, non_blocking=True)
