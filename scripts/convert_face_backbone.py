@@ -300,7 +300,8 @@ package `{package}@{version}` (tarball sha256 `{tarball_sha}`; faceres.bin sha25
   `FACERES_MEAN` / `FACERES_STD`. Only the backbone is kept (the original's age and gender heads are dropped).
 - **Origin of the weights**: HSE FaceRes by Andrey Savchenko (https://github.com/HSE-asavchenko/HSE_FaceRec_tf,
   `age_gender_identity`): a MobileNet trained for face identification on VGGFace2, then age/gender heads
-  (trained by its `age_gender_train.py`, whose default data path is IMDB-Wiki faces) on top; the package's `convertedBy` names that repository.
+  (trained by its `age_gender_train.py`, whose default data path is IMDB-Wiki faces) on top; the
+  package's `convertedBy` names that repository.
   Which variant this is (frozen identity base or fine-tuned) is not documented; its layers differ from
   `faceres-deep` of the same package (correlation 0.99), so at least one of the two was fine-tuned.
   No expression labels are in its documented training data (VGGFace2 identities, age, gender).
