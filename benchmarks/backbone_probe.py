@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """A cheap first signal for a backbone's starting point: linear probes on frozen pooled features, and FLOPs.
 
-    python benchmarks/backbone_probe.py --data ../shared/data [--sizes 112 224] [--fer-train 3000] [--tcce-train 300]
+    python benchmarks/backbone_probe.py --data ../shared/data [--sizes 112 224] [--fer-train 3000] [--fer-test N]
+                                        [--tcce-train 300]
     python benchmarks/backbone_probe.py --flops-only
 
 For each backbone (ImageNet MobileNetV2, the face-identity MobileNet v1 ``faceres``; each with its own
@@ -149,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder with fer2013/{train,public_test} and tcce/{train,val}")
     parser.add_argument("--sizes", type=int, nargs="+", default=[112])
     parser.add_argument("--fer-train", type=int, default=3000, help="stratified sample of FER2013 train")
+    parser.add_argument("--fer-test", type=int, default=None,
+                        help="stratified sample of FER2013 public_test (default: all 3,589)")
     parser.add_argument("--tcce-train", type=int, default=300, help="stratified sample of TCCE train")
     parser.add_argument("--cache", type=Path, default=ROOT / ".cache" / "probe")
     parser.add_argument("--flops-only", action="store_true")
@@ -164,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     tcce = args.data / "tcce"
     sets["TCCE"] = (stratified(listing(tcce / "train"), args.tcce_train), listing(tcce / "val"), True)
     fer = args.data / "fer2013"
-    sets["FER2013"] = (stratified(listing(fer / "train"), args.fer_train), listing(fer / "public_test"), False)
+    sets["FER2013"] = (stratified(listing(fer / "train"), args.fer_train),
+                       stratified(listing(fer / "public_test"), args.fer_test), False)
 
     def crops_of(dataset: str, side: str, files: list[tuple[Path, int]], detect: bool) -> list[np.ndarray]:
         if not detect:
