@@ -116,7 +116,7 @@ def probe(train_x, train_y, test_x, test_y) -> tuple[float, float, float]:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
+    pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
     search = GridSearchCV(pipeline, {"logisticregression__C": [0.01, 0.1, 1.0]}, cv=3, n_jobs=1)
     search.fit(train_x, train_y)
     predicted = search.predict(test_x)

@@ -16,6 +16,7 @@ taps are the ends of its stride-8, -16 and -32 stages: ``conv_pw_5`` (C3, 256 ch
 """
 from __future__ import annotations
 
+import pickle
 from collections import OrderedDict
 
 import torch
@@ -58,7 +59,7 @@ def _faceres(pretrained: bool) -> Backbone:
         path = face_weights_path("faceres")
         try:
             net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        except (RuntimeError, OSError, ValueError) as error:
+        except (RuntimeError, OSError, ValueError, pickle.UnpicklingError) as error:
             raise MsferError(f"{path} is not a converted faceres state dict ({error}); make it again with "
                              "'python scripts/convert_face_backbone.py'") from error
     features = net.features  # stride 8 ends after block 5, stride 16 after 11, stride 32 after 13
