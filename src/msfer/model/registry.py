@@ -11,7 +11,13 @@ any other key overrides that entry's value. Unknown keys are an error, never ign
 * ``msfer_resnet18/34/50``: the paper's setting: 224 px, 256-channel FPN, organ RoIs 14x14,
   face RoI 56x56, torchvision-sized detector (7x7 RoIs, 128 RoIs per image). ResNet
   ImageNet weights are not available offline, so ``pretrained`` defaults to False.
-* ``classifier_resnet18``, ``classifier_mobilenetv2``: the plain-classifier baseline.
+* ``msfer_faceres``: ``msfer_mobilenetv2`` on the face-identity MobileNet v1 ``faceres`` (VGGFace2,
+  converted by ``scripts/convert_face_backbone.py``) with that network's input scale; research use only
+  (see README, Backbones).
+* ``classifier_resnet18``, ``classifier_mobilenetv2``, ``classifier_faceres``: the plain-classifier baseline.
+
+A pretrained backbone only works with the input normalisation it was trained with: ``build_model``
+refuses a pretrained ``faceres`` with another ``mean``/``std`` (and an ImageNet backbone with faceres's).
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ from torch import nn
 from ..errors import MsferError
 from ..values import Range, check_number, check_numbers
 from .emotionnet import EmotionClassifier, EmotionNet
+from .mobilenet_v1 import FACERES_MEAN, FACERES_STD
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -76,7 +83,12 @@ MODELS: dict[str, dict[str, Any]] = {
     **{f"msfer_{name}": {**_EMOTIONNET, **_PAPER, "backbone": name} for name in ("resnet18", "resnet34", "resnet50")},
     "classifier_resnet18": dict(_CLASSIFIER),
     "classifier_mobilenetv2": {**_CLASSIFIER, "backbone": "mobilenet_v2", "pretrained": True},
+    "msfer_faceres": {**_EMOTIONNET, "backbone": "faceres", "mean": FACERES_MEAN, "std": FACERES_STD},
+    "classifier_faceres": {**_CLASSIFIER, "backbone": "faceres", "pretrained": True, "mean": FACERES_MEAN,
+                           "std": FACERES_STD},
 }
+# The normalisation (mean, std) each pretrained backbone was trained with; None: ImageNet's.
+_BACKBONE_SCALE = {"faceres": (FACERES_MEAN, FACERES_STD)}
 _TYPES = {"emotionnet": (EmotionNet, _EMOTIONNET), "classifier": (EmotionClassifier, _CLASSIFIER)}
 
 # The allowed values of the numeric keys (a key a model type lacks is not checked for it).
@@ -113,6 +125,25 @@ def _check_values(cfg: dict[str, Any], defaults: dict[str, Any]) -> None:
     for key, default in defaults.items():
         if isinstance(default, bool) and not isinstance(cfg[key], bool):
             raise MsferError(f"config model.{key}={cfg[key]!r} has the wrong type: expected true or false")
+    if cfg["pretrained"]:
+        _check_scale(cfg["backbone"], cfg["mean"], cfg["std"])
+
+
+def _same(values: list[float], expected: list[float]) -> bool:
+    return all(abs(a - b) < 1e-6 for a, b in zip(values, expected))
+
+
+def _check_scale(backbone: str, mean: list[float], std: list[float]) -> None:
+    """A pretrained backbone fed another input scale than its own starts from broken features: refuse it."""
+    if backbone in _BACKBONE_SCALE:
+        expected_mean, expected_std = _BACKBONE_SCALE[backbone]
+        if not (_same(mean, expected_mean) and _same(std, expected_std)):
+            raise MsferError(f"the pretrained backbone {backbone!r} expects model.mean={expected_mean} and "
+                             f"model.std={expected_std} (its own input scale), got {mean} and {std}: use "
+                             f"model.name=msfer_{backbone} (or classifier_{backbone}), or set those keys")
+    elif _same(mean, FACERES_MEAN) and _same(std, FACERES_STD):
+        raise MsferError(f"config model.mean/std are faceres's input scale, but the pretrained backbone "
+                         f"{backbone!r} expects ImageNet's ({IMAGENET_MEAN}, {IMAGENET_STD})")
 
 
 def model_config(name: str) -> dict[str, Any]:
