@@ -2,7 +2,9 @@
 
 Contents (see DEVELOPING.md): ``model`` (state dict), ``config`` (the run's full merged
 config; ``config["model"]`` rebuilds the network), ``classes``, ``input_size``, ``mean``,
-``std``, ``region_names``, ``metrics``, ``msfer_version``; a training checkpoint adds
+``std``, ``region_names``, ``crop_rule`` (how faces are cropped from photos for this model,
+:class:`msfer.regions.crop.CropRule` as ``{"method", "scale"}``; files without it are read as
+box at scale 1.0, :func:`crop_rule`), ``metrics``, ``msfer_version``; a training checkpoint adds
 ``optimizer``, ``scheduler``, ``scaler``, ``ema``, ``epoch`` and ``rng``.
 
 When the run kept an exponential moving average of the weights, ``ema`` holds it and it is
@@ -31,11 +33,13 @@ import torch
 from .._version import __version__
 from ..errors import MsferError
 from ..labels import EMOTIONS
+from ..regions.crop import CropRule
 from .files import write_atomic
 
 
 def describe(model: torch.nn.Module, config: dict, metrics: dict | None = None) -> dict[str, Any]:
-    """The metadata every checkpoint carries, taken from the model itself."""
+    """The metadata every checkpoint carries, taken from the model itself (and its crop rule from the
+    config's ``data.crop_rule``; default box at scale 1.0)."""
     return {
         "config": config,
         "classes": list(EMOTIONS),
@@ -43,9 +47,16 @@ def describe(model: torch.nn.Module, config: dict, metrics: dict | None = None) 
         "mean": list(model.mean),
         "std": list(model.std),
         "region_names": list(model.region_names),
+        "crop_rule": CropRule.from_dict((config.get("data") or {}).get("crop_rule")).to_dict(),
         "metrics": metrics or {},
         "msfer_version": __version__,
     }
+
+
+def crop_rule(metadata: dict[str, Any]) -> CropRule:
+    """The crop rule a checkpoint's metadata records; checkpoints written before v2 recorded none and
+    were trained on crops framed as box at scale 1.0, which is what they get."""
+    return CropRule.from_dict(metadata.get("crop_rule"))
 
 
 def plain(value: Any, where: str = "checkpoint") -> Any:

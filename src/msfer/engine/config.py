@@ -46,6 +46,28 @@ DEFAULTS: Config = {
         # (msfer.data.splits.stratified_split); train on the rest. Needs val_split: null.
         "holdout": None,
         "annotations": None,  # JSONL of `msfer annotate`: region targets for the detector
+        # How a face is cropped from a photo (msfer.regions.crop.CropRule), for training and in use: the
+        # checkpoint carries it and inference crops detected faces by it. method: box (a square on the
+        # detector's face box), roll (that square turned so the eyes are level) or similarity (the five
+        # landmarks fitted onto ArcFace's 112 px template); scale (0.25-4): the crop side over the face
+        # box's longer side (box, roll) or over the template's framing (similarity).
+        "crop_rule": {"method": "box", "scale": 1.0},
+        # Crop this dataset's images by crop_rule from their data.annotations faces (whole photos, e.g.
+        # TCCE) before resizing to image_size; images without a usable (status ok) face are left out,
+        # counted and logged. false: the images are face crops already (FER2013) and are used whole.
+        "crop": False,
+        # More training sets, drawn together with train_split: a list of mappings
+        #   {format, root, split, weight, annotations: null, crop: false, reader_options: {}}
+        # where weight (0-1) is the set's share of each epoch's draws (the main set gets the rest; the
+        # shares must sum below 1). An epoch keeps the length of all training sets together; each set
+        # contributes exactly its share, a small set repeating its images, a large one a random part of
+        # them (msfer.engine.distributed.EpochSampler). crop and annotations as the keys above, per set.
+        "extra_train": [],
+        # A second validation through the whole pipeline on whole photos: detect (RetinaFace, the largest
+        # face), crop by crop_rule, classify; a photo without a face counts as wrong. A mapping
+        # {format, root, split, reader_options: {}} (e.g. {format: folder, root: data/tcce, split: val}),
+        # or null (off). Scored after the last epoch and every eval.photo_val_every epochs; never trained on.
+        "photo_val": None,
         "soft_labels": False,  # train on Sample.soft_label (e.g. FER+ vote distributions)
         "balanced_sampling": False,  # draw classes equally often (sampling with replacement)
         "cache_images": False,  # decode every image once into memory before the first epoch
@@ -109,6 +131,8 @@ DEFAULTS: Config = {
         # Where the head's regions come from when validating: null, the model's own (its model.region_source),
         # or pseudo: the data.annotations boxes (a learned-detector model is then run without its detector).
         "region_source": None,
+        # Score data.photo_val every N epochs as well as after the last (null: after the last only).
+        "photo_val_every": None,
     },
     "output_dir": "runs/default",
 }
@@ -120,6 +144,7 @@ CHOICES: dict[str, tuple] = {
     "train.amp": (False, "bf16", "fp16"),
     "train.select_metric": ("overall_accuracy", "mean_class_accuracy"),
     "eval.region_source": (None, "pseudo"),
+    "data.crop_rule.method": ("box", "roll", "similarity"),
 }
 
 # Sections whose contents are free-form (validated by whoever consumes them).
@@ -156,6 +181,8 @@ RANGES: dict[str, Range] = {
     "train.max_minutes": Range(0, low_open=True, nullable=True),
     "train.val_every": Range(1, whole=True),
     "eval.batch_size": Range(1, whole=True),
+    "eval.photo_val_every": Range(1, whole=True, nullable=True),
+    "data.crop_rule.scale": Range(0.25, 4),  # msfer.regions.crop.MIN_SCALE, MAX_SCALE
 }
 # [low, high] pairs.
 PAIRS: dict[str, Range] = {
@@ -255,6 +282,60 @@ def validate(config: Config) -> None:
         if value is not None and not isinstance(value, str):
             raise MsferError(f"config {key}={value!r} has the wrong type: expected a path or null")
     config["data"]["holdout"] = _check_holdout(config["data"])
+    config["data"]["extra_train"] = _check_extra_train(config["data"]["extra_train"])
+    config["data"]["photo_val"] = _check_photo_val(config["data"]["photo_val"])
+
+
+# The keys of one data.extra_train entry: required ones map to None, optional ones to their default.
+EXTRA_TRAIN_KEYS: dict[str, Any] = {"format": None, "root": None, "split": None, "weight": None,
+                                    "annotations": None, "crop": False, "reader_options": {}}
+PHOTO_VAL_KEYS: dict[str, Any] = {"format": None, "root": None, "split": None, "reader_options": {}}
+_REQUIRED = ("format", "root", "split")
+
+
+def _check_entry(key: str, entry: Any, schema: dict[str, Any], required: Iterable[str]) -> Config:
+    """A data set mapping checked against ``schema`` (unknown keys, required keys, types) and completed."""
+    if not isinstance(entry, dict):
+        raise MsferError(f"config {key}={entry!r} must be a mapping with keys {', '.join(schema)}")
+    unknown = set(entry) - set(schema)
+    if unknown:
+        raise MsferError(f"unknown key {sorted(unknown)[0]!r} in config {key}; known keys: {', '.join(schema)}")
+    missing = [name for name in required if entry.get(name) is None]
+    if missing:
+        raise MsferError(f"config {key} needs {', '.join(missing)} (has {entry!r})")
+    entry = {**copy.deepcopy(schema), **entry}
+    for name in ("format", "root", "split"):
+        if not isinstance(entry[name], str):
+            raise MsferError(f"config {key}.{name}={entry[name]!r} has the wrong type: expected a string")
+    if entry.get("annotations") is not None and not isinstance(entry["annotations"], str):
+        raise MsferError(f"config {key}.annotations={entry['annotations']!r} has the wrong type: "
+                         "expected a path or null")
+    if not isinstance(entry.get("crop", False), bool):
+        raise MsferError(f"config {key}.crop={entry['crop']!r} has the wrong type: expected a boolean")
+    if not isinstance(entry["reader_options"], dict):
+        raise MsferError(f"config {key}.reader_options must be a mapping, not {entry['reader_options']!r}")
+    return entry
+
+
+def _check_extra_train(entries: Any) -> list[Config]:
+    """``data.extra_train`` checked and completed; the weights are shares that must leave the main set some."""
+    if not isinstance(entries, list):
+        raise MsferError(f"config data.extra_train={entries!r} must be a list of mappings (or [])")
+    checked = []
+    for i, entry in enumerate(entries):
+        key = f"data.extra_train[{i}]"
+        entry = _check_entry(key, entry, EXTRA_TRAIN_KEYS, (*_REQUIRED, "weight"))
+        check_number(f"{key}.weight", entry["weight"], Range(0, 1, low_open=True, high_open=True))
+        checked.append(entry)
+    total = sum(entry["weight"] for entry in checked)
+    if checked and total >= 1:
+        raise MsferError(f"config data.extra_train weights sum to {total:g}: they are shares of each epoch and must "
+                         "sum below 1, leaving the rest to data.train_split")
+    return checked
+
+
+def _check_photo_val(entry: Any) -> Config | None:
+    return None if entry is None else _check_entry("data.photo_val", entry, PHOTO_VAL_KEYS, _REQUIRED)
 
 
 def _drop_retired(config: Config) -> None:

@@ -8,28 +8,40 @@ uses. A training set's ``image_size`` may be smaller than the model's input (48 
 FER2013): the augmentation's resampling does the upscaling on the device, and the cache
 stays small (FER2013 train: 28,709 x 3 x 48 x 48 bytes = 200 MB). A set that is evaluated
 is held at the model's input size, so that its crops are resized once, as in inference.
+
+A set of whole photos (``crop_rule`` given) is cropped by the model's crop rule
+(:func:`msfer.regions.crop.crop_face`, the function inference crops detected faces with) around
+the face its ``msfer annotate`` record gives (box and five landmarks, original pixels), and its
+region boxes go through the same 2 x 3 map. Photos without a usable record (status ``ok``) are
+left out when the set is built: counted by status in :attr:`FaceDataset.left_out` and logged.
 """
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from tqdm import tqdm
 
 from ..data.samples import Sample
 from ..data.transforms import resize_square
 from ..errors import MsferError
+from ..regions.crop import CropRule, crop_face, face_transform, map_boxes
 
 log = logging.getLogger(__name__)
 
 
-def region_boxes(record: dict | None, region_names: Sequence[str], image_size: int) -> tuple[np.ndarray, np.ndarray]:
+def region_boxes(record: dict | None, region_names: Sequence[str], image_size: int,
+                 transform: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Boxes (``R x 4``, pixels of the ``image_size`` square) and validity (``R``) from an annotation record.
 
     Only records with status ``ok`` count. ``eyes`` (merged-eyes models) is the union of both eye boxes.
+    Without ``transform`` the whole image is the square (scaled per axis); with it (the 2 x 3 map from
+    original pixels to a face crop of ``image_size``) each box is the axis-aligned box around its mapped
+    corners, clipped to the crop, and valid only if some of it is left there.
     """
     boxes = np.zeros((len(region_names), 4), dtype=np.float32)
     valid = np.zeros(len(region_names), dtype=bool)
@@ -45,14 +57,29 @@ def region_boxes(record: dict | None, region_names: Sequence[str], image_size: i
             box = regions[name]
         else:
             continue
-        boxes[i] = np.asarray(box, dtype=np.float32) * scale
-        valid[i] = True
+        if transform is None:
+            boxes[i] = np.asarray(box, dtype=np.float32) * scale
+            valid[i] = True
+        else:
+            mapped = np.clip(map_boxes(box, transform)[0], 0, image_size)
+            boxes[i] = mapped
+            valid[i] = mapped[2] > mapped[0] and mapped[3] > mapped[1]
     return boxes, valid
+
+
+def usable_face(record: dict | None) -> bool:
+    """Whether an annotation record gives a face to crop by: status ``ok``, a face box and five landmarks."""
+    return bool(record) and record.get("status") == "ok" and "face" in (record.get("regions") or {}) \
+        and record.get("landmarks") is not None and len(record["landmarks"]) == 5
 
 
 class FaceDataset(Dataset):
     """Samples as dicts: ``image`` (``3 x S x S`` uint8), ``grey``, ``boxes``, ``box_valid``, ``label``, ``id``,
     and ``soft_label`` (the sample's 7-vector; every sample must have one) when ``soft_labels`` is set.
+
+    ``crop_rule``: the images are whole photos, each cropped by the rule around its annotation's face
+    (samples without a usable one are left out, see the module docstring); None: each image is the face.
+    ``name`` says which set it is in log lines.
     """
 
     def __init__(
@@ -62,11 +89,38 @@ class FaceDataset(Dataset):
         region_names: Sequence[str],
         annotations: dict[str, dict] | None = None,
         soft_labels: bool = False,
+        crop_rule: CropRule | None = None,
+        name: str = "dataset",
     ) -> None:
         self.samples = list(samples)
         self.image_size = image_size
         self.region_names = tuple(region_names)
         self.annotations = annotations or {}
+        self.crop_rule = crop_rule
+        self.left_out: Counter = Counter()  # photos without a usable face, by annotation status
+        self._transforms: list[np.ndarray] = []  # per sample, original pixels -> image_size crop (crop_rule only)
+        if crop_rule is not None:
+            kept = []
+            for sample in self.samples:
+                record = self.annotations.get(sample.id)
+                if usable_face(record):
+                    kept.append(sample)
+                    transform, side = face_transform(record["regions"]["face"], np.asarray(record["landmarks"]),
+                                                     crop_rule)
+                    self._transforms.append(transform * (image_size / side))
+                else:
+                    self.left_out[record.get("status", "no record") if record else "no record"] += 1
+            if self.left_out:
+                missing = [s.id for s in self.samples if not usable_face(self.annotations.get(s.id))]
+                log.warning("%s: %d of %d photos have no usable face annotation and are left out (%s; e.g. %s)",
+                            name, len(missing), len(self.samples),
+                            ", ".join(f"{status}: {n}" for status, n in sorted(self.left_out.items())),
+                            ", ".join(missing[:3]))
+            if not kept:
+                raise MsferError(f"{name}: none of its {len(self.samples)} photos has a usable face annotation "
+                                 "(status ok): annotate them with 'msfer annotate' and give the file as its "
+                                 "annotations")
+            self.samples = kept
         if soft_labels:
             missing = [s.id for s in self.samples if s.soft_label is None]
             if missing:
@@ -92,7 +146,17 @@ class FaceDataset(Dataset):
 
     def decode(self, index: int) -> tuple[np.ndarray, bool]:
         """Image ``index`` as ``3 x S x S`` uint8, and whether its channels are equal (a grey image)."""
-        pixels = resize_square(self.samples[index].load(), self.image_size)
+        sample = self.samples[index]
+        if self.crop_rule is None:
+            pixels = resize_square(sample.load(), self.image_size)
+        else:
+            record, image = self.annotations[sample.id], np.asarray(sample.load())
+            if image.shape[:2] != (record["height"], record["width"]):
+                raise MsferError(f"{sample.path or sample.id}: the image is {image.shape[1]} x {image.shape[0]} px but "
+                                 f"its annotation was made of a {record['width']} x {record['height']} one: annotate "
+                                 "this copy of the dataset again")
+            pixels, _ = crop_face(image, record["regions"]["face"], np.asarray(record["landmarks"]), self.crop_rule,
+                                  self.image_size)
         grey = bool(np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 1], pixels[..., 2]))
         return np.ascontiguousarray(pixels.transpose(2, 0, 1)), grey
 
@@ -116,7 +180,8 @@ class FaceDataset(Dataset):
             pixels, grey = self._cache[index], bool(self._cache_grey[index])
         else:
             pixels, grey = self.decode(index)
-        boxes, valid = region_boxes(self.annotations.get(sample.id), self.region_names, self.image_size)
+        transform = self._transforms[index] if self.crop_rule is not None else None
+        boxes, valid = region_boxes(self.annotations.get(sample.id), self.region_names, self.image_size, transform)
         item = {
             "image": torch.from_numpy(np.array(pixels)),
             "grey": grey,
@@ -128,6 +193,31 @@ class FaceDataset(Dataset):
         if self.soft_labels:
             item["soft_label"] = torch.tensor(sample.soft_label, dtype=torch.float32)
         return item
+
+
+class ConcatFaceDataset(ConcatDataset):
+    """Several :class:`FaceDataset` of one image size drawn as one training set; ``shares[i]`` is the part
+    of each epoch's draws set ``i`` gets (see :class:`msfer.engine.distributed.EpochSampler`)."""
+
+    def __init__(self, datasets: Sequence[FaceDataset], shares: Sequence[float]) -> None:
+        super().__init__(datasets)
+        sizes = {dataset.image_size for dataset in datasets}
+        if len(sizes) != 1:
+            raise ValueError(f"the training sets hold images of different sizes {sorted(sizes)}")
+        self.image_size, self.region_names = datasets[0].image_size, datasets[0].region_names
+        self.shares = tuple(float(share) for share in shares)
+        self.samples = [sample for dataset in datasets for sample in dataset.samples]
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(dataset) for dataset in self.datasets]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.concatenate([dataset.labels for dataset in self.datasets])
+
+    def annotated_fraction(self) -> float:
+        return float(sum(d.annotated_fraction() * len(d) for d in self.datasets) / max(len(self), 1))
 
 
 class _Decoded(Dataset):

@@ -81,14 +81,51 @@ class EpochSampler(Sampler[int]):
     takes every ``world_size``-th index starting at ``r``, the list padded by wrapping so
     that all ranks run the same number of steps. Because the order depends only on the
     seed and the epoch, a run resumed at an epoch boundary sees exactly the same batches.
+
+    With ``groups`` (several training sets concatenated: ``[(size, share), ...]`` in dataset
+    order, the sizes summing to ``size``) each epoch still has ``size`` draws, of which group
+    ``g`` gets exactly ``share_g * size`` (rounded by largest remainder): a group smaller than
+    its count repeats whole shuffled passes over itself and then part of one, a larger one gives
+    a random part of itself, or with ``weights`` its count is drawn with replacement in
+    proportion to its weights (class-balanced within the group). The draws are then shuffled.
     """
 
-    def __init__(self, size: int, seed: int, info: DistInfo = DistInfo(), weights: np.ndarray | None = None) -> None:
+    def __init__(self, size: int, seed: int, info: DistInfo = DistInfo(), weights: np.ndarray | None = None,
+                 groups: list[tuple[int, float]] | None = None) -> None:
         self.size = size
         self.seed = seed
         self.info = info
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
         self.epoch = 0
+        self.groups = groups
+        if groups is not None:
+            if sum(n for n, _ in groups) != size or any(n < 1 for n, _ in groups):
+                raise ValueError(f"groups {groups} must be non-empty and add up to the size {size}")
+            if abs(sum(share for _, share in groups) - 1) > 1e-9:
+                raise ValueError(f"the shares of groups {groups} must sum to 1")
+
+    def group_counts(self) -> list[int]:
+        """How many of an epoch's draws each group gets (exact shares, largest remainder)."""
+        assert self.groups is not None
+        exact = np.array([share * self.size for _, share in self.groups])
+        counts = np.floor(exact).astype(int)
+        for g in np.argsort(-(exact - counts), kind="stable")[: self.size - counts.sum()]:
+            counts[g] += 1
+        return counts.tolist()
+
+    def _mixture(self, generator: torch.Generator) -> torch.Tensor:
+        parts, start = [], 0
+        for (group_size, _), count in zip(self.groups, self.group_counts()):
+            if self.weights is not None:
+                drawn = torch.multinomial(self.weights[start : start + group_size], count, replacement=True,
+                                          generator=generator)
+            else:
+                passes = [torch.randperm(group_size, generator=generator) for _ in range(-(-count // group_size))]
+                drawn = torch.cat(passes)[:count] if passes else torch.zeros(0, dtype=torch.long)
+            parts.append(drawn + start)
+            start += group_size
+        order = torch.cat(parts)
+        return order[torch.randperm(len(order), generator=generator)]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -98,7 +135,9 @@ class EpochSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        if self.weights is None:
+        if self.groups is not None:
+            order = self._mixture(generator)
+        elif self.weights is None:
             order = torch.randperm(self.size, generator=generator)
         else:
             order = torch.multinomial(self.weights, self.size, replacement=True, generator=generator)

@@ -43,8 +43,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import importlib.util
 import logging
+import os
 import random
 import time
 import warnings
@@ -68,10 +70,11 @@ from tqdm import tqdm
 
 from ..errors import MsferError
 from ..labels import EMOTIONS, NUM_EMOTIONS
+from ..regions.crop import CropRule
 from .augment import BatchAugment
-from .checkpoint import describe, load_checkpoint, load_model, resolve_checkpoint, save_checkpoint
+from .checkpoint import crop_rule, describe, load_checkpoint, load_model, resolve_checkpoint, save_checkpoint
 from .config import Config, load_config, save_config, validation_name
-from .datasets import FaceDataset
+from .datasets import ConcatFaceDataset, FaceDataset
 from .distributed import (
     DistInfo,
     EpochSampler,
@@ -83,11 +86,13 @@ from .distributed import (
 from .evaluate import autocast, predict_split, resolve_device, split_metrics
 from .files import write_atomic
 from .metrics import format_table, write_report
+from .photos import PhotoValidation, photo_samples
 
 log = logging.getLogger(__name__)
 
 CSV_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_overall_accuracy", "val_mean_class_accuracy", "lr",
-              "epoch_seconds", "train_images_per_second")
+              "epoch_seconds", "train_images_per_second", "photo_val_overall_accuracy",
+              "photo_val_mean_class_accuracy", "photo_val_faces_missed")
 # What a run writes in its output directory (and --overwrite removes): nothing else there is touched.
 RUN_FILES = ("config.yaml", "metrics.csv", "best.pt", "last.pt")
 
@@ -262,40 +267,130 @@ def restore_scheduler(scheduler: LRScheduler, train: Config, steps_per_epoch: in
 SCHEDULE_KEYS = ("schedule", "warmup_epochs", "epochs")
 
 
-def build_datasets(config: Config, model: torch.nn.Module, roles: tuple[str, ...],
-                   info: DistInfo) -> dict[str, FaceDataset]:
-    """The datasets of ``roles`` (``train_split``, ``val_split``), sized and ordered for ``model``."""
+def build_datasets(config: Config, model: torch.nn.Module, roles: tuple[str, ...], info: DistInfo,
+                   photo_val: list | None = None) -> dict[str, FaceDataset]:
+    """The datasets of ``roles`` (``train_split``, ``val_split``), sized and ordered for ``model``.
+
+    The training set is the main set's ``train_split`` alone, or with ``data.extra_train`` a
+    :class:`ConcatFaceDataset` of it and the extra sets (their ``shares`` for the sampler). Sets with
+    ``crop`` are cropped by ``data.crop_rule`` from their annotations. When both roles are built, no
+    training sample may be a validation sample (of ``val_split``, or of ``photo_val``: its samples).
+    """
     from ..data.readers import read_dataset
     from ..regions.annotations import load_annotations
 
     data = config["data"]
     if data["root"] is None:
         raise MsferError("data.root is not set: pass data.root=/path/to/dataset")
-    if getattr(model, "region_source", "none") != "none" and not data["annotations"]:
+    learns_regions = getattr(model, "region_source", "none") != "none"
+    if learns_regions and not data["annotations"]:
         raise MsferError(f"this model learns from emotion regions (region_source={model.region_source}) but "
                          "data.annotations is not set: make them with 'msfer annotate' and pass data.annotations=FILE, "
                          "or train without regions (model.region_source=none, or a classifier_* model)")
+    if data["crop"] and not data["annotations"]:
+        raise MsferError("data.crop is on: its faces come from data.annotations, which is not set (make them with "
+                         "'msfer annotate' and pass data.annotations=FILE)")
+    rule = CropRule.from_dict(data["crop_rule"])
     index = read_dataset(data["root"], data["format"], **data["reader_options"])
     annotations = load_annotations(data["annotations"]) if data["annotations"] else None
-    datasets = {}
+    extras = data["extra_train"] if "train_split" in roles else []
+    if extras and data["soft_labels"]:
+        raise MsferError("data.soft_labels needs a soft label for every training sample, which data.extra_train "
+                         "sets do not give: train with data.soft_labels=false or without data.extra_train")
+    # Every set's samples first: a validation image in a training set stops the run before any image is decoded.
+    role_sets, sources = {}, {}
     for role in roles:
         samples = role_samples(index, data, role)
         # A fixed subset (the same for every seed), and never of the validation split: numbers stay comparable.
         if data["limit"] and role == "train_split" and len(samples) > data["limit"]:
             keep = np.random.default_rng(0).choice(len(samples), data["limit"], replace=False)
             samples = [samples[i] for i in sorted(keep)]
+        role_sets[role] = samples
+        sources[role] = [(f"data.{role}={data[role] or 'holdout'!r} of {data['root']}", data["root"], samples)]
+    extra_sets = []
+    for i, entry in enumerate(extras):
+        name = f"data.extra_train[{i}]"
+        if learns_regions and not entry["annotations"]:
+            raise MsferError(f"{name} has no annotations, but this model learns from emotion regions: make them "
+                             f"with 'msfer annotate {entry['root']}' and give the file as its annotations")
+        if entry["crop"] and not entry["annotations"]:
+            raise MsferError(f"{name} is cropped (crop: true) but has no annotations to take its faces from")
+        extra_index = read_dataset(entry["root"], entry["format"], **entry["reader_options"])
+        samples = [s for s in extra_index.samples if s.split == entry["split"]]
+        if not samples:
+            raise MsferError(f"{name}: split {entry['split']!r} has no samples in {entry['root']}; "
+                             f"splits present: {', '.join(extra_index.splits())}")
+        extra_sets.append((name, entry, samples))
+        sources["train_split"].append((f"{name} (split {entry['split']!r} of {entry['root']})", entry["root"],
+                                       samples))
+    if "train_split" in roles and ("val_split" in roles or photo_val):
+        validation = sources.get("val_split", [])
+        if photo_val:
+            validation = validation + [(f"data.photo_val (split {data['photo_val']['split']!r} of "
+                                        f"{data['photo_val']['root']})", data["photo_val"]["root"], photo_val)]
+        check_disjoint(sources["train_split"], validation)
+
+    datasets = {}
+    for role, samples in role_sets.items():
         # Only the training set may be stored smaller (its augmentation resamples it); the validation set is
         # held at the input size, resized once as msfer evaluate and inference resize (msfer.data.transforms).
         size = (data["image_size"] or model.input_size) if role == "train_split" else model.input_size
         dataset = FaceDataset(samples, size, model.region_names, annotations,
-                              soft_labels=data["soft_labels"] and role == "train_split")
+                              soft_labels=data["soft_labels"] and role == "train_split",
+                              crop_rule=rule if data["crop"] else None, name=f"data.{role}")
         if annotations is not None and info.is_main:
             log.info("%s %r: %d images, %.1f%% with usable region annotations", role, data[role], len(dataset),
                      100 * dataset.annotated_fraction())
         if data["cache_images"]:
             dataset.cache_images(data["num_workers"])
         datasets[role] = dataset
+    if extra_sets:
+        parts, shares = [datasets["train_split"]], [1 - sum(entry["weight"] for entry in extras)]
+        for name, entry, samples in extra_sets:
+            extra = FaceDataset(samples, datasets["train_split"].image_size, model.region_names,
+                                load_annotations(entry["annotations"]) if entry["annotations"] else None,
+                                crop_rule=rule if entry["crop"] else None, name=name)
+            if info.is_main:
+                log.info("%s: %d images (%d left out), weight %.3f of each epoch", name, len(extra),
+                         sum(extra.left_out.values()), entry["weight"])
+            if data["cache_images"]:
+                extra.cache_images(data["num_workers"])
+            parts.append(extra)
+            shares.append(entry["weight"])
+        datasets["train_split"] = ConcatFaceDataset(parts, shares)
     return datasets
+
+
+def sample_key(sample, root: str) -> str:
+    """What identifies a sample across datasets: its file's real path, or for images held in a label file
+    (CSV) the file's real path and the sample's id."""
+    if sample.path is None:
+        return f"{_real_folder(str(root))}::{sample.id}"
+    path = str(sample.path)
+    if os.path.islink(path):  # a linked file: where it points
+        return os.path.realpath(path)
+    folder, name = os.path.split(path)
+    return os.path.join(_real_folder(folder), name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _real_folder(path: str) -> str:
+    return os.path.realpath(path)  # one resolution per folder: FER2013 has 30,000 files in 14 folders
+
+
+def check_disjoint(training: list[tuple[str, str, list]], validation: list[tuple[str, str, list]]) -> None:
+    """Raise :class:`MsferError` when a training sample is also a validation sample.
+
+    Each list holds ``(name, root, samples)``; samples are compared by :func:`sample_key`.
+    """
+    for val_name, val_root, val_samples in validation:
+        keys = {sample_key(sample, val_root): sample.id for sample in val_samples}
+        for train_name, train_root, train_samples in training:
+            shared = [sample.id for sample in train_samples if sample_key(sample, train_root) in keys]
+            if shared:
+                raise MsferError(f"{len(shared)} training images of {train_name} are also validation images of "
+                                 f"{val_name} (e.g. {', '.join(shared[:3])}): a validation set is never trained on; "
+                                 "train on another split")
 
 
 def role_samples(index, data: Config, role: str) -> list:
@@ -315,12 +410,19 @@ def role_samples(index, data: Config, role: str) -> list:
 
 
 def test_only(config: Config, checkpoint_path: Path, output_dir: Path, device: torch.device, info: DistInfo) -> dict:
-    """Evaluate a checkpoint on the validation split; write the report under ``output_dir/eval_<split>``."""
-    model, _ = load_model(checkpoint_path, device)
+    """Evaluate a checkpoint on the validation split; write the report under ``output_dir/eval_<split>``
+    (and with ``data.photo_val`` its whole-pipeline metrics under ``output_dir/eval_photo_val``, also
+    returned as ``photo_val``)."""
+    model, meta = load_model(checkpoint_path, device)
     val_set = build_datasets(config, model, ("val_split",), info)["val_split"]
     metrics = validate(model, val_set, config, device, info)
     if info.is_main:
         write_report(metrics, output_dir / f"eval_{validation_name(config)}", EMOTIONS)
+        if config["data"]["photo_val"]:
+            photo = PhotoValidation(photo_samples(config["data"]["photo_val"]), crop_rule(meta),
+                                    model.input_size).score(model, device, tta=config["eval"]["tta"])
+            write_report(photo, output_dir / "eval_photo_val", EMOTIONS)
+            metrics = {**metrics, "photo_val": photo}
     return metrics
 
 
@@ -363,8 +465,13 @@ class Trainer:
             raise MsferError(f"train.batch_size={train['batch_size']} is the global batch: it must divide by the "
                              f"{info.world_size} processes")
         model = build_model(config["model"])
-        datasets = build_datasets(config, model, ("train_split", "val_split"), info)
+        photo_val = photo_samples(data["photo_val"]) if data["photo_val"] else None
+        datasets = build_datasets(config, model, ("train_split", "val_split"), info, photo_val=photo_val)
         self.train_set, self.val_set = datasets["train_split"], datasets["val_split"]
+        # Detection and cropping wait for the first scoring; a run without photo_val does nothing more.
+        self.photo_val = PhotoValidation(photo_val, CropRule.from_dict(data["crop_rule"]), model.input_size) \
+            if photo_val else None
+        self.photo_summary: dict = {}
         if train["class_weights"] == "balanced":
             counts = np.bincount(self.train_set.labels, minlength=NUM_EMOTIONS)
             weights = [round(float(w), 6) for w in len(self.train_set) / (NUM_EMOTIONS * np.maximum(counts, 1))]
@@ -382,7 +489,13 @@ class Trainer:
         if data["balanced_sampling"]:
             counts = np.bincount(self.train_set.labels, minlength=NUM_EMOTIONS)
             weights = 1.0 / counts[self.train_set.labels]
-        self.sampler = EpochSampler(len(self.train_set), train["seed"], info, weights)
+        if isinstance(self.train_set, ConcatFaceDataset) and weights is not None:
+            # class-balanced within each set; the sets' shares come from their weights (EpochSampler groups)
+            weights = np.concatenate([1.0 / np.maximum(np.bincount(part.labels, minlength=NUM_EMOTIONS), 1)[part.labels]
+                                      for part in self.train_set.datasets])
+        groups = list(zip(self.train_set.sizes, self.train_set.shares)) \
+            if isinstance(self.train_set, ConcatFaceDataset) else None
+        self.sampler = EpochSampler(len(self.train_set), train["seed"], info, weights, groups)
         per_rank_batch = train["batch_size"] // info.world_size
         if len(self.sampler) < per_rank_batch:
             raise MsferError(f"the training split has {len(self.train_set)} samples, fewer than one batch "
@@ -543,19 +656,43 @@ class Trainer:
             train_stats = self.train_one_epoch(epoch)
             validation_due = (epoch + 1) % train["val_every"] == 0 or epoch + 1 == train["epochs"]
             metrics = validate(self.eval_model, self.val_set, self.config, self.device, info) if validation_due else {}
+            photo = self._score_photos(epoch) if info.is_main else {}
             epoch_times.append(time.monotonic() - epoch_started)
             if info.is_main:
-                self._record(epoch, train_stats, metrics, epoch_times[-1], writer)
+                self._record(epoch, train_stats, metrics, epoch_times[-1], writer, photo)
         if writer is not None:
             writer.close()
         summary = {"best_epoch": self.best["epoch"], "select_metric": train["select_metric"],
                    "best_validation": self.best["metrics"], "stopped_by_time_budget": stopped_early,
                    "minutes": (time.monotonic() - started) / 60, "output_dir": str(self.output_dir)}
+        if self.photo_summary:
+            summary["photo_validation"] = self.photo_summary
         if info.is_main and self.best["metrics"]:
             print(f"best epoch {self.best['epoch']} on validation split {validation_name(self.config)!r}:")
             print(format_table(self.best["metrics"]))
             print(f"checkpoints: {self.output_dir / 'best.pt'} (best), {self.output_dir / 'last.pt'} (last)")
+        if info.is_main and self.photo_summary:
+            photo = self.photo_summary
+            print(f"photo validation ({photo['set']}, whole pipeline) after epoch {photo['epoch']}: overall accuracy "
+                  f"{photo['overall_accuracy']:.4f}, mean class accuracy {photo['mean_class_accuracy']:.4f}, "
+                  f"{photo['faces_missed']} of {photo['n']} photos without a detected face")
         return summary
+
+    def _score_photos(self, epoch: int) -> dict:
+        """Rank 0: the photo validation's metrics when it is due after ``epoch`` (0-based), else {}."""
+        every, last = self.config["eval"]["photo_val_every"], epoch + 1 == self.config["train"]["epochs"]
+        if self.photo_val is None or not (last or (every and (epoch + 1) % every == 0)):
+            return {}
+        metrics = self.photo_val.score(self.eval_model, self.device, tta=self.config["eval"]["tta"])
+        entry = self.config["data"]["photo_val"]
+        self.photo_summary = {"epoch": epoch + 1, "set": f"{entry['root']} split {entry['split']}", "n": metrics["n"],
+                              "overall_accuracy": metrics["overall_accuracy"],
+                              "mean_class_accuracy": metrics["mean_class_accuracy"],
+                              "faces_missed": metrics["detection"]["faces_missed"]}
+        log.info("epoch %d: photo validation overall %.4f mean-class %.4f (%d of %d photos without a face)", epoch + 1,
+                 metrics["overall_accuracy"], metrics["mean_class_accuracy"], metrics["detection"]["faces_missed"],
+                 metrics["n"])
+        return metrics
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
         train, info = self.config["train"], self.info
@@ -600,7 +737,8 @@ class Trainer:
                 "lr": self.scheduler.get_last_lr()[0],
                 "images_per_second": float(totals[2]) * info.world_size / seconds}
 
-    def _record(self, epoch: int, stats: dict[str, float], metrics: dict, seconds: float, writer) -> None:
+    def _record(self, epoch: int, stats: dict[str, float], metrics: dict, seconds: float, writer,
+                photo: dict | None = None) -> None:
         """Rank 0: TensorBoard, then the epoch's commit: metrics.csv, best.pt (if improved), last.pt.
 
         Each file is replaced atomically, and last.pt comes last: a kill at any point leaves the
@@ -614,6 +752,10 @@ class Trainer:
                "val_overall_accuracy": metrics.get("overall_accuracy", ""),
                "val_mean_class_accuracy": metrics.get("mean_class_accuracy", ""), "lr": stats["lr"],
                "epoch_seconds": round(seconds, 2), "train_images_per_second": round(stats["images_per_second"], 1)}
+        if photo:
+            row.update({"photo_val_overall_accuracy": photo["overall_accuracy"],
+                        "photo_val_mean_class_accuracy": photo["mean_class_accuracy"],
+                        "photo_val_faces_missed": photo["detection"]["faces_missed"]})
         for key, value in row.items():
             if key != "epoch" and value != "":
                 writer.add_scalar(key.replace("_", "/", 1), value, epoch + 1)
@@ -626,6 +768,8 @@ class Trainer:
             "scaler": self.scaler.state_dict(), "epoch": epoch + 1, "best": self.best, "rng": rng_states(),
             **describe(self.model, self.config, metrics),
         }
+        if photo:
+            checkpoint["photo_val"] = photo  # the epoch's whole-pipeline metrics on data.photo_val
         if improved:
             save_checkpoint(checkpoint, self.output_dir / "best.pt")
         save_checkpoint(checkpoint, self.output_dir / "last.pt")  # the commit

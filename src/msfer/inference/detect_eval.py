@@ -4,8 +4,10 @@ For datasets of full photos (JAFFE style) the number that matters to a user is w
 the product does end to end: find the face, crop it, classify it. Each photo's
 largest face is classified; a photo where no face is found counts as wrong for its
 true class (so recall and accuracy include detection misses), and the misses are
-reported. The metrics are the engine's (:func:`msfer.engine.metrics.compute_metrics`)
-computed over all photos, plus a ``detection`` block:
+reported. The loop and the metrics are the engine's (:mod:`msfer.engine.photos`, which
+training's photo validation runs too), given the recognizer's detection (its
+``detect_size`` and ``min_face``), crop rule and classifier (either backend, its TTA):
+``compute_metrics`` over all photos plus a ``detection`` block
 ``{"faces_found", "faces_missed", "miss_rate", "missed_per_class", "missed_ids"}``.
 ``confusion_matrix`` stays 7 x 7 and counts the photos whose face was found; the
 misses are the ``missed_per_class`` counts that complete each row. Labels follow the
@@ -18,28 +20,19 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from ..data.samples import Sample
-from ..engine.calibration import DECISION_RULES, calibration_metrics
-from ..engine.metrics import compute_metrics
-from ..labels import EMOTIONS
+from ..engine.photos import NO_FACE, photo_metrics, photo_probabilities
 from .recognizer import EmotionRecognizer
 
-NO_FACE = len(EMOTIONS)  # the extra "prediction" of a photo without a detected face
+__all__ = ["NO_FACE", "decisions", "evaluate_with_detection", "predict_with_detection", "probs_with_detection"]
 
 
 def probs_with_detection(recognizer: EmotionRecognizer, samples: Sequence[Sample]) -> np.ndarray:
     """The probabilities of each sample photo's largest face, ``N x 7``; a row of NaN where no face was found."""
-    probs = np.full((len(samples), len(EMOTIONS)), np.nan)
-    with tqdm(total=len(samples), desc="detect + classify", unit="img") as progress:
-        for start in range(0, len(samples), recognizer.batch_size):
-            batch = samples[start : start + recognizer.batch_size]
-            for offset, faces in enumerate(recognizer.predict_batch([sample.load() for sample in batch])):
-                if faces:
-                    probs[start + offset] = [faces[0].probs[name] for name in EMOTIONS]
-            progress.update(len(batch))
-    return probs
+    return photo_probabilities(lambda i: np.asarray(samples[i].load()), len(samples), recognizer.detect,
+                               lambda crops: recognizer.classify_crops(list(crops))[0], recognizer.crop_rule,
+                               recognizer.spec.input_size, recognizer.batch_size)
 
 
 def decisions(recognizer: EmotionRecognizer, probs: np.ndarray, decision: str | None = None) -> np.ndarray:
@@ -58,28 +51,5 @@ def predict_with_detection(recognizer: EmotionRecognizer, samples: Sequence[Samp
 
 def evaluate_with_detection(recognizer: EmotionRecognizer, samples: Sequence[Sample]) -> dict:
     """Detect, then classify the largest face of each sample's photo; metrics as described in the module docstring."""
-    y_true = [sample.label for sample in samples]
-    probs = probs_with_detection(recognizer, samples)
-    y_pred = decisions(recognizer, probs).tolist()
-    metrics = compute_metrics(y_true, y_pred, (*EMOTIONS, "no_face"))
-    metrics["decision"] = recognizer.decision
-    if np.any(recognizer.classifier.balanced_offsets):
-        metrics["decision_rules"] = {}
-        for rule in DECISION_RULES:
-            # "no_face" has no support (no photo's truth), so the mean class accuracy is over the emotions.
-            scores = compute_metrics(y_true, decisions(recognizer, probs, rule).tolist(), (*EMOTIONS, "no_face"))
-            metrics["decision_rules"][rule] = {key: scores[key] for key in ("overall_accuracy", "mean_class_accuracy")}
-    found = ~np.isnan(probs).any(axis=1)
-    metrics["calibration"] = calibration_metrics(probs[found], np.asarray(y_true)[found]) if found.any() else {}
-    del metrics["per_class"]["no_face"]  # not a class: no photo has it as its truth
-    matrix = np.asarray(metrics["confusion_matrix"])
-    metrics["confusion_matrix"] = matrix[: len(EMOTIONS), : len(EMOTIONS)].tolist()
-    missed = [sample.id for sample, predicted in zip(samples, y_pred) if predicted == NO_FACE]
-    metrics["detection"] = {
-        "faces_found": len(samples) - len(missed),
-        "faces_missed": len(missed),
-        "miss_rate": len(missed) / max(len(samples), 1),
-        "missed_per_class": dict(zip(EMOTIONS, matrix[: len(EMOTIONS), NO_FACE].tolist())),
-        "missed_ids": missed,
-    }
-    return metrics
+    return photo_metrics(samples, probs_with_detection(recognizer, samples), recognizer.classifier.balanced_offsets,
+                         recognizer.decision)

@@ -9,7 +9,9 @@ model's ``metadata_props``: ``classes``, ``input_size``, ``mean``, ``std``,
 ``region_names``, ``balanced_offsets`` (the balanced decision rule's logit offsets, zeros
 for a model without one), ``calibration`` (how its probabilities were calibrated and the
 held-out figures, :func:`msfer.inference.recognizer.calibration_summary`; null when they
-were not) and ``msfer_version``, so the file is self-describing like a checkpoint. The
+were not), ``crop_rule`` (how the model's faces are cropped from a photo,
+:class:`msfer.regions.crop.CropRule` as ``{"method", "scale"}``) and ``msfer_version``,
+so the file is self-describing like a checkpoint. The
 calibration itself is part of the graph (the model's ``logit_scale``/``logit_bias``), so
 ``logits`` are calibrated. Exported with PyTorch's TorchScript-based exporter, which needs no
 extra package (the newer dynamo exporter needs ``onnxscript``).
@@ -30,13 +32,17 @@ OUTPUT_NAMES = ("logits", "boxes", "box_scores", "fallback")
 DEFAULT_OPSET = 17
 
 
-def onnx_bytes(model, source: str | Path, opset: int = DEFAULT_OPSET, calibration: dict | None = None) -> bytes:
+def onnx_bytes(model, source: str | Path, opset: int = DEFAULT_OPSET, calibration: dict | None = None,
+               crop_rule: dict | None = None) -> bytes:
     """The serialised ONNX model of ``model`` (an eval-mode msfer network), with msfer's metadata.
 
-    ``calibration``: the model's calibration summary, stored as metadata for reports.
+    ``calibration``: the model's calibration summary, stored as metadata for reports. ``crop_rule``:
+    the checkpoint's crop rule (``{"method", "scale"}``; None: box at scale 1.0, the default).
     """
     import onnx
     import torch
+
+    from ..regions.crop import CropRule
 
     class EvalOutputs(torch.nn.Module):
         """The network with its output dict as a tuple, the form ONNX outputs take."""
@@ -74,6 +80,7 @@ def onnx_bytes(model, source: str | Path, opset: int = DEFAULT_OPSET, calibratio
         "region_names": list(model.region_names),
         "balanced_offsets": [float(v) for v in model.balanced_offsets.float().cpu()],
         "calibration": calibration,
+        "crop_rule": CropRule.from_dict(crop_rule).to_dict(),
         "msfer_version": __version__,
     }
     onnx.helper.set_model_props(proto, {key: json.dumps(value) for key, value in metadata.items()})
@@ -90,7 +97,8 @@ def export_onnx(weights: str | Path | None, out: str | Path, opset: int = DEFAUL
     if opset < 17:
         raise MsferError(f"opset {opset} is too old: msfer exports with opset 17 or newer")
     backend = TorchBackend(weights, "cpu")
-    data = onnx_bytes(backend.model, weights, opset, calibration=backend.calibration)
+    data = onnx_bytes(backend.model, weights, opset, calibration=backend.calibration,
+                      crop_rule=backend.crop_rule.to_dict())
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

@@ -3,29 +3,19 @@
 Pipeline, per image:
 
 1. **Detect** with RetinaFace on a copy downscaled so its longest side is at most
-   ``detect_size`` (memory and time stay bounded for large photos; faces are then
-   cropped from the full-resolution image). RetinaFace finds faces from about 20
-   detector pixels on, so in a large photo that copy loses the small faces (a 4000 x
-   2600 group photo at 640 px makes 80 px faces 13 px: none found). A photo where the
-   copy would shrink a face of ``min_face`` pixels below 20 is also detected at the
-   scale that keeps it at 20 (0.5 for the default 40 px), capped at ``MAX_FINE_PIXELS``
-   detector pixels (24 MP photos keep 40 px; larger ones the smallest face grows with
-   the square root of their size). That finer copy replaces the coarse one when it still
-   shows the largest face the photo can hold within the detector's range (up to about
-   550 px), so 1080p frames take one pass; otherwise both passes run and their faces are
-   merged by non-maximum suppression. Photos up to twice ``detect_size`` (640 x 480
-   photos and video, 720p) take the single coarse pass, as before. Each image is
-   detected on its own (only same-size images share a forward pass), so its faces do
-   not depend on the rest of its batch.
-2. **Crop** each face square, centred on RetinaFace's box, with a side of
-   ``crop_scale`` times the box's longer side. The default 1.0 is measured, not
-   guessed: on 590 FER2013 public_test faces (upscaled and padded, then detected)
-   the dataset's own crop side is 0.97x the RetinaFace box's longer side (median;
-   10th-90th percentile 0.82-1.23) and the box is centred in the crop, so this
-   framing matches what the network was trained on. Pixels outside the image are
-   replicated from its edge. ``align=True`` also rotates the face so the eyes are
-   level; it is off by default because FER2013 faces are not roll-aligned either
-   (median roll 4.7 degrees, 10% of them over 20).
+   ``detect_size`` (faces are then cropped from the full-resolution image), plus a finer
+   copy for large photos so that faces down to ``min_face`` pixels are found
+   (:func:`msfer.regions.detection.detect_faces`, which training's photo validation uses too).
+2. **Crop** each face by the model's crop rule (:mod:`msfer.regions.crop`, the rule training
+   cropped photos with; the checkpoint or ONNX file carries it). A model without a recorded
+   rule (every model before v2, the bundled one included) uses ``box`` at scale 1.0: a square
+   centred on RetinaFace's box with a side of the box's longer side. That default is measured,
+   not guessed: on 590 FER2013 public_test faces (upscaled and padded, then detected) the
+   dataset's own crop side is 0.97x the RetinaFace box's longer side (median; 10th-90th
+   percentile 0.82-1.23) and the box is centred in the crop, so this framing matches what
+   such a network was trained on; FER2013 faces are not roll-aligned either (median roll 4.7
+   degrees, 10% of them over 20). ``crop_rule``, ``crop_scale`` and ``align`` override the
+   model's rule. Pixels outside the image are replicated from its edge.
 3. **Classify** the crops in batches of ``batch_size`` with the region network
    (PyTorch, or ONNX Runtime with ``backend="onnx"``); ``tta=True`` averages the
    probabilities of each crop and its mirror image. Resizing to the network's input,
@@ -50,7 +40,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence, Union
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -58,26 +47,29 @@ from PIL import Image
 from ..data.transforms import class_probabilities, mirror, model_input, resize_square
 from ..errors import MsferError
 from ..labels import EMOTIONS
+from ..regions.crop import DEFAULT_CROP_RULE, CropRule, map_boxes_back
+from ..regions.crop import crop_face as crop_by_rule
+from ..regions.crop import face_transform as rule_transform
+from ..regions.detection import (  # noqa: F401  (detection_scales and the constants: this module's public names)
+    DEFAULT_MIN_FACE,
+    DETECTOR_LARGEST_FACE,
+    DETECTOR_SMALLEST_FACE,
+    MAX_FINE_PIXELS,
+    detect_faces,
+    detection_scales,
+)
 from ..regions.quality import QualityThresholds, face_quality
-from ..regions.retinaface import Face, non_maximum_suppression, resize_by
+from ..regions.retinaface import Face
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
 # Keys under which `msfer export` stores the model's description in the ONNX metadata_props.
 ONNX_METADATA_KEYS = ("classes", "input_size", "mean", "std", "region_names")
 # Also written by `msfer export` (files exported before they existed lack them): the balanced
-# decision rule's logit offsets, and the model's calibration summary (:func:`calibration_summary`).
-ONNX_OPTIONAL_KEYS = ("balanced_offsets", "calibration")
+# decision rule's logit offsets, the model's calibration summary (:func:`calibration_summary`) and
+# its crop rule (:class:`msfer.regions.crop.CropRule` as a dict; absent: box, scale 1.0).
+ONNX_OPTIONAL_KEYS = ("balanced_offsets", "calibration", "crop_rule")
 DEFAULT_DECISION = "argmax"
-
-# The face sizes (box width, detector pixels) the bundled RetinaFace finds, measured with the
-# sample face scaled on a grey canvas: none at 14 px, score 0.83 at 16, >= 0.92 from 20 px; a
-# face filling a 1300 px frame (box 545 x 652) still at 1.0, a second, spurious face from 1600 px.
-DETECTOR_SMALLEST_FACE = 20
-DETECTOR_LARGEST_FACE = 550
-# Detector pixels of the fine pass at most: a 24 MP photo at scale 0.5 (about 0.9 s and 360 MB on 2 cores).
-MAX_FINE_PIXELS = 6_000_000
-DEFAULT_MIN_FACE = 40
 
 
 @dataclass
@@ -183,6 +175,7 @@ class TorchBackend:
                               tuple(meta["region_names"]))
         self.balanced_offsets = self.model.balanced_offsets.float().cpu().numpy().astype(np.float64)
         self.calibration = calibration_summary(meta.get("calibration"), weights)
+        self.crop_rule = _crop_rule(meta.get("crop_rule"), str(weights))
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits (N x 7) and region boxes (N x R x 4, input pixels) of a normalised batch."""
@@ -218,11 +211,20 @@ class OnnxBackend:
         if self.balanced_offsets.shape != (len(EMOTIONS),):
             raise MsferError(f"{source}: balanced_offsets in its metadata must be {len(EMOTIONS)} numbers")
         self.calibration = optional["calibration"]
+        self.crop_rule = _crop_rule(optional["crop_rule"], source)
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, boxes = self.session.run(["logits", "boxes"], {self.input_name: batch})
         return logits, boxes
+
+
+def _crop_rule(record: dict | None, source: str) -> CropRule:
+    """The crop rule a model file records (None: the rule of models before v2, box at scale 1.0)."""
+    try:
+        return CropRule.from_dict(record)
+    except MsferError as error:
+        raise MsferError(f"{source}: its crop_rule {record!r} is not valid ({error})") from None
 
 
 def load_backend(weights: str | os.PathLike | None, device: str = "cpu", backend: str = "torch"):
@@ -249,8 +251,8 @@ def load_backend(weights: str | os.PathLike | None, device: str = "cpu", backend
         from .export import onnx_bytes
 
         torch_backend = TorchBackend(path, "cpu")
-        return OnnxBackend(onnx_bytes(torch_backend.model, path, calibration=torch_backend.calibration),
-                           f"{path} (exported to ONNX)")
+        return OnnxBackend(onnx_bytes(torch_backend.model, path, calibration=torch_backend.calibration,
+                                      crop_rule=torch_backend.crop_rule.to_dict()), f"{path} (exported to ONNX)")
     return TorchBackend(path, device)
 
 
@@ -291,51 +293,16 @@ def face_transform(box: np.ndarray, landmarks: np.ndarray, crop_scale: float, al
     """The 2 x 3 affine map from image pixels to a square face crop at native resolution, and its side.
 
     The crop is centred on the face box; with ``align`` it is rotated about that centre
-    so the eyes are level.
+    so the eyes are level. Kept for callers of msfer <= 0.x: it is
+    :func:`msfer.regions.crop.face_transform` with the rule ``box`` (or ``roll``) at ``crop_scale``.
     """
-    center = (box[:2] + box[2:]) / 2
-    side = max(int(round(crop_scale * max(box[2] - box[0], box[3] - box[1]))), 1)
-    angle = 0.0
-    if align:
-        eye_vector = landmarks[1] - landmarks[0]
-        angle = float(np.degrees(np.arctan2(eye_vector[1], eye_vector[0])))
-    transform = cv2.getRotationMatrix2D((float(center[0]), float(center[1])), angle, 1.0)
-    transform[:, 2] += side / 2 - center  # the face centre goes to the crop centre
-    return transform, side
-
-
-def detection_scales(height: int, width: int, detect_size: int, min_face: float | None) -> list[float]:
-    """The scales (detector pixels per image pixel) an image is detected at: one or two (see the module docstring).
-
-    ``detect_size``: the coarse copy's longest side. ``min_face``: the smallest face to find, image pixels
-    (None or 0: the coarse copy alone).
-    """
-    coarse = min(1.0, detect_size / max(height, width))
-    if not min_face:
-        return [coarse]
-    fine = min(1.0, DETECTOR_SMALLEST_FACE / min_face, (MAX_FINE_PIXELS / (height * width)) ** 0.5)
-    if fine <= coarse:
-        return [coarse]
-    if fine * min(height, width) <= DETECTOR_LARGEST_FACE:
-        return [fine]
-    return [fine, coarse]
+    return rule_transform(box, landmarks, CropRule("roll" if align else "box", crop_scale))
 
 
 def clip_box(box: np.ndarray, width: int, height: int) -> np.ndarray:
     """``[x1, y1, x2, y2]`` clipped to an image of ``width`` x ``height`` pixels."""
     limits = np.array([width, height, width, height], dtype=np.float64)
     return np.clip(np.asarray(box, dtype=np.float64), 0, limits)
-
-
-def map_boxes_back(boxes: np.ndarray, transform: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Boxes (R x 4) in crop pixels -> the axis-aligned boxes around them in image pixels, clipped to the image."""
-    inverse = cv2.invertAffineTransform(transform)
-    x1, y1, x2, y2 = boxes.T
-    corners = np.stack([np.stack([x1, y1], 1), np.stack([x2, y1], 1), np.stack([x1, y2], 1), np.stack([x2, y2], 1)], 1)
-    mapped = corners @ inverse[:, :2].T + inverse[:, 2]
-    low, high = mapped.min(axis=1), mapped.max(axis=1)
-    limits = np.array([width, height], dtype=np.float64)
-    return np.hstack([np.clip(low, 0, limits), np.clip(high, 0, limits)])
 
 
 def _rounded(values: np.ndarray, digits: int) -> list:
@@ -355,8 +322,13 @@ class EmotionRecognizer:
     photos). ``decision``: the default decision rule, "argmax" or "balanced" (each
     ``predict*`` call can override it); "balanced" needs a model that carries its offsets,
     else :class:`MsferError`. ``quality``: the thresholds of the ``quality`` flag (default
-    :class:`msfer.regions.quality.QualityThresholds`). See the
-    module docstring for the pipeline and the choice of ``crop_scale`` and ``align``.
+    :class:`msfer.regions.quality.QualityThresholds`).
+
+    Cropping follows the model's crop rule (:class:`msfer.regions.crop.CropRule`, recorded in the
+    checkpoint or ONNX file; box at scale 1.0 for models without one). ``crop_rule`` (a
+    :class:`~msfer.regions.crop.CropRule`, its dict, or a method name at the model's scale) replaces
+    it; ``align`` (True: "roll", False: "box") and ``crop_scale`` then replace its method and scale.
+    See the module docstring for the pipeline.
     """
 
     def __init__(
@@ -368,11 +340,12 @@ class EmotionRecognizer:
         tta: bool = False,
         batch_size: int = 32,
         detect_size: int = 640,
-        crop_scale: float = 1.0,
-        align: bool = False,
+        crop_scale: float | None = None,
+        align: bool | None = None,
         min_face: float | None = DEFAULT_MIN_FACE,
         decision: str = DEFAULT_DECISION,
         quality: QualityThresholds | None = None,
+        crop_rule: CropRule | dict | str | None = None,
     ) -> None:
         if detect_size < 1 or (min_face is not None and min_face < 0):
             raise MsferError(f"detect_size must be at least 1 and min_face 0 or more, got {detect_size} and {min_face}")
@@ -388,7 +361,30 @@ class EmotionRecognizer:
             detector = RetinaFaceDetector()
         self.detector = detector
         self.tta, self.batch_size, self.detect_size = tta, max(int(batch_size), 1), detect_size
-        self.crop_scale, self.align, self.min_face = crop_scale, align, min_face
+        self.min_face = min_face
+        self.crop_rule = self._resolve_crop_rule(crop_rule, crop_scale, align)
+
+    def _resolve_crop_rule(self, crop_rule, crop_scale: float | None, align: bool | None) -> CropRule:
+        rule: CropRule = getattr(self.classifier, "crop_rule", DEFAULT_CROP_RULE)
+        if isinstance(crop_rule, str):
+            rule = CropRule(crop_rule, rule.scale)
+        elif crop_rule is not None:
+            rule = CropRule.from_dict(crop_rule)
+        if align is not None:
+            rule = CropRule("roll" if align else "box", rule.scale)
+        if crop_scale is not None:
+            rule = CropRule(rule.method, crop_scale)
+        return rule
+
+    @property
+    def crop_scale(self) -> float:
+        """The crop rule's scale (see :class:`msfer.regions.crop.CropRule`)."""
+        return self.crop_rule.scale
+
+    @property
+    def align(self) -> bool:
+        """Whether crops are rotated upright (crop method "roll" or "similarity")."""
+        return self.crop_rule.method != "box"
 
     # -- public API --------------------------------------------------------------------
 
@@ -483,26 +479,9 @@ class EmotionRecognizer:
     # -- steps -------------------------------------------------------------------------
 
     def detect(self, arrays: Sequence[np.ndarray]) -> list[list[Face]]:
-        """RetinaFace faces per image (original pixels, boxes not clipped), largest first.
-
-        Each image is detected at :func:`detection_scales`; the faces of two passes are merged by NMS.
-        """
-        plans = [detection_scales(*array.shape[:2], self.detect_size, self.min_face) for array in arrays]
-        passes = [(index, scale) for index, scales in enumerate(plans) for scale in scales]
-        copies = [resize_by(arrays[index], scale) for index, scale in passes]
-        detections: list[list[Face]] = [[] for _ in arrays]
-        for (index, _), copy, faces in zip(passes, copies, self.detector.detect(copies)):
-            # Per axis, as the copy's sides were rounded: exact even for a 1 x 5000 image.
-            scale_x, scale_y = copy.shape[1] / arrays[index].shape[1], copy.shape[0] / arrays[index].shape[0]
-            detections[index] += [Face(face.box / [scale_x, scale_y, scale_x, scale_y], face.score,
-                                       face.landmarks / [scale_x, scale_y]) for face in faces]
-        for index, faces in enumerate(detections):
-            if len(plans[index]) > 1 and len(faces) > 1:  # both passes can find the same face
-                keep = non_maximum_suppression(np.array([face.box for face in faces]),
-                                               np.array([face.score for face in faces]), self.detector.nms_threshold)
-                faces = [faces[k] for k in keep]
-            detections[index] = sorted(faces, key=lambda f: -(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
-        return detections
+        """RetinaFace faces per image (original pixels, boxes not clipped), largest first
+        (:func:`msfer.regions.detection.detect_faces`)."""
+        return detect_faces(self.detector, arrays, self.detect_size, self.min_face)
 
     def classify_crops(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities (N x 7) and region boxes (N x R x 4, crop pixels) of S x S x 3 uint8 RGB crops."""
@@ -520,11 +499,9 @@ class EmotionRecognizer:
         return np.concatenate(probs), np.concatenate(boxes)
 
     def crop_face(self, array: np.ndarray, face) -> tuple[np.ndarray, np.ndarray]:
-        """The network-sized crop of one detected face, and the 2 x 3 map from image to crop pixels."""
-        transform, side = face_transform(face.box, face.landmarks, self.crop_scale, self.align)
-        native = cv2.warpAffine(array, transform, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        scale = self.spec.input_size / side
-        return resize_square(native, self.spec.input_size), transform * scale
+        """The network-sized crop of one detected face by the crop rule, and the 2 x 3 map from image to crop
+        pixels (:func:`msfer.regions.crop.crop_face`)."""
+        return crop_by_rule(array, face.box, face.landmarks, self.crop_rule, self.spec.input_size)
 
     def check_decision(self, decision: str | None) -> str:
         """``decision`` (None: the recognizer's), checked: a known rule, and for "balanced" a model that carries

@@ -1,0 +1,183 @@
+"""The whole pipeline on whole photos: detect, keep the largest face, crop it by the crop rule, classify.
+
+This is the one copy of that loop. Training's photo validation (``data.photo_val``,
+:class:`PhotoValidation`) runs it on the model being trained; ``msfer evaluate --detect-faces``
+and ``scripts/bundle_model.py`` run it through the inference API
+(:func:`msfer.inference.detect_eval.evaluate_with_detection` passes the recognizer's detection and
+classification to :func:`photo_probabilities`). Both score with :func:`photo_metrics`.
+
+A photo without a detected face has a row of NaN probabilities and counts as wrong for its true
+class: the metrics are over all photos, with a ``detection`` block
+``{"faces_found", "faces_missed", "miss_rate", "missed_per_class", "missed_ids"}``.
+``confusion_matrix`` stays 7 x 7 and counts the photos whose face was found; the misses are the
+``missed_per_class`` counts that complete each row.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..data.samples import Sample
+from ..data.transforms import model_input
+from ..labels import EMOTIONS
+from ..regions.crop import CropRule, crop_face
+from ..regions.retinaface import Face
+from .augment import predict_probs
+from .calibration import DECISION_RULES, calibration_metrics, decide
+from .metrics import compute_metrics
+
+log = logging.getLogger(__name__)
+
+NO_FACE = len(EMOTIONS)  # the extra "prediction" of a photo without a detected face
+
+# detect(images) -> faces per image, largest first; classify(N x S x S x 3 uint8 crops) -> N x 7 probabilities.
+Detect = Callable[[list[np.ndarray]], list[list[Face]]]
+Classify = Callable[[np.ndarray], np.ndarray]
+
+
+def largest_face_crops(arrays: Sequence[np.ndarray], detect: Detect, rule: CropRule,
+                       size: int) -> list[np.ndarray | None]:
+    """The ``size`` x ``size`` x 3 crop of each image's largest face by ``rule`` (None: no face found)."""
+    crops: list[np.ndarray | None] = []
+    for array, faces in zip(arrays, detect(list(arrays))):
+        crops.append(crop_face(array, faces[0].box, faces[0].landmarks, rule, size)[0] if faces else None)
+    return crops
+
+
+def classify_found(crops: Sequence[np.ndarray | None], classify: Classify) -> np.ndarray:
+    """``len(crops) x 7`` probabilities of the crops, a row of NaN where there is none."""
+    probs = np.full((len(crops), len(EMOTIONS)), np.nan)
+    found = [k for k, crop in enumerate(crops) if crop is not None]
+    if found:
+        probs[found] = classify(np.stack([crops[k] for k in found]))
+    return probs
+
+
+def photo_probabilities(load: Callable[[int], np.ndarray], count: int, detect: Detect, classify: Classify,
+                        rule: CropRule, size: int, batch_size: int = 32, progress: bool = True) -> np.ndarray:
+    """The probabilities of the largest face of each of ``count`` photos (``load(i)``: H x W x 3 uint8 RGB),
+    ``count x 7``; a row of NaN where no face was found. Photos are loaded, detected and classified
+    ``batch_size`` at a time."""
+    rows = []
+    with tqdm(total=count, desc="detect + classify", unit="img", disable=not progress) as bar:
+        for start in range(0, count, batch_size):
+            arrays = [load(i) for i in range(start, min(start + batch_size, count))]
+            rows.append(classify_found(largest_face_crops(arrays, detect, rule, size), classify))
+            bar.update(len(arrays))
+    return np.concatenate(rows) if rows else np.zeros((0, len(EMOTIONS)))
+
+
+def model_classifier(model: torch.nn.Module, device: torch.device, tta: bool = False,
+                     batch_size: int = 32) -> Classify:
+    """``classify`` for :func:`photo_probabilities` with a PyTorch msfer network (eval mode is set):
+    :func:`msfer.data.transforms.model_input`, then :func:`msfer.engine.augment.predict_probs`."""
+
+    @torch.no_grad()
+    def classify(crops: np.ndarray) -> np.ndarray:
+        model.eval()
+        parts = []
+        for start in range(0, len(crops), batch_size):
+            images = model_input(crops[start : start + batch_size], model.mean, model.std).to(device)
+            parts.append(predict_probs(model, images, tta=tta)[0].float().cpu().numpy())
+        return np.concatenate(parts)
+
+    return classify
+
+
+def decisions(probs: np.ndarray, offsets: Sequence[float] | None, rule: str = "argmax") -> np.ndarray:
+    """The class index of each row of ``probs`` under ``rule``; a NaN row gives ``NO_FACE``."""
+    found = ~np.isnan(probs).any(axis=1)
+    y_pred = np.full(len(probs), NO_FACE, dtype=np.int64)
+    if found.any():
+        offsets = np.zeros(len(EMOTIONS)) if offsets is None else np.asarray(offsets, dtype=np.float64)
+        y_pred[found] = decide(probs[found], offsets, rule)
+    return y_pred
+
+
+def photo_metrics(samples: Sequence[Sample], probs: np.ndarray, balanced_offsets: Sequence[float] | None = None,
+                  decision: str = "argmax") -> dict:
+    """Metrics of the whole pipeline from each photo's probabilities (NaN rows: no face), as the module
+    docstring says; with ``balanced_offsets`` that are not all zero, ``decision_rules`` gives overall and
+    mean class accuracy under every rule, and ``calibration`` describes the probabilities of the faces found."""
+    y_true = [sample.label for sample in samples]
+    y_pred = decisions(probs, balanced_offsets, decision).tolist()
+    metrics = compute_metrics(y_true, y_pred, (*EMOTIONS, "no_face"))
+    metrics["decision"] = decision
+    if balanced_offsets is not None and np.any(balanced_offsets):
+        metrics["decision_rules"] = {}
+        for rule in DECISION_RULES:
+            # "no_face" has no support (no photo's truth), so the mean class accuracy is over the emotions.
+            scores = compute_metrics(y_true, decisions(probs, balanced_offsets, rule).tolist(), (*EMOTIONS, "no_face"))
+            metrics["decision_rules"][rule] = {key: scores[key] for key in ("overall_accuracy", "mean_class_accuracy")}
+    found = ~np.isnan(probs).any(axis=1)
+    metrics["calibration"] = calibration_metrics(probs[found], np.asarray(y_true)[found]) if found.any() else {}
+    del metrics["per_class"]["no_face"]  # not a class: no photo has it as its truth
+    matrix = np.asarray(metrics["confusion_matrix"])
+    metrics["confusion_matrix"] = matrix[: len(EMOTIONS), : len(EMOTIONS)].tolist()
+    missed = [sample.id for sample, predicted in zip(samples, y_pred) if predicted == NO_FACE]
+    metrics["detection"] = {
+        "faces_found": len(samples) - len(missed),
+        "faces_missed": len(missed),
+        "miss_rate": len(missed) / max(len(samples), 1),
+        "missed_per_class": dict(zip(EMOTIONS, matrix[: len(EMOTIONS), NO_FACE].tolist())),
+        "missed_ids": missed,
+    }
+    return metrics
+
+
+def photo_samples(entry: dict) -> list[Sample]:
+    """The samples of a ``data.photo_val`` mapping ``{format, root, split, reader_options}``."""
+    from ..data.readers import read_dataset
+    from ..errors import MsferError
+
+    index = read_dataset(entry["root"], entry["format"], **entry.get("reader_options", {}))
+    samples = [sample for sample in index.samples if sample.split == entry["split"]]
+    if not samples:
+        raise MsferError(f"data.photo_val: split {entry['split']!r} has no samples in {entry['root']}; "
+                         f"splits present: {', '.join(index.splits())}")
+    return samples
+
+
+class PhotoValidation:
+    """Training's second validation: the whole pipeline on a set of whole photos.
+
+    Detection and cropping do not depend on the network, so they run once, at the first
+    :meth:`score` (nothing is computed while it is never scored), and each score classifies the
+    kept crops. ``detector`` defaults to the bundled RetinaFace, found as inference finds faces
+    (:func:`msfer.regions.detection.detect_faces`, default sizes).
+    """
+
+    def __init__(self, samples: Sequence[Sample], rule: CropRule, size: int, detector=None,
+                 batch_size: int = 32) -> None:
+        self.samples, self.rule, self.size, self.batch_size = list(samples), rule, size, batch_size
+        self.detector = detector
+        self._crops: list[np.ndarray | None] | None = None
+
+    def crops(self) -> list[np.ndarray | None]:
+        """Each photo's largest-face crop (None: no face), computed once."""
+        if self._crops is None:
+            from ..regions.detection import detect_faces
+
+            if self.detector is None:
+                from ..regions.retinaface import RetinaFaceDetector
+
+                self.detector = RetinaFaceDetector()
+            crops: list[np.ndarray | None] = []
+            for start in range(0, len(self.samples), self.batch_size):
+                arrays = [np.asarray(sample.load()) for sample in self.samples[start : start + self.batch_size]]
+                crops += largest_face_crops(arrays, lambda images: detect_faces(self.detector, images), self.rule,
+                                            self.size)
+            self._crops = crops
+        return self._crops
+
+    def probabilities(self, model: torch.nn.Module, device: torch.device, tta: bool = False) -> np.ndarray:
+        """``N x 7`` probabilities of ``model`` for the photos' largest faces (NaN rows: no face)."""
+        return classify_found(self.crops(), model_classifier(model, device, tta, self.batch_size))
+
+    def score(self, model: torch.nn.Module, device: torch.device, tta: bool = False) -> dict:
+        """:func:`photo_metrics` of ``model`` (decision rule argmax)."""
+        return photo_metrics(self.samples, self.probabilities(model, device, tta))
