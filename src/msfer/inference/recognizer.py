@@ -51,6 +51,7 @@ from ..regions.crop import DEFAULT_CROP_RULE, CropRule, map_boxes_back
 from ..regions.crop import crop_face as crop_by_rule
 from ..regions.crop import face_transform as rule_transform
 from ..regions.detection import (  # noqa: F401  (detection_scales and the constants: this module's public names)
+    DEFAULT_DETECT_SIZE,
     DEFAULT_MIN_FACE,
     DETECTOR_LARGEST_FACE,
     DETECTOR_SMALLEST_FACE,
@@ -339,7 +340,7 @@ class EmotionRecognizer:
         detector=None,
         tta: bool = False,
         batch_size: int = 32,
-        detect_size: int = 640,
+        detect_size: int = DEFAULT_DETECT_SIZE,
         crop_scale: float | None = None,
         align: bool | None = None,
         min_face: float | None = DEFAULT_MIN_FACE,

@@ -13,8 +13,8 @@ Methods (:class:`CropRule`):
 * ``roll``: the same square, rotated about the box centre so that the eye line is level.
 * ``similarity``: the least-squares similarity (rotation, uniform scale, shift) that maps
   RetinaFace's five landmarks onto :data:`ARCFACE_TEMPLATE` (``cv2.estimateAffinePartial2D``);
-  ``scale`` 1.0 is the template's own framing (the 112 x 112 ArcFace crop), 1.25 shows 25% more
-  of the surroundings per side (the template shrunk by 1/1.25 about the crop centre).
+  ``scale`` 1.0 is the template's own framing (the 112 x 112 ArcFace crop), 1.25 a crop 25% wider
+  and taller (12.5% more on each side; the template shrunk by 1/1.25 about the crop centre).
 
 Every method crops at the face's native resolution first (a side of about the face's size in
 image pixels) and then resizes with :func:`msfer.data.transforms.resize_square`, the resize every
