@@ -197,3 +197,17 @@ def test_crops_plus_weighted_photos_with_photo_validation_resume_exactly(tiny_se
     for key in ("train_loss", "train_accuracy", "val_overall_accuracy", "lr", "photo_val_overall_accuracy",
                 "photo_val_mean_class_accuracy"):
         assert float(resumed[1][key]) == pytest.approx(float(rows[1][key]), rel=1e-6, abs=1e-9), key
+
+
+def test_a_region_mostly_outside_the_crop_is_no_target():
+    # The mouth (rows 50-70 of the photo) in a 60 px crop shifted down by ty: valid while at least half
+    # of it is in view, as the augmentation's min_box_visible rule has it; a clipped sliver is no target.
+    from msfer.engine.datasets import region_boxes
+
+    record = {"status": "ok", "width": 100, "height": 100,
+              "regions": {"face": [0, 0, 100, 100], "mouth": [20, 50, 50, 70]}}
+    for ty, in_view, expected in ((-30, 1.0, True), (-5, 0.75, True), (0, 0.5, True), (5, 0.25, False)):
+        transform = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, ty]])
+        boxes, valid = region_boxes(record, ["mouth"], 60, transform)
+        assert (boxes[0, 3] - boxes[0, 1]) / 20 == pytest.approx(in_view)
+        assert valid[0] == expected, (ty, boxes)

@@ -35,13 +35,15 @@ log = logging.getLogger(__name__)
 
 
 def region_boxes(record: dict | None, region_names: Sequence[str], image_size: int,
-                 transform: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 transform: np.ndarray | None = None, min_visible: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """Boxes (``R x 4``, pixels of the ``image_size`` square) and validity (``R``) from an annotation record.
 
     Only records with status ``ok`` count. ``eyes`` (merged-eyes models) is the union of both eye boxes.
     Without ``transform`` the whole image is the square (scaled per axis); with it (the 2 x 3 map from
     original pixels to a face crop of ``image_size``) each box is the axis-aligned box around its mapped
-    corners, clipped to the crop, and valid only if some of it is left there.
+    corners, clipped to the crop, and valid only if at least ``min_visible`` of its area is left there
+    (the rule, and default, of the augmentation's ``data.augment.min_box_visible``: a sliver of a mouth
+    at the crop's edge is no detector target).
     """
     boxes = np.zeros((len(region_names), 4), dtype=np.float32)
     valid = np.zeros(len(region_names), dtype=bool)
@@ -61,9 +63,12 @@ def region_boxes(record: dict | None, region_names: Sequence[str], image_size: i
             boxes[i] = np.asarray(box, dtype=np.float32) * scale
             valid[i] = True
         else:
-            mapped = np.clip(map_boxes(box, transform)[0], 0, image_size)
+            whole = map_boxes(box, transform)[0]
+            mapped = np.clip(whole, 0, image_size)
+            area = (whole[2] - whole[0]) * (whole[3] - whole[1])
+            kept = max(mapped[2] - mapped[0], 0) * max(mapped[3] - mapped[1], 0)
             boxes[i] = mapped
-            valid[i] = mapped[2] > mapped[0] and mapped[3] > mapped[1]
+            valid[i] = area > 0 and kept >= min_visible * area
     return boxes, valid
 
 
