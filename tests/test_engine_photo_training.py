@@ -211,3 +211,20 @@ def test_a_region_mostly_outside_the_crop_is_no_target():
         boxes, valid = region_boxes(record, ["mouth"], 60, transform)
         assert (boxes[0, 3] - boxes[0, 1]) / 20 == pytest.approx(in_view)
         assert valid[0] == expected, (ty, boxes)
+
+
+def test_balanced_class_weights_follow_the_sets_shares_not_their_sizes():
+    # A big set of one class and a small set of another at share 0.5: an epoch draws both classes equally,
+    # so balanced class weights must be equal, although the sizes are 90 to 10.
+    from msfer.engine.datasets import ConcatFaceDataset
+
+    def images(label: int, n: int) -> FaceDataset:
+        return FaceDataset([Sample(f"{label}/{i}", label, "train", pixels=np.zeros((8, 8), np.uint8))
+                            for i in range(n)], 8, REGIONS)
+
+    both = ConcatFaceDataset([images(3, 90), images(4, 10)], [0.5, 0.5])
+    drawn = both.drawn_class_frequencies(len(EMOTIONS))
+    assert drawn.sum() == pytest.approx(1.0)
+    assert drawn[3] == pytest.approx(0.5) and drawn[4] == pytest.approx(0.5)
+    lopsided = ConcatFaceDataset([images(3, 90), images(4, 10)], [0.9, 0.1])
+    assert lopsided.drawn_class_frequencies(len(EMOTIONS))[4] == pytest.approx(0.1)

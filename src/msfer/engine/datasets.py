@@ -224,6 +224,12 @@ class ConcatFaceDataset(ConcatDataset):
     def annotated_fraction(self) -> float:
         return float(sum(d.annotated_fraction() * len(d) for d in self.datasets) / max(len(self), 1))
 
+    def drawn_class_frequencies(self, num_classes: int) -> np.ndarray:
+        """Each class's share of an epoch's draws (``num_classes``, sums to 1): the sets' class frequencies
+        weighted by their ``shares``, not by their sizes (829 photos at share 0.1 count as a tenth)."""
+        return sum(share * np.bincount(dataset.labels, minlength=num_classes) / max(len(dataset), 1)
+                   for dataset, share in zip(self.datasets, self.shares))
+
 
 class _Decoded(Dataset):
     """Just the decoded images of a :class:`FaceDataset`, for filling its cache with workers."""

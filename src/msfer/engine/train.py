@@ -473,8 +473,12 @@ class Trainer:
             if photo_val else None
         self.photo_summary: dict = {}
         if train["class_weights"] == "balanced":
-            counts = np.bincount(self.train_set.labels, minlength=NUM_EMOTIONS)
-            weights = [round(float(w), 6) for w in len(self.train_set) / (NUM_EMOTIONS * np.maximum(counts, 1))]
+            if isinstance(self.train_set, ConcatFaceDataset):  # inverse of what an epoch draws, not of the sizes
+                drawn = self.train_set.drawn_class_frequencies(NUM_EMOTIONS)
+                weights = [round(float(w), 6) for w in 1.0 / (NUM_EMOTIONS * np.maximum(drawn, 1e-12))]
+            else:
+                counts = np.bincount(self.train_set.labels, minlength=NUM_EMOTIONS)
+                weights = [round(float(w), 6) for w in len(self.train_set) / (NUM_EMOTIONS * np.maximum(counts, 1))]
             config["model"]["class_weights"] = weights  # recorded, so the saved config rebuilds the same loss
             model.class_weights = torch.tensor(weights)
         model = model.to(device)
