@@ -29,7 +29,6 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -37,11 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from msfer.data.images import load_rgb_array
 from msfer.data.transforms import model_input, resize_square
-from msfer.inference.recognizer import face_transform
 from msfer.labels import EMOTIONS
 from msfer.model.backbones import build_backbone
 from msfer.model.mobilenet_v1 import FACERES_MEAN, FACERES_STD
 from msfer.model.registry import IMAGENET_MEAN, IMAGENET_STD, build_model, model_config
+from msfer.regions.crop import DEFAULT_CROP_RULE, native_crop
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONES = {"mobilenet_v2 (ImageNet)": ("mobilenet_v2", IMAGENET_MEAN, IMAGENET_STD),
@@ -80,9 +79,7 @@ def face_crops(files: list[tuple[Path, int]]) -> tuple[list[np.ndarray], int]:
             missed += 1
             continue
         face = max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
-        transform, side = face_transform(face.box, face.landmarks, 1.0, False)
-        crops.append(cv2.warpAffine(image, transform, (side, side), flags=cv2.INTER_LINEAR,
-                                    borderMode=cv2.BORDER_REPLICATE))
+        crops.append(native_crop(image, face.box, face.landmarks, DEFAULT_CROP_RULE)[0])
     return crops, missed
 
 

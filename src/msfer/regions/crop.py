@@ -126,9 +126,17 @@ def crop_face(image: np.ndarray, box: np.ndarray, landmarks: np.ndarray | None, 
               size: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``size`` x ``size`` x 3 uint8 crop of one face of ``image`` (H x W x 3 uint8), and the 2 x 3 map
     from image pixels to that crop's pixels."""
+    native, transform = native_crop(image, box, landmarks, rule)
+    return resize_square(native, size), transform * (size / len(native))
+
+
+def native_crop(image: np.ndarray, box: np.ndarray, landmarks: np.ndarray | None,
+                rule: CropRule) -> tuple[np.ndarray, np.ndarray]:
+    """The face's crop by ``rule`` at the face's own resolution (side x side x 3 uint8, edges replicated),
+    and the 2 x 3 map from image pixels to it; :func:`crop_face` resizes it to the network's side."""
     transform, side = face_transform(box, landmarks, rule)
     native = cv2.warpAffine(image, transform, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return resize_square(native, size), transform * (size / side)
+    return native, transform
 
 
 def map_boxes(boxes: np.ndarray, transform: np.ndarray) -> np.ndarray:
