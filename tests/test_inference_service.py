@@ -305,4 +305,7 @@ def test_web_page_shows_decision_quality_and_calibration(random_weights, tmp_pat
             assert f">{header}</th>" in dom
         assert "calibrated (temperature scaling)" in dom  # the service's calibration note
     assert "fear" in pages["balanced"][0].split('id="status"')[1].split("</p>")[0]
+    # an unknown rule in the address falls back to the service's, never an upload the service refuses
+    unknown, _ = browse(weights, tmp_path, "demo=1&decision=bogus", ["--dump-dom"])
+    assert "(decision: argmax)" in unknown.split('id="status"')[1].split("</p>")[0]
     assert any(quality in pages["argmax"][0] for quality in (">good", ">low"))
