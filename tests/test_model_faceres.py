@@ -122,19 +122,20 @@ def test_port_reproduces_the_originals_embedding():
 
 @pytest.mark.parametrize("name", ["msfer_faceres", "classifier_faceres"])
 def test_faceres_models_train_and_export_to_onnx(name):
-    """Batch 2 forward/backward and an ONNX export that matches; with the converted weights when present."""
+    """Batch 2 forward/backward and an ONNX export that matches; with the converted weights when present.
+    56 px makes a stride-2 layer meet an odd side (7 px), where TensorFlow's padding is uneven."""
     ort = pytest.importorskip("onnxruntime")
     pretrained = face_weights_path("faceres", must_exist=False).is_file()
     torch.manual_seed(0)
-    model = build_model({"name": name, "pretrained": pretrained, "input_size": 64} if name.startswith("classifier")
-                        else {"name": name, "pretrained": pretrained, "input_size": 64, "proposals_per_level": 8})
+    model = build_model({"name": name, "pretrained": pretrained, "input_size": 56} if name.startswith("classifier")
+                        else {"name": name, "pretrained": pretrained, "input_size": 56, "proposals_per_level": 8})
     model.train()
     regions = len(model.region_names)
     rel = torch.tensor([[0.05, 0.05, 0.95, 0.95], [0.22, 0.35, 0.45, 0.52], [0.55, 0.35, 0.78, 0.52],
                         [0.38, 0.48, 0.62, 0.72], [0.3, 0.72, 0.7, 0.9]])
-    targets = {"labels": torch.tensor([3, 6]), "boxes": (rel[:regions] * 64).expand(2, regions, 4).clone(),
+    targets = {"labels": torch.tensor([3, 6]), "boxes": (rel[:regions] * 56).expand(2, regions, 4).clone(),
                "box_valid": torch.ones(2, regions, dtype=torch.bool)}
-    out = model(torch.randn(2, 3, 64, 64) * 60, targets)
+    out = model(torch.randn(2, 3, 56, 56) * 60, targets)
     sum(out["losses"].values()).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     assert model.backbone.stem[0].conv.weight.grad.abs().sum() > 0
@@ -144,10 +145,10 @@ def test_faceres_models_train_and_export_to_onnx(name):
         torch.nn.init.normal_(model.detector.class_logits.weight, std=3.0)
     names = ["logits", "boxes", "box_scores", "fallback"]
     buffer = io.BytesIO()
-    torch.onnx.export(model, (torch.randn(2, 3, 64, 64),), buffer, input_names=["images"], output_names=names,
+    torch.onnx.export(model, (torch.randn(2, 3, 56, 56),), buffer, input_names=["images"], output_names=names,
                       dynamic_axes={"images": {0: "batch"}}, dynamo=False)
     session = ort.InferenceSession(buffer.getvalue())
-    images = torch.randn(3, 3, 64, 64) * 60
+    images = torch.randn(3, 3, 56, 56) * 60
     with torch.no_grad():
         expected = model(images)
     for key, got in zip(names, session.run(None, {"images": images.numpy()})):

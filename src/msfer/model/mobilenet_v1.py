@@ -41,7 +41,10 @@ class SamePad(nn.Module):
         self.kernel, self.stride = kernel, stride
 
     def _pads(self, side: int) -> tuple[int, int]:
-        total = max((-(-side // self.stride) - 1) * self.stride + self.kernel - side, 0)
+        # ceil(side / stride) as a floor division of non-negatives: the ONNX export traces ``side`` and
+        # ONNX's integer Div truncates, so the usual -(-side // stride) would pad odd sides wrongly there
+        out = (side + self.stride - 1) // self.stride
+        total = max((out - 1) * self.stride + self.kernel - side, 0)
         return total // 2, total - total // 2
 
     def forward(self, x: Tensor) -> Tensor:
