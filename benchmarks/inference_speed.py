@@ -1,6 +1,6 @@
 """Inference speed on this machine: classifier crops/s, end-to-end photos/s and video frames/s.
 
-    python benchmarks/inference_speed.py [--weights W] [--out inference_speed.json]
+    python benchmarks/inference_speed.py [--weights W | --model NAME] [--out inference_speed.json]
 
 Measures, with PyTorch and ONNX Runtime:
 * classifier face crops/s at batch 1 and 32 (real astronaut face crops, preprocessed);
@@ -9,6 +9,7 @@ Measures, with PyTorch and ONNX Runtime:
   track), processing every frame, at detector sizes 640 (full) and 320 (the frame downscaled).
 Without --weights it uses the bundled model, or a random-weight model of the same architecture
 (msfer_mobilenetv2) if the bundled file is absent: speed does not depend on the weights' values.
+--model NAME times a random-weight model of any registered architecture (e.g. msfer_faceres).
 """
 from __future__ import annotations
 
@@ -31,11 +32,11 @@ from msfer.inference.video import VideoSource, predict_video
 VIDEO_FRAMES = 100
 
 
-def random_checkpoint(folder: Path) -> Path:
+def random_checkpoint(folder: Path, name: str = "msfer_mobilenetv2") -> Path:
     from msfer.engine.checkpoint import describe, save_checkpoint
     from msfer.model import build_model
 
-    config = {"name": "msfer_mobilenetv2", "pretrained": False}
+    config = {"name": name, "pretrained": False}
     model = build_model(config)
     return save_checkpoint({"model": model.state_dict(), **describe(model, {"model": config})}, folder / "random.pt")
 
@@ -64,6 +65,7 @@ def _timed(function) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--weights", type=Path, help="checkpoint (default: bundled, else random weights)")
+    parser.add_argument("--model", help="time a random-weight model of this registered architecture instead")
     parser.add_argument("--out", type=Path, default=Path("inference_speed.json"), help="JSON file for the results")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions; the best is kept (default 3)")
     args = parser.parse_args()
@@ -71,7 +73,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="msfer_bench_"))
     from msfer.weights import BUNDLED_MODEL
 
-    weights = args.weights or (BUNDLED_MODEL if BUNDLED_MODEL.is_file() else random_checkpoint(work))
+    if args.model:
+        weights = random_checkpoint(work, args.model)
+    else:
+        weights = args.weights or (BUNDLED_MODEL if BUNDLED_MODEL.is_file() else random_checkpoint(work))
     results: dict = {"weights": str(weights), "machine": f"{platform.processor() or platform.machine()}, "
                      f"{torch.get_num_threads()} torch threads", "torch": torch.__version__}
     recognizers = {backend: EmotionRecognizer(weights, backend=backend) for backend in ("torch", "onnx")}
