@@ -161,8 +161,13 @@ def table(result: dict, columns: dict) -> str:
 
 
 def fill(text: str, paths: dict[str, str]) -> str:
-    """``text`` with each ``{NAME}`` replaced by ``paths[NAME]``; KeyError names a missing one."""
-    return re.sub(r"\{(\w+)\}", lambda match: paths[match[1]], text)
+    """``text`` with each ``{NAME}`` replaced by ``paths[NAME]``; ValueError names a missing one."""
+    def path(match: re.Match) -> str:
+        if match[1] not in paths:
+            raise ValueError(f"needs --path {match[1]}=PATH")
+        return paths[match[1]]
+
+    return re.sub(r"\{(\w+)\}", path, text)
 
 
 def named_path(text: str) -> tuple[str, str]:
@@ -206,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                     overrides = [*study.get("overrides", []), *args.overrides, *row.get("overrides", [])]
                     plan.append((row, (args.study.parent / row.get("config", study["config"])).resolve(),
                                  [fill(str(o), paths) for o in overrides]))
-        except KeyError as missing:
-            parser.error(f"{args.study} needs --path {missing.args[0]}=PATH")
+        except ValueError as missing:
+            parser.error(f"{args.study} {missing}")
         for row, config, overrides in plan:
             for seed in row.get("seeds", [0]):
                 run = out / f"{row['name']}_seed{seed}"
