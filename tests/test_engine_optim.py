@@ -50,6 +50,16 @@ def test_warmup_then_cosine_or_constant_follow_the_closed_form(schedule, warmup_
     assert used == pytest.approx(expected, rel=1e-9, abs=1e-15)
 
 
+@pytest.mark.parametrize("epochs, steps_per_epoch, warmup_epochs", [(1, 2, 0.5), (1, 1, 0.0), (10, 10, 0.0),
+                                                                   (2, 3, 1.0)])
+def test_onecycle_runs_on_short_schedules(epochs, steps_per_epoch, warmup_epochs):
+    """A tiny dataset (few steps) or no warm-up must not make OneCycleLR divide by zero."""
+    opt = optimizer()
+    train = {**train_section("onecycle", warmup_epochs, epochs)}
+    used = rates(opt, build_scheduler(opt, train, steps_per_epoch), epochs * steps_per_epoch)
+    assert all(math.isfinite(rate) and 0 < rate <= 0.1 + 1e-12 for rate in used)
+
+
 @pytest.mark.parametrize("schedule", ["onecycle", "cosine", "none"])
 def test_a_restored_schedule_continues_exactly(schedule):
     train = train_section(schedule, 1.0)
