@@ -36,20 +36,29 @@ def ferplus_root(shared_data, tmp_path_factory) -> Path:
     return out / "ferplus" / "data"
 
 
-@pytest.fixture(scope="session")
-def random_weights(tmp_path_factory) -> Path:
-    """A checkpoint of the CPU model with random weights, saved as the engine saves one (for the inference tests)."""
+def random_checkpoint(name: str, path: Path) -> Path:
+    """A checkpoint of the registered model ``name`` with random weights, saved as the engine saves one."""
     import torch
 
     from msfer.engine.checkpoint import describe, save_checkpoint
     from msfer.model import build_model
 
     torch.manual_seed(0)
-    config = {"name": "msfer_mobilenetv2", "pretrained": False}
+    config = {"name": name, "pretrained": False}
     model = build_model(config)
-    path = tmp_path_factory.mktemp("inference_model") / "random.pt"
-    save_checkpoint({"model": model.state_dict(), **describe(model, {"model": config})}, path)
-    return path
+    return save_checkpoint({"model": model.state_dict(), **describe(model, {"model": config})}, path)
+
+
+@pytest.fixture(scope="session")
+def random_weights(tmp_path_factory) -> Path:
+    """A checkpoint of the CPU model with random weights (for the inference tests)."""
+    return random_checkpoint("msfer_mobilenetv2", tmp_path_factory.mktemp("inference_model") / "random.pt")
+
+
+@pytest.fixture(scope="session")
+def classifier_weights(tmp_path_factory) -> Path:
+    """A checkpoint of the plain classifier (no regions: boxes B x 0 x 4) with random weights."""
+    return random_checkpoint("classifier_mobilenetv2", tmp_path_factory.mktemp("inference_model") / "classifier.pt")
 
 
 @pytest.fixture(scope="session")

@@ -73,7 +73,10 @@ def _evaluate_crops(args: argparse.Namespace, options: dict) -> int:
     from ..regions.annotations import load_annotations
 
     device, weights = torch.device(options["device"]), options["weights"]
-    overrides = {"region_source": "pseudo"} if args.region_source == "pseudo" else None
+    overrides = None
+    if args.region_source == "pseudo":
+        _check_has_regions(weights)
+        overrides = {"region_source": "pseudo"}
     model, meta = load_model(weights, device, model_overrides=overrides)
     samples = _split_samples(args)
     annotations = load_annotations(args.annotations) if args.annotations else None
@@ -84,10 +87,20 @@ def _evaluate_crops(args: argparse.Namespace, options: dict) -> int:
     metrics = split_metrics(predictions, model.region_names, score_regions=has_detector and annotations is not None,
                             balanced_offsets=balanced_offsets(model, weights, args.decision), decision=args.decision)
     metrics.update({"weights": str(weights), "data": str(args.data), "format": args.format, "split": args.split,
-                    "tta": args.tta, "region_source": getattr(model, "region_source", "none"),
+                    "tta": args.tta, "region_source": getattr(model, "region_source", None),  # None: no regions
                     "model_calibration": (meta.get("calibration") or {}).get("method"),
                     "balanced_tau": (meta.get("calibration") or {}).get("balanced_tau")})
     return _write(metrics, args.out, predictions)
+
+
+def _check_has_regions(weights: Path) -> None:
+    """Refuse ``--region-source pseudo`` for a model that uses no regions (a plain classifier), naming its file."""
+    from ..engine.checkpoint import load_checkpoint
+
+    config = load_checkpoint(weights, prefer="best.pt")["config"]["model"]
+    if "region_source" not in config:  # only the region network has a region source
+        raise MsferError(f"{weights} is a {config.get('type', 'plain')} model that uses no face regions: "
+                         "--region-source pseudo applies only to a region network (msfer_*)")
 
 
 def balanced_offsets(model, weights: Path, decision: str) -> list[float] | None:

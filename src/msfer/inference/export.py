@@ -1,9 +1,10 @@
-"""``msfer export``: the region network as an ONNX file that runs without PyTorch.
+"""``msfer export``: the emotion network as an ONNX file that runs without PyTorch.
 
 The graph has one input, ``images`` (N x 3 x S x S float32, normalised as
 ``mean``/``std`` say), a dynamic batch dimension, and the eval outputs of the
 network: ``logits`` (N x 7), ``boxes`` (N x R x 4, input pixels), ``box_scores``
-(N x R) and ``fallback`` (N, true where the default region layout was used). What a
+(N x R) and ``fallback`` (N, true where the default region layout was used); a plain
+classifier has R = 0 (and ``region_names`` ``[]``) and ``fallback`` all false. What a
 runtime needs to preprocess and to name the outputs is stored as JSON strings in the
 model's ``metadata_props``: ``classes``, ``input_size``, ``mean``, ``std``,
 ``region_names``, ``balanced_offsets`` (the balanced decision rule's logit offsets, zeros

@@ -16,9 +16,9 @@ Pipeline, per image:
    such a network was trained on; FER2013 faces are not roll-aligned either (median roll 4.7
    degrees, 10% of them over 20). ``crop_rule``, ``crop_scale`` and ``align`` override the
    model's rule. Pixels outside the image are replicated from its edge.
-3. **Classify** the crops in batches of ``batch_size`` with the region network
-   (PyTorch, or ONNX Runtime with ``backend="onnx"``); ``tta=True`` averages the
-   probabilities of each crop and its mirror image. Resizing to the network's input,
+3. **Classify** the crops in batches of ``batch_size`` with the emotion network, the region
+   network or a plain classifier (PyTorch, or ONNX Runtime with ``backend="onnx"``);
+   ``tta=True`` averages the probabilities of each crop and its mirror image. Resizing to the network's input,
    normalising and mirroring are :mod:`msfer.data.transforms`, the functions ``msfer
    evaluate`` and training's validation use: a crop gives the same input tensor and
    probabilities on every path.
@@ -26,8 +26,8 @@ Pipeline, per image:
    emotion; ``"balanced"``, the class-prior adjustment a bundled model carries (higher mean
    class accuracy, for studies of rare emotions). The rule changes ``label`` and
    ``confidence`` (the probability of that label), never ``probs``.
-5. **Map back** the emotion regions the network used from crop pixels to image pixels, and
-   measure each face's quality (:func:`msfer.regions.quality.face_quality`).
+5. **Map back** the emotion regions the network used (none for a plain classifier) from crop
+   pixels to image pixels, and measure each face's quality (:func:`msfer.regions.quality.face_quality`).
 
 Images are RGB everywhere in msfer. A numpy array is taken as RGB unless
 ``color_order="bgr"`` (what OpenCV's ``imread`` and ``VideoCapture`` give).
@@ -80,10 +80,10 @@ class FaceResult:
     All coordinates are in the input image's pixels. ``box`` is ``[x1, y1, x2, y2]``;
     ``landmarks`` are RetinaFace's five points (image-left eye, image-right eye, nose,
     left and right mouth corner); ``regions`` maps region names (face, eyes, nose,
-    mouth) to the boxes the network attended to; ``probs`` has the 7 emotions in
-    :data:`msfer.labels.EMOTIONS` order. ``score`` and ``landmarks`` are ``None`` for
-    faces that were given pre-cropped (:meth:`EmotionRecognizer.classify_faces`);
-    ``track_id`` is set only for video.
+    mouth) to the boxes the network attended to, ``{}`` for a model without regions (a plain
+    classifier); ``probs`` has the 7 emotions in :data:`msfer.labels.EMOTIONS` order.
+    ``score`` and ``landmarks`` are ``None`` for faces that were given pre-cropped
+    (:meth:`EmotionRecognizer.classify_faces`); ``track_id`` is set only for video.
 
     ``label`` is the emotion the ``decision`` rule ("argmax" or "balanced") chose and
     ``confidence`` its probability; ``probs`` do not depend on the rule. The quality fields
@@ -160,7 +160,8 @@ def calibration_summary(record: dict | None, weights: Path | None = None) -> dic
 
 
 class TorchBackend:
-    """Inference backend: the region network in PyTorch, from a checkpoint of ``msfer train``."""
+    """Inference backend: the emotion network (region network or plain classifier) in PyTorch, from a checkpoint
+    of ``msfer train``."""
 
     def __init__(self, weights: Path, device: str) -> None:
         import torch
@@ -179,14 +180,15 @@ class TorchBackend:
         self.crop_rule = _crop_rule(meta.get("crop_rule"), str(weights))
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Logits (N x 7) and region boxes (N x R x 4, input pixels) of a normalised batch."""
+        """Logits (N x 7) and region boxes (N x R x 4, input pixels; R = 0 for a plain classifier) of a normalised
+        batch."""
         with self.torch.inference_mode():
             output = self.model(self.torch.from_numpy(batch).to(self.device))
         return output["logits"].float().cpu().numpy(), output["boxes"].float().cpu().numpy()
 
 
 class OnnxBackend:
-    """Inference backend: the region network in ONNX Runtime, from a file of ``msfer export`` (or its bytes)."""
+    """Inference backend: the emotion network in ONNX Runtime, from a file of ``msfer export`` (or its bytes)."""
 
     def __init__(self, model: Path | bytes, source: str, threads: int | None = None) -> None:
         import onnxruntime as ort
@@ -485,7 +487,8 @@ class EmotionRecognizer:
         return detect_faces(self.detector, arrays, self.detect_size, self.min_face)
 
     def classify_crops(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities (N x 7) and region boxes (N x R x 4, crop pixels) of S x S x 3 uint8 RGB crops."""
+        """Probabilities (N x 7) and region boxes (N x R x 4, crop pixels; R = 0 for a plain classifier) of
+        S x S x 3 uint8 RGB crops."""
         size = self.spec.input_size
         if not len(crops):
             return np.zeros((0, len(EMOTIONS)), np.float32), np.zeros((0, len(self.spec.region_names), 4), np.float32)

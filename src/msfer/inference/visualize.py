@@ -1,4 +1,5 @@
-"""Annotated images: each face's box, its label with confidence, and the emotion regions the network used."""
+"""Annotated images: each face's box, its label with confidence, and the emotion regions the network used (a plain
+classifier has none: its faces get the box and label alone)."""
 from __future__ import annotations
 
 from typing import Sequence
