@@ -270,3 +270,27 @@ def test_a_face_past_the_photos_edge_is_cropped_for_training_as_inference_crops_
     api = EmotionRecognizer(random_weights, detector=recognizer.detector, crop_rule=CropRule("box", 1.0))
     assert not np.array_equal(dataset.decode(0)[0].transpose(1, 2, 0), api.crop_face(photo, face)[0])
 
+
+@pytest.mark.parametrize("crop_rule, cropped, warned", [
+    ("{method: similarity, scale: 1.2}", False, True),
+    ("{method: similarity, scale: 1.2}", True, False),
+    ("{method: box, scale: 1.0}", False, False),
+])
+def test_a_crop_rule_no_training_set_is_cropped_by_is_said_at_the_start(tiny_sets, tmp_path, caplog, crop_rule,
+                                                                         cropped, warned):
+    from msfer.engine.checkpoint import describe
+    from msfer.engine.config import load_config
+    from msfer.engine.train import Trainer
+
+    overrides = [*TINY, f"data.root={tiny_sets / 'crops'}", f"data.crop_rule={crop_rule}"]
+    if cropped:
+        overrides.append(f"data.extra_train=[{{format: folder, root: {tiny_sets / 'photos'}, split: train, "
+                         f"weight: 0.25, crop: true, annotations: {tiny_sets / 'photos' / 'regions.jsonl'}}}]")
+    config = load_config(os.devnull, overrides)
+    rule = CropRule.from_dict(config["data"]["crop_rule"])
+    with caplog.at_level(logging.WARNING, logger="msfer.engine.train"):
+        trainer = Trainer(config, tmp_path / "run", torch.device("cpu"), DistInfo(), None)
+    said = "the rule is used only at inference and in the photo validation" in caplog.text
+    assert said == warned, caplog.text
+    # recorded all the same: a model trained on face crops can be measured with another inference crop
+    assert describe(trainer.model, trainer.config)["crop_rule"] == rule.to_dict()

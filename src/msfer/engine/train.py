@@ -70,7 +70,7 @@ from tqdm import tqdm
 
 from ..errors import MsferError
 from ..labels import EMOTIONS, NUM_EMOTIONS
-from ..regions.crop import CropRule
+from ..regions.crop import DEFAULT_CROP_RULE, CropRule
 from .augment import BatchAugment
 from .checkpoint import crop_rule, describe, load_checkpoint, load_model, resolve_checkpoint, save_checkpoint
 from .config import Config, load_config, save_config, validation_name
@@ -447,6 +447,20 @@ def validate(model: torch.nn.Module, dataset: FaceDataset, config: Config, devic
     return split_metrics(predictions, model.region_names, score_regions=getattr(model, "detector", None) is not None)
 
 
+def warn_unused_crop_rule(data: Config) -> None:
+    """Log a warning when ``data.crop_rule`` is not the default (box, 1.0) but no training set is cropped by it.
+
+    The checkpoint records the rule all the same: inference and photo validation crop detected faces by
+    it, so a model trained on face crops (FER2013) can be measured with another inference crop.
+    """
+    rule = CropRule.from_dict(data["crop_rule"])
+    if rule != DEFAULT_CROP_RULE and not (data["crop"] or any(entry["crop"] for entry in data["extra_train"])):
+        log.warning("data.crop_rule is %s at scale %g, but no training set is cropped by it (data.crop and every "
+                    "data.extra_train crop are false): the training images are used with their own framing, and "
+                    "the rule is used only at inference and in the photo validation (it is saved in the "
+                    "checkpoint)", rule.method, rule.scale)
+
+
 class Trainer:
     """One training run: data, model, optimisation state, and the epoch loop."""
 
@@ -465,6 +479,8 @@ class Trainer:
         if train["batch_size"] % info.world_size:
             raise MsferError(f"train.batch_size={train['batch_size']} is the global batch: it must divide by the "
                              f"{info.world_size} processes")
+        if info.is_main:
+            warn_unused_crop_rule(data)
         model = build_model(config["model"])
         photo_val = photo_samples(data["photo_val"]) if data["photo_val"] else None
         datasets = build_datasets(config, model, ("train_split", "val_split"), info, photo_val=photo_val)
