@@ -228,3 +228,69 @@ def test_balanced_class_weights_follow_the_sets_shares_not_their_sizes():
     assert drawn[3] == pytest.approx(0.5) and drawn[4] == pytest.approx(0.5)
     lopsided = ConcatFaceDataset([images(3, 90), images(4, 10)], [0.9, 0.1])
     assert lopsided.drawn_class_frequencies(len(EMOTIONS))[4] == pytest.approx(0.1)
+
+
+def test_a_face_past_the_photos_edge_is_cropped_for_training_as_inference_crops_it(astronaut, random_weights,
+                                                                                    recognizer, tmp_path, caplog):
+    # The astronaut's photo cut through her face at the top and left: the detector's box reaches past the
+    # edges. Training crops it from its `msfer annotate` record, inference and the photo validation from the
+    # detection itself; the same rule must give the same pixels, the part outside the photo padded alike.
+    from msfer import EmotionRecognizer
+    from msfer.engine.photos import largest_face_crops
+    from msfer.regions.annotate import Annotator
+    from msfer.regions.detection import detect_faces
+    from msfer.regions.retinaface import Face
+
+    photo = np.ascontiguousarray(astronaut[100:350, 205:415])
+    found = detect_faces(recognizer.detector, [photo])[0][0]
+    assert found.box[0] < -3 and found.box[1] < -3, found.box  # past the left and top edges
+    # on quarter pixels, which the record's two decimals hold exactly
+    face = Face(np.round(found.box * 4) / 4, found.score, np.round(found.landmarks * 4) / 4)
+    height, width = photo.shape[:2]
+    record = {"id": "all/happy/cut.png", "split": "all", "label": 3,
+              **Annotator(recognizer.detector)._describe([face], 1.0, width, height)}
+    assert record["status"] == "ok" and record["regions"]["face"][:2] == [0.0, 0.0]  # the region target is clipped
+    assert record["face_box"] == face.box.tolist()
+    Image.fromarray(photo).save(tmp_path / "cut.png")
+    samples = [Sample("all/happy/cut.png", 3, "all", path=tmp_path / "cut.png")]
+    for rule in (CropRule("box", 1.0), CropRule("roll", 1.3), CropRule("similarity", 1.0)):
+        api = EmotionRecognizer(random_weights, detector=recognizer.detector, crop_rule=rule)
+        size = api.spec.input_size
+        dataset = FaceDataset(samples, size, REGIONS, {record["id"]: record}, crop_rule=rule, name="photos")
+        trained_on = dataset.decode(0)[0].transpose(1, 2, 0)
+        validated_on = largest_face_crops([photo], lambda images: [[face]], rule, size)[0]
+        used_on = api.crop_face(photo, face)[0]
+        assert np.array_equal(trained_on, used_on), rule
+        assert np.array_equal(validated_on, used_on), rule
+    # A record written before face_box was recorded has only the clipped box: said, as that crop differs.
+    old = {key: value for key, value in record.items() if key != "face_box"}
+    with caplog.at_level(logging.WARNING):
+        dataset = FaceDataset(samples, size, REGIONS, {old["id"]: old}, crop_rule=CropRule("box", 1.0), name="old")
+    assert "1 of 1 photos have a face at the image's edge" in caplog.text and "annotate the set again" in caplog.text
+    api = EmotionRecognizer(random_weights, detector=recognizer.detector, crop_rule=CropRule("box", 1.0))
+    assert not np.array_equal(dataset.decode(0)[0].transpose(1, 2, 0), api.crop_face(photo, face)[0])
+
+
+@pytest.mark.parametrize("crop_rule, cropped, warned", [
+    ("{method: similarity, scale: 1.2}", False, True),
+    ("{method: similarity, scale: 1.2}", True, False),
+    ("{method: box, scale: 1.0}", False, False),
+])
+def test_a_crop_rule_no_training_set_is_cropped_by_is_said_at_the_start(tiny_sets, tmp_path, caplog, crop_rule,
+                                                                         cropped, warned):
+    from msfer.engine.checkpoint import describe
+    from msfer.engine.config import load_config
+    from msfer.engine.train import Trainer
+
+    overrides = [*TINY, f"data.root={tiny_sets / 'crops'}", f"data.crop_rule={crop_rule}"]
+    if cropped:
+        overrides.append(f"data.extra_train=[{{format: folder, root: {tiny_sets / 'photos'}, split: train, "
+                         f"weight: 0.25, crop: true, annotations: {tiny_sets / 'photos' / 'regions.jsonl'}}}]")
+    config = load_config(os.devnull, overrides)
+    rule = CropRule.from_dict(config["data"]["crop_rule"])
+    with caplog.at_level(logging.WARNING, logger="msfer.engine.train"):
+        trainer = Trainer(config, tmp_path / "run", torch.device("cpu"), DistInfo(), None)
+    said = "the rule is used only at inference and in the photo validation" in caplog.text
+    assert said == warned, caplog.text
+    # recorded all the same: a model trained on face crops can be measured with another inference crop
+    assert describe(trainer.model, trainer.config)["crop_rule"] == rule.to_dict()

@@ -153,18 +153,35 @@ def test_holdout_validates_on_the_stratified_part_of_the_training_split(tiny_dat
 
 
 def test_two_process_gloo_ddp(tiny_data, tmp_path):
+    # Photo validation after each epoch too: the ranks share it (each detects half of the photos), and the
+    # metrics the run records are those one process finds for the same weights.
+    from skimage.data import astronaut, coffee
+
+    photos = tmp_path / "photos"
+    for name, pixels in (("happy", astronaut()), ("sad", astronaut()[:, ::-1]), ("fear", coffee())):
+        (photos / "val" / name).mkdir(parents=True)
+        Image.fromarray(pixels).resize((256, 256 * pixels.shape[0] // pixels.shape[1])).save(photos / "val" / name /
+                                                                                             "0.png")
     run = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "msfer.cli", "train", "--config", os.devnull, "--output-dir", str(run), *TINY,
-               f"data.root={tiny_data}", "train.epochs=1", "train.device=cpu"]
+               f"data.root={tiny_data}", "train.epochs=2", "train.device=cpu",
+               f"data.photo_val={{format: folder, root: {photos}, split: val}}", "eval.photo_val_every=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint = torch.load(run / "last.pt", weights_only=True)
-    assert checkpoint["epoch"] == 1
+    assert checkpoint["epoch"] == 2
     assert checkpoint["metrics"]["n"] == 28  # validation gathered from both ranks: the whole split
     rows = read_csv(run / "metrics.csv")
-    assert len(rows) == 1
+    assert len(rows) == 2 and all(row["photo_val_faces_missed"] == "1" for row in rows)
+    recorded = checkpoint["photo_val"]  # epoch 2's, gathered from both ranks
+    assert recorded["n"] == 3 and recorded["detection"]["missed_ids"] == ["val/fear/0.png"]
+    assert float(rows[1]["photo_val_overall_accuracy"]) == recorded["overall_accuracy"]
+    assert train("--resume", str(run / "last.pt"), "--test-only") == 0  # one process, the same weights
+    alone = json.loads((run / "eval_photo_val" / "metrics.json").read_text())
+    for key in ("n", "overall_accuracy", "mean_class_accuracy", "confusion_matrix", "detection"):
+        assert alone[key] == recorded[key], key
 
 
 # --- A kill during an epoch's commit (metrics.csv, best.pt, last.pt) ----------------------------------------------

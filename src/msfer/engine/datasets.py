@@ -11,7 +11,8 @@ is held at the model's input size, so that its crops are resized once, as in inf
 
 A set of whole photos (``crop_rule`` given) is cropped by the model's crop rule
 (:func:`msfer.regions.crop.crop_face`, the function inference crops detected faces with) around
-the face its ``msfer annotate`` record gives (box and five landmarks, original pixels), and its
+the face its ``msfer annotate`` record gives (five landmarks and the detector's box, not clipped to
+the image, as inference crops it: :func:`msfer.regions.annotations.face_box`), and its
 region boxes go through the same 2 x 3 map. Photos without a usable record (status ``ok``) are
 left out when the set is built: counted by status in :attr:`FaceDataset.left_out` and logged.
 """
@@ -29,6 +30,7 @@ from tqdm import tqdm
 from ..data.samples import Sample
 from ..data.transforms import resize_square
 from ..errors import MsferError
+from ..regions.annotations import face_box, face_box_maybe_clipped
 from ..regions.crop import CropRule, crop_face, face_transform, map_boxes
 
 log = logging.getLogger(__name__)
@@ -110,8 +112,7 @@ class FaceDataset(Dataset):
                 record = self.annotations.get(sample.id)
                 if usable_face(record):
                     kept.append(sample)
-                    transform, side = face_transform(record["regions"]["face"], np.asarray(record["landmarks"]),
-                                                     crop_rule)
+                    transform, side = face_transform(face_box(record), np.asarray(record["landmarks"]), crop_rule)
                     self._transforms.append(transform * (image_size / side))
                 else:
                     self.left_out[record.get("status", "no record") if record else "no record"] += 1
@@ -121,6 +122,13 @@ class FaceDataset(Dataset):
                             name, len(missing), len(self.samples),
                             ", ".join(f"{status}: {n}" for status, n in sorted(self.left_out.items())),
                             ", ".join(missing[:3]))
+            clipped = [s.id for s in kept if face_box_maybe_clipped(self.annotations[s.id])]
+            if clipped and crop_rule.method != "similarity":  # similarity is framed by the landmarks alone
+                log.warning("%s: %d of %d photos have a face at the image's edge and an annotation without "
+                            "face_box (written before msfer recorded the detector's unclipped box): they are "
+                            "cropped around the face box clipped to the image, framed unlike inference's crop of "
+                            "the same face; annotate the set again with msfer annotate --overwrite (e.g. %s)",
+                            name, len(clipped), len(kept), ", ".join(clipped[:3]))
             if not kept:
                 raise MsferError(f"{name}: none of its {len(self.samples)} photos has a usable face annotation "
                                  "(status ok): annotate them with 'msfer annotate' and give the file as its "
@@ -160,7 +168,7 @@ class FaceDataset(Dataset):
                 raise MsferError(f"{sample.path or sample.id}: the image is {image.shape[1]} x {image.shape[0]} px but "
                                  f"its annotation was made of a {record['width']} x {record['height']} one: annotate "
                                  "this copy of the dataset again")
-            pixels, _ = crop_face(image, record["regions"]["face"], np.asarray(record["landmarks"]), self.crop_rule,
+            pixels, _ = crop_face(image, face_box(record), np.asarray(record["landmarks"]), self.crop_rule,
                                   self.image_size)
         grey = bool(np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 1], pixels[..., 2]))
         return np.ascontiguousarray(pixels.transpose(2, 0, 1)), grey

@@ -28,6 +28,7 @@ from ..regions.crop import CropRule, crop_face
 from ..regions.retinaface import Face
 from .augment import predict_probs
 from .calibration import DECISION_RULES, calibration_metrics, decide
+from .distributed import DistInfo, all_gather_objects, shard_indices
 from .metrics import compute_metrics
 
 log = logging.getLogger(__name__)
@@ -149,16 +150,22 @@ class PhotoValidation:
     :meth:`score` (nothing is computed while it is never scored), and each score classifies the
     kept crops. ``detector`` defaults to the bundled RetinaFace, found as inference finds faces
     (:func:`msfer.regions.detection.detect_faces`, default sizes).
+
+    Under DDP (``info`` of a process group with several ranks) it is sharded as the FER2013 validation
+    is (:func:`msfer.engine.evaluate.predict_split`): each rank detects, crops and classifies every
+    ``world_size``-th photo, and :meth:`probabilities` gathers them, so every rank must call it (at the
+    same point) and every rank gets the whole set's probabilities and metrics.
     """
 
     def __init__(self, samples: Sequence[Sample], rule: CropRule, size: int, detector=None,
-                 batch_size: int = 32) -> None:
+                 batch_size: int = 32, info: DistInfo = DistInfo()) -> None:
         self.samples, self.rule, self.size, self.batch_size = list(samples), rule, size, batch_size
-        self.detector = detector
+        self.detector, self.info = detector, info
+        self.indices = shard_indices(len(self.samples), info)  # this rank's photos
         self._crops: list[np.ndarray | None] | None = None
 
     def crops(self) -> list[np.ndarray | None]:
-        """Each photo's largest-face crop (None: no face), computed once."""
+        """The largest-face crop of each of this rank's photos (:attr:`indices`; None: no face), computed once."""
         if self._crops is None:
             from ..regions.detection import detect_faces
 
@@ -167,17 +174,22 @@ class PhotoValidation:
 
                 self.detector = RetinaFaceDetector()
             crops: list[np.ndarray | None] = []
-            for start in range(0, len(self.samples), self.batch_size):
-                arrays = [np.asarray(sample.load()) for sample in self.samples[start : start + self.batch_size]]
+            for start in range(0, len(self.indices), self.batch_size):
+                arrays = [np.asarray(self.samples[k].load()) for k in self.indices[start : start + self.batch_size]]
                 crops += largest_face_crops(arrays, lambda images: detect_faces(self.detector, images), self.rule,
                                             self.size)
             self._crops = crops
         return self._crops
 
     def probabilities(self, model: torch.nn.Module, device: torch.device, tta: bool = False) -> np.ndarray:
-        """``N x 7`` probabilities of ``model`` for the photos' largest faces (NaN rows: no face)."""
-        return classify_found(self.crops(), model_classifier(model, device, tta, self.batch_size))
+        """``N x 7`` probabilities of ``model`` for the photos' largest faces (NaN rows: no face), gathered
+        from every rank (a collective under DDP: all ranks call it)."""
+        local = classify_found(self.crops(), model_classifier(model, device, tta, self.batch_size))
+        probs = np.full((len(self.samples), len(EMOTIONS)), np.nan)
+        for indices, rows in all_gather_objects((self.indices, local), self.info):
+            probs[indices] = rows
+        return probs
 
     def score(self, model: torch.nn.Module, device: torch.device, tta: bool = False) -> dict:
-        """:func:`photo_metrics` of ``model`` (decision rule argmax)."""
+        """:func:`photo_metrics` of ``model`` (decision rule argmax), the same on every rank."""
         return photo_metrics(self.samples, self.probabilities(model, device, tta))

@@ -70,7 +70,7 @@ from tqdm import tqdm
 
 from ..errors import MsferError
 from ..labels import EMOTIONS, NUM_EMOTIONS
-from ..regions.crop import CropRule
+from ..regions.crop import DEFAULT_CROP_RULE, CropRule
 from .augment import BatchAugment
 from .checkpoint import crop_rule, describe, load_checkpoint, load_model, resolve_checkpoint, save_checkpoint
 from .config import Config, load_config, save_config, validation_name
@@ -420,11 +420,12 @@ def test_only(config: Config, checkpoint_path: Path, output_dir: Path, device: t
     metrics = validate(model, val_set, config, device, info)
     if info.is_main:
         write_report(metrics, output_dir / f"eval_{validation_name(config)}", EMOTIONS)
-        if config["data"]["photo_val"]:
-            photo = PhotoValidation(photo_samples(config["data"]["photo_val"]), crop_rule(meta),
-                                    model.input_size).score(model, device, tta=config["eval"]["tta"])
+    if config["data"]["photo_val"]:  # sharded over the ranks like validate(): every rank takes part
+        photo = PhotoValidation(photo_samples(config["data"]["photo_val"]), crop_rule(meta), model.input_size,
+                                info=info).score(model, device, tta=config["eval"]["tta"])
+        if info.is_main:
             write_report(photo, output_dir / "eval_photo_val", EMOTIONS)
-            metrics = {**metrics, "photo_val": photo}
+        metrics = {**metrics, "photo_val": photo}
     return metrics
 
 
@@ -448,6 +449,20 @@ def validate(model: torch.nn.Module, dataset: FaceDataset, config: Config, devic
     return split_metrics(predictions, model.region_names, score_regions=getattr(model, "detector", None) is not None)
 
 
+def warn_unused_crop_rule(data: Config) -> None:
+    """Log a warning when ``data.crop_rule`` is not the default (box, 1.0) but no training set is cropped by it.
+
+    The checkpoint records the rule all the same: inference and photo validation crop detected faces by
+    it, so a model trained on face crops (FER2013) can be measured with another inference crop.
+    """
+    rule = CropRule.from_dict(data["crop_rule"])
+    if rule != DEFAULT_CROP_RULE and not (data["crop"] or any(entry["crop"] for entry in data["extra_train"])):
+        log.warning("data.crop_rule is %s at scale %g, but no training set is cropped by it (data.crop and every "
+                    "data.extra_train crop are false): the training images are used with their own framing, and "
+                    "the rule is used only at inference and in the photo validation (it is saved in the "
+                    "checkpoint)", rule.method, rule.scale)
+
+
 class Trainer:
     """One training run: data, model, optimisation state, and the epoch loop."""
 
@@ -466,13 +481,15 @@ class Trainer:
         if train["batch_size"] % info.world_size:
             raise MsferError(f"train.batch_size={train['batch_size']} is the global batch: it must divide by the "
                              f"{info.world_size} processes")
+        if info.is_main:
+            warn_unused_crop_rule(data)
         model = build_model(config["model"])
         photo_val = photo_samples(data["photo_val"]) if data["photo_val"] else None
         datasets = build_datasets(config, model, ("train_split", "val_split"), info, photo_val=photo_val)
         self.train_set, self.val_set = datasets["train_split"], datasets["val_split"]
         # Detection and cropping wait for the first scoring; a run without photo_val does nothing more.
-        self.photo_val = PhotoValidation(photo_val, CropRule.from_dict(data["crop_rule"]), model.input_size) \
-            if photo_val else None
+        self.photo_val = PhotoValidation(photo_val, CropRule.from_dict(data["crop_rule"]), model.input_size,
+                                         info=info) if photo_val else None
         self.photo_summary: dict = {}
         if train["class_weights"] == "balanced":
             if isinstance(self.train_set, ConcatFaceDataset):  # inverse of what an epoch draws, not of the sizes
@@ -662,7 +679,13 @@ class Trainer:
             train_stats = self.train_one_epoch(epoch)
             validation_due = (epoch + 1) % train["val_every"] == 0 or epoch + 1 == train["epochs"]
             metrics = validate(self.eval_model, self.val_set, self.config, self.device, info) if validation_due else {}
-            photo = self._score_photos(epoch) if info.is_main else {}
+            # Every rank scores its share of the photos and all gather them, as validate() does. Rank 0 alone
+            # would leave the others blocked in the next epoch's first gradient all-reduce while it detects
+            # every photo: a first scoring of a few hundred photos on CPU can outlast the collective timeout
+            # (30 min gloo, 10 min NCCL) and kill the run, and a barrier after it would wait under the same
+            # timeout. Sharded, each rank does 1/N of the work, and the one gather is reached by all ranks
+            # under the same condition (epoch and config, identical everywhere), so they cannot fall out of step.
+            photo = self._score_photos(epoch)
             epoch_times.append(time.monotonic() - epoch_started)
             if info.is_main:
                 self._record(epoch, train_stats, metrics, epoch_times[-1], writer, photo)
@@ -685,7 +708,7 @@ class Trainer:
         return summary
 
     def _score_photos(self, epoch: int) -> dict:
-        """Rank 0: the photo validation's metrics when it is due after ``epoch`` (0-based), else {}."""
+        """The photo validation's metrics when it is due after ``epoch`` (0-based), else {}; every rank calls it."""
         every, last = self.config["eval"]["photo_val_every"], epoch + 1 == self.config["train"]["epochs"]
         if self.photo_val is None or not (last or (every and (epoch + 1) % every == 0)):
             return {}
@@ -695,9 +718,10 @@ class Trainer:
                               "overall_accuracy": metrics["overall_accuracy"],
                               "mean_class_accuracy": metrics["mean_class_accuracy"],
                               "faces_missed": metrics["detection"]["faces_missed"]}
-        log.info("epoch %d: photo validation overall %.4f mean-class %.4f (%d of %d photos without a face)", epoch + 1,
-                 metrics["overall_accuracy"], metrics["mean_class_accuracy"], metrics["detection"]["faces_missed"],
-                 metrics["n"])
+        if self.info.is_main:
+            log.info("epoch %d: photo validation overall %.4f mean-class %.4f (%d of %d photos without a face)",
+                     epoch + 1, metrics["overall_accuracy"], metrics["mean_class_accuracy"],
+                     metrics["detection"]["faces_missed"], metrics["n"])
         return metrics
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:

@@ -171,6 +171,9 @@ class Annotator:
         record.update(
             status=STATUS_OK if reason is None else REJECTED_PREFIX + reason,
             regions={name: [round(v, 2) for v in box] for name, box in regions.items()},
+            # The detector's own box, not clipped like regions["face"]: what a crop is framed by, as
+            # inference frames the same detection (msfer.regions.crop).
+            face_box=[round(float(v), 2) for v in face.box],
             landmarks=np.round(face.landmarks.astype(np.float64), 2).tolist(),
             score=round(face.score, 4),
         )

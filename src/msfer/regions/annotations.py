@@ -3,13 +3,16 @@
 One line per image (see DEVELOPING.md)::
 
     {"id", "split", "label", "width", "height", "status", "regions", "landmarks",
-     "score", "faces", "transform"}
+     "score", "faces", "transform", "face_box"}
 
 ``status`` is ``ok``, ``no_face``, ``rejected:<reason>`` or ``unreadable``. Boxes and
 landmarks are in the original image's pixels; ``transform`` records how the image was
 resized before detection (``detector_xy = scale * original_xy``), ``faces`` how many
-faces RetinaFace saw (the largest, most central one is described). A rejected image
-keeps its regions so that a person (or a looser training recipe) can still look at them.
+faces RetinaFace saw (the largest, most central one is described). ``regions["face"]`` is
+RetinaFace's box clipped to the image (the region detector's target); ``face_box`` is the same
+box not clipped (a face cut by the image edge extends past it), which photo crops are framed by
+(:func:`face_box`), as inference frames a detected face. A rejected image keeps its regions so
+that a person (or a looser training recipe) can still look at them.
 
 Writing is append-only and flushed per batch, so an interrupted run loses at most the
 batch in flight; :class:`AnnotationWriter` drops a torn last line before appending.
@@ -113,3 +116,19 @@ class AnnotationWriter:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def face_box(record: dict) -> list[float]:
+    """The box a record's face is cropped by, ``[x1, y1, x2, y2]`` in original pixels: RetinaFace's own box
+    (``face_box``, not clipped), or in files written before msfer recorded it, ``regions["face"]`` (the
+    same box clipped to the image). ``record`` must have a face (status ``ok`` or ``rejected:*``)."""
+    return record.get("face_box") or record["regions"]["face"]
+
+
+def face_box_maybe_clipped(record: dict) -> bool:
+    """Whether :func:`face_box` of ``record`` may differ from the detector's box: the record has no
+    ``face_box`` and its clipped face box reaches the image's edge (where a clipped box ends)."""
+    if record.get("face_box"):
+        return False
+    x1, y1, x2, y2 = record["regions"]["face"]
+    return x1 <= 0 or y1 <= 0 or x2 >= record["width"] or y2 >= record["height"]
