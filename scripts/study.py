@@ -68,10 +68,18 @@ def train_to(run: Path, config: Path, overrides: list[str], epochs: int) -> None
 
     Raises SystemExit naming the log when ``msfer train`` fails."""
     done = trained_epochs(run)
-    if done >= epochs:
+    if done == epochs:
         return
+    if done > epochs:  # its scores would pass for this budget's
+        raise SystemExit(f"{run.name} has {done} epochs, more than the study's {epochs}: delete {run} "
+                         "or restore the study's epochs")
     if done:
-        args = ["train", "--resume", str(run), f"train.epochs={epochs}"]  # the budget may have grown
+        # the run's own config: a changed budget is refused by the schedule (onecycle, cosine), so say so here
+        planned = yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"]
+        if planned != epochs:
+            raise SystemExit(f"{run.name} was planned for {planned} epochs, the study now says {epochs}: "
+                             f"delete {run} to train it afresh, or restore the study's epochs")
+        args = ["train", "--resume", str(run)]
     else:
         args = ["train", "--config", str(config), "--output-dir", str(run), "--overwrite", *overrides,
                 f"train.epochs={epochs}"]
@@ -131,7 +139,7 @@ def summarize(study: dict, out: Path) -> dict:
         for seed in row.get("seeds", [0]):
             run = out / f"{row['name']}_seed{seed}"
             scores = last_epoch(run)
-            if scores and scores["epoch"] >= study["epochs"]:
+            if scores and scores["epoch"] == study["epochs"]:
                 runs.append({"seed": seed, **{k: scores[k] for k in SCORES if k in scores},
                              "photo_val_faces_missed": scores.get("photo_val_faces_missed"),
                              **evaluated(run, study.get("evaluate", []))})
