@@ -227,10 +227,10 @@ def build_scheduler(optimizer: torch.optim.Optimizer, train: Config, steps_per_e
     total = train["epochs"] * steps_per_epoch
     warmup = int(train["warmup_epochs"] * steps_per_epoch)
     if train["schedule"] == "onecycle":
-        # At least 2 rising steps: OneCycleLR divides by (pct_start * total - 1), zero for exactly one step
-        # (a short run, or 1% of 100 steps without warm-up)
+        # At least 1% of the steps and at least 2: OneCycleLR divides by (pct_start * total - 1), zero for
+        # exactly one rising step (a short run, or 1% of 100 steps without warm-up)
         return OneCycleLR(optimizer, max_lr=train["lr"], total_steps=total,
-                          pct_start=min(max(warmup, 2) / total, 0.99))
+                          pct_start=min(max(warmup, round(0.01 * total), 2) / total, 0.99))
     if train["schedule"] == "cosine":
         after = CosineAnnealingLR(optimizer, T_max=max(total - warmup, 1))
     else:
