@@ -64,8 +64,9 @@ def _timed(function) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--weights", type=Path, help="checkpoint (default: bundled, else random weights)")
-    parser.add_argument("--model", help="time a random-weight model of this registered architecture instead")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--weights", type=Path, help="checkpoint (default: bundled, else random weights)")
+    which.add_argument("--model", help="time a random-weight model of this registered architecture instead")
     parser.add_argument("--out", type=Path, default=Path("inference_speed.json"), help="JSON file for the results")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions; the best is kept (default 3)")
     args = parser.parse_args()
@@ -77,7 +78,7 @@ def main() -> None:
         weights = random_checkpoint(work, args.model)
     else:
         weights = args.weights or (BUNDLED_MODEL if BUNDLED_MODEL.is_file() else random_checkpoint(work))
-    results: dict = {"weights": str(weights), "machine": f"{platform.processor() or platform.machine()}, "
+    results: dict = {"weights": f"random {args.model}" if args.model else str(weights), "machine": f"{platform.processor() or platform.machine()}, "
                      f"{torch.get_num_threads()} torch threads", "torch": torch.__version__}
     recognizers = {backend: EmotionRecognizer(weights, backend=backend) for backend in ("torch", "onnx")}
 
