@@ -78,7 +78,8 @@ def main() -> None:
         weights = random_checkpoint(work, args.model)
     else:
         weights = args.weights or (BUNDLED_MODEL if BUNDLED_MODEL.is_file() else random_checkpoint(work))
-    results: dict = {"weights": f"random {args.model}" if args.model else str(weights), "machine": f"{platform.processor() or platform.machine()}, "
+    results: dict = {"weights": f"random {args.model}" if args.model else str(weights),
+                     "machine": f"{platform.processor() or platform.machine()}, "
                      f"{torch.get_num_threads()} torch threads", "torch": torch.__version__}
     recognizers = {backend: EmotionRecognizer(weights, backend=backend) for backend in ("torch", "onnx")}
 
