@@ -44,7 +44,11 @@ def test_missing_file_and_base_cycle(tmp_path):
         load_config(tmp_path / "a.yaml")
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml")),
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+STUDIES = CONFIGS / "studies"  # study files (scripts/study.py): rows of overrides on a config, not configs
+
+
+@pytest.mark.parametrize("path", sorted(p for p in CONFIGS.rglob("*.yaml") if STUDIES not in p.parents),
                          ids=lambda p: p.name)
 def test_every_shipped_config_loads_and_builds_its_model(path):
     from msfer.model import build_model
@@ -52,6 +56,24 @@ def test_every_shipped_config_loads_and_builds_its_model(path):
     config = load_config(path, ["data.root=/data/fer2013"])
     model = build_model({**config["model"], "pretrained": False})
     assert model.num_classes == 7 and model.input_size == config["model"].get("input_size", model.input_size)
+
+
+@pytest.mark.parametrize("path", sorted(STUDIES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_row_of_every_study_loads_and_builds_its_model(path):
+    """Each row's config and overrides (its {NAME} paths filled) are valid and build the row's model."""
+    import re
+
+    import yaml
+
+    from msfer.model import build_model
+
+    study = yaml.safe_load(path.read_text())
+    for row in study["rows"]:
+        overrides = [re.sub(r"\{(\w+)\}", r"/data/\1", o)
+                     for o in [*study.get("overrides", []), *row.get("overrides", [])]]
+        config = load_config(path.parent / row.get("config", study["config"]), ["data.root=/data/fer2013", *overrides])
+        model = build_model({**config["model"], "pretrained": False})
+        assert model.num_classes == 7, row["name"]
 
 
 @pytest.mark.parametrize("override, message", [
