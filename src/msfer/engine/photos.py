@@ -172,7 +172,8 @@ class PhotoValidation:
             if self.detector is None:
                 from ..regions.retinaface import RetinaFaceDetector
 
-                self.detector = RetinaFaceDetector()
+                # torch's threads, not all cores: under DDP on one host each rank detects at once
+                self.detector = RetinaFaceDetector(threads=torch.get_num_threads())
             crops: list[np.ndarray | None] = []
             for start in range(0, len(self.indices), self.batch_size):
                 arrays = [np.asarray(self.samples[k].load()) for k in self.indices[start : start + self.batch_size]]
