@@ -36,6 +36,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from study import train_to  # scripts/study.py, beside this file: trains or resumes one run to its budget
 
 # (row, what it is, config, seeds); trained in this order, so that the comparison that matters
 # most (full against the plain classifier) is complete first
@@ -53,32 +56,6 @@ NEEDS_NO_REGIONS = ("baseline", "full_template", "scale3")
 
 def run_dir(out: Path, name: str, seed: int) -> Path:
     return out / f"{name}_seed{seed}"
-
-
-def trained_epochs(run: Path) -> int:
-    from msfer.engine.checkpoint import load_checkpoint
-
-    return int(load_checkpoint(run / "last.pt")["epoch"]) if (run / "last.pt").exists() else 0
-
-
-def train(name: str, config: str, seed: int, overrides: list[str], out: Path, epochs: int) -> None:
-    """Train one run to ``epochs``, continuing an interrupted one."""
-    run = run_dir(out, name, seed)
-    done = trained_epochs(run)
-    if done >= epochs:
-        return
-    if done:
-        args = ["train", "--resume", str(run), f"train.epochs={epochs}"]  # the budget may have grown
-    else:
-        args = ["train", "--config", str(ROOT / "configs" / "ablations" / config), "--output-dir", str(run),
-                "--overwrite", f"train.seed={seed}", *overrides]
-    print(f"{'resuming' if done else 'training'} {run.name} ({done}/{epochs} epochs done)", flush=True)
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"}
-    with open(out / f"{run.name}.log", "a") as log:
-        code = subprocess.call([sys.executable, "-m", "msfer.cli", *args], stdout=log, stderr=subprocess.STDOUT,
-                               cwd=ROOT, env=env)
-    if code != 0 or trained_epochs(run) < epochs:
-        raise SystemExit(f"{run.name} failed (exit {code}): see {out / (run.name + '.log')}")
 
 
 def score(run: Path, data: Path, annotations: Path, tcce: Path | None, pseudo: bool, device: str = "cpu") -> dict:
@@ -232,7 +209,6 @@ def main() -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every row (repeatable; it changes the budget: say so)")
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT / "src"))
 
     args.out.mkdir(parents=True, exist_ok=True)
     overrides = [f"data.root={args.data}", f"data.annotations={args.annotations.resolve()}",
@@ -250,7 +226,8 @@ def main() -> int:
                 run = run_dir(args.out, name, seed)
                 if (run / "scores.json").exists():
                     continue
-                train(name, config, seed, row_overrides, args.out, args.epochs)
+                train_to(run, ROOT / "configs" / "ablations" / config, [*row_overrides, f"train.seed={seed}"],
+                         args.epochs)
                 score(run, args.data, args.annotations, args.tcce, pseudo=name == "full")
                 summarize(args.out, budget)
     summarize(args.out, budget)

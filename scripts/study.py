@@ -6,9 +6,10 @@
 The study file (YAML) names the shared ``config`` (relative to the study file), the ``overrides``
 every row gets, the ``epochs`` of the budget, a ``description`` of it, and ``rows``: a list of
 ``{name, description, overrides, seeds}`` (``config`` too, if a row needs another file). A row's
-run is ``OUT/<name>_seed<seed>`` with its log beside it. A ``{NAME}`` in an override or in an
-evaluation's ``root`` is replaced by the path of ``--path NAME=PATH`` (for data that differs
-between rows, which ``--set`` cannot give); a missing one is an error before anything trains.
+run is ``OUT/<name>_seed<seed>`` with its log beside it. A ``${NAME}`` in the study file's overrides
+or in an evaluation's ``root`` is replaced by the path of ``--path NAME=PATH`` (for data that differs
+between rows, which ``--set`` cannot give); a missing one is an error before anything trains. ``--set``
+values are taken as they are.
 
 Every row is scored as it ends, with the weights of its last epoch (no selection: all rows stop
 at the same budget): ``val_*`` (the config's validation split) and ``photo_val_*`` (the whole
@@ -19,8 +20,10 @@ and ``<name>_mean_class_accuracy``. Writes ``OUT/study.json`` and ``OUT/study.md
 score that some finished run has) from whatever runs are finished.
 
 Resumable across sessions: a run whose ``metrics.csv`` reaches the budget is not trained again,
-one with a ``last.pt`` short of it continues with ``msfer train --resume``, anything else starts
-afresh; an evaluation runs again only when its ``metrics.json`` is older than ``last.pt``.
+one with a ``last.pt`` short of it continues with ``msfer train --resume`` (given this session's
+``--set`` values and filled ``${NAME}`` overrides again, so data that moved between sessions is found),
+anything else starts afresh; an evaluation runs again only when its ``metrics.json`` is older than
+``last.pt``.
 """
 from __future__ import annotations
 
@@ -63,8 +66,9 @@ def trained_epochs(run: Path) -> int:
     return int(load_checkpoint(run / "last.pt")["epoch"]) if (run / "last.pt").exists() else 0
 
 
-def train_to(run: Path, config: Path, overrides: list[str], epochs: int) -> None:
-    """Train ``run`` to ``epochs`` epochs from ``config`` + ``overrides``, continuing an interrupted run.
+def train_to(run: Path, config: Path, overrides: list[str], epochs: int, on_resume: list[str] = ()) -> None:
+    """Train ``run`` to ``epochs`` epochs from ``config`` + ``overrides``, continuing an interrupted run with
+    its saved config + ``on_resume`` (overrides that may differ between sessions, such as data locations).
 
     Raises SystemExit naming the log when ``msfer train`` fails."""
     done = trained_epochs(run)
@@ -79,7 +83,7 @@ def train_to(run: Path, config: Path, overrides: list[str], epochs: int) -> None
         if planned != epochs:
             raise SystemExit(f"{run.name} was planned for {planned} epochs, the study now says {epochs}: "
                              f"delete {run} to train it afresh, or restore the study's epochs")
-        args = ["train", "--resume", str(run)]
+        args = ["train", "--resume", str(run), *on_resume]
     else:
         args = ["train", "--config", str(config), "--output-dir", str(run), "--overwrite", *overrides,
                 f"train.epochs={epochs}"]
@@ -168,14 +172,22 @@ def table(result: dict, columns: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+PLACEHOLDER = re.compile(r"\$\{(\w+)\}")  # ${NAME}: unlike {NAME}, never part of a YAML flow mapping
+
+
 def fill(text: str, paths: dict[str, str]) -> str:
-    """``text`` with each ``{NAME}`` replaced by ``paths[NAME]``; ValueError names a missing one."""
+    """``text`` with each ``${NAME}`` replaced by ``paths[NAME]``; ValueError names a missing one."""
     def path(match: re.Match) -> str:
         if match[1] not in paths:
             raise ValueError(f"needs --path {match[1]}=PATH")
         return paths[match[1]]
 
-    return re.sub(r"\{(\w+)\}", path, text)
+    return PLACEHOLDER.sub(path, text)
+
+
+def fill_all(overrides: list[str], paths: dict[str, str], located_only: bool = False) -> list[str]:
+    """Each override filled (:func:`fill`); with ``located_only``, only those that hold a ``${NAME}``."""
+    return [fill(o, paths) for o in overrides if not located_only or PLACEHOLDER.search(o)]
 
 
 def named_path(text: str) -> tuple[str, str]:
@@ -193,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every row, e.g. data.root=... (repeatable)")
     parser.add_argument("--path", dest="paths", action="append", default=[], type=named_path, metavar="NAME=PATH",
-                        help="what {NAME} stands for in the study file's overrides and evaluation roots (repeatable)")
+                        help="what ${NAME} stands for in the study file's overrides and evaluation roots (repeatable)")
     parser.add_argument("--rows", nargs="+", help="train only these rows (default: all, in file order)")
     parser.add_argument("--summarize-only", action="store_true", help="train nothing; rewrite the tables")
     args = parser.parse_args(argv)
@@ -211,20 +223,23 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if not args.summarize_only:
         paths = dict(args.paths)
-        plan = []  # (row, config, overrides), every placeholder filled before anything trains
+        plan = []  # (row, config, overrides, on resume), every placeholder filled before anything trains
         try:
             evaluations = [{**e, "root": fill(str(e["root"]), paths)} for e in study.get("evaluate", [])]
             for row in study["rows"]:
                 if not args.rows or row["name"] in args.rows:
-                    overrides = [*study.get("overrides", []), *args.overrides, *row.get("overrides", [])]
+                    # --set between the study's overrides and the row's, so that a row's own wins
+                    shared, own = ([str(o) for o in d.get("overrides", [])] for d in (study, row))
                     plan.append((row, (args.study.parent / row.get("config", study["config"])).resolve(),
-                                 [fill(str(o), paths) for o in overrides]))
+                                 [*fill_all(shared, paths), *args.overrides, *fill_all(own, paths)],
+                                 [*fill_all(shared, paths, located_only=True), *args.overrides,
+                                  *fill_all(own, paths, located_only=True)]))
         except ValueError as missing:
             parser.error(f"{args.study} {missing}")
-        for row, config, overrides in plan:
+        for row, config, overrides, on_resume in plan:
             for seed in row.get("seeds", [0]):
                 run = out / f"{row['name']}_seed{seed}"
-                train_to(run, config, [*overrides, f"train.seed={seed}"], study["epochs"])
+                train_to(run, config, [*overrides, f"train.seed={seed}"], study["epochs"], on_resume)
                 for evaluation in evaluations:
                     evaluate(run, evaluation)
                 summarize(study, out)

@@ -60,17 +60,24 @@ def test_every_shipped_config_loads_and_builds_its_model(path):
 
 @pytest.mark.parametrize("path", sorted(STUDIES.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_row_of_every_study_loads_and_builds_its_model(path):
-    """Each row's config and overrides (its {NAME} paths filled) are valid and build the row's model."""
+    """Each row's config and overrides (its ${NAME} paths filled as scripts/study.py fills them) are valid
+    and build the row's model."""
+    import importlib.util
     import re
 
     import yaml
 
     from msfer.model import build_model
 
+    spec = importlib.util.spec_from_file_location("study", CONFIGS.parent / "scripts" / "study.py")
+    study_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study_script)
     study = yaml.safe_load(path.read_text())
     for row in study["rows"]:
-        overrides = [re.sub(r"\{(\w+)\}", r"/data/\1", o)
-                     for o in [*study.get("overrides", []), *row.get("overrides", [])]]
+        overrides = [str(o) for o in [*study.get("overrides", []), *row.get("overrides", [])]]
+        paths = {name: f"/data/{name}" for o in overrides for name in study_script.PLACEHOLDER.findall(o)}
+        assert not [o for o in overrides if re.search(r"(?<!\$)\{\w+\}", o)], "a placeholder is written ${NAME}"
+        overrides = study_script.fill_all(overrides, paths)
         config = load_config(path.parent / row.get("config", study["config"]), ["data.root=/data/fer2013", *overrides])
         model = build_model({**config["model"], "pretrained": False})
         assert model.num_classes == 7, row["name"]

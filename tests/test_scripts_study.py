@@ -46,8 +46,8 @@ def fer_tree(tmp_path_factory) -> Path:
 def study_file(tmp_path) -> Path:
     """Two rows differing in the learning rate; the data root and the evaluation's root through --path."""
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
-    study = {"config": "tiny.yaml", "epochs": 1, "description": "tiny", "overrides": ["data.root={fer2013}"],
-             "evaluate": [{"name": "public", "format": "fer2013", "root": "{fer2013}", "split": "public_test"}],
+    study = {"config": "tiny.yaml", "epochs": 1, "description": "tiny", "overrides": ["data.root=${fer2013}"],
+             "evaluate": [{"name": "public", "format": "fer2013", "root": "${fer2013}", "split": "public_test"}],
              "rows": [{"name": "slow", "description": "lr 1e-4", "overrides": ["train.lr=1.0e-4"]},
                       {"name": "fast", "description": "lr 1e-2", "overrides": ["train.lr=1.0e-2"]}]}
     path = tmp_path / "study.yaml"
@@ -103,3 +103,32 @@ def test_unknown_row_and_missing_path_are_errors_before_training(study_file, tmp
     assert exit_info.value.code == 2
     assert "needs --path fer2013=PATH" in capsys.readouterr().err
     assert not list(out.glob("*_seed*"))
+
+
+def test_an_interrupted_run_resumes_with_this_sessions_paths_and_settings(fer_tree, study_file, tmp_path):
+    """A run stopped short of the budget continues from its last.pt with the data where it is now: the filled
+    ${NAME} overrides and the --set values are given again on resume (its saved config has the old ones)."""
+    import shutil
+
+    from msfer.engine.checkpoint import load_checkpoint
+
+    main, out = study_main(), tmp_path / "out"
+    study = yaml.safe_load(study_file.read_text())
+    study_file.write_text(yaml.safe_dump({**study, "epochs": 2}))
+    before = shutil.copytree(fer_tree, tmp_path / "before")
+    # a time budget that ends the run after its first epoch: the study reports the failure
+    with pytest.raises(SystemExit, match="slow_seed0 failed"):
+        main([str(study_file), "--out", str(out), "--rows", "slow", "--path", f"fer2013={before}",
+              "--set", "train.max_minutes=1.0e-6"])
+    run = out / "slow_seed0"
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1
+    after = before.rename(tmp_path / "after")  # the data moved between sessions
+
+    assert main([str(study_file), "--out", str(out), "--rows", "slow", "--path", f"fer2013={after}",
+                 "--set", "train.max_minutes=null"]) == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["data"]["root"] == str(after) and saved["train"]["max_minutes"] is None
+    assert saved["train"]["lr"] == 1.0e-4  # the row's own setting, kept from the first session
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2
+    [scores] = json.loads((out / "study.json").read_text())["rows"]["slow"]["runs"]
+    assert scores["public_overall_accuracy"] == pytest.approx(scores["val_overall_accuracy"])
