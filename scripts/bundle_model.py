@@ -1,29 +1,39 @@
-"""Bundle a trained run as msfer's default model.
+"""Bundle a trained run as msfer's default model, or as a candidate to compare with it.
 
 It calibrates the model, chooses its balanced decision rule and records what it measures.
 
     python scripts/bundle_model.py runs/cpu_2h --data /path/to/fer2013 --annotations data/annotations/fer2013.jsonl
 
-Takes the run's ``best.pt`` (or any checkpoint file; one from msfer <= 0.1 with a class-prior
-adjustment folded into its bias has it taken out first) and, on FER2013 public_test
-(validation), without TTA:
+Takes the run's ``best.pt`` (or any checkpoint file, region network or plain classifier; one from
+msfer <= 0.1 with a class-prior adjustment folded into its bias has it taken out first) and, on
+FER2013 public_test (validation), without TTA:
 
 1. fits the calibration (``msfer.engine.calibration.choose_calibration``: temperature or
    vector scaling, chosen and fitted on one stratified half, reported on the other);
 2. chooses the balanced decision rule's strength ``tau`` on the calibrated probabilities of the
    same half (``msfer.engine.prior.choose_tau``);
-3. writes both into the model's buffers and exports it as ``src/msfer/weights/msfer_fer2013.pt``
-   (half precision if that loses nothing measurable: every accuracy within 0.1 point);
-4. measures the export with and without flip TTA under both decision rules, its calibration on
+3. writes both into the model's buffers and exports it as ``msfer_fer2013.pt`` (half precision
+   if that loses nothing measurable: every accuracy within 0.1 point);
+4. measures that file with and without flip TTA under both decision rules, its calibration on
    the held-out half and on all of public_test, the fixed sample the tests re-check, and (with
-   ``--tcce``) TCCE val through the whole pipeline (detect, crop, classify; a photo without a
-   face counts as wrong), and writes ``msfer_fer2013.json`` beside it.
+   ``--tcce``) TCCE val through the whole pipeline (detect, crop by the checkpoint's crop rule,
+   classify; a photo without a face counts as wrong), and records it in ``msfer_fer2013.json``;
+5. compares it with an earlier record (``--compare``, default the shipped model's) and stores the
+   verdict per decision rule as the record's ``compared_with``: better means a strictly higher
+   overall accuracy on both FER2013 public_test (without TTA) and TCCE val, under that rule.
+
+Both files go into ``--out DIR`` (default ``src/msfer/weights``, the shipped model). Everything is
+written and measured in a temporary folder inside DIR and moved into place at the end; where DIR
+already holds a model, it is replaced only if the candidate is better under the argmax rule (or
+with ``--force``), so a refused or failed bundle leaves DIR as it was.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,34 +93,27 @@ def public_test(weights: Path, samples: list, annotations: dict | None, without_
             "fer2013_public_test_tta": measure(weights, samples, annotations, tta=True)}
 
 
-def tcce_val(root: Path) -> dict:
-    """The bundled model on TCCE val through the whole pipeline (largest face of each photo), under both rules."""
+def tcce_val(weights: Path, root: Path) -> dict:
+    """``weights`` on TCCE val through the whole pipeline (largest face of each photo): accuracies under both
+    rules, faces missed, and the calibration of the probabilities of the faces found."""
     from msfer.inference.detect_eval import evaluate_with_detection
     from msfer.inference.recognizer import EmotionRecognizer
 
     samples = [s for s in read_dataset(root, "folder").samples if s.split == "val"]
-    metrics = evaluate_with_detection(EmotionRecognizer(BUNDLED_MODEL, device="cpu", batch_size=32), samples)
-    return {**{rule: {"n": metrics["n"], **scores} for rule, scores in metrics["decision_rules"].items()},
-            "faces_missed": metrics["detection"]["faces_missed"]}
+    metrics = evaluate_with_detection(EmotionRecognizer(weights, device="cpu", batch_size=32), samples)
+    # no decision_rules when the balanced offsets are all 0 (tau 0, or equal class counts): it decides as argmax
+    headline = {key: metrics[key] for key in ("overall_accuracy", "mean_class_accuracy")}
+    rules = metrics.get("decision_rules") or {rule: headline for rule in DECISION_RULES}
+    return {**{rule: {"n": metrics["n"], **scores} for rule, scores in rules.items()},
+            "faces_missed": metrics["detection"]["faces_missed"], "calibration": metrics["calibration"]}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path, help="training run folder (its best.pt is bundled) or a checkpoint file")
-    parser.add_argument("--data", type=Path, required=True, help="FER2013 folder tree")
-    parser.add_argument("--annotations", type=Path, help="pseudo-labels, to score the region detector too")
-    parser.add_argument("--tcce", type=Path, help="TCCE folder tree (train/, val/): its val is the second validation")
-    args = parser.parse_args()
-
-    best = resolve_checkpoint(args.run, prefer="best.pt")
-    index = read_dataset(args.data, "fer2013")
+def bundle(best: Path, checkpoint: dict, index, annotations: dict | None, tcce: Path | None, work: Path) -> dict:
+    """Calibrate ``checkpoint`` (the run's, as trained), export it as ``work/msfer_fer2013.pt`` and measure that
+    file; returns its record. Every other file it writes is a temporary one in ``work``."""
     samples = [s for s in index.samples if s.split == "public_test"]
-    annotations = load_annotations(args.annotations) if args.annotations else None
-    # the model as trained: an earlier bundle's folded adjustment taken out, any calibration reset, so
-    # that the calibration is fitted to (and later applied to) the raw logits
-    checkpoint = calibrated_checkpoint(unfold_adjustment(load_checkpoint(best)), [1.0] * 7, [0.0] * 7, [0.0] * 7, {})
-    checkpoint.pop("calibration")
-    as_trained = save_checkpoint(checkpoint, BUNDLED_MODEL.with_suffix(".as_trained.tmp"))
+    candidate = work / BUNDLED_MODEL.name
+    as_trained = save_checkpoint(checkpoint, work / "as_trained.pt")
     record = {"source": str(best), "best_epoch": checkpoint.get("best", {}).get("epoch"), "validation": {}}
 
     predictions, region_names = predict(as_trained, samples, annotations, tta=False)
@@ -125,37 +128,161 @@ def main() -> int:
             "criterion": calibration["criterion"], "balanced_tau": decision["tau"],
             "balanced_criterion": decision["criterion"]}
     source = save_checkpoint(calibrated_checkpoint(checkpoint, calibration["scale"], calibration["bias"],
-                                                   decision["offsets"], kept), BUNDLED_MODEL.with_suffix(".fp32.tmp"))
+                                                   decision["offsets"], kept), work / "float32.pt")
     record["validation"]["as_trained"] = public_test(
         as_trained, samples, annotations, summarize(predictions, region_names, scored_regions=annotations is not None))
     as_trained.unlink()
 
-    half = export_weights(source, BUNDLED_MODEL.with_suffix(".fp16.tmp"), half=True)
+    half = export_weights(source, work / "float16.pt", half=True)
     for name, weights in (("float32", source), ("float16", half)):
         record["validation"][name] = public_test(weights, samples, annotations)
     fp32, fp16 = record["validation"]["float32"], record["validation"]["float16"]
     lossless = all(abs(fp32[k]["decision_rules"][rule][m] - fp16[k]["decision_rules"][rule][m]) <= 0.001
                    for k in fp32 for rule in DECISION_RULES for m in ("overall_accuracy", "mean_class_accuracy"))
     if lossless:
-        half.replace(BUNDLED_MODEL)
+        half.replace(candidate)
     else:
         half.unlink()
-        export_weights(source, BUNDLED_MODEL, half=False)
+        export_weights(source, candidate, half=False)
     source.unlink()
     record["precision"] = "float16" if lossless else "float32"
-    bundled, _ = predict(BUNDLED_MODEL, samples, annotations, tta=False)
+    bundled, _ = predict(candidate, samples, annotations, tta=False)
     _, held_out = stratified_halves(bundled["y_true"])
     record["calibration"]["held_out"]["bundled"] = calibration_metrics(bundled["probs"][held_out],
                                                                        bundled["y_true"][held_out])
     sample = fixed_sample(samples)
     record["fixed_sample"] = {"split": "public_test", "size": len(sample),
-                              **measure(BUNDLED_MODEL, sample, None, tta=False)}
-    if args.tcce:
-        record["validation"]["tcce_val"] = tcce_val(args.tcce)
+                              **measure(candidate, sample, None, tta=False)}
+    if tcce:
+        record["validation"]["tcce_val"] = tcce_val(candidate, tcce)
     record["config"] = checkpoint["config"]
-    BUNDLED_RECORD.write_text(json.dumps(record, indent=1) + "\n")
-    print(json.dumps({k: v for k, v in record.items() if k not in ("config", "decision")}, indent=1)[:6000])
-    print(f"bundled {BUNDLED_MODEL} ({BUNDLED_MODEL.stat().st_size / 2**20:.1f} MB, {record['precision']})")
+    return record
+
+
+# The figures compared with an earlier record: (key, name); the verdict judges the two validations of issue 14.
+COMPARED = (("fer2013_public_test", "FER2013 public_test"),
+            ("fer2013_public_test_tta", "FER2013 public_test, flip TTA"),
+            ("tcce_val", "TCCE val, whole pipeline"))
+JUDGED = ("fer2013_public_test", "tcce_val")
+JUDGEMENT = ("overall accuracy, strictly higher on both FER2013 public_test (without TTA) and TCCE val "
+             "(whole pipeline), under the same decision rule")
+
+
+def figures(record: dict, rule: str) -> dict[str, dict | None]:
+    """A record's ``{"n", "overall_accuracy", "mean_class_accuracy"}`` per key of ``COMPARED`` under ``rule``, for
+    the precision it shipped in; None where the record lacks them."""
+    validation = record.get("validation") or {}
+    shipped = validation.get(record.get("precision")) or {}
+    found = {}
+    for key in ("fer2013_public_test", "fer2013_public_test_tta"):
+        entry = shipped.get(key) or {}
+        scores = (entry.get("decision_rules") or {}).get(rule)
+        found[key] = {"n": entry.get("n"), **scores} if scores else None
+    found["tcce_val"] = (validation.get("tcce_val") or {}).get(rule)
+    return found
+
+
+def verdict(candidate: dict, old: dict) -> dict:
+    """``{"verdict": "better" | "not better" | "no verdict", "why"}`` for two :func:`figures` of one rule."""
+    names = dict(COMPARED)
+    for key in JUDGED:
+        if not candidate[key]:
+            hint = " (bundle with --tcce)" if key == "tcce_val" else ""
+            return {"verdict": "no verdict", "why": f"the candidate has no {names[key]} figures{hint}"}
+        if not old[key]:
+            return {"verdict": "no verdict", "why": f"the compared record has no {names[key]} figures"}
+        if candidate[key]["n"] != old[key]["n"]:
+            return {"verdict": "no verdict", "why": f"{names[key]} has {candidate[key]['n']} images here and "
+                    f"{old[key]['n']} in the compared record: not the same set"}
+    better = all(candidate[key]["overall_accuracy"] > old[key]["overall_accuracy"] for key in JUDGED)
+    detail = "; ".join(f"{names[key]} {100 * candidate[key]['overall_accuracy']:.1f}% vs "
+                       f"{100 * old[key]['overall_accuracy']:.1f}%" for key in JUDGED)
+    return {"verdict": "better" if better else "not better", "why": f"overall accuracy, candidate vs record: {detail}"}
+
+
+def compare(record: dict, old: dict, old_path: Path) -> dict:
+    """The candidate ``record`` against an ``old`` one (read from ``old_path``): its figures and a verdict per rule."""
+    return {"record": str(old_path), "judged_by": JUDGEMENT,
+            "record_figures": {rule: figures(old, rule) for rule in DECISION_RULES},
+            "verdicts": {rule: verdict(figures(record, rule), figures(old, rule)) for rule in DECISION_RULES}}
+
+
+def comparison_table(record: dict, comparison: dict) -> str:
+    """The comparison as a Markdown table (overall / mean class accuracy, %) and one verdict line per rule."""
+    def cell(scores: dict | None) -> str:
+        return "-" if not scores else (f"{100 * scores['overall_accuracy']:.1f} / "
+                                       f"{100 * scores['mean_class_accuracy']:.1f}")
+
+    lines = [f"candidate vs {comparison['record']} (overall / mean class accuracy, %)",
+             "| validation | decision rule | candidate | record |", "|---|---|---|---|"]
+    for rule in DECISION_RULES:
+        mine, theirs = figures(record, rule), comparison["record_figures"][rule]
+        lines += [f"| {name} | {rule} | {cell(mine[key])} | {cell(theirs[key])} |" for key, name in COMPARED]
+    lines.append(f"verdict ({JUDGEMENT}):")
+    lines += [f"  {rule}: {v['verdict']} ({v['why']})" for rule, v in comparison["verdicts"].items()]
+    return "\n".join(lines)
+
+
+def read_record(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"cannot read the record to compare with, {path}: {error}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="training run folder (its best.pt is bundled) or a checkpoint file")
+    parser.add_argument("--data", type=Path, required=True, help="FER2013 folder tree")
+    parser.add_argument("--annotations", type=Path, help="pseudo-labels, to score the region detector too "
+                        "(region networks only)")
+    parser.add_argument("--tcce", type=Path, help="TCCE folder tree (train/, val/): its val is the second validation")
+    parser.add_argument("--out", type=Path, default=BUNDLED_MODEL.parent, metavar="DIR",
+                        help=f"where {BUNDLED_MODEL.name} and {BUNDLED_RECORD.name} go (default: the package's, "
+                             "replacing the shipped model)")
+    parser.add_argument("--compare", type=Path, metavar="RECORD",
+                        help=f"record to compare the candidate with (default: DIR's {BUNDLED_RECORD.name} when "
+                             "DIR holds one, else the shipped model's)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace the model in DIR even when the candidate is not better (argmax rule)")
+    args = parser.parse_args(argv)
+
+    model_path, record_path = args.out / BUNDLED_MODEL.name, args.out / BUNDLED_RECORD.name
+    replacing = model_path.exists() or record_path.exists()
+    compare_path = args.compare or (record_path if record_path.is_file() else BUNDLED_RECORD)
+    old = read_record(compare_path)  # before anything is written: it may be the record this bundle replaces
+
+    best = resolve_checkpoint(args.run, prefer="best.pt")
+    # the model as trained: an earlier bundle's folded adjustment taken out, any calibration reset, so
+    # that the calibration is fitted to (and later applied to) the raw logits
+    checkpoint = calibrated_checkpoint(unfold_adjustment(load_checkpoint(best)), [1.0] * 7, [0.0] * 7, [0.0] * 7, {})
+    checkpoint.pop("calibration")
+    if args.annotations and not checkpoint.get("region_names"):
+        parser.error(f"--annotations scores a region detector, and {best} is a plain classifier "
+                     f"({checkpoint['config']['model'].get('name')}, no regions): leave --annotations out")
+    index = read_dataset(args.data, "fer2013")
+    annotations = load_annotations(args.annotations) if args.annotations else None
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    # measured where it is written, then moved into place only when allowed: a refused or failed bundle
+    # leaves DIR as it was (the folder and everything in it go when this block ends, error or not)
+    with tempfile.TemporaryDirectory(dir=args.out, prefix=".bundling-") as work:
+        record = bundle(best, checkpoint, index, annotations, args.tcce, Path(work))
+        record["compared_with"] = compare(record, old, compare_path)
+        print(json.dumps({k: v for k, v in record.items() if k not in ("config", "decision", "compared_with")},
+                         indent=1)[:6000])
+        print(comparison_table(record, record["compared_with"]))
+        ruling = record["compared_with"]["verdicts"]["argmax"]["verdict"]
+        if replacing and ruling != "better" and not args.force:
+            why = record["compared_with"]["verdicts"]["argmax"]["why"]
+            raise SystemExit(f"refused to replace the model in {args.out}: the verdict under the argmax rule against "
+                             f"{compare_path} is {ruling!r} ({why}); replacing needs 'better' ({JUDGEMENT}). "
+                             f"Nothing in {args.out} was changed: bundle elsewhere with --out, or pass --force.")
+        written = Path(work) / BUNDLED_RECORD.name
+        written.write_text(json.dumps(record, indent=1) + "\n")
+        os.replace(Path(work) / BUNDLED_MODEL.name, model_path)
+        os.replace(written, record_path)
+    print(f"bundled {model_path} ({model_path.stat().st_size / 2**20:.1f} MB, {record['precision']})")
     return 0
 
 

@@ -1,0 +1,190 @@
+"""scripts/bundle_model.py end to end on a real (tiny) plain classifier trained by `msfer train`: bundled as a
+candidate into another folder, measured there (TCCE val through the whole pipeline included), compared with a
+record, and refused where it would replace a better model."""
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image, ImageEnhance, ImageOps
+
+from msfer.labels import EMOTIONS
+from msfer.weights import BUNDLED_MODEL
+
+ROOT = Path(__file__).resolve().parents[1]
+ASTRONAUT = ROOT / "src" / "msfer" / "samples" / "astronaut.jpg"
+PUBLIC_TEST_PER_CLASS, TCCE_VAL_PER_CLASS = 9, 1
+CROP_RULE = {"method": "box", "scale": 1.1}  # not the default, so the bundle must carry the checkpoint's own
+
+# The fastest real model: MobileNetV2 classifier from scratch at 32 px, one epoch.
+TINY_CONFIG = {
+    "model": {"name": "classifier_mobilenetv2", "pretrained": False, "input_size": 32},
+    "data": {"format": "fer2013", "val_split": "public_test", "num_workers": 0, "crop_rule": CROP_RULE},
+    "train": {"batch_size": 8, "schedule": "none", "epochs": 1},
+    "eval": {"batch_size": 16, "tta": False},
+}
+
+
+def bundle_script():
+    spec = importlib.util.spec_from_file_location("bundle_model", ROOT / "scripts" / "bundle_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def digests(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (hidden ones too) by its SHA-256."""
+    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.fixture(scope="module")
+def fer_tree(tmp_path_factory) -> Path:
+    """FER2013's folder layout: train/ (2-4 per class: unequal, so the balanced rule has offsets) and public_test/
+    (enough per class for the calibration's stratified halves and their 5 folds), 24 px grey noise."""
+    root = tmp_path_factory.mktemp("fer2013")
+    rng = np.random.default_rng(0)
+    for split in ("train", "public_test"):
+        for k, name in enumerate(EMOTIONS):
+            (root / split / name).mkdir(parents=True)
+            for i in range(2 + k % 3 if split == "train" else PUBLIC_TEST_PER_CLASS):
+                Image.fromarray(rng.integers(0, 255, (24, 24), dtype=np.uint8)).save(root / split / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tcce_tree(tmp_path_factory) -> Path:
+    """TCCE's layout, val/<class>/*.jpg: 256 px colour photos of the sample's face (RetinaFace finds it), a
+    different brightness (and side) per class."""
+    root = tmp_path_factory.mktemp("tcce")
+    photo = Image.open(ASTRONAUT).convert("RGB").resize((256, 256))
+    for k, name in enumerate(EMOTIONS):
+        (root / "val" / name).mkdir(parents=True)
+        variant = ImageEnhance.Brightness(photo).enhance(0.7 + 0.1 * k)
+        (ImageOps.mirror(variant) if k % 2 else variant).save(root / "val" / name / "0.jpg", quality=90)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(fer_tree, tmp_path_factory) -> Path:
+    """A run folder of `msfer train` (one epoch of the tiny classifier) holding best.pt."""
+    folder = tmp_path_factory.mktemp("train")
+    (folder / "tiny.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
+    run = folder / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    result = subprocess.run([sys.executable, "-m", "msfer.cli", "train", "--config", str(folder / "tiny.yaml"),
+                             "--output-dir", str(run), f"data.root={fer_tree}"],
+                            cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (run / "best.pt").is_file()
+    return run
+
+
+def test_a_classifier_is_bundled_into_another_folder_and_measured_there(trained, fer_tree, tcce_tree, tmp_path,
+                                                                        capsys):
+    from msfer.data.readers import read_dataset
+    from msfer.inference.detect_eval import evaluate_with_detection
+    from msfer.inference.recognizer import EmotionRecognizer
+
+    shipped = digests(BUNDLED_MODEL.parent)
+    script, out = bundle_script(), tmp_path / "candidate"
+    assert script.main([str(trained), "--data", str(fer_tree), "--tcce", str(tcce_tree), "--out", str(out)]) == 0
+    assert digests(BUNDLED_MODEL.parent) == shipped  # byte for byte, and no file added there
+    assert sorted(os.listdir(out)) == ["msfer_fer2013.json", "msfer_fer2013.pt"]  # no temporary file left
+
+    record = json.loads((out / "msfer_fer2013.json").read_text())
+    assert {"calibration", "decision", "fixed_sample", "precision", "compared_with"} <= set(record)
+    assert record["source"] == str(trained / "best.pt")
+    assert record["config"]["model"]["name"] == "classifier_mobilenetv2"
+    assert record["calibration"]["method"] in ("temperature", "vector")
+    assert "bundled" in record["calibration"]["held_out"]
+    assert record["fixed_sample"]["n"] == 7 * PUBLIC_TEST_PER_CLASS
+    public = record["validation"][record["precision"]]["fer2013_public_test"]
+    assert public["n"] == 7 * PUBLIC_TEST_PER_CLASS and "region_detection" not in public
+    tcce = record["validation"]["tcce_val"]
+    assert tcce["argmax"]["n"] == tcce["balanced"]["n"] == 7 * TCCE_VAL_PER_CLASS and tcce["faces_missed"] == 0
+
+    # the written file loads with the API, carries the checkpoint's crop rule and its balanced rule, and
+    # is the file TCCE val was measured with
+    recognizer = EmotionRecognizer(out / "msfer_fer2013.pt", device="cpu")
+    assert recognizer.crop_rule.to_dict() == CROP_RULE
+    assert np.allclose(recognizer.classifier.balanced_offsets, record["decision"]["offsets"], atol=1e-2)
+    [face] = recognizer.predict(np.asarray(Image.open(ASTRONAUT).convert("RGB")))
+    assert face.label in EMOTIONS and face.regions == {} and abs(sum(face.probs.values()) - 1) < 1e-3
+    again = evaluate_with_detection(recognizer, [s for s in read_dataset(tcce_tree, "folder").samples])
+    assert again["overall_accuracy"] == tcce["argmax"]["overall_accuracy"]  # the recognizer's rule: argmax
+    # the probabilities too (a tiny model's accuracy alone could match another model's)
+    assert again["calibration"]["nll"] == pytest.approx(tcce["calibration"]["nll"], rel=1e-6)
+    assert again["calibration"]["mean_confidence"] == pytest.approx(tcce["calibration"]["mean_confidence"], rel=1e-6)
+
+    # compared with the shipped record by default: measured on other sets, so no verdict is claimed
+    compared = record["compared_with"]
+    assert compared["record"] == str(BUNDLED_MODEL.with_suffix(".json"))
+    for rule in ("argmax", "balanced"):
+        assert compared["verdicts"][rule]["verdict"] == "no verdict"
+        assert "not the same set" in compared["verdicts"][rule]["why"]
+    printed = capsys.readouterr().out
+    assert "| TCCE val, whole pipeline | argmax |" in printed and "argmax: no verdict" in printed
+
+
+def fake_record(accuracy: float) -> dict:
+    """A record as bundle_model.py writes one, with every accuracy ``accuracy``, on the test's set sizes."""
+    scores = {rule: {"overall_accuracy": accuracy, "mean_class_accuracy": accuracy} for rule in ("argmax", "balanced")}
+    public = {"n": 7 * PUBLIC_TEST_PER_CLASS, "decision_rules": scores}
+    return {"precision": "float16",
+            "validation": {"float16": {"fer2013_public_test": public, "fer2013_public_test_tta": public},
+                           "tcce_val": {rule: {"n": 7 * TCCE_VAL_PER_CLASS, **s} for rule, s in scores.items()}}}
+
+
+def test_replacing_a_better_model_is_refused_unless_forced(trained, fer_tree, tcce_tree, tmp_path, capsys):
+    script, folder = bundle_script(), tmp_path / "weights"
+    folder.mkdir()
+    (folder / "msfer_fer2013.json").write_text(json.dumps(fake_record(0.99)))
+    (folder / "msfer_fer2013.pt").write_bytes(b"the better model")
+    before = digests(folder)
+    args = [str(trained), "--data", str(fer_tree), "--tcce", str(tcce_tree), "--out", str(folder)]
+    with pytest.raises(SystemExit, match="refused to replace the model in .* the argmax rule .* is 'not better'"):
+        script.main(args)
+    assert digests(folder) == before  # nothing replaced, no temporary file left
+    assert "argmax: not better" in capsys.readouterr().out
+
+    assert script.main([*args, "--force"]) == 0
+    assert sorted(os.listdir(folder)) == ["msfer_fer2013.json", "msfer_fer2013.pt"]
+    record = json.loads((folder / "msfer_fer2013.json").read_text())
+    assert record["compared_with"]["record"] == str(folder / "msfer_fer2013.json")
+    assert record["compared_with"]["verdicts"]["argmax"]["verdict"] == "not better"
+    assert record["compared_with"]["record_figures"]["argmax"]["tcce_val"]["overall_accuracy"] == 0.99
+
+
+def test_annotations_are_refused_for_a_classifier_before_anything_is_written(trained, fer_tree, tmp_path, capsys):
+    out = tmp_path / "candidate"
+    with pytest.raises(SystemExit) as exit_info:
+        bundle_script().main([str(trained), "--data", str(fer_tree), "--annotations", str(tmp_path / "a.jsonl"),
+                              "--out", str(out)])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "--annotations" in error and "plain classifier" in error
+    assert not out.exists()
+
+
+def test_verdicts_need_both_validations_on_the_same_sets():
+    script = bundle_script()
+    old, better, worse = fake_record(0.5), fake_record(0.6), fake_record(0.6)
+    worse["validation"]["tcce_val"]["argmax"]["overall_accuracy"] = 0.4  # better on FER2013, worse on TCCE
+    assert script.compare(better, old, Path("old.json"))["verdicts"]["argmax"]["verdict"] == "better"
+    assert script.compare(worse, old, Path("old.json"))["verdicts"]["argmax"]["verdict"] == "not better"
+    assert script.compare(worse, old, Path("old.json"))["verdicts"]["balanced"]["verdict"] == "better"
+
+    del old["validation"]["tcce_val"]
+    verdicts = script.compare(better, old, Path("old.json"))["verdicts"]
+    assert verdicts["argmax"] == {"verdict": "no verdict",
+                                  "why": "the compared record has no TCCE val, whole pipeline figures"}
+    del better["validation"]["tcce_val"]
+    verdicts = script.compare(better, fake_record(0.5), Path("old.json"))["verdicts"]
+    assert verdicts["argmax"]["verdict"] == "no verdict" and "(bundle with --tcce)" in verdicts["argmax"]["why"]
