@@ -211,8 +211,8 @@ def main() -> int:
     args = parser.parse_args()
 
     args.out.mkdir(parents=True, exist_ok=True)
-    overrides = [f"data.root={args.data}", f"data.annotations={args.annotations.resolve()}",
-                 f"train.epochs={args.epochs}", "eval.tta=false", *args.overrides]
+    overrides = [f"data.root={args.data}", f"data.annotations={args.annotations.resolve()}", "eval.tta=false",
+                 *args.overrides]  # train_to adds train.epochs
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     budget = {"epochs": args.epochs, "train_images": 28709, "code_commit": commit,
               "description": f"all 28,709 FER2013 train images, {args.epochs} epochs, the CPU recipe's optimiser, "

@@ -96,11 +96,9 @@ def _evaluate_crops(args: argparse.Namespace, options: dict) -> int:
 def _check_has_regions(weights: Path) -> None:
     """Refuse ``--region-source pseudo`` for a model that uses no regions (a plain classifier), naming its file."""
     from ..engine.checkpoint import load_checkpoint
-    from ..model.registry import model_config
+    from ..model.registry import resolve_config
 
-    config = dict(load_checkpoint(weights, prefer="best.pt")["config"]["model"])
-    if "name" in config:  # a registered name with overrides: its type is the registry's
-        config = {**model_config(config.pop("name")), **config}
+    config = resolve_config(load_checkpoint(weights, prefer="best.pt")["config"]["model"])
     if config.get("type", "emotionnet") != "emotionnet":  # only the region network has a region source
         raise MsferError(f"{weights} is a {config['type']} model that uses no face regions: "
                          "--region-source pseudo applies only to a region network (msfer_*)")

@@ -153,14 +153,21 @@ def model_config(name: str) -> dict[str, Any]:
     return {"name": name, **copy.deepcopy(MODELS[name])}
 
 
-def build_model(cfg: dict[str, Any]) -> nn.Module:
-    """Build a model from ``cfg``: a registered ``name`` (its defaults, overridden by the other keys), or a full
-    config."""
+def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` as a full config: a registered ``name``'s defaults overridden by the other keys (without ``name``),
+    or a copy of ``cfg`` when it has no name. Its ``type`` (default ``emotionnet``) says which model it builds."""
     cfg = dict(cfg)
     name = cfg.pop("name", None)
     if name is not None:
         cfg = {**model_config(name), **cfg}
         cfg.pop("name")
+    return cfg
+
+
+def build_model(cfg: dict[str, Any]) -> nn.Module:
+    """Build a model from ``cfg``: a registered ``name`` (its defaults, overridden by the other keys), or a full
+    config."""
+    cfg = resolve_config(cfg)
     model_type = cfg.get("type", "emotionnet")
     if model_type not in _TYPES:
         raise MsferError(f"unknown model type {model_type!r}; expected one of {', '.join(_TYPES)}")
