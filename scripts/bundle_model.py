@@ -11,7 +11,9 @@ FER2013 public_test (validation), without TTA:
 1. fits the calibration (``msfer.engine.calibration.choose_calibration``: temperature or
    vector scaling, chosen and fitted on one stratified half, reported on the other);
 2. chooses the balanced decision rule's strength ``tau`` on the calibrated probabilities of the
-   same half (``msfer.engine.prior.choose_tau``);
+   same half (``msfer.engine.prior.choose_tau``), against the class prior the run trained under
+   (the checkpoint's ``train_class_prior``: a FER2013 + TCCE mix's share of each class in an
+   epoch's draws; FER2013 train's counts for checkpoints that predate it);
 3. writes both into the model's buffers and exports it as ``msfer_fer2013.pt`` (half precision
    if that loses nothing measurable: every accuracy within 0.1 point);
 4. measures that file with and without flip TTA under both decision rules, its calibration on
@@ -119,8 +121,10 @@ def bundle(best: Path, checkpoint: dict, index, annotations: dict | None, tcce: 
     predictions, region_names = predict(as_trained, samples, annotations, tta=False)
     calibration = choose_calibration(predictions["logits"], predictions["y_true"])
     calibrated = apply(predictions["logits"], np.array(calibration["scale"]), np.array(calibration["bias"]))
-    counts = list(index.counts()["train"].values())
-    decision = choose_tau(calibrated, predictions["y_true"], counts)
+    # The prior the model learned: what its training drew (recorded since v2; FER2013 TCCE mixes differ
+    # from FER2013's counts), else FER2013 train's counts, all that earlier checkpoints trained on.
+    prior = checkpoint.get("train_class_prior") or list(index.counts()["train"].values())
+    decision = choose_tau(calibrated, predictions["y_true"], prior)
     record["calibration"] = calibration
     record["decision"] = {"default": "argmax", **{k: v for k, v in decision.items() if k != "curve"},
                           "curve": decision["curve"]}

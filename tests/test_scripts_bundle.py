@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image, ImageEnhance, ImageOps
 
@@ -112,6 +113,9 @@ def test_a_classifier_is_bundled_into_another_folder_and_measured_there(trained,
 
     # the written file loads with the API, carries the checkpoint's crop rule and its balanced rule, and
     # is the file TCCE val was measured with
+    # the balanced rule divides out the prior the run trained under, as its checkpoint records it
+    trained_prior = torch.load(trained / "best.pt", weights_only=True)["train_class_prior"]
+    assert record["decision"]["class_prior"] == pytest.approx(trained_prior, abs=1e-6)
     recognizer = EmotionRecognizer(out / "msfer_fer2013.pt", device="cpu")
     assert recognizer.crop_rule.to_dict() == CROP_RULE
     assert np.allclose(recognizer.classifier.balanced_offsets, record["decision"]["offsets"], atol=1e-2)
