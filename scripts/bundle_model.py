@@ -98,15 +98,15 @@ def public_test(weights: Path, samples: list, annotations: dict | None, without_
 def tcce_val(weights: Path, root: Path) -> dict:
     """``weights`` on TCCE val through the whole pipeline (largest face of each photo): accuracies under both
     rules, faces missed, and the calibration of the probabilities of the faces found."""
-    from msfer.inference.detect_eval import evaluate_with_detection
+    from msfer.engine.photos import photo_metrics
+    from msfer.inference.detect_eval import probs_with_detection
     from msfer.inference.recognizer import EmotionRecognizer
 
     samples = [s for s in read_dataset(root, "folder").samples if s.split == "val"]
-    metrics = evaluate_with_detection(EmotionRecognizer(weights, device="cpu", batch_size=32), samples)
-    # no decision_rules when the balanced offsets are all 0 (tau 0, or equal class counts): it decides as argmax
-    headline = {key: metrics[key] for key in ("overall_accuracy", "mean_class_accuracy")}
-    rules = metrics.get("decision_rules") or {rule: headline for rule in DECISION_RULES}
-    return {**{rule: {"n": metrics["n"], **scores} for rule, scores in rules.items()},
+    recognizer = EmotionRecognizer(weights, device="cpu", batch_size=32)
+    # both rules always, also when tau is 0 (offsets all 0: the rules agree), so records compare rule by rule
+    metrics = photo_metrics(samples, probs_with_detection(recognizer, samples), recognizer.classifier.balanced_offsets)
+    return {**{rule: {"n": metrics["n"], **scores} for rule, scores in metrics["decision_rules"].items()},
             "faces_missed": metrics["detection"]["faces_missed"], "calibration": metrics["calibration"]}
 
 

@@ -63,6 +63,12 @@ def test_engine_and_inference_paths_give_identical_probabilities(random_weights,
     metrics = evaluate_with_detection(api, photos)
     assert metrics == photo_metrics(photos, inference)
     assert metrics["detection"]["missed_ids"] == ["fear/coffee.png"] and metrics["n"] == 3
+    # no balanced rule in the model (offsets all 0): one rule reported, as msfer evaluate does on crops;
+    # offsets given (even zeros, as bundling passes them) report both, like split_metrics
+    assert "decision_rules" not in metrics
+    rules = photo_metrics(photos, inference, np.zeros(len(EMOTIONS)))["decision_rules"]
+    headline = {key: metrics[key] for key in ("overall_accuracy", "mean_class_accuracy")}
+    assert rules == {"argmax": headline, "balanced": headline}
 
 
 # Run by torchrun in each of two gloo processes: the same random network on every rank, scored on the photos.

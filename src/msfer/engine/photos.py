@@ -102,13 +102,14 @@ def decisions(probs: np.ndarray, offsets: Sequence[float] | None, rule: str = "a
 def photo_metrics(samples: Sequence[Sample], probs: np.ndarray, balanced_offsets: Sequence[float] | None = None,
                   decision: str = "argmax") -> dict:
     """Metrics of the whole pipeline from each photo's probabilities (NaN rows: no face), as the module
-    docstring says; with ``balanced_offsets`` that are not all zero, ``decision_rules`` gives overall and
-    mean class accuracy under every rule, and ``calibration`` describes the probabilities of the faces found."""
+    docstring says; with ``balanced_offsets`` (7 logit offsets, as :func:`msfer.engine.evaluate.split_metrics`
+    takes them), ``decision_rules`` gives overall and mean class accuracy under every rule, and
+    ``calibration`` describes the probabilities of the faces found."""
     y_true = [sample.label for sample in samples]
     y_pred = decisions(probs, balanced_offsets, decision).tolist()
     metrics = compute_metrics(y_true, y_pred, (*EMOTIONS, "no_face"))
     metrics["decision"] = decision
-    if balanced_offsets is not None and np.any(balanced_offsets):
+    if balanced_offsets is not None:
         metrics["decision_rules"] = {}
         for rule in DECISION_RULES:
             # "no_face" has no support (no photo's truth), so the mean class accuracy is over the emotions.
