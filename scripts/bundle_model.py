@@ -11,9 +11,9 @@ FER2013 public_test (validation), without TTA:
 1. fits the calibration (``msfer.engine.calibration.choose_calibration``: temperature or
    vector scaling, chosen and fitted on one stratified half, reported on the other);
 2. chooses the balanced decision rule's strength ``tau`` on the calibrated probabilities of the
-   same half (``msfer.engine.prior.choose_tau``), against the class prior the run trained under
-   (the checkpoint's ``train_class_prior``: a FER2013 + TCCE mix's share of each class in an
-   epoch's draws; FER2013 train's counts for checkpoints that predate it);
+   same half (``msfer.engine.prior.choose_tau``), against the class prior those probabilities
+   carry: their mean over public_test (after vector scaling, the fitting half's class frequencies,
+   whatever a FER2013 + TCCE mix drew in training);
 3. writes both into the model's buffers and exports it as ``msfer_fer2013.pt`` (half precision
    if that loses nothing measurable: every accuracy within 0.1 point);
 4. measures that file with and without flip TTA under both decision rules, its calibration on
@@ -121,10 +121,10 @@ def bundle(best: Path, checkpoint: dict, index, annotations: dict | None, tcce: 
     predictions, region_names = predict(as_trained, samples, annotations, tta=False)
     calibration = choose_calibration(predictions["logits"], predictions["y_true"])
     calibrated = apply(predictions["logits"], np.array(calibration["scale"]), np.array(calibration["bias"]))
-    # The prior the model learned: what its training drew (recorded since v2; FER2013 TCCE mixes differ
-    # from FER2013's counts), else FER2013 train's counts, all that earlier checkpoints trained on.
-    prior = checkpoint.get("train_class_prior") or list(index.counts()["train"].values())
-    decision = choose_tau(calibrated, predictions["y_true"], prior)
+    # The prior the calibrated probabilities carry, not the one training drew: vector scaling's per-class bias,
+    # fitted on public_test, moves their mean to that half's class frequencies whatever mix the run trained on.
+    # Their mean over public_test estimates it (no label is used).
+    decision = choose_tau(calibrated, predictions["y_true"], calibrated.mean(axis=0))
     record["calibration"] = calibration
     record["decision"] = {"default": "argmax", **{k: v for k, v in decision.items() if k != "curve"},
                           "curve": decision["curve"]}

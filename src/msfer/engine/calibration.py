@@ -2,7 +2,9 @@
 
 A network trained with label smoothing and a focal loss gives flat, underconfident softmax
 outputs. Post-hoc calibration rescales its logits ``z`` (N x 7) so that the softmax estimates
-P(emotion | face) under the training data's class frequencies:
+P(emotion | face) on data like the validation split it is fitted on, under that split's class
+frequencies (vector scaling's per-class bias sets them; temperature scaling keeps the training
+prior the network learned):
 
 * temperature scaling (Guo et al., "On calibration of modern neural networks", ICML 2017):
   ``z / T``, one parameter;

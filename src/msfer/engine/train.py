@@ -363,20 +363,6 @@ def build_datasets(config: Config, model: torch.nn.Module, roles: tuple[str, ...
     return datasets
 
 
-def learned_class_prior(train_set, balanced: bool) -> list[float]:
-    """The class frequencies a model trained on ``train_set`` learns its scores under (7 floats in
-    ``EMOTIONS`` order, summing to 1): a mixed set's share of each class in an epoch's draws, not its
-    sizes; uniform when balanced sampling or a class-weighted loss evens the classes out (``balanced``).
-    The balanced decision rule divides this prior out (:mod:`msfer.engine.prior`)."""
-    if balanced:
-        return [1.0 / NUM_EMOTIONS] * NUM_EMOTIONS
-    if isinstance(train_set, ConcatFaceDataset):
-        drawn = train_set.drawn_class_frequencies(NUM_EMOTIONS)
-    else:
-        drawn = np.bincount(train_set.labels, minlength=NUM_EMOTIONS) / max(len(train_set), 1)
-    return [round(float(share), 6) for share in drawn]
-
-
 def sample_key(sample, root: str) -> str:
     """What identifies a sample across datasets: its file's real path, or for images held in a label file
     (CSV) the file's real path and the sample's id."""
@@ -505,8 +491,6 @@ class Trainer:
         self.photo_val = PhotoValidation(photo_val, CropRule.from_dict(data["crop_rule"]), model.input_size,
                                          info=info) if photo_val else None
         self.photo_summary: dict = {}
-        self.class_prior = learned_class_prior(self.train_set, data["balanced_sampling"] or
-                                               train["class_weights"] == "balanced")
         if train["class_weights"] == "balanced":
             if isinstance(self.train_set, ConcatFaceDataset):  # inverse of what an epoch draws, not of the sizes
                 drawn = self.train_set.drawn_class_frequencies(NUM_EMOTIONS)
@@ -812,7 +796,7 @@ class Trainer:
             "model": self.model.state_dict(), "ema": self.ema.module.state_dict() if self.ema else None,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "epoch": epoch + 1, "best": self.best, "rng": rng_states(),
-            "train_class_prior": self.class_prior, **describe(self.model, self.config, metrics),
+            **describe(self.model, self.config, metrics),
         }
         if photo:
             checkpoint["photo_val"] = photo  # the epoch's whole-pipeline metrics on data.photo_val
