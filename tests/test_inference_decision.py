@@ -210,3 +210,41 @@ def test_evaluate_detect_faces_under_both_rules(balanced_weights, astronaut, tmp
     for rule in ("argmax", "balanced"):
         assert results[rule]["overall_accuracy"] == results["argmax"]["decision_rules"][rule]["overall_accuracy"]
     assert results["argmax"]["confusion_matrix"] != results["balanced"]["confusion_matrix"]
+
+
+def test_a_rule_fitted_at_tau_0_is_balanced_and_equals_argmax(random_weights, astronaut, tmp_path, capsys):
+    """The bundling step may choose tau 0 (zero offsets): the model still has its balanced rule, equal to argmax,
+    in the API, the service's health, an ONNX export and `msfer evaluate` on crops and photos."""
+    checkpoint = calibrated_checkpoint(load_checkpoint(random_weights), [1.0] * 7, [0.0] * 7, [0.0] * 7,
+                                       {**CALIBRATION_RECORD, "balanced_tau": 0.0})
+    weights = save_checkpoint(checkpoint, tmp_path / "tau0.pt")
+    recognizer = EmotionRecognizer(weights, decision="balanced")
+    assert recognizer.has_balanced_rule and recognizer.calibration["balanced_tau"] == 0.0
+    face = recognizer.predict(astronaut)[0]
+    assert face.decision == "balanced" and face.to_dict() == {
+        **recognizer.predict(astronaut, decision="argmax")[0].to_dict(), "decision": "balanced"}
+    pytest.importorskip("onnx")
+    exported = tmp_path / "tau0.onnx"
+    assert main(["export", "--out", str(exported), "--weights", str(weights)]) == 0
+    onnx_face = EmotionRecognizer(exported, backend="onnx", decision="balanced").predict(astronaut)[0]
+    assert onnx_face.label == face.label
+    root = tmp_path / "photos" / "happy"
+    root.mkdir(parents=True)
+    Image.fromarray(astronaut).save(root / "astronaut.jpg", quality=95)
+    for extra in ([], ["--detect-faces"]):
+        out = tmp_path / f"eval{len(extra)}"
+        assert main(["evaluate", "--weights", str(weights), "--data", str(root.parent), "--format", "folder",
+                     "--out", str(out), "--device", "cpu", "--num-workers", "0", "--decision", "balanced",
+                     *extra]) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        rules = metrics["decision_rules"]
+        assert metrics["decision"] == "balanced" and rules["balanced"] == rules["argmax"]
+
+
+def test_evaluate_refuses_balanced_before_reading_the_data(random_weights, tmp_path, capsys):
+    """A model without the rule is refused at once, not after the whole split was scored."""
+    missing = tmp_path / "not_there"
+    assert main(["evaluate", "--weights", str(random_weights), "--data", str(missing), "--format", "folder",
+                 "--out", str(tmp_path / "e"), "--device", "cpu", "--decision", "balanced"]) == 2
+    assert "no balanced decision rule" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()

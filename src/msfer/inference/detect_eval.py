@@ -51,7 +51,6 @@ def predict_with_detection(recognizer: EmotionRecognizer, samples: Sequence[Samp
 
 def evaluate_with_detection(recognizer: EmotionRecognizer, samples: Sequence[Sample]) -> dict:
     """Detect, then classify the largest face of each sample's photo; metrics as described in the module docstring."""
-    offsets = recognizer.classifier.balanced_offsets
-    # A model without the balanced rule (offsets all 0) reports one rule, as msfer evaluate does on crops.
-    return photo_metrics(samples, probs_with_detection(recognizer, samples),
-                         offsets if np.any(offsets) else None, recognizer.decision)
+    # A model without the balanced rule reports one rule, as msfer evaluate does on crops.
+    offsets = recognizer.classifier.balanced_offsets if recognizer.has_balanced_rule else None
+    return photo_metrics(samples, probs_with_detection(recognizer, samples), offsets, recognizer.decision)

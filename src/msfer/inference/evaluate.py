@@ -78,6 +78,7 @@ def _evaluate_crops(args: argparse.Namespace, options: dict) -> int:
         _check_has_regions(weights)
         overrides = {"region_source": "pseudo"}
     model, meta = load_model(weights, device, model_overrides=overrides)
+    offsets = balanced_offsets(model, meta, weights, args.decision)  # refuse a missing rule before scoring
     samples = _split_samples(args)
     annotations = load_annotations(args.annotations) if args.annotations else None
     dataset = FaceDataset(samples, model.input_size, model.region_names, annotations)
@@ -85,7 +86,7 @@ def _evaluate_crops(args: argparse.Namespace, options: dict) -> int:
                                 pseudo_regions=args.region_source == "pseudo", num_workers=args.num_workers)
     has_detector = getattr(model, "detector", None) is not None
     metrics = split_metrics(predictions, model.region_names, score_regions=has_detector and annotations is not None,
-                            balanced_offsets=balanced_offsets(model, weights, args.decision), decision=args.decision)
+                            balanced_offsets=offsets, decision=args.decision)
     metrics.update({"weights": str(weights), "data": str(args.data), "format": args.format, "split": args.split,
                     "tta": args.tta, "region_source": getattr(model, "region_source", None),  # None: no regions
                     "model_calibration": (meta.get("calibration") or {}).get("method"),
@@ -104,12 +105,15 @@ def _check_has_regions(weights: Path) -> None:
                          "--region-source pseudo applies only to a region network (msfer_*)")
 
 
-def balanced_offsets(model, weights: Path, decision: str) -> list[float] | None:
-    """The model's balanced-decision offsets, or None when it has none (they are fitted when a model is bundled)."""
+def balanced_offsets(model, meta: dict, weights: Path, decision: str) -> list[float] | None:
+    """The model's balanced-decision offsets, or None when it has no balanced rule (see
+    :func:`msfer.inference.recognizer.has_balanced_rule`); decision "balanced" without one is an error."""
+    from .recognizer import has_balanced_rule
+
     offsets = model.balanced_offsets.float().cpu()
-    if not offsets.abs().sum():
+    if not has_balanced_rule(offsets.numpy(), meta.get("calibration")):
         if decision == "balanced":
-            raise MsferError(f"{weights} has no balanced decision rule (it is fitted by scripts/bundle_model.py): "
+            raise MsferError(f"{weights} has no balanced decision rule (scripts/bundle_model.py fits it): "
                              "use --decision argmax")
         return None
     return offsets.tolist()

@@ -147,6 +147,8 @@ def calibration_summary(record: dict | None, weights: Path | None = None) -> dic
     if not record:
         return None
     summary = {"method": record.get("method")}
+    if record.get("balanced_tau") is not None:  # the balanced rule was fitted (tau 0: it equals argmax)
+        summary["balanced_tau"] = record["balanced_tau"]
     held_out = record.get("held_out")
     if held_out is None and weights is not None:
         from ..weights import BUNDLED_MODEL, bundled_record
@@ -157,6 +159,14 @@ def calibration_summary(record: dict | None, weights: Path | None = None) -> dic
     summary.update({key: figures[key] for key in ("ece", "nll", "brier", "accuracy", "mean_confidence", "n")
                     if key in figures})
     return summary
+
+
+def has_balanced_rule(balanced_offsets, calibration: dict | None) -> bool:
+    """Whether a model carries the balanced decision rule: non-zero ``balanced_offsets`` (7 logit
+    offsets), or a calibration record (or :func:`calibration_summary`) with ``balanced_tau``. The
+    bundling step may choose tau 0, whose offsets are all zero: the rule then equals argmax and is
+    still the model's balanced rule."""
+    return bool(np.any(np.asarray(balanced_offsets))) or (calibration or {}).get("balanced_tau") is not None
 
 
 class TorchBackend:
@@ -396,6 +406,11 @@ class EmotionRecognizer:
         """The model's :func:`calibration_summary` (None: its probabilities are not calibrated)."""
         return self.classifier.calibration
 
+    @property
+    def has_balanced_rule(self) -> bool:
+        """Whether decision "balanced" is available (see :func:`has_balanced_rule`)."""
+        return has_balanced_rule(self.classifier.balanced_offsets, self.classifier.calibration)
+
     def predict(self, image: ImageInput, color_order: str = "rgb", decision: str | None = None) -> list[FaceResult]:
         """Every face in ``image`` (a path, PIL image or numpy array; see :func:`to_rgb_array`), largest first.
 
@@ -517,10 +532,10 @@ class EmotionRecognizer:
 
             if decision not in DECISION_RULES:
                 raise MsferError(f"unknown decision rule {decision!r}: use one of {', '.join(DECISION_RULES)}")
-            if not np.any(self.classifier.balanced_offsets):
-                raise MsferError(f"{self.weights_name} has no balanced decision rule (its offsets are all zero: they "
-                                 "are fitted when a model is bundled by scripts/bundle_model.py, and an ONNX file "
-                                 "carries them when 'msfer export' wrote it from such a model); use decision 'argmax'")
+            if not self.has_balanced_rule:
+                raise MsferError(f"{self.weights_name} has no balanced decision rule (scripts/bundle_model.py fits "
+                                 "it, and an ONNX file carries it when 'msfer export' wrote it from such a model); "
+                                 "use decision 'argmax'")
         return decision
 
     def _result(self, box, score, landmarks, regions: np.ndarray, probs: np.ndarray, decision: str,

@@ -198,7 +198,7 @@ def create_app(
         return {"status": "ok", "version": __version__, "backend": type(recognizer.classifier).__name__,
                 "max_upload_mb": max_upload_mb, "max_pixels": max_pixels, "max_concurrent": max_concurrent,
                 "max_queue": max_queue, "in_flight": gate.admitted, "min_face": recognizer.min_face,
-                "decision": recognizer.decision, "balanced_decision": bool(any(recognizer.classifier.balanced_offsets)),
+                "decision": recognizer.decision, "balanced_decision": recognizer.has_balanced_rule,
                 "calibration": recognizer.calibration, "calibration_note": calibration_sentence(recognizer.calibration),
                 "uncertain_below": DEFAULT_UNCERTAIN_BELOW}
 
