@@ -58,6 +58,7 @@ from msfer.engine.datasets import FaceDataset
 from msfer.engine.evaluate import predict_split, split_metrics
 from msfer.engine.metrics import compute_metrics
 from msfer.engine.prior import choose_tau, stratified_halves, unfold_adjustment
+from msfer.errors import MsferError
 from msfer.labels import EMOTIONS
 from msfer.regions.annotations import load_annotations
 from msfer.weights import BUNDLED_MODEL, BUNDLED_RECORD, fixed_sample
@@ -95,14 +96,13 @@ def public_test(weights: Path, samples: list, annotations: dict | None, without_
             "fer2013_public_test_tta": measure(weights, samples, annotations, tta=True)}
 
 
-def tcce_val(weights: Path, root: Path) -> dict:
-    """``weights`` on TCCE val through the whole pipeline (largest face of each photo): accuracies under both
-    rules, faces missed, and the calibration of the probabilities of the faces found."""
+def tcce_val(weights: Path, samples: list) -> dict:
+    """``weights`` on TCCE val's ``samples`` through the whole pipeline (largest face of each photo): accuracies
+    under both rules, faces missed, and the calibration of the probabilities of the faces found."""
     from msfer.engine.photos import photo_metrics
     from msfer.inference.detect_eval import probs_with_detection
     from msfer.inference.recognizer import EmotionRecognizer
 
-    samples = [s for s in read_dataset(root, "folder").samples if s.split == "val"]
     recognizer = EmotionRecognizer(weights, device="cpu", batch_size=32)
     # both rules always, also when tau is 0 (offsets all 0: the rules agree), so records compare rule by rule
     metrics = photo_metrics(samples, probs_with_detection(recognizer, samples), recognizer.classifier.balanced_offsets)
@@ -110,10 +110,11 @@ def tcce_val(weights: Path, root: Path) -> dict:
             "faces_missed": metrics["detection"]["faces_missed"], "calibration": metrics["calibration"]}
 
 
-def bundle(best: Path, checkpoint: dict, index, annotations: dict | None, tcce: Path | None, work: Path) -> dict:
-    """Calibrate ``checkpoint`` (the run's, as trained), export it as ``work/msfer_fer2013.pt`` and measure that
-    file; returns its record. Every other file it writes is a temporary one in ``work``."""
-    samples = [s for s in index.samples if s.split == "public_test"]
+def bundle(best: Path, checkpoint: dict, samples: list, annotations: dict | None, tcce: list | None,
+           work: Path) -> dict:
+    """Calibrate ``checkpoint`` (the run's, as trained) on FER2013 public_test's ``samples``, export it as
+    ``work/msfer_fer2013.pt`` and measure that file (with TCCE val's samples ``tcce`` too, when given); returns its
+    record. Every other file it writes is a temporary one in ``work``."""
     candidate = work / BUNDLED_MODEL.name
     as_trained = save_checkpoint(checkpoint, work / "as_trained.pt")
     record = {"source": str(best), "best_epoch": checkpoint.get("best", {}).get("epoch"), "validation": {}}
@@ -234,6 +235,36 @@ def read_record(path: Path) -> dict:
         raise SystemExit(f"cannot read the record to compare with, {path}: {error}") from None
 
 
+def read_inputs(args: argparse.Namespace) -> tuple[Path, dict, list, list | None, dict | None]:
+    """The checkpoint to bundle (its path, and the model as trained), FER2013 public_test's samples, TCCE val's
+    (None without ``--tcce``) and the pseudo-labels (None without ``--annotations``); MsferError naming the file
+    or folder for any that is missing, unreadable or empty."""
+    if args.out.exists() and not args.out.is_dir():
+        raise MsferError(f"--out {args.out} is a file: it must be a folder (made when missing)")
+    best = resolve_checkpoint(args.run, prefer="best.pt")
+    # the model as trained: an earlier bundle's folded adjustment taken out, any calibration reset, so
+    # that the calibration is fitted to (and later applied to) the raw logits
+    checkpoint = calibrated_checkpoint(unfold_adjustment(load_checkpoint(best)), [1.0] * 7, [0.0] * 7, [0.0] * 7, {})
+    checkpoint.pop("calibration")
+    if args.annotations and not checkpoint.get("region_names"):
+        raise MsferError(f"--annotations scores a region detector, and {best} is a plain classifier "
+                         f"({checkpoint['config']['model'].get('name')}, no regions): leave --annotations out")
+    samples = split_samples(args.data, "fer2013", "public_test", "--data")
+    tcce = split_samples(args.tcce, "folder", "val", "--tcce") if args.tcce else None
+    annotations = load_annotations(args.annotations) if args.annotations else None
+    return best, checkpoint, samples, tcce, annotations
+
+
+def split_samples(root: Path, layout: str, split: str, option: str) -> list:
+    """The samples of ``split`` in the dataset at ``root`` (``layout`` as ``msfer.data.readers.read_dataset``)."""
+    if not root.is_dir():
+        raise MsferError(f"{option} {root} is not a folder")
+    samples = [s for s in read_dataset(root, layout).samples if s.split == split]
+    if not samples:
+        raise MsferError(f"{option} {root} has no {split} images (expected {root / split}/<emotion>/*)")
+    return samples
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="training run folder (its best.pt is bundled) or a checkpoint file")
@@ -255,38 +286,38 @@ def main(argv: list[str] | None = None) -> int:
     replacing = model_path.exists() or record_path.exists()
     compare_path = args.compare or (record_path if record_path.is_file() else BUNDLED_RECORD)
     old = read_record(compare_path)  # before anything is written: it may be the record this bundle replaces
+    try:  # every input is checked before the minutes of work start, each failure one line naming the file
+        best, checkpoint, samples, tcce, annotations = read_inputs(args)
+    except MsferError as error:
+        parser.error(str(error))
 
-    best = resolve_checkpoint(args.run, prefer="best.pt")
-    # the model as trained: an earlier bundle's folded adjustment taken out, any calibration reset, so
-    # that the calibration is fitted to (and later applied to) the raw logits
-    checkpoint = calibrated_checkpoint(unfold_adjustment(load_checkpoint(best)), [1.0] * 7, [0.0] * 7, [0.0] * 7, {})
-    checkpoint.pop("calibration")
-    if args.annotations and not checkpoint.get("region_names"):
-        parser.error(f"--annotations scores a region detector, and {best} is a plain classifier "
-                     f"({checkpoint['config']['model'].get('name')}, no regions): leave --annotations out")
-    index = read_dataset(args.data, "fer2013")
-    annotations = load_annotations(args.annotations) if args.annotations else None
-
+    created = not args.out.exists()
     args.out.mkdir(parents=True, exist_ok=True)
-    # measured where it is written, then moved into place only when allowed: a refused or failed bundle
-    # leaves DIR as it was (the folder and everything in it go when this block ends, error or not)
-    with tempfile.TemporaryDirectory(dir=args.out, prefix=".bundling-") as work:
-        record = bundle(best, checkpoint, index, annotations, args.tcce, Path(work))
-        record["compared_with"] = compare(record, old, compare_path)
-        print(json.dumps({k: v for k, v in record.items() if k not in ("config", "decision", "compared_with")},
-                         indent=1)[:6000])
-        print(comparison_table(record, record["compared_with"]))
-        ruling = record["compared_with"]["verdicts"]["argmax"]["verdict"]
-        if replacing and ruling != "better" and not args.force:
-            why = record["compared_with"]["verdicts"]["argmax"]["why"]
-            raise SystemExit(f"refused to replace the model in {args.out}: the verdict under the argmax rule against "
-                             f"{compare_path} is {ruling!r} ({why}); replacing needs 'better' ({JUDGEMENT}). "
-                             f"Nothing in {args.out} was changed: bundle elsewhere with --out, or pass --force.")
-        written = Path(work) / BUNDLED_RECORD.name
-        written.write_text(json.dumps(record, indent=1) + "\n")
-        os.replace(Path(work) / BUNDLED_MODEL.name, model_path)
-        os.replace(written, record_path)
-    print(f"bundled {model_path} ({model_path.stat().st_size / 2**20:.1f} MB, {record['precision']})")
+    try:
+        # measured where it is written, then moved into place only when allowed: a refused or failed bundle
+        # leaves DIR as it was (the folder and everything in it go when this block ends, error or not)
+        with tempfile.TemporaryDirectory(dir=args.out, prefix=".bundling-") as work:
+            record = bundle(best, checkpoint, samples, annotations, tcce, Path(work))
+            record["compared_with"] = compare(record, old, compare_path)
+            print(comparison_table(record, record["compared_with"]))
+            ruling = record["compared_with"]["verdicts"]["argmax"]["verdict"]
+            if replacing and ruling != "better" and not args.force:
+                why = record["compared_with"]["verdicts"]["argmax"]["why"]
+                raise SystemExit(f"refused to replace the model in {args.out}: the verdict under the argmax rule "
+                                 f"against {compare_path} is {ruling!r} ({why}); replacing needs 'better' "
+                                 f"({JUDGEMENT}). Nothing in {args.out} was changed: bundle elsewhere with --out, "
+                                 "or pass --force.")
+            written = Path(work) / BUNDLED_RECORD.name
+            written.write_text(json.dumps(record, indent=1) + "\n")
+            os.replace(Path(work) / BUNDLED_MODEL.name, model_path)
+            os.replace(written, record_path)
+    except BaseException:
+        if created and not any(args.out.iterdir()):  # a folder this run made stays only with a model in it
+            args.out.rmdir()
+        raise
+    calibration = record["calibration"]
+    print(f"bundled {model_path} ({model_path.stat().st_size / 2**20:.1f} MB, {record['precision']}; calibration "
+          f"{calibration['method']}, balanced rule tau {record['decision']['tau']}); every figure is in {record_path}")
     return 0
 
 

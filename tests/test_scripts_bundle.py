@@ -178,6 +178,44 @@ def test_annotations_are_refused_for_a_classifier_before_anything_is_written(tra
     assert not out.exists()
 
 
+@pytest.mark.parametrize("case", ["no_run", "no_best", "no_data", "no_public_test", "no_tcce", "no_tcce_val",
+                                  "out_is_a_file"])
+def test_bad_inputs_are_one_line_errors_before_any_work(case, trained, fer_tree, tcce_tree, tmp_path, capsys):
+    """Every input is checked first: a clear error naming it, exit status 2, and no --out folder left behind."""
+    empty, a_file = tmp_path / "empty", tmp_path / "a_file"
+    empty.mkdir()
+    a_file.write_text("not a folder")
+    args = {"run": trained, "--data": fer_tree, "--tcce": tcce_tree, "--out": tmp_path / "candidate"}
+    option, bad = {"no_run": ("run", tmp_path / "missing_run"), "no_best": ("run", empty),
+                   "no_data": ("--data", tmp_path / "missing"), "no_public_test": ("--data", empty),
+                   "no_tcce": ("--tcce", tmp_path / "missing"), "no_tcce_val": ("--tcce", fer_tree),
+                   "out_is_a_file": ("--out", a_file)}[case]
+    args[option] = bad
+    with pytest.raises(SystemExit) as exit_info:
+        bundle_script().main([str(args.pop("run")), *(str(x) for item in args.items() for x in item)])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert str(bad) in error and "Traceback" not in error
+    assert a_file.read_text() == "not a folder" and not (tmp_path / "candidate").exists()
+
+
+def test_a_failed_bundle_leaves_no_folder_it_made(trained, fer_tree, tmp_path, monkeypatch):
+    """--out made for the bundle goes again when the bundle fails part way (here, its TCCE val step)."""
+    script, out = bundle_script(), tmp_path / "made" / "candidate"
+    (tmp_path / "made").mkdir()
+
+    def fails(*args):
+        raise RuntimeError("the detector broke")
+
+    monkeypatch.setattr(script, "tcce_val", fails)
+    tcce = tmp_path / "tcce" / "val" / "happy"
+    tcce.mkdir(parents=True)
+    Image.open(ASTRONAUT).save(tcce / "0.jpg")
+    with pytest.raises(RuntimeError, match="the detector broke"):
+        script.main([str(trained), "--data", str(fer_tree), "--tcce", str(tmp_path / "tcce"), "--out", str(out)])
+    assert not out.exists() and (tmp_path / "made").is_dir()
+
+
 def test_verdicts_need_both_validations_on_the_same_sets():
     script = bundle_script()
     old, better, worse = fake_record(0.5), fake_record(0.6), fake_record(0.6)
