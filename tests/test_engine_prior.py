@@ -23,7 +23,7 @@ def test_adjustment_favours_rare_classes_and_vanishes_at_tau_zero():
 
 @pytest.mark.parametrize("counts", [[1, 2, 3], [0, 1, 1, 1, 1, 1, 1], [-5, 1, 1, 1, 1, 1, 1]])
 def test_adjustment_rejects_bad_counts(counts):
-    with pytest.raises(MsferError, match="7 positive counts"):
+    with pytest.raises(MsferError, match="7 positive numbers"):
         adjustment(counts, 1.0)
 
 

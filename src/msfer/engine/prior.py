@@ -26,15 +26,15 @@ from .metrics import compute_metrics
 DEFAULT_TAUS = tuple(round(0.1 * step, 1) for step in range(16))
 
 
-def adjustment(class_counts: Sequence[float], tau: float) -> np.ndarray:
+def adjustment(prior: Sequence[float], tau: float) -> np.ndarray:
     """The logit offsets ``-tau * log(prior)``, shifted to mean 0 (a common shift changes no decision).
 
-    ``class_counts``: the training prior as 7 positive numbers in ``EMOTIONS`` order, counts or
-    frequencies (only their ratios matter)."""
-    counts = np.asarray(class_counts, dtype=np.float64)
+    ``prior``: the class prior the probabilities carry, as 7 positive numbers in ``EMOTIONS`` order,
+    counts or frequencies (only their ratios matter)."""
+    counts = np.asarray(prior, dtype=np.float64)
     if counts.shape != (len(EMOTIONS),) or (counts <= 0).any():
-        raise MsferError(f"class_counts needs {len(EMOTIONS)} positive counts (one per emotion, EMOTIONS order), "
-                         f"got {list(class_counts)}")
+        raise MsferError(f"the prior needs {len(EMOTIONS)} positive numbers (one per emotion, EMOTIONS order), "
+                         f"got {list(prior)}")
     offsets = -tau * np.log(counts / counts.sum())
     return offsets - offsets.mean()
 
@@ -55,13 +55,13 @@ def stratified_halves(labels: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np
     return np.sort(np.concatenate(first)), np.sort(np.concatenate(second))
 
 
-def choose_tau(probs: np.ndarray, labels: np.ndarray, class_counts: Sequence[float],
+def choose_tau(probs: np.ndarray, labels: np.ndarray, prior: Sequence[float],
                taus: Sequence[float] = DEFAULT_TAUS, seed: int = 0) -> dict:
     """Pick ``tau`` on one half of a validation split, maximising the mean of overall and mean class accuracy.
 
     ``probs`` are the model's softmax outputs (N x 7, no TTA: then adjusting ``log(probs)`` is
-    exactly adjusting the logits); ``class_counts`` the prior the model learned, as :func:`adjustment`
-    takes it (a mixed training set's share of each class in an epoch's draws, not its sizes). Returns the
+    exactly adjusting the logits); ``prior`` the class prior those probabilities carry, as
+    :func:`adjustment` takes it (after calibration, the mean calibrated probability). Returns the
     chosen ``tau``, its ``offsets``, the ``class_prior`` (frequencies, summing to 1) and, for every tau
     tried, the scores on the ``selection`` half, the ``held_out`` half and ``all`` images.
     """
@@ -72,13 +72,13 @@ def choose_tau(probs: np.ndarray, labels: np.ndarray, class_counts: Sequence[flo
     selection, held_out = stratified_halves(labels, seed)
     curve = []
     for tau in taus:
-        offsets = adjustment(class_counts, tau)
+        offsets = adjustment(prior, tau)
         curve.append({"tau": float(tau), **{name: _scores(log_probs[idx], labels[idx], offsets)
                                             for name, idx in (("selection", selection), ("held_out", held_out),
                                                               ("all", np.arange(len(labels))))}})
     best = max(curve, key=lambda row: sum(row["selection"].values()))
-    return {"tau": best["tau"], "offsets": adjustment(class_counts, best["tau"]).tolist(),
-            "class_prior": [round(float(c), 6) for c in np.asarray(class_counts, float) / np.sum(class_counts)],
+    return {"tau": best["tau"], "offsets": adjustment(prior, best["tau"]).tolist(),
+            "class_prior": [round(float(c), 6) for c in np.asarray(prior, float) / np.sum(prior)],
             "criterion": "mean of overall and mean class accuracy "
             "on a stratified half (seed %d) of the validation split" % seed, "curve": curve}
 
