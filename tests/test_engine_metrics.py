@@ -3,7 +3,13 @@ import json
 import numpy as np
 import pytest
 
-from msfer.engine.metrics import average_precision, compute_metrics, region_detection, write_report
+from msfer.engine.metrics import (
+    average_precision,
+    compute_metrics,
+    plot_learning_curves,
+    region_detection,
+    write_report,
+)
 from msfer.labels import EMOTIONS
 
 
@@ -45,3 +51,19 @@ def test_write_report(tmp_path, capsys):
     assert json.loads((tmp_path / "metrics.json").read_text())["overall_accuracy"] == pytest.approx(6 / 7)
     assert (tmp_path / "confusion_matrix.png").stat().st_size > 1000
     assert "mean class accuracy" in capsys.readouterr().out
+
+
+def test_learning_curves_are_drawn_from_metrics_csv_rows(tmp_path):
+    """Rows as csv.DictReader gives them (strings; a photo column empty in some epochs) draw a PNG."""
+    from PIL import Image
+
+    rows = [{"epoch": str(e), "train_loss": str(1.0 / e), "train_accuracy": str(0.4 + e / 100),
+             "val_overall_accuracy": str(0.5 + e / 100), "val_mean_class_accuracy": str(0.45 + e / 100),
+             "lr": str(1e-3 / e), "photo_val_overall_accuracy": "" if e % 2 else str(0.6),
+             "photo_val_mean_class_accuracy": "" if e % 2 else str(0.55)} for e in range(1, 6)]
+    path = tmp_path / "curves.png"
+    plot_learning_curves(rows, path, "run")
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width > image.height > 200
+    plot_learning_curves(rows[:1], tmp_path / "one.png")  # a run's first epoch, no photo validation yet
+    assert (tmp_path / "one.png").stat().st_size > 0

@@ -59,8 +59,10 @@ def test_train_then_evaluate_the_region_model(tiny_data, tmp_path, capsys):
     assert train("--config", os.devnull, "--output-dir", str(run), *TINY, "model.name=msfer_mobilenetv2",
                  "model.input_size=48", f"data.root={tiny_data}", f"data.annotations={tiny_data / 'regions.jsonl'}",
                  "train.epochs=1", "data.cache_images=true") == 0
-    assert {"config.yaml", "last.pt", "best.pt", "metrics.csv", "tensorboard"} <= {p.name for p in run.iterdir()}
+    assert {"config.yaml", "last.pt", "best.pt", "metrics.csv", "curves.png", "tensorboard"} <= {
+        p.name for p in run.iterdir()}
     assert len(read_csv(run / "metrics.csv")) == 1
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = tmp_path / "eval"
     assert cli(["evaluate", "--weights", str(run), "--data", str(tiny_data), "--format", "folder", "--split", "val",
                 "--out", str(out), "--annotations", str(tiny_data / "regions.jsonl"), "--tta", "--num-workers", "0",

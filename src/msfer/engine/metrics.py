@@ -145,6 +145,58 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str
     plt.close(figure)
 
 
+# metrics.csv columns drawn by plot_learning_curves: (column, legend label), accuracies on the left panel.
+CURVES = (("train_accuracy", "train (running, augmented)"),
+          ("val_overall_accuracy", "validation overall"),
+          ("val_mean_class_accuracy", "validation mean class"),
+          ("photo_val_overall_accuracy", "photo validation overall"),
+          ("photo_val_mean_class_accuracy", "photo validation mean class"))
+
+
+def plot_learning_curves(rows: Sequence[dict], path: str | Path, title: str = "") -> None:
+    """A run's learning curves from its ``metrics.csv`` rows (dicts of column -> number or string,
+    as ``csv.DictReader`` or the trainer gives them; empty cells are skipped).
+
+    Left: accuracies in % per epoch (training, validation overall and mean class, and the whole-
+    pipeline photo validation when the run has one); right: training loss and learning rate.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def column(name: str) -> tuple[list[float], list[float]]:
+        points = [(float(row["epoch"]), float(row[name])) for row in rows if row.get(name) not in (None, "")]
+        return [x for x, _ in points], [y for _, y in points]
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, label in CURVES:
+        epochs, values = column(name)
+        if epochs:
+            left.plot(epochs, [100 * v for v in values], marker="o", markersize=3, label=label,
+                      linestyle=":" if name == "train_accuracy" else "-")
+    left.set_xlabel("epoch")
+    left.set_ylabel("accuracy (%)")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    epochs, loss = column("train_loss")
+    right.plot(epochs, loss, marker="o", markersize=3, color="tab:red", label="train loss")
+    right.set_xlabel("epoch")
+    right.set_ylabel("train loss")
+    right.grid(alpha=0.3)
+    epochs, lr = column("lr")
+    if epochs:
+        rate = right.twinx()
+        rate.plot(epochs, lr, color="tab:grey", linestyle="--", label="learning rate (epoch end)")
+        rate.set_ylabel("learning rate")
+        rate.legend(fontsize=8, loc="upper center")
+    right.legend(fontsize=8, loc="upper right")
+    figure.suptitle(title or "learning curves")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110, format="png")
+    plt.close(figure)
+
+
 def write_report(metrics: dict, out_dir: str | Path, classes: Sequence[str], echo: bool = True) -> Path:
     """Write ``metrics.json`` and ``confusion_matrix.png`` into ``out_dir`` and print the table.
 

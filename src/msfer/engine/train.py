@@ -8,7 +8,7 @@
 Outputs in ``output_dir``: ``config.yaml`` (the full merged config), ``last.pt`` (every
 epoch) and ``best.pt`` (best ``train.select_metric`` on the validation split: ``data.val_split``,
 or with ``data.holdout`` a seeded, class-stratified part of the training split), ``metrics.csv``,
-TensorBoard events in ``tensorboard/``.
+``curves.png`` (its learning curves, redrawn every epoch), TensorBoard events in ``tensorboard/``.
 
 Design choices:
 
@@ -85,7 +85,7 @@ from .distributed import (
 )
 from .evaluate import autocast, predict_split, resolve_device, split_metrics
 from .files import write_atomic
-from .metrics import format_table, write_report
+from .metrics import format_table, plot_learning_curves, write_report
 from .photos import PhotoValidation, photo_samples
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ CSV_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_overall_accuracy", "
               "epoch_seconds", "train_images_per_second", "photo_val_overall_accuracy",
               "photo_val_mean_class_accuracy", "photo_val_faces_missed")
 # What a run writes in its output directory (and --overwrite removes): nothing else there is touched.
-RUN_FILES = ("config.yaml", "metrics.csv", "best.pt", "last.pt")
+RUN_FILES = ("config.yaml", "metrics.csv", "curves.png", "best.pt", "last.pt")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -643,6 +643,9 @@ class Trainer:
             writer.writerows(self.rows)
 
         write_atomic(self.output_dir / "metrics.csv", write, mode="w")
+        if self.rows:
+            title = f"{self.output_dir.name}: {self.config['model'].get('name')}"
+            write_atomic(self.output_dir / "curves.png", lambda handle: plot_learning_curves(self.rows, handle, title))
 
     @property
     def eval_model(self) -> torch.nn.Module:
