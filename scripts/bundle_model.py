@@ -232,13 +232,16 @@ def read_record(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as error:
-        raise SystemExit(f"cannot read the record to compare with, {path}: {error}") from None
+        raise MsferError(f"cannot read the record to compare with, {path}: {error}") from None
 
 
-def read_inputs(args: argparse.Namespace) -> tuple[Path, dict, list, list | None, dict | None]:
-    """The checkpoint to bundle (its path, and the model as trained), FER2013 public_test's samples, TCCE val's
-    (None without ``--tcce``) and the pseudo-labels (None without ``--annotations``); MsferError naming the file
-    or folder for any that is missing, unreadable or empty."""
+def read_inputs(args: argparse.Namespace, compare_path: Path) -> tuple[dict, Path, dict, list, list | None,
+                                                                       dict | None]:
+    """The record to compare with (read from ``compare_path``), the checkpoint to bundle (its path, and the model
+    as trained), FER2013 public_test's samples, TCCE val's (None without ``--tcce``) and the pseudo-labels (None
+    without ``--annotations``); MsferError naming the file or folder for any that is missing, unreadable or
+    empty."""
+    old = read_record(compare_path)  # before anything is written: it may be the record this bundle replaces
     if args.out.exists() and not args.out.is_dir():
         raise MsferError(f"--out {args.out} is a file: it must be a folder (made when missing)")
     best = resolve_checkpoint(args.run, prefer="best.pt")
@@ -252,16 +255,15 @@ def read_inputs(args: argparse.Namespace) -> tuple[Path, dict, list, list | None
     samples = split_samples(args.data, "fer2013", "public_test", "--data")
     tcce = split_samples(args.tcce, "folder", "val", "--tcce") if args.tcce else None
     annotations = load_annotations(args.annotations) if args.annotations else None
-    return best, checkpoint, samples, tcce, annotations
+    return old, best, checkpoint, samples, tcce, annotations
 
 
 def split_samples(root: Path, layout: str, split: str, option: str) -> list:
     """The samples of ``split`` in the dataset at ``root`` (``layout`` as ``msfer.data.readers.read_dataset``)."""
-    if not root.is_dir():
-        raise MsferError(f"{option} {root} is not a folder")
     samples = [s for s in read_dataset(root, layout).samples if s.split == split]
     if not samples:
-        raise MsferError(f"{option} {root} has no {split} images (expected {root / split}/<emotion>/*)")
+        expected = f" (expected {root / split}/<emotion>/*)" if root.is_dir() else ""
+        raise MsferError(f"{option} {root} has no {split} images{expected}")
     return samples
 
 
@@ -285,13 +287,12 @@ def main(argv: list[str] | None = None) -> int:
     model_path, record_path = args.out / BUNDLED_MODEL.name, args.out / BUNDLED_RECORD.name
     replacing = model_path.exists() or record_path.exists()
     compare_path = args.compare or (record_path if record_path.is_file() else BUNDLED_RECORD)
-    old = read_record(compare_path)  # before anything is written: it may be the record this bundle replaces
     try:  # every input is checked before the minutes of work start, each failure one line naming the file
-        best, checkpoint, samples, tcce, annotations = read_inputs(args)
-    except MsferError as error:
+        old, best, checkpoint, samples, tcce, annotations = read_inputs(args, compare_path)
+    except (MsferError, OSError) as error:
         parser.error(str(error))
 
-    created = not args.out.exists()
+    made = [folder for folder in (args.out, *args.out.parents) if not folder.exists()]  # leaf first
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         # measured where it is written, then moved into place only when allowed: a refused or failed bundle
@@ -312,8 +313,11 @@ def main(argv: list[str] | None = None) -> int:
             os.replace(Path(work) / BUNDLED_MODEL.name, model_path)
             os.replace(written, record_path)
     except BaseException:
-        if created and not any(args.out.iterdir()):  # a folder this run made stays only with a model in it
-            args.out.rmdir()
+        for folder in made:  # folders this run made stay only with a model in them
+            try:
+                folder.rmdir()  # only an empty one
+            except OSError:
+                break
         raise
     calibration = record["calibration"]
     print(f"bundled {model_path} ({model_path.stat().st_size / 2**20:.1f} MB, {record['precision']}; calibration "

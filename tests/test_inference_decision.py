@@ -212,9 +212,9 @@ def test_evaluate_detect_faces_under_both_rules(balanced_weights, astronaut, tmp
     assert results["argmax"]["confusion_matrix"] != results["balanced"]["confusion_matrix"]
 
 
-def test_a_rule_fitted_at_tau_0_is_balanced_and_equals_argmax(random_weights, astronaut, tmp_path, capsys):
+def test_a_rule_fitted_at_tau_0_is_balanced_and_equals_argmax(random_weights, astronaut, tmp_path):
     """The bundling step may choose tau 0 (zero offsets): the model still has its balanced rule, equal to argmax,
-    in the API, the service's health, an ONNX export and `msfer evaluate` on crops and photos."""
+    in the API, `msfer evaluate` on crops and photos, the service's health and an ONNX export."""
     checkpoint = calibrated_checkpoint(load_checkpoint(random_weights), [1.0] * 7, [0.0] * 7, [0.0] * 7,
                                        {**CALIBRATION_RECORD, "balanced_tau": 0.0})
     weights = save_checkpoint(checkpoint, tmp_path / "tau0.pt")
@@ -223,11 +223,6 @@ def test_a_rule_fitted_at_tau_0_is_balanced_and_equals_argmax(random_weights, as
     face = recognizer.predict(astronaut)[0]
     assert face.decision == "balanced" and face.to_dict() == {
         **recognizer.predict(astronaut, decision="argmax")[0].to_dict(), "decision": "balanced"}
-    pytest.importorskip("onnx")
-    exported = tmp_path / "tau0.onnx"
-    assert main(["export", "--out", str(exported), "--weights", str(weights)]) == 0
-    onnx_face = EmotionRecognizer(exported, backend="onnx", decision="balanced").predict(astronaut)[0]
-    assert onnx_face.label == face.label
     root = tmp_path / "photos" / "happy"
     root.mkdir(parents=True)
     Image.fromarray(astronaut).save(root / "astronaut.jpg", quality=95)
@@ -239,6 +234,18 @@ def test_a_rule_fitted_at_tau_0_is_balanced_and_equals_argmax(random_weights, as
         metrics = json.loads((out / "metrics.json").read_text())
         rules = metrics["decision_rules"]
         assert metrics["decision"] == "balanced" and rules["balanced"] == rules["argmax"]
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+
+    from msfer.inference.service import create_app
+
+    assert TestClient(create_app(recognizer)).get("/healthz").json()["balanced_decision"] is True
+    pytest.importorskip("onnx")
+    exported = tmp_path / "tau0.onnx"
+    assert main(["export", "--out", str(exported), "--weights", str(weights)]) == 0
+    onnx_face = EmotionRecognizer(exported, backend="onnx", decision="balanced").predict(astronaut)[0]
+    assert onnx_face.label == face.label
 
 
 def test_evaluate_refuses_balanced_before_reading_the_data(random_weights, tmp_path, capsys):

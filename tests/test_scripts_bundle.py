@@ -179,17 +179,18 @@ def test_annotations_are_refused_for_a_classifier_before_anything_is_written(tra
 
 
 @pytest.mark.parametrize("case", ["no_run", "no_best", "no_data", "no_public_test", "no_tcce", "no_tcce_val",
-                                  "out_is_a_file"])
+                                  "out_is_a_file", "no_compare"])
 def test_bad_inputs_are_one_line_errors_before_any_work(case, trained, fer_tree, tcce_tree, tmp_path, capsys):
     """Every input is checked first: a clear error naming it, exit status 2, and no --out folder left behind."""
     empty, a_file = tmp_path / "empty", tmp_path / "a_file"
     empty.mkdir()
     a_file.write_text("not a folder")
-    args = {"run": trained, "--data": fer_tree, "--tcce": tcce_tree, "--out": tmp_path / "candidate"}
+    args = {"run": trained, "--data": fer_tree, "--tcce": tcce_tree, "--out": tmp_path / "candidate",
+            "--compare": BUNDLED_MODEL.with_suffix(".json")}
     option, bad = {"no_run": ("run", tmp_path / "missing_run"), "no_best": ("run", empty),
                    "no_data": ("--data", tmp_path / "missing"), "no_public_test": ("--data", empty),
                    "no_tcce": ("--tcce", tmp_path / "missing"), "no_tcce_val": ("--tcce", fer_tree),
-                   "out_is_a_file": ("--out", a_file)}[case]
+                   "out_is_a_file": ("--out", a_file), "no_compare": ("--compare", tmp_path / "old.json")}[case]
     args[option] = bad
     with pytest.raises(SystemExit) as exit_info:
         bundle_script().main([str(args.pop("run")), *(str(x) for item in args.items() for x in item)])
@@ -199,10 +200,14 @@ def test_bad_inputs_are_one_line_errors_before_any_work(case, trained, fer_tree,
     assert a_file.read_text() == "not a folder" and not (tmp_path / "candidate").exists()
 
 
-def test_a_failed_bundle_leaves_no_folder_it_made(trained, fer_tree, tmp_path, monkeypatch):
-    """--out made for the bundle goes again when the bundle fails part way (here, its TCCE val step)."""
-    script, out = bundle_script(), tmp_path / "made" / "candidate"
-    (tmp_path / "made").mkdir()
+@pytest.mark.parametrize("out_case", ["made_with_its_parent", "there_before"])
+def test_a_failed_bundle_leaves_no_folder_it_made(out_case, trained, fer_tree, tmp_path, monkeypatch):
+    """A bundle that fails part way (here, its TCCE val step) removes the --out folders it made, parents too,
+    and keeps one that was there before, even empty."""
+    script = bundle_script()
+    out = tmp_path / "parent" / "candidate" if out_case == "made_with_its_parent" else tmp_path / "existing"
+    if out_case == "there_before":
+        out.mkdir()
 
     def fails(*args):
         raise RuntimeError("the detector broke")
@@ -213,7 +218,21 @@ def test_a_failed_bundle_leaves_no_folder_it_made(trained, fer_tree, tmp_path, m
     Image.open(ASTRONAUT).save(tcce / "0.jpg")
     with pytest.raises(RuntimeError, match="the detector broke"):
         script.main([str(trained), "--data", str(fer_tree), "--tcce", str(tmp_path / "tcce"), "--out", str(out)])
-    assert not out.exists() and (tmp_path / "made").is_dir()
+    if out_case == "there_before":
+        assert out.is_dir() and not any(out.iterdir())
+    else:
+        assert not (tmp_path / "parent").exists()
+
+
+def test_the_kaggle_csv_is_data_too(fer_tree, tmp_path):
+    """--data takes FER2013 as msfer's reader does: the folder tree or Kaggle's CSV."""
+    rows = ["emotion,pixels,Usage"]
+    for path in sorted((fer_tree / "public_test").rglob("*.png")):
+        pixels = np.asarray(Image.open(path).resize((48, 48)))
+        rows.append(f"{EMOTIONS.index(path.parent.name)},{' '.join(map(str, pixels.ravel()))},PublicTest")
+    (tmp_path / "fer2013.csv").write_text("\n".join(rows) + "\n")
+    samples = bundle_script().split_samples(tmp_path / "fer2013.csv", "fer2013", "public_test", "--data")
+    assert len(samples) == PUBLIC_TEST_PER_CLASS * len(EMOTIONS)
 
 
 def test_verdicts_need_both_validations_on_the_same_sets():

@@ -124,8 +124,9 @@ def _evaluate_photos(args: argparse.Namespace, options: dict) -> int:
     from .detect_eval import evaluate_with_detection
     from .recognizer import EmotionRecognizer
 
-    samples = _split_samples(args)
+    # the recognizer first: it refuses a decision rule the model lacks before the data is read
     recognizer = EmotionRecognizer(**options, tta=args.tta, batch_size=args.batch_size, decision=args.decision)
+    samples = _split_samples(args)
     metrics = evaluate_with_detection(recognizer, samples)
     metrics.update({"weights": str(options["weights"]), "data": str(args.data), "format": args.format,
                     "split": args.split, "tta": args.tta, "backend": options["backend"], "detect_faces": True})

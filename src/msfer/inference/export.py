@@ -8,9 +8,10 @@ classifier has R = 0 (and ``region_names`` ``[]``) and ``fallback`` all false. W
 runtime needs to preprocess and to name the outputs is stored as JSON strings in the
 model's ``metadata_props``: ``classes``, ``input_size``, ``mean``, ``std``,
 ``region_names``, ``balanced_offsets`` (the balanced decision rule's logit offsets, zeros
-for a model without one), ``calibration`` (how its probabilities were calibrated and the
-held-out figures, :func:`msfer.inference.recognizer.calibration_summary`; null when they
-were not), ``crop_rule`` (how the model's faces are cropped from a photo,
+for a model without one or with one fitted at tau 0), ``calibration`` (how its probabilities
+were calibrated, the held-out figures and, when the rule was fitted, ``balanced_tau``:
+:func:`msfer.inference.recognizer.calibration_summary`; null when they were not),
+``crop_rule`` (how the model's faces are cropped from a photo,
 :class:`msfer.regions.crop.CropRule` as ``{"method", "scale"}``) and ``msfer_version``,
 so the file is self-describing like a checkpoint. The
 calibration itself is part of the graph (the model's ``logit_scale``/``logit_bias``), so

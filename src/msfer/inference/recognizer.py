@@ -142,7 +142,8 @@ def calibration_summary(record: dict | None, weights: Path | None = None) -> dic
     ``method`` and how it was chosen). The figures measured on the held-out half of the
     validation split come from the record itself when it has them (``held_out``), else, for the
     bundled model, from its JSON record. Returns ``{"method", and if measured: "ece", "nll",
-    "brier", "accuracy", "mean_confidence", "n"}``.
+    "brier", "accuracy", "mean_confidence", "n"}``, and ``"balanced_tau"`` when the bundling step
+    fitted the balanced decision rule.
     """
     if not record:
         return None
@@ -523,8 +524,8 @@ class EmotionRecognizer:
         return crop_by_rule(array, face.box, face.landmarks, self.crop_rule, self.spec.input_size)
 
     def check_decision(self, decision: str | None) -> str:
-        """``decision`` (None: the recognizer's), checked: a known rule, and for "balanced" a model that carries
-        its offsets; else :class:`MsferError`."""
+        """``decision`` (None: the recognizer's), checked: a known rule, and for "balanced" a model that has the
+        rule (:func:`has_balanced_rule`); else :class:`MsferError`."""
         if decision is None:
             return self.decision
         if decision != "argmax":
@@ -534,7 +535,8 @@ class EmotionRecognizer:
                 raise MsferError(f"unknown decision rule {decision!r}: use one of {', '.join(DECISION_RULES)}")
             if not self.has_balanced_rule:
                 raise MsferError(f"{self.weights_name} has no balanced decision rule (scripts/bundle_model.py fits "
-                                 "it, and an ONNX file carries it when 'msfer export' wrote it from such a model); "
+                                 "it, and an ONNX file carries it when 'msfer export' wrote it from such a model; "
+                                 "export again a file that an older msfer wrote from a model bundled with tau 0); "
                                  "use decision 'argmax'")
         return decision
 

@@ -50,7 +50,7 @@ from starlette.formparsers import MultiPartException
 from ..data.images import UnreadableImageError, load_rgb
 from ..errors import MsferError
 from .options import add_decision_argument, add_model_arguments, model_options
-from .recognizer import EmotionRecognizer
+from .recognizer import EmotionRecognizer, has_balanced_rule
 from .report import DEFAULT_UNCERTAIN_BELOW, calibration_sentence
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,8 @@ def create_app(
         return {"status": "ok", "version": __version__, "backend": type(recognizer.classifier).__name__,
                 "max_upload_mb": max_upload_mb, "max_pixels": max_pixels, "max_concurrent": max_concurrent,
                 "max_queue": max_queue, "in_flight": gate.admitted, "min_face": recognizer.min_face,
-                "decision": recognizer.decision, "balanced_decision": recognizer.has_balanced_rule,
+                "decision": recognizer.decision,
+                "balanced_decision": has_balanced_rule(recognizer.classifier.balanced_offsets, recognizer.calibration),
                 "calibration": recognizer.calibration, "calibration_note": calibration_sentence(recognizer.calibration),
                 "uncertain_below": DEFAULT_UNCERTAIN_BELOW}
 
