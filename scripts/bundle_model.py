@@ -232,7 +232,8 @@ def read_record(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as error:
-        raise MsferError(f"cannot read the record to compare with, {path}: {error}") from None
+        why = error.strerror if isinstance(error, OSError) and error.strerror else error
+        raise MsferError(f"cannot read the record to compare with (--compare), {path}: {why}") from None
 
 
 def read_inputs(args: argparse.Namespace, compare_path: Path) -> tuple[dict, Path, dict, list, list | None,
@@ -260,7 +261,11 @@ def read_inputs(args: argparse.Namespace, compare_path: Path) -> tuple[dict, Pat
 
 def split_samples(root: Path, layout: str, split: str, option: str) -> list:
     """The samples of ``split`` in the dataset at ``root`` (``layout`` as ``msfer.data.readers.read_dataset``)."""
-    samples = [s for s in read_dataset(root, layout).samples if s.split == split]
+    try:
+        index = read_dataset(root, layout)
+    except MsferError as error:
+        raise MsferError(f"{option}: {error}") from None
+    samples = [s for s in index.samples if s.split == split]
     if not samples:
         expected = f" (expected {root / split}/<emotion>/*)" if root.is_dir() else ""
         raise MsferError(f"{option} {root} has no {split} images{expected}")
@@ -270,7 +275,8 @@ def split_samples(root: Path, layout: str, split: str, option: str) -> list:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="training run folder (its best.pt is bundled) or a checkpoint file")
-    parser.add_argument("--data", type=Path, required=True, help="FER2013 folder tree")
+    parser.add_argument("--data", type=Path, required=True,
+                        help="FER2013: its folder tree (public_test/<emotion>/*) or Kaggle's CSV")
     parser.add_argument("--annotations", type=Path, help="pseudo-labels, to score the region detector too "
                         "(region networks only)")
     parser.add_argument("--tcce", type=Path, help="TCCE folder tree (train/, val/): its val is the second validation")
@@ -290,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     try:  # every input is checked before the minutes of work start, each failure one line naming the file
         old, best, checkpoint, samples, tcce, annotations = read_inputs(args, compare_path)
     except (MsferError, OSError) as error:
-        parser.error(str(error))
+        parser.exit(2, f"{parser.prog}: error: {error}\n")  # one line: the usage block would bury it
 
     made = [folder for folder in (args.out, *args.out.parents) if not folder.exists()]  # leaf first
     args.out.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from msfer.cli import main as cli
@@ -61,7 +62,10 @@ def test_train_then_evaluate_the_region_model(tiny_data, tmp_path, capsys):
                  "train.epochs=1", "data.cache_images=true") == 0
     assert {"config.yaml", "last.pt", "best.pt", "metrics.csv", "curves.png", "tensorboard"} <= {
         p.name for p in run.iterdir()}
-    assert len(read_csv(run / "metrics.csv")) == 1
+    rows = read_csv(run / "metrics.csv")
+    assert len(rows) == 1
+    # the rate of the last step taken: one-cycle's end, max_lr / 25 / 1e4 (not the schedule read past its end)
+    assert float(rows[0]["lr"]) < yaml.safe_load((run / "config.yaml").read_text())["train"]["lr"] / 1e4
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = tmp_path / "eval"
     assert cli(["evaluate", "--weights", str(run), "--data", str(tiny_data), "--format", "folder", "--split", "val",

@@ -196,7 +196,8 @@ def test_bad_inputs_are_one_line_errors_before_any_work(case, trained, fer_tree,
         bundle_script().main([str(args.pop("run")), *(str(x) for item in args.items() for x in item)])
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
-    assert str(bad) in error and "Traceback" not in error
+    assert str(bad) in error and len(error.strip().splitlines()) == 1  # one line, no usage block or traceback
+    assert option == "run" or option in error
     assert a_file.read_text() == "not a folder" and not (tmp_path / "candidate").exists()
 
 

@@ -164,6 +164,7 @@ def plot_learning_curves(rows: Sequence[dict], path: str | Path, title: str = ""
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     def column(name: str) -> tuple[list[float], list[float]]:
         points = [(float(row["epoch"]), float(row[name])) for row in rows if row.get(name) not in (None, "")]
@@ -187,10 +188,13 @@ def plot_learning_curves(rows: Sequence[dict], path: str | Path, title: str = ""
     epochs, lr = column("lr")
     if epochs:
         rate = right.twinx()
-        rate.plot(epochs, lr, color="tab:grey", linestyle="--", label="learning rate (epoch end)")
+        rate.plot(epochs, lr, color="tab:grey", linestyle="--", marker="s", markersize=3,
+                  label="learning rate (last step)")
         rate.set_ylabel("learning rate")
         rate.legend(fontsize=8, loc="upper center")
     right.legend(fontsize=8, loc="upper right")
+    for axes in (left, right):
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.suptitle(title or "learning curves")
     figure.tight_layout()
     figure.savefig(path, dpi=110, format="png")

@@ -753,6 +753,7 @@ class Trainer:
             if train["grad_clip"]:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), train["grad_clip"])
+            lr = self.optimizer.param_groups[0]["lr"]  # this step's (the schedule ends past the last step)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
@@ -762,12 +763,11 @@ class Trainer:
             count = totals.new_tensor(len(labels))
             totals += torch.stack([loss.detach().double() * len(labels), correct.double(), count])
             if step % 10 == 0:
-                bar.set_postfix(loss=f"{totals[0] / totals[2]:.4f}", acc=f"{totals[1] / totals[2]:.3f}",
-                                lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+                bar.set_postfix(loss=f"{totals[0] / totals[2]:.4f}", acc=f"{totals[1] / totals[2]:.3f}", lr=f"{lr:.2e}")
         seconds = time.monotonic() - started
         totals = mean_over_ranks(totals, info).cpu()
         return {"loss": float(totals[0] / totals[2]), "accuracy": float(totals[1] / totals[2]),
-                "lr": self.scheduler.get_last_lr()[0],
+                "lr": lr,  # the epoch's last step's
                 "images_per_second": float(totals[2]) * info.world_size / seconds}
 
     def _record(self, epoch: int, stats: dict[str, float], metrics: dict, seconds: float, writer,
