@@ -234,6 +234,7 @@ def test_a_rule_fitted_at_tau_0_is_balanced_and_equals_argmax(random_weights, as
         metrics = json.loads((out / "metrics.json").read_text())
         rules = metrics["decision_rules"]
         assert metrics["decision"] == "balanced" and rules["balanced"] == rules["argmax"]
+        assert (out / "reliability.png").is_file()  # crops and photos alike
     pytest.importorskip("fastapi")
     pytest.importorskip("httpx")
     from fastapi.testclient import TestClient

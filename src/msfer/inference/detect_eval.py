@@ -49,8 +49,12 @@ def predict_with_detection(recognizer: EmotionRecognizer, samples: Sequence[Samp
     return decisions(recognizer, probs_with_detection(recognizer, samples))
 
 
-def evaluate_with_detection(recognizer: EmotionRecognizer, samples: Sequence[Sample]) -> dict:
-    """Detect, then classify the largest face of each sample's photo; metrics as described in the module docstring."""
+def evaluate_with_detection(recognizer: EmotionRecognizer, samples: Sequence[Sample],
+                            probs: np.ndarray | None = None) -> dict:
+    """Detect, then classify the largest face of each sample's photo; metrics as described in the module docstring.
+    ``probs``: the photos' :func:`probs_with_detection`, when already computed (N x 7, NaN rows: no face)."""
+    if probs is None:
+        probs = probs_with_detection(recognizer, samples)
     # A model without the balanced rule reports one rule, as msfer evaluate does on crops.
     offsets = recognizer.classifier.balanced_offsets if recognizer.has_balanced_rule else None
-    return photo_metrics(samples, probs_with_detection(recognizer, samples), offsets, recognizer.decision)
+    return photo_metrics(samples, probs, offsets, recognizer.decision)

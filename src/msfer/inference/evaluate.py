@@ -121,16 +121,23 @@ def balanced_offsets(model, meta: dict, weights: Path, decision: str) -> list[fl
 
 def _evaluate_photos(args: argparse.Namespace, options: dict) -> int:
     """The whole pipeline (detection, then classification of the largest face) on uncropped photos."""
-    from .detect_eval import evaluate_with_detection
+    import numpy as np
+
+    from .detect_eval import evaluate_with_detection, probs_with_detection
     from .recognizer import EmotionRecognizer
 
     # the recognizer first: it refuses a decision rule the model lacks before the data is read
     recognizer = EmotionRecognizer(**options, tta=args.tta, batch_size=args.batch_size, decision=args.decision)
     samples = _split_samples(args)
-    metrics = evaluate_with_detection(recognizer, samples)
+    probs = probs_with_detection(recognizer, samples)
+    metrics = evaluate_with_detection(recognizer, samples, probs)
     metrics.update({"weights": str(options["weights"]), "data": str(args.data), "format": args.format,
                     "split": args.split, "tta": args.tta, "backend": options["backend"], "detect_faces": True})
-    return _write(metrics, args.out)
+    detection = metrics["detection"]
+    print(f"faces found in {detection['faces_found']} of {len(samples)} photos ({detection['faces_missed']} missed, "
+          "counted as wrong)")
+    found = ~np.isnan(probs).any(axis=1)  # the reliability diagram is of the faces found, as metrics' calibration
+    return _write(metrics, args.out, {"probs": probs[found], "y_true": np.array([s.label for s in samples])[found]})
 
 
 def _split_samples(args: argparse.Namespace) -> list:
