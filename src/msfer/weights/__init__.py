@@ -1,8 +1,9 @@
 """The models bundled with msfer, and the figures recorded when the emotion model was bundled.
 
 ``msfer_fer2013.pt`` is a slim export of the shipped run's ``best.pt``, calibrated and in half
-precision where that loses nothing measurable (``scripts/bundle_model.py``); ``msfer_fer2013.json`` records its validation numbers and its
-accuracy on a fixed sample of FER2013 public_test, which the tests check it still reaches.
+precision where that loses nothing measurable (``scripts/bundle_model.py``);
+``msfer_fer2013.json`` records its validation numbers and its accuracy on a fixed sample of
+FER2013 public_test, which the tests check it still reaches.
 ``retinaface_mnet025.onnx`` is the face detector's default model (RetinaFace MobileNet-0.25,
 MIT; its source and licence are in ``retinaface_mnet025.NOTICE.md`` beside it).
 """
