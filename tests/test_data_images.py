@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,6 +111,29 @@ def test_heic_is_read_upright_through_the_plugin(tmp_path):
     assert result.shape == (64, 32, 3)  # portrait, as shown
     assert result[10, 16, 0] > 200 and result[10, 16, 2] < 60  # top: red
     assert result[54, 16, 2] > 200 and result[54, 16, 0] < 60  # bottom: blue
+
+
+def test_without_the_heif_plugin_other_formats_read_and_heic_names_the_missing_package(tmp_path):
+    # A machine given only src/ (scripts/gpu_experiments.py on a bare GPU machine) may lack pillow-heif: importing
+    # msfer must still work, and a HEIC file is listed and refused by name, not passed over or crashing the import.
+    png, heic = tmp_path / "face.png", tmp_path / "IMG_0002.HEIC"
+    Image.fromarray(np.full((8, 8, 3), 9, np.uint8)).save(png)
+    Image.fromarray(np.full((8, 8, 3), 9, np.uint8)).save(heic, quality=90)  # written here, with the plugin
+    script = f"""
+import sys
+sys.modules["pillow_heif"] = None  # as if not installed: its import raises ImportError
+from msfer.data.images import IMAGE_EXTENSIONS, UnreadableImageError, load_rgb
+assert ".heic" in IMAGE_EXTENSIONS
+assert load_rgb({str(png)!r}).size == (8, 8)
+try:
+    load_rgb({str(heic)!r})
+except UnreadableImageError as error:
+    print(error)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
+    assert done.returncode == 0, done.stderr
+    assert str(heic) in done.stdout and "pillow-heif" in done.stdout and "not installed" in done.stdout
 
 
 def test_a_pil_image_gets_the_rules_a_path_gets(tmp_path):

@@ -7,7 +7,10 @@ Design choices:
   this upright image. The same rules apply to a PIL image handed over in memory
   (:func:`to_upright_rgb`), so a photo gives the same answer as a path or as an object.
 * **HEIC/HEIF** (what iPhones write) is read through the ``pillow-heif`` plugin, which is
-  registered when this module is imported; it applies the file's own rotation.
+  registered when this module is imported; it applies the file's own rotation. msfer depends on
+  it; where it is missing anyway (a bare machine given only ``src/`` on ``PYTHONPATH``, as
+  ``scripts/gpu_experiments.py`` is run), every other format still reads and a HEIC/HEIF file
+  fails with an error that names it and the missing plugin.
 * **Transparency** (RGBA, LA, PA, palette with a transparent colour) is composited on
   **white**, not dropped: dropping alpha exposes whatever colour the encoder left under
   transparent pixels (often black or garbage), while white matches how the image is
@@ -27,15 +30,22 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import pillow_heif
 from PIL import Image, ImageOps
 
 from ..errors import MsferError
 
-pillow_heif.register_heif_opener()
+try:
+    import pillow_heif
+except ImportError:
+    pillow_heif = None
+else:
+    pillow_heif.register_heif_opener()
 
-# Every extension Pillow (with the HEIF plugin) can open, lower-case with the dot.
-IMAGE_EXTENSIONS = frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+HEIF_EXTENSIONS = frozenset({".heic", ".heics", ".heif", ".heifs", ".hif"})  # what pillow-heif registers
+# Every extension Pillow (with the HEIF plugin) can open, lower-case with the dot; HEIF's even without the
+# plugin, so that such a file is reported rather than passed over.
+IMAGE_EXTENSIONS = HEIF_EXTENSIONS | frozenset(
+    ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
@@ -82,6 +92,8 @@ def _reading(path: Path) -> Iterator[None]:
     except (OSError, ValueError, SyntaxError, EOFError) as error:
         size = path.stat().st_size if path.is_file() else None
         what = "empty file (0 bytes)" if size == 0 else f"cannot decode image ({error})"
+        if size and pillow_heif is None and path.suffix.lower() in HEIF_EXTENSIONS:
+            what = "HEIC/HEIF needs the pillow-heif package, which is not installed (pip install pillow-heif)"
         raise UnreadableImageError(f"{path}: {what}") from None
 
 
