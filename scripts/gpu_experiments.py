@@ -1,21 +1,38 @@
-"""Train the shipped model and the ablation study on one GPU, in one call of about 9 minutes.
+"""Train on one GPU in one device call of about 9 minutes: the shipped recipe (v2) or the ablation study.
 
-Run from the repository root on a machine with a CUDA GPU, with ``CARRY`` holding
-``fer2013.tar.gz`` (from ../shared/data), ``fer2013.jsonl.gz`` (``msfer annotate`` over
-both FER2013 splits) and ``mobilenet_v2-b0353104.pth`` (torchvision's ImageNet file)::
+Two steps. Here, on the CPU, pack what the run needs into a carry folder small enough to travel
+(the device tool carries 64 MiB with the repository)::
 
-    python scripts/gpu_experiments.py --carry .carry --out "$OUT" --minutes 7
+    python scripts/gpu_experiments.py prepare v2 --fer2013 ../shared/data/fer2013.tar.gz \
+        --tcce data/tcce --tcce-annotations data/annotations/tcce.jsonl --carry .carry
+    python scripts/gpu_experiments.py prepare ablation --fer2013 ../shared/data/fer2013.tar.gz \
+        --annotations data/annotations/fer2013.jsonl [--tcce data/tcce] --carry .carry
 
-1. Measures each run's training speed on the GPU (random batches, a few steps each).
-2. Chooses the epochs so that all runs fit in ``--minutes`` if run one after another
-   (they run concurrently, which only makes them finish sooner): the ablation rows share
-   one equal epoch budget, the shipped model gets the rest.
-3. Trains everything concurrently (``msfer train``; validation on FER2013 public_test
-   selects each best.pt), then scores every ablation run as scripts/ablation_study.py does
-   on a CPU (FER2013 public_test, the full models also with pseudo-label regions, and TCCE
-   val through the whole pipeline when ``CARRY`` holds ``tcce.tar.gz``).
-4. Writes ``summary.json``, ``runs.tar.gz`` (configs, logs, metrics, the ablation table;
-   no checkpoints) and the shipped model (``msfer_fer2013.pt``, half precision) to ``--out``.
+There, with ``.carry`` carried::
+
+    python scripts/gpu_experiments.py run v2 --carry .carry --out "$OUT" --minutes 7
+
+``v2``: ``configs/v2.yaml`` (FER2013 train plus TCCE train at a 0.1 share, aligned faces, EMA, flip TTA
+in validation) at batch 256 with bf16 autocast and channels-last, for as many epochs as fit in
+``--minutes``; TCCE val is scored through the whole pipeline every 5 epochs and after the last. Then
+``scripts/bundle_model.py`` calibrates and measures it against the shipped model's record; ``$OUT``
+gets ``bundle/msfer_fer2013.{pt,json}`` (copy both into ``src/msfer/weights/`` only if its verdict
+is better), ``summary.json`` and ``runs.tar.gz`` (config, log, metrics, curves; no checkpoints).
+To fit the carry, TCCE train travels as its training crops (``prepare`` cuts them with v2's crop rule
+at the input size, as ``msfer train`` would, and stores them as JPEG at quality 95: the only
+difference from a CPU run), TCCE val as its photos, and the ImageNet MobileNetV2 weights in half
+precision (widened again there; an initialisation, so the rounding does not matter).
+
+``ablation``: the rows of ``scripts/ablation_study.py`` (issue 13) at one equal epoch budget, all
+on the GPU at once, scored as that script scores them on a CPU (FER2013 public_test, the full models
+also with pseudo-label regions, and TCCE val through the whole pipeline when ``--tcce`` was given to
+``prepare``); ``summary.json`` holds the table.
+
+Both measure training speed on the GPU first (random batches: the images are cached as uint8 and
+augmented on the GPU, so the model's step is the cost) and choose the epochs from it; the engine's own
+``train.max_minutes`` stops a run that would outlive the call. ``--smoke`` rehearses either on the
+CPU (a few hundred images, one epoch). The GPU machine's own Python (PyTorch, torchvision, ONNX
+Runtime, OpenCV, Pillow) runs msfer from ``src/``; the HEIF plugin msfer depends on need not be there.
 """
 from __future__ import annotations
 
@@ -36,13 +53,86 @@ sys.path.insert(0, str(ROOT / "src"))
 from ablation_study import NEEDS_NO_REGIONS, ROWS, score, summarize  # scripts/, the folder of this file
 
 TRAIN_IMAGES = 28709
-SHIPPED = ("shipped", "configs/gpu.yaml", 0)
-# The ablation configs hold the CPU recipe's budget; on the GPU every row gets the same batch, precision and loader.
-ABLATION_GPU = {"train.batch_size": "256", "train.lr": "4.0e-3", "train.amp": "bf16", "train.channels_last": "true",
-                "data.num_workers": "3"}
+CARRY_BUDGET = 64 * 2**20  # what the device tool carries, repository included
+WEIGHTS = "mobilenet_v2-b0353104.pth"  # torchvision's ImageNet file, as msfer.model.pretrained names it
+V2_CONFIG = "configs/v2.yaml"
+# On the GPU every run gets the same batch, precision and loader (configs/gpu.yaml's choices for the CPU recipe).
+GPU = {"train.batch_size": "256", "train.lr": "4.0e-3", "train.warmup_epochs": "1", "train.amp": "bf16",
+       "train.channels_last": "true", "data.num_workers": "8"}
 # (row name, config, seed) of every ablation run, at one equal epoch budget (scripts/ablation_study.py).
 ABLATIONS = [(name, f"configs/ablations/{config}", seed) for name, _, config, seeds in ROWS for seed in seeds]
 
+
+# --- here: pack the carry ---------------------------------------------------------------------------------------
+
+def prepare(args: argparse.Namespace) -> int:
+    """Write the carry folder for ``args.what``; refuse one larger than the device tool carries."""
+    carry = args.carry
+    for label, path in (("--fer2013", args.fer2013), ("--tcce", args.tcce), ("--tcce-annotations",
+                        args.tcce_annotations), ("--annotations", args.annotations)):
+        if path is not None and not path.exists():
+            raise SystemExit(f"{label}: {path} does not exist")
+    if args.what == "v2" and not (args.tcce and args.tcce_annotations):
+        raise SystemExit("prepare v2 needs --tcce (the folder with train/ and val/) and --tcce-annotations")
+    if args.what == "ablation" and not args.annotations:
+        raise SystemExit("prepare ablation needs --annotations (msfer annotate over both FER2013 splits)")
+    shutil.rmtree(carry, ignore_errors=True)
+    carry.mkdir(parents=True)
+    shutil.copy(args.fer2013, carry / "fer2013.tar.gz")
+    if args.what == "ablation":
+        with open(args.annotations, "rb") as src, gzip.open(carry / "fer2013.jsonl.gz", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    else:
+        crops = tcce_train_crops(args.tcce, args.tcce_annotations, carry / "tcce_crops" / "train")
+        print(f"TCCE train: {crops} crops")
+    if args.tcce:  # v2's photo validation; the ablation's second validation
+        shutil.copytree(args.tcce / "val", carry / "tcce" / "val")
+    save_half_weights(carry / "mobilenet_v2_half.pth")
+    total = sum(f.stat().st_size for f in carry.rglob("*") if f.is_file())
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    repo = sum((ROOT / name).stat().st_size for name in tracked.decode().split("\0") if name and (ROOT / name).exists())
+    print(f"{carry}: {total / 2**20:.1f} MiB, with the repository {(total + repo) / 2**20:.1f} MiB "
+          f"(the device tool carries {CARRY_BUDGET / 2**20:.0f})")
+    if total + repo > CARRY_BUDGET:
+        raise SystemExit("too large to carry")
+    return 0
+
+
+def tcce_train_crops(tcce: Path, annotations: Path, out: Path) -> int:
+    """Cut TCCE train's faces as ``msfer train`` does for v2 (its crop rule, at its input size), as JPEG files
+    in the same class folders; returns how many (photos without a usable face are left out, as in training)."""
+    from PIL import Image
+
+    from msfer.data.readers import read_dataset
+    from msfer.engine.config import load_config
+    from msfer.engine.datasets import FaceDataset
+    from msfer.model.registry import resolve_config
+    from msfer.regions.annotations import load_annotations
+    from msfer.regions.crop import CropRule
+
+    config = load_config(ROOT / V2_CONFIG)
+    samples = [s for s in read_dataset(tcce, "folder").samples if s.split == "train"]
+    size = config["data"]["image_size"] or resolve_config(config["model"])["input_size"]  # as msfer train sizes it
+    dataset = FaceDataset(samples, size, (), load_annotations(annotations),
+                          crop_rule=CropRule.from_dict(config["data"]["crop_rule"]), name="TCCE train")
+    for index, sample in enumerate(dataset.samples):
+        pixels, _ = dataset.decode(index)
+        target = (out / Path(sample.path).relative_to(tcce / "train")).with_suffix(".jpg")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels.transpose(1, 2, 0)).save(target, quality=95)
+    return len(dataset)
+
+
+def save_half_weights(out: Path) -> None:
+    import torch
+
+    from msfer.model.pretrained import setup_weights
+
+    state = torch.load(setup_weights(), map_location="cpu", weights_only=True)
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, out)
+
+
+# --- there: train --------------------------------------------------------------------------------------------------
 
 def msfer(*args: str, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"}
@@ -50,46 +140,36 @@ def msfer(*args: str, log: Path) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, cwd=ROOT, env=env)
 
 
-def run_all(jobs: list, parallel: int) -> None:
-    """Start the ``jobs`` (label, callable returning a Popen), at most ``parallel`` at a time; fail on any error."""
-    running: list[tuple[str, subprocess.Popen]] = []
-    for label, start in jobs:
-        if len(running) >= parallel:
-            _wait(running.pop(0))
-        running.append((label, start()))
-        print(f"started {label}", flush=True)
-    for item in running:
-        _wait(item)
+def wait_all(jobs: list[tuple[str, subprocess.Popen]]) -> None:
+    """Wait for every started job; fail on any error."""
+    for label, process in jobs:
+        if process.wait() != 0:
+            raise SystemExit(f"{label} failed (exit {process.returncode}): see its log")
+        print(f"finished {label}", flush=True)
 
 
-def _wait(item: tuple[str, subprocess.Popen]) -> None:
-    label, process = item
-    if process.wait() != 0:
-        raise SystemExit(f"{label} failed (exit {process.returncode}): see its log")
-    print(f"finished {label}", flush=True)
+def setup(carry: Path, work: Path) -> Path:
+    """Unpack the carry into ``work/data``; the ImageNet weights into a private TORCH_HOME. Returns the data folder."""
+    import torch
 
-
-def setup(carry: Path, work: Path) -> dict[str, str]:
     data = work / "data"
+    data.mkdir(parents=True, exist_ok=True)
     if not (data / "fer2013").is_dir():
-        data.mkdir(parents=True, exist_ok=True)
         with tarfile.open(carry / "fer2013.tar.gz") as tar:
             tar.extractall(data, filter="data")
-    annotations = data / "fer2013.jsonl"
-    with gzip.open(carry / "fer2013.jsonl.gz", "rb") as src, open(annotations, "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    torch_home = work / "torch"
-    (torch_home / "hub" / "checkpoints").mkdir(parents=True, exist_ok=True)
-    shutil.copy(carry / "mobilenet_v2-b0353104.pth", torch_home / "hub" / "checkpoints")
-    os.environ["TORCH_HOME"] = str(torch_home)
-    if (carry / "tcce.tar.gz").exists() and not (data / "tcce").is_dir():
-        with tarfile.open(carry / "tcce.tar.gz") as tar:
-            tar.extractall(data, filter="data")
-    return {"data.root": str(data / "fer2013"), "data.annotations": str(annotations)}
+    if (carry / "fer2013.jsonl.gz").exists():
+        with gzip.open(carry / "fer2013.jsonl.gz", "rb") as src, open(data / "fer2013.jsonl", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    checkpoints = work / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    state = torch.load(carry / "mobilenet_v2_half.pth", map_location="cpu", weights_only=True)
+    torch.save({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, checkpoints / WEIGHTS)
+    os.environ["TORCH_HOME"] = str(work / "torch")
+    return data
 
 
 def images_per_second(config_path: str, overrides: dict[str, str], steps: int = 12) -> float:
-    """Training speed of one config on the GPU, measured on random batches (data loading excluded: it is cached)."""
+    """Training speed of one config on the GPU, on random batches (its images are cached and augmented there)."""
     import torch
 
     from msfer.engine.config import load_config
@@ -130,83 +210,124 @@ def synchronize(device) -> None:
         torch.cuda.synchronize()
 
 
-def plan_epochs(rates: dict[str, float], seconds: float, ablation_share: float, max_ablation: int, max_shipped: int):
-    """Epochs for the ablation rows (one equal budget) and the shipped model, fitting ``seconds`` run back to back."""
-    epoch_seconds = {name: TRAIN_IMAGES / rate * 1.15 for name, rate in rates.items()}  # +15%: validation, loader
-    ablation_epoch = sum(epoch_seconds[name] for name, _, _ in ABLATIONS)
-    ablation_epochs = max(1, min(max_ablation, int(seconds * ablation_share / ablation_epoch)))
-    left = seconds - ablation_epochs * ablation_epoch
-    shipped_epochs = max(1, min(max_shipped, int(left / epoch_seconds["shipped"])))
-    return ablation_epochs, shipped_epochs
+def epoch_seconds(rate: float, images: int = TRAIN_IMAGES) -> float:
+    return images / rate * 1.15 + 5.0  # +15%: augmentation and loader; +5 s: FER2013 public_test with TTA
+
+
+def plan_v2(rate: float, seconds: float, max_epochs: int) -> int:
+    """Epochs of v2 that fit ``seconds``, with its TCCE share (0.1) on top of FER2013 train and TCCE val
+    through the whole pipeline every 5 epochs (~20 s each: RetinaFace on the CPU)."""
+    per_epoch = epoch_seconds(rate, int(TRAIN_IMAGES / 0.9)) + 20.0 / 5
+    return max(1, min(max_epochs, int(seconds / per_epoch)))
+
+
+def plan_ablation(rates: dict[str, float], seconds: float, max_epochs: int) -> int:
+    """One equal epoch budget for every ablation row that fits ``seconds`` run back to back (they run concurrently,
+    which only makes them finish sooner)."""
+    per_epoch = sum(epoch_seconds(rates[name]) for name, _, _ in ABLATIONS)
+    return max(1, min(max_epochs, int(seconds / per_epoch)))
+
+
+def run_v2(args: argparse.Namespace, data: Path, runs: Path, overrides: dict[str, str]) -> dict:
+    carry = args.carry.resolve()
+    overrides = {**overrides, "data.root": str(data / "fer2013"),
+                 # TCCE train as prepared crops (no annotations needed), at v2's share
+                 "data.extra_train": json.dumps([{"format": "folder", "root": str(carry / "tcce_crops"),
+                                                  "split": "train", "weight": 0.1, "crop": False}]),
+                 "data.photo_val": json.dumps({"format": "folder", "root": str(carry / "tcce"), "split": "val"}),
+                 "eval.photo_val_every": "5"}
+    rate = images_per_second(V2_CONFIG, overrides)
+    epochs = 1 if args.smoke else plan_v2(rate, args.minutes * 60, args.max_epochs)
+    print(f"v2: {rate:.0f} training images/s on this GPU; {epochs} epochs", flush=True)
+    run = runs / "v2"
+    wait_all([("v2", msfer("train", "--config", str(ROOT / V2_CONFIG), "--output-dir", str(run),
+                           f"train.epochs={epochs}", f"train.max_minutes={args.minutes + 1.0}",
+                           *[f"{k}={v}" for k, v in overrides.items()], log=runs / "v2.log"))])
+    bundle = args.out / "bundle"
+    command = [sys.executable, str(ROOT / "scripts" / "bundle_model.py"), str(run), "--data", str(data / "fer2013"),
+               "--tcce", str(carry / "tcce"), "--out", str(bundle)]
+    with open(runs / "bundle.log", "w") as log:
+        if subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                           env={**os.environ, "PYTHONPATH": str(ROOT / "src")}) != 0:
+            raise SystemExit(f"bundling failed: see {runs / 'bundle.log'}")
+    record = json.loads((bundle / "msfer_fer2013.json").read_text())
+    return {"rate": rate, "epochs": epochs, "validation": record.get("validation"),
+            "compared_with": record.get("compared_with")}
+
+
+def run_ablation(args: argparse.Namespace, data: Path, runs: Path, overrides: dict[str, str]) -> dict:
+    import torch
+
+    annotations = data / "fer2013.jsonl"
+    if not annotations.exists():
+        raise SystemExit(f"{args.carry} holds no fer2013.jsonl.gz: make it with 'prepare ablation'")
+    overrides = {**overrides, "data.root": str(data / "fer2013"), "data.annotations": str(annotations),
+                 "eval.tta": "false"}
+    rates = {name: images_per_second(config, overrides) for name, config, _ in ABLATIONS}
+    print("training images/s on this GPU:", json.dumps({k: round(v) for k, v in rates.items()}), flush=True)
+    epochs = 1 if args.smoke else plan_ablation(rates, args.minutes * 60, args.max_epochs)
+    print(f"ablation rows: {epochs} epochs each", flush=True)
+    jobs = []
+    for name, config, seed in ABLATIONS:
+        row = [f"{k}={v}" for k, v in overrides.items() if not (name in NEEDS_NO_REGIONS and k == "data.annotations")]
+        jobs.append((f"{name} seed {seed}", msfer(
+            "train", "--config", str(ROOT / config), "--output-dir", str(runs / f"{name}_seed{seed}"),
+            f"train.seed={seed}", f"train.epochs={epochs}", f"train.max_minutes={args.minutes + 1.0}", *row,
+            log=runs / f"{name}_seed{seed}.log")))
+        print(f"started {name} seed {seed}", flush=True)
+    wait_all(jobs)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tcce = args.carry / "tcce"
+    for name, _, seed in ABLATIONS:
+        score(runs / f"{name}_seed{seed}", data / "fer2013", annotations, tcce if tcce.is_dir() else None,
+              pseudo=name == "full", device=device)
+    table = summarize(runs, {"epochs": epochs, "train_images": TRAIN_IMAGES,
+                             "description": f"all 28,709 FER2013 train images, {epochs} epochs, batch 256, bf16, "
+                                            "one GPU shared by all runs; validation without TTA"})
+    return {"rates": rates, "epochs": epochs, "ablation": table}
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    started = time.time()
+    data = setup(args.carry, args.work)
+    runs = args.work / "runs"
+    shutil.rmtree(runs, ignore_errors=True)
+    runs.mkdir(parents=True)
+    overrides = dict(GPU) if torch.cuda.is_available() else {"train.batch_size": "16", "data.num_workers": "0"}
+    if args.smoke:
+        overrides["data.limit"] = "512"
+    args.out.mkdir(parents=True, exist_ok=True)
+    summary = (run_v2 if args.what == "v2" else run_ablation)(args, data, runs, overrides)
+    summary["seconds"] = time.time() - started
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    with tarfile.open(args.out / "runs.tar.gz", "w:gz") as tar:
+        tar.add(runs, arcname="runs", filter=lambda info: None if info.name.endswith(".pt") else info)
+    print(json.dumps(summary, indent=1))
+    return 0
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--carry", type=Path, default=ROOT / ".carry",
-                        help="folder with the data, annotations and weights")
-    parser.add_argument("--out", type=Path, required=True, help="where summary.json, runs.tar.gz and the model go")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/msfer-gpu"), help="scratch folder")
-    parser.add_argument("--minutes", type=float, default=7.0, help="training time budget, all runs together")
-    parser.add_argument("--ablation-share", type=float, default=0.45, help="part of the budget for the ablation rows")
-    parser.add_argument("--max-ablation-epochs", type=int, default=10)
-    parser.add_argument("--max-shipped-epochs", type=int, default=40)
-    parser.add_argument("--smoke", action="store_true", help="tiny data limit and 1 epoch: check the script end to end")
+    steps = parser.add_subparsers(dest="step", required=True)
+    pack = steps.add_parser("prepare", help="here: write the carry folder")
+    pack.add_argument("what", choices=("v2", "ablation"))
+    pack.add_argument("--fer2013", type=Path, required=True, help="fer2013.tar.gz (../shared/data)")
+    pack.add_argument("--tcce", type=Path, help="TCCE folder (train/, val/): v2 needs it, ablation uses val")
+    pack.add_argument("--tcce-annotations", type=Path, help="msfer annotate's file for --tcce, for v2")
+    pack.add_argument("--annotations", type=Path, help="msfer annotate's file for both FER2013 splits, for ablation")
+    pack.add_argument("--carry", type=Path, default=ROOT / ".carry", help="folder to write (replaced)")
+    train = steps.add_parser("run", help="there: train, score, write --out")
+    train.add_argument("what", choices=("v2", "ablation"))
+    train.add_argument("--carry", type=Path, default=ROOT / ".carry", help="the folder prepare wrote")
+    train.add_argument("--out", type=Path, required=True, help="where summary.json, runs.tar.gz (and v2's bundle) go")
+    train.add_argument("--work", type=Path, default=Path("/tmp/msfer-gpu"), help="scratch folder")
+    train.add_argument("--minutes", type=float, default=7.0, help="training time budget, all runs together")
+    train.add_argument("--max-epochs", type=int, default=120, help="at most this many epochs (ablation: per row)")
+    train.add_argument("--smoke", action="store_true", help="a few hundred images and 1 epoch: check it end to end")
     args = parser.parse_args()
-
-    started = time.time()
-    overrides = setup(args.carry, args.work)
-    if args.smoke:
-        overrides["data.limit"] = "512"
-    runs = args.work / "runs"
-    shutil.rmtree(runs, ignore_errors=True)
-    runs.mkdir(parents=True)
-
-    import torch
-
-    if not torch.cuda.is_available():  # a rehearsal on the CPU
-        overrides.update({"train.batch_size": "16", "data.num_workers": "0"})
-    ablation_overrides = {**overrides, **(ABLATION_GPU if torch.cuda.is_available() else {})}
-    rates = {"shipped": images_per_second(SHIPPED[1], overrides)}
-    rates.update({name: images_per_second(config, ablation_overrides) for name, config, _ in ABLATIONS})
-    print("training images/s on this GPU:", json.dumps({k: round(v) for k, v in rates.items()}), flush=True)
-    if args.smoke:
-        ablation_epochs, shipped_epochs = 1, 1
-    else:
-        ablation_epochs, shipped_epochs = plan_epochs(rates, args.minutes * 60, args.ablation_share,
-                                                      args.max_ablation_epochs, args.max_shipped_epochs)
-    print(f"plan: ablation rows {ablation_epochs} epochs each, shipped model {shipped_epochs} epochs", flush=True)
-
-    runs_overrides = [f"{k}={v}" for k, v in overrides.items()]
-    ablation_args = [f"{k}={v}" for k, v in ablation_overrides.items()] + ["eval.tta=false"]
-    budget = f"train.max_minutes={args.minutes + 1.0}"  # the engine's own stop: a run never outlives the call
-    jobs = [("shipped", lambda: msfer("train", "--config", str(ROOT / SHIPPED[1]),
-                                      "--output-dir", str(runs / "shipped"), f"train.epochs={shipped_epochs}", budget,
-                                      *runs_overrides, log=runs / "shipped.log"))]
-    jobs += [(f"{name} seed {seed}", lambda n=name, c=config, s=seed: msfer(
-                 "train", "--config", str(ROOT / c), "--output-dir", str(runs / f"{n}_seed{s}"), f"train.seed={s}",
-                 *[a for a in ablation_args if not (n in NEEDS_NO_REGIONS and a.startswith("data.annotations="))],
-                 f"train.epochs={ablation_epochs}", budget, log=runs / f"{n}_seed{s}.log"))
-             for name, config, seed in ABLATIONS]
-    run_all(jobs, parallel=len(jobs))
-    tcce = args.work / "data" / "tcce"
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    for name, _, seed in ABLATIONS:
-        score(runs / f"{name}_seed{seed}", Path(overrides["data.root"]), Path(overrides["data.annotations"]),
-              tcce if tcce.is_dir() else None, pseudo=name == "full", device=device)
-    table = summarize(runs, {"epochs": ablation_epochs, "train_images": TRAIN_IMAGES,
-                             "description": f"all 28,709 FER2013 train images, {ablation_epochs} epochs, batch 256, "
-                                            "bf16, one GPU shared by all runs; validation without TTA"})
-    summary = {"rates": rates, "ablation_epochs": ablation_epochs, "shipped_epochs": shipped_epochs, "ablation": table,
-               "seconds": time.time() - started}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    with tarfile.open(args.out / "runs.tar.gz", "w:gz") as tar:
-        tar.add(runs, arcname="runs", filter=lambda info: None if info.name.endswith(".pt") else info)
-    from msfer.engine.checkpoint import export_weights
-
-    export_weights(runs / "shipped" / "best.pt", args.out / "msfer_fer2013.pt", half=True)
-    print(json.dumps(summary, indent=1))
-    return 0
+    return prepare(args) if args.step == "prepare" else run(args)
 
 
 if __name__ == "__main__":
