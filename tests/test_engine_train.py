@@ -290,3 +290,19 @@ def test_a_run_left_inconsistent_by_an_older_msfer_is_repaired_on_resume(uninter
         handle.write((run / "metrics.csv").read_text().splitlines()[-1] + "\n")  # epoch 2 twice
     assert train("--resume", str(run)) == 0  # nothing left to train
     assert_consistent(run, uninterrupted, epochs=2)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_unreadable_training_image_stops_the_run_with_one_line_naming_it(tiny_data, tmp_path, capsys, workers):
+    # With loader workers torch re-raises the worker's error with its traceback in front; the user reads one line.
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    bad = data / "train" / EMOTIONS[3] / "2.png"
+    bad.write_bytes(b"not a png")
+    assert train("--config", os.devnull, "--output-dir", str(tmp_path / "run"), *TINY, f"data.root={data}",
+                 "train.epochs=1", "data.cache_images=true", f"data.num_workers={workers}") == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    message = err[err.index("msfer train: error: "):].strip()  # after the caching progress bar
+    assert str(bad) in message and "\n" not in message
+    assert bad.read_bytes() == b"not a png"  # the input is left as it was

@@ -76,13 +76,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except MsferError as error:
-        print(f"msfer {command}: error: {error}", file=sys.stderr)
+        print(f"msfer {command}: error: {error_message(error)}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as error:
         return _missing_extra(command, error)
     except KeyboardInterrupt:
         print(f"msfer {command}: interrupted", file=sys.stderr)
         return 130
+
+
+def error_message(error: MsferError) -> str:
+    """The error's own message, also when a DataLoader worker raised it: torch re-raises it in the main process
+    with the worker's traceback in front (``Caught X in DataLoader worker process 0. Original Traceback ...``), and
+    a user should read the one line that names the file, as when it is raised in the main process."""
+    message = str(error)
+    if message.startswith("Caught ") and "\nOriginal Traceback" in message:
+        last = message.rstrip().splitlines()[-1]  # "module.ErrorClass: the message"
+        message = last.split(": ", 1)[1] if ": " in last else last
+    return message
 
 
 def _missing_extra(command: str, error: ModuleNotFoundError) -> int:
