@@ -1,4 +1,4 @@
-"""Train on one GPU in one device call of about 9 minutes: the shipped recipe (v2) or the ablation study.
+"""Train on one GPU in one device call of at most 9 minutes: the shipped recipe (v2) or the ablation study.
 
 Two steps. Here, on the CPU, pack what the run needs into a carry folder small enough to travel
 (the device tool carries 64 MiB with the repository)::
@@ -10,14 +10,18 @@ Two steps. Here, on the CPU, pack what the run needs into a carry folder small e
 
 There, with ``.carry`` carried::
 
-    python scripts/gpu_experiments.py run v2 --carry .carry --out "$OUT" --minutes 7
+    python scripts/gpu_experiments.py run v2 --carry .carry --out "$OUT" --minutes 9
+
+``--minutes`` is the whole call's budget (one device command may run 10): training gets what is left
+after unpacking, the speed test, image caching and a reserve for the scoring that follows it.
 
 ``v2``: ``configs/v2.yaml`` (FER2013 train plus TCCE train at a 0.1 share, aligned faces, EMA, flip TTA
-in validation) at batch 256 with bf16 autocast and channels-last, for as many epochs as fit in
-``--minutes``; TCCE val is scored through the whole pipeline every 5 epochs and after the last. Then
-``scripts/bundle_model.py`` calibrates and measures it against the shipped model's record; ``$OUT``
-gets ``bundle/msfer_fer2013.{pt,json}`` (copy both into ``src/msfer/weights/`` only if its verdict
-is better), ``summary.json`` and ``runs.tar.gz`` (config, log, metrics, curves; no checkpoints).
+in validation) at batch 256 with bf16 autocast and channels-last (the EMA's decay 0.996: the same
+~2-epoch horizon as 0.999 at the CPU's batch 64), for as many epochs as fit; TCCE val is scored through
+the whole pipeline every 5 epochs and after the last. ``$OUT`` gets ``trained.pt`` (its best.pt, half
+precision) as soon as training ends; then ``scripts/bundle_model.py`` (on the CPU, as it measures the
+shipped file) calibrates and measures it against the shipped model's record: ``bundle/msfer_fer2013.{pt,
+json}`` (copy both into ``src/msfer/weights/`` only if its verdict is better).
 To fit the carry, TCCE train travels as its training crops (``prepare`` cuts them with v2's crop rule
 at the input size, as ``msfer train`` would, and stores them as JPEG at quality 95: the only
 difference from a CPU run), TCCE val as its photos, and the ImageNet MobileNetV2 weights in half
@@ -28,10 +32,16 @@ on the GPU at once, scored as that script scores them on a CPU (FER2013 public_t
 also with pseudo-label regions, and TCCE val through the whole pipeline when ``--tcce`` was given to
 ``prepare``); ``summary.json`` holds the table.
 
+Whatever happens, ``$OUT`` gets ``summary.json`` (with the error, if one stopped the call) and
+``runs.tar.gz`` (configs, logs, metrics, curves; no checkpoints), and a failed step prints its log's
+end, since the machine and its scratch folder are gone after the call.
+
 Both measure training speed on the GPU first (random batches: the images are cached as uint8 and
 augmented on the GPU, so the model's step is the cost) and choose the epochs from it; the engine's own
 ``train.max_minutes`` stops a run that would outlive the call. ``--smoke`` rehearses either on the
-CPU (a few hundred images, one epoch). The GPU machine's own Python (PyTorch, torchvision, ONNX
+CPU (a few hundred images, one epoch). The v2 log warns that no training set is cropped by the crop rule:
+true there, since ``prepare`` cut the crops by it; the rule is still saved for inference and used in the
+photo validation. The GPU machine's own Python (PyTorch, torchvision, ONNX
 Runtime, OpenCV, Pillow) runs msfer from ``src/``; the HEIF plugin msfer depends on need not be there.
 """
 from __future__ import annotations
@@ -52,13 +62,24 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from ablation_study import NEEDS_NO_REGIONS, ROWS, score, summarize  # scripts/, the folder of this file
 
+from msfer.engine.config import load_config
+
 TRAIN_IMAGES = 28709
+TCCE_TRAIN_IMAGES = 829
 CARRY_BUDGET = 64 * 2**20  # what the device tool carries, repository included
 WEIGHTS = "mobilenet_v2-b0353104.pth"  # torchvision's ImageNet file, as msfer.model.pretrained names it
 V2_CONFIG = "configs/v2.yaml"
-# On the GPU every run gets the same batch, precision and loader (configs/gpu.yaml's choices for the CPU recipe).
-GPU = {"train.batch_size": "256", "train.lr": "4.0e-3", "train.warmup_epochs": "1", "train.amp": "bf16",
-       "train.channels_last": "true", "data.num_workers": "8"}
+SHIPPED_RECORD = ROOT / "src" / "msfer" / "weights" / "msfer_fer2013.json"
+CACHE_SECONDS = 60  # unpacked images decoded into memory before the first epoch (the engine's time budget excludes it)
+SCORE_SECONDS = 180  # after training: the bundle (v2, on the CPU) or scoring every ablation run
+# v2 at batch 256 with bf16 (configs/gpu.yaml's choices for the CPU recipe); the EMA's decay keeps its horizon in
+# epochs: 1 / (1 - 0.999) steps at batch 64 is 1 / (1 - 0.996) at batch 256.
+V2_GPU = {"train.batch_size": "256", "train.lr": "4.0e-3", "train.warmup_epochs": "1", "train.amp": "bf16",
+          "train.channels_last": "true", "train.ema": "0.996", "data.num_workers": "8"}
+# The ablation rows share the GPU and its 16 cores, 8 runs at once: a few loader processes each.
+ABLATION_GPU = {"train.batch_size": "256", "train.lr": "4.0e-3", "train.amp": "bf16", "train.channels_last": "true",
+                "data.num_workers": "3"}
+CPU_REHEARSAL = {"train.batch_size": "16", "data.num_workers": "2"}  # --smoke adds data.limit=512
 # (row name, config, seed) of every ablation run, at one equal epoch budget (scripts/ablation_study.py).
 ABLATIONS = [(name, f"configs/ablations/{config}", seed) for name, _, config, seeds in ROWS for seed in seeds]
 
@@ -76,8 +97,14 @@ def prepare(args: argparse.Namespace) -> int:
         raise SystemExit("prepare v2 needs --tcce (the folder with train/ and val/) and --tcce-annotations")
     if args.what == "ablation" and not args.annotations:
         raise SystemExit("prepare ablation needs --annotations (msfer annotate over both FER2013 splits)")
+    if carry.exists() and any(carry.iterdir()) and not (carry / "carry.json").is_file():
+        raise SystemExit(f"--carry: {carry} holds files that prepare did not write: give an empty or new folder")
     shutil.rmtree(carry, ignore_errors=True)
     carry.mkdir(parents=True)
+    config = load_config(ROOT / V2_CONFIG)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    record = {"what": args.what, "commit": commit, "crop_rule": config["data"]["crop_rule"],
+              "image_size": training_size(config), "tcce_val": bool(args.tcce)}
     shutil.copy(args.fer2013, carry / "fer2013.tar.gz")
     if args.what == "ablation":
         with open(args.annotations, "rb") as src, gzip.open(carry / "fer2013.jsonl.gz", "wb") as dst:
@@ -88,9 +115,12 @@ def prepare(args: argparse.Namespace) -> int:
     if args.tcce:  # v2's photo validation; the ablation's second validation
         shutil.copytree(args.tcce / "val", carry / "tcce" / "val")
     save_half_weights(carry / "mobilenet_v2_half.pth")
+    (carry / "carry.json").write_text(json.dumps(record, indent=1))
     total = sum(f.stat().st_size for f in carry.rglob("*") if f.is_file())
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
-    repo = sum((ROOT / name).stat().st_size for name in tracked.decode().split("\0") if name and (ROOT / name).exists())
+    # What travels besides the carry: tracked files and untracked ones git does not ignore.
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    repo = sum((ROOT / name).stat().st_size for name in set(listed) if name and (ROOT / name).is_file())
     print(f"{carry}: {total / 2**20:.1f} MiB, with the repository {(total + repo) / 2**20:.1f} MiB "
           f"(the device tool carries {CARRY_BUDGET / 2**20:.0f})")
     if total + repo > CARRY_BUDGET:
@@ -104,16 +134,13 @@ def tcce_train_crops(tcce: Path, annotations: Path, out: Path) -> int:
     from PIL import Image
 
     from msfer.data.readers import read_dataset
-    from msfer.engine.config import load_config
     from msfer.engine.datasets import FaceDataset
-    from msfer.model.registry import resolve_config
     from msfer.regions.annotations import load_annotations
     from msfer.regions.crop import CropRule
 
     config = load_config(ROOT / V2_CONFIG)
     samples = [s for s in read_dataset(tcce, "folder").samples if s.split == "train"]
-    size = config["data"]["image_size"] or resolve_config(config["model"])["input_size"]  # as msfer train sizes it
-    dataset = FaceDataset(samples, size, (), load_annotations(annotations),
+    dataset = FaceDataset(samples, training_size(config), (), load_annotations(annotations),
                           crop_rule=CropRule.from_dict(config["data"]["crop_rule"]), name="TCCE train")
     for index, sample in enumerate(dataset.samples):
         pixels, _ = dataset.decode(index)
@@ -121,6 +148,13 @@ def tcce_train_crops(tcce: Path, annotations: Path, out: Path) -> int:
         target.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels.transpose(1, 2, 0)).save(target, quality=95)
     return len(dataset)
+
+
+def training_size(config: dict) -> int:
+    """The side of a training image, as ``msfer train`` sizes it."""
+    from msfer.model.registry import resolve_config
+
+    return config["data"]["image_size"] or resolve_config(config["model"])["input_size"]
 
 
 def save_half_weights(out: Path) -> None:
@@ -134,18 +168,31 @@ def save_half_weights(out: Path) -> None:
 
 # --- there: train --------------------------------------------------------------------------------------------------
 
-def msfer(*args: str, log: Path) -> subprocess.Popen:
+def msfer(*args: str, log: Path) -> tuple[subprocess.Popen, Path]:
+    """``msfer ARGS`` started in a child process writing to ``log``."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "msfer.cli", *args], stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    with open(log, "w") as out:  # the child keeps its own handle
+        return subprocess.Popen([sys.executable, "-m", "msfer.cli", *args], stdout=out,
+                                stderr=subprocess.STDOUT, cwd=ROOT, env=env), log
 
 
-def wait_all(jobs: list[tuple[str, subprocess.Popen]]) -> None:
-    """Wait for every started job; fail on any error."""
-    for label, process in jobs:
+def wait_all(jobs: list[tuple[str, tuple[subprocess.Popen, Path]]]) -> None:
+    """Wait for every started job; on a failure stop the others and fail with the end of its log."""
+    for label, (process, log) in jobs:
         if process.wait() != 0:
-            raise SystemExit(f"{label} failed (exit {process.returncode}): see its log")
+            for _, (other, _) in jobs:
+                if other.poll() is None:
+                    other.terminate()
+            fail(f"{label} failed (exit {process.returncode})", log)
         print(f"finished {label}", flush=True)
+
+
+def fail(message: str, log: Path, lines: int = 60) -> None:
+    """Print the end of ``log`` (progress bars dropped) and stop with ``message``."""
+    text = log.read_text(errors="replace").replace("\r", "\n").splitlines()
+    tail = [line for line in text if line.strip() and "it/s" not in line and "batch/s" not in line][-lines:]
+    print(f"--- end of {log.name} ---", *tail, "---", sep="\n", flush=True)
+    raise SystemExit(message)
 
 
 def setup(carry: Path, work: Path) -> Path:
@@ -172,7 +219,6 @@ def images_per_second(config_path: str, overrides: dict[str, str], steps: int = 
     """Training speed of one config on the GPU, on random batches (its images are cached and augmented there)."""
     import torch
 
-    from msfer.engine.config import load_config
     from msfer.model import build_model
 
     cuda = torch.cuda.is_available()  # the CPU path only rehearses the script (--smoke)
@@ -215,64 +261,88 @@ def epoch_seconds(rate: float, images: int = TRAIN_IMAGES) -> float:
 
 
 def plan_v2(rate: float, seconds: float, max_epochs: int) -> int:
-    """Epochs of v2 that fit ``seconds``, with its TCCE share (0.1) on top of FER2013 train and TCCE val
-    through the whole pipeline every 5 epochs (~20 s each: RetinaFace on the CPU)."""
-    per_epoch = epoch_seconds(rate, int(TRAIN_IMAGES / 0.9)) + 20.0 / 5
+    """Epochs of v2 that fit ``seconds``: an epoch draws as many images as FER2013 train and TCCE train hold,
+    and TCCE val goes through the whole pipeline every 5 epochs (~20 s each: RetinaFace on the CPU)."""
+    per_epoch = epoch_seconds(rate, TRAIN_IMAGES + TCCE_TRAIN_IMAGES) + 20.0 / 5
     return max(1, min(max_epochs, int(seconds / per_epoch)))
 
 
 def plan_ablation(rates: dict[str, float], seconds: float, max_epochs: int) -> int:
-    """One equal epoch budget for every ablation row that fits ``seconds`` run back to back (they run concurrently,
-    which only makes them finish sooner)."""
-    per_epoch = sum(epoch_seconds(rates[name]) for name, _, _ in ABLATIONS)
+    """One equal epoch budget for every ablation run that fits ``seconds`` run back to back (they run concurrently,
+    which only makes them finish sooner); ``rates`` by config."""
+    per_epoch = sum(epoch_seconds(rates[config]) for _, config, _ in ABLATIONS)
     return max(1, min(max_epochs, int(seconds / per_epoch)))
 
 
-def run_v2(args: argparse.Namespace, data: Path, runs: Path, overrides: dict[str, str]) -> dict:
-    carry = args.carry.resolve()
-    overrides = {**overrides, "data.root": str(data / "fer2013"),
-                 # TCCE train as prepared crops (no annotations needed), at v2's share
-                 "data.extra_train": json.dumps([{"format": "folder", "root": str(carry / "tcce_crops"),
-                                                  "split": "train", "weight": 0.1, "crop": False}]),
-                 "data.photo_val": json.dumps({"format": "folder", "root": str(carry / "tcce"), "split": "val"}),
-                 "eval.photo_val_every": "5"}
-    rate = images_per_second(V2_CONFIG, overrides)
-    epochs = 1 if args.smoke else plan_v2(rate, args.minutes * 60, args.max_epochs)
-    print(f"v2: {rate:.0f} training images/s on this GPU; {epochs} epochs", flush=True)
+def training_seconds(deadline: float) -> float:
+    """What is left of the call for training, after image caching and the scoring that follows it."""
+    return max(60.0, deadline - time.time() - CACHE_SECONDS - SCORE_SECONDS)
+
+
+def v2_overrides(data: Path, carry: Path, device: dict[str, str]) -> dict[str, str]:
+    """``configs/v2.yaml``'s overrides for a run from the unpacked carry, with the ``device``'s own."""
+    return {**device, "data.root": str(data / "fer2013"),
+            # TCCE train as prepared crops (no annotations needed), at v2's share
+            "data.extra_train": json.dumps([{"format": "folder", "root": str(carry / "tcce_crops"),
+                                             "split": "train", "weight": 0.1, "crop": False}]),
+            "data.photo_val": json.dumps({"format": "folder", "root": str(carry / "tcce"), "split": "val"}),
+            "eval.photo_val_every": "5"}
+
+
+def run_v2(args: argparse.Namespace, data: Path, runs: Path, deadline: float, summary: dict) -> None:
+    import torch
+
+    carry = args.carry
+    if not (carry / "tcce_crops").is_dir():
+        raise SystemExit(f"{carry} holds no TCCE train crops: make it with 'prepare v2'")
+    gpu = V2_GPU if torch.cuda.is_available() else CPU_REHEARSAL
+    overrides = v2_overrides(data, carry, {**gpu, **({"data.limit": "512"} if args.smoke else {})})
+    summary["rate"] = rate = images_per_second(V2_CONFIG, overrides)
+    seconds = training_seconds(deadline)
+    summary["epochs_planned"] = epochs = 1 if args.smoke else plan_v2(rate, seconds, args.max_epochs)
+    print(f"v2: {rate:.0f} training images/s; {epochs} epochs in {seconds / 60:.1f} minutes", flush=True)
     run = runs / "v2"
     wait_all([("v2", msfer("train", "--config", str(ROOT / V2_CONFIG), "--output-dir", str(run),
-                           f"train.epochs={epochs}", f"train.max_minutes={args.minutes + 1.0}",
+                           f"train.epochs={epochs}", f"train.max_minutes={seconds / 60:.2f}",
                            *[f"{k}={v}" for k, v in overrides.items()], log=runs / "v2.log"))])
+    summary["epochs_trained"] = len((run / "metrics.csv").read_text().splitlines()) - 1
+    from msfer.engine.checkpoint import export_weights, load_checkpoint
+
+    summary["best_epoch"] = load_checkpoint(run / "best.pt").get("epoch")
+    export_weights(run / "best.pt", args.out / "trained.pt", half=True)  # kept even if bundling fails
     bundle = args.out / "bundle"
+    shutil.rmtree(bundle, ignore_errors=True)  # judged against the shipped record, never an earlier call's bundle
     command = [sys.executable, str(ROOT / "scripts" / "bundle_model.py"), str(run), "--data", str(data / "fer2013"),
-               "--tcce", str(carry / "tcce"), "--out", str(bundle)]
-    with open(runs / "bundle.log", "w") as log:
-        if subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+               "--tcce", str(carry / "tcce"), "--out", str(bundle), "--compare", str(SHIPPED_RECORD)]
+    log = runs / "bundle.log"
+    with open(log, "w") as out:
+        if subprocess.call(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")}) != 0:
-            raise SystemExit(f"bundling failed: see {runs / 'bundle.log'}")
+            fail("bundling failed", log)
     record = json.loads((bundle / "msfer_fer2013.json").read_text())
-    return {"rate": rate, "epochs": epochs, "validation": record.get("validation"),
-            "compared_with": record.get("compared_with")}
+    summary.update(validation=record.get("validation"), compared_with=record.get("compared_with"))
 
 
-def run_ablation(args: argparse.Namespace, data: Path, runs: Path, overrides: dict[str, str]) -> dict:
+def run_ablation(args: argparse.Namespace, data: Path, runs: Path, deadline: float, summary: dict) -> None:
     import torch
 
     annotations = data / "fer2013.jsonl"
     if not annotations.exists():
         raise SystemExit(f"{args.carry} holds no fer2013.jsonl.gz: make it with 'prepare ablation'")
-    overrides = {**overrides, "data.root": str(data / "fer2013"), "data.annotations": str(annotations),
-                 "eval.tta": "false"}
-    rates = {name: images_per_second(config, overrides) for name, config, _ in ABLATIONS}
-    print("training images/s on this GPU:", json.dumps({k: round(v) for k, v in rates.items()}), flush=True)
-    epochs = 1 if args.smoke else plan_ablation(rates, args.minutes * 60, args.max_epochs)
-    print(f"ablation rows: {epochs} epochs each", flush=True)
+    gpu = ABLATION_GPU if torch.cuda.is_available() else CPU_REHEARSAL
+    overrides = {**gpu, **({"data.limit": "512"} if args.smoke else {}), "data.root": str(data / "fer2013"),
+                 "data.annotations": str(annotations), "eval.tta": "false"}
+    summary["rates"] = rates = {config: images_per_second(config, overrides) for config in {c for _, c, _ in ABLATIONS}}
+    print("training images/s:", json.dumps({k: round(v) for k, v in rates.items()}), flush=True)
+    seconds = training_seconds(deadline)
+    summary["epochs_planned"] = epochs = 1 if args.smoke else plan_ablation(rates, seconds, args.max_epochs)
+    print(f"ablation rows: {epochs} epochs each in {seconds / 60:.1f} minutes", flush=True)
     jobs = []
     for name, config, seed in ABLATIONS:
         row = [f"{k}={v}" for k, v in overrides.items() if not (name in NEEDS_NO_REGIONS and k == "data.annotations")]
         jobs.append((f"{name} seed {seed}", msfer(
             "train", "--config", str(ROOT / config), "--output-dir", str(runs / f"{name}_seed{seed}"),
-            f"train.seed={seed}", f"train.epochs={epochs}", f"train.max_minutes={args.minutes + 1.0}", *row,
+            f"train.seed={seed}", f"train.epochs={epochs}", f"train.max_minutes={seconds / 60:.2f}", *row,
             log=runs / f"{name}_seed{seed}.log")))
         print(f"started {name} seed {seed}", flush=True)
     wait_all(jobs)
@@ -281,30 +351,42 @@ def run_ablation(args: argparse.Namespace, data: Path, runs: Path, overrides: di
     for name, _, seed in ABLATIONS:
         score(runs / f"{name}_seed{seed}", data / "fer2013", annotations, tcce if tcce.is_dir() else None,
               pseudo=name == "full", device=device)
-    table = summarize(runs, {"epochs": epochs, "train_images": TRAIN_IMAGES,
-                             "description": f"all 28,709 FER2013 train images, {epochs} epochs, batch 256, bf16, "
-                                            "one GPU shared by all runs; validation without TTA"})
-    return {"rates": rates, "epochs": epochs, "ablation": table}
+    summary["ablation"] = summarize(runs, {"epochs": epochs, "train_images": TRAIN_IMAGES,
+                                           "description": f"all 28,709 FER2013 train images, {epochs} epochs, batch "
+                                                          "256, bf16, one GPU shared by all runs; validation without "
+                                                          "TTA"})
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     started = time.time()
-    data = setup(args.carry, args.work)
+    deadline = started + args.minutes * 60
+    # Absolute: the child processes run in the repository root.
+    args.carry, args.out, args.work = args.carry.resolve(), args.out.resolve(), args.work.resolve()
+    made = json.loads((args.carry / "carry.json").read_text()) if (args.carry / "carry.json").is_file() else {}
+    if made.get("what") != args.what:
+        raise SystemExit(f"--carry: {args.carry} was not made by 'prepare {args.what}' (its carry.json: {made})")
+    config = load_config(ROOT / V2_CONFIG)
+    if args.what == "v2" and (made["crop_rule"], made["image_size"]) != (config["data"]["crop_rule"],
+                                                                         training_size(config)):
+        raise SystemExit(f"--carry: its crops were cut by {made['crop_rule']} at {made['image_size']} px, but "
+                         f"{V2_CONFIG} now trains on another: run 'prepare v2' again")
     runs = args.work / "runs"
     shutil.rmtree(runs, ignore_errors=True)
     runs.mkdir(parents=True)
-    overrides = dict(GPU) if torch.cuda.is_available() else {"train.batch_size": "16", "data.num_workers": "0"}
-    if args.smoke:
-        overrides["data.limit"] = "512"
     args.out.mkdir(parents=True, exist_ok=True)
-    summary = (run_v2 if args.what == "v2" else run_ablation)(args, data, runs, overrides)
-    summary["seconds"] = time.time() - started
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    with tarfile.open(args.out / "runs.tar.gz", "w:gz") as tar:
-        tar.add(runs, arcname="runs", filter=lambda info: None if info.name.endswith(".pt") else info)
-    print(json.dumps(summary, indent=1))
+    summary: dict = {"what": args.what, "carry": made, "minutes": args.minutes}
+    try:
+        data = setup(args.carry, args.work)
+        (run_v2 if args.what == "v2" else run_ablation)(args, data, runs, deadline, summary)
+    except BaseException as error:  # SystemExit and KeyboardInterrupt too: the record says why the call stopped
+        summary["error"] = str(error) or type(error).__name__
+        raise
+    finally:
+        summary["seconds"] = round(time.time() - started, 1)
+        (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+        with tarfile.open(args.out / "runs.tar.gz", "w:gz") as tar:
+            tar.add(runs, arcname="runs", filter=lambda info: None if info.name.endswith(".pt") else info)
+        print(json.dumps({k: v for k, v in summary.items() if k not in ("validation", "ablation")}, indent=1))
     return 0
 
 
@@ -323,7 +405,7 @@ def main() -> int:
     train.add_argument("--carry", type=Path, default=ROOT / ".carry", help="the folder prepare wrote")
     train.add_argument("--out", type=Path, required=True, help="where summary.json, runs.tar.gz (and v2's bundle) go")
     train.add_argument("--work", type=Path, default=Path("/tmp/msfer-gpu"), help="scratch folder")
-    train.add_argument("--minutes", type=float, default=7.0, help="training time budget, all runs together")
+    train.add_argument("--minutes", type=float, default=9.0, help="the whole call's time budget")
     train.add_argument("--max-epochs", type=int, default=120, help="at most this many epochs (ablation: per row)")
     train.add_argument("--smoke", action="store_true", help="a few hundred images and 1 epoch: check it end to end")
     args = parser.parse_args()
