@@ -205,9 +205,17 @@ def verdict(candidate: dict, old: dict) -> dict:
     return {"verdict": "better" if better else "not better", "why": f"overall accuracy, candidate vs record: {detail}"}
 
 
+def shown_path(path: Path) -> str:
+    """``path`` relative to the repository when inside it: a shipped record carries no bundling machine's paths."""
+    try:
+        return Path(path).resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def compare(record: dict, old: dict, old_path: Path) -> dict:
     """The candidate ``record`` against an ``old`` one (read from ``old_path``): its figures and a verdict per rule."""
-    return {"record": str(old_path), "judged_by": JUDGEMENT,
+    return {"record": shown_path(old_path), "judged_by": JUDGEMENT,
             "record_figures": {rule: figures(old, rule) for rule in DECISION_RULES},
             "verdicts": {rule: verdict(figures(record, rule), figures(old, rule)) for rule in DECISION_RULES}}
 

@@ -1,4 +1,6 @@
 """The model that ships inside the package (issue 5): it loads by default and still measures what was recorded."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -47,3 +49,14 @@ def test_bundled_model_accuracy_on_fixed_fer2013_sample_matches_record(fer2013_r
     predictions = predict_split(model, dataset, torch.device("cpu"), batch_size=100, progress=False)
     accuracy = float(np.mean(predictions["probs"].argmax(axis=1) == predictions["y_true"]))
     assert abs(accuracy - recorded["overall_accuracy"]) <= 0.01
+
+
+def test_bundled_models_calibration_figures_are_those_of_the_shipped_file():
+    """What the report, /healthz and the API state is what the README states: the shipped (half precision) file's."""
+    from msfer import EmotionRecognizer
+
+    held_out = bundled_record()["calibration"]["held_out"]
+    summary = EmotionRecognizer().calibration
+    assert summary["ece"] == held_out["bundled"]["ece"] != held_out["calibrated"]["ece"]
+    assert summary["n"] == held_out["bundled"]["n"]
+    assert not Path(bundled_record()["compared_with"]["record"]).is_absolute()  # no bundling machine's path

@@ -130,7 +130,7 @@ def test_a_classifier_is_bundled_into_another_folder_and_measured_there(trained,
 
     # compared with the shipped record by default: measured on other sets, so no verdict is claimed
     compared = record["compared_with"]
-    assert compared["record"] == str(BUNDLED_MODEL.with_suffix(".json"))
+    assert compared["record"] == "src/msfer/weights/msfer_fer2013.json"  # the shipped record, named in the repository
     for rule in ("argmax", "balanced"):
         assert compared["verdicts"][rule]["verdict"] == "no verdict"
         assert "not the same set" in compared["verdicts"][rule]["why"]
@@ -241,6 +241,9 @@ def test_verdicts_need_both_validations_on_the_same_sets():
     old, better, worse = fake_record(0.5), fake_record(0.6), fake_record(0.6)
     worse["validation"]["tcce_val"]["argmax"]["overall_accuracy"] = 0.4  # better on FER2013, worse on TCCE
     assert script.compare(better, old, Path("old.json"))["verdicts"]["argmax"]["verdict"] == "better"
+    # A record inside the repository is named relative to it: shipped records carry no machine's paths.
+    inside = script.ROOT / "docs" / "training" / "old.json"
+    assert script.compare(better, old, inside)["record"] == "docs/training/old.json"
     assert script.compare(worse, old, Path("old.json"))["verdicts"]["argmax"]["verdict"] == "not better"
     assert script.compare(worse, old, Path("old.json"))["verdicts"]["balanced"]["verdict"] == "better"
 

@@ -156,7 +156,8 @@ def calibration_summary(record: dict | None, weights: Path | None = None) -> dic
 
         if BUNDLED_MODEL.is_file() and Path(weights).is_file() and os.path.samefile(weights, BUNDLED_MODEL):
             held_out = (bundled_record().get("calibration") or {}).get("held_out")
-    figures = (held_out or {}).get("calibrated") or {}
+    # "bundled": the shipped file itself (half precision); "calibrated": the float32 model before it was stored.
+    figures = (held_out or {}).get("bundled") or (held_out or {}).get("calibrated") or {}
     summary.update({key: figures[key] for key in ("ece", "nll", "brier", "accuracy", "mean_confidence", "n")
                     if key in figures})
     return summary
