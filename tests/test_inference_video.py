@@ -93,7 +93,7 @@ def test_report(clip, random_weights, tmp_path):
     out = tmp_path / "report"
     assert main(["report", str(clip), "--out", str(out), "--weights", str(random_weights), "--every", "2"]) == 0
     page = (out / "report.html").read_text()
-    assert "research aid, not a diagnosis" in page
+    assert page.count("research aid, not a diagnosis") == 1  # said once, not as a heading and again
     assert '<img src="timeline_1.png"' in page and '<img src="shares.png"' in page
     assert page.count("<tr>") == 2  # header and the one tracked face
     for name in ("timeline_1.png", "shares.png"):

@@ -39,8 +39,9 @@ from .predict import ResultWriter
 from .recognizer import DEFAULT_MIN_FACE, EmotionRecognizer
 from .video import VideoFrame, VideoSource, predict_video
 
+DISCLAIMER_LEAD = "This report is a research aid, not a diagnosis."  # stated once, in bold on the page
 DISCLAIMER = (
-    "This report is a research aid, not a diagnosis. It shows what a neural network trained on posed and "
+    f"{DISCLAIMER_LEAD} It shows what a neural network trained on posed and "
     "web photos reads from facial expressions; expressions do not reliably reveal what a person feels, "
     "the network makes mistakes (more so for some people, faces, lighting and cultures than others), and "
     "nothing here should be used to make decisions about a person."
@@ -257,7 +258,7 @@ table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding
 img {{ max-width: 100%; display: block; margin: 0.5em 0; }}
 </style></head><body>
 <h1>Facial emotion report: {html.escape(printable(video.name))}</h1>
-<p class="notice"><strong>Research aid, not a diagnosis.</strong> {DISCLAIMER}</p>
+<p class="notice">{DISCLAIMER.replace(DISCLAIMER_LEAD, f"<strong>{DISCLAIMER_LEAD}</strong>", 1)}</p>
 <p>{len(frames)} processed frames over {duration:.1f} s; {len(tracks)} tracked face(s). {settings_text}.</p>
 {reading}
 {body}
