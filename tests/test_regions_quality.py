@@ -156,7 +156,14 @@ def test_face_quality_fields_and_flag():
     assert good["quality"] == "good" and good["quality_issues"] == []
     blurred = cv2.GaussianBlur(image, (0, 0), 8)
     bad = face_quality(blurred, [50, 40, 62, 170], 0.3, rotated(turned(60), 45, centre=(100, 100)))
-    assert bad["quality"] == "low" and bad["quality_issues"] == list(QUALITY_ISSUES)  # every rule fails, in order
+    # By default the detector's score and the roll are not judged (the bundled model lost no accuracy to them).
+    assert bad["quality"] == "low" and bad["quality_issues"] == ["small", "blurry", "yaw"]
+    judged = QualityThresholds(min_score=0.9, max_roll=30)
+    every = face_quality(blurred, [50, 40, 62, 170], 0.3, rotated(turned(60), 45, centre=(100, 100)), judged)
+    assert every["quality_issues"] == list(QUALITY_ISSUES)  # every rule fails, in order
+    nothing = QualityThresholds(None, None, None, None, None)
+    assert face_quality(blurred, [50, 40, 62, 170], 0.3, rotated(turned(60), 45, centre=(100, 100)),
+                        nothing)["quality"] == "good"
     assert bad["face_size"] == 12.0
     assert bad["roll"] == pytest.approx(45, abs=0.1) and bad["yaw"] == pytest.approx(60, abs=0.1)
     # A face given already cropped has no score or landmarks: those rules are not judged.
