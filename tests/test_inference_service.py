@@ -101,6 +101,33 @@ def test_the_image_is_judged_by_its_bytes_not_its_declared_type(client, astronau
     assert thin.status_code == 200 and thin.json()["faces"] == []
 
 
+def test_a_raw_body_is_the_image_whatever_its_declared_type(client, astronaut):
+    # curl --data-binary @photo.jpg, as the README shows it, declares application/x-www-form-urlencoded.
+    for content_type in ("application/x-www-form-urlencoded", "text/plain", "image/png", None):
+        headers = {} if content_type is None else {"content-type": content_type}
+        response = client.post("/v1/predict", content=jpeg(astronaut), headers=headers)
+        assert response.status_code == 200, (content_type, response.text)
+        assert response.json()["source"] == "upload" and len(response.json()["faces"]) == 1, content_type
+    not_image = client.post("/v1/predict", content=b"image=%40photo.jpg",
+                            headers={"content-type": "application/x-www-form-urlencoded"})
+    assert not_image.status_code == 415 and "upload: not an image" in not_image.json()["detail"]
+    empty = client.post("/v1/predict", content=b"", headers={"content-type": "application/x-www-form-urlencoded"})
+    assert empty.status_code == 422 and "--data-binary" in empty.json()["detail"]
+
+
+def test_two_images_in_one_request_are_refused_not_one_dropped(client, astronaut):
+    photo = jpeg(astronaut)
+    for fields in (["image", "image"], ["image", "file"], ["file", "file", "image"]):
+        files = [(field, (f"{index}.jpg", photo, "image/jpeg")) for index, field in enumerate(fields)]
+        response = client.post("/v1/predict", files=files)
+        assert response.status_code == 400, (fields, response.text)
+        assert "one image per request" in response.json()["detail"] and str(len(fields)) in response.json()["detail"]
+    # Files in other fields are not images to recognise, so one 'image' beside them is still answered.
+    beside = client.post("/v1/predict", files=[("image", ("a.jpg", photo, "image/jpeg")),
+                                                ("notes", ("n.txt", b"hello", "text/plain"))])
+    assert beside.status_code == 200 and beside.json()["source"] == "a.jpg"
+
+
 def test_bad_uploads_get_clear_json_errors(client, astronaut):
     def error(response, status: int, *words: str) -> None:
         assert response.status_code == status, response.text
@@ -117,7 +144,8 @@ def test_bad_uploads_get_clear_json_errors(client, astronaut):
     noise = np.random.default_rng(0).integers(0, 256, (1200, 1200, 3), dtype=np.uint8)  # ~1.5 MB as JPEG
     error(client.post("/v1/predict", files={"image": ("big.jpg", jpeg(noise, 95), "image/jpeg")}), 413, "1 MB")
     error(client.post("/v1/predict"), 422, "image")  # nothing sent
-    error(client.post("/v1/predict", data={"image": "not a file"}), 422, "image")
+    # A body that is no multipart form is the image, so a form's text is judged by its bytes too.
+    error(client.post("/v1/predict", data={"image": "not a file"}), 415, "upload", "not an image")
     other_field = client.post("/v1/predict", data={"image": "not a file"}, files={"photo": ("a.jpg", jpeg(astronaut))})
     error(other_field, 422, "'image'")
     error(client.post("/v1/predict", content=b"--x\r\n", headers={"content-type": "multipart/form-data"}), 400)

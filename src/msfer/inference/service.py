@@ -1,8 +1,9 @@
 """``msfer serve``: the REST service and its web page.
 
 * ``POST /v1/predict``: one image, as a multipart upload in the field ``image`` (``file``
-  is accepted too), or as the raw request body; answers ``{"source", "width", "height",
-  "decision", "faces": [...]}`` with faces as ``msfer predict`` writes them. The decision
+  is accepted too; two files there are 400), or as the raw request body whatever its
+  declared type (curl --data-binary sends x-www-form-urlencoded); answers ``{"source",
+  "width", "height", "decision", "faces": [...]}`` with faces as ``msfer predict`` writes them. The decision
   rule is the query parameter ``decision`` (``?decision=balanced``) or a form field of that
   name, else the service's (``msfer serve --decision``); an unknown rule, or "balanced" for a
   model without it, is 422. Whether it is an image
@@ -30,7 +31,8 @@ Limits, each answered with a JSON ``{"detail": "..."}`` error, as every error is
 * **concurrency**: ``max_concurrent`` requests decode and infer at once, ``max_queue``
   more wait for a turn; beyond that 503 with ``Retry-After``;
 * a body that is not an image 415, an image that cannot be decoded (truncated,
-  corrupt, empty) 400, no image at all 422, any unexpected failure 500.
+  corrupt, empty) 400, two images in one request 400, no image at all 422, any
+  unexpected failure 500.
 """
 from __future__ import annotations
 
@@ -142,20 +144,27 @@ def create_app(
         """(file name, bytes, decision field) of the image: multipart field ``image`` or ``file``, else the raw body."""
         content_type = request.headers.get("content-type", "")
         if not content_type.startswith("multipart/form-data"):
-            if not body or content_type.startswith("application/x-www-form-urlencoded"):  # a form without a file
+            # Any declared type: curl --data-binary labels a photo x-www-form-urlencoded, and the bytes decide anyway.
+            if not body:
                 raise HTTPException(
-                    422, "no image: send it in the multipart field 'image' (curl -F image=@photo.jpg ...)")
+                    422, "no image: send it in the multipart field 'image' (curl -F image=@photo.jpg ...) "
+                         "or as the request body (curl --data-binary @photo.jpg ...)")
             return "upload", body, None
 
         async def replay() -> dict:
             return {"type": "http.request", "body": body, "more_body": False}
 
         try:
-            form = await Request(request.scope, replay).form(max_files=len(FIELD_NAMES), max_fields=16)
+            # More files than one are parsed (max_upload_mb bounds them) so that they get "one image per request".
+            form = await Request(request.scope, replay).form(max_files=16, max_fields=16)
         except MultiPartException as error:
             raise HTTPException(400, f"malformed multipart body: {error.message}") from None
         try:
-            upload = next((form[name] for name in FIELD_NAMES if isinstance(form.get(name), UploadFile)), None)
+            uploads = [value for name in FIELD_NAMES for value in form.getlist(name) if isinstance(value, UploadFile)]
+            if len(uploads) > 1:  # using one and dropping the others would answer for a photo the client did not mean
+                raise HTTPException(400, f"one image per request: got {len(uploads)} files in the fields "
+                                         f"{' / '.join(repr(name) for name in FIELD_NAMES)}; send one request each")
+            upload = uploads[0] if uploads else None
             if upload is None:
                 raise HTTPException(422, "no image: send it in the multipart field 'image' as a file "
                                          "(curl -F image=@photo.jpg ...)")
