@@ -349,6 +349,26 @@ def test_folder_with_splits_synonyms_and_any_case(tmp_path):
     assert index.skipped == {"not an image file": 1} and "notes.txt" in index.problems[0]
 
 
+def test_broken_links_in_class_folders_are_counted_skips_naming_them(tmp_path):
+    face(tmp_path / "happy/good.jpg")
+    (tmp_path / "happy/dangling.jpg").symlink_to("gone.jpg")
+    (tmp_path / "sad").mkdir()
+    (tmp_path / "sad/also.png").symlink_to(tmp_path / "nowhere/also.png")
+    (tmp_path / "stray.jpg").symlink_to("gone.jpg")  # beside the class folders, not a class of its own
+    index = read_dataset(tmp_path, "folder")
+    assert labels_of(index) == {"happy/good.jpg": "happy"}
+    assert index.skipped == {"not a file": 2, "file outside a class folder": 1}
+    assert any("happy/dangling.jpg: broken symbolic link (its target gone.jpg does not exist)" in p
+               for p in index.problems), index.problems
+    assert any("sad/also.png: broken symbolic link" in p for p in index.problems), index.problems
+    assert any("stray.jpg: file outside a class folder" in p for p in index.problems), index.problems
+    (tmp_path / "jaffe").mkdir()
+    face(tmp_path / "jaffe/KA.AN1.39.tiff")
+    (tmp_path / "jaffe/KA.HA2.30.tiff").symlink_to("gone.tiff")
+    jaffe = read_dataset(tmp_path / "jaffe", "jaffe")
+    assert [s.id for s in jaffe.samples] == ["KA.AN1.39.tiff"] and jaffe.skipped == {"not a file": 1}
+
+
 def test_folder_without_split_level_uses_the_split_option(tmp_path):
     face(tmp_path / "sad/a.jpg")
     face(tmp_path / "neutral/b.jpg")

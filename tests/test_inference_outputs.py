@@ -223,3 +223,30 @@ def test_heic_odd_extensions_and_skipped_files_are_never_silent(tmp_path, astron
     assert "readme.md: not an image or video" in errors and "nothing to process" in errors
     assert main(["predict", str(only_notes / "readme.md"), "--weights", str(random_weights)]) == 1
     assert "not an image or video file" in capsys.readouterr().err
+
+
+def test_broken_links_and_linked_folders_in_a_folder_are_named_never_silent(tmp_path, astronaut, random_weights,
+                                                                           capsys):
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    Image.fromarray(astronaut).save(folder / "good.jpg", quality=90)
+    (folder / "dangling.jpg").symlink_to("gone.jpg")
+    (folder / "dangling.txt").symlink_to("gone.txt")  # no photo by its name: skipped like notes.txt
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    Image.fromarray(astronaut).save(elsewhere / "other.jpg", quality=90)
+    (folder / "linked").symlink_to(elsewhere)
+    out = tmp_path / "out.jsonl"
+    # A broken photo link fails like an unreadable photo: the run goes on and exits 1.
+    assert main(["predict", str(folder), "--weights", str(random_weights), "--out", str(out)]) == 1
+    errors = capsys.readouterr().err
+    assert "dangling.jpg: broken symbolic link (its target gone.jpg does not exist)" in errors
+    assert "dangling.txt: not an image or video" in errors
+    assert "linked: a symbolic link to a folder, not followed" in errors
+    assert "1 input(s) could not be processed" in errors
+    records = {Path(r["source"]).name: r for r in jsonl(out)}
+    assert set(records) == {"good.jpg", "dangling.jpg"}
+    assert len(records["good.jpg"]["faces"]) == 1 and "broken symbolic link" in records["dangling.jpg"]["error"]
+    # Given by name, the same link gets the same message.
+    assert main(["predict", str(folder / "dangling.jpg"), "--weights", str(random_weights)]) == 1
+    assert "dangling.jpg: broken symbolic link" in capsys.readouterr().err

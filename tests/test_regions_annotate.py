@@ -89,6 +89,21 @@ def test_merge_eyes_and_split_options(dataset, tmp_path):
     assert annotate_cli(dataset, out, "--split", "test") == 2  # no such split: a clear error, not a crash
 
 
+def test_what_the_reader_leaves_out_is_named_on_stderr(tmp_path, capsys):
+    root = tmp_path / "faces"
+    (root / "happy").mkdir(parents=True)
+    Image.fromarray(astronaut()).save(root / "happy" / "good.jpg")
+    (root / "happy" / "dangling.jpg").symlink_to("gone.jpg")
+    (root / "happy" / "notes.txt").write_text("not a face")
+    out = tmp_path / "ann.jsonl"
+    assert annotate_cli(root, out) == 0
+    errors = capsys.readouterr().err
+    assert "happy/dangling.jpg: broken symbolic link (its target gone.jpg does not exist)" in errors
+    assert "happy/notes.txt: not an image file" in errors
+    assert "not annotated: not a file 1, not an image file 1" in errors
+    assert [record["id"] for record in lines_of(out)] == ["happy/good.jpg"]
+
+
 def test_a_resumed_run_skips_what_is_written(dataset, tmp_path):
     out = tmp_path / "ann.jsonl"
     assert annotate_cli(dataset, out) == 0

@@ -25,6 +25,7 @@ Design choices:
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,7 +87,8 @@ def _reading(path: Path) -> Iterator[None]:
     try:
         yield
     except FileNotFoundError:
-        raise UnreadableImageError(f"{path}: no such image file") from None
+        what = not_a_file_reason(path) if path.is_symlink() else "no such image file"
+        raise UnreadableImageError(f"{path}: {what}") from None
     except Image.DecompressionBombError as error:
         raise UnreadableImageError(f"{path}: refused as a possible decompression bomb ({error})") from None
     except (OSError, ValueError, SyntaxError, EOFError) as error:
@@ -95,6 +97,22 @@ def _reading(path: Path) -> Iterator[None]:
         if size and pillow_heif is None and path.suffix.lower() in HEIF_EXTENSIONS:
             what = "HEIC/HEIF needs the pillow-heif package, which is not installed (pip install pillow-heif)"
         raise UnreadableImageError(f"{path}: {what}") from None
+
+
+def not_a_file_reason(path: str | Path) -> str:
+    """Why ``path``, which is no regular file (nor a link to one), cannot be read as one, for messages.
+
+    A broken symbolic link is named as one with its target: "no such file" would be wrong
+    to someone who sees the name in ``ls``.
+    """
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        return f"broken symbolic link (its target {os.readlink(path)} does not exist)"
+    if not path.exists():
+        return "no such file or folder"
+    if path.is_dir():
+        return "a symbolic link to a folder, not followed" if path.is_symlink() else "a folder"
+    return "not a regular file (a pipe, socket or device)"
 
 
 def load_rgb_array(path: str | Path) -> np.ndarray:

@@ -46,7 +46,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..data.images import IMAGE_EXTENSIONS
+from ..data.images import IMAGE_EXTENSIONS, not_a_file_reason
 from ..errors import MsferError
 from ..labels import EMOTIONS
 from ..outputs import InputFiles, atomic_output, existing_out_mode, printable, source_fields
@@ -118,7 +118,14 @@ def collect_inputs(inputs: Iterable[Path]) -> Inputs:
     for given in inputs:
         if given.is_dir():
             bases.append(os.path.abspath(given))
-            for path in sorted(p for p in given.rglob("*") if p.is_file()):
+            for path in sorted(given.rglob("*")):
+                if path.is_dir() and not path.is_symlink():
+                    continue  # rglob walks it
+                # A broken link named like a photo is an input that fails (reported, exit 1), as an unreadable
+                # photo is; a pipe or a linked folder is no input, so it is skipped with its reason.
+                if not (path.is_file() or (path.is_symlink() and not path.exists())):
+                    found.skipped.append((path, not_a_file_reason(path)))
+                    continue
                 ours = path.name.lower().endswith((IMAGE_VIS_SUFFIX, VIDEO_VIS_SUFFIX))
                 kind = None if ours else file_kind(path, False)
                 if kind is None:
@@ -479,7 +486,7 @@ def run(args: argparse.Namespace) -> int:
         writer = ResultWriter(args.out, stack, mode)
         problems: list[str] = []
         for path in inputs.missing:
-            _report(problems, writer, path, f"{path}: no such file or folder")
+            _report(problems, writer, path, f"{path}: {not_a_file_reason(path)}")
         for path in inputs.not_media:
             _report(problems, writer, path, f"{path}: not an image or video file (its content is neither)")
         todo = [item for item in items if source_key(source_fields(item.path)) not in writer.done]

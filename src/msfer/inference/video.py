@@ -31,6 +31,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from ..data.images import not_a_file_reason
 from ..errors import MsferError
 from ..outputs import temporary_beside
 from .recognizer import EmotionRecognizer, FaceResult
@@ -101,7 +102,8 @@ class VideoSource:
         import av
 
         if not Path(source).is_file():
-            raise MsferError(f"{source}: no such video file")
+            what = not_a_file_reason(source) if os.path.lexists(source) else "no such video file"
+            raise MsferError(f"{source}: {what}")
         try:
             self.container = av.open(str(source), metadata_errors="ignore")
         except (av.FFmpegError, OSError, ValueError) as error:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +34,7 @@ from tqdm import tqdm
 
 from ..errors import MsferError
 from ..labels import EMOTIONS
-from ..outputs import InputFiles, existing_out_mode
+from ..outputs import InputFiles, existing_out_mode, printable
 from .annotations import REJECTED_PREFIX, STATUS_NO_FACE, STATUS_OK, STATUS_UNREADABLE, AnnotationWriter
 from .geometry import derive_regions
 from .quality import QualityRules, rejection_reason, select_face
@@ -227,12 +228,22 @@ def summarize(samples: Sequence, records: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def report_skips(index) -> None:
+    """Name on stderr what the dataset reader left out (a broken link, a file that is no image), never silently."""
+    for problem in index.problems:
+        print(f"msfer annotate: {printable(problem)}", file=sys.stderr)
+    if index.skipped:
+        counts = ", ".join(f"{reason} {count}" for reason, count in sorted(index.skipped.items()))
+        print(f"msfer annotate: left out by the {index.format} reader, not annotated: {counts}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..data.readers import read_dataset
 
     if args.batch_size < 1:
         raise MsferError(f"--batch-size must be at least 1, got {args.batch_size}")
     index = read_dataset(args.data, args.format)
+    report_skips(index)
     samples = index.samples
     if args.split is not None:
         samples = [sample for sample in samples if sample.split == args.split]

@@ -14,8 +14,8 @@ What happens with bad input (the same across readers):
   AffectNet none / uncertain / non-face) -> counted in ``DatasetIndex.skipped``, by design;
 * an image named by a label file but absent -> counted skip ``"missing image"`` with a
   problem entry naming the label line (``require_images=False`` keeps such samples, for
-  counting labels-only copies); a non-image file in a class folder -> counted skip with
-  a problem entry;
+  counting labels-only copies); a non-image file in a class folder, or an entry there that
+  is no file (a broken link) -> counted skip with a problem entry;
 * a corrupt, truncated or empty image is only found when decoded: ``sample.load()``
   raises ``UnreadableImageError`` naming the file, and ``msfer datasets inspect
   --check-images`` decodes every image and counts them.

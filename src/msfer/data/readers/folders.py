@@ -5,7 +5,8 @@ holds splits or classes is decided by its names: all emotion names -> classes (e
 sample gets the ``split`` option, ``"all"`` by default), none -> splits; a mix is an error.
 Class names go through ``msfer.labels.canonical_emotion`` (any case, synonyms);
 ``contempt`` folders are excluded and counted; any other unknown class folder is an
-error naming it, never a guessed label. Files that are not images are counted skips
+error naming it, never a guessed label. Files that are not images, and entries that are
+no file (a broken link, a pipe, a linked folder, which is not followed), are counted skips
 with a problem entry; dot-files are ignored.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ...labels import EMOTION_INDEX, UnknownLabelError, canonical_emotion
+from ..images import not_a_file_reason
 from ..samples import Sample
 from ._index import IMAGE_EXTENSIONS, DatasetError, DatasetIndex, is_hidden, relative_id, require_dir
 
@@ -52,6 +54,8 @@ def read_jaffe(root: str | Path, split: str = "all") -> DatasetIndex:
     root = require_dir(Path(root), "JAFFE folder")
     index = DatasetIndex("jaffe", root)
     for path in _files(root):
+        if _skipped_as_no_file(index, path):
+            continue
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             index.skip("not an image file", f"{path}: not an image file")
             continue
@@ -78,11 +82,13 @@ def read_class_tree(
         for entry in sorted(split_dir.iterdir()):
             if is_hidden(entry):
                 continue
-            if entry.is_file():
+            if not entry.is_dir():  # a broken link too: a class folder it is not
                 index.skip("file outside a class folder", f"{entry}: file outside a class folder, ignored")
                 continue
             label = _class_label(entry)
             for path in _files(entry):
+                if _skipped_as_no_file(index, path):
+                    continue
                 if path.suffix.lower() not in IMAGE_EXTENSIONS:
                     index.skip("not an image file", f"{path}: not an image file")
                 elif label is None:
@@ -128,9 +134,21 @@ def _class_label(folder: Path) -> int | None:
 
 
 def _files(folder: Path) -> list[Path]:
-    """Files under ``folder`` at any depth, sorted, leaving out dot-files and dot-folders."""
+    """Entries under ``folder`` at any depth but the folders it walks, sorted, leaving out dot-files and dot-folders.
+
+    Broken links, pipes and linked folders are in it, for :func:`_skipped_as_no_file` to count, never dropped unseen.
+    """
     return sorted(
         path
         for path in folder.rglob("*")
-        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+        if not (path.is_dir() and not path.is_symlink())
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
     )
+
+
+def _skipped_as_no_file(index: DatasetIndex, path: Path) -> bool:
+    """Whether ``path`` is no regular file (a broken link, a pipe, a linked folder), counted as a skip if so."""
+    if path.is_file():
+        return False
+    index.skip("not a file", f"{path}: {not_a_file_reason(path)}")
+    return True
