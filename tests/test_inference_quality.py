@@ -80,6 +80,31 @@ def test_min_quality_good_leaves_out_low_quality_faces(random_weights, photos, t
     assert usage.value.code == 2 and "invalid choice: 'best'" in capsys.readouterr().err
 
 
+def test_a_face_left_out_is_named_on_its_terminal_line_not_shown_as_no_face(random_weights, photos, capsys):
+    assert main(["predict", str(photos["root"]), "--weights", str(random_weights), "--min-quality", "good"]) == 0
+    lines = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
+    assert lines[str(photos["blurred"])] == "1 face left out (low quality)"
+    assert "left out" not in lines[str(photos["sharp"])] and lines[str(photos["sharp"])] != "no face"
+
+
+def test_a_video_without_out_prints_each_processed_frame_and_counts_left_out_faces_once(random_weights, tmp_path,
+                                                                                      astronaut, capsys):
+    from test_inference_predict import moving_face_frames, write_video
+
+    clip = tmp_path / "blurred.avi"
+    write_video(clip, [cv2.GaussianBlur(frame, (0, 0), 6) for frame in moving_face_frames(astronaut, 6)])
+    assert main(["predict", str(clip), "--weights", str(random_weights), "--every", "2"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(str(clip))]
+    assert [line.split(": ")[0] for line in lines] == [f"{clip} frame {k} at {k / 10:.2f} s" for k in (0, 2, 4)]
+    assert all("(low quality)" in line for line in lines), lines  # blurred: every face is flagged
+    assert main(["predict", str(clip), "--weights", str(random_weights), "--every", "2", "--min-quality", "good"]) == 0
+    captured = capsys.readouterr()
+    lines = [line for line in captured.out.splitlines() if line.startswith(str(clip))]
+    assert [line.split(": ", 1)[1] for line in lines] == ["1 face left out (low quality)"] * 3
+    # The frames --every skips show the last faces but are no results: only the 3 processed faces count.
+    assert "left out 3 face(s) of low quality" in captured.err
+
+
 def test_service_faces_carry_quality(random_weights, astronaut):
     pytest.importorskip("fastapi")
     pytest.importorskip("httpx")

@@ -12,7 +12,9 @@ CSV (one row per face; a source without a face gets one row with empty face colu
 chosen by the file's extension. Each face carries its label under the ``--decision`` rule
 and its quality measures (:class:`msfer.inference.recognizer.FaceResult`); ``--min-quality
 good`` leaves out the faces whose quality is "low" (after tracking, so track ids stay the
-same) and says how many on stderr. A source that cannot be read is reported on stderr and,
+same) and says how many on stderr and on each terminal line. Without ``--out`` every photo
+and every processed video frame gets a line on the terminal (with it, runs of up to
+``ECHO_LIMIT`` photos do). A source that cannot be read is reported on stderr and,
 in the output, as a record with an ``error``; the others are still processed and the
 exit status is 1. An existing ``--out`` needs ``--resume`` or ``--overwrite``
 (:func:`msfer.outputs.existing_out_mode`).
@@ -319,10 +321,10 @@ def predict_images(
     """Recognise ``items`` (images) in batches; unreadable ones go to ``problems`` and the rest carry on.
 
     ``keep`` filters each image's faces (default: all kept). A handful of images (up to
-    ``ECHO_LIMIT``) also get a line each on the terminal; bulk runs stay quiet.
+    ``ECHO_LIMIT``, or all without ``--out``) also get a line each on the terminal; bulk runs into a file stay quiet.
     """
     keep = keep or QualityFilter()
-    echo = len(items) <= ECHO_LIMIT
+    echo = len(items) <= ECHO_LIMIT or writer.file is None  # without --out the terminal is the only output
     with tqdm(total=len(items), desc="images", unit="img", disable=not items) as progress:
         for start in range(0, len(items), recognizer.batch_size):
             loaded: list[tuple[InputItem, np.ndarray]] = []
@@ -335,16 +337,27 @@ def predict_images(
             for (item, image), faces in zip(loaded, results):
                 if faces is None:
                     continue
+                found = len(faces)
                 faces = keep(faces)
                 writer.write({"source": item.path, "faces": faces})
                 if echo:
-                    found = ", ".join(f"{face.label} {face.confidence:.2f}" + (" (low quality)" if face.quality == "low"
-                                                                               else "") for face in faces) or "no face"
-                    tqdm.write(f"{printable(item.path)}: {found}")
+                    tqdm.write(f"{printable(item.path)}: {faces_line(faces, found - len(faces))}")
                 if vis_dir is not None:
                     with atomic_output(vis_dir / item.vis_name) as temporary:
                         Image.fromarray(draw_faces(image, faces)).save(temporary, format="JPEG", quality=92)
             progress.update(len(items[start : start + recognizer.batch_size]))
+
+
+def faces_line(faces: list[FaceResult], left_out: int = 0) -> str:
+    """One image's or frame's faces as the terminal shows them, with the faces --min-quality left out.
+
+    Those are named, so that a photo whose only face was left out does not read as a photo without one.
+    """
+    parts = [f"{face.label} {face.confidence:.2f}" + (" (low quality)" if face.quality == "low" else "")
+             for face in faces]
+    if left_out:
+        parts.append(f"{left_out} face{'s' if left_out > 1 else ''} left out (low quality)")
+    return ", ".join(parts) or "no face"
 
 
 def _recognise(
@@ -375,17 +388,28 @@ def predict_stream(
 ) -> None:
     """Recognise a video file or webcam; write processed frames, and with ``--save-vis`` an annotated .mp4.
 
-    ``keep`` filters each frame's faces after tracking (default: all kept)."""
+    ``keep`` filters each frame's faces after tracking (default: all kept). Without ``--out``
+    each processed frame gets a line on the terminal, as a photo does: it is the only output.
+    """
     keep = keep or QualityFilter()
     label = printable(source if isinstance(source, int) else source.name)
+    name = printable(f"webcam {source}" if isinstance(source, int) else source)
     with VideoSource(source) as video, tqdm(total=video.frame_count, desc=label, unit="frame") as progress:
         video_writer = None
         complete = False
+        kept: list[FaceResult] = []
         try:
             for frame in _until_interrupted(predict_video(recognizer, video, args.every, args.smooth), video.live):
-                frame.faces = keep(frame.faces)  # skipped frames (--every) too: they show the last faces
                 if frame.processed:
+                    found = len(frame.faces)
+                    frame.faces = kept = keep(frame.faces)
                     writer.write({"source": source, "frame": frame.index, "time": frame.time, "faces": frame.faces})
+                    if writer.file is None:
+                        tqdm.write(f"{name} frame {frame.index} at {frame.time:.2f} s: "
+                                   f"{faces_line(frame.faces, found - len(frame.faces))}")
+                else:
+                    # A skipped frame (--every) shows the last processed frame's faces, which were counted there.
+                    frame.faces = kept
                 if args.save_vis is not None:
                     if video_writer is None:
                         video_writer = AnnotatedVideoWriter(args.save_vis / vis_name, video.fps)
