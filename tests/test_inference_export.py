@@ -69,3 +69,40 @@ def test_export_errors(tmp_path, random_weights):
     assert main(["export", "--out", str(tmp_path / "m.onnx"), "--weights", str(tmp_path / "absent.pt")]) == 2
     assert main(["export", "--out", str(tmp_path / "m.onnx"), "--weights", str(random_weights), "--opset", "13"]) == 2
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_never_replaces_a_file_unasked_nor_the_checkpoint_it_reads(tmp_path, random_weights, capsys):
+    import os
+    import shutil
+
+    weights = tmp_path / "copy.pt"
+    shutil.copy(random_weights, weights)
+    photo = tmp_path / "victim.jpg"
+    photo.write_bytes(b"\xff\xd8\xff\xe0 a photo")
+    (tmp_path / "link.onnx").symlink_to(weights.name)
+    os.link(weights, tmp_path / "hard.onnx")
+    (tmp_path / "models").mkdir()
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
+
+    def export(out: str, *extra: str) -> int:
+        return main(["export", "--weights", str(weights), "--out", out, *extra])
+
+    assert export(str(photo)) == 2
+    assert "victim.jpg already exists: add --overwrite to replace it" in capsys.readouterr().err
+    for name in ("copy.pt", "link.onnx", "hard.onnx"):  # the checkpoint by path, symbolic and hard link
+        assert export(str(tmp_path / name), "--overwrite") == 2
+        assert "never writes onto a file it reads" in capsys.readouterr().err
+    assert export(str(tmp_path / "models"), "--overwrite") == 2
+    assert "models is a folder; give a file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # Path() would drop the slash and write a file named "new"
+        export(str(tmp_path / "new") + "/")
+    assert exit_info.value.code == 2 and "names a folder" in capsys.readouterr().err
+    assert export(str(photo / "model.onnx")) == 2
+    assert "victim.jpg is a file, not a folder" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()} == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([*before, "models"])  # no temporary left
+
+    assert export(str(photo), "--overwrite") == 0
+    onnx.checker.check_model(onnx.load(str(photo)))
+    assert weights.read_bytes() == before["copy.pt"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([*before, "models"])

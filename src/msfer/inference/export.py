@@ -17,6 +17,10 @@ so the file is self-describing like a checkpoint. The
 calibration itself is part of the graph (the model's ``logit_scale``/``logit_bias``), so
 ``logits`` are calibrated. Exported with PyTorch's TorchScript-based exporter, which needs no
 extra package (the newer dynamo exporter needs ``onnxscript``).
+
+``--out`` follows :mod:`msfer.outputs`: an existing file is replaced only with ``--overwrite``,
+never when it is the checkpoint read (by path, symbolic or hard link), a folder is refused,
+and the file appears whole or not at all.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from pathlib import Path
 
 from ..errors import MsferError
 from ..labels import EMOTIONS
+from ..outputs import InputFiles, atomic_output, existing_out_mode, file_argument
 from .options import add_model_arguments
 
 OUTPUT_NAMES = ("logits", "boxes", "box_scores", "fallback")
@@ -90,28 +95,35 @@ def onnx_bytes(model, source: str | Path, opset: int = DEFAULT_OPSET, calibratio
     return proto.SerializeToString()
 
 
-def export_onnx(weights: str | Path | None, out: str | Path, opset: int = DEFAULT_OPSET) -> Path:
-    """Export the checkpoint ``weights`` (default: the bundled model) to ``out``; return ``out``."""
+def export_onnx(weights: str | Path | None, out: str | Path, opset: int = DEFAULT_OPSET,
+                overwrite: bool = False) -> Path:
+    """Export the checkpoint ``weights`` (default: the bundled model) to ``out``; return ``out``.
+
+    An existing ``out`` is replaced only with ``overwrite``, and never when it is the checkpoint.
+    """
+    from ..engine.checkpoint import resolve_checkpoint
     from ..weights import default_weights_path
     from .recognizer import TorchBackend
 
     weights = Path(weights) if weights is not None else default_weights_path()
     if opset < 17:
         raise MsferError(f"opset {opset} is too old: msfer exports with opset 17 or newer")
+    out = Path(out)
+    # Refused before the export's seconds of work, and --overwrite never reaches the checkpoint itself.
+    InputFiles([resolve_checkpoint(weights, prefer="best.pt")]).refuse(out, "--out")
+    existing_out_mode(out, resume=False, overwrite=overwrite, resumable=False)
     backend = TorchBackend(weights, "cpu")
     data = onnx_bytes(backend.model, weights, opset, calibration=backend.calibration,
                       crop_rule=backend.crop_rule.to_dict())
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(out)  # never leave a half-written model under the final name
+    with atomic_output(out) as temporary:
+        temporary.write_bytes(data)
     return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=["onnx"], default="onnx", help="export format (only onnx)")
-    parser.add_argument("--out", required=True, type=Path, help="the file to write, e.g. model.onnx")
+    parser.add_argument("--out", required=True, type=file_argument, help="the file to write, e.g. model.onnx")
+    parser.add_argument("--overwrite", action="store_true", help="--out exists: replace it")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                         help=f"ONNX opset, 17 or newer (default {DEFAULT_OPSET})")
     # The export traces the PyTorch model on the CPU: --device and --backend would change nothing.
@@ -119,6 +131,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = export_onnx(args.weights, args.out, args.opset)
+    out = export_onnx(args.weights, args.out, args.opset, overwrite=args.overwrite)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, opset {args.opset}, dynamic batch)")
     return 0
