@@ -250,3 +250,43 @@ def test_broken_links_and_linked_folders_in_a_folder_are_named_never_silent(tmp_
     # Given by name, the same link gets the same message.
     assert main(["predict", str(folder / "dangling.jpg"), "--weights", str(random_weights)]) == 1
     assert "dangling.jpg: broken symbolic link" in capsys.readouterr().err
+
+
+def test_an_output_that_cannot_be_written_is_one_error_line(shots, random_weights, tmp_path, capsys):
+    # Paths under a file: no folder can be made there, even by root (for whom chmod stops nothing).
+    photo, video = shots / "selfie.jpg", shots / "clip.avi"
+    before = digests(shots)
+    runs = [("predict", [str(photo), "--out", str(photo / "x.jsonl")], photo / "x.jsonl"),
+            ("predict", [str(photo), "--out", str(photo / "sub" / "x.csv")], photo / "sub" / "x.csv"),
+            ("report", [str(video), "--out", str(video / "report")], video / "report")]
+    for command, arguments, path in runs:
+        assert main([command, *arguments, "--weights", str(random_weights)]) == 2
+        err = capsys.readouterr().err
+        assert err == f"msfer {command}: error: cannot write {path}: {photo if command == 'predict' else video} " \
+                      "is a file, not a folder\n"
+    assert main(["report", str(video), "--out", str(video), "--weights", str(random_weights)]) == 2
+    assert capsys.readouterr().err == f"msfer report: error: --out {video} is a file; give a folder\n"
+    assert digests(shots) == before
+
+
+def test_an_annotated_copy_that_cannot_be_written_fails_that_input_only(shots, random_weights, tmp_path, capsys):
+    vis, out = tmp_path / "vis", tmp_path / "results.jsonl"
+    vis.mkdir()
+    (vis / "a").write_text("mine")  # where the folder of a/same.jpg's copy would go
+    (vis / "clip.avi.msfer.mp4").mkdir()  # where the video's copy would go
+    before = digests(shots)
+    assert main(["predict", str(shots), "--weights", str(random_weights), "--save-vis", str(vis),
+                 "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "2 input(s) could not be processed" in err
+    assert f"{shots / 'a' / 'same.jpg'}: no annotated copy: cannot write {vis / 'a' / 'same.jpg.msfer.jpg'}: " \
+           f"{vis / 'a'} is a file, not a folder" in err
+    assert f"{shots / 'clip.avi'}: no annotated copy: cannot write {vis / 'clip.avi.msfer.mp4'}: it is a folder" in err
+    records = {os.path.relpath(record["source"], shots): record for record in jsonl(out)}
+    assert sorted(name for name, record in records.items() if "error" in record) == ["a/same.jpg", "clip.avi"]
+    assert sorted(name for name, record in records.items() if "faces" in record) == \
+        ["b/same.jpg", "holiday.jpg", "holiday.png", "selfie.jpg"]  # one record each: no frames before the error
+    assert sorted(os.path.relpath(name, vis) for name in digests(vis)) == \
+        ["a", "b/same.jpg.msfer.jpg", "holiday.jpg.msfer.jpg", "holiday.png.msfer.jpg", "selfie.jpg.msfer.jpg"]
+    assert (vis / "a").read_text() == "mine" and not any((vis / "clip.avi.msfer.mp4").iterdir())
+    assert digests(shots) == before

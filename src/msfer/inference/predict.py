@@ -51,7 +51,16 @@ from tqdm import tqdm
 from ..data.images import IMAGE_EXTENSIONS, not_a_file_reason
 from ..errors import MsferError
 from ..labels import EMOTIONS
-from ..outputs import InputFiles, atomic_output, existing_out_mode, printable, source_fields
+from ..outputs import (
+    InputFiles,
+    atomic_output,
+    existing_out_mode,
+    file_argument,
+    printable,
+    refuse_file_as_folder,
+    source_fields,
+    writing,
+)
 from .options import add_decision_argument, add_model_arguments, model_options
 from .recognizer import DEFAULT_MIN_FACE, EmotionRecognizer, FaceResult, to_rgb_array
 from .video import AnnotatedVideoWriter, VideoFrame, VideoSource, is_video, predict_video, probe_video
@@ -211,11 +220,14 @@ class ResultWriter:
         self.format = self.format_of(path)
         self.file: IO[str] | None = None
         self.done: set[tuple[str, str]] = set()
+        self.path = path
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            with writing(path):
+                path.parent.mkdir(parents=True, exist_ok=True)
             if mode == "a":
                 self.done = self._prepare_resume(path)
-            self.file = stack.enter_context(open(path, mode, encoding="utf-8", newline=""))
+            with writing(path):
+                self.file = stack.enter_context(open(path, mode, encoding="utf-8", newline=""))
         if self.format == "csv":
             self.csv = csv.DictWriter(self.file, CSV_FIELDS)
             if self.file.tell() == 0:
@@ -276,17 +288,19 @@ class ResultWriter:
     def write(self, record: dict) -> None:
         """One record: ``source`` (a path, name or webcam number), optionally ``frame``/``time``, and ``faces``
         (FaceResult) or ``error``."""
+        if self.file is None:
+            return
         record = {**source_fields(record["source"]),
                   **{key: printable(value) if isinstance(value, str) else value
                      for key, value in record.items() if key != "source"}}
-        if self.format == "jsonl":
-            faces = [face.to_dict() for face in record.get("faces", [])]
-            self.file.write(json.dumps({**record, **({"faces": faces} if "faces" in record else {})}) + "\n")
-        elif self.format == "csv":
-            base = {key: record[key] for key in ("source", "source_hex", "frame", "time", "error") if key in record}
-            rows = [_csv_row(index, face) for index, face in enumerate(record.get("faces", []))] or [{}]
-            self.csv.writerows({**base, **row} for row in rows)
-        if self.file is not None:
+        with writing(self.path):  # a full disk
+            if self.format == "jsonl":
+                faces = [face.to_dict() for face in record.get("faces", [])]
+                self.file.write(json.dumps({**record, **({"faces": faces} if "faces" in record else {})}) + "\n")
+            elif self.format == "csv":
+                base = {key: record[key] for key in ("source", "source_hex", "frame", "time", "error") if key in record}
+                rows = [_csv_row(index, face) for index, face in enumerate(record.get("faces", []))] or [{}]
+                self.csv.writerows({**base, **row} for row in rows)
             self.file.flush()  # an interrupted run keeps every record written so far
 
 
@@ -339,12 +353,17 @@ def predict_images(
                     continue
                 found = len(faces)
                 faces = keep(faces)
+                if vis_dir is not None:
+                    # Before the record: an input whose copy fails gets an error record instead, as a video does.
+                    try:
+                        with atomic_output(vis_dir / item.vis_name) as temporary:
+                            Image.fromarray(draw_faces(image, faces)).save(temporary, format="JPEG", quality=92)
+                    except MsferError as error:
+                        _report(problems, writer, item.path, f"{printable(item.path)}: no annotated copy: {error}")
+                        continue
                 writer.write({"source": item.path, "faces": faces})
                 if echo:
                     tqdm.write(f"{printable(item.path)}: {faces_line(faces, found - len(faces))}")
-                if vis_dir is not None:
-                    with atomic_output(vis_dir / item.vis_name) as temporary:
-                        Image.fromarray(draw_faces(image, faces)).save(temporary, format="JPEG", quality=92)
             progress.update(len(items[start : start + recognizer.batch_size]))
 
 
@@ -396,6 +415,11 @@ def predict_stream(
     name = printable(f"webcam {source}" if isinstance(source, int) else source)
     with VideoSource(source) as video, tqdm(total=video.frame_count, desc=label, unit="frame") as progress:
         video_writer = None
+        if args.save_vis is not None:  # before the first frame's record: a copy that cannot be written fails the video
+            try:
+                video_writer = AnnotatedVideoWriter(args.save_vis / vis_name, video.fps)
+            except MsferError as error:
+                raise MsferError(f"{printable(source)}: no annotated copy: {error}") from None
         complete = False
         kept: list[FaceResult] = []
         try:
@@ -410,9 +434,7 @@ def predict_stream(
                 else:
                     # A skipped frame (--every) shows the last processed frame's faces, which were counted there.
                     frame.faces = kept
-                if args.save_vis is not None:
-                    if video_writer is None:
-                        video_writer = AnnotatedVideoWriter(args.save_vis / vis_name, video.fps)
+                if video_writer is not None:
                     video_writer.write(draw_faces(frame.image, frame.faces), frame.time)
                 progress.update()
             complete = True
@@ -450,7 +472,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="*", type=Path, metavar="INPUT",
                         help="image files, folders (searched recursively) and video files")
     parser.add_argument("--webcam", type=int, metavar="N", help="also read webcam N (0 is the first); stop with Ctrl+C")
-    parser.add_argument("--out", type=Path,
+    parser.add_argument("--out", type=file_argument,
                         help="write results to FILE.jsonl (one object per image or frame) or FILE.csv "
                              "(one row per face)")
     parser.add_argument("--resume", action="store_true",
@@ -500,8 +522,8 @@ def run(args: argparse.Namespace) -> int:
         print("msfer predict: nothing to process: no image or video among the inputs", file=sys.stderr)
         return 1
     items = shard(inputs.items, args.num_shards, args.shard_index)
-    if args.save_vis is not None and args.save_vis.exists() and not args.save_vis.is_dir():
-        raise MsferError(f"--save-vis {printable(args.save_vis)} is a file; give a folder")
+    if args.save_vis is not None:
+        refuse_file_as_folder(args.save_vis, "--save-vis")
     check_outputs(args, inputs, items)
     recognizer = EmotionRecognizer(**options, tta=args.tta, batch_size=args.batch_size,
                                    detect_size=args.detect_size, min_face=args.min_face, decision=args.decision)

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from ..errors import MsferError
 from ..labels import EMOTIONS
-from ..outputs import InputFiles, atomic_output, printable
+from ..outputs import InputFiles, atomic_output, printable, refuse_file_as_folder, writing
 from .options import add_decision_argument, add_model_arguments, model_options
 from .predict import ResultWriter
 from .recognizer import DEFAULT_MIN_FACE, EmotionRecognizer
@@ -209,7 +209,8 @@ def write_report(video: Path, frames: list[VideoFrame], out_dir: Path, settings:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with writing(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
     tracks = summarise_tracks(frames, uncertain_below, min_quality)
     inputs = InputFiles([video])
     for name in report_files(tracks):
@@ -298,6 +299,7 @@ def run(args: argparse.Namespace) -> int:
         raise MsferError(f"--smooth must be in [0, 1), got {args.smooth}")
     if not 0.0 <= args.uncertain_below <= 1.0:
         raise MsferError(f"--uncertain-below must be in [0, 1], got {args.uncertain_below}")
+    refuse_file_as_folder(args.out, "--out")
     # Refused before the work, not after: the fixed names, and any timeline_<N>.png.
     inputs = InputFiles([args.video])
     for name in report_files([]):

@@ -33,7 +33,7 @@ import numpy as np
 
 from ..data.images import not_a_file_reason
 from ..errors import MsferError
-from ..outputs import temporary_beside
+from ..outputs import temporary_beside, writing
 from .recognizer import EmotionRecognizer, FaceResult
 from .tracking import FaceTracker
 
@@ -194,9 +194,14 @@ class AnnotatedVideoWriter:
         import av
 
         self.path, self.fps = Path(path), fps or 25.0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.temporary = temporary_beside(self.path, ".mp4")
-        self.container = av.open(self.temporary, "w", format="mp4")
+        with writing(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.temporary = temporary_beside(self.path, ".mp4")
+            try:
+                self.container = av.open(self.temporary, "w", format="mp4")
+            except BaseException:  # no container: close() never runs to remove it
+                os.unlink(self.temporary)
+                raise
         self.stream = None
         self.last_pts = -1
 
@@ -218,16 +223,18 @@ class AnnotatedVideoWriter:
         # Strictly increasing (a muxer refuses equal times; two frames within a millisecond are rare).
         self.last_pts = frame.pts = max(round(seconds / self.TIME_BASE), self.last_pts + 1)
         frame.time_base = self.TIME_BASE
-        self.container.mux(self.stream.encode(frame))
+        with writing(self.path):  # a full disk
+            self.container.mux(self.stream.encode(frame))
 
     def close(self, complete: bool = True) -> None:
         """Finish the file and move it onto ``path`` (``complete=False``: discard it)."""
         try:
-            if complete and self.stream is not None:
-                self.container.mux(self.stream.encode())  # flush the encoder
-            self.container.close()
-            if complete and self.stream is not None:
-                os.replace(self.temporary, self.path)
+            with writing(self.path):
+                if complete and self.stream is not None:
+                    self.container.mux(self.stream.encode())  # flush the encoder
+                self.container.close()
+                if complete and self.stream is not None:
+                    os.replace(self.temporary, self.path)
         finally:
             if os.path.exists(self.temporary):
                 os.unlink(self.temporary)
