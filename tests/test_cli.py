@@ -96,3 +96,17 @@ def test_a_command_whose_extra_is_missing_says_what_to_install(command, module, 
     assert main([command, *args[command]]) == 2
     err = capsys.readouterr().err
     assert f"pip install 'msfer[{extra}]'" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command, option, value", [
+    ("predict", "--every", "0"), ("predict", "--every", "-2"), ("predict", "--batch-size", "0"),
+    ("predict", "--batch-size", "-1"), ("report", "--every", "0"), ("report", "--every", "-2"),
+    ("evaluate", "--batch-size", "0"), ("evaluate", "--batch-size", "-1"),
+])
+def test_counts_below_one_are_refused(command, option, value, tmp_path, capsys):
+    (tmp_path / "photo.jpg").write_bytes(b"")
+    arguments = {"predict": [str(tmp_path)], "report": [str(tmp_path / "clip.mp4"), "--out", str(tmp_path / "report")],
+                 "evaluate": ["--data", str(tmp_path), "--format", "folder", "--out", str(tmp_path / "eval")]}[command]
+    assert main([command, *arguments, option, value]) == 2
+    assert capsys.readouterr().err == f"msfer {command}: error: {option} must be at least 1, got {value}\n"
+    assert sorted(os.listdir(tmp_path)) == ["photo.jpg"]

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..errors import MsferError
 from ..labels import EMOTIONS
-from .options import add_decision_argument, add_model_arguments, model_options
+from .options import add_decision_argument, add_model_arguments, check_at_least_one, model_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.region_source == "pseudo" and args.annotations is None:
         raise MsferError("--region-source pseudo needs --annotations FILE (the pseudo-labels of this dataset)")
+    check_at_least_one(args, "batch_size")
     options = model_options(args)
     options["weights"] = options["weights"] or default_weights_path()
     if args.detect_faces:

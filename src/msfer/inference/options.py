@@ -42,6 +42,14 @@ def add_decision_argument(parser: argparse.ArgumentParser) -> None:
                              "(higher mean class accuracy, for studies of rare emotions); probabilities are unchanged")
 
 
+def check_at_least_one(args: argparse.Namespace, *names: str) -> None:
+    """Raise :class:`MsferError` for a count option (``--every``, ``--batch-size``) below 1: nothing honours it."""
+    for name in names:
+        value = getattr(args, name)
+        if value < 1:
+            raise MsferError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
 def model_options(args: argparse.Namespace) -> dict:
     """``weights``, ``device`` (resolved) and ``backend`` of parsed options, as keyword arguments of
     :class:`msfer.inference.recognizer.EmotionRecognizer`.

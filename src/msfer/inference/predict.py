@@ -61,7 +61,7 @@ from ..outputs import (
     source_fields,
     writing,
 )
-from .options import add_decision_argument, add_model_arguments, model_options
+from .options import add_decision_argument, add_model_arguments, check_at_least_one, model_options
 from .recognizer import DEFAULT_MIN_FACE, EmotionRecognizer, FaceResult, to_rgb_array
 from .video import AnnotatedVideoWriter, VideoFrame, VideoSource, is_video, predict_video, probe_video
 from .visualize import draw_faces
@@ -512,6 +512,7 @@ def run(args: argparse.Namespace) -> int:
         raise MsferError("give at least one INPUT (image, folder or video) or --webcam N")
     if not 0.0 <= args.smooth < 1.0:
         raise MsferError(f"--smooth must be in [0, 1), got {args.smooth}")
+    check_at_least_one(args, "every", "batch_size")
     options = model_options(args)  # a bad option is an error before any file is looked at
     ResultWriter.format_of(args.out)
     mode = existing_out_mode(args.out, args.resume, args.overwrite)

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from ..errors import MsferError
 from ..labels import EMOTIONS
 from ..outputs import InputFiles, atomic_output, printable, refuse_file_as_folder, writing
-from .options import add_decision_argument, add_model_arguments, model_options
+from .options import add_decision_argument, add_model_arguments, check_at_least_one, model_options
 from .predict import ResultWriter
 from .recognizer import DEFAULT_MIN_FACE, EmotionRecognizer
 from .video import VideoFrame, VideoSource, predict_video
@@ -299,6 +299,7 @@ def run(args: argparse.Namespace) -> int:
         raise MsferError(f"--smooth must be in [0, 1), got {args.smooth}")
     if not 0.0 <= args.uncertain_below <= 1.0:
         raise MsferError(f"--uncertain-below must be in [0, 1], got {args.uncertain_below}")
+    check_at_least_one(args, "every")
     refuse_file_as_folder(args.out, "--out")
     # Refused before the work, not after: the fixed names, and any timeline_<N>.png.
     inputs = InputFiles([args.video])
