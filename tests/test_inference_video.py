@@ -251,3 +251,26 @@ def test_report_uncertain_threshold_and_calibration_statement(clip, random_weigh
     assert "below 0.50" in page  # the default threshold
     args = ["report", str(clip), "--out", str(out), "--weights", str(random_weights), "--uncertain-below", "2"]
     assert main(args) == 2
+
+
+def test_a_report_over_an_earlier_one_keeps_none_of_its_plots(clip, random_weights, tmp_path):
+    from msfer.inference.report import write_report
+    from msfer.inference.video import VideoFrame
+
+    out = tmp_path / "report"
+    three_faces = [VideoFrame(k, k / 10, None, [moment("happy", 0.8, track_id=t) for t in (1, 2, 3)], True)
+                   for k in range(3)]
+    write_report(clip, three_faces, out, {})  # an earlier report, of a video with three faces
+    assert sorted(path.name for path in out.glob("timeline_*.png")) == [f"timeline_{t}.png" for t in (1, 2, 3)]
+    (out / "timeline_9.png").write_bytes(b"mine")  # named like a plot, but no report shows it: not msfer's
+    (out / "notes.txt").write_text("mine")
+
+    assert main(["report", str(clip), "--out", str(out), "--weights", str(random_weights), "--every", "3"]) == 0
+    assert sorted(path.name for path in out.iterdir()) == ["frames.jsonl", "notes.txt", "report.html", "shares.png",
+                                                           "timeline_1.png", "timeline_9.png"]
+    blank = tmp_path / "blank.avi"
+    write_video(blank, [np.full((120, 160, 3), 90, np.uint8)] * 2)
+    assert main(["report", str(blank), "--out", str(out), "--weights", str(random_weights)]) == 0
+    assert sorted(path.name for path in out.iterdir()) == ["frames.jsonl", "notes.txt", "report.html",
+                                                           "timeline_9.png"]
+    assert (out / "timeline_9.png").read_bytes() == b"mine" and (out / "notes.txt").read_text() == "mine"

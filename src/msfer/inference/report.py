@@ -16,13 +16,16 @@ A face of low quality (:func:`msfer.regions.quality.face_quality`) is marked **l
 quality** instead (default), or with ``--min-quality good`` left out of the report. The
 report states the model's calibration figures, or that its probabilities are uncalibrated.
 Times are the video's own frame timestamps (:mod:`msfer.inference.video`). Each file is replaced whole (written beside
-it and renamed); a DIR where one of them would be the video itself is refused. The
-report says plainly that it is a research aid, not a diagnosis.
+it and renamed); a DIR where one of them would be the video itself is refused. The plots of an
+earlier report in DIR that this one does not draw (a face it no longer has) are removed, so the
+folder never mixes two reports; only files that the earlier ``report.html`` shows are
+(:func:`stale_plots`). The report says plainly that it is a research aid, not a diagnosis.
 """
 from __future__ import annotations
 
 import argparse
 import html
+import re
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -196,6 +199,24 @@ def report_files(tracks: list[TrackSummary]) -> list[str]:
     return ["report.html", "frames.jsonl", "shares.png", *(f"timeline_{track.track_id}.png" for track in tracks)]
 
 
+# The plots a report's page shows, by msfer's names for them (report_files).
+PLOT_SOURCE = re.compile(r'<img src="(shares\.png|timeline_\d+\.png)"')
+
+
+def stale_plots(out_dir: Path, tracks: list[TrackSummary]) -> list[Path]:
+    """The plots of the report now in ``out_dir`` that a report with ``tracks`` would not write.
+
+    Only those its ``report.html`` shows: a file msfer did not write (or that no report there
+    names) is never among them, whatever its name.
+    """
+    try:
+        page = (out_dir / "report.html").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):  # no earlier report there, or not one of msfer's
+        return []
+    new = set(report_files(tracks)) - (set() if tracks else {"shares.png"})  # no face, no shares to plot
+    return [out_dir / name for name in sorted(set(PLOT_SOURCE.findall(page)) - new) if (out_dir / name).is_file()]
+
+
 def write_report(video: Path, frames: list[VideoFrame], out_dir: Path, settings: dict[str, object],
                  uncertain_below: float = DEFAULT_UNCERTAIN_BELOW, min_quality: str = "low",
                  calibration: dict | None = None) -> Path:
@@ -215,6 +236,7 @@ def write_report(video: Path, frames: list[VideoFrame], out_dir: Path, settings:
     inputs = InputFiles([video])
     for name in report_files(tracks):
         inputs.refuse(out_dir / name, "--out")
+    stale = [path for path in stale_plots(out_dir, tracks) if inputs.find(path) is None]
     duration = frames[-1].time if frames else 0.0
     for track in tracks:
         plot_timeline(track, out_dir / f"timeline_{track.track_id}.png", duration)
@@ -268,6 +290,9 @@ img {{ max-width: 100%; display: block; margin: 0.5em 0; }}
     path = out_dir / "report.html"
     with atomic_output(path) as temporary:
         temporary.write_text(page, encoding="utf-8")
+    for old in stale:  # only once the new page no longer shows them
+        with writing(old):
+            old.unlink(missing_ok=True)
     return path
 
 
