@@ -117,7 +117,7 @@ def bundle(best: Path, checkpoint: dict, samples: list, annotations: dict | None
     record. Every other file it writes is a temporary one in ``work``."""
     candidate = work / BUNDLED_MODEL.name
     as_trained = save_checkpoint(checkpoint, work / "as_trained.pt")
-    record = {"source": str(best), "best_epoch": checkpoint.get("best", {}).get("epoch"), "validation": {}}
+    record = {"source": shown_path(best), "best_epoch": checkpoint.get("best", {}).get("epoch"), "validation": {}}
 
     predictions, region_names = predict(as_trained, samples, annotations, tta=False)
     calibration = choose_calibration(predictions["logits"], predictions["y_true"])
@@ -314,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(dir=args.out, prefix=".bundling-") as work:
             record = bundle(best, checkpoint, samples, annotations, tcce, Path(work))
             record["compared_with"] = compare(record, old, compare_path)
+            # Bundled in place, the compared record is the file this bundle replaces: say so, or the record
+            # would seem to name itself (its figures stay in record_figures).
+            record["compared_with"]["replaced_by_this_bundle"] = compare_path.resolve() == record_path.resolve()
             print(comparison_table(record, record["compared_with"]))
             ruling = record["compared_with"]["verdicts"]["argmax"]["verdict"]
             if replacing and ruling != "better" and not args.force:

@@ -357,16 +357,28 @@ def test_broken_links_in_class_folders_are_counted_skips_naming_them(tmp_path):
     (tmp_path / "stray.jpg").symlink_to("gone.jpg")  # beside the class folders, not a class of its own
     index = read_dataset(tmp_path, "folder")
     assert labels_of(index) == {"happy/good.jpg": "happy"}
-    assert index.skipped == {"not a file": 2, "file outside a class folder": 1}
+    assert index.skipped == {"not a file": 3}
     assert any("happy/dangling.jpg: broken symbolic link (its target gone.jpg does not exist)" in p
                for p in index.problems), index.problems
     assert any("sad/also.png: broken symbolic link" in p for p in index.problems), index.problems
-    assert any("stray.jpg: file outside a class folder" in p for p in index.problems), index.problems
+    assert any("stray.jpg: broken symbolic link" in p for p in index.problems), index.problems
     (tmp_path / "jaffe").mkdir()
     face(tmp_path / "jaffe/KA.AN1.39.tiff")
     (tmp_path / "jaffe/KA.HA2.30.tiff").symlink_to("gone.tiff")
     jaffe = read_dataset(tmp_path / "jaffe", "jaffe")
     assert [s.id for s in jaffe.samples] == ["KA.AN1.39.tiff"] and jaffe.skipped == {"not a file": 1}
+
+
+def test_broken_links_to_class_or_split_folders_are_named_not_dropped(tmp_path):
+    face(tmp_path / "tree/train/happy/a.jpg")
+    face(tmp_path / "tree/val/happy/b.jpg")
+    (tmp_path / "tree/train/sad").symlink_to(tmp_path / "unmounted/sad")  # a whole class on a missing disk
+    index = read_dataset(tmp_path / "tree", "folder")
+    assert index.skipped == {"not a file": 1}
+    assert any("train/sad: broken symbolic link" in p for p in index.problems), index.problems
+    (tmp_path / "tree/test").symlink_to(tmp_path / "unmounted/test")  # a whole split: reading on would lose it
+    with pytest.raises(DatasetError, match="tree/test: broken symbolic link"):
+        read_dataset(tmp_path / "tree", "folder")
 
 
 def test_folder_without_split_level_uses_the_split_option(tmp_path):

@@ -231,18 +231,20 @@ def test_broken_links_and_linked_folders_in_a_folder_are_named_never_silent(tmp_
     folder.mkdir()
     Image.fromarray(astronaut).save(folder / "good.jpg", quality=90)
     (folder / "dangling.jpg").symlink_to("gone.jpg")
-    (folder / "dangling.txt").symlink_to("gone.txt")  # no photo by its name: skipped like notes.txt
+    (folder / "dangling.txt").symlink_to("gone.txt")  # no photo by its name: skipped, with the reason
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     Image.fromarray(astronaut).save(elsewhere / "other.jpg", quality=90)
     (folder / "linked").symlink_to(elsewhere)
+    (folder / "mounted").symlink_to(tmp_path / "unmounted")  # a folder on a disk that is not there
     out = tmp_path / "out.jsonl"
     # A broken photo link fails like an unreadable photo: the run goes on and exits 1.
     assert main(["predict", str(folder), "--weights", str(random_weights), "--out", str(out)]) == 1
     errors = capsys.readouterr().err
     assert "dangling.jpg: broken symbolic link (its target gone.jpg does not exist)" in errors
-    assert "dangling.txt: not an image or video" in errors
+    assert "dangling.txt: broken symbolic link" in errors  # named as what it is, whatever its name
     assert "linked: a symbolic link to a folder, not followed" in errors
+    assert "mounted: broken symbolic link" in errors  # not "not an image or video file name extension"
     assert "1 input(s) could not be processed" in errors
     records = {Path(r["source"]).name: r for r in jsonl(out)}
     assert set(records) == {"good.jpg", "dangling.jpg"}
@@ -266,6 +268,11 @@ def test_an_output_that_cannot_be_written_is_one_error_line(shots, random_weight
                       "is a file, not a folder\n"
     assert main(["report", str(video), "--out", str(video), "--weights", str(random_weights)]) == 2
     assert capsys.readouterr().err == f"msfer report: error: --out {video} is a file; give a folder\n"
+    # evaluate: refused before the evaluation's minutes, not with a traceback after them
+    assert main(["evaluate", "--data", str(shots), "--format", "folder", "--out", str(photo / "eval"),
+                 "--weights", str(random_weights)]) == 2
+    assert capsys.readouterr().err == f"msfer evaluate: error: cannot write {photo / 'eval'}: {photo} is a file, " \
+                                      "not a folder\n"
     assert digests(shots) == before
 
 

@@ -131,6 +131,7 @@ def test_a_classifier_is_bundled_into_another_folder_and_measured_there(trained,
     # compared with the shipped record by default: measured on other sets, so no verdict is claimed
     compared = record["compared_with"]
     assert compared["record"] == "src/msfer/weights/msfer_fer2013.json"  # the shipped record, named in the repository
+    assert not compared["replaced_by_this_bundle"]
     for rule in ("argmax", "balanced"):
         assert compared["verdicts"][rule]["verdict"] == "no verdict"
         assert "not the same set" in compared["verdicts"][rule]["why"]
@@ -163,6 +164,7 @@ def test_replacing_a_better_model_is_refused_unless_forced(trained, fer_tree, tc
     assert sorted(os.listdir(folder)) == ["msfer_fer2013.json", "msfer_fer2013.pt"]
     record = json.loads((folder / "msfer_fer2013.json").read_text())
     assert record["compared_with"]["record"] == str(folder / "msfer_fer2013.json")
+    assert record["compared_with"]["replaced_by_this_bundle"]  # the file named is the record this one replaced
     assert record["compared_with"]["verdicts"]["argmax"]["verdict"] == "not better"
     assert record["compared_with"]["record_figures"]["argmax"]["tcce_val"]["overall_accuracy"] == 0.99
 

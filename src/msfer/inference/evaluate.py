@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..errors import MsferError
 from ..labels import EMOTIONS
+from ..outputs import refuse_file_as_folder, writing
 from .options import add_decision_argument, add_model_arguments, check_at_least_one, model_options
 
 
@@ -54,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if args.region_source == "pseudo" and args.annotations is None:
         raise MsferError("--region-source pseudo needs --annotations FILE (the pseudo-labels of this dataset)")
     check_at_least_one(args, "batch_size")
+    refuse_file_as_folder(args.out, "--out")  # before the evaluation, not after it
     options = model_options(args)
     options["weights"] = options["weights"] or default_weights_path()
     if args.detect_faces:
@@ -155,12 +157,13 @@ def _split_samples(args: argparse.Namespace) -> list:
 def _write(metrics: dict, out: Path, predictions: dict | None = None) -> int:
     from ..engine.metrics import write_report
 
-    path = write_report(metrics, out, EMOTIONS)
-    written = [path, out / "confusion_matrix.png"]
-    if predictions is not None and len(predictions["y_true"]):
-        from ..engine.calibration import plot_reliability
+    with writing(out):
+        path = write_report(metrics, out, EMOTIONS)
+        written = [path, out / "confusion_matrix.png"]
+        if predictions is not None and len(predictions["y_true"]):
+            from ..engine.calibration import plot_reliability
 
-        plot_reliability(predictions["probs"], predictions["y_true"], out / "reliability.png")
-        written.append(out / "reliability.png")
+            plot_reliability(predictions["probs"], predictions["y_true"], out / "reliability.png")
+            written.append(out / "reliability.png")
     print("wrote " + ", ".join(map(str, written)))
     return 0

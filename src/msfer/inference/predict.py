@@ -113,6 +113,8 @@ def file_kind(path: Path, by_content: bool) -> str | None:
 
 
 def _skip_reason(path: Path) -> str:
+    if path.is_symlink() and not path.exists():  # e.g. a folder on a disk that is not mounted
+        return not_a_file_reason(path)
     if path.name.lower().endswith((IMAGE_VIS_SUFFIX, VIDEO_VIS_SUFFIX)):
         return "an annotated copy written by msfer predict --save-vis"
     return f"not an image or video file name extension ({path.suffix or 'none'})"

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import html
 import re
+import sys
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -259,7 +260,7 @@ def write_report(video: Path, frames: list[VideoFrame], out_dir: Path, settings:
     reading = (
         f"<p>Each moment reads as its label (decision rule: {html.escape(str(settings.get('decision', 'argmax')))}) "
         f"unless the label's probability is below {uncertain_below:.2f}: then it is <em>uncertain</em>. "
-        + ("Faces of low quality (small, blurred, turned away or weakly detected) are "
+        + ("Faces of low quality (by default small, blurred or turned away) are "
            + (f"left out ({left_out} face-moments)." if min_quality == "good" else "marked <em>low quality</em>.")
            ) + f"</p>\n<p>{calibration_sentence(calibration)}</p>"
     )
@@ -291,8 +292,11 @@ img {{ max-width: 100%; display: block; margin: 0.5em 0; }}
     with atomic_output(path) as temporary:
         temporary.write_text(page, encoding="utf-8")
     for old in stale:  # only once the new page no longer shows them
-        with writing(old):
+        try:
             old.unlink(missing_ok=True)
+        except OSError as error:  # the new report is whole; a leftover plot is no reason to fail it
+            print(f"msfer report: could not remove {printable(old)}, a plot of the earlier report: "
+                  f"{error.strerror or error}", file=sys.stderr)
     return path
 
 

@@ -82,7 +82,10 @@ def read_class_tree(
         for entry in sorted(split_dir.iterdir()):
             if is_hidden(entry):
                 continue
-            if not entry.is_dir():  # a broken link too: a class folder it is not
+            if entry.is_symlink() and not entry.exists():  # perhaps a class folder on an unmounted disk
+                index.skip("not a file", f"{entry}: {not_a_file_reason(entry)}")
+                continue
+            if not entry.is_dir():
                 index.skip("file outside a class folder", f"{entry}: file outside a class folder, ignored")
                 continue
             label = _class_label(entry)
@@ -100,6 +103,10 @@ def read_class_tree(
 
 
 def _split_folders(root: Path, default_split: str) -> list[tuple[str, Path]]:
+    broken = [entry for entry in sorted(root.iterdir()) if entry.is_symlink() and not entry.exists()
+              and entry.suffix.lower() not in IMAGE_EXTENSIONS]
+    if broken:  # a split or class folder linked from a disk that is not there: reading on would drop it unseen
+        raise DatasetError(f"{broken[0]}: {not_a_file_reason(broken[0])}")
     folders = [entry for entry in sorted(root.iterdir()) if entry.is_dir() and not is_hidden(entry)]
     if not folders:
         raise DatasetError(f"{root} has no class folders; expected <root>/[<split>/]<class>/<images>")
