@@ -301,13 +301,20 @@ def browse(weights, tmp_path, query: str, output: list[str]) -> tuple[str, str]:
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
 def test_web_page_in_headless_chromium(random_weights, tmp_path):
-    screenshot = tmp_path / "page.png"
-    _, access_log = browse(random_weights, tmp_path, "demo=1", [f"--screenshot={screenshot}"])
-    assert "POST /v1/predict HTTP/1.1\" 200" in access_log  # the page uploaded the sample and got its faces
-    pixels = np.asarray(Image.open(screenshot).convert("RGB")).astype(int)
-    box_green = (pixels[..., 0] < 40) & (pixels[..., 1] > 180) & (pixels[..., 2] < 40)
-    box_orange = (pixels[..., 0] > 230) & (np.abs(pixels[..., 1] - 140) < 25) & (pixels[..., 2] < 40)
-    assert box_green.sum() + box_orange.sum() > 200, "no face box was drawn on the page"
+    # Two tries: on a loaded machine headless Chromium's virtual time has once run out between the upload's
+    # answer and its drawing (the access log had the 200, the screenshot no box); a page that never draws
+    # fails both.
+    for attempt in range(2):
+        screenshot = tmp_path / f"page{attempt}.png"
+        _, access_log = browse(random_weights, tmp_path, "demo=1", [f"--screenshot={screenshot}"])
+        assert "POST /v1/predict HTTP/1.1\" 200" in access_log  # the page uploaded the sample and got its faces
+        pixels = np.asarray(Image.open(screenshot).convert("RGB")).astype(int)
+        box_green = (pixels[..., 0] < 40) & (pixels[..., 1] > 180) & (pixels[..., 2] < 40)
+        box_orange = (pixels[..., 0] > 230) & (np.abs(pixels[..., 1] - 140) < 25) & (pixels[..., 2] < 40)
+        if box_green.sum() + box_orange.sum() > 200:
+            break
+    else:
+        pytest.fail("no face box was drawn on the page")
 
 
 @pytest.mark.slow
