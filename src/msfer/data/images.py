@@ -99,6 +99,11 @@ def _reading(path: Path) -> Iterator[None]:
         raise UnreadableImageError(f"{path}: {what}") from None
 
 
+def is_broken_link(path: Path) -> bool:
+    """Whether ``path`` is a symbolic link whose target does not exist (e.g. on a disk that is not mounted)."""
+    return path.is_symlink() and not path.exists()
+
+
 def not_a_file_reason(path: str | Path) -> str:
     """Why ``path``, which is no regular file (nor a link to one), cannot be read as one, for messages.
 
@@ -106,7 +111,7 @@ def not_a_file_reason(path: str | Path) -> str:
     to someone who sees the name in ``ls``.
     """
     path = Path(path)
-    if path.is_symlink() and not path.exists():
+    if is_broken_link(path):
         return f"broken symbolic link (its target {os.readlink(path)} does not exist)"
     if not path.exists():
         return "no such file or folder"

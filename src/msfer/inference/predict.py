@@ -48,7 +48,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..data.images import IMAGE_EXTENSIONS, not_a_file_reason
+from ..data.images import IMAGE_EXTENSIONS, is_broken_link, not_a_file_reason
 from ..errors import MsferError
 from ..labels import EMOTIONS
 from ..outputs import (
@@ -113,7 +113,7 @@ def file_kind(path: Path, by_content: bool) -> str | None:
 
 
 def _skip_reason(path: Path) -> str:
-    if path.is_symlink() and not path.exists():  # e.g. a folder on a disk that is not mounted
+    if is_broken_link(path):  # e.g. a folder on a disk that is not mounted
         return not_a_file_reason(path)
     if path.name.lower().endswith((IMAGE_VIS_SUFFIX, VIDEO_VIS_SUFFIX)):
         return "an annotated copy written by msfer predict --save-vis"
@@ -136,7 +136,7 @@ def collect_inputs(inputs: Iterable[Path]) -> Inputs:
                     continue  # rglob walks it
                 # A broken link named like a photo is an input that fails (reported, exit 1), as an unreadable
                 # photo is; a pipe or a linked folder is no input, so it is skipped with its reason.
-                if not (path.is_file() or (path.is_symlink() and not path.exists())):
+                if not (path.is_file() or is_broken_link(path)):
                     found.skipped.append((path, not_a_file_reason(path)))
                     continue
                 ours = path.name.lower().endswith((IMAGE_VIS_SUFFIX, VIDEO_VIS_SUFFIX))

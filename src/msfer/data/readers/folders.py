@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ...labels import EMOTION_INDEX, UnknownLabelError, canonical_emotion
-from ..images import not_a_file_reason
+from ..images import is_broken_link, not_a_file_reason
 from ..samples import Sample
 from ._index import IMAGE_EXTENSIONS, DatasetError, DatasetIndex, is_hidden, relative_id, require_dir
 
@@ -82,8 +82,8 @@ def read_class_tree(
         for entry in sorted(split_dir.iterdir()):
             if is_hidden(entry):
                 continue
-            if entry.is_symlink() and not entry.exists():  # perhaps a class folder on an unmounted disk
-                index.skip("not a file", f"{entry}: {not_a_file_reason(entry)}")
+            if is_broken_link(entry):  # perhaps a class folder on an unmounted disk
+                _skipped_as_no_file(index, entry)
                 continue
             if not entry.is_dir():
                 index.skip("file outside a class folder", f"{entry}: file outside a class folder, ignored")
@@ -103,11 +103,11 @@ def read_class_tree(
 
 
 def _split_folders(root: Path, default_split: str) -> list[tuple[str, Path]]:
-    broken = [entry for entry in sorted(root.iterdir()) if entry.is_symlink() and not entry.exists()
-              and entry.suffix.lower() not in IMAGE_EXTENSIONS]
+    entries = sorted(root.iterdir())
+    broken = [entry for entry in entries if is_broken_link(entry) and entry.suffix.lower() not in IMAGE_EXTENSIONS]
     if broken:  # a split or class folder linked from a disk that is not there: reading on would drop it unseen
         raise DatasetError(f"{broken[0]}: {not_a_file_reason(broken[0])}")
-    folders = [entry for entry in sorted(root.iterdir()) if entry.is_dir() and not is_hidden(entry)]
+    folders = [entry for entry in entries if entry.is_dir() and not is_hidden(entry)]
     if not folders:
         raise DatasetError(f"{root} has no class folders; expected <root>/[<split>/]<class>/<images>")
     classes = [folder.name for folder in folders if _is_class_name(folder.name)]
