@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "annotate": ("msfer.regions.annotate", "make emotion-region pseudo-labels with RetinaFace"),
     "train": ("msfer.engine.train", "train a model from a YAML config with key=value overrides"),
     "evaluate": ("msfer.inference.evaluate", "measure a model on a dataset split (metrics.json, confusion matrix)"),
+    "benchmark": ("msfer.inference.benchmark", "score models on a suite of labelled sets (accuracy with intervals)"),
     "predict": ("msfer.inference.predict", "recognise emotions in photos, folders, videos or a webcam"),
     "export": ("msfer.inference.export", "export a model to ONNX"),
     "serve": ("msfer.inference.service", "run the REST service and its web page"),

@@ -17,13 +17,16 @@ from ..errors import MsferError
 BACKENDS = ("torch", "onnx")
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, device: bool = True, backend: bool = True) -> None:
-    """Add ``--weights`` and, unless the command cannot honour them, ``--device`` and ``--backend``."""
+def add_model_arguments(parser: argparse.ArgumentParser, device: bool = True, backend: bool = True,
+                        weights: bool = True) -> argparse._ArgumentGroup:
+    """Add ``--weights`` (unless the command takes several, its own way) and, unless the command cannot honour
+    them, ``--device`` and ``--backend``; returns the option group."""
     group = parser.add_argument_group("model")
     onnx = ", or an .onnx file of 'msfer export' (with --backend onnx)" if backend else ""
-    group.add_argument("--weights", type=Path, default=None, metavar="PATH",
-                       help=f"a .pt checkpoint of 'msfer train' or its run directory (best.pt){onnx}; "
-                            "default: the bundled model")
+    if weights:
+        group.add_argument("--weights", type=Path, default=None, metavar="PATH",
+                           help=f"a .pt checkpoint of 'msfer train' or its run directory (best.pt){onnx}; "
+                                "default: the bundled model")
     if device:
         group.add_argument("--device", default="auto",
                            help="torch device for the classifier: auto (CUDA if available, else cpu), cpu, cuda or "
@@ -32,14 +35,16 @@ def add_model_arguments(parser: argparse.ArgumentParser, device: bool = True, ba
         group.add_argument("--backend", choices=BACKENDS, default="torch",
                            help="classifier runtime: torch, or onnx (ONNX Runtime on the CPU; a .pt is exported "
                                 "in memory); default torch")
+    return group
 
 
 def add_decision_argument(parser: argparse.ArgumentParser) -> None:
     """``--decision``: how a face's label is chosen from its probabilities (which it never changes)."""
-    parser.add_argument("--decision", choices=DECISION_RULES, default="argmax",
-                        help="decision rule: 'argmax', the most probable emotion (default: the label agrees with the "
-                             "probabilities), or 'balanced', the class-prior adjustment a bundled model carries "
-                             "(higher mean class accuracy, for studies of rare emotions); probabilities are unchanged")
+    parser.add_argument("--decision", choices=DECISION_RULES, default=None,
+                        help="decision rule: 'argmax', the most probable emotion, or 'balanced', the class-prior "
+                             "adjustment a bundled model carries (higher mean class accuracy); probabilities are "
+                             "unchanged. Default: the model's own rule (the bundled model's: balanced; a model "
+                             "that names none: argmax)")
 
 
 def check_at_least_one(args: argparse.Namespace, *names: str) -> None:

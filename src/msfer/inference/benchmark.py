@@ -1,0 +1,515 @@
+r"""Score emotion models on a suite of labelled sets: the library behind ``msfer benchmark``.
+
+A **suite** is a small YAML file (:func:`load_suite`)::
+
+    name: dev
+    description: what the suite is for
+    sets:
+      - name: fer2013_public_test
+        domain: crops            # the domain the set stands for; null: reported, outside the score
+        format: fer2013          # a reader of msfer.data.readers
+        root: fer2013            # relative: to --data-root, else to this file's folder
+        split: public_test       # null: every sample the reader finds
+        mode: crops              # crops: each image is a face crop, classified whole;
+                                 # photos: the whole pipeline (detect, largest face, crop rule, classify)
+        groups: '^(\d\d)'        # optional: a regular expression whose first group, searched in each file
+                                 # name, names the image's group (a performer, a film): accuracy per group
+
+Each set is scored for each model (a :class:`ModelVariant`: a weights file with a crop rule)
+under each decision rule asked for. Per row (set, model, rule): ``n``, overall and mean class
+accuracy with 95% percentile bootstrap intervals (:data:`BOOTSTRAP` resamples of the set's
+images, the same resamples for every model, so differences are paired), the photos whose face
+was not found (``missed``, counted as wrong, as ``msfer evaluate --detect-faces`` counts them),
+and the expected calibration error and negative log-likelihood of the faces found
+(:func:`msfer.engine.calibration.calibration_metrics`).
+
+The suite's **score** is the mean over its domains of each domain's mean overall accuracy, so
+a domain counts once however many sets it has; a model's score and its paired difference from
+the first model get bootstrap intervals from the same resamples.
+
+Detection does not depend on the model: each photo is detected once and every model crops its
+faces by its own rule.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from ..data.transforms import resize_square
+from ..errors import MsferError
+from ..labels import EMOTIONS
+from ..outputs import printable
+from .recognizer import EmotionRecognizer
+
+MODES = ("crops", "photos")
+BOOTSTRAP = 1000
+SET_KEYS = {"name", "domain", "format", "root", "split", "mode", "reader_options", "description", "groups"}
+
+
+@dataclass(frozen=True)
+class SuiteSet:
+    """One labelled set of a suite (see the module docstring for the keys)."""
+
+    name: str
+    format: str
+    root: Path
+    mode: str
+    split: str | None = None
+    domain: str | None = None
+    reader_options: dict = field(default_factory=dict)
+    description: str = ""
+    groups: str | None = None
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    sets: tuple[SuiteSet, ...]
+    description: str = ""
+    source: str = ""
+
+    @property
+    def domains(self) -> list[str]:
+        """The domains of the score, in the order of their first set."""
+        return list(dict.fromkeys(s.domain for s in self.sets if s.domain is not None))
+
+
+def load_suite(path: str | Path, data_root: str | Path | None = None) -> Suite:
+    """Read a suite file; relative set roots are resolved against ``data_root`` (else the file's folder).
+
+    Raises :class:`MsferError` naming the file and the set for a missing or unknown key, a mode
+    other than :data:`MODES`, a duplicate set name, or a suite without sets.
+    """
+    from ..data.readers import READERS
+
+    path = Path(path)
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise MsferError(f"cannot read the suite {printable(path)}: {error.strerror or error}") from None
+    except yaml.YAMLError as error:
+        raise MsferError(f"{printable(path)} is not valid YAML: {error}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("sets"), list) or not document["sets"]:
+        raise MsferError(f"{printable(path)}: a suite needs 'sets:', a list of sets (see msfer benchmark --help)")
+    base = Path(data_root) if data_root is not None else path.parent
+    sets, names = [], set()
+    for number, entry in enumerate(document["sets"], 1):
+        where = f"{printable(path)}, set {number}"
+        if not isinstance(entry, dict):
+            raise MsferError(f"{where}: expected a mapping of {', '.join(sorted(SET_KEYS))}")
+        unknown = set(entry) - SET_KEYS
+        missing = {"name", "format", "root", "mode"} - set(entry)
+        if unknown or missing:
+            raise MsferError(f"{where}: " + "; ".join(
+                ([f"unknown keys {', '.join(sorted(unknown))}"] if unknown else [])
+                + ([f"missing keys {', '.join(sorted(missing))}"] if missing else [])))
+        if entry["mode"] not in MODES:
+            raise MsferError(f"{where}: mode {entry['mode']!r}; use one of {', '.join(MODES)}")
+        if entry["format"] not in READERS:
+            raise MsferError(f"{where}: unknown format {entry['format']!r}; formats: {', '.join(READERS)}")
+        if entry["name"] in names:
+            raise MsferError(f"{where}: a second set named {entry['name']!r}")
+        names.add(entry["name"])
+        if entry.get("groups") is not None:
+            try:
+                if re.compile(str(entry["groups"])).groups < 1:
+                    raise re.error("it has no group: put the part that names the group in parentheses")
+            except re.error as error:
+                raise MsferError(f"{where}: groups {entry['groups']!r} is not a usable regular expression: "
+                                 f"{error}") from None
+        root = Path(str(entry["root"])).expanduser()
+        sets.append(SuiteSet(
+            name=str(entry["name"]), format=entry["format"], root=root if root.is_absolute() else base / root,
+            mode=entry["mode"], split=entry.get("split"), domain=entry.get("domain"),
+            reader_options=dict(entry.get("reader_options") or {}), description=str(entry.get("description", "")),
+            groups=None if entry.get("groups") is None else str(entry["groups"])))
+    return Suite(str(document.get("name", path.stem)), tuple(sets), str(document.get("description", "")).strip(),
+                 str(path))
+
+
+def set_samples(entry: SuiteSet) -> list:
+    """The samples of one suite set; :class:`MsferError` if it has none."""
+    from ..data.readers import read_dataset
+
+    index = read_dataset(entry.root, entry.format, **entry.reader_options)
+    samples = [s for s in index.samples if entry.split is None or s.split == entry.split]
+    if not samples:
+        raise MsferError(f"set {entry.name}: no samples in split {entry.split!r} of {printable(entry.root)}; "
+                         f"splits present: {', '.join(index.splits()) or 'none'}")
+    return samples
+
+
+@dataclass
+class ModelVariant:
+    """A model as the benchmark runs it: ``name`` in the tables, a recognizer (weights, crop rule, TTA)."""
+
+    name: str
+    recognizer: EmotionRecognizer
+    weights: str = ""
+
+
+def set_probabilities(entry: SuiteSet, samples: Sequence, models: Sequence[ModelVariant], batch_size: int = 32,
+                      progress: bool = True) -> list[np.ndarray]:
+    """``N x 7`` probabilities of each model for the set's images (photos: the largest face; NaN rows where
+    no face was found). Photos are detected once, by the first model's detector and settings."""
+    probs = [np.full((len(samples), len(EMOTIONS)), np.nan) for _ in models]
+    detector = models[0].recognizer
+    with tqdm(total=len(samples), desc=entry.name, unit="img", disable=not progress) as bar:
+        for start in range(0, len(samples), batch_size):
+            arrays = [np.asarray(s.load()) for s in samples[start : start + batch_size]]
+            faces = detector.detect(arrays) if entry.mode == "photos" else None
+            for k, model in enumerate(models):
+                recognizer, size = model.recognizer, model.recognizer.spec.input_size
+                if faces is None:
+                    same = shared_classifier(models, k)  # a crop is classified whole: the crop rule plays no part
+                    if same is not None:
+                        probs[k][start : start + len(arrays)] = probs[same][start : start + len(arrays)]
+                        continue
+                    rows, crops = list(range(len(arrays))), [resize_square(a, size) for a in arrays]
+                else:
+                    rows = [i for i, found in enumerate(faces) if found]
+                    crops = [recognizer.crop_face(arrays[i], faces[i][0])[0] for i in rows]
+                if rows:
+                    probs[k][[start + i for i in rows]] = recognizer.classify_crops(crops)[0]
+            bar.update(len(arrays))
+    return probs
+
+
+def shared_classifier(models: Sequence[ModelVariant], k: int) -> int | None:
+    """The first model before ``k`` that runs the same classifier with the same TTA (None: there is none)."""
+    for j in range(k):
+        if (models[j].recognizer.classifier is models[k].recognizer.classifier
+                and models[j].recognizer.tta == models[k].recognizer.tta):
+            return j
+    return None
+
+
+def bootstrap_indices(n: int, resamples: int = BOOTSTRAP, seed: int = 0) -> np.ndarray:
+    """``resamples x n`` indices drawn with replacement (seeded: every model of a run gets the same)."""
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n), dtype=np.int64)
+
+
+def accuracy_replicates(correct: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Overall and mean class accuracy of each bootstrap resample (``indices``: B x N), each of shape B.
+
+    Mean class accuracy is over the classes present in the resample, as
+    :func:`msfer.engine.metrics.compute_metrics` computes it on the whole set.
+    """
+    hit, truth = correct[indices], labels[indices]
+    overall = hit.mean(axis=1)
+    recalls = np.full((len(indices), len(EMOTIONS)), np.nan)
+    for k in range(len(EMOTIONS)):
+        members = truth == k
+        count = members.sum(axis=1)
+        recalls[:, k] = np.where(count > 0, (hit & members).sum(axis=1) / np.maximum(count, 1), np.nan)
+    return overall, np.nanmean(recalls, axis=1)
+
+
+def interval(replicates: np.ndarray) -> list[float]:
+    """The 95% percentile interval of bootstrap replicates."""
+    return [float(np.percentile(replicates, 2.5)), float(np.percentile(replicates, 97.5))]
+
+
+def row_metrics(labels: np.ndarray, probs: np.ndarray, predicted: np.ndarray, indices: np.ndarray) -> dict:
+    """One row's figures: ``predicted`` are class indices (``len(EMOTIONS)`` where no face was found)."""
+    from ..engine.calibration import calibration_metrics
+    from ..engine.metrics import compute_metrics
+
+    correct = predicted == labels
+    found = ~np.isnan(probs).any(axis=1)
+    overall, mean_class = accuracy_replicates(correct, labels, indices)
+    scores = compute_metrics(labels, predicted, (*EMOTIONS, "no_face"))
+    matrix = np.asarray(scores["confusion_matrix"])
+    calibration = calibration_metrics(probs[found], labels[found]) if found.any() else {}
+    return {
+        "n": int(len(labels)),
+        "overall_accuracy": scores["overall_accuracy"],
+        "overall_accuracy_ci": interval(overall),
+        "mean_class_accuracy": scores["mean_class_accuracy"],
+        "mean_class_accuracy_ci": interval(mean_class),
+        "missed": int((~found).sum()),
+        "ece": calibration.get("ece"),
+        "nll": calibration.get("nll"),
+        "recall": {name: scores["per_class"][name]["recall"] for name in EMOTIONS},
+        "confusion_matrix": matrix[: len(EMOTIONS)].tolist(),  # 7 rows (truth) x 8 columns (the 8th: no face)
+        "_replicates": (overall, mean_class),
+    }
+
+
+def group_accuracy(ids: Sequence[str], correct: np.ndarray, pattern: str) -> dict[str, dict]:
+    """``{group: {"n", "overall_accuracy"}}``, the group of an image being the first group of ``pattern`` searched in
+    its file name (``"(other)"`` where it does not match), in sorted order."""
+    expression = re.compile(pattern)
+    names = []
+    for sample_id in ids:
+        match = expression.search(str(sample_id).rsplit("/", 1)[-1])
+        names.append(match.group(1) if match else "(other)")
+    names = np.asarray(names)
+    return {group: {"n": int((names == group).sum()), "overall_accuracy": float(correct[names == group].mean())}
+            for group in sorted(set(names.tolist()))}
+
+
+def decide_rows(recognizer: EmotionRecognizer, probs: np.ndarray, decision: str) -> np.ndarray:
+    """Class indices under ``decision``; ``len(EMOTIONS)`` for a NaN row (no face found)."""
+    predicted = np.full(len(probs), len(EMOTIONS), dtype=np.int64)
+    found = ~np.isnan(probs).any(axis=1)
+    if found.any():
+        predicted[found] = recognizer.decide(probs[found], decision)
+    return predicted
+
+
+def suite_score(suite: Suite, values: dict[str, np.ndarray | float]) -> np.ndarray | float:
+    """The mean over the suite's domains of each domain's mean of ``values[set name]`` (scalars or replicates)."""
+    per_domain = []
+    for domain in suite.domains:
+        members = [values[s.name] for s in suite.sets if s.domain == domain]
+        per_domain.append(sum(members) / len(members))
+    return sum(per_domain) / len(per_domain)
+
+
+def run_benchmark(suite: Suite, models: Sequence[ModelVariant], decisions: Sequence[str | None] = (None,),
+                  batch_size: int = 32, seed: int = 0, progress: bool = True) -> dict:
+    """Score every model on every set of ``suite`` under each of ``decisions`` (None: each model's own rule).
+
+    Returns ``{"suite", "models", "rows", "scores"}`` (see :func:`format_markdown` for what they hold)
+    and, under ``"predictions"``, the probabilities per set and model (for :func:`save_predictions`).
+    """
+    if not models:
+        raise MsferError("no model to benchmark")
+    variants = [(k, model, model.recognizer.check_decision(rule)) for k, model in enumerate(models)
+                for rule in decisions]
+    labels = [model.name if list(decisions) == [None] else f"{model.name} {rule}" for _, model, rule in variants]
+    if len(set(labels)) < len(labels):
+        raise MsferError("two models have the same name: give each its own (--names)")
+    rows, predictions, replicates = [], {}, {label: {"overall": {}, "mean_class": {}} for label in labels}
+    samples_of = {entry.name: set_samples(entry) for entry in suite.sets}  # every set's files first: errors early
+    for set_number, entry in enumerate(suite.sets):
+        samples = samples_of[entry.name]
+        truth = np.array([s.label for s in samples], dtype=np.int64)
+        probs = set_probabilities(entry, samples, models, batch_size, progress)
+        predictions[entry.name] = {"ids": [s.id for s in samples], "labels": truth,
+                                   "probs": {m.name: p for m, p in zip(models, probs)}}
+        indices = bootstrap_indices(len(samples), seed=seed + set_number)
+        for (k, model, rule), label in zip(variants, labels):
+            model_probs = probs[k]
+            predicted = decide_rows(model.recognizer, model_probs, rule)
+            row = row_metrics(truth, model_probs, predicted, indices)
+            overall, mean_class = row.pop("_replicates")
+            if entry.groups:
+                row["groups"] = group_accuracy(predictions[entry.name]["ids"], predicted == truth, entry.groups)
+            replicates[label]["overall"][entry.name] = overall
+            replicates[label]["mean_class"][entry.name] = mean_class
+            rows.append({"set": entry.name, "domain": entry.domain, "mode": entry.mode, "model": label,
+                         "decision": rule, **row})
+    scores = _scores(suite, rows, labels, replicates)
+    return {
+        "suite": {"name": suite.name, "file": suite.source, "description": suite.description,
+                  "domains": suite.domains,
+                  "sets": [{"name": s.name, "domain": s.domain, "format": s.format, "root": str(s.root),
+                            "split": s.split, "mode": s.mode, "n": len(samples_of[s.name])} for s in suite.sets]},
+        "models": [{"name": label, "weights": model.weights, "crop_rule": model.recognizer.crop_rule.to_dict(),
+                    "decision": rule, "tta": model.recognizer.tta}
+                   for (_, model, rule), label in zip(variants, labels)],
+        "bootstrap": {"resamples": BOOTSTRAP, "seed": seed, "interval": "95% percentile"},
+        "rows": rows,
+        "scores": scores,
+        "predictions": predictions,
+    }
+
+
+def _scores(suite: Suite, rows: list[dict], labels: list[str], replicates: dict) -> list[dict]:
+    """Each model's suite score (overall and mean class) with intervals and the paired difference from the first."""
+    if not suite.domains:
+        return []
+    point = {label: {kind: {} for kind in ("overall", "mean_class")} for label in labels}
+    for row in rows:
+        point[row["model"]]["overall"][row["set"]] = row["overall_accuracy"]
+        point[row["model"]]["mean_class"][row["set"]] = row["mean_class_accuracy"]
+    reference = labels[0]
+    scores = []
+    for label in labels:
+        entry = {"model": label}
+        for kind in ("overall", "mean_class"):
+            value = suite_score(suite, point[label][kind])
+            spread = suite_score(suite, replicates[label][kind])
+            entry[f"score_{kind}"] = float(value)
+            entry[f"score_{kind}_ci"] = interval(spread)
+            if label != reference:
+                difference = spread - suite_score(suite, replicates[reference][kind])
+                entry[f"difference_{kind}"] = float(value - suite_score(suite, point[reference][kind]))
+                entry[f"difference_{kind}_ci"] = interval(difference)
+        scores.append(entry)
+    return scores
+
+
+def _percent(value: float | None, ci: Iterable[float] | None = None) -> str:
+    if value is None:
+        return "-"
+    text = f"{100 * value:.1f}"
+    return text + (" [{:.1f}, {:.1f}]".format(*(100 * v for v in ci)) if ci is not None else "")
+
+
+def format_markdown(result: dict) -> str:
+    """The result as Markdown: one table of every (set, model) row, one of the suite's scores."""
+    suite = result["suite"]
+    lines = [f"## Suite `{suite['name']}`", ""]
+    if suite["description"]:
+        lines += [suite["description"], ""]
+    lines += ["| set | domain | model | n | overall % [95% CI] | mean class % [95% CI] | missed | ECE | NLL |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for row in result["rows"]:
+        ece = "-" if row["ece"] is None else f"{row['ece']:.3f}"
+        nll = "-" if row["nll"] is None else f"{row['nll']:.3f}"
+        lines.append(f"| {row['set']} | {row['domain'] or '(outside the score)'} | {row['model']} | {row['n']} | "
+                     f"{_percent(row['overall_accuracy'], row['overall_accuracy_ci'])} | "
+                     f"{_percent(row['mean_class_accuracy'], row['mean_class_accuracy_ci'])} | {row['missed']} | "
+                     f"{ece} | {nll} |")
+    grouped = [row for row in result["rows"] if row.get("groups")]
+    if grouped:
+        models = list(dict.fromkeys(row["model"] for row in grouped))
+        lines += ["", "Overall accuracy % per group (a set's `groups`: a performer, a film):", "",
+                  "| set | group | n | " + " | ".join(models) + " |", "|---|---|---|" + "---|" * len(models)]
+        for set_name in dict.fromkeys(row["set"] for row in grouped):
+            of_set = {row["model"]: row["groups"] for row in grouped if row["set"] == set_name}
+            for group, figures in next(iter(of_set.values())).items():
+                cells = [_percent(of_set[m][group]["overall_accuracy"]) if m in of_set else "-" for m in models]
+                lines.append(f"| {set_name} | {group} | {figures['n']} | " + " | ".join(cells) + " |")
+    if result["scores"]:
+        first = result["scores"][0]["model"]
+        lines += ["", f"Suite score: the mean over the domains ({', '.join(suite['domains'])}) of each domain's "
+                      f"mean accuracy; differences are paired, against {first}.", "",
+                  "| model | score, overall % | difference | score, mean class % | difference |",
+                  "|---|---|---|---|---|"]
+        for score in result["scores"]:
+            cells = [score["model"]]
+            for kind in ("overall", "mean_class"):
+                cells.append(_percent(score[f"score_{kind}"], score[f"score_{kind}_ci"]))
+                difference = score.get(f"difference_{kind}")
+                cells.append("-" if difference is None else
+                             "{:+.1f} [{:+.1f}, {:+.1f}]".format(100 * difference,
+                                                                 *(100 * v for v in score[f"difference_{kind}_ci"])))
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def save_predictions(result: dict, path: Path) -> None:
+    """Every set's ids, labels and each model's probabilities in one ``.npz`` (``<set>/ids``, ``<set>/labels``,
+    ``<set>/probs/<model>``; NaN rows: no face), for analyses that reuse them (calibration, decision rules)."""
+    arrays = {}
+    for name, entry in result["predictions"].items():
+        arrays[f"{name}/ids"] = np.asarray(entry["ids"])
+        arrays[f"{name}/labels"] = entry["labels"]
+        for model, probs in entry["probs"].items():
+            arrays[f"{name}/probs/{model}"] = probs
+    with open(path, "wb") as handle:
+        np.savez_compressed(handle, **arrays)
+
+
+# -- the command ------------------------------------------------------------------------------------------------
+
+OWN = "own"  # --crop-rule / --decision: the model's own
+
+
+def add_arguments(parser) -> None:
+    from .options import add_model_arguments
+
+    parser.description = ("Score one or more models on a suite of labelled sets (a YAML file; configs/benchmarks/"
+                          "dev.yaml is msfer's development suite): per set and model, overall and mean class "
+                          "accuracy with 95%% bootstrap intervals, faces missed, ECE and NLL, and the suite's score, "
+                          "the mean over its domains. Prints a Markdown table; --out also writes benchmark.json, "
+                          "benchmark.md and predictions.npz.")
+    parser.add_argument("suite", type=Path, help="the suite file (YAML)")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="folder that the suite's relative set roots are in (default: the suite file's folder)")
+    parser.add_argument("--weights", nargs="+", default=None, metavar="[NAME=]PATH",
+                        help="the models to score, each a .pt checkpoint, its run folder or an .onnx file, optionally "
+                             "named (v1=old.pt); the first is the reference of the paired differences; "
+                             "default: the bundled model")
+    parser.add_argument("--crop-rule", nargs="+", default=[OWN], metavar="RULE",
+                        help="score each model with each of these crop rules for photos: own (the model's), box, "
+                             "roll or similarity (at the model's scale); default own")
+    parser.add_argument("--decision", nargs="+", default=[OWN], metavar="RULE",
+                        help="score each model under each of these decision rules: own (the model's default), "
+                             "argmax or balanced; default own")
+    parser.add_argument("--tta", action="store_true", help="horizontal-flip test-time augmentation")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for benchmark.json, benchmark.md and predictions.npz")
+    parser.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in --out")
+    add_model_arguments(parser, weights=False)
+
+
+def named_weights(text: str) -> tuple[str | None, Path]:
+    """``NAME=PATH`` -> (NAME, PATH); a bare PATH -> (None, PATH)."""
+    name, sep, path = text.partition("=")
+    if sep and name.replace("_", "").replace("-", "").replace(".", "").isalnum() and path:
+        return name, Path(path)
+    return None, Path(text)
+
+
+def _model_name(path: Path | None) -> str:
+    if path is None:
+        return "bundled"
+    return path.name if path.is_dir() else (path.parent.name if path.stem in ("best", "last") else path.stem)
+
+
+def run(args) -> int:
+    import argparse
+    import copy
+
+    from ..outputs import atomic_output, refuse_file_as_folder
+    from ..regions.crop import CropRule
+    from ..regions.retinaface import RetinaFaceDetector
+    from .options import check_at_least_one, model_options
+
+    check_at_least_one(args, "batch_size")
+    rules = [None if rule == OWN else rule for rule in args.crop_rule]
+    decisions = [None if rule == OWN else rule for rule in args.decision]
+    for rule in decisions:
+        if rule not in (None, "argmax", "balanced"):
+            raise MsferError(f"--decision {rule!r}: use own, argmax or balanced")
+    outputs = ("benchmark.json", "benchmark.md", "predictions.npz")
+    if args.out is not None:
+        refuse_file_as_folder(args.out, "--out")
+        existing = [name for name in outputs if (args.out / name).exists()]
+        if existing and not args.overwrite:
+            raise MsferError(f"--out {printable(args.out)} already holds {', '.join(existing)}: "
+                             "add --overwrite to replace them")
+    suite = load_suite(args.suite, args.data_root)
+    detector = RetinaFaceDetector()
+    models = []
+    for text in args.weights or [None]:
+        name, path = named_weights(text) if text is not None else (None, None)
+        options = model_options(argparse.Namespace(weights=path, backend=args.backend, device=args.device))
+        first = EmotionRecognizer(**options, detector=detector, tta=args.tta, batch_size=args.batch_size)
+        for rule in rules:
+            # one loaded network per file, shared by its crop rules
+            recognizer = first if rule is None else copy.copy(first)
+            if rule is not None:
+                recognizer.crop_rule = CropRule(rule, first.crop_rule.scale)
+            label = name or _model_name(path)
+            named = f"{label} {rule or OWN}" if len(rules) > 1 or rule is not None else label
+            models.append(ModelVariant(named, recognizer,
+                                       str(path) if path else "bundled"))
+    result = run_benchmark(suite, models, decisions, args.batch_size, args.seed)
+    table = format_markdown(result)
+    print(table, end="")
+    if args.out is not None:
+        import json
+
+        report = {k: v for k, v in result.items() if k != "predictions"}
+        with atomic_output(args.out / "benchmark.json") as temporary:
+            temporary.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        with atomic_output(args.out / "benchmark.md") as temporary:
+            temporary.write_text(table, encoding="utf-8")
+        with atomic_output(args.out / "predictions.npz") as temporary:
+            save_predictions(result, temporary)
+        print("wrote " + ", ".join(printable(args.out / name) for name in outputs))
+    return 0
