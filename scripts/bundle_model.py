@@ -111,7 +111,7 @@ def tcce_val(weights: Path, samples: list) -> dict:
 
 
 def bundle(best: Path, checkpoint: dict, samples: list, annotations: dict | None, tcce: list | None,
-           work: Path) -> dict:
+           work: Path, default_decision: str = "argmax") -> dict:
     """Calibrate ``checkpoint`` (the run's, as trained) on FER2013 public_test's ``samples``, export it as
     ``work/msfer_fer2013.pt`` and measure that file (with TCCE val's samples ``tcce`` too, when given); returns its
     record. Every other file it writes is a temporary one in ``work``."""
@@ -127,11 +127,11 @@ def bundle(best: Path, checkpoint: dict, samples: list, annotations: dict | None
     # Their mean over public_test estimates it (no label is used).
     decision = choose_tau(calibrated, predictions["y_true"], calibrated.mean(axis=0))
     record["calibration"] = calibration
-    record["decision"] = {"default": "argmax", **{k: v for k, v in decision.items() if k != "curve"},
+    record["decision"] = {"default": default_decision, **{k: v for k, v in decision.items() if k != "curve"},
                           "curve": decision["curve"]}
     kept = {"method": calibration["method"], "scale": calibration["scale"], "bias": calibration["bias"],
             "criterion": calibration["criterion"], "balanced_tau": decision["tau"],
-            "balanced_criterion": decision["criterion"]}
+            "balanced_criterion": decision["criterion"], "decision": default_decision}
     source = save_checkpoint(calibrated_checkpoint(checkpoint, calibration["scale"], calibration["bias"],
                                                    decision["offsets"], kept), work / "float32.pt")
     record["validation"]["as_trained"] = public_test(
@@ -291,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=BUNDLED_MODEL.parent, metavar="DIR",
                         help=f"where {BUNDLED_MODEL.name} and {BUNDLED_RECORD.name} go (default: the package's, "
                              "replacing the shipped model)")
+    parser.add_argument("--decision", choices=("argmax", "balanced"), default="argmax",
+                        help="the model's default decision rule, which every command and the API then use unless "
+                             "told otherwise (choose it on the development suite: msfer benchmark); default argmax")
     parser.add_argument("--compare", type=Path, metavar="RECORD",
                         help=f"record to compare the candidate with (default: DIR's {BUNDLED_RECORD.name} when "
                              "DIR holds one, else the shipped model's)")
@@ -312,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         # measured where it is written, then moved into place only when allowed: a refused or failed bundle
         # leaves DIR as it was (the folder and everything in it go when this block ends, error or not)
         with tempfile.TemporaryDirectory(dir=args.out, prefix=".bundling-") as work:
-            record = bundle(best, checkpoint, samples, annotations, tcce, Path(work))
+            record = bundle(best, checkpoint, samples, annotations, tcce, Path(work), args.decision)
             record["compared_with"] = compare(record, old, compare_path)
             # Bundled in place, the compared record is the file this bundle replaces: say so, or the record
             # would seem to name itself (its figures stay in record_figures).

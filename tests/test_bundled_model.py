@@ -1,4 +1,4 @@
-"""The model that ships inside the package (issue 5): it loads by default and still measures what was recorded."""
+"""The model that ships inside the package: it loads by default and still measures what was recorded."""
 from pathlib import Path
 
 import numpy as np
@@ -59,4 +59,30 @@ def test_bundled_models_calibration_figures_are_those_of_the_shipped_file():
     summary = EmotionRecognizer().calibration
     assert summary["ece"] == held_out["bundled"]["ece"] != held_out["calibrated"]["ece"]
     assert summary["n"] == held_out["bundled"]["n"]
-    assert not Path(bundled_record()["compared_with"]["record"]).is_absolute()  # no bundling machine's path
+
+
+def strings(value) -> list[str]:
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in strings(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in strings(item)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_no_path_of_the_bundling_machine_ships_in_package_data():
+    from msfer.engine.checkpoint import load_checkpoint
+
+    record, checkpoint = bundled_record(), load_checkpoint(BUNDLED_MODEL)
+    for text in strings(record) + strings({k: checkpoint[k] for k in ("config", "calibration", "best")}):
+        assert not (Path(text).is_absolute() or text.startswith("~")), text
+
+
+def test_the_bundled_models_default_decision_is_the_one_its_record_states():
+    from msfer import EmotionRecognizer
+
+    recognizer = EmotionRecognizer()
+    assert recognizer.decision == recognizer.model_decision == bundled_record()["decision"]["default"] == "balanced"
+    photo_crop = np.full((48, 48, 3), 128, np.uint8)
+    face = recognizer.classify_faces([photo_crop])[0]
+    assert face.decision == "balanced"
+    assert EmotionRecognizer(decision="argmax").classify_faces([photo_crop])[0].decision == "argmax"

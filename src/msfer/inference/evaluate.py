@@ -81,7 +81,8 @@ def _evaluate_crops(args: argparse.Namespace, options: dict) -> int:
         _check_has_regions(weights)
         overrides = {"region_source": "pseudo"}
     model, meta = load_model(weights, device, model_overrides=overrides)
-    offsets = balanced_offsets(model, meta, weights, args.decision)  # refuse a missing rule before scoring
+    decision = args.decision or (meta.get("calibration") or {}).get("decision") or "argmax"  # the model's own
+    offsets = balanced_offsets(model, meta, weights, decision)  # refuse a missing rule before scoring
     samples = _split_samples(args)
     annotations = load_annotations(args.annotations) if args.annotations else None
     dataset = FaceDataset(samples, model.input_size, model.region_names, annotations)
@@ -89,7 +90,7 @@ def _evaluate_crops(args: argparse.Namespace, options: dict) -> int:
                                 pseudo_regions=args.region_source == "pseudo", num_workers=args.num_workers)
     has_detector = getattr(model, "detector", None) is not None
     metrics = split_metrics(predictions, model.region_names, score_regions=has_detector and annotations is not None,
-                            balanced_offsets=offsets, decision=args.decision)
+                            balanced_offsets=offsets, decision=decision)
     metrics.update({"weights": str(weights), "data": str(args.data), "format": args.format, "split": args.split,
                     "tta": args.tta, "region_source": getattr(model, "region_source", None),  # None: no regions
                     "model_calibration": (meta.get("calibration") or {}).get("method"),

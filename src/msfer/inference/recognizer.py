@@ -22,9 +22,10 @@ Pipeline, per image:
    normalising and mirroring are :mod:`msfer.data.transforms`, the functions ``msfer
    evaluate`` and training's validation use: a crop gives the same input tensor and
    probabilities on every path.
-4. **Decide** the label by the ``decision`` rule: ``"argmax"`` (default), the most probable
+4. **Decide** the label by the ``decision`` rule: ``"argmax"``, the most probable
    emotion; ``"balanced"``, the class-prior adjustment a bundled model carries (higher mean
-   class accuracy, for studies of rare emotions). The rule changes ``label`` and
+   class accuracy). The default is the model's own rule, chosen when it was bundled (the
+   bundled model's: balanced; a model that names none: argmax). The rule changes ``label`` and
    ``confidence`` (the probability of that label), never ``probs``.
 5. **Map back** the emotion regions the network used (none for a plain classifier) from crop
    pixels to image pixels, and measure each face's quality (:func:`msfer.regions.quality.face_quality`).
@@ -142,12 +143,14 @@ def calibration_summary(record: dict | None, weights: Path | None = None) -> dic
     ``method`` and how it was chosen). The figures measured on the held-out half of the
     validation split come from the record itself when it has them (``held_out``), else, for the
     bundled model, from its JSON record. Returns ``{"method", and if measured: "ece", "nll",
-    "brier", "accuracy", "mean_confidence", "n"}``, and ``"balanced_tau"`` when the bundling step
-    fitted the balanced decision rule.
+    "brier", "accuracy", "mean_confidence", "n"}``, ``"balanced_tau"`` when the bundling step
+    fitted the balanced decision rule, and ``"decision"`` when it chose the model's default rule.
     """
     if not record:
         return None
     summary = {"method": record.get("method")}
+    if record.get("decision") is not None:  # the model's default decision rule, chosen when it was bundled
+        summary["decision"] = record["decision"]
     if record.get("balanced_tau") is not None:  # the balanced rule was fitted (tau 0: it equals argmax)
         summary["balanced_tau"] = record["balanced_tau"]
     held_out = record.get("held_out")
@@ -335,9 +338,9 @@ class EmotionRecognizer:
     copy the detector sees. ``min_face``: the smallest face (pixels) to find in large
     photos, by a finer second copy (None or 0: the coarse copy alone, faster on large
     photos). ``decision``: the default decision rule, "argmax" or "balanced" (each
-    ``predict*`` call can override it); "balanced" needs a model that carries its offsets,
-    else :class:`MsferError`. ``quality``: the thresholds of the ``quality`` flag (default
-    :class:`msfer.regions.quality.QualityThresholds`).
+    ``predict*`` call can override it; None: the model's own, :attr:`model_decision`);
+    "balanced" needs a model that carries its offsets, else :class:`MsferError`. ``quality``:
+    the thresholds of the ``quality`` flag (default :class:`msfer.regions.quality.QualityThresholds`).
 
     Cropping follows the model's crop rule (:class:`msfer.regions.crop.CropRule`, recorded in the
     checkpoint or ONNX file; box at scale 1.0 for models without one). ``crop_rule`` (a
@@ -358,7 +361,7 @@ class EmotionRecognizer:
         crop_scale: float | None = None,
         align: bool | None = None,
         min_face: float | None = DEFAULT_MIN_FACE,
-        decision: str = DEFAULT_DECISION,
+        decision: str | None = None,
         quality: QualityThresholds | None = None,
         crop_rule: CropRule | dict | str | None = None,
     ) -> None:
@@ -368,7 +371,7 @@ class EmotionRecognizer:
         self.spec: ModelSpec = self.classifier.spec
         self.weights_name = str(weights) if weights is not None else "the bundled model"
         self.decision = DEFAULT_DECISION
-        self.decision = self.check_decision(decision)
+        self.decision = self.check_decision(decision or self.model_decision)
         self.quality = quality or QualityThresholds()
         if detector is None:
             from ..regions.retinaface import RetinaFaceDetector
@@ -407,6 +410,12 @@ class EmotionRecognizer:
     def calibration(self) -> dict | None:
         """The model's :func:`calibration_summary` (None: its probabilities are not calibrated)."""
         return self.classifier.calibration
+
+    @property
+    def model_decision(self) -> str:
+        """The model's own default decision rule: the one its bundling chose (the checkpoint's or ONNX file's
+        calibration record), else "argmax"."""
+        return (self.classifier.calibration or {}).get("decision") or DEFAULT_DECISION
 
     @property
     def has_balanced_rule(self) -> bool:

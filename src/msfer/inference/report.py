@@ -347,7 +347,8 @@ def run(args: argparse.Namespace) -> int:
                 frames.append(frame)
             progress.update()
     settings = {"model": args.weights or "bundled", "every": args.every, "smoothing": args.smooth,
-                "decision": args.decision, "uncertain below": args.uncertain_below, "min quality": args.min_quality}
+                "decision": recognizer.decision, "uncertain below": args.uncertain_below,
+                "min quality": args.min_quality}
     path = write_report(args.video, frames, args.out, settings, args.uncertain_below, args.min_quality,
                         recognizer.calibration)
     print(f"wrote {printable(path)}")
