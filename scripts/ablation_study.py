@@ -19,7 +19,7 @@ is given per seed pair.
 Resumable across sessions: a run whose ``scores.json`` exists is skipped, a run with a
 ``last.pt`` short of the budget continues with ``msfer train --resume``, anything else
 starts afresh. Writes ``OUT/ablation.json`` (``docs/ablation.json`` is a copy) and
-``OUT/ablation.md`` (the README's table) from whatever runs are finished, so it can be
+``OUT/ablation.md`` (the table of docs/ablation.md) from whatever runs are finished, so it can be
 run again at any time to refresh them (``--summarize-only`` trains nothing).
 """
 from __future__ import annotations

@@ -52,7 +52,7 @@ def test_bundled_model_accuracy_on_fixed_fer2013_sample_matches_record(fer2013_r
 
 
 def test_bundled_models_calibration_figures_are_those_of_the_shipped_file():
-    """What the report, /healthz and the API state is what the README states: the shipped (half precision) file's."""
+    """What the report, /healthz and the API state is what docs/results.md states: the shipped (float16) file's."""
     from msfer import EmotionRecognizer
 
     held_out = bundled_record()["calibration"]["held_out"]

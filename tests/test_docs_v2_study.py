@@ -1,5 +1,5 @@
-"""docs/v2_study.json, the v2 study's record (issue 14, configs/studies/v2_reduced.yaml), holds every row at
-the study's budget with both validations, and the README shows its table."""
+"""docs/v2_study.json, the v2 study's record (configs/studies/v2_reduced.yaml), holds every row at the study's
+budget with both validations, and its page (docs/v2_study.md) shows its table."""
 import importlib.util
 import json
 from pathlib import Path
@@ -34,12 +34,12 @@ def test_the_record_holds_every_row_of_the_study_with_both_validations():
         assert 0 < run["photo_val_overall_accuracy"] < 1 and run["photo_val_faces_missed"] is not None, name
 
 
-def test_the_readme_shows_the_records_table(monkeypatch):
+def test_the_study_page_shows_the_records_table(monkeypatch):
     script = study_script(monkeypatch)
     record = json.loads((ROOT / "docs" / "v2_study.json").read_text())
     table = script.table(record, script.columns(yaml.safe_load(STUDY.read_text())))
-    readme = (ROOT / "README.md").read_text()
+    page = (ROOT / "docs" / "v2_study.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     assert len(rows) == 1 + len(record["rows"])
     for line in rows:
-        assert line in readme, line
+        assert line in page, line

@@ -102,7 +102,7 @@ def test_the_image_is_judged_by_its_bytes_not_its_declared_type(client, astronau
 
 
 def test_a_raw_body_is_the_image_whatever_its_declared_type(client, astronaut):
-    # curl --data-binary @photo.jpg, as the README shows it, declares application/x-www-form-urlencoded.
+    # curl --data-binary @photo.jpg, as docs/service.md shows it, declares application/x-www-form-urlencoded.
     for content_type in ("application/x-www-form-urlencoded", "text/plain", "image/png", None):
         headers = {} if content_type is None else {"content-type": content_type}
         response = client.post("/v1/predict", content=jpeg(astronaut), headers=headers)

@@ -56,7 +56,7 @@ UNCERTAIN, LOW_QUALITY = "uncertain", "low quality"
 # What a moment of a face can read as: an emotion, or neither.
 STATES = (*EMOTIONS, UNCERTAIN, LOW_QUALITY)
 STATE_COLORS = {**EMOTION_COLORS, UNCERTAIN: "#ffffff", LOW_QUALITY: "#000000"}
-# With calibrated probabilities, below 0.5 a label is more likely wrong than right (README, "Video report").
+# With calibrated probabilities, below 0.5 a label is more likely wrong than right (docs/report.md).
 DEFAULT_UNCERTAIN_BELOW = 0.5
 MIN_QUALITY = ("low", "good")
 

@@ -6,14 +6,14 @@ any other key overrides that entry's value. Unknown keys are an error, never ign
 * ``msfer_mobilenetv2``: the CPU/laptop recipe. ImageNet MobileNetV2 (offline weights),
   112 px, a 48-channel FPN, 48-wide head branches, 4x4 detector RoIs (16 per image), organ
   RoIs 6x6 and face RoI 10x10 (P3 is 14x14 at 112 px, so larger pools only interpolate).
-  Sized for CPU training; its measured speed against the plain classifier is in the README
-  (Speed) and ``docs/benchmarks/``, from ``benchmarks/model_speed.py``.
+  Sized for CPU training; its measured speed against the plain classifier is in docs/speed.md
+  and ``docs/benchmarks/``, from ``benchmarks/model_speed.py``.
 * ``msfer_resnet18/34/50``: the paper's setting: 224 px, 256-channel FPN, organ RoIs 14x14,
   face RoI 56x56, torchvision-sized detector (7x7 RoIs, 128 RoIs per image). ResNet
   ImageNet weights are not available offline, so ``pretrained`` defaults to False.
 * ``msfer_faceres``: ``msfer_mobilenetv2`` on the face-identity MobileNet v1 ``faceres`` (VGGFace2,
   converted by ``scripts/convert_face_backbone.py``) with that network's input scale; research use only
-  (see README, Backbones).
+  (see docs/training.md, Backbones).
 * ``classifier_resnet18``, ``classifier_mobilenetv2``, ``classifier_faceres``: the plain-classifier baseline.
 
 A pretrained backbone only works with the input normalisation it was trained with: ``build_model``
