@@ -118,6 +118,7 @@ def test_a_classifier_is_bundled_into_another_folder_and_measured_there(trained,
     probs = script.predict(out / "msfer_fer2013.pt", public_samples, None, tta=False)[0]["probs"]
     assert record["decision"]["class_prior"] == pytest.approx(probs.mean(axis=0), abs=2e-3)
     recognizer = EmotionRecognizer(out / "msfer_fer2013.pt", device="cpu")
+    assert recognizer.decision == record["decision"]["default"] == "argmax"  # bundle_model.py's default
     assert recognizer.crop_rule.to_dict() == CROP_RULE
     assert np.allclose(recognizer.classifier.balanced_offsets, record["decision"]["offsets"], atol=1e-2)
     [face] = recognizer.predict(np.asarray(Image.open(ASTRONAUT).convert("RGB")))
@@ -160,9 +161,14 @@ def test_replacing_a_better_model_is_refused_unless_forced(trained, fer_tree, tc
     assert digests(folder) == before  # nothing replaced, no temporary file left
     assert "argmax: not better" in capsys.readouterr().out
 
-    assert script.main([*args, "--force"]) == 0
+    assert script.main([*args, "--force", "--decision", "balanced"]) == 0
     assert sorted(os.listdir(folder)) == ["msfer_fer2013.json", "msfer_fer2013.pt"]
     record = json.loads((folder / "msfer_fer2013.json").read_text())
+    # the chosen default decision rule is the record's and the model's own: the API uses it unless told otherwise
+    from msfer.inference.recognizer import EmotionRecognizer
+
+    assert record["decision"]["default"] == "balanced"
+    assert EmotionRecognizer(folder / "msfer_fer2013.pt").decision == "balanced"
     assert record["compared_with"]["record"] == str(folder / "msfer_fer2013.json")
     assert record["compared_with"]["replaced_by_this_bundle"]  # the file named is the record this one replaced
     assert record["compared_with"]["verdicts"]["argmax"]["verdict"] == "not better"
