@@ -58,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     print("| model | photos | overall % | called neutral (truly) | neutral recall % | called surprise |")
     print("|---|---|---|---|---|---|")
     for key, row in result.items():
+        recall = "-" if row["neutral_recall"] is None else round(100 * row["neutral_recall"])
         print(f"| {key} | {row['n']} | {100 * row['overall_accuracy']:.1f} | {row['called_neutral']} "
-              f"({row['truly_neutral']}) | {'-' if row['neutral_recall'] is None else round(100 * row['neutral_recall'])} | "
-              f"{row['called_surprise']} |")
+              f"({row['truly_neutral']}) | {recall} | {row['called_surprise']} |")
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
     return 0
