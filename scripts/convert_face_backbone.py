@@ -247,7 +247,7 @@ def check_mobilefacenet_graph(model_json: Path, weights: dict[str, np.ndarray], 
         got_fused = [base64.b64decode(f).decode() for f in found["attr"]["fused_ops"]["list"]["s"]]
         strides = [int(i) for i in found["attr"]["strides"]["list"]["i"]]
         padding = attr_text(found, "padding")
-        expected_padding = "SAME" if hasattr(module, "pad") else "VALID"
+        expected_padding = "SAME" if hasattr(module, "pad") or layer.padding != (0, 0) else "VALID"
         if got_fused != fused or strides != [1, *layer.stride, 1] or (
                 layer.kernel_size != (1, 1) and padding != expected_padding):
             raise ValueError(f"{name}: fused {got_fused}, strides {strides}, padding {padding}; the port: fused "

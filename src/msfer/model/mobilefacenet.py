@@ -83,11 +83,18 @@ TAPS = [("c3", "stage4", 128, 8), ("c4", "stage6", 128, 16), ("c5", "conv7", 512
 def conv_bn(in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1,
             activation: str | None = None, same: bool = True) -> nn.Sequential:
     """Convolution (no bias; SAME-padded, or VALID when not ``same``), BatchNorm, then ``activation``
-    (``"prelu"``, ``"relu"`` or None)."""
+    (``"prelu"``, ``"relu"`` or None).
+
+    SAME at stride 1 pads ``kernel // 2`` on every side, which the convolution does itself (no separate pad
+    op in an ONNX export); at stride 2 :class:`SamePad` pads first (bottom/right only on even sides)."""
     layers = OrderedDict()
+    padding = 0
     if same and kernel > 1:
-        layers["pad"] = SamePad(kernel, stride)
-    layers["conv"] = nn.Conv2d(in_channels, out_channels, kernel, stride, groups=groups, bias=False)
+        if stride == 1:
+            padding = kernel // 2
+        else:
+            layers["pad"] = SamePad(kernel, stride)
+    layers["conv"] = nn.Conv2d(in_channels, out_channels, kernel, stride, padding, groups=groups, bias=False)
     layers["bn"] = nn.BatchNorm2d(out_channels, eps=1e-3)
     if activation == "prelu":
         layers["act"] = nn.PReLU(out_channels)
