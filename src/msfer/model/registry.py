@@ -15,9 +15,14 @@ any other key overrides that entry's value. Unknown keys are an error, never ign
   converted by ``scripts/convert_face_backbone.py``) with that network's input scale; research use only
   (see docs/training.md, Backbones).
 * ``classifier_resnet18``, ``classifier_mobilenetv2``, ``classifier_faceres``: the plain-classifier baseline.
+* ``classifier_mobilefacenet``: the plain classifier on the face-identity MobileFaceNet (converted by
+  ``scripts/convert_face_backbone.py --model mobilefacenet``), 112 px, its own input scale
+  (``(pixel - 127.5) / 128``). No ``msfer_mobilefacenet``: that network has no stride-32 layer, which the
+  region network's learned detector needs (see :mod:`msfer.model.mobilefacenet`).
 
 A pretrained backbone only works with the input normalisation it was trained with: ``build_model``
-refuses a pretrained ``faceres`` with another ``mean``/``std`` (and an ImageNet backbone with faceres's).
+refuses a pretrained ``faceres`` or ``mobilefacenet`` with another ``mean``/``std`` (and an ImageNet backbone
+with either's).
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from torch import nn
 from ..errors import MsferError
 from ..values import Range, check_number, check_numbers
 from .emotionnet import EmotionClassifier, EmotionNet
+from .mobilefacenet import MOBILEFACENET_MEAN, MOBILEFACENET_STD
 from .mobilenet_v1 import FACERES_MEAN, FACERES_STD
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -86,9 +92,11 @@ MODELS: dict[str, dict[str, Any]] = {
     "msfer_faceres": {**_EMOTIONNET, "backbone": "faceres", "mean": FACERES_MEAN, "std": FACERES_STD},
     "classifier_faceres": {**_CLASSIFIER, "backbone": "faceres", "pretrained": True, "mean": FACERES_MEAN,
                            "std": FACERES_STD},
+    "classifier_mobilefacenet": {**_CLASSIFIER, "backbone": "mobilefacenet", "pretrained": True,
+                                 "mean": MOBILEFACENET_MEAN, "std": MOBILEFACENET_STD},
 }
-# The normalisation (mean, std) each pretrained backbone was trained with; None: ImageNet's.
-_BACKBONE_SCALE = {"faceres": (FACERES_MEAN, FACERES_STD)}
+# The normalisation (mean, std) each face-pretrained backbone was trained with; the others: ImageNet's.
+_BACKBONE_SCALE = {"faceres": (FACERES_MEAN, FACERES_STD), "mobilefacenet": (MOBILEFACENET_MEAN, MOBILEFACENET_STD)}
 _TYPES = {"emotionnet": (EmotionNet, _EMOTIONNET), "classifier": (EmotionClassifier, _CLASSIFIER)}
 
 # The allowed values of the numeric keys (a key a model type lacks is not checked for it).
@@ -138,12 +146,15 @@ def _check_scale(backbone: str, mean: list[float], std: list[float]) -> None:
     if backbone in _BACKBONE_SCALE:
         expected_mean, expected_std = _BACKBONE_SCALE[backbone]
         if not (_same(mean, expected_mean) and _same(std, expected_std)):
+            names = " or ".join(name for name in (f"msfer_{backbone}", f"classifier_{backbone}") if name in MODELS)
             raise MsferError(f"the pretrained backbone {backbone!r} expects model.mean={expected_mean} and "
                              f"model.std={expected_std} (its own input scale), got {mean} and {std}: use "
-                             f"model.name=msfer_{backbone} (or classifier_{backbone}), or set those keys")
-    elif _same(mean, FACERES_MEAN) and _same(std, FACERES_STD):
-        raise MsferError(f"config model.mean/std are faceres's input scale, but the pretrained backbone "
-                         f"{backbone!r} expects ImageNet's ({IMAGENET_MEAN}, {IMAGENET_STD})")
+                             f"model.name={names}, or set those keys")
+        return
+    for other, (other_mean, other_std) in _BACKBONE_SCALE.items():
+        if _same(mean, other_mean) and _same(std, other_std):
+            raise MsferError(f"config model.mean/std are {other}'s input scale, but the pretrained backbone "
+                             f"{backbone!r} expects ImageNet's ({IMAGENET_MEAN}, {IMAGENET_STD})")
 
 
 def model_config(name: str) -> dict[str, Any]:
