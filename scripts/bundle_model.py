@@ -26,8 +26,8 @@ FER2013 public_test (validation), without TTA:
 
 Both files go into ``--out DIR`` (default ``src/msfer/weights``, the shipped model). Everything is
 written and measured in a temporary folder inside DIR and moved into place at the end; where DIR
-already holds a model, it is replaced only if the candidate is better under the argmax rule (or
-with ``--force``), so a refused or failed bundle leaves DIR as it was.
+already holds a model, it is replaced only if the candidate is better under its default decision rule
+(``--decision``; or with ``--force``), so a refused or failed bundle leaves DIR as it was.
 """
 from __future__ import annotations
 
@@ -298,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"record to compare the candidate with (default: DIR's {BUNDLED_RECORD.name} when "
                              "DIR holds one, else the shipped model's)")
     parser.add_argument("--force", action="store_true",
-                        help="replace the model in DIR even when the candidate is not better (argmax rule)")
+                        help="replace the model in DIR even when the candidate is not better (under its --decision "
+                             "rule)")
     args = parser.parse_args(argv)
 
     model_path, record_path = args.out / BUNDLED_MODEL.name, args.out / BUNDLED_RECORD.name
@@ -321,13 +322,14 @@ def main(argv: list[str] | None = None) -> int:
             # would seem to name itself (its figures stay in record_figures).
             record["compared_with"]["replaced_by_this_bundle"] = compare_path.resolve() == record_path.resolve()
             print(comparison_table(record, record["compared_with"]))
-            ruling = record["compared_with"]["verdicts"]["argmax"]["verdict"]
+            # judged under the rule the model will label by
+            ruling = record["compared_with"]["verdicts"][args.decision]["verdict"]
             if replacing and ruling != "better" and not args.force:
-                why = record["compared_with"]["verdicts"]["argmax"]["why"]
-                raise SystemExit(f"refused to replace the model in {args.out}: the verdict under the argmax rule "
-                                 f"against {compare_path} is {ruling!r} ({why}); replacing needs 'better' "
-                                 f"({JUDGEMENT}). Nothing in {args.out} was changed: bundle elsewhere with --out, "
-                                 "or pass --force.")
+                why = record["compared_with"]["verdicts"][args.decision]["why"]
+                raise SystemExit(f"refused to replace the model in {args.out}: the verdict under the "
+                                 f"{args.decision} rule against {compare_path} is {ruling!r} ({why}); replacing "
+                                 f"needs 'better' ({JUDGEMENT}). Nothing in {args.out} was changed: bundle "
+                                 "elsewhere with --out, or pass --force.")
             written = Path(work) / BUNDLED_RECORD.name
             written.write_text(json.dumps(record, indent=1) + "\n")
             os.replace(Path(work) / BUNDLED_MODEL.name, model_path)

@@ -1,13 +1,15 @@
 """Does a model's calibration hold on every set of a suite? Fit on halves of several sets, report the other halves.
 
-    python scripts/suite_calibration.py bench/predictions.npz --model "v1 own" [--fit-sets tcce_val sfew_val ...]
+    python scripts/suite_calibration.py bench/predictions.npz --model v1 \
+        --fit-sets fer2013_public_test tcce_val sfew_val
 
 Reads the ``predictions.npz`` of ``msfer benchmark --out`` (each set's labels and each model's probabilities;
 rows of photos without a face are left out). Each set is split into stratified halves
 (:func:`msfer.engine.prior.stratified_halves`, seed 0). Temperature and vector scaling
 (:func:`msfer.engine.calibration.fit`) are fitted on the log-probabilities of the fitting halves of
-``--fit-sets`` (default: every set), each set weighted equally (a larger set's half is subsampled to the
-smallest's size, so FER2013's 1,800 crops do not decide alone), and every set's other half is scored:
+``--fit-sets`` (sets of different images: FER+ Valid holds FER2013 public_test's), each set weighted
+equally (a larger set's half is subsampled to the smallest's size, so FER2013's 1,800 crops do not decide
+alone), and every set's other half is scored:
 ECE, NLL and accuracy, as shipped and after each fit. Prints a Markdown table; ``--out`` writes it as JSON.
 The log-probabilities are the model's calibrated logits up to a per-row constant, which no softmax sees,
 so a fit here composes with the calibration the model already carries.
@@ -22,6 +24,7 @@ import numpy as np
 
 from msfer.engine.calibration import apply, calibration_metrics, fit
 from msfer.engine.prior import stratified_halves
+from msfer.outputs import atomic_output
 
 
 def load(path: Path, model: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -42,13 +45,19 @@ def load(path: Path, model: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("predictions", type=Path, help="predictions.npz of msfer benchmark --out")
-    parser.add_argument("--model", required=True, help="the model's name in the benchmark (e.g. 'v1 own')")
-    parser.add_argument("--fit-sets", nargs="+", default=None, help="sets whose halves the fit sees (default: all)")
+    parser.add_argument("--model", required=True,
+                        help="the model's name in the benchmark's predictions (e.g. 'v1', or 'v1 own' for a run "
+                             "with several crop rules)")
+    parser.add_argument("--fit-sets", nargs="+", required=True,
+                        help="sets whose halves the fit sees; no two may hold the same images")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
     args = parser.parse_args(argv)
 
     sets = load(args.predictions, args.model)
-    fit_sets = args.fit_sets or sorted(sets)
+    fit_sets = list(dict.fromkeys(args.fit_sets))
+    unknown = sorted(set(fit_sets) - set(sets))
+    if unknown:
+        parser.error(f"no set {', '.join(unknown)} in {args.predictions}; its sets: {', '.join(sorted(sets))}")
     halves = {name: stratified_halves(labels) for name, (_, labels) in sets.items()}
     size = min(len(halves[name][0]) for name in fit_sets)
     rng = np.random.default_rng(0)
@@ -73,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             + " |")
     print("\n".join(lines))
     if args.out is not None:
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        with atomic_output(args.out) as temporary:
+            temporary.write_text(json.dumps(result, indent=1) + "\n")
     return 0
 
 

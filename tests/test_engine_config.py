@@ -46,9 +46,10 @@ def test_missing_file_and_base_cycle(tmp_path):
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 STUDIES = CONFIGS / "studies"  # study files (scripts/study.py): rows of overrides on a config, not configs
+SUITES = CONFIGS / "benchmarks"  # suites of msfer benchmark (tests/test_inference_benchmark.py reads them)
 
 
-@pytest.mark.parametrize("path", sorted(p for p in CONFIGS.rglob("*.yaml") if STUDIES not in p.parents),
+@pytest.mark.parametrize("path", sorted(p for p in CONFIGS.rglob("*.yaml") if not {STUDIES, SUITES} & set(p.parents)),
                          ids=lambda p: p.name)
 def test_every_shipped_config_loads_and_builds_its_model(path):
     from msfer.model import build_model

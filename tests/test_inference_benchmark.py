@@ -116,24 +116,35 @@ def test_bootstrap_replicates_agree_with_the_metrics_of_each_resample():
     rng = np.random.default_rng(1)
     labels = rng.integers(0, len(EMOTIONS), 50)
     predicted = np.where(rng.random(50) < 0.6, labels, rng.integers(0, len(EMOTIONS), 50))
-    indices = bootstrap_indices(50, resamples=20, seed=3)
+    indices = bootstrap_indices(labels, resamples=20, seed=3)
     overall, mean_class = accuracy_replicates(predicted == labels, labels, indices)
     for b in range(20):
         expected = compute_metrics(labels[indices[b]], predicted[indices[b]], EMOTIONS)
         assert overall[b] == pytest.approx(expected["overall_accuracy"])
         assert mean_class[b] == pytest.approx(expected["mean_class_accuracy"])
-    assert (bootstrap_indices(50, 20, seed=3) == indices).all()  # the same resamples for every model
+        # stratified: each resample keeps every class and its count, so mean class accuracy is over the same classes
+        assert (np.bincount(labels[indices[b]], minlength=7) == np.bincount(labels, minlength=7)).all()
+    assert (bootstrap_indices(labels, 20, seed=3) == indices).all()  # the same resamples for every model
+
+
+def test_a_rare_class_cannot_vanish_from_a_resample():
+    labels = np.array([0] * 60 + [1])
+    correct = np.array([True] * 60 + [False])
+    _, mean_class = accuracy_replicates(correct, labels, bootstrap_indices(labels, 200))
+    assert (mean_class == 0.5).all()  # never 1.0: the one wrong disgusted face is in every resample
 
 
 @pytest.mark.parametrize("change, message", [
     ({"mode": "whole"}, "mode 'whole'"),
     ({"format": "nope"}, "unknown format 'nope'"),
     ({"colour": 1}, "unknown keys colour"),
+    ({"reader_options": [1]}, "reader_options must be a mapping"),
+    ({"name": "a/b"}, "name 'a/b' may hold only"),
     ({"groups": "[0-9]+"}, "groups '\\[0-9\\]\\+' is not a usable regular expression: it has no group"),
     ({"root": None}, None),
 ])
 def test_a_bad_suite_is_an_error_naming_the_file_and_set(tmp_path, change, message):
-    entry = {"name": "x", "format": "folder", "root": "x", "mode": "crops", **change}
+    entry = {"name": "x", "domain": None, "format": "folder", "root": "x", "mode": "crops", **change}
     if entry["root"] is None:
         del entry["root"]
         message = "missing keys root"
@@ -145,7 +156,7 @@ def test_a_bad_suite_is_an_error_naming_the_file_and_set(tmp_path, change, messa
 
 def test_duplicate_names_and_empty_suites_are_refused(tmp_path):
     path = tmp_path / "dup.yaml"
-    entry = {"name": "x", "format": "folder", "root": "x", "mode": "crops"}
+    entry = {"name": "x", "domain": None, "format": "folder", "root": "x", "mode": "crops"}
     path.write_text(yaml.safe_dump({"sets": [entry, entry]}))
     with pytest.raises(MsferError, match="a second set named 'x'"):
         load_suite(path)
@@ -154,19 +165,35 @@ def test_duplicate_names_and_empty_suites_are_refused(tmp_path):
         load_suite(path)
 
 
+def test_a_set_without_a_domain_key_is_refused_and_a_missing_folder_names_the_set(tmp_path, random_weights):
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump({"sets": [{"name": "x", "format": "folder", "root": "x", "mode": "crops"}]}))
+    with pytest.raises(MsferError, match="set 1: missing keys domain"):  # null is said, never implied
+        load_suite(path)
+    path.write_text(yaml.safe_dump({"sets": [{"name": "x", "domain": "d", "format": "folder", "root": "nowhere",
+                                              "mode": "crops"}]}))
+    with pytest.raises(MsferError, match="suite.yaml, set x: .*nowhere"):
+        run_benchmark(load_suite(path), [ModelVariant("m", EmotionRecognizer(random_weights))], progress=False)
+
+
 def test_relative_roots_follow_data_root(tmp_path, suite_file):
     assert load_suite(suite_file).sets[0].root == suite_file.parent / "crops_a"
     assert load_suite(suite_file, tmp_path).sets[0].root == tmp_path / "crops_a"
 
 
-def test_the_command_scores_two_rules_and_writes_its_files_once(suite_file, random_weights, tmp_path, capsys):
+def with_rule(random_weights: Path, out: Path, default: str | None = None) -> Path:
+    """``random_weights`` with a balanced rule's offsets and, if given, its own ``default`` decision rule."""
     from msfer.engine.calibration import calibrated_checkpoint
     from msfer.engine.checkpoint import load_checkpoint, save_checkpoint
 
+    record = {"method": "temperature", "balanced_tau": 1.0, **({"decision": default} if default else {})}
     offsets = [0.5, -0.5, 0.2, 0.0, -0.1, 0.3, -0.4]
-    balanced = save_checkpoint(calibrated_checkpoint(load_checkpoint(random_weights), [1.0] * 7, [0.0] * 7, offsets,
-                                                     {"method": "temperature", "balanced_tau": 1.0}),
-                               tmp_path / "balanced.pt")
+    return save_checkpoint(calibrated_checkpoint(load_checkpoint(random_weights), [1.0] * 7, [0.0] * 7, offsets,
+                                                 record), out)
+
+
+def test_the_command_scores_two_rules_and_writes_its_files_once(suite_file, random_weights, tmp_path, capsys):
+    balanced = with_rule(random_weights, tmp_path / "balanced.pt")
     out = tmp_path / "bench"
     args = ["benchmark", str(suite_file), "--weights", f"mine={balanced}", "--decision", "argmax", "balanced",
             "--crop-rule", "own", "similarity", "--out", str(out)]
@@ -189,3 +216,53 @@ def test_the_command_scores_two_rules_and_writes_its_files_once(suite_file, rand
 def test_a_rule_the_model_lacks_is_refused_before_scoring(suite_file, random_weights, capsys):
     assert main(["benchmark", str(suite_file), "--weights", str(random_weights), "--decision", "balanced"]) == 2
     assert "has no balanced decision rule" in capsys.readouterr().err
+
+
+def test_own_is_each_models_default_rule_and_crop_rules_change_photos(suite_file, random_weights, tmp_path,
+                                                                       capsys):
+    own_balanced = with_rule(random_weights, tmp_path / "own.pt", default="balanced")
+    out = tmp_path / "bench"
+    assert main(["benchmark", str(suite_file), "--weights", f"m={own_balanced}", "--crop-rule", "own", "similarity",
+                 "--decision", "own", "balanced", "--out", str(out)]) == 0  # own is balanced: scored once
+    report = json.loads((out / "benchmark.json").read_text())
+    assert [model["name"] for model in report["models"]] == ["m own balanced", "m similarity balanced"]
+    assert {row["decision"] for row in report["rows"]} == {"balanced"}
+    stored = np.load(out / "predictions.npz")
+    own, aligned = stored["photos/probs/m own"], stored["photos/probs/m similarity"]
+    found = ~np.isnan(own).any(axis=1)
+    assert found.sum() == 2 and not np.allclose(own[found], aligned[found])  # each rule crops its own way
+
+
+def test_each_photo_is_detected_once_for_every_model(suite_file, random_weights, classifier_weights):
+    first, second = EmotionRecognizer(random_weights), EmotionRecognizer(classifier_weights)
+    calls = []
+    first.detect = lambda arrays, detect=first.detect: calls.append(len(arrays)) or detect(arrays)
+    second.detect = lambda arrays: pytest.fail("the second model detected again")
+    run_benchmark(load_suite(suite_file), [ModelVariant("a", first), ModelVariant("b", second)], progress=False)
+    assert calls == [3]  # the one photo set, in one batch
+
+
+def test_an_unwritable_run_leaves_the_earlier_outputs_as_they_were(suite_file, random_weights, tmp_path,
+                                                                   monkeypatch, capsys):
+    import msfer.inference.benchmark as benchmark
+
+    out = tmp_path / "bench"
+    args = ["benchmark", str(suite_file), "--weights", str(random_weights), "--out", str(out)]
+    assert main(args) == 0
+    before = {name: (out / name).read_bytes() for name in ("benchmark.json", "benchmark.md", "predictions.npz")}
+
+    def full_disk(result, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(benchmark, "save_predictions", full_disk)
+    assert main([*args, "--overwrite", "--seed", "5"]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert {name: (out / name).read_bytes() for name in before} == before  # never a mix of two runs
+    assert sorted(p.name for p in out.iterdir()) == sorted(before)  # no temporary file left
+    assert main([*args, "--overwrite", "--seed", "-1"]) == 2 and "--seed must be 0 or more" in capsys.readouterr().err
+
+
+def test_the_shipped_suites_load(tmp_path):
+    for path in sorted((Path(__file__).resolve().parents[1] / "configs" / "benchmarks").glob("*.yaml")):
+        suite = load_suite(path, tmp_path)
+        assert suite.domains and all(s.root.is_relative_to(tmp_path) for s in suite.sets), path

@@ -256,3 +256,35 @@ def test_evaluate_refuses_balanced_before_reading_the_data(random_weights, tmp_p
                  "--out", str(tmp_path / "e"), "--device", "cpu", "--decision", "balanced"]) == 2
     assert "no balanced decision rule" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
+
+
+def test_a_models_own_rule_is_the_default_and_survives_onnx_export(random_weights, offsets, tmp_path, astronaut):
+    from msfer.engine.calibration import calibrated_checkpoint
+
+    record = {**CALIBRATION_RECORD, "balanced_tau": 1.0, "decision": "balanced"}
+    weights = save_checkpoint(calibrated_checkpoint(load_checkpoint(random_weights), [1.0] * 7, [0.0] * 7,
+                                                    list(offsets), record), tmp_path / "own.pt")
+    assert EmotionRecognizer(weights).decision == "balanced"
+    assert EmotionRecognizer(weights, decision="argmax").decision == "argmax"
+    onnx = tmp_path / "own.onnx"
+    assert main(["export", "--weights", str(weights), "--out", str(onnx)]) == 0
+    from_onnx = EmotionRecognizer(onnx, backend="onnx")
+    assert from_onnx.decision == from_onnx.model_decision == "balanced"
+    assert from_onnx.predict(astronaut)[0].label == EmotionRecognizer(weights).predict(astronaut)[0].label
+
+
+def test_evaluate_uses_the_models_own_rule_on_crops(random_weights, offsets, tmp_path):
+    from msfer.engine.calibration import calibrated_checkpoint
+
+    record = {**CALIBRATION_RECORD, "balanced_tau": 1.0, "decision": "balanced"}
+    weights = save_checkpoint(calibrated_checkpoint(load_checkpoint(random_weights), [1.0] * 7, [0.0] * 7,
+                                                    list(offsets), record), tmp_path / "own.pt")
+    data = tmp_path / "crops" / "val"
+    for name in ("happy", "sad"):
+        (data / name).mkdir(parents=True)
+        Image.fromarray(np.full((48, 48, 3), 30 * len(name), np.uint8)).save(data / name / "a.png")
+    for args, rule in (([], "balanced"), (["--decision", "argmax"], "argmax")):
+        out = tmp_path / f"eval_{rule}"
+        assert main(["evaluate", "--data", str(tmp_path / "crops"), "--format", "folder", "--split", "val",
+                     "--out", str(out), "--weights", str(weights), "--num-workers", "0", *args]) == 0
+        assert json.loads((out / "metrics.json").read_text())["decision"] == rule

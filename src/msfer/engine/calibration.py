@@ -172,6 +172,16 @@ def choose_calibration(logits: np.ndarray, labels: np.ndarray, seed: int = 0, fo
     }
 
 
+def model_decision(record: dict | None) -> str:
+    """A model's own default decision rule: its calibration record's ``decision`` (written when it was bundled),
+    else "argmax". Raises :class:`MsferError` for a rule that is not one of :data:`DECISION_RULES`."""
+    rule = (record or {}).get("decision") or "argmax"
+    if rule not in DECISION_RULES:
+        raise MsferError(f"the model's calibration record names the decision rule {rule!r}; "
+                         f"known rules: {', '.join(DECISION_RULES)}")
+    return rule
+
+
 def decide(probs: np.ndarray, balanced_offsets: Sequence[float], rule: str = "argmax") -> np.ndarray:
     """Class index per row of ``probs`` (N x 7) under ``rule``: the most probable emotion, or
     ``argmax(log p + balanced_offsets)`` for ``"balanced"``."""

@@ -33,6 +33,7 @@ faces by its own rule.
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -42,9 +43,11 @@ import yaml
 from tqdm import tqdm
 
 from ..data.transforms import resize_square
+from ..engine.photos import classify_found, largest_face_crops
 from ..errors import MsferError
 from ..labels import EMOTIONS
 from ..outputs import printable
+from .detect_eval import decisions as decisions_of
 from .recognizer import EmotionRecognizer
 
 MODES = ("crops", "photos")
@@ -104,11 +107,18 @@ def load_suite(path: str | Path, data_root: str | Path | None = None) -> Suite:
         if not isinstance(entry, dict):
             raise MsferError(f"{where}: expected a mapping of {', '.join(sorted(SET_KEYS))}")
         unknown = set(entry) - SET_KEYS
-        missing = {"name", "format", "root", "mode"} - set(entry)
+        missing = {"name", "domain", "format", "root", "mode"} - set(entry)  # domain: null is said, never implied
         if unknown or missing:
             raise MsferError(f"{where}: " + "; ".join(
                 ([f"unknown keys {', '.join(sorted(unknown))}"] if unknown else [])
                 + ([f"missing keys {', '.join(sorted(missing))}"] if missing else [])))
+        for key in ("name", "format", "mode"):
+            if not isinstance(entry[key], str):
+                raise MsferError(f"{where}: {key} must be a string, got {entry[key]!r}")
+        if not re.fullmatch(r"[\w.+-]+", entry["name"]):
+            raise MsferError(f"{where}: name {entry['name']!r} may hold only letters, digits, '_', '.', '+' and '-'")
+        if not isinstance(entry.get("reader_options") or {}, dict):
+            raise MsferError(f"{where}: reader_options must be a mapping of option: value")
         if entry["mode"] not in MODES:
             raise MsferError(f"{where}: mode {entry['mode']!r}; use one of {', '.join(MODES)}")
         if entry["format"] not in READERS:
@@ -133,11 +143,15 @@ def load_suite(path: str | Path, data_root: str | Path | None = None) -> Suite:
                  str(path))
 
 
-def set_samples(entry: SuiteSet) -> list:
-    """The samples of one suite set; :class:`MsferError` if it has none."""
+def set_samples(entry: SuiteSet, suite: str = "") -> list:
+    """The samples of one suite set; :class:`MsferError` naming the suite file and the set if it cannot be read
+    or has none."""
     from ..data.readers import read_dataset
 
-    index = read_dataset(entry.root, entry.format, **entry.reader_options)
+    try:
+        index = read_dataset(entry.root, entry.format, **entry.reader_options)
+    except MsferError as error:
+        raise MsferError(f"{suite + ', ' if suite else ''}set {entry.name}: {error}") from None
     samples = [s for s in index.samples if entry.split is None or s.split == entry.split]
     if not samples:
         raise MsferError(f"set {entry.name}: no samples in split {entry.split!r} of {printable(entry.root)}; "
@@ -166,17 +180,16 @@ def set_probabilities(entry: SuiteSet, samples: Sequence, models: Sequence[Model
             faces = detector.detect(arrays) if entry.mode == "photos" else None
             for k, model in enumerate(models):
                 recognizer, size = model.recognizer, model.recognizer.spec.input_size
+                batch = slice(start, start + len(arrays))
                 if faces is None:
                     same = shared_classifier(models, k)  # a crop is classified whole: the crop rule plays no part
                     if same is not None:
-                        probs[k][start : start + len(arrays)] = probs[same][start : start + len(arrays)]
+                        probs[k][batch] = probs[same][batch]
                         continue
-                    rows, crops = list(range(len(arrays))), [resize_square(a, size) for a in arrays]
-                else:
-                    rows = [i for i, found in enumerate(faces) if found]
-                    crops = [recognizer.crop_face(arrays[i], faces[i][0])[0] for i in rows]
-                if rows:
-                    probs[k][[start + i for i in rows]] = recognizer.classify_crops(crops)[0]
+                    crops = [resize_square(a, size) for a in arrays]
+                else:  # the loop of msfer evaluate --detect-faces, on the faces found once
+                    crops = largest_face_crops(arrays, lambda _, found=faces: found, recognizer.crop_rule, size)
+                probs[k][batch] = classify_found(crops, lambda c, r=recognizer: r.classify_crops(list(c))[0])
             bar.update(len(arrays))
     return probs
 
@@ -190,9 +203,17 @@ def shared_classifier(models: Sequence[ModelVariant], k: int) -> int | None:
     return None
 
 
-def bootstrap_indices(n: int, resamples: int = BOOTSTRAP, seed: int = 0) -> np.ndarray:
-    """``resamples x n`` indices drawn with replacement (seeded: every model of a run gets the same)."""
-    return np.random.default_rng(seed).integers(0, n, size=(resamples, n), dtype=np.int64)
+def bootstrap_indices(labels: np.ndarray, resamples: int = BOOTSTRAP, seed: int | Sequence[int] = 0) -> np.ndarray:
+    """``resamples x N`` indices into ``labels`` (N class indices), drawn with replacement **within each class**
+    (stratified), so every resample has the set's classes and counts and the mean class accuracy of every
+    resample is over the same classes. Seeded: every model of a run gets the same resamples."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    indices = np.empty((resamples, len(labels)), dtype=np.int64)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        indices[:, members] = members[rng.integers(0, len(members), size=(resamples, len(members)))]
+    return indices
 
 
 def accuracy_replicates(correct: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -255,15 +276,6 @@ def group_accuracy(ids: Sequence[str], correct: np.ndarray, pattern: str) -> dic
             for group in sorted(set(names.tolist()))}
 
 
-def decide_rows(recognizer: EmotionRecognizer, probs: np.ndarray, decision: str) -> np.ndarray:
-    """Class indices under ``decision``; ``len(EMOTIONS)`` for a NaN row (no face found)."""
-    predicted = np.full(len(probs), len(EMOTIONS), dtype=np.int64)
-    found = ~np.isnan(probs).any(axis=1)
-    if found.any():
-        predicted[found] = recognizer.decide(probs[found], decision)
-    return predicted
-
-
 def suite_score(suite: Suite, values: dict[str, np.ndarray | float]) -> np.ndarray | float:
     """The mean over the suite's domains of each domain's mean of ``values[set name]`` (scalars or replicates)."""
     per_domain = []
@@ -282,23 +294,29 @@ def run_benchmark(suite: Suite, models: Sequence[ModelVariant], decisions: Seque
     """
     if not models:
         raise MsferError("no model to benchmark")
-    variants = [(k, model, model.recognizer.check_decision(rule)) for k, model in enumerate(models)
-                for rule in decisions]
+    variants = []
+    for k, model in enumerate(models):
+        for rule in dict.fromkeys(model.recognizer.check_decision(rule) for rule in decisions):  # own = a named one
+            variants.append((k, model, rule))
     labels = [model.name if list(decisions) == [None] else f"{model.name} {rule}" for _, model, rule in variants]
-    if len(set(labels)) < len(labels):
-        raise MsferError("two models have the same name: give each its own (--names)")
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise MsferError(f"two models are named {', '.join(map(repr, repeated))}: "
+                         "name each one (--weights NAME=PATH)")
     rows, predictions, replicates = [], {}, {label: {"overall": {}, "mean_class": {}} for label in labels}
-    samples_of = {entry.name: set_samples(entry) for entry in suite.sets}  # every set's files first: errors early
-    for set_number, entry in enumerate(suite.sets):
+    # every set's files first: a bad set is an error before any scoring
+    samples_of = {entry.name: set_samples(entry, printable(suite.source)) for entry in suite.sets}
+    for entry in suite.sets:
         samples = samples_of[entry.name]
         truth = np.array([s.label for s in samples], dtype=np.int64)
         probs = set_probabilities(entry, samples, models, batch_size, progress)
         predictions[entry.name] = {"ids": [s.id for s in samples], "labels": truth,
                                    "probs": {m.name: p for m, p in zip(models, probs)}}
-        indices = bootstrap_indices(len(samples), seed=seed + set_number)
+        # seeded by the set's name: adding or moving another set changes no interval of this one
+        indices = bootstrap_indices(truth, seed=[seed, zlib.crc32(entry.name.encode())])
         for (k, model, rule), label in zip(variants, labels):
             model_probs = probs[k]
-            predicted = decide_rows(model.recognizer, model_probs, rule)
+            predicted = decisions_of(model.recognizer, model_probs, rule)  # NO_FACE where none was found
             row = row_metrics(truth, model_probs, predicted, indices)
             overall, mean_class = row.pop("_replicates")
             if entry.groups:
@@ -316,7 +334,8 @@ def run_benchmark(suite: Suite, models: Sequence[ModelVariant], decisions: Seque
         "models": [{"name": label, "weights": model.weights, "crop_rule": model.recognizer.crop_rule.to_dict(),
                     "decision": rule, "tta": model.recognizer.tta}
                    for (_, model, rule), label in zip(variants, labels)],
-        "bootstrap": {"resamples": BOOTSTRAP, "seed": seed, "interval": "95% percentile"},
+        "bootstrap": {"resamples": BOOTSTRAP, "seed": seed, "interval": "95% percentile",
+                      "resampling": "with replacement within each class, seeded by [seed, crc32(set name)]"},
         "rows": rows,
         "scores": scores,
         "predictions": predictions,
@@ -421,16 +440,23 @@ def add_arguments(parser) -> None:
 
     parser.description = ("Score one or more models on a suite of labelled sets (a YAML file; configs/benchmarks/"
                           "dev.yaml is msfer's development suite): per set and model, overall and mean class "
-                          "accuracy with 95%% bootstrap intervals, faces missed, ECE and NLL, and the suite's score, "
+                          "accuracy with 95% bootstrap intervals, faces missed, ECE and NLL, and the suite's score, "
                           "the mean over its domains. Prints a Markdown table; --out also writes benchmark.json, "
                           "benchmark.md and predictions.npz.")
+    parser.epilog = ("A suite file: 'name: NAME', optional 'description: TEXT', and 'sets:', a list of sets, each "
+                     "with name (letters, digits, _ . + -), domain (sets of one domain are averaged, then "
+                     "domains; null: outside the score), format (a dataset reader: fer2013, ferplus, folder, ...), "
+                     "root (relative: to --data-root, else to the suite file's folder), mode (crops: classified "
+                     "whole; photos: detect, largest face, crop, classify), and optional split, reader_options, "
+                     "groups (a regular expression whose first group in a file name names its group) and "
+                     "description. Example: configs/benchmarks/dev.yaml.")
     parser.add_argument("suite", type=Path, help="the suite file (YAML)")
     parser.add_argument("--data-root", type=Path, default=None,
                         help="folder that the suite's relative set roots are in (default: the suite file's folder)")
     parser.add_argument("--weights", nargs="+", default=None, metavar="[NAME=]PATH",
-                        help="the models to score, each a .pt checkpoint, its run folder or an .onnx file, optionally "
-                             "named (v1=old.pt); the first is the reference of the paired differences; "
-                             "default: the bundled model")
+                        help="the models to score, each a .pt checkpoint, its run folder or (with --backend onnx) an "
+                             ".onnx file, optionally named (v1=old.pt); the first is the reference of the paired "
+                             "differences; default: the bundled model")
     parser.add_argument("--crop-rule", nargs="+", default=[OWN], metavar="RULE",
                         help="score each model with each of these crop rules for photos: own (the model's), box, "
                              "roll or similarity (at the model's scale); default own")
@@ -470,8 +496,10 @@ def run(args) -> int:
     from .options import check_at_least_one, model_options
 
     check_at_least_one(args, "batch_size")
-    rules = [None if rule == OWN else rule for rule in args.crop_rule]
-    decisions = [None if rule == OWN else rule for rule in args.decision]
+    if args.seed < 0:
+        raise MsferError(f"--seed must be 0 or more, got {args.seed}")
+    rules = list(dict.fromkeys(None if rule == OWN else rule for rule in args.crop_rule))
+    decisions = list(dict.fromkeys(None if rule == OWN else rule for rule in args.decision))
     for rule in decisions:
         if rule not in (None, "argmax", "balanced"):
             raise MsferError(f"--decision {rule!r}: use own, argmax or balanced")
@@ -505,11 +533,12 @@ def run(args) -> int:
         import json
 
         report = {k: v for k, v in result.items() if k != "predictions"}
-        with atomic_output(args.out / "benchmark.json") as temporary:
-            temporary.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-        with atomic_output(args.out / "benchmark.md") as temporary:
-            temporary.write_text(table, encoding="utf-8")
-        with atomic_output(args.out / "predictions.npz") as temporary:
-            save_predictions(result, temporary)
+        # nested: each is renamed into place only once all three are written, so a failure leaves the earlier
+        # run's files as they were, never a mix of two runs
+        with (atomic_output(args.out / "predictions.npz") as npz, atomic_output(args.out / "benchmark.md") as md,
+              atomic_output(args.out / "benchmark.json") as js):
+            save_predictions(result, npz)
+            md.write_text(table, encoding="utf-8")
+            js.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
         print("wrote " + ", ".join(printable(args.out / name) for name in outputs))
     return 0

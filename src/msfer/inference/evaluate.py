@@ -70,6 +70,7 @@ def _evaluate_crops(args: argparse.Namespace, options: dict) -> int:
     """Face crops through the engine's split evaluation (the same code as ``msfer train``'s validation)."""
     import torch
 
+    from ..engine.calibration import model_decision
     from ..engine.checkpoint import load_model
     from ..engine.datasets import FaceDataset
     from ..engine.evaluate import predict_split, split_metrics
@@ -81,7 +82,7 @@ def _evaluate_crops(args: argparse.Namespace, options: dict) -> int:
         _check_has_regions(weights)
         overrides = {"region_source": "pseudo"}
     model, meta = load_model(weights, device, model_overrides=overrides)
-    decision = args.decision or (meta.get("calibration") or {}).get("decision") or "argmax"  # the model's own
+    decision = args.decision or model_decision(meta.get("calibration"))
     offsets = balanced_offsets(model, meta, weights, decision)  # refuse a missing rule before scoring
     samples = _split_samples(args)
     annotations = load_annotations(args.annotations) if args.annotations else None

@@ -414,8 +414,10 @@ class EmotionRecognizer:
     @property
     def model_decision(self) -> str:
         """The model's own default decision rule: the one its bundling chose (the checkpoint's or ONNX file's
-        calibration record), else "argmax"."""
-        return (self.classifier.calibration or {}).get("decision") or DEFAULT_DECISION
+        calibration record), else "argmax" (:func:`msfer.engine.calibration.model_decision`)."""
+        from ..engine.calibration import model_decision
+
+        return model_decision(self.classifier.calibration)
 
     @property
     def has_balanced_rule(self) -> bool:
