@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ..errors import MsferError
+from ..files import atomic_output
 from ..labels import EMOTIONS
 
 DECISION_RULES = ("argmax", "balanced")
@@ -212,7 +213,8 @@ def plot_reliability(probs: np.ndarray, labels: np.ndarray, path, title: str = "
     bottom.set_ylabel("share of faces")
     bottom.set_xlim(0, 1)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    with atomic_output(path) as temporary:
+        figure.savefig(temporary, dpi=120)
     plt.close(figure)
 
 

@@ -32,9 +32,9 @@ import torch
 
 from .._version import __version__
 from ..errors import MsferError
+from ..files import write_atomic
 from ..labels import EMOTIONS
 from ..regions.crop import CropRule
-from .files import write_atomic
 
 
 def describe(model: torch.nn.Module, config: dict, metrics: dict | None = None) -> dict[str, Any]:

@@ -26,8 +26,8 @@ from typing import Any, Iterable
 import yaml
 
 from ..errors import MsferError
+from ..files import write_text
 from ..values import Range, check_number, check_numbers
-from .files import write_atomic
 
 Config = dict[str, Any]
 
@@ -415,7 +415,7 @@ def get(config: Config, dotted_key: str) -> Any:
 
 def save_config(config: Config, out_dir: str | Path) -> Path:
     text = yaml.safe_dump(config, sort_keys=False)
-    return write_atomic(Path(out_dir) / "config.yaml", lambda handle: handle.write(text), mode="w")
+    return write_text(Path(out_dir) / "config.yaml", text)
 
 
 def _read_with_bases(path: Path, seen: tuple[Path, ...]) -> Config:

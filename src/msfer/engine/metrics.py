@@ -13,6 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..files import atomic_output, write_text
+
 
 def compute_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[str]) -> dict:
     """``n``, ``overall_accuracy``, ``mean_class_accuracy``, ``per_class`` and ``confusion_matrix``.
@@ -141,7 +143,8 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str
                       color="white" if rows[i, j] > 0.5 else "black")
     figure.colorbar(image, ax=axes, fraction=0.046)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    with atomic_output(path) as temporary:
+        figure.savefig(temporary, dpi=120)
     plt.close(figure)
 
 
@@ -209,7 +212,7 @@ def write_report(metrics: dict, out_dir: str | Path, classes: Sequence[str], ech
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "metrics.json"
-    path.write_text(json.dumps(metrics, indent=2) + "\n")
+    write_text(path, json.dumps(metrics, indent=2) + "\n")
     plot_confusion_matrix(metrics["confusion_matrix"], classes, out_dir / "confusion_matrix.png")
     if echo:
         print(format_table(metrics))

@@ -69,6 +69,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..errors import MsferError
+from ..files import write_atomic
 from ..labels import EMOTIONS, NUM_EMOTIONS
 from ..regions.crop import DEFAULT_CROP_RULE, CropRule
 from .augment import BatchAugment
@@ -84,7 +85,6 @@ from .distributed import (
     mean_over_ranks,
 )
 from .evaluate import autocast, predict_split, resolve_device, split_metrics
-from .files import write_atomic
 from .metrics import format_table, plot_learning_curves, write_report
 from .photos import PhotoValidation, photo_samples
 

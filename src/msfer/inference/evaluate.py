@@ -22,8 +22,8 @@ import argparse
 from pathlib import Path
 
 from ..errors import MsferError
+from ..files import refuse_file_as_folder, writing
 from ..labels import EMOTIONS
-from ..outputs import refuse_file_as_folder, writing
 from .options import add_decision_argument, add_model_arguments, check_at_least_one, model_options
 
 

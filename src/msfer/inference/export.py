@@ -31,8 +31,9 @@ import warnings
 from pathlib import Path
 
 from ..errors import MsferError
+from ..files import atomic_output
 from ..labels import EMOTIONS
-from ..outputs import InputFiles, atomic_output, existing_out_mode, file_argument
+from ..outputs import InputFiles, existing_out_mode, file_argument
 from .options import add_model_arguments
 
 OUTPUT_NAMES = ("logits", "boxes", "box_scores", "fallback")

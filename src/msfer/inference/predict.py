@@ -50,17 +50,9 @@ from tqdm import tqdm
 
 from ..data.images import IMAGE_EXTENSIONS, is_broken_link, not_a_file_reason
 from ..errors import MsferError
+from ..files import atomic_output, refuse_file_as_folder, write_text, writing
 from ..labels import EMOTIONS
-from ..outputs import (
-    InputFiles,
-    atomic_output,
-    existing_out_mode,
-    file_argument,
-    printable,
-    refuse_file_as_folder,
-    source_fields,
-    writing,
-)
+from ..outputs import InputFiles, existing_out_mode, file_argument, printable, source_fields
 from .options import add_decision_argument, add_model_arguments, check_at_least_one, model_options
 from .recognizer import DEFAULT_MIN_FACE, EmotionRecognizer, FaceResult, to_rgb_array
 from .video import AnnotatedVideoWriter, VideoFrame, VideoSource, is_video, predict_video, probe_video
@@ -283,8 +275,7 @@ class ResultWriter:
                 entries.pop()
             keep = entries[-1][2] if entries else start
         if keep < len(original):
-            with atomic_output(path) as temporary:
-                temporary.write_text("".join(lines[:keep]), encoding="utf-8")
+            write_text(path, "".join(lines[:keep]))
         return {key for key, _, _ in entries}
 
     def write(self, record: dict) -> None:

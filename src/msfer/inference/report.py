@@ -36,8 +36,9 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import MsferError
+from ..files import atomic_output, refuse_file_as_folder, write_text, writing
 from ..labels import EMOTIONS
-from ..outputs import InputFiles, atomic_output, printable, refuse_file_as_folder, writing
+from ..outputs import InputFiles, printable
 from .options import add_decision_argument, add_model_arguments, check_at_least_one, model_options
 from .predict import ResultWriter
 from .recognizer import DEFAULT_MIN_FACE, EmotionRecognizer
@@ -289,8 +290,7 @@ img {{ max-width: 100%; display: block; margin: 0.5em 0; }}
 </body></html>
 """
     path = out_dir / "report.html"
-    with atomic_output(path) as temporary:
-        temporary.write_text(page, encoding="utf-8")
+    write_text(path, page)
     for old in stale:  # only once the new page no longer shows them
         try:
             old.unlink(missing_ok=True)
