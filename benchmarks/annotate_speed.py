@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from msfer.data.readers import read_dataset
+from msfer.faces.retinaface import RetinaFaceDetector
 from msfer.regions.annotate import Annotator, decode, prefetched
 from msfer.regions.annotations import AnnotationWriter
-from msfer.regions.retinaface import RetinaFaceDetector
 
 
 def main() -> None:

@@ -36,11 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from msfer.data.images import load_rgb_array
 from msfer.data.transforms import model_input, resize_square
+from msfer.faces.crop import DEFAULT_CROP_RULE, native_crop
 from msfer.labels import EMOTIONS
 from msfer.model.backbones import build_backbone
 from msfer.model.mobilenet_v1 import FACERES_MEAN, FACERES_STD
 from msfer.model.registry import IMAGENET_MEAN, IMAGENET_STD, build_model, model_config
-from msfer.regions.crop import DEFAULT_CROP_RULE, native_crop
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONES = {"mobilenet_v2 (ImageNet)": ("mobilenet_v2", IMAGENET_MEAN, IMAGENET_STD),
@@ -67,7 +67,7 @@ def listing(folder: Path) -> list[tuple[Path, int]]:
 
 def face_crops(files: list[tuple[Path, int]]) -> tuple[list[np.ndarray], int]:
     """Native-resolution face crops of photos, as ``msfer predict`` crops them; (crops, photos without a face)."""
-    from msfer.regions.retinaface import RetinaFaceDetector
+    from msfer.faces.retinaface import RetinaFaceDetector
 
     detector = RetinaFaceDetector()
     crops, missed = [], 0

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from msfer.data.images import load_rgb_array
+from msfer.faces.retinaface import RetinaFaceDetector
 from msfer.inference.recognizer import EmotionRecognizer
-from msfer.regions.retinaface import RetinaFaceDetector
 
 SAMPLE = Path(__file__).resolve().parents[1] / "src" / "msfer" / "samples" / "astronaut.jpg"
 

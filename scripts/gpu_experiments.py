@@ -135,8 +135,8 @@ def tcce_train_crops(tcce: Path, annotations: Path, out: Path) -> int:
 
     from msfer.data.readers import read_dataset
     from msfer.engine.datasets import FaceDataset
+    from msfer.faces.crop import CropRule
     from msfer.regions.annotations import load_annotations
-    from msfer.regions.crop import CropRule
 
     config = load_config(ROOT / V2_CONFIG)
     samples = [s for s in read_dataset(tcce, "folder").samples if s.split == "train"]

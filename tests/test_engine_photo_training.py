@@ -16,8 +16,8 @@ from msfer.cli import main as cli
 from msfer.data.samples import Sample
 from msfer.engine.datasets import FaceDataset
 from msfer.engine.distributed import DistInfo, EpochSampler
+from msfer.faces.crop import CropRule
 from msfer.labels import EMOTIONS
-from msfer.regions.crop import CropRule
 
 TINY = ["model.name=classifier_mobilenetv2", "model.pretrained=false", "model.input_size=32",
         "data.format=folder", "data.val_split=val", "data.num_workers=0", "train.batch_size=8", "eval.batch_size=16"]
@@ -237,9 +237,9 @@ def test_a_face_past_the_photos_edge_is_cropped_for_training_as_inference_crops_
     # detection itself; the same rule must give the same pixels, the part outside the photo padded alike.
     from msfer import EmotionRecognizer
     from msfer.engine.photos import largest_face_crops
+    from msfer.faces.detection import detect_faces
+    from msfer.faces.retinaface import Face
     from msfer.regions.annotate import Annotator
-    from msfer.regions.detection import detect_faces
-    from msfer.regions.retinaface import Face
 
     photo = np.ascontiguousarray(astronaut[100:350, 205:415])
     found = detect_faces(recognizer.detector, [photo])[0][0]

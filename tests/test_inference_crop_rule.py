@@ -5,8 +5,8 @@ import torch
 
 from msfer import EmotionRecognizer
 from msfer.engine.checkpoint import crop_rule, describe, load_model, save_checkpoint
+from msfer.faces.crop import CropRule, crop_face
 from msfer.model import build_model
-from msfer.regions.crop import CropRule, crop_face
 
 CONFIG = {"name": "msfer_mobilenetv2", "pretrained": False}
 

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from msfer.cli import main
+from msfer.faces.quality import QUALITY_ISSUES, QualityThresholds
 from msfer.inference.recognizer import EmotionRecognizer
-from msfer.regions.quality import QUALITY_ISSUES, QualityThresholds
 
 QUALITY_FIELDS = ("face_size", "sharpness", "roll", "yaw", "quality", "quality_issues")
 

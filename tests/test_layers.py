@@ -1,4 +1,4 @@
-"""The layers of msfer point one way: data -> regions -> model -> engine -> inference -> cli.
+"""The layers of msfer point one way: data -> faces -> regions -> model -> engine -> inference -> cli.
 
 Every import in the package is read from its source with ``ast`` (imports inside functions
 included, since those hide cycles from Python itself) and none may reach a higher layer.
@@ -13,12 +13,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "msfer"
 # Lowest first. The base modules hold what every layer shares (names, errors, the version, value
 # checks, safe output files, the bundled files' paths); the package root is the public facade, so
 # it counts as the top.
-LAYERS = ["base", "data", "regions", "model", "engine", "inference", "cli"]
+LAYERS = ["base", "data", "faces", "regions", "model", "engine", "inference", "cli"]
 LAYER_OF = {
     "msfer._version": "base", "msfer.errors": "base", "msfer.labels": "base", "msfer.weights": "base",
     "msfer.outputs": "base", "msfer.files": "base", "msfer.values": "base",
-    "msfer.data": "data", "msfer.regions": "regions", "msfer.model": "model", "msfer.engine": "engine",
-    "msfer.inference": "inference", "msfer.cli": "cli", "msfer": "cli",
+    "msfer.data": "data", "msfer.faces": "faces", "msfer.regions": "regions", "msfer.model": "model",
+    "msfer.engine": "engine", "msfer.inference": "inference", "msfer.cli": "cli", "msfer": "cli",
 }
 
 

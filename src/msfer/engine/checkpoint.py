@@ -3,7 +3,7 @@
 Contents (see DEVELOPING.md): ``model`` (state dict), ``config`` (the run's full merged
 config; ``config["model"]`` rebuilds the network), ``classes``, ``input_size``, ``mean``,
 ``std``, ``region_names``, ``crop_rule`` (how faces are cropped from photos for this model,
-:class:`msfer.regions.crop.CropRule` as ``{"method", "scale"}``; files without it are read as
+:class:`msfer.faces.crop.CropRule` as ``{"method", "scale"}``; files without it are read as
 box at scale 1.0, :func:`crop_rule`), ``metrics``, ``msfer_version``; a training checkpoint adds
 ``optimizer``, ``scheduler``, ``scaler``, ``ema``, ``epoch`` and ``rng``.
 
@@ -32,9 +32,9 @@ import torch
 
 from .._version import __version__
 from ..errors import MsferError
+from ..faces.crop import CropRule
 from ..files import write_atomic
 from ..labels import EMOTIONS
-from ..regions.crop import CropRule
 
 
 def describe(model: torch.nn.Module, config: dict, metrics: dict | None = None) -> dict[str, Any]:

@@ -46,7 +46,7 @@ DEFAULTS: Config = {
         # (msfer.data.splits.stratified_split); train on the rest. Needs val_split: null.
         "holdout": None,
         "annotations": None,  # JSONL of `msfer annotate`: region targets for the detector
-        # How a face is cropped from a photo (msfer.regions.crop.CropRule), for training and in use: the
+        # How a face is cropped from a photo (msfer.faces.crop.CropRule), for training and in use: the
         # checkpoint carries it and inference crops detected faces by it. method: box (a square on the
         # detector's face box), roll (that square turned so the eyes are level) or similarity (the five
         # landmarks fitted onto ArcFace's 112 px template); scale (0.25-4): the crop side over the face
@@ -182,7 +182,7 @@ RANGES: dict[str, Range] = {
     "train.val_every": Range(1, whole=True),
     "eval.batch_size": Range(1, whole=True),
     "eval.photo_val_every": Range(1, whole=True, nullable=True),
-    "data.crop_rule.scale": Range(0.25, 4),  # msfer.regions.crop.MIN_SCALE, MAX_SCALE
+    "data.crop_rule.scale": Range(0.25, 4),  # msfer.faces.crop.MIN_SCALE, MAX_SCALE
 }
 # [low, high] pairs.
 PAIRS: dict[str, Range] = {

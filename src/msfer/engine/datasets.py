@@ -10,7 +10,7 @@ stays small (FER2013 train: 28,709 x 3 x 48 x 48 bytes = 200 MB). A set that is 
 is held at the model's input size, so that its crops are resized once, as in inference.
 
 A set of whole photos (``crop_rule`` given) is cropped by the model's crop rule
-(:func:`msfer.regions.crop.crop_face`, the function inference crops detected faces with) around
+(:func:`msfer.faces.crop.crop_face`, the function inference crops detected faces with) around
 the face its ``msfer annotate`` record gives (five landmarks and the detector's box, not clipped to
 the image, as inference crops it: :func:`msfer.regions.annotations.face_box`), and its
 region boxes go through the same 2 x 3 map. Photos without a usable record (status ``ok``) are
@@ -30,8 +30,8 @@ from tqdm import tqdm
 from ..data.samples import Sample
 from ..data.transforms import resize_square
 from ..errors import MsferError
+from ..faces.crop import CropRule, crop_face, face_transform, map_boxes
 from ..regions.annotations import face_box, face_box_maybe_clipped
-from ..regions.crop import CropRule, crop_face, face_transform, map_boxes
 
 log = logging.getLogger(__name__)
 

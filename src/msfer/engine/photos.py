@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 from ..data.samples import Sample
 from ..data.transforms import model_input
+from ..faces.crop import CropRule, crop_face
+from ..faces.retinaface import Face
 from ..labels import EMOTIONS
-from ..regions.crop import CropRule, crop_face
-from ..regions.retinaface import Face
 from .augment import predict_probs
 from .calibration import DECISION_RULES, calibration_metrics, decide
 from .distributed import DistInfo, all_gather_objects, shard_indices
@@ -150,7 +150,7 @@ class PhotoValidation:
     Detection and cropping do not depend on the network, so they run once, at the first
     :meth:`score` (nothing is computed while it is never scored), and each score classifies the
     kept crops. ``detector`` defaults to the bundled RetinaFace, found as inference finds faces
-    (:func:`msfer.regions.detection.detect_faces`, default sizes).
+    (:func:`msfer.faces.detection.detect_faces`, default sizes).
 
     Under DDP (``info`` of a process group with several ranks) it is sharded as the FER2013 validation
     is (:func:`msfer.engine.evaluate.predict_split`): each rank detects, crops and classifies every
@@ -168,10 +168,10 @@ class PhotoValidation:
     def crops(self) -> list[np.ndarray | None]:
         """The largest-face crop of each of this rank's photos (:attr:`indices`; None: no face), computed once."""
         if self._crops is None:
-            from ..regions.detection import detect_faces
+            from ..faces.detection import detect_faces
 
             if self.detector is None:
-                from ..regions.retinaface import RetinaFaceDetector
+                from ..faces.retinaface import RetinaFaceDetector
 
                 # torch's threads, not all cores: under DDP on one host each rank detects at once
                 self.detector = RetinaFaceDetector(threads=torch.get_num_threads())

@@ -69,9 +69,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..errors import MsferError
+from ..faces.crop import DEFAULT_CROP_RULE, CropRule
 from ..files import write_atomic
 from ..labels import EMOTIONS, NUM_EMOTIONS
-from ..regions.crop import DEFAULT_CROP_RULE, CropRule
 from .augment import BatchAugment
 from .checkpoint import crop_rule, describe, load_checkpoint, load_model, resolve_checkpoint, save_checkpoint
 from .config import Config, load_config, save_config, validation_name

@@ -12,7 +12,7 @@ for a model without one or with one fitted at tau 0), ``calibration`` (how its p
 were calibrated, the held-out figures and, when the rule was fitted, ``balanced_tau``:
 :func:`msfer.inference.recognizer.calibration_summary`; null when they were not),
 ``crop_rule`` (how the model's faces are cropped from a photo,
-:class:`msfer.regions.crop.CropRule` as ``{"method", "scale"}``) and ``msfer_version``,
+:class:`msfer.faces.crop.CropRule` as ``{"method", "scale"}``) and ``msfer_version``,
 so the file is self-describing like a checkpoint. The
 calibration itself is part of the graph (the model's ``logit_scale``/``logit_bias``), so
 ``logits`` are calibrated. Exported with PyTorch's TorchScript-based exporter, which needs no
@@ -50,7 +50,7 @@ def onnx_bytes(model, source: str | Path, opset: int = DEFAULT_OPSET, calibratio
     import onnx
     import torch
 
-    from ..regions.crop import CropRule
+    from ..faces.crop import CropRule
 
     class EvalOutputs(torch.nn.Module):
         """The network with its output dict as a tuple, the form ONNX outputs take."""

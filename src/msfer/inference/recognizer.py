@@ -5,8 +5,8 @@ Pipeline, per image:
 1. **Detect** with RetinaFace on a copy downscaled so its longest side is at most
    ``detect_size`` (faces are then cropped from the full-resolution image), plus a finer
    copy for large photos so that faces down to ``min_face`` pixels are found
-   (:func:`msfer.regions.detection.detect_faces`, which training's photo validation uses too).
-2. **Crop** each face by the model's crop rule (:mod:`msfer.regions.crop`, the rule training
+   (:func:`msfer.faces.detection.detect_faces`, which training's photo validation uses too).
+2. **Crop** each face by the model's crop rule (:mod:`msfer.faces.crop`, the rule training
    cropped photos with; the checkpoint or ONNX file carries it). A model without a recorded
    rule (every model before v2, the bundled one included) uses ``box`` at scale 1.0: a square
    centred on RetinaFace's box with a side of the box's longer side. That default is measured,
@@ -27,7 +27,7 @@ Pipeline, per image:
    class accuracy, for studies of rare emotions). The rule changes ``label`` and
    ``confidence`` (the probability of that label), never ``probs``.
 5. **Map back** the emotion regions the network used (none for a plain classifier) from crop
-   pixels to image pixels, and measure each face's quality (:func:`msfer.regions.quality.face_quality`).
+   pixels to image pixels, and measure each face's quality (:func:`msfer.faces.quality.face_quality`).
 
 Images are RGB everywhere in msfer. A numpy array is taken as RGB unless
 ``color_order="bgr"`` (what OpenCV's ``imread`` and ``VideoCapture`` give).
@@ -46,11 +46,10 @@ from PIL import Image
 
 from ..data.transforms import class_probabilities, mirror, model_input, resize_square
 from ..errors import MsferError
-from ..labels import EMOTIONS
-from ..regions.crop import DEFAULT_CROP_RULE, CropRule, map_boxes_back
-from ..regions.crop import crop_face as crop_by_rule
-from ..regions.crop import face_transform as rule_transform
-from ..regions.detection import (  # noqa: F401  (detection_scales and the constants: this module's public names)
+from ..faces.crop import DEFAULT_CROP_RULE, CropRule, map_boxes_back
+from ..faces.crop import crop_face as crop_by_rule
+from ..faces.crop import face_transform as rule_transform
+from ..faces.detection import (  # noqa: F401  (detection_scales and the constants: this module's public names)
     DEFAULT_DETECT_SIZE,
     DEFAULT_MIN_FACE,
     DETECTOR_LARGEST_FACE,
@@ -59,8 +58,9 @@ from ..regions.detection import (  # noqa: F401  (detection_scales and the const
     detect_faces,
     detection_scales,
 )
-from ..regions.quality import QualityThresholds, face_quality
-from ..regions.retinaface import Face
+from ..faces.quality import QualityThresholds, face_quality
+from ..faces.retinaface import Face
+from ..labels import EMOTIONS
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
@@ -68,7 +68,7 @@ ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 ONNX_METADATA_KEYS = ("classes", "input_size", "mean", "std", "region_names")
 # Also written by `msfer export` (files exported before they existed lack them): the balanced
 # decision rule's logit offsets, the model's calibration summary (:func:`calibration_summary`) and
-# its crop rule (:class:`msfer.regions.crop.CropRule` as a dict; absent: box, scale 1.0).
+# its crop rule (:class:`msfer.faces.crop.CropRule` as a dict; absent: box, scale 1.0).
 ONNX_OPTIONAL_KEYS = ("balanced_offsets", "calibration", "crop_rule")
 DEFAULT_DECISION = "argmax"
 
@@ -87,7 +87,7 @@ class FaceResult:
 
     ``label`` is the emotion the ``decision`` rule ("argmax" or "balanced") chose and
     ``confidence`` its probability; ``probs`` do not depend on the rule. The quality fields
-    are those of :func:`msfer.regions.quality.face_quality`: ``face_size`` (pixels),
+    are those of :func:`msfer.faces.quality.face_quality`: ``face_size`` (pixels),
     ``sharpness``, ``roll`` and ``yaw`` (degrees; None without landmarks), ``quality``
     ("good" or "low") and ``quality_issues``.
     """
@@ -309,7 +309,7 @@ def face_transform(box: np.ndarray, landmarks: np.ndarray, crop_scale: float, al
 
     The crop is centred on the face box; with ``align`` it is rotated about that centre
     so the eyes are level. Kept for callers of msfer <= 0.x: it is
-    :func:`msfer.regions.crop.face_transform` with the rule ``box`` (or ``roll``) at ``crop_scale``.
+    :func:`msfer.faces.crop.face_transform` with the rule ``box`` (or ``roll``) at ``crop_scale``.
     """
     return rule_transform(box, landmarks, CropRule("roll" if align else "box", crop_scale))
 
@@ -330,18 +330,18 @@ class EmotionRecognizer:
     ``weights``: a checkpoint of ``msfer train`` (``.pt``) or an ``msfer export`` file
     (``.onnx``); default the bundled model. ``backend``: "torch" or "onnx" (a ``.pt``
     is then exported in memory). ``detector``: a
-    :class:`msfer.regions.retinaface.RetinaFaceDetector` (default: its bundled weights).
+    :class:`msfer.faces.retinaface.RetinaFaceDetector` (default: its bundled weights).
     ``tta``: average with the mirrored crop. ``detect_size``: longest side of the coarse
     copy the detector sees. ``min_face``: the smallest face (pixels) to find in large
     photos, by a finer second copy (None or 0: the coarse copy alone, faster on large
     photos). ``decision``: the default decision rule, "argmax" or "balanced" (each
     ``predict*`` call can override it); "balanced" needs a model that carries its offsets,
     else :class:`MsferError`. ``quality``: the thresholds of the ``quality`` flag (default
-    :class:`msfer.regions.quality.QualityThresholds`).
+    :class:`msfer.faces.quality.QualityThresholds`).
 
-    Cropping follows the model's crop rule (:class:`msfer.regions.crop.CropRule`, recorded in the
+    Cropping follows the model's crop rule (:class:`msfer.faces.crop.CropRule`, recorded in the
     checkpoint or ONNX file; box at scale 1.0 for models without one). ``crop_rule`` (a
-    :class:`~msfer.regions.crop.CropRule`, its dict, or a method name at the model's scale) replaces
+    :class:`~msfer.faces.crop.CropRule`, its dict, or a method name at the model's scale) replaces
     it; ``align`` (True: "roll", False: "box") and ``crop_scale`` then replace its method and scale.
     See the module docstring for the pipeline.
     """
@@ -371,7 +371,7 @@ class EmotionRecognizer:
         self.decision = self.check_decision(decision)
         self.quality = quality or QualityThresholds()
         if detector is None:
-            from ..regions.retinaface import RetinaFaceDetector
+            from ..faces.retinaface import RetinaFaceDetector
 
             detector = RetinaFaceDetector()
         self.detector = detector
@@ -393,7 +393,7 @@ class EmotionRecognizer:
 
     @property
     def crop_scale(self) -> float:
-        """The crop rule's scale (see :class:`msfer.regions.crop.CropRule`)."""
+        """The crop rule's scale (see :class:`msfer.faces.crop.CropRule`)."""
         return self.crop_rule.scale
 
     @property
@@ -500,7 +500,7 @@ class EmotionRecognizer:
 
     def detect(self, arrays: Sequence[np.ndarray]) -> list[list[Face]]:
         """RetinaFace faces per image (original pixels, boxes not clipped), largest first
-        (:func:`msfer.regions.detection.detect_faces`)."""
+        (:func:`msfer.faces.detection.detect_faces`)."""
         return detect_faces(self.detector, arrays, self.detect_size, self.min_face)
 
     def classify_crops(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -521,7 +521,7 @@ class EmotionRecognizer:
 
     def crop_face(self, array: np.ndarray, face) -> tuple[np.ndarray, np.ndarray]:
         """The network-sized crop of one detected face by the crop rule, and the 2 x 3 map from image to crop
-        pixels (:func:`msfer.regions.crop.crop_face`)."""
+        pixels (:func:`msfer.faces.crop.crop_face`)."""
         return crop_by_rule(array, face.box, face.landmarks, self.crop_rule, self.spec.input_size)
 
     def check_decision(self, decision: str | None) -> str:

@@ -12,7 +12,7 @@ A moment reads as its label (by the ``--decision`` rule) unless the label's prob
 below ``--uncertain-below``: then it is **uncertain**, neither in an emotion's share nor in
 "most often". With calibrated probabilities a label of probability p is right about p of the
 time, so the default 0.5 marks the moments whose label is more likely wrong than right.
-A face of low quality (:func:`msfer.regions.quality.face_quality`) is marked **low
+A face of low quality (:func:`msfer.faces.quality.face_quality`) is marked **low
 quality** instead (default), or with ``--min-quality good`` left out of the report. The
 report states the model's calibration figures, or that its probabilities are uncalibrated.
 Times are the video's own frame timestamps (:mod:`msfer.inference.video`). Each file is replaced whole (written beside

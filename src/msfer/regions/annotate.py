@@ -33,12 +33,12 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import MsferError
+from ..faces.retinaface import Face, RetinaFaceDetector, resize_by
 from ..labels import EMOTIONS
 from ..outputs import InputFiles, existing_out_mode, printable
 from .annotations import REJECTED_PREFIX, STATUS_NO_FACE, STATUS_OK, STATUS_UNREADABLE, AnnotationWriter
+from .filter import QualityRules, rejection_reason, select_face
 from .geometry import derive_regions
-from .quality import QualityRules, rejection_reason, select_face
-from .retinaface import Face, RetinaFaceDetector, resize_by
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ class Annotator:
             status=STATUS_OK if reason is None else REJECTED_PREFIX + reason,
             regions={name: [round(v, 2) for v in box] for name, box in regions.items()},
             # The detector's own box, not clipped like regions["face"]: what a crop is framed by, as
-            # inference frames the same detection (msfer.regions.crop).
+            # inference frames the same detection (msfer.faces.crop).
             face_box=[round(float(v), 2) for v in face.box],
             landmarks=np.round(face.landmarks.astype(np.float64), 2).tolist(),
             score=round(face.score, 4),
