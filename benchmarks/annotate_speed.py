@@ -17,8 +17,8 @@ from pathlib import Path
 
 from msfer.data.readers import read_dataset
 from msfer.faces.retinaface import RetinaFaceDetector
-from msfer.regions.annotate import Annotator, decode, prefetched
 from msfer.regions.annotations import AnnotationWriter
+from msfer.regions.annotator import Annotator, decode, prefetched
 
 
 def main() -> None:

@@ -159,7 +159,7 @@ def test_training_sets_never_overlap_a_validation_set(tiny_sets, tmp_path, capsy
 
 def run_training(*args: str) -> dict:
     """``msfer train`` in process, returning its summary."""
-    from msfer.engine import train
+    from msfer.cli import train
 
     parser = argparse.ArgumentParser()
     train.add_arguments(parser)
@@ -239,7 +239,7 @@ def test_a_face_past_the_photos_edge_is_cropped_for_training_as_inference_crops_
     from msfer.engine.photos import largest_face_crops
     from msfer.faces.detection import detect_faces
     from msfer.faces.retinaface import Face
-    from msfer.regions.annotate import Annotator
+    from msfer.regions.annotator import Annotator
 
     photo = np.ascontiguousarray(astronaut[100:350, 205:415])
     found = detect_faces(recognizer.detector, [photo])[0][0]

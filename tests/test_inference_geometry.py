@@ -206,7 +206,7 @@ def test_an_image_that_breaks_detection_costs_only_its_own_record(recognizer, as
 def test_annotate_writes_an_image_that_breaks_detection_as_unreadable(astronaut):
     from msfer.data.samples import Sample
     from msfer.faces.retinaface import RetinaFaceDetector
-    from msfer.regions.annotate import Annotator
+    from msfer.regions.annotator import Annotator
 
     face = np.ascontiguousarray(astronaut[20:260, 120:340])
     images = [face, np.zeros((40, 77, 3), np.uint8), face]

@@ -78,3 +78,13 @@ def test_the_check_sees_imports_inside_functions(tmp_path):
     found = imported_modules("msfer.engine.probe", source)
     assert found == [(2, "msfer.inference.detect_eval"), (3, "msfer")]
     assert [layer(name) for _, name in found] == ["inference", "cli"]  # both above the engine
+
+
+def test_only_the_command_line_parses_arguments():
+    # The library is called with values; turning options into them is the job of msfer.cli alone.
+    parsing = [module for module, path in MODULES.items() if layer(module) != "cli" or module == "msfer"
+               if any(isinstance(node, (ast.Import, ast.ImportFrom))
+                      and "argparse" in ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                                         else [node.module])
+                      for node in ast.walk(ast.parse(path.read_text(), str(path))))]
+    assert not parsing, f"argparse imported outside msfer.cli: {parsing}"

@@ -7,8 +7,8 @@ import pytest
 
 from msfer.data.readers import read_dataset
 from msfer.faces.retinaface import RetinaFaceDetector
-from msfer.regions.annotate import LOW_SCORE, Annotator, decode
 from msfer.regions.annotations import STATUS_NO_FACE, STATUS_OK, STATUS_UNREADABLE
+from msfer.regions.annotator import LOW_SCORE, Annotator, decode
 
 pytestmark = pytest.mark.realdata
 

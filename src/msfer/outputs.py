@@ -19,7 +19,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 from typing import Iterable
@@ -123,14 +122,3 @@ def existing_out_mode(path: Path | None, resume: bool, overwrite: bool, resumabl
         raise MsferError(f"--out {printable(path)} already exists: add --overwrite to replace it")
     raise MsferError(f"--out {printable(path)} already exists: add --resume to continue it (the inputs already in it "
                      "are skipped) or --overwrite to replace it")
-
-
-def file_argument(text: str) -> Path:
-    """The argparse ``type`` of an output file's option: refuses a name ending in ``/``, which names a folder.
-
-    ``Path("models/")`` is ``Path("models")``: without this the slash would be lost and a
-    file named ``models`` written.
-    """
-    if text.endswith(("/", os.sep)):
-        raise argparse.ArgumentTypeError(f"{printable(text)} ends in {os.sep}, so it names a folder; give a file")
-    return Path(text)

@@ -1,7 +1,7 @@
 """Evaluation of a model on a dataset split of face crops: predictions and their metrics.
 
 :func:`predict_split` is the validation step of ``msfer train`` and the crop evaluation of
-``msfer evaluate`` (whose command module is :mod:`msfer.inference.evaluate`: it also
+``msfer evaluate`` (:mod:`msfer.inference.evaluate`, which also
 evaluates whole photos through the inference pipeline, which this layer does not import).
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``msfer train``: train a model from a YAML config (after torchvision's references/detection/train.py).
+"""Training a model from a YAML config (``msfer train``; after torchvision's references/detection/train.py).
 
     msfer train --config configs/cpu.yaml [key.sub=value ...] [--output-dir DIR]
     msfer train --resume runs/cpu [key.sub=value ...]          # continue exactly where it stopped
@@ -41,10 +41,8 @@ Design choices:
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import functools
-import importlib.util
 import logging
 import os
 import random
@@ -73,8 +71,8 @@ from ..faces.crop import DEFAULT_CROP_RULE, CropRule
 from ..files import write_atomic
 from ..labels import EMOTIONS, NUM_EMOTIONS
 from .augment import BatchAugment
-from .checkpoint import crop_rule, describe, load_checkpoint, load_model, resolve_checkpoint, save_checkpoint
-from .config import Config, load_config, save_config, validation_name
+from .checkpoint import crop_rule, describe, load_checkpoint, load_model, save_checkpoint
+from .config import Config, save_config, validation_name
 from .datasets import ConcatFaceDataset, FaceDataset
 from .distributed import (
     DistInfo,
@@ -97,58 +95,23 @@ CSV_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_overall_accuracy", "
 RUN_FILES = ("config.yaml", "metrics.csv", "curves.png", "best.pt", "last.pt")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="YAML config (see configs/); may name _base_ files")
-    parser.add_argument("opts", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides, e.g. train.lr=3e-4 data.root=/data/fer2013 (values parsed as YAML)")
-    parser.add_argument("--resume", type=Path, metavar="PATH_OR_DIR",
-                        help="continue from a checkpoint, or a run directory's last.pt, with its config "
-                             "(plus overrides)")
-    parser.add_argument("--output-dir", type=Path, help="where the run writes (overrides the config's output_dir)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="start a new run in a directory that holds one: its checkpoints, metrics.csv, config.yaml "
-                             "and TensorBoard events are removed first")
-    parser.add_argument("--test-only", action="store_true",
-                        help="only evaluate the --resume checkpoint on the validation split, then exit")
-
-
-def run(args: argparse.Namespace) -> int:
-    main(args)
-    return 0
-
-
-def main(args: argparse.Namespace) -> dict[str, Any]:
-    """Train (or, with ``--test-only``, evaluate); return the summary (best epoch and its validation metrics)."""
-    checkpoint = None
-    if args.resume is not None:
-        if args.config is not None:
-            raise MsferError("--resume continues a run with its own config: drop --config, pass changes as key=value")
-        checkpoint = load_checkpoint(args.resume)
-        config = load_config(overrides=args.opts, base=checkpoint["config"])
-        output_dir = args.output_dir or resolve_checkpoint(args.resume).parent
-    elif args.config is not None:
-        config = load_config(args.config, args.opts)
-        output_dir = args.output_dir or Path(config["output_dir"])
-    else:
-        raise MsferError("give --config FILE for a new run, or --resume PATH to continue one")
-    config["output_dir"] = str(output_dir)
-    if not args.test_only and importlib.util.find_spec("tensorboard") is None:  # fail before any data is read
-        raise MsferError("msfer train writes TensorBoard logs: install what training needs with "
-                         "pip install 'msfer[train]' (or pip install tensorboard)")
-
+def train(config: Config, output_dir: Path, checkpoint: dict | None = None, overwrite: bool = False,
+          test_checkpoint: Path | None = None) -> dict[str, Any]:
+    """Train a run into ``output_dir`` (continuing ``checkpoint``, a loaded ``last.pt``, when given; ``overwrite``
+    removes an earlier run's files first), or with ``test_checkpoint`` only evaluate that checkpoint. Starts and
+    ends the process group when launched by torchrun. Returns the summary (best epoch and its validation metrics).
+    """
     device = resolve_device(config["train"]["device"])
     info = init_distributed(str(device))
     if device.type == "cuda" and info.enabled:
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
     try:
-        if args.test_only:
-            if args.resume is None:
-                raise MsferError("--test-only evaluates a checkpoint: give it with --resume PATH")
-            return test_only(config, resolve_checkpoint(args.resume, prefer="best.pt"), Path(output_dir), device, info)
+        if test_checkpoint is not None:
+            return test_only(config, test_checkpoint, Path(output_dir), device, info)
         trainer = Trainer(config, Path(output_dir), device, info, checkpoint)
         if checkpoint is None and info.is_main:
-            trainer.claim_output_dir(args.overwrite)
+            trainer.claim_output_dir(overwrite)
         return trainer.fit()
     finally:
         cleanup_distributed()

@@ -1,4 +1,4 @@
-"""``msfer export``: the emotion network as an ONNX file that runs without PyTorch.
+"""The emotion network as an ONNX file that runs without PyTorch (``msfer export``).
 
 The graph has one input, ``images`` (N x 3 x S x S float32, normalised as
 ``mean``/``std`` say), a dynamic batch dimension, and the eval outputs of the
@@ -17,14 +17,9 @@ so the file is self-describing like a checkpoint. The
 calibration itself is part of the graph (the model's ``logit_scale``/``logit_bias``), so
 ``logits`` are calibrated. Exported with PyTorch's TorchScript-based exporter, which needs no
 extra package (the newer dynamo exporter needs ``onnxscript``).
-
-``--out`` follows :mod:`msfer.outputs`: an existing file is replaced only with ``--overwrite``,
-never when it is the checkpoint read (by path, symbolic or hard link), a folder is refused,
-and the file appears whole or not at all.
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import warnings
@@ -33,8 +28,7 @@ from pathlib import Path
 from ..errors import MsferError
 from ..files import atomic_output
 from ..labels import EMOTIONS
-from ..outputs import InputFiles, existing_out_mode, file_argument
-from .options import add_model_arguments
+from ..outputs import InputFiles, existing_out_mode
 
 OUTPUT_NAMES = ("logits", "boxes", "box_scores", "fallback")
 DEFAULT_OPSET = 17
@@ -119,19 +113,3 @@ def export_onnx(weights: str | Path | None, out: str | Path, opset: int = DEFAUL
     with atomic_output(out) as temporary:
         temporary.write_bytes(data)
     return out
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--format", choices=["onnx"], default="onnx", help="export format (only onnx)")
-    parser.add_argument("--out", required=True, type=file_argument, help="the file to write, e.g. model.onnx")
-    parser.add_argument("--overwrite", action="store_true", help="--out exists: replace it")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
-                        help=f"ONNX opset, 17 or newer (default {DEFAULT_OPSET})")
-    # The export traces the PyTorch model on the CPU: --device and --backend would change nothing.
-    add_model_arguments(parser, device=False, backend=False)
-
-
-def run(args: argparse.Namespace) -> int:
-    out = export_onnx(args.weights, args.out, args.opset, overwrite=args.overwrite)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, opset {args.opset}, dynamic batch)")
-    return 0

@@ -23,7 +23,6 @@ folder never mixes two reports; only files that the earlier ``report.html`` show
 """
 from __future__ import annotations
 
-import argparse
 import html
 import re
 import sys
@@ -35,13 +34,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..errors import MsferError
-from ..files import atomic_output, refuse_file_as_folder, write_text, writing
+from ..files import atomic_output, write_text, writing
 from ..labels import EMOTIONS
 from ..outputs import InputFiles, printable
-from .options import add_decision_argument, add_model_arguments, check_at_least_one, model_options
 from .predict import ResultWriter
-from .recognizer import DEFAULT_MIN_FACE, EmotionRecognizer
+from .recognizer import EmotionRecognizer
 from .video import VideoFrame, VideoSource, predict_video
 
 DISCLAIMER_LEAD = "This report is a research aid, not a diagnosis."  # stated once, in bold on the page
@@ -300,55 +297,16 @@ img {{ max-width: 100%; display: block; margin: 0.5em 0; }}
     return path
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("video", type=Path, metavar="VIDEO", help="the video file to analyse")
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR",
-                        help="folder for report.html, its plots and frames.jsonl")
-    parser.add_argument("--every", type=int, default=1, metavar="N", help="process every N-th frame (default 1, all)")
-    parser.add_argument("--smooth", type=float, default=0.6, metavar="FACTOR",
-                        help="weight of the past in each face's moving average of probabilities, in [0, 1); 0 is off "
-                             "(default 0.6)")
-    parser.add_argument("--detect-size", type=int, default=640,
-                        help="longest side of the copy the face detector sees (default 640)")
-    parser.add_argument("--min-face", type=float, default=DEFAULT_MIN_FACE, metavar="PX",
-                        help=f"smallest face (pixels) to find in large frames (default {DEFAULT_MIN_FACE:g}; "
-                             "0: no finer pass)")
-    parser.add_argument("--uncertain-below", type=float, default=DEFAULT_UNCERTAIN_BELOW, metavar="P",
-                        help="a moment whose label has a probability below P is shown as uncertain, not as that "
-                             f"emotion (default {DEFAULT_UNCERTAIN_BELOW:g}: with calibrated probabilities, the labels "
-                             "more likely wrong than right; 0 turns it off)")
-    parser.add_argument("--min-quality", choices=MIN_QUALITY, default="low",
-                        help="'low' (default) keeps low-quality faces, marked as such; 'good' leaves them out")
-    add_decision_argument(parser)
-    add_model_arguments(parser)
-
-
-def run(args: argparse.Namespace) -> int:
-    if not 0.0 <= args.smooth < 1.0:
-        raise MsferError(f"--smooth must be in [0, 1), got {args.smooth}")
-    if not 0.0 <= args.uncertain_below <= 1.0:
-        raise MsferError(f"--uncertain-below must be in [0, 1], got {args.uncertain_below}")
-    check_at_least_one(args, "every")
-    refuse_file_as_folder(args.out, "--out")
-    # Refused before the work, not after: the fixed names, and any timeline_<N>.png.
-    inputs = InputFiles([args.video])
-    for name in report_files([]):
-        inputs.refuse(args.out / name, "--out")
-    if args.video.name.startswith("timeline_") and args.video.suffix == ".png":
-        inputs.refuse(args.out / args.video.name, "--out")
-    recognizer = EmotionRecognizer(**model_options(args), detect_size=args.detect_size, min_face=args.min_face,
-                                   decision=args.decision)
-    with (VideoSource(args.video) as video,
-          tqdm(total=video.frame_count, desc=printable(args.video.name), unit="frame") as progress):
+def processed_frames(recognizer: EmotionRecognizer, path: Path, every: int = 1,
+                     smooth: float = 0.0) -> list[VideoFrame]:
+    """The processed frames of the video at ``path`` (every ``every``-th, tracked and smoothed), without their
+    images: only the results are kept, so memory stays flat on long videos."""
+    with (VideoSource(path) as video,
+          tqdm(total=video.frame_count, desc=printable(Path(path).name), unit="frame") as progress):
         frames = []
-        for frame in predict_video(recognizer, video, args.every, args.smooth):
+        for frame in predict_video(recognizer, video, every, smooth):
             if frame.processed:
-                frame.image = None  # only the results are needed: keeps memory flat on long videos
+                frame.image = None
                 frames.append(frame)
             progress.update()
-    settings = {"model": args.weights or "bundled", "every": args.every, "smoothing": args.smooth,
-                "decision": args.decision, "uncertain below": args.uncertain_below, "min quality": args.min_quality}
-    path = write_report(args.video, frames, args.out, settings, args.uncertain_below, args.min_quality,
-                        recognizer.calibration)
-    print(f"wrote {printable(path)}")
-    return 0
+    return frames
