@@ -33,8 +33,8 @@ VIDEO_FRAMES = 100
 
 
 def random_checkpoint(folder: Path, name: str = "msfer_mobilenetv2") -> Path:
-    from msfer.engine.checkpoint import describe, save_checkpoint
     from msfer.model import build_model
+    from msfer.model.checkpoint import describe, save_checkpoint
 
     config = {"name": name, "pretrained": False}
     model = build_model(config)

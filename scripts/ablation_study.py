@@ -63,11 +63,11 @@ def score(run: Path, data: Path, annotations: Path, tcce: Path | None, pseudo: b
     import torch
 
     from msfer.data.readers import read_dataset
-    from msfer.engine.checkpoint import load_model
     from msfer.engine.datasets import FaceDataset
     from msfer.engine.evaluate import predict_split, split_metrics
     from msfer.inference.detect_eval import predict_with_detection
     from msfer.inference.recognizer import EmotionRecognizer
+    from msfer.model.checkpoint import load_model
     from msfer.regions.annotations import load_annotations
 
     torch.set_num_threads(os.cpu_count() or 1)

@@ -53,13 +53,13 @@ from msfer.engine.calibration import (
     choose_calibration,
     decide,
 )
-from msfer.engine.checkpoint import export_weights, load_checkpoint, load_model, resolve_checkpoint, save_checkpoint
 from msfer.engine.datasets import FaceDataset
 from msfer.engine.evaluate import predict_split, split_metrics
 from msfer.engine.metrics import compute_metrics
 from msfer.engine.prior import choose_tau, stratified_halves, unfold_adjustment
 from msfer.errors import MsferError
 from msfer.labels import EMOTIONS
+from msfer.model.checkpoint import export_weights, load_checkpoint, load_model, resolve_checkpoint, save_checkpoint
 from msfer.regions.annotations import load_annotations
 from msfer.weights import BUNDLED_MODEL, BUNDLED_RECORD, fixed_sample
 

@@ -306,7 +306,7 @@ def run_v2(args: argparse.Namespace, data: Path, runs: Path, deadline: float, su
                            f"train.epochs={epochs}", f"train.max_minutes={seconds / 60:.2f}",
                            *[f"{k}={v}" for k, v in overrides.items()], log=runs / "v2.log"))])
     summary["epochs_trained"] = len((run / "metrics.csv").read_text().splitlines()) - 1
-    from msfer.engine.checkpoint import export_weights, load_checkpoint
+    from msfer.model.checkpoint import export_weights, load_checkpoint
 
     summary["best_epoch"] = load_checkpoint(run / "best.pt").get("epoch")
     export_weights(run / "best.pt", args.out / "trained.pt", half=True)  # kept even if bundling fails

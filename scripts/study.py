@@ -61,7 +61,7 @@ def log_of(run: Path) -> Path:
 
 def trained_epochs(run: Path) -> int:
     """Epochs in ``run/last.pt`` (0 if there is none)."""
-    from msfer.engine.checkpoint import load_checkpoint
+    from msfer.model.checkpoint import load_checkpoint
 
     return int(load_checkpoint(run / "last.pt")["epoch"]) if (run / "last.pt").exists() else 0
 

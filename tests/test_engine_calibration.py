@@ -73,14 +73,14 @@ def test_balanced_decision_changes_labels_never_probabilities():
 
 
 def calibrated_copy(random_weights, tmp_path, scale, bias, offsets):
-    from msfer.engine.checkpoint import load_checkpoint, save_checkpoint
+    from msfer.model.checkpoint import load_checkpoint, save_checkpoint
 
     checkpoint = C.calibrated_checkpoint(load_checkpoint(random_weights), scale, bias, offsets, {"method": "vector"})
     return save_checkpoint(checkpoint, tmp_path / "calibrated.pt")
 
 
 def test_the_network_applies_its_calibration_and_old_files_load_as_identity(random_weights, tmp_path):
-    from msfer.engine.checkpoint import load_checkpoint, load_model, save_checkpoint
+    from msfer.model.checkpoint import load_checkpoint, load_model, save_checkpoint
 
     scale, bias = [2.0, 1.0, 0.5, 1.5, 1.0, 3.0, 1.0], [0.1, -0.2, 0.0, 0.3, 0.0, -0.1, -0.1]
     path = calibrated_copy(random_weights, tmp_path, scale, bias, [0.0] * 7)
@@ -102,8 +102,8 @@ def test_pytorch_and_onnx_runtime_apply_the_same_calibration(random_weights, tmp
     pytest.importorskip("onnx")
     import onnxruntime
 
-    from msfer.engine.checkpoint import load_model
     from msfer.inference.export import export_onnx
+    from msfer.model.checkpoint import load_model
 
     path = calibrated_copy(random_weights, tmp_path, [3.0, 1.0, 0.5, 1.5, 1.0, 2.0, 1.0],
                            [0.5, -0.2, 0, 0.3, 0, -0.3, -0.3], [0.0] * 7)

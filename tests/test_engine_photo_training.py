@@ -278,9 +278,9 @@ def test_a_face_past_the_photos_edge_is_cropped_for_training_as_inference_crops_
 ])
 def test_a_crop_rule_no_training_set_is_cropped_by_is_said_at_the_start(tiny_sets, tmp_path, caplog, crop_rule,
                                                                          cropped, warned):
-    from msfer.engine.checkpoint import describe
     from msfer.engine.config import load_config
-    from msfer.engine.train import Trainer
+    from msfer.engine.trainer import Trainer
+    from msfer.model.checkpoint import describe
 
     overrides = [*TINY, f"data.root={tiny_sets / 'crops'}", f"data.crop_rule={crop_rule}"]
     if cropped:
@@ -288,7 +288,7 @@ def test_a_crop_rule_no_training_set_is_cropped_by_is_said_at_the_start(tiny_set
                          f"weight: 0.25, crop: true, annotations: {tiny_sets / 'photos' / 'regions.jsonl'}}}]")
     config = load_config(os.devnull, overrides)
     rule = CropRule.from_dict(config["data"]["crop_rule"])
-    with caplog.at_level(logging.WARNING, logger="msfer.engine.train"):
+    with caplog.at_level(logging.WARNING, logger="msfer.engine.trainer"):
         trainer = Trainer(config, tmp_path / "run", torch.device("cpu"), DistInfo(), None)
     said = "the rule is used only at inference and in the photo validation" in caplog.text
     assert said == warned, caplog.text

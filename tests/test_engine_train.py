@@ -14,9 +14,9 @@ import yaml
 from PIL import Image
 
 from msfer.cli import main as cli
-from msfer.engine.checkpoint import export_weights, load_model
 from msfer.errors import MsferError
 from msfer.labels import EMOTIONS
+from msfer.model.checkpoint import export_weights, load_model
 
 # The fastest real model: MobileNetV2 classifier from scratch at 32 px.
 TINY = ["model.name=classifier_mobilenetv2", "model.pretrained=false", "model.input_size=32",
@@ -137,7 +137,7 @@ def test_holdout_validates_on_the_stratified_part_of_the_training_split(tiny_dat
     from msfer.data.readers import read_dataset
     from msfer.data.splits import stratified_split
     from msfer.engine.config import load_config
-    from msfer.engine.train import role_samples
+    from msfer.engine.datasets import role_samples
 
     holdout = ["data.val_split=null", "data.holdout={fraction: 1/4, seed: 5}"]
     data = load_config(overrides=[*TINY, f"data.root={tiny_data}", *holdout])["data"]
@@ -207,7 +207,7 @@ def uninterrupted(tiny_data, tmp_path_factory) -> Path:
 
 def assert_consistent(run: Path, reference: Path, epochs: int) -> None:
     """One row per epoch, best.pt = the best epoch the run records, and the same numbers as the reference run."""
-    from msfer.engine.checkpoint import load_checkpoint
+    from msfer.model.checkpoint import load_checkpoint
 
     rows, expected = read_csv(run / "metrics.csv"), read_csv(reference / "metrics.csv")
     assert [row["epoch"] for row in rows] == [str(e) for e in range(1, epochs + 1)]
@@ -246,7 +246,7 @@ def fail_writing(monkeypatch, name: str) -> None:
 @pytest.mark.parametrize("killed_at", ["metrics.csv", "best.pt", "last.pt"])
 def test_a_kill_during_a_commit_resumes_consistently(tiny_data, uninterrupted, tmp_path, killed_at, capsys,
                                                      monkeypatch):
-    from msfer.engine.checkpoint import load_checkpoint
+    from msfer.model.checkpoint import load_checkpoint
 
     run = tmp_path / "run"
     # Epoch 1 committed (the time budget stops the run there).
@@ -267,7 +267,7 @@ def test_a_kill_during_a_commit_resumes_consistently(tiny_data, uninterrupted, t
 
 @pytest.mark.parametrize("killed_at", ["best.pt", "last.pt"])
 def test_a_kill_during_the_first_commit_says_start_over(tiny_data, tmp_path, killed_at, capsys, monkeypatch):
-    from msfer.engine.checkpoint import load_checkpoint
+    from msfer.model.checkpoint import load_checkpoint
 
     run = tmp_path / "run"
     one_epoch = ["--output-dir", str(run), "--config", os.devnull, *TINY, f"data.root={tiny_data}", "train.epochs=1"]

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from msfer import EmotionRecognizer
-from msfer.engine.checkpoint import crop_rule, describe, load_model, save_checkpoint
 from msfer.faces.crop import CropRule, crop_face
 from msfer.model import build_model
+from msfer.model.checkpoint import crop_rule, describe, load_model, save_checkpoint
 
 CONFIG = {"name": "msfer_mobilenetv2", "pretrained": False}
 

@@ -14,10 +14,10 @@ from PIL import Image
 
 from msfer.cli import main
 from msfer.engine.calibration import calibrated_checkpoint
-from msfer.engine.checkpoint import load_checkpoint, save_checkpoint
 from msfer.errors import MsferError
 from msfer.inference.recognizer import EmotionRecognizer
 from msfer.labels import EMOTIONS
+from msfer.model.checkpoint import load_checkpoint, save_checkpoint
 
 CALIBRATION_RECORD = {
     "method": "temperature",

@@ -14,7 +14,7 @@ from msfer.cli import main
 from msfer.errors import MsferError
 from msfer.inference.recognizer import EmotionRecognizer, FaceResult
 from msfer.inference.report import EMOTION_COLORS
-from msfer.inference.tracking import FaceTracker, box_iou
+from msfer.inference.tracking import FaceTracker
 from msfer.inference.video import VideoSource, predict_video
 from msfer.labels import EMOTIONS
 
@@ -25,11 +25,15 @@ def face(box, label: str = "happy", p: float = 0.7) -> FaceResult:
 
 
 def test_box_iou():
-    a = np.array([[0, 0, 10, 10]], float)
-    b = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]], float)
-    assert np.allclose(box_iou(a, b), [[1.0, 50 / 150, 0.0]])
-    point = np.array([[5, 5, 5, 5]], float)  # zero area: IoU 0 with everything (torchvision's 0 / 0 is NaN)
-    assert box_iou(point, np.vstack([point, a])).tolist() == [[0.0, 0.0]]
+    import torch
+
+    from msfer.model.boxes import box_iou
+
+    a = torch.tensor([[0, 0, 10, 10]], dtype=torch.float64)
+    b = torch.tensor([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]], dtype=torch.float64)
+    assert np.allclose(box_iou(a, b).numpy(), [[1.0, 50 / 150, 0.0]])
+    point = torch.tensor([[5, 5, 5, 5]], dtype=torch.float64)  # zero area: IoU 0 with everything (torchvision: NaN)
+    assert box_iou(point, torch.cat([point, a])).tolist() == [[0.0, 0.0]]
 
 
 def test_tracker_keeps_ids_of_moving_faces_and_ends_lost_tracks():

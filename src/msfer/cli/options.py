@@ -64,7 +64,7 @@ def model_options(args: argparse.Namespace) -> dict:
         if device not in ("auto", "cpu"):
             raise MsferError(f"--backend onnx runs on the CPU (ONNX Runtime): drop --device {device}")
         return {"weights": args.weights, "device": "cpu", "backend": backend}
-    from ..engine.evaluate import resolve_device
+    from ..engine.runtime import resolve_device
 
     return {"weights": args.weights, "device": str(resolve_device(device)), "backend": backend}
 

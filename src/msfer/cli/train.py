@@ -1,4 +1,4 @@
-"""``msfer train``: train a model from a YAML config (:mod:`msfer.engine.train`).
+"""``msfer train``: train a model from a YAML config (:mod:`msfer.engine.trainer`).
 
     msfer train --config configs/cpu.yaml [key.sub=value ...] [--output-dir DIR]
     msfer train --resume runs/cpu [key.sub=value ...]          # continue exactly where it stopped
@@ -12,10 +12,10 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from ..engine.checkpoint import load_checkpoint, resolve_checkpoint
 from ..engine.config import load_config
-from ..engine.train import train
+from ..engine.trainer import train
 from ..errors import MsferError
+from ..model.checkpoint import load_checkpoint, resolve_checkpoint
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -223,7 +223,7 @@ def calibrated_checkpoint(checkpoint: dict, scale: Sequence[float], bias: Sequen
     """A copy of ``checkpoint`` whose model applies ``scale``/``bias`` to its logits and carries the
     ``balanced_offsets`` of the balanced decision rule (7 values each, ``EMOTIONS`` order);
     ``record`` (how they were chosen) is kept as ``calibration``."""
-    from .checkpoint import model_state
+    from ..model.checkpoint import model_state
 
     values = {"logit_scale": scale, "logit_bias": bias, "balanced_offsets": balanced_offsets}
     for name, value in values.items():

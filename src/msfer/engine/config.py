@@ -120,7 +120,7 @@ DEFAULTS: Config = {
         "channels_last": False,
         "ema": None,  # decay of an exponential moving average of the weights (e.g. 0.999); null: off
         "seed": 0,
-        "max_minutes": None,  # time budget, see msfer.engine.train
+        "max_minutes": None,  # time budget, see msfer.engine.trainer
         "val_every": 1,  # validate every N epochs (and always after the last)
         "select_metric": "mean_class_accuracy",  # overall_accuracy | mean_class_accuracy
         "device": "auto",  # auto | cpu | cuda | cuda:N

@@ -14,28 +14,13 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from ..data.transforms import model_input
-from ..errors import MsferError
 from ..labels import EMOTIONS
 from .augment import predict_probs
 from .calibration import DECISION_RULES, calibration_metrics, decide
 from .datasets import FaceDataset
 from .distributed import DistInfo, all_gather_objects, shard_indices
 from .metrics import compute_metrics, region_detection
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MsferError(f"device {name!r} asked for, but CUDA is not available here (use --device cpu)")
-    return torch.device(name)
-
-
-def autocast(device: torch.device, amp: str | bool):
-    """bf16/fp16 autocast on CUDA when ``amp`` names one; a no-op context otherwise."""
-    enabled = bool(amp) and device.type == "cuda"
-    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
+from .runtime import autocast
 
 
 @torch.no_grad()

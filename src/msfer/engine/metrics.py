@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from ..files import atomic_output, write_text
+from ..model.boxes import box_iou_pairs
 
 
 def compute_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[str]) -> dict:
@@ -42,19 +43,6 @@ def compute_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes: Seque
         },
         "confusion_matrix": matrix.tolist(),
     }
-
-
-def box_iou_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of corresponding boxes (``... x 4`` each, ``x1, y1, x2, y2``).
-
-    Element by element, which :func:`torchvision.ops.box_iou` (every pair of two sets) is not.
-    """
-    width = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
-    height = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
-    intersection = width * height
-    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    return intersection / np.maximum(area_a + area_b - intersection, 1e-9)
 
 
 def average_precision(scores: np.ndarray, hits: np.ndarray, num_truths: int) -> float:

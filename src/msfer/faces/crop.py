@@ -3,7 +3,7 @@
 Training (photo sets cropped from their ``msfer annotate`` records, :mod:`msfer.engine.datasets`),
 the training's photo validation and inference (:class:`msfer.inference.EmotionRecognizer`) all
 crop with :func:`crop_face`, so a model sees faces framed the same way in training and in use.
-A model's checkpoint carries its rule (``crop_rule``, written by :func:`msfer.engine.checkpoint.describe`
+A model's checkpoint carries its rule (``crop_rule``, written by :func:`msfer.model.checkpoint.describe`
 from the training config's ``data.crop_rule``); checkpoints without one use :data:`DEFAULT_CROP_RULE`.
 
 Methods (:class:`CropRule`):

@@ -38,9 +38,9 @@ def evaluate_crops(read_samples: Callable[[], list], weights: Path, device: str,
     """
     import torch
 
-    from ..engine.checkpoint import load_model
     from ..engine.datasets import FaceDataset
     from ..engine.evaluate import predict_split, split_metrics
+    from ..model.checkpoint import load_model
     from ..regions.annotations import load_annotations
 
     device = torch.device(device)
@@ -67,7 +67,7 @@ def evaluate_crops(read_samples: Callable[[], list], weights: Path, device: str,
 
 def _check_has_regions(weights: Path) -> None:
     """Refuse ``--region-source pseudo`` for a model that uses no regions (a plain classifier), naming its file."""
-    from ..engine.checkpoint import load_checkpoint
+    from ..model.checkpoint import load_checkpoint
     from ..model.registry import resolve_config
 
     config = resolve_config(load_checkpoint(weights, prefer="best.pt")["config"]["model"])

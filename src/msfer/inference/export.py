@@ -96,7 +96,7 @@ def export_onnx(weights: str | Path | None, out: str | Path, opset: int = DEFAUL
 
     An existing ``out`` is replaced only with ``overwrite``, and never when it is the checkpoint.
     """
-    from ..engine.checkpoint import resolve_checkpoint
+    from ..model.checkpoint import resolve_checkpoint
     from ..weights import default_weights_path
     from .recognizer import TorchBackend
 

@@ -178,7 +178,7 @@ class TorchBackend:
     def __init__(self, weights: Path, device: str) -> None:
         import torch
 
-        from ..engine.checkpoint import load_model
+        from ..model.checkpoint import load_model
 
         self.torch = torch
         self.device = torch.device(device)

@@ -41,39 +41,23 @@ Design choices:
 """
 from __future__ import annotations
 
-import csv
-import functools
 import logging
-import os
-import random
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.optim.lr_scheduler import (
-    ConstantLR,
-    CosineAnnealingLR,
-    LambdaLR,
-    LinearLR,
-    LRScheduler,
-    OneCycleLR,
-    SequentialLR,
-)
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..errors import MsferError
 from ..faces.crop import DEFAULT_CROP_RULE, CropRule
-from ..files import write_atomic
 from ..labels import EMOTIONS, NUM_EMOTIONS
+from ..model.checkpoint import crop_rule, describe, load_model, save_checkpoint
 from .augment import BatchAugment
-from .checkpoint import crop_rule, describe, load_checkpoint, load_model, save_checkpoint
 from .config import Config, save_config, validation_name
-from .datasets import ConcatFaceDataset, FaceDataset
+from .datasets import ConcatFaceDataset, FaceDataset, build_datasets
 from .distributed import (
     DistInfo,
     EpochSampler,
@@ -82,18 +66,14 @@ from .distributed import (
     init_distributed,
     mean_over_ranks,
 )
-from .evaluate import autocast, predict_split, resolve_device, split_metrics
-from .metrics import format_table, plot_learning_curves, write_report
+from .evaluate import predict_split, split_metrics
+from .metrics import format_table, write_report
+from .optim import build_optimizer, build_scheduler, check_schedule_unchanged, ema_model, restore_scheduler
 from .photos import PhotoValidation, photo_samples
+from .run_dir import claim_output_dir, committed_rows, reconcile_best, remove_interrupted_writes, write_rows
+from .runtime import autocast, epoch_seed, resolve_device, restore_rng_states, rng_states, seed_everything
 
 log = logging.getLogger(__name__)
-
-CSV_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_overall_accuracy", "val_mean_class_accuracy", "lr",
-              "epoch_seconds", "train_images_per_second", "photo_val_overall_accuracy",
-              "photo_val_mean_class_accuracy", "photo_val_faces_missed")
-# What a run writes in its output directory (and --overwrite removes): nothing else there is touched.
-RUN_FILES = ("config.yaml", "metrics.csv", "curves.png", "best.pt", "last.pt")
-
 
 def train(config: Config, output_dir: Path, checkpoint: dict | None = None, overwrite: bool = False,
           test_checkpoint: Path | None = None) -> dict[str, Any]:
@@ -117,273 +97,16 @@ def train(config: Config, output_dir: Path, checkpoint: dict | None = None, over
         cleanup_distributed()
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def rng_states() -> dict[str, Any]:
-    """The global RNG states, in the plain types a weights-only checkpoint holds (lists, ints, tensors)."""
-    version, internal, gauss = random.getstate()
-    _, key, position, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
-    return {
-        "python": [version, list(internal), gauss],
-        # The Mersenne Twister key is uint32: int64 holds every value exactly.
-        "numpy": {"key": torch.from_numpy(key.astype(np.int64)), "pos": int(position), "has_gauss": int(has_gauss),
-                  "gauss": float(cached_gaussian)},
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def restore_rng_states(states: dict[str, Any]) -> None:
-    """Set the states :func:`rng_states` saved (also the tuple-and-array form of older checkpoints)."""
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
-    numpy_state = states["numpy"]
-    if isinstance(numpy_state, dict):
-        numpy_state = ("MT19937", numpy_state["key"].numpy().astype(np.uint32), numpy_state["pos"],
-                       numpy_state["has_gauss"], numpy_state["gauss"])
-    np.random.set_state(numpy_state)
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def epoch_seed(*keys: int) -> int:
-    """A well-mixed 63-bit seed from integers (e.g. seed, epoch, rank)."""
-    return int(np.random.SeedSequence(list(keys)).generate_state(2, np.uint64)[0] >> np.uint64(1))
-
-
-def ema_model(model: torch.nn.Module, decay: float) -> AveragedModel:
-    """An exponential moving average of ``model``'s weights and floating-point buffers, kept as a model.
-
-    torch's :class:`~torch.optim.swa_utils.AveragedModel` with :func:`~torch.optim.swa_utils.get_ema_multi_avg_fn`:
-    after each ``update_parameters(model)``, ``average = decay * average + (1 - decay) * model``. It starts
-    as a copy of ``model`` (AveragedModel copies at its first update, which is done here). Integer buffers
-    (BatchNorm's step counters) are copied, not averaged. ``.module`` is the averaged network.
-    """
-    average = get_ema_multi_avg_fn(decay)
-
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], count: torch.Tensor) -> None:
-        if averaged[0].is_floating_point():
-            average(averaged, current, count)
-        else:  # torch's EMA would average the counters and truncate them
-            for target, value in zip(averaged, current):
-                target.copy_(value)
-
-    ema = AveragedModel(model, multi_avg_fn=update, use_buffers=True)
-    ema.update_parameters(model)
-    return ema.requires_grad_(False)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, train: Config, steps_per_epoch: int) -> LRScheduler:
-    """The learning-rate schedule of ``train`` (the config section), stepped once per batch.
-
-    ``onecycle``: :class:`~torch.optim.lr_scheduler.OneCycleLR` with ``warmup_epochs`` as its rising phase.
-    ``cosine`` and ``none``: a linear warm-up from 1% to 100% of ``train.lr`` over ``warmup_epochs``
-    (:class:`~torch.optim.lr_scheduler.LinearLR`), then cosine decay to 0 by the last step
-    (:class:`~torch.optim.lr_scheduler.CosineAnnealingLR`) or constant, joined by
-    :class:`~torch.optim.lr_scheduler.SequentialLR`.
-    """
-    total = train["epochs"] * steps_per_epoch
-    warmup = int(train["warmup_epochs"] * steps_per_epoch)
-    if train["schedule"] == "onecycle":
-        # At least 1% of the steps and at least 2: OneCycleLR divides by (pct_start * total - 1), zero for
-        # exactly one rising step (a short run, or 1% of 100 steps without warm-up)
-        return OneCycleLR(optimizer, max_lr=train["lr"], total_steps=total,
-                          pct_start=min(max(warmup, round(0.01 * total), 2) / total, 0.99))
-    if train["schedule"] == "cosine":
-        after = CosineAnnealingLR(optimizer, T_max=max(total - warmup, 1))
-    else:
-        after = ConstantLR(optimizer, factor=1.0, total_iters=0)
-    if warmup == 0:
-        return after
-    ramp = LinearLR(optimizer, start_factor=0.01, end_factor=1.0, total_iters=warmup)
-    return SequentialLR(optimizer, [ramp, after], milestones=[warmup])
-
-
-def restore_scheduler(scheduler: LRScheduler, train: Config, steps_per_epoch: int,
-                      state: dict[str, Any]) -> LRScheduler:
-    """``scheduler`` (of :func:`build_scheduler`) moved to the step a checkpoint's ``state`` was saved at.
-
-    Call it after the optimizer's state is loaded: the optimizer holds the current rate, which the
-    chained schedulers (warm-up, cosine) step from. ``state`` is the scheduler's ``state_dict()``. The
-    cosine and constant schedules were once a ``LambdaLR``; such a state is replayed step by step from
-    the start, which gives the same rates. Returns the scheduler to use from now on.
-    """
-    if "lr_lambdas" not in state or isinstance(scheduler, LambdaLR):
-        scheduler.load_state_dict(state)
-        return scheduler
-    optimizer = scheduler.optimizer
-    for group in optimizer.param_groups:  # back to the start of the schedule, then forward
-        group["lr"] = group["initial_lr"]
-    scheduler = build_scheduler(optimizer, train, steps_per_epoch)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()": no training step is due
-        for _ in range(state["last_epoch"]):
-            scheduler.step()
-    return scheduler
-
-
-# What fixes the shape of the learning-rate schedule: a resumed run must keep it (the saved scheduler
-# state holds the old shape). train.epochs only matters when the schedule ends somewhere.
-SCHEDULE_KEYS = ("schedule", "warmup_epochs", "epochs")
-
-
-def build_datasets(config: Config, model: torch.nn.Module, roles: tuple[str, ...], info: DistInfo,
-                   photo_val: list | None = None) -> dict[str, FaceDataset]:
-    """The datasets of ``roles`` (``train_split``, ``val_split``), sized and ordered for ``model``.
-
-    The training set is the main set's ``train_split`` alone, or with ``data.extra_train`` a
-    :class:`ConcatFaceDataset` of it and the extra sets (their ``shares`` for the sampler). Sets with
-    ``crop`` are cropped by ``data.crop_rule`` from their annotations. When both roles are built, no
-    training sample may be a validation sample (of ``val_split``, or of ``photo_val``: its samples).
-    """
-    from ..data.readers import read_dataset
-    from ..regions.annotations import load_annotations
-
-    data = config["data"]
-    if data["root"] is None:
-        raise MsferError("data.root is not set: pass data.root=/path/to/dataset")
-    learns_regions = getattr(model, "region_source", "none") != "none"
-    if learns_regions and not data["annotations"]:
-        raise MsferError(f"this model learns from emotion regions (region_source={model.region_source}) but "
-                         "data.annotations is not set: make them with 'msfer annotate' and pass data.annotations=FILE, "
-                         "or train without regions (model.region_source=none, or a classifier_* model)")
-    if data["crop"] and not data["annotations"]:
-        raise MsferError("data.crop is on: its faces come from data.annotations, which is not set (make them with "
-                         "'msfer annotate' and pass data.annotations=FILE)")
-    rule = CropRule.from_dict(data["crop_rule"])
-    index = read_dataset(data["root"], data["format"], **data["reader_options"])
-    annotations = load_annotations(data["annotations"]) if data["annotations"] else None
-    extras = data["extra_train"] if "train_split" in roles else []
-    if extras and data["soft_labels"]:
-        raise MsferError("data.soft_labels needs a soft label for every training sample, which data.extra_train "
-                         "sets do not give: train with data.soft_labels=false or without data.extra_train")
-    # Every set's samples first: a validation image in a training set stops the run before any image is decoded.
-    role_sets, sources = {}, {}
-    for role in roles:
-        samples = role_samples(index, data, role)
-        # A fixed subset (the same for every seed), and never of the validation split: numbers stay comparable.
-        if data["limit"] and role == "train_split" and len(samples) > data["limit"]:
-            keep = np.random.default_rng(0).choice(len(samples), data["limit"], replace=False)
-            samples = [samples[i] for i in sorted(keep)]
-        role_sets[role] = samples
-        sources[role] = [(f"data.{role}={data[role] or 'holdout'!r} of {data['root']}", data["root"], samples)]
-    extra_sets = []
-    for i, entry in enumerate(extras):
-        name = f"data.extra_train[{i}]"
-        if learns_regions and not entry["annotations"]:
-            raise MsferError(f"{name} has no annotations, but this model learns from emotion regions: make them "
-                             f"with 'msfer annotate {entry['root']}' and give the file as its annotations")
-        if entry["crop"] and not entry["annotations"]:
-            raise MsferError(f"{name} is cropped (crop: true) but has no annotations to take its faces from")
-        extra_index = read_dataset(entry["root"], entry["format"], **entry["reader_options"])
-        samples = [s for s in extra_index.samples if s.split == entry["split"]]
-        if not samples:
-            raise MsferError(f"{name}: split {entry['split']!r} has no samples in {entry['root']}; "
-                             f"splits present: {', '.join(extra_index.splits())}")
-        extra_sets.append((name, entry, samples))
-        sources["train_split"].append((f"{name} (split {entry['split']!r} of {entry['root']})", entry["root"],
-                                       samples))
-    if "train_split" in roles and ("val_split" in roles or photo_val):
-        validation = sources.get("val_split", [])
-        if photo_val:
-            validation = validation + [(f"data.photo_val (split {data['photo_val']['split']!r} of "
-                                        f"{data['photo_val']['root']})", data["photo_val"]["root"], photo_val)]
-        check_disjoint(sources["train_split"], validation)
-
-    datasets = {}
-    for role, samples in role_sets.items():
-        # Only the training set may be stored smaller (its augmentation resamples it); the validation set is
-        # held at the input size, resized once as msfer evaluate and inference resize (msfer.data.transforms).
-        size = (data["image_size"] or model.input_size) if role == "train_split" else model.input_size
-        dataset = FaceDataset(samples, size, model.region_names, annotations,
-                              soft_labels=data["soft_labels"] and role == "train_split",
-                              crop_rule=rule if data["crop"] else None, name=f"data.{role}")
-        if annotations is not None and info.is_main:
-            log.info("%s %r: %d images, %.1f%% with usable region annotations", role, data[role], len(dataset),
-                     100 * dataset.annotated_fraction())
-        if data["cache_images"]:
-            dataset.cache_images(data["num_workers"])
-        datasets[role] = dataset
-    if extra_sets:
-        parts, shares = [datasets["train_split"]], [1 - sum(entry["weight"] for entry in extras)]
-        for name, entry, samples in extra_sets:
-            extra = FaceDataset(samples, datasets["train_split"].image_size, model.region_names,
-                                load_annotations(entry["annotations"]) if entry["annotations"] else None,
-                                crop_rule=rule if entry["crop"] else None, name=name)
-            if info.is_main:
-                log.info("%s: %d images (%d left out), weight %.3f of each epoch", name, len(extra),
-                         sum(extra.left_out.values()), entry["weight"])
-            if data["cache_images"]:
-                extra.cache_images(data["num_workers"])
-            parts.append(extra)
-            shares.append(entry["weight"])
-        datasets["train_split"] = ConcatFaceDataset(parts, shares)
-    return datasets
-
-
-def sample_key(sample, root: str) -> str:
-    """What identifies a sample across datasets: its file's real path, or for images held in a label file
-    (CSV) the file's real path and the sample's id."""
-    if sample.path is None:
-        return f"{_real_folder(str(root))}::{sample.id}"
-    path = str(sample.path)
-    if os.path.islink(path):  # a linked file: where it points
-        return os.path.realpath(path)
-    folder, name = os.path.split(path)
-    return os.path.join(_real_folder(folder), name)
-
-
-@functools.lru_cache(maxsize=4096)
-def _real_folder(path: str) -> str:
-    return os.path.realpath(path)  # one resolution per folder: FER2013 has 30,000 files in 14 folders
-
-
-def check_disjoint(training: list[tuple[str, str, list]], validation: list[tuple[str, str, list]]) -> None:
-    """Raise :class:`MsferError` when a training sample is also a validation sample.
-
-    Each list holds ``(name, root, samples)``; samples are compared by :func:`sample_key`.
-    """
-    for val_name, val_root, val_samples in validation:
-        keys = {sample_key(sample, val_root): sample.id for sample in val_samples}
-        for train_name, train_root, train_samples in training:
-            shared = [sample.id for sample in train_samples if sample_key(sample, train_root) in keys]
-            if shared:
-                raise MsferError(f"{len(shared)} training images of {train_name} are also validation images of "
-                                 f"{val_name} (e.g. {', '.join(shared[:3])}): a validation set is never trained on; "
-                                 "train on another split")
-
-
-def role_samples(index, data: Config, role: str) -> list:
-    """The samples of ``role`` (``train_split`` or ``val_split``); with ``data.holdout``, the two sides of
-    :func:`msfer.data.splits.stratified_split` of the training split."""
-    from ..data.splits import stratified_split
-
-    source = "train_split" if data["holdout"] else role
-    samples = [s for s in index.samples if s.split == data[source]]
-    if not samples:
-        raise MsferError(f"data.{source}={data[source]!r} has no samples in {data['root']}; "
-                         f"splits present: {', '.join(index.splits())}")
-    if data["holdout"]:
-        train, held_out = stratified_split(samples, data["holdout"]["fraction"], data["holdout"]["seed"])
-        samples = train if role == "train_split" else held_out
-    return samples
-
-
 def test_only(config: Config, checkpoint_path: Path, output_dir: Path, device: torch.device, info: DistInfo) -> dict:
     """Evaluate a checkpoint on the validation split; write the report under ``output_dir/eval_<split>``
     (and with ``data.photo_val`` its whole-pipeline metrics under ``output_dir/eval_photo_val``, also
     returned as ``photo_val``)."""
     model, meta = load_model(checkpoint_path, device)
     val_set = build_datasets(config, model, ("val_split",), info)["val_split"]
-    metrics = validate(model, val_set, config, device, info)
+    metrics = validate_model(model, val_set, config, device, info)
     if info.is_main:
         write_report(metrics, output_dir / f"eval_{validation_name(config)}", EMOTIONS)
-    if config["data"]["photo_val"]:  # sharded over the ranks like validate(): every rank takes part
+    if config["data"]["photo_val"]:  # sharded over the ranks like validate_model(): every rank takes part
         photo = PhotoValidation(photo_samples(config["data"]["photo_val"]), crop_rule(meta), model.input_size,
                                 info=info).score(model, device, tta=config["eval"]["tta"])
         if info.is_main:
@@ -392,7 +115,7 @@ def test_only(config: Config, checkpoint_path: Path, output_dir: Path, device: t
     return metrics
 
 
-def validate(model: torch.nn.Module, dataset: FaceDataset, config: Config, device: torch.device,
+def validate_model(model: torch.nn.Module, dataset: FaceDataset, config: Config, device: torch.device,
              info: DistInfo) -> dict:
     """Metrics of ``model`` on the validation ``dataset`` (gathered over all ranks).
 
@@ -493,7 +216,7 @@ class Trainer:
         self.augment = BatchAugment(data["augment"], model.input_size, model.mean, model.std, model.region_names,
                                     torch.Generator(device))
 
-        self.optimizer = self._optimizer()
+        self.optimizer = build_optimizer(self.model, train)
         self.steps_per_epoch = len(self.train_loader)
         self.scheduler = build_scheduler(self.optimizer, train, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(device.type, enabled=train["amp"] == "fp16" and device.type == "cuda")
@@ -504,27 +227,9 @@ class Trainer:
             self._restore(checkpoint)
         self.rows: list[dict] = []  # metrics.csv, one row per committed epoch
 
-    def _optimizer(self) -> torch.optim.Optimizer:
-        train = self.config["train"]
-        # No weight decay on biases and normalisation parameters (as timm and torchvision's recipes).
-        decay, no_decay = [], []
-        for parameter in self.model.parameters():
-            if parameter.requires_grad:
-                (no_decay if parameter.ndim <= 1 else decay).append(parameter)
-        groups = [{"params": decay, "weight_decay": train["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
-        if train["optimizer"] == "sgd":
-            return torch.optim.SGD(groups, lr=train["lr"], momentum=train["momentum"], nesterov=True)
-        optimizer_class = torch.optim.AdamW if train["optimizer"] == "adamw" else torch.optim.Adam
-        return optimizer_class(groups, lr=train["lr"])
-
     def _restore(self, checkpoint: dict) -> None:
-        train, saved = self.config["train"], checkpoint["config"]["train"]
-        for key in SCHEDULE_KEYS:
-            if key == "epochs" and train["schedule"] == "none":
-                continue  # a constant rate after the warm-up may run for more epochs
-            if train[key] != saved.get(key, train[key]):
-                raise MsferError(f"train.{key}={train[key]!r}: the learning-rate schedule cannot change in a resumed "
-                                 f"run, which was planned with train.{key}={saved[key]!r}")
+        train = self.config["train"]
+        check_schedule_unchanged(train, checkpoint["config"]["train"])
         self.model.load_state_dict(checkpoint["model"])
         if self.ema is not None and checkpoint.get("ema"):
             self.ema.module.load_state_dict(checkpoint["ema"])
@@ -536,79 +241,23 @@ class Trainer:
         restore_rng_states(checkpoint["rng"])
 
     def claim_output_dir(self, overwrite: bool) -> None:
-        """Create the run directory; refuse one that already holds files, unless ``overwrite``.
-
-        With ``overwrite`` the files of a run there (:data:`RUN_FILES`, their temporary
-        files, the TensorBoard events) are removed, so the new run starts fresh.
-        """
-        out = self.output_dir
-        if out.exists() and not out.is_dir():
-            raise MsferError(f"output directory {out} is a file")
-        if out.is_dir() and any(out.iterdir()):
-            if not overwrite and (out / "last.pt").is_file():
-                raise MsferError(f"output directory {out} already holds a run: continue it with --resume {out}, "
-                                 "choose another --output-dir, or pass --overwrite to start over there")
-            if not overwrite:
-                raise MsferError(f"output directory {out} already holds files but no last.pt (no epoch of a run "
-                                 "there was saved, so it cannot be resumed): choose another --output-dir, or pass "
-                                 "--overwrite to start over there")
-            for name in RUN_FILES:
-                _remove_file(out / name)
-                _remove_file(out / f".{name}.tmp")
-            for events in (out / "tensorboard").glob("events.out.tfevents.*"):
-                _remove_file(events)
-        out.mkdir(parents=True, exist_ok=True)
+        """Create the run directory; refuse one that already holds files, unless ``overwrite``
+        (:func:`msfer.engine.run_dir.claim_output_dir`)."""
+        claim_output_dir(self.output_dir, overwrite)
 
     def _start_run_files(self) -> None:
         """Rank 0, before the first epoch: config.yaml, metrics.csv cut back to the resumed epoch, best.pt checked."""
         save_config(self.config, self.output_dir)
-        for name in RUN_FILES:  # a write that a kill interrupted
-            _remove_file(self.output_dir / f".{name}.tmp")
+        remove_interrupted_writes(self.output_dir)
         if not self.resuming:
             self.rows = []
         else:
-            # Rows after the resumed epoch were written by an epoch whose commit (last.pt) did not
-            # happen: it runs again now. One row per epoch, the latest kept.
-            rows = {}
-            for row in _read_rows(self.output_dir / "metrics.csv"):
-                if row["epoch"].isdigit() and int(row["epoch"]) <= self.start_epoch:
-                    rows[int(row["epoch"])] = row
-            self.rows = [rows[epoch] for epoch in sorted(rows)]
-            self._check_best()
+            self.rows = committed_rows(self.output_dir / "metrics.csv", self.start_epoch)
+            self.best = reconcile_best(self.output_dir, self.start_epoch, self.best, self._resumed)
         self._write_rows()
 
-    def _check_best(self) -> None:
-        """Make best.pt and the resumed best record agree (after a kill between their writes)."""
-        path, epoch, recorded = self.output_dir / "best.pt", self.start_epoch, self.best["epoch"]
-        on_disk = None
-        if path.is_file():
-            try:
-                on_disk = load_checkpoint(path)
-            except MsferError as error:
-                log.warning("%s; it is ignored", error)
-        disk_epoch = on_disk.get("epoch") if on_disk else None
-        if disk_epoch is not None and disk_epoch > epoch and on_disk.get("best", {}).get("epoch") == disk_epoch:
-            # Written for the epoch whose last.pt a kill prevented: it was validated and beat the
-            # committed best, so it stays the best; the rerun of its epoch replaces it if it does better.
-            self.best = on_disk["best"]
-        elif recorded is not None and disk_epoch != recorded:
-            if recorded == epoch:  # last.pt is that epoch's checkpoint (runs that wrote last.pt first)
-                log.info("best.pt is rewritten from last.pt (epoch %d): a kill had left it behind", epoch)
-                save_checkpoint(self._resumed, path)
-            else:
-                log.warning("%s holds epoch %s, but the run's best epoch is %d, whose weights are gone: best.pt is "
-                            "replaced when an epoch does better", path, disk_epoch, recorded)
-
     def _write_rows(self) -> None:
-        def write(handle) -> None:
-            writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, restval="", extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(self.rows)
-
-        write_atomic(self.output_dir / "metrics.csv", write, mode="w")
-        if self.rows:
-            title = f"{self.output_dir.name}: {self.config['model'].get('name')}"
-            write_atomic(self.output_dir / "curves.png", lambda handle: plot_learning_curves(self.rows, handle, title))
+        write_rows(self.output_dir, self.rows, f"{self.output_dir.name}: {self.config['model'].get('name')}")
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -644,8 +293,9 @@ class Trainer:
             epoch_started = time.monotonic()
             train_stats = self.train_one_epoch(epoch)
             validation_due = (epoch + 1) % train["val_every"] == 0 or epoch + 1 == train["epochs"]
-            metrics = validate(self.eval_model, self.val_set, self.config, self.device, info) if validation_due else {}
-            # Every rank scores its share of the photos and all gather them, as validate() does. Rank 0 alone
+            metrics = validate_model(self.eval_model, self.val_set, self.config, self.device,
+                                     info) if validation_due else {}
+            # Every rank scores its share of the photos and all gather them, as validate_model() does. Rank 0 alone
             # would leave the others blocked in the next epoch's first gradient all-reduce while it detects
             # every photo: a first scoring of a few hundred photos on CPU can outlast the collective timeout
             # (30 min gloo, 10 min NCCL) and kill the run, and a barrier after it would wait under the same
@@ -773,17 +423,3 @@ class Trainer:
             log.info("epoch %d: train loss %.4f acc %.4f | validation overall %.4f mean-class %.4f%s", epoch + 1,
                      stats["loss"], stats["accuracy"], metrics["overall_accuracy"], metrics["mean_class_accuracy"],
                      " (best)" if improved else "")
-
-
-def _read_rows(path: Path) -> list[dict]:
-    """The rows of a run's metrics.csv ([] when it is missing)."""
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as handle:
-        return [row for row in csv.DictReader(handle) if row.get("epoch")]
-
-
-def _remove_file(path: Path) -> None:
-    """Remove ``path`` if it is a file (whatever else has that name is not msfer's to remove)."""
-    if path.is_file() or path.is_symlink():
-        path.unlink()

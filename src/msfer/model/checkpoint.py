@@ -161,7 +161,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
     to run a learned-detector model on pseudo-label regions: weights the rebuilt model
     has no place for (the detector's) are then dropped, but a missing weight is an error.
     """
-    from ..model import build_model
+    from .registry import build_model
 
     checkpoint = load_checkpoint(path, prefer="best.pt")
     model_config = {**checkpoint["config"]["model"], **(model_overrides or {})}
