@@ -45,15 +45,9 @@ import numpy as np
 import torch
 
 from msfer.data.readers import read_dataset
-from msfer.engine.calibration import (
-    DECISION_RULES,
-    apply,
-    calibrated_checkpoint,
-    calibration_metrics,
-    choose_calibration,
-    decide,
-)
+from msfer.engine.calibration import apply, calibrated_checkpoint, calibration_metrics, choose_calibration
 from msfer.engine.datasets import FaceDataset
+from msfer.engine.decision import DECISION_RULES, decide
 from msfer.engine.evaluate import predict_split, split_metrics
 from msfer.engine.metrics import compute_metrics
 from msfer.engine.prior import choose_tau, stratified_halves, unfold_adjustment

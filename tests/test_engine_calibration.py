@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from msfer.engine import calibration as C
+from msfer.engine.decision import decide
 from msfer.errors import MsferError
 from msfer.labels import EMOTIONS
 
@@ -65,11 +66,11 @@ def test_balanced_decision_changes_labels_never_probabilities():
     probs = np.array([[0.6, 0.3, 0.1, 0, 0, 0, 0], [0.1, 0.2, 0.7, 0, 0, 0, 0]]) + 1e-9
     offsets = [0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
     before = probs.copy()
-    assert C.decide(probs, offsets, "argmax").tolist() == [0, 2]
-    assert C.decide(probs, offsets, "balanced").tolist() == [1, 2]  # log .3 + 1 > log .6
+    assert decide(probs, offsets, "argmax").tolist() == [0, 2]
+    assert decide(probs, offsets, "balanced").tolist() == [1, 2]  # log .3 + 1 > log .6
     assert np.array_equal(probs, before)
     with pytest.raises(MsferError, match="decision rule"):
-        C.decide(probs, offsets, "fair")
+        decide(probs, offsets, "fair")
 
 
 def calibrated_copy(random_weights, tmp_path, scale, bias, offsets):

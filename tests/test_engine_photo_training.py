@@ -163,7 +163,7 @@ def run_training(*args: str) -> dict:
 
     parser = argparse.ArgumentParser()
     train.add_arguments(parser)
-    return train.main(parser.parse_args(list(args)))
+    return train.train_or_test(parser.parse_args(list(args)))
 
 
 def test_crops_plus_weighted_photos_with_photo_validation_resume_exactly(tiny_sets, tmp_path):

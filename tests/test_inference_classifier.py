@@ -20,8 +20,8 @@ from test_inference_predict import moving_face_frames, write_video
 
 from msfer.cli import main
 from msfer.errors import MsferError
-from msfer.inference.predict import CSV_FIELDS
-from msfer.inference.recognizer import EmotionRecognizer, FaceResult
+from msfer.inference.recognizer import EmotionRecognizer
+from msfer.inference.results import CSV_FIELDS, FaceResult
 from msfer.inference.visualize import draw_faces
 from msfer.labels import EMOTIONS
 

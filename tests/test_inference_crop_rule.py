@@ -57,8 +57,8 @@ def test_the_recognizer_crops_by_the_models_rule_unless_told_otherwise(similarit
 
 def test_the_onnx_export_carries_the_rule(similarity_weights, tmp_path):
     pytest.importorskip("onnx")
+    from msfer.inference.backends import OnnxBackend
     from msfer.inference.export import export_onnx
-    from msfer.inference.recognizer import OnnxBackend
 
     path = export_onnx(similarity_weights, tmp_path / "model.onnx")
     assert OnnxBackend(path, str(path)).crop_rule == CropRule("similarity", 1.3)

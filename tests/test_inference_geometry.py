@@ -13,8 +13,9 @@ from PIL import Image
 
 from msfer import EmotionRecognizer
 from msfer.cli import main
-from msfer.inference.predict import ResultWriter, collect_inputs, predict_images
-from msfer.inference.recognizer import detection_scales
+from msfer.faces.detection import detection_scales
+from msfer.inference.predict import collect_inputs, predict_images
+from msfer.inference.results import ResultWriter
 from msfer.regions.annotations import load_annotations
 
 # width x height: far longer than wide, in both directions; shrunk for detection, a side used to round to 0 px.

@@ -12,8 +12,9 @@ from test_inference_predict import moving_face_frames, write_video
 
 from msfer.cli import main
 from msfer.errors import MsferError
-from msfer.inference.recognizer import EmotionRecognizer, FaceResult
+from msfer.inference.recognizer import EmotionRecognizer
 from msfer.inference.report import EMOTION_COLORS
+from msfer.inference.results import FaceResult
 from msfer.inference.tracking import FaceTracker
 from msfer.inference.video import VideoSource, predict_video
 from msfer.labels import EMOTIONS
@@ -258,13 +259,13 @@ def test_report_uncertain_threshold_and_calibration_statement(clip, random_weigh
 
 
 def test_a_report_over_an_earlier_one_keeps_none_of_its_plots(clip, random_weights, tmp_path):
-    from msfer.inference.report import write_report
+    from msfer.inference.report import write_video_report
     from msfer.inference.video import VideoFrame
 
     out = tmp_path / "report"
     three_faces = [VideoFrame(k, k / 10, None, [moment("happy", 0.8, track_id=t) for t in (1, 2, 3)], True)
                    for k in range(3)]
-    write_report(clip, three_faces, out, {})  # an earlier report, of a video with three faces
+    write_video_report(clip, three_faces, out, {})  # an earlier report, of a video with three faces
     assert sorted(path.name for path in out.glob("timeline_*.png")) == [f"timeline_{t}.png" for t in (1, 2, 3)]
     (out / "timeline_9.png").write_bytes(b"mine")  # named like a plot, but no report shows it: not msfer's
     (out / "notes.txt").write_text("mine")

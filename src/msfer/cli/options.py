@@ -12,7 +12,7 @@ import argparse
 import os
 from pathlib import Path
 
-from ..engine.calibration import DECISION_RULES
+from ..engine.decision import DECISION_RULES
 from ..errors import MsferError
 from ..outputs import printable
 

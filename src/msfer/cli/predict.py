@@ -6,17 +6,17 @@ import sys
 from pathlib import Path
 
 from ..errors import MsferError
+from ..faces.detection import DEFAULT_MIN_FACE
 from ..files import refuse_file_as_folder
 from ..inference.predict import (
-    MIN_QUALITY,
     QualityFilter,
-    ResultWriter,
     check_outputs,
     collect_inputs,
     predict_inputs,
     shard,
 )
-from ..inference.recognizer import DEFAULT_MIN_FACE, EmotionRecognizer
+from ..inference.recognizer import EmotionRecognizer
+from ..inference.results import MIN_QUALITY, ResultWriter
 from ..outputs import existing_out_mode, printable
 from .options import add_decision_argument, add_model_arguments, check_at_least_one, file_argument, model_options
 

@@ -5,15 +5,16 @@ import argparse
 from pathlib import Path
 
 from ..errors import MsferError
+from ..faces.detection import DEFAULT_MIN_FACE
 from ..files import refuse_file_as_folder
-from ..inference.recognizer import DEFAULT_MIN_FACE, EmotionRecognizer
+from ..inference.recognizer import EmotionRecognizer
 from ..inference.report import (
     DEFAULT_UNCERTAIN_BELOW,
-    MIN_QUALITY,
     processed_frames,
     report_files,
-    write_report,
+    write_video_report,
 )
+from ..inference.results import MIN_QUALITY
 from ..outputs import InputFiles, printable
 from .options import add_decision_argument, add_model_arguments, check_at_least_one, model_options
 
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     frames = processed_frames(recognizer, args.video, args.every, args.smooth)
     settings = {"model": args.weights or "bundled", "every": args.every, "smoothing": args.smooth,
                 "decision": args.decision, "uncertain below": args.uncertain_below, "min quality": args.min_quality}
-    path = write_report(args.video, frames, args.out, settings, args.uncertain_below, args.min_quality,
+    path = write_video_report(args.video, frames, args.out, settings, args.uncertain_below, args.min_quality,
                         recognizer.calibration)
     print(f"wrote {printable(path)}")
     return 0

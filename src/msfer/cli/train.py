@@ -34,11 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    main(args)
+    train_or_test(args)
     return 0
 
 
-def main(args: argparse.Namespace) -> dict[str, Any]:
+def train_or_test(args: argparse.Namespace) -> dict[str, Any]:
     """Train (or, with ``--test-only``, evaluate); return the summary (best epoch and its validation metrics)."""
     checkpoint = None
     if args.resume is not None:

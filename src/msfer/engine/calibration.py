@@ -29,6 +29,8 @@ class's mean probability against its frequency.
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -38,7 +40,6 @@ from ..errors import MsferError
 from ..files import atomic_output
 from ..labels import EMOTIONS
 
-DECISION_RULES = ("argmax", "balanced")
 ECE_BINS = 15
 
 
@@ -173,16 +174,6 @@ def choose_calibration(logits: np.ndarray, labels: np.ndarray, seed: int = 0, fo
     }
 
 
-def decide(probs: np.ndarray, balanced_offsets: Sequence[float], rule: str = "argmax") -> np.ndarray:
-    """Class index per row of ``probs`` (N x 7) under ``rule``: the most probable emotion, or
-    ``argmax(log p + balanced_offsets)`` for ``"balanced"``."""
-    if rule not in DECISION_RULES:
-        raise MsferError(f"decision rule must be one of {', '.join(DECISION_RULES)}, not {rule!r}")
-    if rule == "argmax":
-        return np.asarray(probs).argmax(axis=1)
-    return (np.log(np.clip(probs, 1e-12, None)) + np.asarray(balanced_offsets)).argmax(axis=1)
-
-
 def plot_reliability(probs: np.ndarray, labels: np.ndarray, path, title: str = "", bins: int = ECE_BINS) -> None:
     """Reliability diagram (accuracy against confidence per bin, with the diagonal).
 
@@ -235,3 +226,31 @@ def calibrated_checkpoint(checkpoint: dict, scale: Sequence[float], bias: Sequen
     out = {key: value for key, value in checkpoint.items() if key != "ema"}
     out.update(model=state, calibration=record)
     return out
+
+
+def calibration_summary(record: dict | None, weights: Path | None = None) -> dict | None:
+    """How a model's probabilities were calibrated and how well, or None when they were not.
+
+    ``record`` is a checkpoint's ``calibration`` entry (``scripts/bundle_model.py`` writes it:
+    ``method`` and how it was chosen). The figures measured on the held-out half of the
+    validation split come from the record itself when it has them (``held_out``), else, for the
+    bundled model, from its JSON record. Returns ``{"method", and if measured: "ece", "nll",
+    "brier", "accuracy", "mean_confidence", "n"}``, and ``"balanced_tau"`` when the bundling step
+    fitted the balanced decision rule.
+    """
+    if not record:
+        return None
+    summary = {"method": record.get("method")}
+    if record.get("balanced_tau") is not None:  # the balanced rule was fitted (tau 0: it equals argmax)
+        summary["balanced_tau"] = record["balanced_tau"]
+    held_out = record.get("held_out")
+    if held_out is None and weights is not None:
+        from ..weights import BUNDLED_MODEL, bundled_record
+
+        if BUNDLED_MODEL.is_file() and Path(weights).is_file() and os.path.samefile(weights, BUNDLED_MODEL):
+            held_out = (bundled_record().get("calibration") or {}).get("held_out")
+    # "bundled": the shipped file itself (half precision); "calibrated": the float32 model before it was stored.
+    figures = (held_out or {}).get("bundled") or (held_out or {}).get("calibrated") or {}
+    summary.update({key: figures[key] for key in ("ece", "nll", "brier", "accuracy", "mean_confidence", "n")
+                    if key in figures})
+    return summary

@@ -16,8 +16,9 @@ from tqdm import tqdm
 from ..data.transforms import model_input
 from ..labels import EMOTIONS
 from .augment import predict_probs
-from .calibration import DECISION_RULES, calibration_metrics, decide
+from .calibration import calibration_metrics
 from .datasets import FaceDataset
+from .decision import DECISION_RULES, decide
 from .distributed import DistInfo, all_gather_objects, shard_indices
 from .metrics import compute_metrics, region_detection
 from .runtime import autocast

@@ -27,13 +27,12 @@ from ..faces.crop import CropRule, crop_face
 from ..faces.retinaface import Face
 from ..labels import EMOTIONS
 from .augment import predict_probs
-from .calibration import DECISION_RULES, calibration_metrics, decide
+from .calibration import calibration_metrics
+from .decision import DECISION_RULES, NO_FACE, decisions
 from .distributed import DistInfo, all_gather_objects, shard_indices
 from .metrics import compute_metrics
 
 log = logging.getLogger(__name__)
-
-NO_FACE = len(EMOTIONS)  # the extra "prediction" of a photo without a detected face
 
 # detect(images) -> faces per image, largest first; classify(N x S x S x 3 uint8 crops) -> N x 7 probabilities.
 Detect = Callable[[list[np.ndarray]], list[list[Face]]]
@@ -87,16 +86,6 @@ def model_classifier(model: torch.nn.Module, device: torch.device, tta: bool = F
         return np.concatenate(parts)
 
     return classify
-
-
-def decisions(probs: np.ndarray, offsets: Sequence[float] | None, rule: str = "argmax") -> np.ndarray:
-    """The class index of each row of ``probs`` under ``rule``; a NaN row gives ``NO_FACE``."""
-    found = ~np.isnan(probs).any(axis=1)
-    y_pred = np.full(len(probs), NO_FACE, dtype=np.int64)
-    if found.any():
-        offsets = np.zeros(len(EMOTIONS)) if offsets is None else np.asarray(offsets, dtype=np.float64)
-        y_pred[found] = decide(probs[found], offsets, rule)
-    return y_pred
 
 
 def photo_metrics(samples: Sequence[Sample], probs: np.ndarray, balanced_offsets: Sequence[float] | None = None,

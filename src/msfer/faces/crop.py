@@ -81,6 +81,15 @@ class CropRule:
             raise MsferError(f"a crop rule is a mapping {{method, scale}}, got {value!r}")
         return cls(**value)
 
+    @classmethod
+    def recorded(cls, value: dict | None, source: str) -> "CropRule":
+        """The rule a model file (named ``source``) records (None: box at scale 1.0, the rule of models that
+        recorded none); an invalid one is an :class:`MsferError` naming the file."""
+        try:
+            return cls.from_dict(value)
+        except MsferError as error:
+            raise MsferError(f"{source}: its crop_rule {value!r} is not valid ({error})") from None
+
 
 DEFAULT_CROP_RULE = CropRule()
 

@@ -78,8 +78,8 @@ def _check_has_regions(weights: Path) -> None:
 
 def balanced_offsets(model, meta: dict, weights: Path, decision: str) -> list[float] | None:
     """The model's balanced-decision offsets, or None when it has no balanced rule (see
-    :func:`msfer.inference.recognizer.has_balanced_rule`); decision "balanced" without one is an error."""
-    from .recognizer import has_balanced_rule
+    :func:`msfer.engine.decision.has_balanced_rule`); decision "balanced" without one is an error."""
+    from ..engine.decision import has_balanced_rule
 
     offsets = model.balanced_offsets.float().cpu()
     if not has_balanced_rule(offsets.numpy(), meta.get("calibration")):

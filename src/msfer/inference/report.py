@@ -37,8 +37,8 @@ from tqdm import tqdm
 from ..files import atomic_output, write_text, writing
 from ..labels import EMOTIONS
 from ..outputs import InputFiles, printable
-from .predict import ResultWriter
 from .recognizer import EmotionRecognizer
+from .results import ResultWriter
 from .video import VideoFrame, VideoSource, predict_video
 
 DISCLAIMER_LEAD = "This report is a research aid, not a diagnosis."  # stated once, in bold on the page
@@ -56,7 +56,6 @@ STATES = (*EMOTIONS, UNCERTAIN, LOW_QUALITY)
 STATE_COLORS = {**EMOTION_COLORS, UNCERTAIN: "#ffffff", LOW_QUALITY: "#000000"}
 # With calibrated probabilities, below 0.5 a label is more likely wrong than right (README, "Video report").
 DEFAULT_UNCERTAIN_BELOW = 0.5
-MIN_QUALITY = ("low", "good")
 
 
 @dataclass
@@ -216,7 +215,7 @@ def stale_plots(out_dir: Path, tracks: list[TrackSummary]) -> list[Path]:
     return [out_dir / name for name in sorted(set(PLOT_SOURCE.findall(page)) - new) if (out_dir / name).is_file()]
 
 
-def write_report(video: Path, frames: list[VideoFrame], out_dir: Path, settings: dict[str, object],
+def write_video_report(video: Path, frames: list[VideoFrame], out_dir: Path, settings: dict[str, object],
                  uncertain_below: float = DEFAULT_UNCERTAIN_BELOW, min_quality: str = "low",
                  calibration: dict | None = None) -> Path:
     """Write the plots and ``report.html`` for the processed ``frames`` of ``video`` into ``out_dir``.
@@ -224,7 +223,7 @@ def write_report(video: Path, frames: list[VideoFrame], out_dir: Path, settings:
     Returns the HTML path.
 
     ``uncertain_below``, ``min_quality``: see the module docstring; ``calibration``: the model's
-    :func:`msfer.inference.recognizer.calibration_summary` (None: uncalibrated).
+    :func:`msfer.engine.calibration.calibration_summary` (None: uncalibrated).
     """
     import matplotlib
 

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from ..labels import EMOTIONS
-from .recognizer import FaceResult
+from .results import FaceResult
 
 
 @dataclass

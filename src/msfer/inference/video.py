@@ -34,7 +34,8 @@ import numpy as np
 from ..data.images import not_a_file_reason
 from ..errors import MsferError
 from ..files import flush_to_disk, temporary_beside, writing
-from .recognizer import EmotionRecognizer, FaceResult
+from .recognizer import EmotionRecognizer
+from .results import FaceResult
 from .tracking import FaceTracker
 
 log = logging.getLogger(__name__)
