@@ -25,14 +25,11 @@ expression the pretrained features already separate linearly, not how well they 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from msfer.data.images import load_rgb_array
 from msfer.data.transforms import model_input, resize_square

@@ -45,13 +45,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from msfer.data.readers import read_dataset  # noqa: E402
-from msfer.faces.quality import QUALITY_ISSUES, QualityThresholds, quality_issues  # noqa: E402
-from msfer.faces.retinaface import resize_by  # noqa: E402
-from msfer.inference.recognizer import EmotionRecognizer  # noqa: E402
-from msfer.labels import EMOTIONS  # noqa: E402
+from msfer.data.readers import read_dataset
+from msfer.faces.quality import QUALITY_ISSUES, QualityThresholds, quality_issues
+from msfer.faces.retinaface import resize_by
+from msfer.inference.recognizer import EmotionRecognizer
+from msfer.labels import EMOTIONS
 
 FER_DETECT_SIZE = 128
 NATURAL = ("fer2013_public_test", "tcce_val")

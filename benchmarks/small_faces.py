@@ -103,9 +103,9 @@ def main() -> None:
 
     weights = BUNDLED_MODEL
     if not BUNDLED_MODEL.is_file():
-        from inference_speed import random_checkpoint
+        from msfer.model.checkpoint import random_checkpoint
 
-        weights = random_checkpoint(Path(tempfile.mkdtemp(prefix="msfer_bench_")))
+        weights = random_checkpoint(Path(tempfile.mkdtemp(prefix="msfer_bench_")) / "random.pt")
     detector = RetinaFaceDetector()
     patch, patch_box = face_patch(detector)
     group, truth = group_photo(patch, patch_box, args.faces, args.face_px)

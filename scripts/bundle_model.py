@@ -38,9 +38,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
 import numpy as np
 import torch
 
@@ -56,6 +53,8 @@ from msfer.labels import EMOTIONS
 from msfer.model.checkpoint import export_weights, load_checkpoint, load_model, resolve_checkpoint, save_checkpoint
 from msfer.regions.annotations import load_annotations
 from msfer.weights import BUNDLED_MODEL, BUNDLED_RECORD, fixed_sample
+
+ROOT = Path(__file__).resolve().parents[1]
 
 KEYS = ("n", "overall_accuracy", "mean_class_accuracy")
 

@@ -42,8 +42,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
 from msfer.data.images import IMAGE_EXTENSIONS, load_rgb_array
 from msfer.data.transforms import resize_square
 from msfer.model.mobilenet_v1 import BLOCKS, FACERES_MEAN, MobileNetV1

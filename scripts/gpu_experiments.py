@@ -10,7 +10,7 @@ Two steps. Here, on the CPU, pack what the run needs into a carry folder small e
 
 There, with ``.carry`` carried::
 
-    python scripts/gpu_experiments.py run v2 --carry .carry --out "$OUT" --minutes 9
+    PYTHONPATH=src python scripts/gpu_experiments.py run v2 --carry .carry --out "$OUT" --minutes 9
 
 ``--minutes`` is the whole call's budget (one device command may run 10): training gets what is left
 after unpacking, the speed test, image caching and a reserve for the scoring that follows it.
@@ -42,7 +42,8 @@ augmented on the GPU, so the model's step is the cost) and choose the epochs fro
 CPU (a few hundred images, one epoch). The v2 log warns that no training set is cropped by the crop rule:
 true there, since ``prepare`` cut the crops by it; the rule is still saved for inference and used in the
 photo validation. The GPU machine's own Python (PyTorch, torchvision, ONNX
-Runtime, OpenCV, Pillow) runs msfer from ``src/``; the HEIF plugin msfer depends on need not be there.
+Runtime, OpenCV, Pillow) runs msfer from ``src/`` (``PYTHONPATH=src``, as its children do); the HEIF
+plugin msfer depends on need not be there.
 """
 from __future__ import annotations
 
@@ -57,12 +58,10 @@ import tarfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
-from ablation_study import NEEDS_NO_REGIONS, ROWS, score, summarize  # scripts/, the folder of this file
-
 from msfer.engine.config import load_config
+from msfer.studies import NEEDS_NO_REGIONS, ROWS, score, summarize
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TRAIN_IMAGES = 28709
 TCCE_TRAIN_IMAGES = 829

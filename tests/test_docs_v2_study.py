@@ -11,7 +11,6 @@ STUDY = ROOT / "configs" / "studies" / "v2_reduced.yaml"
 
 
 def study_script(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
     spec = importlib.util.spec_from_file_location("study", ROOT / "scripts" / "study.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

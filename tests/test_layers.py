@@ -19,6 +19,7 @@ LAYER_OF = {
     "msfer.outputs": "base", "msfer.files": "base", "msfer.values": "base",
     "msfer.data": "data", "msfer.faces": "faces", "msfer.regions": "regions", "msfer.model": "model",
     "msfer.engine": "engine", "msfer.inference": "inference", "msfer.cli": "cli", "msfer": "cli",
+    "msfer.studies": "cli",  # the study scripts' library: it composes training and inference
 }
 
 
@@ -88,3 +89,60 @@ def test_only_the_command_line_parses_arguments():
                                          else [node.module])
                       for node in ast.walk(ast.parse(path.read_text(), str(path))))]
     assert not parsing, f"argparse imported outside msfer.cli: {parsing}"
+
+
+# Names every command module defines (the command protocol), and module loggers.
+SHARED_NAMES = {"add_arguments", "run", "log"}
+
+
+def public_definitions(path: Path) -> set[str]:
+    """The public names a module defines at its top level (functions, classes, assigned names)."""
+    names = set()
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(target.id for target in node.targets if isinstance(target, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+    return {name for name in names if not name.startswith("_") and name not in SHARED_NAMES}
+
+
+def test_no_two_modules_define_the_same_public_name():
+    homes: dict[str, list[str]] = {}
+    for module, path in MODULES.items():
+        for name in public_definitions(path):
+            homes.setdefault(name, []).append(module)
+    twice = {name: modules for name, modules in homes.items() if len(modules) > 1}
+    assert not twice, f"one thing, one home: {twice}"
+
+
+ROOT = PACKAGE.parents[1]
+
+
+@pytest.mark.parametrize("script", sorted(p.relative_to(ROOT).as_posix() for folder in ("scripts", "benchmarks")
+                                          for p in (ROOT / folder).glob("*.py")))
+def test_scripts_import_msfer_as_installed(script):
+    # Run from an environment where msfer is installed; a script that edits sys.path or imports another
+    # script runs only from where it happens to lie.
+    tree = ast.parse((ROOT / script).read_text())
+    edits = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Attribute) and node.attr == "path"
+             and isinstance(node.value, ast.Name) and node.value.id == "sys"]
+    assert not edits, f"{script} touches sys.path (lines {edits})"
+    siblings = {p.stem for folder in ("scripts", "benchmarks") for p in (ROOT / folder).glob("*.py")}
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module and not node.level}
+    assert not imported & siblings, f"{script} imports another script: {sorted(imported & siblings)}"
+
+
+def test_every_config_key_has_a_kind_and_a_doc():
+    from msfer.engine.config import KEYS, KINDS
+
+    assert len({key.name for key in KEYS}) == len(KEYS)
+    for key in KEYS:
+        assert key.kind in KINDS, f"{key.name}: kind {key.kind!r} is not one of {KINDS}"
+        assert key.doc and "\n" not in key.doc, f"{key.name} needs a one-line doc"
+        assert (key.allowed is not None) == (key.kind in ("number", "pair", "choice")), \
+            f"{key.name}: a {key.kind} key {'needs' if key.kind in ('number', 'pair', 'choice') else 'has no'} allowed"

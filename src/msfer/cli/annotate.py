@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import MsferError
 from ..faces.retinaface import RetinaFaceDetector
 from ..outputs import InputFiles, existing_out_mode, printable
-from ..regions.annotator import CANDIDATE_SCORE, DETECT_SIZE, Annotator, annotate_samples, summarize
+from ..regions.annotator import CANDIDATE_SCORE, DETECT_SIZE, Annotator, annotate_samples, rates_table
 from ..regions.filter import QualityRules
 
 
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                                   threads=args.threads)
     annotator = Annotator(detector, QualityRules(min_score=args.score_threshold), args.merge_eyes, args.detect_size)
     records, done, elapsed = annotate_samples(annotator, samples, args.out, args.batch_size)
-    print(summarize(samples, records))
+    print(rates_table(samples, records))
     rate = done / max(elapsed, 1e-9)
     print(f"annotated {done} images in {elapsed:.1f} s ({rate:.0f} images/s) -> {args.out}")
     if args.review is not None:

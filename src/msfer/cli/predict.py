@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..errors import MsferError
-from ..faces.detection import DEFAULT_MIN_FACE
+from ..faces.detection import DEFAULT_DETECT_SIZE, DEFAULT_MIN_FACE
 from ..files import refuse_file_as_folder
 from ..inference.predict import (
     QualityFilter,
@@ -38,9 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="average each face with its mirror image (slower, slightly steadier)")
     parser.add_argument("--batch-size", type=int, default=32,
                         help="images per detection batch and faces per classifier batch (default 32)")
-    parser.add_argument("--detect-size", type=int, default=640,
+    parser.add_argument("--detect-size", type=int, default=DEFAULT_DETECT_SIZE,
                         help="longest side of the copy the face detector sees; smaller is faster but misses small "
-                             "faces (default 640)")
+                             f"faces (default {DEFAULT_DETECT_SIZE})")
     parser.add_argument("--min-face", type=float, default=DEFAULT_MIN_FACE, metavar="PX",
                         help="smallest face (pixels) to find in large photos, by a finer detection pass where the "
                              f"--detect-size copy would miss it (default {DEFAULT_MIN_FACE:g}; 0: no finer pass, "

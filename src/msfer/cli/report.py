@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import MsferError
-from ..faces.detection import DEFAULT_MIN_FACE
+from ..faces.detection import DEFAULT_DETECT_SIZE, DEFAULT_MIN_FACE
 from ..files import refuse_file_as_folder
 from ..inference.recognizer import EmotionRecognizer
 from ..inference.report import (
@@ -27,8 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--smooth", type=float, default=0.6, metavar="FACTOR",
                         help="weight of the past in each face's moving average of probabilities, in [0, 1); 0 is off "
                              "(default 0.6)")
-    parser.add_argument("--detect-size", type=int, default=640,
-                        help="longest side of the copy the face detector sees (default 640)")
+    parser.add_argument("--detect-size", type=int, default=DEFAULT_DETECT_SIZE,
+                        help=f"longest side of the copy the face detector sees (default {DEFAULT_DETECT_SIZE})")
     parser.add_argument("--min-face", type=float, default=DEFAULT_MIN_FACE, metavar="PX",
                         help=f"smallest face (pixels) to find in large frames (default {DEFAULT_MIN_FACE:g}; "
                              "0: no finer pass)")

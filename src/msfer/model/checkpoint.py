@@ -187,3 +187,15 @@ def export_weights(checkpoint_path: str | Path, out: str | Path, half: bool = Tr
     slim = {key: value for key, value in checkpoint.items() if key not in training_state}
     slim["model"] = state
     return save_checkpoint(slim, out)
+
+
+def random_checkpoint(path: str | Path, name: str = "msfer_mobilenetv2", seed: int | None = None) -> Path:
+    """Save the registered model ``name`` with untrained weights (drawn from ``seed`` when given) as a checkpoint
+    at ``path``, as training saves one: what benchmarks measure where no trained model is at hand."""
+    from .registry import build_model
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    config = {"name": name, "pretrained": False}
+    model = build_model(config)
+    return save_checkpoint({"model": model.state_dict(), **describe(model, {"model": config})}, path)

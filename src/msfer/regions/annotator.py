@@ -161,7 +161,7 @@ def prefetched(batches: Sequence[list], load) -> Iterator[tuple[list, list]]:
             yield batch, images
 
 
-def summarize(samples: Sequence, records: dict[str, dict]) -> str:
+def rates_table(samples: Sequence, records: dict[str, dict]) -> str:
     """A table of detection and acceptance rates per split and class, then the rejection reasons.
 
     Detected: a face at ``--score-threshold`` or more, whether or not it then passed the filter.
