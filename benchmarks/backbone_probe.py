@@ -19,7 +19,7 @@ public_test, and likewise TCCE train -> all of TCCE val. FER2013 crops are used 
 of the box's longer side), the whole photo where no face is found. Crops are resized with msfer's
 ``resize_square``. Features are cached in ``--cache`` so a rerun only refits.
 
-This is not the equal-budget fine-tuning comparison (issue 14, item 5): a frozen probe says how much
+This is not the equal-budget fine-tuning comparison (the v2 study's faceres row): a frozen probe says how much
 expression the pretrained features already separate linearly, not how well they fine-tune.
 """
 from __future__ import annotations

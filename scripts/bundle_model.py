@@ -157,7 +157,8 @@ def bundle(best: Path, checkpoint: dict, samples: list, annotations: dict | None
     return record
 
 
-# The figures compared with an earlier record: (key, name); the verdict judges the two validations of issue 14.
+# The figures compared with an earlier record: (key, name); the verdict judges the two validations
+# (FER2013 public_test, TCCE val).
 COMPARED = (("fer2013_public_test", "FER2013 public_test"),
             ("fer2013_public_test_tta", "FER2013 public_test, flip TTA"),
             ("tcce_val", "TCCE val, whole pipeline"))

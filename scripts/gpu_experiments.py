@@ -27,7 +27,7 @@ at the input size, as ``msfer train`` would, and stores them as JPEG at quality 
 difference from a CPU run), TCCE val as its photos, and the ImageNet MobileNetV2 weights in half
 precision (widened again there; an initialisation, so the rounding does not matter).
 
-``ablation``: the rows of ``scripts/ablation_study.py`` (issue 13) at one equal epoch budget, all
+``ablation``: the rows of ``scripts/ablation_study.py`` (docs/ablation.json) at one equal epoch budget, all
 on the GPU at once, scored as that script scores them on a CPU (FER2013 public_test, the full models
 also with pseudo-label regions, and TCCE val through the whole pipeline when ``--tcce`` was given to
 ``prepare``); ``summary.json`` holds the table.

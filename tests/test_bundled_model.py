@@ -1,4 +1,4 @@
-"""The model that ships inside the package (issue 5): it loads by default and still measures what was recorded."""
+"""The model that ships inside the package: it loads by default and still measures what was recorded."""
 from pathlib import Path
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""docs/ablation.json, the ablation study's record (issue 13), has the stated shape and is what the README shows."""
+"""docs/ablation.json, the ablation study's record, has the stated shape and is what the README shows."""
 import json
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""docs/v2_study.json, the v2 study's record (issue 14, configs/studies/v2_reduced.yaml), holds every row at
+"""docs/v2_study.json, the v2 study's record (configs/studies/v2_reduced.yaml), holds every row at
 the study's budget with both validations, and the README shows its table."""
 import importlib.util
 import json

@@ -1,4 +1,4 @@
-"""Calibration (issue 12): the measures against hand-worked examples, fitting, the model applying it
+"""Calibration: the measures against hand-worked examples, fitting, the model applying it
 in PyTorch and ONNX Runtime alike, and the decision rule changing labels but never probabilities."""
 import json
 

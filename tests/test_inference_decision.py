@@ -1,4 +1,4 @@
-"""The decision rule (issue 12): `--decision balanced` changes labels and never probabilities, through the API,
+"""The decision rule: `--decision balanced` changes labels and never probabilities, through the API,
 `msfer predict`, the REST service and `msfer evaluate --detect-faces`, with PyTorch and ONNX Runtime alike; a model
 without the balanced rule's offsets is a clear error."""
 

@@ -1,4 +1,4 @@
-"""Face quality in every output (issue 12): the fields are present and in range in the API, JSON Lines, CSV and the
+"""Face quality in every output: the fields are present and in range in the API, JSON Lines, CSV and the
 REST service, they agree with each other, and `--min-quality good` leaves out the faces flagged low."""
 from __future__ import annotations
 

@@ -198,7 +198,7 @@ def test_a_one_frame_video_gets_a_visible_timeline(astronaut, random_weights, tm
     assert "1 processed frames" in (out / "report.html").read_text()
 
 
-# -- The report's reading of each moment: uncertain below a threshold, low quality marked or left out (issue 12) --
+# -- The report's reading of each moment: uncertain below a threshold, low quality marked or left out --
 
 def moment(label: str, p: float, quality: str = "good", track_id: int = 1) -> FaceResult:
     result = face([0, 0, 100, 100], label, p)
