@@ -1,4 +1,6 @@
-"""``msfer evaluate``: measure a model on one split of a dataset (:mod:`msfer.inference.evaluate`).
+"""``msfer evaluate``: measure a model on one split of a dataset: face crops through the engine
+(:func:`msfer.engine.evaluate.evaluate_crops`), whole photos through the pipeline
+(:func:`msfer.inference.detect_eval.evaluate_photos`).
 
     msfer evaluate --data /data/fer2013 --format fer2013 --split public_test --out eval/ [--weights W] [--tta]
 """
@@ -7,9 +9,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..engine.evaluate import evaluate_crops, split_samples, write_evaluation
 from ..errors import MsferError
 from ..files import refuse_file_as_folder
-from ..inference.evaluate import evaluate_crops, evaluate_photos, split_samples, write_evaluation
+from ..inference.detect_eval import evaluate_photos
 from ..inference.recognizer import EmotionRecognizer
 from .options import add_decision_argument, add_model_arguments, check_at_least_one, model_options
 

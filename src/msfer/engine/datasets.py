@@ -301,20 +301,8 @@ def build_datasets(config: Config, model: torch.nn.Module, roles: tuple[str, ...
             samples = [samples[i] for i in sorted(keep)]
         role_sets[role] = samples
         sources[role] = [(f"data.{role}={data[role] or 'holdout'!r} of {data['root']}", data["root"], samples)]
-    extra_sets = []
-    for i, entry in enumerate(extras):
-        name = f"data.extra_train[{i}]"
-        if learns_regions and not entry["annotations"]:
-            raise MsferError(f"{name} has no annotations, but this model learns from emotion regions: make them "
-                             f"with 'msfer annotate {entry['root']}' and give the file as its annotations")
-        if entry["crop"] and not entry["annotations"]:
-            raise MsferError(f"{name} is cropped (crop: true) but has no annotations to take its faces from")
-        extra_index = read_dataset(entry["root"], entry["format"], **entry["reader_options"])
-        samples = [s for s in extra_index.samples if s.split == entry["split"]]
-        if not samples:
-            raise MsferError(f"{name}: split {entry['split']!r} has no samples in {entry['root']}; "
-                             f"splits present: {', '.join(extra_index.splits())}")
-        extra_sets.append((name, entry, samples))
+    extra_sets = _extra_samples(extras, learns_regions)
+    for name, entry, samples in extra_sets:
         sources["train_split"].append((f"{name} (split {entry['split']!r} of {entry['root']})", entry["root"],
                                        samples))
     if "train_split" in roles and ("val_split" in roles or photo_val):
@@ -339,20 +327,49 @@ def build_datasets(config: Config, model: torch.nn.Module, roles: tuple[str, ...
             dataset.cache_images(data["num_workers"])
         datasets[role] = dataset
     if extra_sets:
-        parts, shares = [datasets["train_split"]], [1 - sum(entry["weight"] for entry in extras)]
-        for name, entry, samples in extra_sets:
-            extra = FaceDataset(samples, datasets["train_split"].image_size, model.region_names,
-                                load_annotations(entry["annotations"]) if entry["annotations"] else None,
-                                crop_rule=rule if entry["crop"] else None, name=name)
-            if info.is_main:
-                log.info("%s: %d images (%d left out), weight %.3f of each epoch", name, len(extra),
-                         sum(extra.left_out.values()), entry["weight"])
-            if data["cache_images"]:
-                extra.cache_images(data["num_workers"])
-            parts.append(extra)
-            shares.append(entry["weight"])
-        datasets["train_split"] = ConcatFaceDataset(parts, shares)
+        datasets["train_split"] = _with_extra_sets(datasets["train_split"], extra_sets, model, rule, data, info)
     return datasets
+
+
+def _extra_samples(extras: list[Config], learns_regions: bool) -> list[tuple[str, Config, list]]:
+    """``(name, entry, samples)`` of each ``data.extra_train`` entry, its split read and checked."""
+    from ..data.readers import read_dataset
+
+    extra_sets = []
+    for i, entry in enumerate(extras):
+        name = f"data.extra_train[{i}]"
+        if learns_regions and not entry["annotations"]:
+            raise MsferError(f"{name} has no annotations, but this model learns from emotion regions: make them "
+                             f"with 'msfer annotate {entry['root']}' and give the file as its annotations")
+        if entry["crop"] and not entry["annotations"]:
+            raise MsferError(f"{name} is cropped (crop: true) but has no annotations to take its faces from")
+        extra_index = read_dataset(entry["root"], entry["format"], **entry["reader_options"])
+        samples = [s for s in extra_index.samples if s.split == entry["split"]]
+        if not samples:
+            raise MsferError(f"{name}: split {entry['split']!r} has no samples in {entry['root']}; "
+                             f"splits present: {', '.join(extra_index.splits())}")
+        extra_sets.append((name, entry, samples))
+    return extra_sets
+
+
+def _with_extra_sets(main: FaceDataset, extra_sets: list[tuple[str, Config, list]], model: torch.nn.Module,
+                     rule: CropRule, data: Config, info: DistInfo) -> ConcatFaceDataset:
+    """The main training set and the extra sets, each drawn at its weight's share of every epoch."""
+    from ..regions.annotations import load_annotations
+
+    parts, shares = [main], [1 - sum(entry["weight"] for _, entry, _ in extra_sets)]
+    for name, entry, samples in extra_sets:
+        extra = FaceDataset(samples, main.image_size, model.region_names,
+                            load_annotations(entry["annotations"]) if entry["annotations"] else None,
+                            crop_rule=rule if entry["crop"] else None, name=name)
+        if info.is_main:
+            log.info("%s: %d images (%d left out), weight %.3f of each epoch", name, len(extra),
+                     sum(extra.left_out.values()), entry["weight"])
+        if data["cache_images"]:
+            extra.cache_images(data["num_workers"])
+        parts.append(extra)
+        shares.append(entry["weight"])
+    return ConcatFaceDataset(parts, shares)
 
 
 def sample_key(sample, root: str) -> str:

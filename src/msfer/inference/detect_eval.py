@@ -26,7 +26,7 @@ from ..engine.decision import decisions
 from ..engine.photos import photo_metrics, photo_probabilities
 from .recognizer import EmotionRecognizer
 
-__all__ = ["evaluate_with_detection", "predict_with_detection", "probs_with_detection"]
+__all__ = ["evaluate_photos", "evaluate_with_detection", "predict_with_detection", "probs_with_detection"]
 
 
 def probs_with_detection(recognizer: EmotionRecognizer, samples: Sequence[Sample]) -> np.ndarray:
@@ -52,3 +52,15 @@ def evaluate_with_detection(recognizer: EmotionRecognizer, samples: Sequence[Sam
     # A model without the balanced rule reports one rule, as msfer evaluate does on crops.
     offsets = recognizer.classifier.balanced_offsets if recognizer.has_balanced_rule else None
     return photo_metrics(samples, probs, offsets, recognizer.decision)
+
+
+def evaluate_photos(recognizer, samples: list) -> tuple[dict, dict]:
+    """The whole pipeline (detection, then classification of the largest face) on uncropped photos.
+
+    Returns the metrics and the predictions of the faces found (``probs``, ``y_true``): the reliability
+    diagram is of those, as the metrics' calibration is.
+    """
+    probs = probs_with_detection(recognizer, samples)
+    metrics = evaluate_with_detection(recognizer, samples, probs)
+    found = ~np.isnan(probs).any(axis=1)
+    return metrics, {"probs": probs[found], "y_true": np.array([s.label for s in samples])[found]}
