@@ -18,8 +18,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
 from msfer.data.readers import read_dataset
 from msfer.inference.recognizer import EmotionRecognizer
 from msfer.labels import EMOTIONS

@@ -3,7 +3,7 @@
     python benchmarks/annotate_speed.py /path/to/fer2013 [--limit N] [--batch-size B] [--threads T]
 
 Runs the command's own pipeline over FER2013 train (per-class JPEG folders) into a
-temporary file, after one warm-up batch, and prints images/s. The issue's target on a
+temporary file, after one warm-up batch, and prints images/s. The target on a
 2-core CPU is 400 images/s (FER2013 train's 28,709 images in under 2 minutes). The
 CPU time per image is printed too: unlike images/s it hardly depends on other jobs
 sharing the machine, and on idle cores images/s is about cores / CPU-seconds per image.
@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from msfer.data.readers import read_dataset
-from msfer.regions.annotate import Annotator, decode, prefetched
+from msfer.faces.retinaface import RetinaFaceDetector
 from msfer.regions.annotations import AnnotationWriter
-from msfer.regions.retinaface import RetinaFaceDetector
+from msfer.regions.annotator import Annotator, decode, prefetched
 
 
 def main() -> None:

@@ -19,28 +19,25 @@ public_test, and likewise TCCE train -> all of TCCE val. FER2013 crops are used 
 of the box's longer side), the whole photo where no face is found. Crops are resized with msfer's
 ``resize_square``. Features are cached in ``--cache`` so a rerun only refits.
 
-This is not the equal-budget fine-tuning comparison (issue 14, item 5): a frozen probe says how much
+This is not the equal-budget fine-tuning comparison (the v2 study's faceres row): a frozen probe says how much
 expression the pretrained features already separate linearly, not how well they fine-tune.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
 from msfer.data.images import load_rgb_array
 from msfer.data.transforms import model_input, resize_square
+from msfer.faces.crop import DEFAULT_CROP_RULE, native_crop
 from msfer.labels import EMOTIONS
 from msfer.model.backbones import build_backbone
 from msfer.model.mobilenet_v1 import FACERES_MEAN, FACERES_STD
 from msfer.model.registry import IMAGENET_MEAN, IMAGENET_STD, build_model, model_config
-from msfer.regions.crop import DEFAULT_CROP_RULE, native_crop
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONES = {"mobilenet_v2 (ImageNet)": ("mobilenet_v2", IMAGENET_MEAN, IMAGENET_STD),
@@ -67,7 +64,7 @@ def listing(folder: Path) -> list[tuple[Path, int]]:
 
 def face_crops(files: list[tuple[Path, int]]) -> tuple[list[np.ndarray], int]:
     """Native-resolution face crops of photos, as ``msfer predict`` crops them; (crops, photos without a face)."""
-    from msfer.regions.retinaface import RetinaFaceDetector
+    from msfer.faces.retinaface import RetinaFaceDetector
 
     detector = RetinaFaceDetector()
     crops, missed = [], 0

@@ -1,4 +1,4 @@
-"""Images/s for decoding and augmenting FER2013 train through a DataLoader (issue 2, item 7).
+"""Images/s for decoding and augmenting FER2013 train through a DataLoader.
 
     python benchmarks/data_loading.py --data /path/to/fer2013 [--size 112] [--batch-size 256] [--workers 2 1]
 

@@ -3,7 +3,7 @@
     python benchmarks/face_quality.py --fer2013 /data/fer2013 --tcce /data/tcce --out docs/quality.json [--weights W]
 
 Runs the whole pipeline (detect, crop, classify; the largest face of each image, decision
-rule argmax) and records every face's quality measures (:func:`msfer.regions.quality.face_quality`)
+rule argmax) and records every face's quality measures (:func:`msfer.faces.quality.face_quality`)
 and whether its label is right.
 
 **Natural variation**, on ``fer2013_public_test`` (FER2013 public_test, all 3,589 48 px crops,
@@ -45,13 +45,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from msfer.data.readers import read_dataset  # noqa: E402
-from msfer.inference.recognizer import EmotionRecognizer  # noqa: E402
-from msfer.labels import EMOTIONS  # noqa: E402
-from msfer.regions.quality import QUALITY_ISSUES, QualityThresholds, quality_issues  # noqa: E402
-from msfer.regions.retinaface import resize_by  # noqa: E402
+from msfer.data.readers import read_dataset
+from msfer.faces.quality import QUALITY_ISSUES, QualityThresholds, quality_issues
+from msfer.faces.retinaface import resize_by
+from msfer.inference.recognizer import EmotionRecognizer
+from msfer.labels import EMOTIONS
 
 FER_DETECT_SIZE = 128
 NATURAL = ("fer2013_public_test", "tcce_val")

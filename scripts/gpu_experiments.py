@@ -10,7 +10,7 @@ Two steps. Here, on the CPU, pack what the run needs into a carry folder small e
 
 There, with ``.carry`` carried::
 
-    python scripts/gpu_experiments.py run v2 --carry .carry --out "$OUT" --minutes 9
+    PYTHONPATH=src python scripts/gpu_experiments.py run v2 --carry .carry --out "$OUT" --minutes 9
 
 ``--minutes`` is the whole call's budget (one device command may run 10): training gets what is left
 after unpacking, the speed test, image caching and a reserve for the scoring that follows it.
@@ -27,7 +27,7 @@ at the input size, as ``msfer train`` would, and stores them as JPEG at quality 
 difference from a CPU run), TCCE val as its photos, and the ImageNet MobileNetV2 weights in half
 precision (widened again there; an initialisation, so the rounding does not matter).
 
-``ablation``: the rows of ``scripts/ablation_study.py`` (issue 13) at one equal epoch budget, all
+``ablation``: the rows of ``scripts/ablation_study.py`` (docs/ablation.json) at one equal epoch budget, all
 on the GPU at once, scored as that script scores them on a CPU (FER2013 public_test, the full models
 also with pseudo-label regions, and TCCE val through the whole pipeline when ``--tcce`` was given to
 ``prepare``); ``summary.json`` holds the table.
@@ -42,7 +42,8 @@ augmented on the GPU, so the model's step is the cost) and choose the epochs fro
 CPU (a few hundred images, one epoch). The v2 log warns that no training set is cropped by the crop rule:
 true there, since ``prepare`` cut the crops by it; the rule is still saved for inference and used in the
 photo validation. The GPU machine's own Python (PyTorch, torchvision, ONNX
-Runtime, OpenCV, Pillow) runs msfer from ``src/``; the HEIF plugin msfer depends on need not be there.
+Runtime, OpenCV, Pillow) runs msfer from ``src/`` (``PYTHONPATH=src``, as its children do); the HEIF
+plugin msfer depends on need not be there.
 """
 from __future__ import annotations
 
@@ -57,12 +58,10 @@ import tarfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
-from ablation_study import NEEDS_NO_REGIONS, ROWS, score, summarize  # scripts/, the folder of this file
-
 from msfer.engine.config import load_config
+from msfer.studies import NEEDS_NO_REGIONS, ROWS, score, summarize
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TRAIN_IMAGES = 28709
 TCCE_TRAIN_IMAGES = 829
@@ -135,8 +134,8 @@ def tcce_train_crops(tcce: Path, annotations: Path, out: Path) -> int:
 
     from msfer.data.readers import read_dataset
     from msfer.engine.datasets import FaceDataset
+    from msfer.faces.crop import CropRule
     from msfer.regions.annotations import load_annotations
-    from msfer.regions.crop import CropRule
 
     config = load_config(ROOT / V2_CONFIG)
     samples = [s for s in read_dataset(tcce, "folder").samples if s.split == "train"]
@@ -306,7 +305,7 @@ def run_v2(args: argparse.Namespace, data: Path, runs: Path, deadline: float, su
                            f"train.epochs={epochs}", f"train.max_minutes={seconds / 60:.2f}",
                            *[f"{k}={v}" for k, v in overrides.items()], log=runs / "v2.log"))])
     summary["epochs_trained"] = len((run / "metrics.csv").read_text().splitlines()) - 1
-    from msfer.engine.checkpoint import export_weights, load_checkpoint
+    from msfer.model.checkpoint import export_weights, load_checkpoint
 
     summary["best_epoch"] = load_checkpoint(run / "best.pt").get("epoch")
     export_weights(run / "best.pt", args.out / "trained.pt", half=True)  # kept even if bundling fails

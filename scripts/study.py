@@ -30,14 +30,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import re
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 import yaml
+
+from msfer.studies import log_of, run_msfer, train_to
 
 ROOT = Path(__file__).resolve().parents[1]
 SCORES = {"val_overall_accuracy": "validation overall", "val_mean_class_accuracy": "validation mean class",
@@ -45,52 +45,6 @@ SCORES = {"val_overall_accuracy": "validation overall", "val_mean_class_accuracy
           "photo_val_mean_class_accuracy": "photo validation mean class"}
 EVALUATE_KEYS = ("name", "format", "root", "split")
 EVALUATED = {"overall_accuracy": "overall", "mean_class_accuracy": "mean class"}  # read from each evaluation
-
-
-def msfer(run: Path, *args: str) -> int:
-    """``msfer ARGS`` in a child process on this checkout, its output appended to the run's log; its exit status."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"}
-    with open(log_of(run), "a") as out:
-        return subprocess.call([sys.executable, "-m", "msfer.cli", *args], stdout=out, stderr=subprocess.STDOUT,
-                               cwd=ROOT, env=env)
-
-
-def log_of(run: Path) -> Path:
-    return run.parent / f"{run.name}.log"
-
-
-def trained_epochs(run: Path) -> int:
-    """Epochs in ``run/last.pt`` (0 if there is none)."""
-    from msfer.engine.checkpoint import load_checkpoint
-
-    return int(load_checkpoint(run / "last.pt")["epoch"]) if (run / "last.pt").exists() else 0
-
-
-def train_to(run: Path, config: Path, overrides: list[str], epochs: int, on_resume: list[str] = ()) -> None:
-    """Train ``run`` to ``epochs`` epochs from ``config`` + ``overrides``, continuing an interrupted run with
-    its saved config + ``on_resume`` (overrides that may differ between sessions, such as data locations).
-
-    Raises SystemExit naming the log when ``msfer train`` fails."""
-    done = trained_epochs(run)
-    if done == epochs:
-        return
-    if done > epochs:  # its scores would pass for this budget's
-        raise SystemExit(f"{run.name} has {done} epochs, more than the study's {epochs}: delete {run} "
-                         "or restore the study's epochs")
-    if done:
-        # the run's own config: a changed budget is refused by the schedule (onecycle, cosine), so say so here
-        planned = yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"]
-        if planned != epochs:
-            raise SystemExit(f"{run.name} was planned for {planned} epochs, the study now says {epochs}: "
-                             f"delete {run} to train it afresh, or restore the study's epochs")
-        args = ["train", "--resume", str(run), *on_resume]
-    else:
-        args = ["train", "--config", str(config), "--output-dir", str(run), "--overwrite", *overrides,
-                f"train.epochs={epochs}"]
-    print(f"{'resuming' if done else 'training'} {run.name} ({done}/{epochs} epochs done)", flush=True)
-    code = msfer(run, *args)
-    if code != 0 or trained_epochs(run) < epochs:
-        raise SystemExit(f"{run.name} failed (exit {code}): see {log_of(run)}")
 
 
 def evaluate(run: Path, evaluation: dict) -> None:
@@ -102,8 +56,8 @@ def evaluate(run: Path, evaluation: dict) -> None:
     if done.exists() and done.stat().st_mtime >= (run / "last.pt").stat().st_mtime:
         return
     print(f"evaluating {run.name} on {evaluation['name']}", flush=True)
-    code = msfer(run, "evaluate", "--weights", str(run / "last.pt"), "--data", evaluation["root"],
-                 "--format", evaluation["format"], "--split", evaluation["split"], "--out", str(out))
+    code = run_msfer(run, "evaluate", "--weights", str(run / "last.pt"), "--data", evaluation["root"],
+                     "--format", evaluation["format"], "--split", evaluation["split"], "--out", str(out), cwd=ROOT)
     if code != 0:
         raise SystemExit(f"evaluating {run.name} on {evaluation['name']} failed (exit {code}): see {log_of(run)}")
 
@@ -209,7 +163,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", nargs="+", help="train only these rows (default: all, in file order)")
     parser.add_argument("--summarize-only", action="store_true", help="train nothing; rewrite the tables")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(ROOT / "src"))
 
     study = yaml.safe_load(args.study.read_text())
     names = [row["name"] for row in study["rows"]]
@@ -239,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         for row, config, overrides, on_resume in plan:
             for seed in row.get("seeds", [0]):
                 run = out / f"{row['name']}_seed{seed}"
-                train_to(run, config, [*overrides, f"train.seed={seed}"], study["epochs"], on_resume)
+                train_to(run, config, [*overrides, f"train.seed={seed}"], study["epochs"], on_resume, cwd=ROOT)
                 for evaluation in evaluations:
                     evaluate(run, evaluation)
                 summarize(study, out)

@@ -24,7 +24,7 @@ import numpy as np
 
 from msfer.engine.calibration import apply, calibration_metrics, fit
 from msfer.engine.prior import stratified_halves
-from msfer.outputs import atomic_output
+from msfer.files import atomic_output
 
 
 def load(path: Path, model: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:

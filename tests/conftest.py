@@ -40,8 +40,8 @@ def random_checkpoint(name: str, path: Path) -> Path:
     """A checkpoint of the registered model ``name`` with random weights, saved as the engine saves one."""
     import torch
 
-    from msfer.engine.checkpoint import describe, save_checkpoint
     from msfer.model import build_model
+    from msfer.model.checkpoint import describe, save_checkpoint
 
     torch.manual_seed(0)
     config = {"name": name, "pretrained": False}

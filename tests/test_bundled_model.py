@@ -12,7 +12,7 @@ pytestmark = pytest.mark.skipif(not BUNDLED_MODEL.is_file(), reason=f"no bundled
 
 
 def test_bundled_model_loads_with_complete_metadata():
-    from msfer.engine.checkpoint import load_model
+    from msfer.model.checkpoint import load_model
 
     model, meta = load_model(default_weights_path())
     assert meta["classes"] == list(EMOTIONS)
@@ -37,9 +37,9 @@ def test_bundled_model_is_the_default_and_deterministic_on_a_real_photo():
 
 def test_bundled_model_accuracy_on_fixed_fer2013_sample_matches_record(fer2013_root):
     from msfer.data.readers import read_dataset
-    from msfer.engine.checkpoint import load_model
     from msfer.engine.datasets import FaceDataset
     from msfer.engine.evaluate import predict_split
+    from msfer.model.checkpoint import load_model
 
     recorded = bundled_record()["fixed_sample"]
     sample = fixed_sample(read_dataset(fer2013_root, "fer2013").samples)
@@ -70,7 +70,7 @@ def strings(value) -> list[str]:
 
 
 def test_no_path_of_the_bundling_machine_ships_in_package_data():
-    from msfer.engine.checkpoint import load_checkpoint
+    from msfer.model.checkpoint import load_checkpoint
 
     record, checkpoint = bundled_record(), load_checkpoint(BUNDLED_MODEL)
     for text in strings(record) + strings({k: checkpoint[k] for k in ("config", "calibration", "best")}):

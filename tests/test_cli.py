@@ -73,7 +73,7 @@ def test_model_options_are_one_set_with_one_set_of_defaults(command):
 
 
 def test_model_options_are_checked_before_any_model_loads(tmp_path, capsys):
-    from msfer.inference.options import model_options
+    from msfer.cli.options import model_options
 
     assert model_options(argparse.Namespace(weights=None, device="auto", backend="onnx"))["device"] == "cpu"
     assert main(["predict", "--backend", "onnx", "--device", "cuda:1", str(tmp_path)]) == 2
@@ -89,7 +89,7 @@ def test_a_command_whose_extra_is_missing_says_what_to_install(command, module, 
     import sys
 
     monkeypatch.setitem(sys.modules, module, None)  # as if the extra were not installed: importing it fails
-    extras = ("msfer.inference.service", "msfer.inference.export")
+    extras = ("msfer.inference.service", "msfer.inference.export", "msfer.cli.serve", "msfer.cli.export")
     for loaded in [name for name in sys.modules if name.startswith(extras)]:
         monkeypatch.delitem(sys.modules, loaded)
     args = {"serve": [], "export": ["--out", str(tmp_path / "m.onnx")], "train": ["--config", os.devnull]}

@@ -17,8 +17,8 @@ from PIL import Image
 from msfer.cli import main
 from msfer.data.images import load_rgb
 from msfer.data.transforms import class_probabilities, mirror, model_input, normalize, resize_square
-from msfer.engine.checkpoint import load_model
 from msfer.labels import EMOTIONS
+from msfer.model.checkpoint import load_model
 from msfer.model.emotionnet import EmotionModel
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

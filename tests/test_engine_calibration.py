@@ -1,4 +1,4 @@
-"""Calibration (issue 12): the measures against hand-worked examples, fitting, the model applying it
+"""Calibration: the measures against hand-worked examples, fitting, the model applying it
 in PyTorch and ONNX Runtime alike, and the decision rule changing labels but never probabilities."""
 import json
 
@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from msfer.engine import calibration as C
+from msfer.engine.decision import decide
 from msfer.errors import MsferError
 from msfer.labels import EMOTIONS
 
@@ -65,22 +66,22 @@ def test_balanced_decision_changes_labels_never_probabilities():
     probs = np.array([[0.6, 0.3, 0.1, 0, 0, 0, 0], [0.1, 0.2, 0.7, 0, 0, 0, 0]]) + 1e-9
     offsets = [0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
     before = probs.copy()
-    assert C.decide(probs, offsets, "argmax").tolist() == [0, 2]
-    assert C.decide(probs, offsets, "balanced").tolist() == [1, 2]  # log .3 + 1 > log .6
+    assert decide(probs, offsets, "argmax").tolist() == [0, 2]
+    assert decide(probs, offsets, "balanced").tolist() == [1, 2]  # log .3 + 1 > log .6
     assert np.array_equal(probs, before)
     with pytest.raises(MsferError, match="decision rule"):
-        C.decide(probs, offsets, "fair")
+        decide(probs, offsets, "fair")
 
 
 def calibrated_copy(random_weights, tmp_path, scale, bias, offsets):
-    from msfer.engine.checkpoint import load_checkpoint, save_checkpoint
+    from msfer.model.checkpoint import load_checkpoint, save_checkpoint
 
     checkpoint = C.calibrated_checkpoint(load_checkpoint(random_weights), scale, bias, offsets, {"method": "vector"})
     return save_checkpoint(checkpoint, tmp_path / "calibrated.pt")
 
 
 def test_the_network_applies_its_calibration_and_old_files_load_as_identity(random_weights, tmp_path):
-    from msfer.engine.checkpoint import load_checkpoint, load_model, save_checkpoint
+    from msfer.model.checkpoint import load_checkpoint, load_model, save_checkpoint
 
     scale, bias = [2.0, 1.0, 0.5, 1.5, 1.0, 3.0, 1.0], [0.1, -0.2, 0.0, 0.3, 0.0, -0.1, -0.1]
     path = calibrated_copy(random_weights, tmp_path, scale, bias, [0.0] * 7)
@@ -102,8 +103,8 @@ def test_pytorch_and_onnx_runtime_apply_the_same_calibration(random_weights, tmp
     pytest.importorskip("onnx")
     import onnxruntime
 
-    from msfer.engine.checkpoint import load_model
     from msfer.inference.export import export_onnx
+    from msfer.model.checkpoint import load_model
 
     path = calibrated_copy(random_weights, tmp_path, [3.0, 1.0, 0.5, 1.5, 1.0, 2.0, 1.0],
                            [0.5, -0.2, 0, 0.3, 0, -0.3, -0.3], [0.0] * 7)

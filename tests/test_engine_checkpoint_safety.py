@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from msfer.cli import main as cli
-from msfer.engine.checkpoint import export_weights, load_checkpoint, load_model, save_checkpoint
-from msfer.engine.train import restore_rng_states, rng_states
+from msfer.engine.runtime import restore_rng_states, rng_states
 from msfer.errors import MsferError
 from msfer.labels import EMOTIONS
+from msfer.model.checkpoint import export_weights, load_checkpoint, load_model, save_checkpoint
 
 UNSAFE = "is not a safe msfer checkpoint"
 

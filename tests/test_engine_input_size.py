@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from msfer.cli import main as cli
-from msfer.engine.checkpoint import load_checkpoint, load_model
 from msfer.labels import EMOTIONS
+from msfer.model.checkpoint import load_checkpoint, load_model
 
 SIZE, STORED = 160, 200
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from msfer.engine.train import build_scheduler, ema_model, restore_scheduler
+from msfer.engine.optim import build_scheduler, ema_model, restore_scheduler
 
 STEPS_PER_EPOCH = 10
 

@@ -16,8 +16,8 @@ from msfer.cli import main as cli
 from msfer.data.samples import Sample
 from msfer.engine.datasets import FaceDataset
 from msfer.engine.distributed import DistInfo, EpochSampler
+from msfer.faces.crop import CropRule
 from msfer.labels import EMOTIONS
-from msfer.regions.crop import CropRule
 
 TINY = ["model.name=classifier_mobilenetv2", "model.pretrained=false", "model.input_size=32",
         "data.format=folder", "data.val_split=val", "data.num_workers=0", "train.batch_size=8", "eval.batch_size=16"]
@@ -159,11 +159,11 @@ def test_training_sets_never_overlap_a_validation_set(tiny_sets, tmp_path, capsy
 
 def run_training(*args: str) -> dict:
     """``msfer train`` in process, returning its summary."""
-    from msfer.engine import train
+    from msfer.cli import train
 
     parser = argparse.ArgumentParser()
     train.add_arguments(parser)
-    return train.main(parser.parse_args(list(args)))
+    return train.train_or_test(parser.parse_args(list(args)))
 
 
 def test_crops_plus_weighted_photos_with_photo_validation_resume_exactly(tiny_sets, tmp_path):
@@ -237,9 +237,9 @@ def test_a_face_past_the_photos_edge_is_cropped_for_training_as_inference_crops_
     # detection itself; the same rule must give the same pixels, the part outside the photo padded alike.
     from msfer import EmotionRecognizer
     from msfer.engine.photos import largest_face_crops
-    from msfer.regions.annotate import Annotator
-    from msfer.regions.detection import detect_faces
-    from msfer.regions.retinaface import Face
+    from msfer.faces.detection import detect_faces
+    from msfer.faces.retinaface import Face
+    from msfer.regions.annotator import Annotator
 
     photo = np.ascontiguousarray(astronaut[100:350, 205:415])
     found = detect_faces(recognizer.detector, [photo])[0][0]
@@ -278,9 +278,9 @@ def test_a_face_past_the_photos_edge_is_cropped_for_training_as_inference_crops_
 ])
 def test_a_crop_rule_no_training_set_is_cropped_by_is_said_at_the_start(tiny_sets, tmp_path, caplog, crop_rule,
                                                                          cropped, warned):
-    from msfer.engine.checkpoint import describe
     from msfer.engine.config import load_config
-    from msfer.engine.train import Trainer
+    from msfer.engine.trainer import Trainer
+    from msfer.model.checkpoint import describe
 
     overrides = [*TINY, f"data.root={tiny_sets / 'crops'}", f"data.crop_rule={crop_rule}"]
     if cropped:
@@ -288,7 +288,7 @@ def test_a_crop_rule_no_training_set_is_cropped_by_is_said_at_the_start(tiny_set
                          f"weight: 0.25, crop: true, annotations: {tiny_sets / 'photos' / 'regions.jsonl'}}}]")
     config = load_config(os.devnull, overrides)
     rule = CropRule.from_dict(config["data"]["crop_rule"])
-    with caplog.at_level(logging.WARNING, logger="msfer.engine.train"):
+    with caplog.at_level(logging.WARNING, logger="msfer.engine.trainer"):
         trainer = Trainer(config, tmp_path / "run", torch.device("cpu"), DistInfo(), None)
     said = "the rule is used only at inference and in the photo validation" in caplog.text
     assert said == warned, caplog.text

@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 
 from msfer.data.samples import Sample
-from msfer.engine.checkpoint import describe, load_model, save_checkpoint
 from msfer.engine.photos import PhotoValidation, photo_metrics
+from msfer.faces.crop import CropRule
 from msfer.labels import EMOTIONS
 from msfer.model import build_model
-from msfer.regions.crop import CropRule
+from msfer.model.checkpoint import describe, load_model, save_checkpoint
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -79,7 +79,7 @@ from msfer.data.samples import Sample
 from msfer.engine.distributed import cleanup_distributed, init_distributed
 from msfer.engine.photos import PhotoValidation
 from msfer.model import build_model
-from msfer.regions.crop import CropRule
+from msfer.faces.crop import CropRule
 
 photos, out = json.loads(sys.argv[1]), sys.argv[2]
 info = init_distributed("cpu")

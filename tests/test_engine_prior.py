@@ -75,7 +75,7 @@ def test_choose_tau_rejects_mismatched_shapes():
 
 
 def test_unfold_takes_a_folded_adjustment_out_of_the_bias(random_weights):
-    from msfer.engine.checkpoint import load_checkpoint
+    from msfer.model.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(random_weights)
     offsets = adjustment(FER2013_TRAIN_COUNTS, 0.6)

@@ -14,9 +14,9 @@ import yaml
 from PIL import Image
 
 from msfer.cli import main as cli
-from msfer.engine.checkpoint import export_weights, load_model
 from msfer.errors import MsferError
 from msfer.labels import EMOTIONS
+from msfer.model.checkpoint import export_weights, load_model
 
 # The fastest real model: MobileNetV2 classifier from scratch at 32 px.
 TINY = ["model.name=classifier_mobilenetv2", "model.pretrained=false", "model.input_size=32",
@@ -137,7 +137,7 @@ def test_holdout_validates_on_the_stratified_part_of_the_training_split(tiny_dat
     from msfer.data.readers import read_dataset
     from msfer.data.splits import stratified_split
     from msfer.engine.config import load_config
-    from msfer.engine.train import role_samples
+    from msfer.engine.datasets import role_samples
 
     holdout = ["data.val_split=null", "data.holdout={fraction: 1/4, seed: 5}"]
     data = load_config(overrides=[*TINY, f"data.root={tiny_data}", *holdout])["data"]
@@ -207,7 +207,7 @@ def uninterrupted(tiny_data, tmp_path_factory) -> Path:
 
 def assert_consistent(run: Path, reference: Path, epochs: int) -> None:
     """One row per epoch, best.pt = the best epoch the run records, and the same numbers as the reference run."""
-    from msfer.engine.checkpoint import load_checkpoint
+    from msfer.model.checkpoint import load_checkpoint
 
     rows, expected = read_csv(run / "metrics.csv"), read_csv(reference / "metrics.csv")
     assert [row["epoch"] for row in rows] == [str(e) for e in range(1, epochs + 1)]
@@ -224,42 +224,56 @@ def assert_consistent(run: Path, reference: Path, epochs: int) -> None:
     reference_last = load_checkpoint(reference / "last.pt")
     assert all(torch.allclose(last["model"][k].float(), reference_last["model"][k].float(), atol=1e-6)
                for k in last["model"])
-    assert not list(run.glob(".*.tmp"))
+    assert not list(run.glob(".msfer-*"))  # no temporary file left behind
+
+
+def fail_writing(monkeypatch, name: str) -> None:
+    """Make every write of a file called ``name`` fail as a full disk does (after the earlier files of a commit)."""
+    import errno
+
+    import msfer.files
+
+    real = msfer.files.temporary_beside
+
+    def refuse(path, suffix):
+        if Path(path).name == name:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(path, suffix)
+
+    monkeypatch.setattr(msfer.files, "temporary_beside", refuse)
 
 
 @pytest.mark.parametrize("killed_at", ["metrics.csv", "best.pt", "last.pt"])
-def test_a_kill_during_a_commit_resumes_consistently(tiny_data, uninterrupted, tmp_path, killed_at, capsys):
-    from msfer.engine.checkpoint import load_checkpoint
+def test_a_kill_during_a_commit_resumes_consistently(tiny_data, uninterrupted, tmp_path, killed_at, capsys,
+                                                     monkeypatch):
+    from msfer.model.checkpoint import load_checkpoint
 
     run = tmp_path / "run"
     # Epoch 1 committed (the time budget stops the run there).
     assert train("--output-dir", str(run), *COMMIT, f"data.root={tiny_data}", "train.max_minutes=1e-9") == 0
-    blocker = run / f".{killed_at}.tmp"
-    blocker.mkdir()
-    assert train("--resume", str(run), "train.max_minutes=null") == 2
+    with monkeypatch.context() as patch:
+        fail_writing(patch, killed_at)
+        assert train("--resume", str(run), "train.max_minutes=null") == 2
     assert f"cannot write {run / killed_at}" in capsys.readouterr().err
     # What the kill left: epoch 2's files up to the failed one, last.pt still at epoch 1.
     assert load_checkpoint(run / "last.pt")["epoch"] == 1
     assert len(read_csv(run / "metrics.csv")) == (1 if killed_at == "metrics.csv" else 2)
     assert (run / "best.pt").exists() == (killed_at == "last.pt")
-    blocker.rmdir()
-    # A kill in the middle of writing the next file leaves a truncated temporary copy.
-    blocker.write_bytes((run / "last.pt").read_bytes()[:1000])
+    assert not list(run.glob(".msfer-*"))  # the failed write removed its temporary file
     assert train("--resume", str(run), "train.max_minutes=null") == 0
     assert "best epoch 2 " in capsys.readouterr().out
     assert_consistent(run, uninterrupted, epochs=2)
 
 
 @pytest.mark.parametrize("killed_at", ["best.pt", "last.pt"])
-def test_a_kill_during_the_first_commit_says_start_over(tiny_data, tmp_path, killed_at, capsys):
-    from msfer.engine.checkpoint import load_checkpoint
+def test_a_kill_during_the_first_commit_says_start_over(tiny_data, tmp_path, killed_at, capsys, monkeypatch):
+    from msfer.model.checkpoint import load_checkpoint
 
     run = tmp_path / "run"
     one_epoch = ["--output-dir", str(run), "--config", os.devnull, *TINY, f"data.root={tiny_data}", "train.epochs=1"]
-    blocker = run / f".{killed_at}.tmp"
-    blocker.mkdir(parents=True)
-    assert train(*one_epoch, "--overwrite") == 2  # (--overwrite: the directory holds the blocker)
-    blocker.rmdir()
+    with monkeypatch.context() as patch:
+        fail_writing(patch, killed_at)
+        assert train(*one_epoch) == 2
     assert not (run / "last.pt").exists() and len(read_csv(run / "metrics.csv")) == 1
     capsys.readouterr()
     # Neither message sends the user to a --resume that cannot work.

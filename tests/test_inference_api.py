@@ -12,7 +12,8 @@ from PIL import Image
 
 from msfer import EMOTIONS, EmotionRecognizer
 from msfer.errors import MsferError
-from msfer.inference.recognizer import face_transform, map_boxes_back, to_rgb_array
+from msfer.faces.crop import CropRule, face_transform, map_boxes_back
+from msfer.inference.recognizer import to_rgb_array
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -106,11 +107,11 @@ def test_crop_transform_round_trip():
     box = np.array([100.0, 50.0, 180.0, 150.0])
     landmarks = np.array([[120, 90], [160, 80], [140, 110], [125, 130], [155, 125]], float)
     for align in (False, True):
-        transform, side = face_transform(box, landmarks, crop_scale=1.0, align=align)
+        transform, side = face_transform(box, landmarks, CropRule("roll" if align else "box", 1.0))
         assert side == 100
         center = transform @ np.array([140, 100, 1.0])
         assert np.allclose(center, [50, 50])  # the face centre lands at the crop centre
-    transform, _ = face_transform(box, landmarks, 1.0, align=False)
+    transform, _ = face_transform(box, landmarks, CropRule("box", 1.0))
     crop_box = np.array([[10.0, 20.0, 60.0, 70.0]])
     assert np.allclose(map_boxes_back(crop_box, transform, 1000, 1000), [[100, 70, 150, 120]])
     assert np.allclose(map_boxes_back(crop_box, transform, 120, 100), [[100, 70, 120, 100]])  # clipped to the image

@@ -184,7 +184,7 @@ def test_relative_roots_follow_data_root(tmp_path, suite_file):
 def with_rule(random_weights: Path, out: Path, default: str | None = None) -> Path:
     """``random_weights`` with a balanced rule's offsets and, if given, its own ``default`` decision rule."""
     from msfer.engine.calibration import calibrated_checkpoint
-    from msfer.engine.checkpoint import load_checkpoint, save_checkpoint
+    from msfer.model.checkpoint import load_checkpoint, save_checkpoint
 
     record = {"method": "temperature", "balanced_tau": 1.0, **({"decision": default} if default else {})}
     offsets = [0.5, -0.5, 0.2, 0.0, -0.1, 0.3, -0.4]

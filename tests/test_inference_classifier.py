@@ -20,8 +20,8 @@ from test_inference_predict import moving_face_frames, write_video
 
 from msfer.cli import main
 from msfer.errors import MsferError
-from msfer.inference.predict import CSV_FIELDS
-from msfer.inference.recognizer import EmotionRecognizer, FaceResult
+from msfer.inference.recognizer import EmotionRecognizer
+from msfer.inference.results import CSV_FIELDS, FaceResult
 from msfer.inference.visualize import draw_faces
 from msfer.labels import EMOTIONS
 
@@ -225,9 +225,9 @@ def test_evaluate(classifier_weights, astronaut, tmp_path, capsys):
 
 def test_only_a_plain_classifier_is_refused_pseudo_regions(random_weights, classifier_weights):
     """A region network saved with just its registered name (no region_source key) keeps --region-source pseudo."""
+    from msfer.engine.evaluate import check_has_regions
     from msfer.errors import MsferError
-    from msfer.inference.evaluate import _check_has_regions
 
-    _check_has_regions(random_weights)
+    check_has_regions(random_weights)
     with pytest.raises(MsferError, match="uses no face regions"):
-        _check_has_regions(classifier_weights)
+        check_has_regions(classifier_weights)

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from msfer import EmotionRecognizer
-from msfer.engine.checkpoint import crop_rule, describe, load_model, save_checkpoint
+from msfer.faces.crop import CropRule, crop_face
 from msfer.model import build_model
-from msfer.regions.crop import CropRule, crop_face
+from msfer.model.checkpoint import crop_rule, describe, load_model, save_checkpoint
 
 CONFIG = {"name": "msfer_mobilenetv2", "pretrained": False}
 
@@ -57,8 +57,8 @@ def test_the_recognizer_crops_by_the_models_rule_unless_told_otherwise(similarit
 
 def test_the_onnx_export_carries_the_rule(similarity_weights, tmp_path):
     pytest.importorskip("onnx")
+    from msfer.inference.backends import OnnxBackend
     from msfer.inference.export import export_onnx
-    from msfer.inference.recognizer import OnnxBackend
 
     path = export_onnx(similarity_weights, tmp_path / "model.onnx")
     assert OnnxBackend(path, str(path)).crop_rule == CropRule("similarity", 1.3)

@@ -1,4 +1,4 @@
-"""The decision rule (issue 12): `--decision balanced` changes labels and never probabilities, through the API,
+"""The decision rule: `--decision balanced` changes labels and never probabilities, through the API,
 `msfer predict`, the REST service and `msfer evaluate --detect-faces`, with PyTorch and ONNX Runtime alike; a model
 without the balanced rule's offsets is a clear error."""
 
@@ -14,10 +14,10 @@ from PIL import Image
 
 from msfer.cli import main
 from msfer.engine.calibration import calibrated_checkpoint
-from msfer.engine.checkpoint import load_checkpoint, save_checkpoint
 from msfer.errors import MsferError
 from msfer.inference.recognizer import EmotionRecognizer
 from msfer.labels import EMOTIONS
+from msfer.model.checkpoint import load_checkpoint, save_checkpoint
 
 CALIBRATION_RECORD = {
     "method": "temperature",

@@ -8,7 +8,8 @@ import pytest
 
 from msfer.cli import main
 from msfer.errors import MsferError
-from msfer.inference.recognizer import EmotionRecognizer, OnnxBackend, TorchBackend
+from msfer.inference.backends import OnnxBackend, TorchBackend
+from msfer.inference.recognizer import EmotionRecognizer
 
 onnx = pytest.importorskip("onnx")
 

@@ -13,8 +13,9 @@ from PIL import Image
 
 from msfer import EmotionRecognizer
 from msfer.cli import main
-from msfer.inference.predict import ResultWriter, collect_inputs, predict_images
-from msfer.inference.recognizer import detection_scales
+from msfer.faces.detection import detection_scales
+from msfer.inference.predict import collect_inputs, predict_images
+from msfer.inference.results import ResultWriter
 from msfer.regions.annotations import load_annotations
 
 # width x height: far longer than wide, in both directions; shrunk for detection, a side used to round to 0 px.
@@ -205,8 +206,8 @@ def test_an_image_that_breaks_detection_costs_only_its_own_record(recognizer, as
 
 def test_annotate_writes_an_image_that_breaks_detection_as_unreadable(astronaut):
     from msfer.data.samples import Sample
-    from msfer.regions.annotate import Annotator
-    from msfer.regions.retinaface import RetinaFaceDetector
+    from msfer.faces.retinaface import RetinaFaceDetector
+    from msfer.regions.annotator import Annotator
 
     face = np.ascontiguousarray(astronaut[20:260, 120:340])
     images = [face, np.zeros((40, 77, 3), np.uint8), face]

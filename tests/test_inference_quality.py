@@ -1,4 +1,4 @@
-"""Face quality in every output (issue 12): the fields are present and in range in the API, JSON Lines, CSV and the
+"""Face quality in every output: the fields are present and in range in the API, JSON Lines, CSV and the
 REST service, they agree with each other, and `--min-quality good` leaves out the faces flagged low."""
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from msfer.cli import main
+from msfer.faces.quality import QUALITY_ISSUES, QualityThresholds
 from msfer.inference.recognizer import EmotionRecognizer
-from msfer.regions.quality import QUALITY_ISSUES, QualityThresholds
 
 QUALITY_FIELDS = ("face_size", "sharpness", "roll", "yaw", "quality", "quality_issues")
 

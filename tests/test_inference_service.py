@@ -322,8 +322,8 @@ def test_web_page_in_headless_chromium(random_weights, tmp_path):
 def test_web_page_shows_decision_quality_and_calibration(random_weights, tmp_path):
     """The page sends the decision rule chosen on it, and shows each face's reading, quality and the calibration."""
     from msfer.engine.calibration import calibrated_checkpoint
-    from msfer.engine.checkpoint import load_checkpoint, save_checkpoint
     from msfer.labels import EMOTIONS
+    from msfer.model.checkpoint import load_checkpoint, save_checkpoint
 
     offsets = np.zeros(len(EMOTIONS))
     offsets[EMOTIONS.index("fear")] = 50.0  # under the balanced rule every face reads fear

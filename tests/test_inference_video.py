@@ -12,9 +12,10 @@ from test_inference_predict import moving_face_frames, write_video
 
 from msfer.cli import main
 from msfer.errors import MsferError
-from msfer.inference.recognizer import EmotionRecognizer, FaceResult
+from msfer.inference.recognizer import EmotionRecognizer
 from msfer.inference.report import EMOTION_COLORS
-from msfer.inference.tracking import FaceTracker, box_iou
+from msfer.inference.results import FaceResult
+from msfer.inference.tracking import FaceTracker
 from msfer.inference.video import VideoSource, predict_video
 from msfer.labels import EMOTIONS
 
@@ -25,11 +26,15 @@ def face(box, label: str = "happy", p: float = 0.7) -> FaceResult:
 
 
 def test_box_iou():
-    a = np.array([[0, 0, 10, 10]], float)
-    b = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]], float)
-    assert np.allclose(box_iou(a, b), [[1.0, 50 / 150, 0.0]])
-    point = np.array([[5, 5, 5, 5]], float)  # zero area: IoU 0 with everything (torchvision's 0 / 0 is NaN)
-    assert box_iou(point, np.vstack([point, a])).tolist() == [[0.0, 0.0]]
+    import torch
+
+    from msfer.model.boxes import box_iou
+
+    a = torch.tensor([[0, 0, 10, 10]], dtype=torch.float64)
+    b = torch.tensor([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]], dtype=torch.float64)
+    assert np.allclose(box_iou(a, b).numpy(), [[1.0, 50 / 150, 0.0]])
+    point = torch.tensor([[5, 5, 5, 5]], dtype=torch.float64)  # zero area: IoU 0 with everything (torchvision: NaN)
+    assert box_iou(point, torch.cat([point, a])).tolist() == [[0.0, 0.0]]
 
 
 def test_tracker_keeps_ids_of_moving_faces_and_ends_lost_tracks():
@@ -193,7 +198,7 @@ def test_a_one_frame_video_gets_a_visible_timeline(astronaut, random_weights, tm
     assert "1 processed frames" in (out / "report.html").read_text()
 
 
-# -- The report's reading of each moment: uncertain below a threshold, low quality marked or left out (issue 12) --
+# -- The report's reading of each moment: uncertain below a threshold, low quality marked or left out --
 
 def moment(label: str, p: float, quality: str = "good", track_id: int = 1) -> FaceResult:
     result = face([0, 0, 100, 100], label, p)
@@ -254,13 +259,13 @@ def test_report_uncertain_threshold_and_calibration_statement(clip, random_weigh
 
 
 def test_a_report_over_an_earlier_one_keeps_none_of_its_plots(clip, random_weights, tmp_path):
-    from msfer.inference.report import write_report
+    from msfer.inference.report import write_video_report
     from msfer.inference.video import VideoFrame
 
     out = tmp_path / "report"
     three_faces = [VideoFrame(k, k / 10, None, [moment("happy", 0.8, track_id=t) for t in (1, 2, 3)], True)
                    for k in range(3)]
-    write_report(clip, three_faces, out, {})  # an earlier report, of a video with three faces
+    write_video_report(clip, three_faces, out, {})  # an earlier report, of a video with three faces
     assert sorted(path.name for path in out.glob("timeline_*.png")) == [f"timeline_{t}.png" for t in (1, 2, 3)]
     (out / "timeline_9.png").write_bytes(b"mine")  # named like a plot, but no report shows it: not msfer's
     (out / "notes.txt").write_text("mine")

@@ -13,12 +13,12 @@ import torch
 from msfer.data.images import load_rgb_array
 from msfer.data.transforms import model_input
 from msfer.errors import MsferError
+from msfer.faces.crop import CropRule, crop_face
 from msfer.model import build_model
 from msfer.model.backbones import build_backbone
 from msfer.model.mobilefacenet import MOBILEFACENET_MEAN, MOBILEFACENET_STD, MobileFaceNet
 from msfer.model.pretrained import face_weights_path
 from msfer.model.registry import IMAGENET_MEAN, IMAGENET_STD
-from msfer.regions.crop import CropRule, crop_face
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = Path(__file__).parent / "data" / "mobilefacenet_reference.json"

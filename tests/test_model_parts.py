@@ -8,9 +8,10 @@ import torch.nn.functional as F
 from msfer.errors import MsferError
 from msfer.model.anchors import ANCHORS_PER_LOCATION, cell_anchors, level_anchors
 from msfer.model.backbones import BACKBONES, build_backbone
+from msfer.model.boxes import box_iou
 from msfer.model.emotionnet import _TEMPLATE
 from msfer.model.fpn import LEVELS, STRIDES, FeaturePyramid
-from msfer.model.layers import LevelRoIAlign, box_iou
+from msfer.model.layers import LevelRoIAlign
 from msfer.model.losses import binary_focal_loss, focal_cross_entropy
 from msfer.model.multiscale import MultiScaleHead
 

@@ -1,4 +1,4 @@
-"""The region detector's Fast R-CNN RoI sampling (issue 13): positives are real proposals near
+"""The region detector's Fast R-CNN RoI sampling: positives are real proposals near
 the pseudo-labels, with non-zero regression targets, within the quota of every registered model."""
 import pytest
 import torch

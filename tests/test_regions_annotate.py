@@ -13,7 +13,7 @@ from skimage.data import astronaut
 
 from msfer.cli import main
 from msfer.errors import MsferError
-from msfer.regions import annotate
+from msfer.regions import annotator as annotate
 from msfer.regions.annotations import AnnotationWriter, load_annotations
 
 

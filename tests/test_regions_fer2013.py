@@ -6,9 +6,9 @@ import random
 import pytest
 
 from msfer.data.readers import read_dataset
-from msfer.regions.annotate import LOW_SCORE, Annotator, decode
+from msfer.faces.retinaface import RetinaFaceDetector
 from msfer.regions.annotations import STATUS_NO_FACE, STATUS_OK, STATUS_UNREADABLE
-from msfer.regions.retinaface import RetinaFaceDetector
+from msfer.regions.annotator import LOW_SCORE, Annotator, decode
 
 pytestmark = pytest.mark.realdata
 

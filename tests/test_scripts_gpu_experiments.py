@@ -13,16 +13,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def script():
-    import sys
-
-    sys.path.insert(0, str(ROOT / "scripts"))  # as when run: it imports ablation_study.py from beside it
-    try:
-        spec = importlib.util.spec_from_file_location("gpu_experiments", ROOT / "scripts" / "gpu_experiments.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+    spec = importlib.util.spec_from_file_location("gpu_experiments", ROOT / "scripts" / "gpu_experiments.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_v2_on_the_gpu_is_v2_with_the_gpu_settings_and_the_carried_data(script, tmp_path):

@@ -110,7 +110,7 @@ def test_an_interrupted_run_resumes_with_this_sessions_paths_and_settings(fer_tr
     ${NAME} overrides and the --set values are given again on resume (its saved config has the old ones)."""
     import shutil
 
-    from msfer.engine.checkpoint import load_checkpoint
+    from msfer.model.checkpoint import load_checkpoint
 
     main, out = study_main(), tmp_path / "out"
     study = yaml.safe_load(study_file.read_text())

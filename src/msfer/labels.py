@@ -52,3 +52,9 @@ def canonical_emotion(name: str) -> str:
 
 def region_names(merge_eyes: bool = False) -> tuple[str, ...]:
     return MERGED_EYES_REGION_NAMES if merge_eyes else REGION_NAMES
+
+
+def check_classes(classes, source: str) -> None:
+    """Refuse a model file (named ``source``) whose classes are not :data:`EMOTIONS` in their order."""
+    if tuple(classes) != EMOTIONS:
+        raise MsferError(f"{source} predicts classes {list(classes)}, not msfer's {list(EMOTIONS)}")

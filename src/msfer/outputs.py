@@ -3,14 +3,14 @@
 * **Never onto an input.** :class:`InputFiles` remembers the files a command reads (by
   device and inode, so links and hard links count); :meth:`InputFiles.refuse`
   raises a :class:`MsferError` naming both when an output would land on one of them.
-* **Whole or not at all.** :func:`atomic_output` writes to a temporary file beside the
-  target and renames it onto the target only when the writing succeeded, so a reader
-  never sees half a file and an interrupted run leaves the old file as it was.
+* **Whole or not at all.** Every output goes through :mod:`msfer.files`' one writer
+  (temporary file, ``fsync``, rename), so a reader never sees half a file and an
+  interrupted run leaves the old file as it was.
 * **An existing ``--out``** (``msfer predict``, ``msfer annotate`` and ``msfer export``) is
   neither replaced nor appended to unless asked: ``--resume`` continues it (the inputs it
   already has are skipped), ``--overwrite`` starts it afresh (:func:`existing_out_mode`).
 * **A file that cannot be written** is a :class:`MsferError` naming it and the reason
-  (:func:`writing`), not a traceback.
+  (:func:`msfer.files.writing`), not a traceback.
 * **File names that are not UTF-8.** Linux allows any bytes but NUL and ``/`` in a name;
   Python gives such names as ``str`` with surrogate escapes. :func:`printable` turns a
   name into valid text, each undecodable byte written as ``\\xNN`` (``café`` in Latin-1
@@ -19,13 +19,9 @@
 """
 from __future__ import annotations
 
-import argparse
-import errno
 import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from .errors import MsferError
 
@@ -126,89 +122,3 @@ def existing_out_mode(path: Path | None, resume: bool, overwrite: bool, resumabl
         raise MsferError(f"--out {printable(path)} already exists: add --overwrite to replace it")
     raise MsferError(f"--out {printable(path)} already exists: add --resume to continue it (the inputs already in it "
                      "are skipped) or --overwrite to replace it")
-
-
-def file_argument(text: str) -> Path:
-    """The argparse ``type`` of an output file's option: refuses a name ending in ``/``, which names a folder.
-
-    ``Path("models/")`` is ``Path("models")``: without this the slash would be lost and a
-    file named ``models`` written.
-    """
-    if text.endswith(("/", os.sep)):
-        raise argparse.ArgumentTypeError(f"{printable(text)} ends in {os.sep}, so it names a folder; give a file")
-    return Path(text)
-
-
-def refuse_file_as_folder(path: Path, option: str) -> None:
-    """Raise :class:`MsferError` if ``path`` (a folder ``option`` writes into) is a file or could not be made.
-
-    Checked before the work, so that a run does not end, after it, where it could have begun.
-    """
-    if path.exists() and not path.is_dir():
-        raise MsferError(f"{option} {printable(path)} is a file; give a folder")
-    blocking = _file_in_the_way(path)
-    if blocking is not None:
-        raise MsferError(f"cannot write {printable(path)}: {printable(blocking)} is a file, not a folder")
-
-
-def _file_in_the_way(path: Path) -> Path | None:
-    """The nearest existing one of ``path``'s folders if it is not a folder (nothing can be made under it)."""
-    for folder in path.parents:
-        if folder.exists():
-            return None if folder.is_dir() else folder
-    return None
-
-
-def _why_not_written(path: Path, error: OSError) -> str:
-    """The reason ``path`` could not be written: a file where a folder on its way should be, else the OS's words."""
-    if path.is_dir():
-        return "it is a folder"
-    blocking = _file_in_the_way(path)
-    if blocking is not None:  # FileExistsError or NotADirectoryError say this only obliquely
-        return f"{printable(blocking)} is a file, not a folder"
-    return error.strerror or str(error)
-
-
-@contextmanager
-def writing(path: str | os.PathLike) -> Iterator[None]:
-    """Turn an :class:`OSError` of the block (which writes ``path``) into one :class:`MsferError` naming it."""
-    try:
-        yield
-    except OSError as error:
-        raise MsferError(f"cannot write {printable(path)}: {_why_not_written(Path(path), error)}") from None
-
-
-def temporary_beside(path: Path, suffix: str) -> str:
-    """An empty temporary file (ASCII name) in ``path``'s folder, with the permissions a new file gets.
-
-    ``mkstemp`` makes it readable by its owner only (0600); an output renamed from it should be
-    what ``open(path, "w")`` would have made (0666 minus the umask).
-    """
-    if path.is_dir():  # else only the final rename would find it, after all the work of writing
-        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
-    handle, temporary = tempfile.mkstemp(prefix=".msfer-", suffix=suffix, dir=path.parent)
-    os.close(handle)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)
-    return temporary
-
-
-@contextmanager
-def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
-    """A temporary path beside ``path`` to write to; renamed onto ``path`` if the block succeeds, removed if not.
-
-    ``suffix`` (default ``path``'s own) is the temporary file's extension, for writers that
-    choose the format by it. The temporary name is ASCII, whatever ``path``'s name is. An
-    :class:`OSError` (a folder that cannot be made, a full disk) is a :class:`MsferError` naming ``path``.
-    """
-    path = Path(path)
-    with writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = temporary_beside(path, path.suffix if suffix is None else suffix)
-        try:
-            yield Path(temporary)
-            os.replace(temporary, path)
-        finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)

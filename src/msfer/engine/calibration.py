@@ -29,15 +29,17 @@ class's mean probability against its frequency.
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from ..errors import MsferError
+from ..files import atomic_output
 from ..labels import EMOTIONS
 
-DECISION_RULES = ("argmax", "balanced")
 ECE_BINS = 15
 
 
@@ -172,26 +174,6 @@ def choose_calibration(logits: np.ndarray, labels: np.ndarray, seed: int = 0, fo
     }
 
 
-def model_decision(record: dict | None) -> str:
-    """A model's own default decision rule: its calibration record's ``decision`` (written when it was bundled),
-    else "argmax". Raises :class:`MsferError` for a rule that is not one of :data:`DECISION_RULES`."""
-    rule = (record or {}).get("decision") or "argmax"
-    if rule not in DECISION_RULES:
-        raise MsferError(f"the model's calibration record names the decision rule {rule!r}; "
-                         f"known rules: {', '.join(DECISION_RULES)}")
-    return rule
-
-
-def decide(probs: np.ndarray, balanced_offsets: Sequence[float], rule: str = "argmax") -> np.ndarray:
-    """Class index per row of ``probs`` (N x 7) under ``rule``: the most probable emotion, or
-    ``argmax(log p + balanced_offsets)`` for ``"balanced"``."""
-    if rule not in DECISION_RULES:
-        raise MsferError(f"decision rule must be one of {', '.join(DECISION_RULES)}, not {rule!r}")
-    if rule == "argmax":
-        return np.asarray(probs).argmax(axis=1)
-    return (np.log(np.clip(probs, 1e-12, None)) + np.asarray(balanced_offsets)).argmax(axis=1)
-
-
 def plot_reliability(probs: np.ndarray, labels: np.ndarray, path, title: str = "", bins: int = ECE_BINS) -> None:
     """Reliability diagram (accuracy against confidence per bin, with the diagonal).
 
@@ -222,7 +204,8 @@ def plot_reliability(probs: np.ndarray, labels: np.ndarray, path, title: str = "
     bottom.set_ylabel("share of faces")
     bottom.set_xlim(0, 1)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    with atomic_output(path) as temporary:
+        figure.savefig(temporary, dpi=120)
     plt.close(figure)
 
 
@@ -231,7 +214,7 @@ def calibrated_checkpoint(checkpoint: dict, scale: Sequence[float], bias: Sequen
     """A copy of ``checkpoint`` whose model applies ``scale``/``bias`` to its logits and carries the
     ``balanced_offsets`` of the balanced decision rule (7 values each, ``EMOTIONS`` order);
     ``record`` (how they were chosen) is kept as ``calibration``."""
-    from .checkpoint import model_state
+    from ..model.checkpoint import model_state
 
     values = {"logit_scale": scale, "logit_bias": bias, "balanced_offsets": balanced_offsets}
     for name, value in values.items():
@@ -243,3 +226,33 @@ def calibrated_checkpoint(checkpoint: dict, scale: Sequence[float], bias: Sequen
     out = {key: value for key, value in checkpoint.items() if key != "ema"}
     out.update(model=state, calibration=record)
     return out
+
+
+def calibration_summary(record: dict | None, weights: Path | None = None) -> dict | None:
+    """How a model's probabilities were calibrated and how well, or None when they were not.
+
+    ``record`` is a checkpoint's ``calibration`` entry (``scripts/bundle_model.py`` writes it:
+    ``method`` and how it was chosen). The figures measured on the held-out half of the
+    validation split come from the record itself when it has them (``held_out``), else, for the
+    bundled model, from its JSON record. Returns ``{"method", and if measured: "ece", "nll",
+    "brier", "accuracy", "mean_confidence", "n"}``, ``"balanced_tau"`` when the bundling step
+    fitted the balanced decision rule, and ``"decision"`` when it chose the model's default rule.
+    """
+    if not record:
+        return None
+    summary = {"method": record.get("method")}
+    if record.get("decision") is not None:  # the model's default decision rule, chosen when it was bundled
+        summary["decision"] = record["decision"]
+    if record.get("balanced_tau") is not None:  # the balanced rule was fitted (tau 0: it equals argmax)
+        summary["balanced_tau"] = record["balanced_tau"]
+    held_out = record.get("held_out")
+    if held_out is None and weights is not None:
+        from ..weights import BUNDLED_MODEL, bundled_record
+
+        if BUNDLED_MODEL.is_file() and Path(weights).is_file() and os.path.samefile(weights, BUNDLED_MODEL):
+            held_out = (bundled_record().get("calibration") or {}).get("held_out")
+    # "bundled": the shipped file itself (half precision); "calibrated": the float32 model before it was stored.
+    figures = (held_out or {}).get("bundled") or (held_out or {}).get("calibrated") or {}
+    summary.update({key: figures[key] for key in ("ece", "nll", "brier", "accuracy", "mean_confidence", "n")
+                    if key in figures})
+    return summary

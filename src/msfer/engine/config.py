@@ -2,10 +2,12 @@
 
 Design (after detectron2's LazyConfig / yacs):
 
-* :data:`DEFAULTS` is the schema. Every key a config may set is here with its default,
-  so a typo (``train.lr_rate``) is an error naming the key and the keys that exist,
-  not a silently ignored setting. The one open section is ``model``: it is handed to
-  :func:`msfer.model.build_model`, which validates it.
+* :data:`KEYS` is the schema, one row per key: its default, kind, allowed range or choices
+  and a one-line doc (:data:`DEFAULTS`, :data:`CHOICES`, :data:`RANGES`, :data:`PAIRS` and
+  :data:`PATHS` are views of it). Every key a config may set is there, so a typo
+  (``train.lr_rate``) is an error naming the key and the keys that exist, not a silently
+  ignored setting. The one open section is ``model``: it is handed to
+  :func:`msfer.model.build_model`, which validates it (the registry's ``MODEL_RANGES``).
 * ``_base_: other.yaml`` (a path relative to the file, or a list of paths) makes a file
   a small diff on another one, which keeps the ablation configs a few lines long.
   Mappings merge recursively; any other value (lists included) replaces.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import re
+from dataclasses import dataclass
 from fractions import Fraction
 from numbers import Number
 from pathlib import Path
@@ -26,176 +29,167 @@ from typing import Any, Iterable
 import yaml
 
 from ..errors import MsferError
+from ..files import write_text
 from ..values import Range, check_number, check_numbers
-from .files import write_atomic
 
 Config = dict[str, Any]
 
-DEFAULTS: Config = {
-    # Passed to msfer.model.build_model (e.g. {"name": "msfer_mobilenetv2", "pretrained": true}).
-    "model": {},
-    "data": {
-        "format": "fer2013",  # a msfer.data.readers format name
-        "root": None,
-        "reader_options": {},  # extra keyword arguments of read_dataset
-        "train_split": "train",
-        # The split used for model selection (best.pt). It is validation: never the split you report as test.
-        "val_split": "public_test",
-        # For a dataset without a validation split (RAF-DB, CK+, a folder tree): validate on a seeded,
-        # class-stratified part of train_split instead, e.g. {fraction: 1/6, seed: 0}, the paper's 5:1
-        # (msfer.data.splits.stratified_split); train on the rest. Needs val_split: null.
-        "holdout": None,
-        "annotations": None,  # JSONL of `msfer annotate`: region targets for the detector
-        # How a face is cropped from a photo (msfer.regions.crop.CropRule), for training and in use: the
-        # checkpoint carries it and inference crops detected faces by it. method: box (a square on the
-        # detector's face box), roll (that square turned so the eyes are level) or similarity (the five
-        # landmarks fitted onto ArcFace's 112 px template); scale (0.25-4): the crop side over the face
-        # box's longer side (box, roll) or over the template's framing (similarity).
-        "crop_rule": {"method": "box", "scale": 1.0},
-        # Crop this dataset's images by crop_rule from their data.annotations faces (whole photos, e.g.
-        # TCCE) before resizing to image_size; images without a usable (status ok) face are left out,
-        # counted and logged. false: the images are face crops already (FER2013) and are used whole.
-        "crop": False,
-        # More training sets, drawn together with train_split: a list of mappings
-        #   {format, root, split, weight, annotations: null, crop: false, reader_options: {}}
-        # where weight (0-1) is the set's share of each epoch's draws (the main set gets the rest; the
-        # shares must sum below 1). An epoch keeps the length of all training sets together; each set
-        # contributes exactly its share, a small set repeating its images, a large one a random part of
-        # them (msfer.engine.distributed.EpochSampler). crop and annotations as the keys above, per set.
-        "extra_train": [],
-        # A second validation through the whole pipeline on whole photos: detect (RetinaFace, the largest
-        # face), crop by crop_rule, classify; a photo without a face counts as wrong. A mapping
-        # {format, root, split, reader_options: {}} (e.g. {format: folder, root: data/tcce, split: val}),
-        # or null (off). Scored after the last epoch and every eval.photo_val_every epochs; never trained on.
-        "photo_val": None,
-        "soft_labels": False,  # train on Sample.soft_label (e.g. FER+ vote distributions)
-        "balanced_sampling": False,  # draw classes equally often (sampling with replacement)
-        "cache_images": False,  # decode every image once into memory before the first epoch
-        # Side of the stored training images; the on-device augmentation resamples them to the model's
-        # input size. null: the model's input size. 48 for FER2013 keeps its cache at 200 MB. The
-        # validation images are always stored at the input size (resized once, as evaluation does).
-        "image_size": None,
-        "limit": None,  # train on a fixed random N of the training split (smoke runs, reduced-budget studies)
-        "num_workers": 2,
-        "augment": {
-            "scale": [0.75, 1.0],  # random resized crop: crop area as a fraction of the image
-            "ratio": [0.9, 1.1],  # crop aspect ratio range
-            "translate": 0.05,  # extra shift of the crop centre, fraction of the image side
-            "rotation": 10.0,  # degrees, uniform in [-rotation, rotation]
-            "flip": 0.5,  # probability of a horizontal flip (swaps left and right organs)
-            "brightness": 0.3,  # factor in [1 - b, 1 + b]
-            "contrast": 0.3,
-            "saturation": 0.0,  # only meaningful for colour images
-            # The operations below are off by default (probability 0). Each draws random numbers only
-            # when on, so leaving them off trains exactly as before they existed (engine/augment.py).
-            "hue": 0.0,  # hue rotation of colour images, a fraction of a full turn in [-hue, hue] (at most 0.5)
-            "greyscale": 0.0,  # probability of turning a colour image grey (ITU-R 601 luma, as FER2013's crops)
-            "erase": 0.25,  # probability of random erasing (occlusion)
-            "erase_area": [0.02, 0.2],  # erased area as a fraction of the image
-            "erase_ratio": [0.3, 3.3],  # erased rectangle's aspect ratio (width / height), sampled in log space
-            "blur": 0.0,  # probability of a Gaussian blur (defocus, motion, a small face enlarged)
-            "blur_sigma": [0.5, 2.0],  # its standard deviation in pixels of the model input, uniform per image
-            "noise": 0.0,  # probability of Gaussian pixel noise (sensor noise; grey images get grey noise)
-            "noise_std": [2.0, 10.0],  # its standard deviation in 0..255 pixel units, uniform per image
-            # Probability of a JPEG re-compression, on the CPU (Pillow, one core): measured 0.37 ms per colour
-            # 112 px image chosen (0.24 ms grey), ~24 ms per batch of 64 at jpeg 1.0, ~47 ms per GPU batch of 256
-            # at 0.5: small beside a CPU step (~750 ms at batch 64), a visible share of a fast GPU step.
-            "jpeg": 0.0,
-            "jpeg_quality": [30, 90],  # its quality (libjpeg's 1..100), a whole number uniform per image
-            "min_box_visible": 0.5,  # a box with less of its area left in view becomes invalid
-        },
-    },
-    "train": {
-        "epochs": 30,
-        "batch_size": 64,
-        "optimizer": "adamw",  # adam | adamw | sgd
-        "lr": 1e-3,
-        "weight_decay": 0.05,
-        "momentum": 0.9,  # sgd only
-        "schedule": "onecycle",  # onecycle | cosine | none
-        "warmup_epochs": 1.0,  # linear warm-up (onecycle: its rising phase)
-        "class_weights": "none",  # none | balanced (inverse class frequency in the emotion loss)
-        "grad_clip": None,  # max gradient norm
-        "amp": False,  # false | bf16 | fp16 (CUDA only; bf16 needs no loss scaling)
-        "channels_last": False,
-        "ema": None,  # decay of an exponential moving average of the weights (e.g. 0.999); null: off
-        "seed": 0,
-        "max_minutes": None,  # time budget, see msfer.engine.train
-        "val_every": 1,  # validate every N epochs (and always after the last)
-        "select_metric": "mean_class_accuracy",  # overall_accuracy | mean_class_accuracy
-        "device": "auto",  # auto | cpu | cuda | cuda:N
-    },
-    "eval": {
-        "batch_size": 256,
-        "tta": False,  # average the softmax of each image and its mirror image
-        # Where the head's regions come from when validating: null, the model's own (its model.region_source),
-        # or pseudo: the data.annotations boxes (a learned-detector model is then run without its detector).
-        "region_source": None,
-        # Score data.photo_val every N epochs as well as after the last (null: after the last only).
-        "photo_val_every": None,
-    },
-    "output_dir": "runs/default",
-}
 
-CHOICES: dict[str, tuple] = {
-    "train.optimizer": ("adam", "adamw", "sgd"),
-    "train.schedule": ("onecycle", "cosine", "none"),
-    "train.class_weights": ("none", "balanced"),
-    "train.amp": (False, "bf16", "fp16"),
-    "train.select_metric": ("overall_accuracy", "mean_class_accuracy"),
-    "eval.region_source": (None, "pseudo"),
-    "data.crop_rule.method": ("box", "roll", "similarity"),
-}
+@dataclass(frozen=True)
+class Key:
+    """One config key: its dotted ``name``, ``default``, ``kind``, allowed values and a one-line ``doc``.
 
-# Sections whose contents are free-form (validated by whoever consumes them).
-OPEN_SECTIONS = ("model", "data.reader_options")
+    ``kind``: ``number`` (``allowed`` a :class:`~msfer.values.Range`), ``pair`` (``[low, high]``, each
+    in the ``allowed`` range), ``choice`` (``allowed`` the tuple of values), ``flag`` (a boolean),
+    ``path`` (a string or null), ``text``, ``mapping`` (free-form: checked by whoever reads it) or
+    ``entries`` (a data set mapping, or a list of them, checked by this module).
+    """
 
-# The allowed values of every number (keys whose default is null may also be null).
+    name: str
+    default: Any
+    kind: str
+    doc: str
+    allowed: Range | tuple | None = None
+
+
+KINDS = ("number", "pair", "choice", "flag", "path", "text", "mapping", "entries")
 _FRACTION = Range(0, 1)
-RANGES: dict[str, Range] = {
-    "data.image_size": Range(1, whole=True, nullable=True),
-    "data.limit": Range(1, whole=True, nullable=True),
-    "data.num_workers": Range(0, whole=True),
-    "data.augment.translate": _FRACTION,
-    "data.augment.rotation": Range(0, 180),
-    "data.augment.flip": _FRACTION,
-    "data.augment.brightness": _FRACTION,
-    "data.augment.contrast": _FRACTION,
-    "data.augment.saturation": _FRACTION,
-    "data.augment.hue": Range(0, 0.5),
-    "data.augment.greyscale": _FRACTION,
-    "data.augment.erase": _FRACTION,
-    "data.augment.blur": _FRACTION,
-    "data.augment.noise": _FRACTION,
-    "data.augment.jpeg": _FRACTION,
-    "data.augment.min_box_visible": _FRACTION,
-    "train.epochs": Range(1, whole=True),
-    "train.batch_size": Range(1, whole=True),
-    "train.lr": Range(0, low_open=True),
-    "train.weight_decay": Range(0),
-    "train.momentum": Range(0, 1, high_open=True),
-    "train.warmup_epochs": Range(0),
-    "train.grad_clip": Range(0, low_open=True, nullable=True),
-    "train.ema": Range(0, 1, low_open=True, high_open=True, nullable=True),
-    "train.seed": Range(0, 2**32 - 1, whole=True),  # what numpy's global seed accepts
-    "train.max_minutes": Range(0, low_open=True, nullable=True),
-    "train.val_every": Range(1, whole=True),
-    "eval.batch_size": Range(1, whole=True),
-    "eval.photo_val_every": Range(1, whole=True, nullable=True),
-    "data.crop_rule.scale": Range(0.25, 4),  # msfer.regions.crop.MIN_SCALE, MAX_SCALE
-}
-# [low, high] pairs.
-PAIRS: dict[str, Range] = {
-    "data.augment.scale": Range(0, 1, low_open=True),
-    "data.augment.ratio": Range(0, low_open=True),
-    "data.augment.erase_area": Range(0, 1, low_open=True),
-    "data.augment.erase_ratio": Range(0, low_open=True),
-    "data.augment.blur_sigma": Range(0, 20, low_open=True),
-    "data.augment.noise_std": Range(0, 255),
-    "data.augment.jpeg_quality": Range(1, 100, whole=True),
-}
-# Paths that may be unset.
-PATHS = ("data.root", "data.annotations")
+
+# Every key a config may set, in the order a saved config lists them.
+KEYS: tuple[Key, ...] = (
+    Key("model", {}, "mapping", "passed to msfer.model.build_model, which checks it (e.g. {name: msfer_mobilenetv2})"),
+    Key("data.format", "fer2013", "text", "the dataset's msfer.data.readers format name"),
+    Key("data.root", None, "path", "the dataset folder (or CSV file)"),
+    Key("data.reader_options", {}, "mapping", "extra keyword arguments of read_dataset"),
+    Key("data.train_split", "train", "text", "the split trained on"),
+    # It is validation: never the split reported as test.
+    Key("data.val_split", "public_test", "text", "the split that selects best.pt (null: data.holdout)"),
+    # For a dataset without a validation split (RAF-DB, CK+, a folder tree): the paper's 5:1 is
+    # {fraction: 1/6, seed: 0} (msfer.data.splits.stratified_split); needs val_split: null.
+    Key("data.holdout", None, "entries", "validate on a seeded, class-stratified part of train_split instead"),
+    Key("data.annotations", None, "path", "JSONL of `msfer annotate`: region targets for the detector"),
+    # box: a square on the detector's face box; roll: that square turned so the eyes are level;
+    # similarity: the five landmarks fitted onto ArcFace's 112 px template. The checkpoint carries the
+    # rule and inference crops detected faces by it.
+    Key("data.crop_rule.method", "box", "choice", "how a face is cropped from a photo, in training and in use",
+        ("box", "roll", "similarity")),
+    Key("data.crop_rule.scale", 1.0, "number",
+        "crop side over the face box's longer side (box, roll) or the template's framing (similarity)",
+        Range(0.25, 4)),  # msfer.faces.crop.MIN_SCALE, MAX_SCALE
+    # false: the images are face crops already (FER2013) and are used whole. Images without a usable
+    # (status ok) face are left out, counted and logged.
+    Key("data.crop", False, "flag", "crop this dataset's photos by crop_rule around their data.annotations faces"),
+    # A list of {format, root, split, weight, annotations: null, crop: false, reader_options: {}}; weight
+    # (0-1) is the set's share of each epoch's draws, the main set gets the rest. An epoch keeps the length
+    # of all training sets together; each contributes exactly its share, a small set repeating its
+    # images, a large one a random part of them (msfer.engine.distributed.EpochSampler).
+    Key("data.extra_train", [], "entries", "more training sets, drawn together with train_split"),
+    # Detect (RetinaFace, the largest face), crop by crop_rule, classify; a photo without a face counts
+    # as wrong. {format, root, split, reader_options: {}} or null; never trained on.
+    Key("data.photo_val", None, "entries", "a second validation through the whole pipeline on whole photos"),
+    Key("data.soft_labels", False, "flag", "train on Sample.soft_label (e.g. FER+ vote distributions)"),
+    Key("data.balanced_sampling", False, "flag", "draw classes equally often (sampling with replacement)"),
+    Key("data.cache_images", False, "flag", "decode every image once into memory before the first epoch"),
+    # The augmentation resamples them to the model's input size; 48 for FER2013 keeps its cache at
+    # 200 MB. Validation images are always stored at the input size (resized once, as evaluation does).
+    Key("data.image_size", None, "number", "side of the stored training images (null: the model's input size)",
+        Range(1, whole=True, nullable=True)),
+    Key("data.limit", None, "number", "train on a fixed random N of the training split (smoke runs, studies)",
+        Range(1, whole=True, nullable=True)),
+    Key("data.num_workers", 2, "number", "data-loading worker processes", Range(0, whole=True)),
+    Key("data.augment.scale", [0.75, 1.0], "pair", "random resized crop: crop area as a fraction of the image",
+        Range(0, 1, low_open=True)),
+    Key("data.augment.ratio", [0.9, 1.1], "pair", "crop aspect ratio range", Range(0, low_open=True)),
+    Key("data.augment.translate", 0.05, "number", "extra shift of the crop centre, fraction of the image side",
+        _FRACTION),
+    Key("data.augment.rotation", 10.0, "number", "degrees, uniform in [-rotation, rotation]", Range(0, 180)),
+    Key("data.augment.flip", 0.5, "number", "probability of a horizontal flip (swaps left and right organs)",
+        _FRACTION),
+    Key("data.augment.brightness", 0.3, "number", "brightness factor in [1 - b, 1 + b]", _FRACTION),
+    Key("data.augment.contrast", 0.3, "number", "contrast factor in [1 - c, 1 + c]", _FRACTION),
+    Key("data.augment.saturation", 0.0, "number", "saturation factor range (colour images only)", _FRACTION),
+    # The operations from hue to jpeg are off by default (probability 0). Each draws random numbers only
+    # when on, so leaving them off trains exactly as before they existed (engine/augment.py).
+    Key("data.augment.hue", 0.0, "number", "hue rotation of colour images, a fraction of a turn in [-hue, hue]",
+        Range(0, 0.5)),
+    Key("data.augment.greyscale", 0.0, "number", "probability of turning a colour image grey (ITU-R 601 luma)",
+        _FRACTION),
+    Key("data.augment.erase", 0.25, "number", "probability of random erasing (occlusion)", _FRACTION),
+    Key("data.augment.erase_area", [0.02, 0.2], "pair", "erased area as a fraction of the image",
+        Range(0, 1, low_open=True)),
+    Key("data.augment.erase_ratio", [0.3, 3.3], "pair", "erased rectangle's aspect ratio, sampled in log space",
+        Range(0, low_open=True)),
+    Key("data.augment.blur", 0.0, "number", "probability of a Gaussian blur (defocus, motion, an enlarged face)",
+        _FRACTION),
+    Key("data.augment.blur_sigma", [0.5, 2.0], "pair", "the blur's standard deviation in model-input pixels",
+        Range(0, 20, low_open=True)),
+    Key("data.augment.noise", 0.0, "number", "probability of Gaussian pixel noise (grey images get grey noise)",
+        _FRACTION),
+    Key("data.augment.noise_std", [2.0, 10.0], "pair", "the noise's standard deviation in 0..255 pixel units",
+        Range(0, 255)),
+    # On the CPU (Pillow, one core): 0.37 ms per colour 112 px image chosen (0.24 ms grey), ~24 ms per
+    # batch of 64 at jpeg 1.0: small beside a CPU step (~750 ms at batch 64), visible beside a fast GPU step.
+    Key("data.augment.jpeg", 0.0, "number", "probability of a JPEG re-compression", _FRACTION),
+    Key("data.augment.jpeg_quality", [30, 90], "pair", "its quality (libjpeg's 1..100), whole, uniform per image",
+        Range(1, 100, whole=True)),
+    Key("data.augment.min_box_visible", 0.5, "number", "a box with less of its area left in view becomes invalid",
+        _FRACTION),
+    Key("train.epochs", 30, "number", "epochs of the run", Range(1, whole=True)),
+    Key("train.batch_size", 64, "number", "the global batch (each of N processes takes batch_size / N)",
+        Range(1, whole=True)),
+    Key("train.optimizer", "adamw", "choice", "the optimizer", ("adam", "adamw", "sgd")),
+    Key("train.lr", 1e-3, "number", "the learning rate (onecycle: its peak)", Range(0, low_open=True)),
+    Key("train.weight_decay", 0.05, "number", "weight decay of weights (never of biases and norms)", Range(0)),
+    Key("train.momentum", 0.9, "number", "momentum (sgd only)", Range(0, 1, high_open=True)),
+    Key("train.schedule", "onecycle", "choice", "the learning-rate schedule", ("onecycle", "cosine", "none")),
+    Key("train.warmup_epochs", 1.0, "number", "linear warm-up (onecycle: its rising phase)", Range(0)),
+    Key("train.class_weights", "none", "choice", "balanced: inverse class frequency in the emotion loss",
+        ("none", "balanced")),
+    Key("train.grad_clip", None, "number", "max gradient norm (null: no clipping)",
+        Range(0, low_open=True, nullable=True)),
+    Key("train.amp", False, "choice", "mixed precision on CUDA (bf16 needs no loss scaling)",
+        (False, "bf16", "fp16")),
+    Key("train.channels_last", False, "flag", "channels-last memory format"),
+    Key("train.ema", None, "number", "decay of a moving average of the weights (e.g. 0.999; null: off)",
+        Range(0, 1, low_open=True, high_open=True, nullable=True)),
+    Key("train.seed", 0, "number", "the seed of every random draw", Range(0, 2**32 - 1, whole=True)),  # numpy's limit
+    Key("train.max_minutes", None, "number", "time budget (see msfer.engine.trainer)",
+        Range(0, low_open=True, nullable=True)),
+    Key("train.val_every", 1, "number", "validate every N epochs (and always after the last)", Range(1, whole=True)),
+    Key("train.select_metric", "mean_class_accuracy", "choice", "the validation metric best.pt is chosen by",
+        ("overall_accuracy", "mean_class_accuracy")),
+    Key("train.device", "auto", "text", "auto | cpu | cuda | cuda:N"),
+    Key("eval.batch_size", 256, "number", "images per validation batch", Range(1, whole=True)),
+    Key("eval.tta", False, "flag", "average the softmax of each image and its mirror image"),
+    # null: the model's own (its model.region_source); pseudo: the data.annotations boxes (a
+    # learned-detector model is then run without its detector).
+    Key("eval.region_source", None, "choice", "where the head's regions come from when validating",
+        (None, "pseudo")),
+    Key("eval.photo_val_every", None, "number", "score data.photo_val every N epochs too (null: after the last)",
+        Range(1, whole=True, nullable=True)),
+    Key("output_dir", "runs/default", "text", "where the run writes"),
+)
+
+
+def _nested(keys: Iterable[Key]) -> Config:
+    config: Config = {}
+    for key in keys:
+        *sections, last = key.name.split(".")
+        parent = config
+        for section in sections:
+            parent = parent.setdefault(section, {})
+        parent[last] = copy.deepcopy(key.default)
+    return config
+
+
+# The views of KEYS that validation reads.
+DEFAULTS: Config = _nested(KEYS)
+CHOICES: dict[str, tuple] = {key.name: key.allowed for key in KEYS if key.kind == "choice"}
+# Sections whose contents are free-form (validated by whoever consumes them).
+OPEN_SECTIONS = tuple(key.name for key in KEYS if key.kind == "mapping")
+RANGES: dict[str, Range] = {key.name: key.allowed for key in KEYS if key.kind == "number"}
+PAIRS: dict[str, Range] = {key.name: key.allowed for key in KEYS if key.kind == "pair"}
+PATHS = tuple(key.name for key in KEYS if key.kind == "path")
 
 # Keys that once existed but never acted -> (the value they always had, the key that acts). Saved
 # configs still hold them at that value, which is dropped (it changed nothing); any other value is
@@ -415,7 +409,7 @@ def get(config: Config, dotted_key: str) -> Any:
 
 def save_config(config: Config, out_dir: str | Path) -> Path:
     text = yaml.safe_dump(config, sort_keys=False)
-    return write_atomic(Path(out_dir) / "config.yaml", lambda handle: handle.write(text), mode="w")
+    return write_text(Path(out_dir) / "config.yaml", text)
 
 
 def _read_with_bases(path: Path, seen: tuple[Path, ...]) -> Config:

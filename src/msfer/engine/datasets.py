@@ -10,15 +10,21 @@ stays small (FER2013 train: 28,709 x 3 x 48 x 48 bytes = 200 MB). A set that is 
 is held at the model's input size, so that its crops are resized once, as in inference.
 
 A set of whole photos (``crop_rule`` given) is cropped by the model's crop rule
-(:func:`msfer.regions.crop.crop_face`, the function inference crops detected faces with) around
+(:func:`msfer.faces.crop.crop_face`, the function inference crops detected faces with) around
 the face its ``msfer annotate`` record gives (five landmarks and the detector's box, not clipped to
 the image, as inference crops it: :func:`msfer.regions.annotations.face_box`), and its
 region boxes go through the same 2 x 3 map. Photos without a usable record (status ``ok``) are
 left out when the set is built: counted by status in :attr:`FaceDataset.left_out` and logged.
+
+A run's sets are assembled from its config by :func:`build_datasets`: the main set's splits (or
+a held-out part of its training split), the weighted extra training sets, and the check that no
+training image is a validation image (:func:`check_disjoint`).
 """
 from __future__ import annotations
 
+import functools
 import logging
+import os
 from collections import Counter
 from typing import Sequence
 
@@ -30,8 +36,10 @@ from tqdm import tqdm
 from ..data.samples import Sample
 from ..data.transforms import resize_square
 from ..errors import MsferError
+from ..faces.crop import CropRule, crop_face, face_transform, map_boxes
 from ..regions.annotations import face_box, face_box_maybe_clipped
-from ..regions.crop import CropRule, crop_face, face_transform, map_boxes
+from .config import Config
+from .distributed import DistInfo
 
 log = logging.getLogger(__name__)
 
@@ -251,3 +259,162 @@ class _Decoded(Dataset):
     def __getitem__(self, index: int):
         pixels, grey = self.dataset.decode(index)
         return torch.from_numpy(pixels), grey
+
+
+def build_datasets(config: Config, model: torch.nn.Module, roles: tuple[str, ...], info: DistInfo,
+                   photo_val: list | None = None) -> dict[str, FaceDataset]:
+    """The datasets of ``roles`` (``train_split``, ``val_split``), sized and ordered for ``model``.
+
+    The training set is the main set's ``train_split`` alone, or with ``data.extra_train`` a
+    :class:`ConcatFaceDataset` of it and the extra sets (their ``shares`` for the sampler). Sets with
+    ``crop`` are cropped by ``data.crop_rule`` from their annotations. When both roles are built, no
+    training sample may be a validation sample (of ``val_split``, or of ``photo_val``: its samples).
+    """
+    from ..data.readers import read_dataset
+    from ..regions.annotations import load_annotations
+
+    data = config["data"]
+    if data["root"] is None:
+        raise MsferError("data.root is not set: pass data.root=/path/to/dataset")
+    learns_regions = getattr(model, "region_source", "none") != "none"
+    if learns_regions and not data["annotations"]:
+        raise MsferError(f"this model learns from emotion regions (region_source={model.region_source}) but "
+                         "data.annotations is not set: make them with 'msfer annotate' and pass data.annotations=FILE, "
+                         "or train without regions (model.region_source=none, or a classifier_* model)")
+    if data["crop"] and not data["annotations"]:
+        raise MsferError("data.crop is on: its faces come from data.annotations, which is not set (make them with "
+                         "'msfer annotate' and pass data.annotations=FILE)")
+    rule = CropRule.from_dict(data["crop_rule"])
+    index = read_dataset(data["root"], data["format"], **data["reader_options"])
+    annotations = load_annotations(data["annotations"]) if data["annotations"] else None
+    extras = data["extra_train"] if "train_split" in roles else []
+    if extras and data["soft_labels"]:
+        raise MsferError("data.soft_labels needs a soft label for every training sample, which data.extra_train "
+                         "sets do not give: train with data.soft_labels=false or without data.extra_train")
+    # Every set's samples first: a validation image in a training set stops the run before any image is decoded.
+    role_sets, sources = {}, {}
+    for role in roles:
+        samples = role_samples(index, data, role)
+        # A fixed subset (the same for every seed), and never of the validation split: numbers stay comparable.
+        if data["limit"] and role == "train_split" and len(samples) > data["limit"]:
+            keep = np.random.default_rng(0).choice(len(samples), data["limit"], replace=False)
+            samples = [samples[i] for i in sorted(keep)]
+        role_sets[role] = samples
+        sources[role] = [(f"data.{role}={data[role] or 'holdout'!r} of {data['root']}", data["root"], samples)]
+    extra_sets = _extra_samples(extras, learns_regions)
+    for name, entry, samples in extra_sets:
+        sources["train_split"].append((f"{name} (split {entry['split']!r} of {entry['root']})", entry["root"],
+                                       samples))
+    if "train_split" in roles and ("val_split" in roles or photo_val):
+        validation = sources.get("val_split", [])
+        if photo_val:
+            validation = validation + [(f"data.photo_val (split {data['photo_val']['split']!r} of "
+                                        f"{data['photo_val']['root']})", data["photo_val"]["root"], photo_val)]
+        check_disjoint(sources["train_split"], validation)
+
+    datasets = {}
+    for role, samples in role_sets.items():
+        # Only the training set may be stored smaller (its augmentation resamples it); the validation set is
+        # held at the input size, resized once as msfer evaluate and inference resize (msfer.data.transforms).
+        size = (data["image_size"] or model.input_size) if role == "train_split" else model.input_size
+        dataset = FaceDataset(samples, size, model.region_names, annotations,
+                              soft_labels=data["soft_labels"] and role == "train_split",
+                              crop_rule=rule if data["crop"] else None, name=f"data.{role}")
+        if annotations is not None and info.is_main:
+            log.info("%s %r: %d images, %.1f%% with usable region annotations", role, data[role], len(dataset),
+                     100 * dataset.annotated_fraction())
+        if data["cache_images"]:
+            dataset.cache_images(data["num_workers"])
+        datasets[role] = dataset
+    if extra_sets:
+        datasets["train_split"] = _with_extra_sets(datasets["train_split"], extra_sets, model, rule, data, info)
+    return datasets
+
+
+def _extra_samples(extras: list[Config], learns_regions: bool) -> list[tuple[str, Config, list]]:
+    """``(name, entry, samples)`` of each ``data.extra_train`` entry, its split read and checked."""
+    from ..data.readers import read_dataset
+
+    extra_sets = []
+    for i, entry in enumerate(extras):
+        name = f"data.extra_train[{i}]"
+        if learns_regions and not entry["annotations"]:
+            raise MsferError(f"{name} has no annotations, but this model learns from emotion regions: make them "
+                             f"with 'msfer annotate {entry['root']}' and give the file as its annotations")
+        if entry["crop"] and not entry["annotations"]:
+            raise MsferError(f"{name} is cropped (crop: true) but has no annotations to take its faces from")
+        extra_index = read_dataset(entry["root"], entry["format"], **entry["reader_options"])
+        samples = [s for s in extra_index.samples if s.split == entry["split"]]
+        if not samples:
+            raise MsferError(f"{name}: split {entry['split']!r} has no samples in {entry['root']}; "
+                             f"splits present: {', '.join(extra_index.splits())}")
+        extra_sets.append((name, entry, samples))
+    return extra_sets
+
+
+def _with_extra_sets(main: FaceDataset, extra_sets: list[tuple[str, Config, list]], model: torch.nn.Module,
+                     rule: CropRule, data: Config, info: DistInfo) -> ConcatFaceDataset:
+    """The main training set and the extra sets, each drawn at its weight's share of every epoch."""
+    from ..regions.annotations import load_annotations
+
+    parts, shares = [main], [1 - sum(entry["weight"] for _, entry, _ in extra_sets)]
+    for name, entry, samples in extra_sets:
+        extra = FaceDataset(samples, main.image_size, model.region_names,
+                            load_annotations(entry["annotations"]) if entry["annotations"] else None,
+                            crop_rule=rule if entry["crop"] else None, name=name)
+        if info.is_main:
+            log.info("%s: %d images (%d left out), weight %.3f of each epoch", name, len(extra),
+                     sum(extra.left_out.values()), entry["weight"])
+        if data["cache_images"]:
+            extra.cache_images(data["num_workers"])
+        parts.append(extra)
+        shares.append(entry["weight"])
+    return ConcatFaceDataset(parts, shares)
+
+
+def sample_key(sample, root: str) -> str:
+    """What identifies a sample across datasets: its file's real path, or for images held in a label file
+    (CSV) the file's real path and the sample's id."""
+    if sample.path is None:
+        return f"{_real_folder(str(root))}::{sample.id}"
+    path = str(sample.path)
+    if os.path.islink(path):  # a linked file: where it points
+        return os.path.realpath(path)
+    folder, name = os.path.split(path)
+    return os.path.join(_real_folder(folder), name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _real_folder(path: str) -> str:
+    return os.path.realpath(path)  # one resolution per folder: FER2013 has 30,000 files in 14 folders
+
+
+def check_disjoint(training: list[tuple[str, str, list]], validation: list[tuple[str, str, list]]) -> None:
+    """Raise :class:`MsferError` when a training sample is also a validation sample.
+
+    Each list holds ``(name, root, samples)``; samples are compared by :func:`sample_key`.
+    """
+    for val_name, val_root, val_samples in validation:
+        keys = {sample_key(sample, val_root): sample.id for sample in val_samples}
+        for train_name, train_root, train_samples in training:
+            shared = [sample.id for sample in train_samples if sample_key(sample, train_root) in keys]
+            if shared:
+                raise MsferError(f"{len(shared)} training images of {train_name} are also validation images of "
+                                 f"{val_name} (e.g. {', '.join(shared[:3])}): a validation set is never trained on; "
+                                 "train on another split")
+
+
+def role_samples(index, data: Config, role: str) -> list:
+    """The samples of ``role`` (``train_split`` or ``val_split``); with ``data.holdout``, the two sides of
+    :func:`msfer.data.splits.stratified_split` of the training split."""
+    from ..data.splits import stratified_split
+
+    source = "train_split" if data["holdout"] else role
+    samples = [s for s in index.samples if s.split == data[source]]
+    if not samples:
+        raise MsferError(f"data.{source}={data[source]!r} has no samples in {data['root']}; "
+                         f"splits present: {', '.join(index.splits())}")
+    if data["holdout"]:
+        train, held_out = stratified_split(samples, data["holdout"]["fraction"], data["holdout"]["seed"])
+        samples = train if role == "train_split" else held_out
+    return samples

@@ -1,12 +1,18 @@
 """Evaluation of a model on a dataset split of face crops: predictions and their metrics.
 
-:func:`predict_split` is the validation step of ``msfer train`` and the crop evaluation of
-``msfer evaluate`` (whose command module is :mod:`msfer.inference.evaluate`: it also
-evaluates whole photos through the inference pipeline, which this layer does not import).
+:func:`predict_split` is the validation step of ``msfer train`` and, through :func:`evaluate_crops`,
+the crop evaluation of ``msfer evaluate``: ``OUT/metrics.json``, ``OUT/confusion_matrix.png`` and
+``OUT/reliability.png`` (:func:`write_evaluation`) and the per-class table. With the ``msfer annotate``
+file of the dataset it also scores the learned region detector against the pseudo-labels, and
+``region_source="pseudo"`` runs the head on those pseudo-label regions instead of the model's own
+(the ablation "pseudo-label regions at test time"; the training config's ``eval.region_source:
+pseudo``). Whole photos go through the inference pipeline instead
+(:func:`msfer.inference.detect_eval.evaluate_photos`), which this layer does not import.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -15,27 +21,15 @@ from tqdm import tqdm
 
 from ..data.transforms import model_input
 from ..errors import MsferError
+from ..files import writing
 from ..labels import EMOTIONS
 from .augment import predict_probs
-from .calibration import DECISION_RULES, calibration_metrics, decide
+from .calibration import calibration_metrics, plot_reliability
 from .datasets import FaceDataset
+from .decision import DECISION_RULES, decide, has_balanced_rule, model_decision
 from .distributed import DistInfo, all_gather_objects, shard_indices
-from .metrics import compute_metrics, region_detection
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MsferError(f"device {name!r} asked for, but CUDA is not available here (use --device cpu)")
-    return torch.device(name)
-
-
-def autocast(device: torch.device, amp: str | bool):
-    """bf16/fp16 autocast on CUDA when ``amp`` names one; a no-op context otherwise."""
-    enabled = bool(amp) and device.type == "cuda"
-    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
+from .metrics import compute_metrics, region_detection, write_report
+from .runtime import autocast
 
 
 @torch.no_grad()
@@ -121,3 +115,90 @@ def split_metrics(predictions: dict[str, np.ndarray], region_names: Sequence[str
                 "refined": region_detection(predictions["detected"], predictions["box_scores"], *truth),
             }
     return metrics
+
+
+def evaluate_crops(read_samples: Callable[[], list], weights: Path, device: str, annotations: Path | None = None,
+                   region_source: str | None = None, tta: bool = False, decision: str | None = None,
+                   batch_size: int = 128, num_workers: int = 2, about: dict | None = None) -> tuple[dict, dict]:
+    """Face crops through the engine's split evaluation (the same code as ``msfer train``'s validation).
+
+    ``decision`` None: the model's own rule (:func:`msfer.engine.decision.model_decision`).
+    ``read_samples`` is called once the model is loaded and its decision rule checked, so that a model
+    that cannot be evaluated so is refused before the data is read. Returns the metrics and the
+    predictions (``probs`` and ``y_true`` for the reliability diagram); the metrics hold ``about`` (what was
+    evaluated, as the caller names it) before the model's region source and calibration.
+    """
+    import torch
+
+    from ..model.checkpoint import load_model
+    from ..regions.annotations import load_annotations
+
+    device = torch.device(device)
+    overrides = None
+    if region_source == "pseudo":
+        check_has_regions(weights)
+        overrides = {"region_source": "pseudo"}
+    model, meta = load_model(weights, device, model_overrides=overrides)
+    decision = decision or model_decision(meta.get("calibration"))
+    offsets = balanced_offsets(model, meta, weights, decision)  # refuse a missing rule before scoring
+    samples = read_samples()
+    records = load_annotations(annotations) if annotations else None
+    dataset = FaceDataset(samples, model.input_size, model.region_names, records)
+    predictions = predict_split(model, dataset, device, batch_size, tta=tta,
+                                pseudo_regions=region_source == "pseudo", num_workers=num_workers)
+    has_detector = getattr(model, "detector", None) is not None
+    metrics = split_metrics(predictions, model.region_names, score_regions=has_detector and records is not None,
+                            balanced_offsets=offsets, decision=decision)
+    metrics.update(about or {})
+    metrics.update({"region_source": getattr(model, "region_source", None),  # None: no regions
+                    "model_calibration": (meta.get("calibration") or {}).get("method"),
+                    "balanced_tau": (meta.get("calibration") or {}).get("balanced_tau")})
+    return metrics, predictions
+
+
+def check_has_regions(weights: Path) -> None:
+    """Refuse ``--region-source pseudo`` for a model that uses no regions (a plain classifier), naming its file."""
+    from ..model.checkpoint import load_checkpoint
+    from ..model.registry import resolve_config
+
+    config = resolve_config(load_checkpoint(weights, prefer="best.pt")["config"]["model"])
+    if config.get("type", "emotionnet") != "emotionnet":  # only the region network has a region source
+        raise MsferError(f"{weights} is a {config['type']} model that uses no face regions: "
+                         "--region-source pseudo applies only to a region network (msfer_*)")
+
+
+def balanced_offsets(model, meta: dict, weights: Path, decision: str) -> list[float] | None:
+    """The model's balanced-decision offsets, or None when it has no balanced rule (see
+    :func:`msfer.engine.decision.has_balanced_rule`); decision "balanced" without one is an error."""
+
+    offsets = model.balanced_offsets.float().cpu()
+    if not has_balanced_rule(offsets.numpy(), meta.get("calibration")):
+        if decision == "balanced":
+            raise MsferError(f"{weights} has no balanced decision rule (scripts/bundle_model.py fits it): "
+                             "use --decision argmax")
+        return None
+    return offsets.tolist()
+
+
+def split_samples(data: Path, format: str, split: str | None) -> list:
+    """The samples of ``split`` (None: every sample) of the dataset at ``data``; none is an error naming the splits."""
+    from ..data.readers import read_dataset
+
+    index = read_dataset(data, format)
+    samples = [s for s in index.samples if split is None or s.split == split]
+    if not samples:
+        raise MsferError(f"no samples in split {split!r} of {data}; "
+                         f"splits present: {', '.join(index.splits())}")
+    return samples
+
+
+def write_evaluation(metrics: dict, out: Path, predictions: dict | None = None) -> list[Path]:
+    """``metrics.json``, ``confusion_matrix.png`` and (with predictions) ``reliability.png`` in ``out``; prints the
+    table and returns the paths written."""
+    with writing(out):
+        path = write_report(metrics, out, EMOTIONS)
+        written = [path, out / "confusion_matrix.png"]
+        if predictions is not None and len(predictions["y_true"]):
+            plot_reliability(predictions["probs"], predictions["y_true"], out / "reliability.png")
+            written.append(out / "reliability.png")
+    return written

@@ -13,6 +13,9 @@ from typing import Sequence
 
 import numpy as np
 
+from ..files import atomic_output, write_text
+from ..model.boxes import box_iou_pairs
+
 
 def compute_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[str]) -> dict:
     """``n``, ``overall_accuracy``, ``mean_class_accuracy``, ``per_class`` and ``confusion_matrix``.
@@ -40,19 +43,6 @@ def compute_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes: Seque
         },
         "confusion_matrix": matrix.tolist(),
     }
-
-
-def box_iou_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of corresponding boxes (``... x 4`` each, ``x1, y1, x2, y2``).
-
-    Element by element, which :func:`torchvision.ops.box_iou` (every pair of two sets) is not.
-    """
-    width = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
-    height = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
-    intersection = width * height
-    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    return intersection / np.maximum(area_a + area_b - intersection, 1e-9)
 
 
 def average_precision(scores: np.ndarray, hits: np.ndarray, num_truths: int) -> float:
@@ -141,7 +131,8 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str
                       color="white" if rows[i, j] > 0.5 else "black")
     figure.colorbar(image, ax=axes, fraction=0.046)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    with atomic_output(path) as temporary:
+        figure.savefig(temporary, dpi=120)
     plt.close(figure)
 
 
@@ -209,7 +200,7 @@ def write_report(metrics: dict, out_dir: str | Path, classes: Sequence[str], ech
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "metrics.json"
-    path.write_text(json.dumps(metrics, indent=2) + "\n")
+    write_text(path, json.dumps(metrics, indent=2) + "\n")
     plot_confusion_matrix(metrics["confusion_matrix"], classes, out_dir / "confusion_matrix.png")
     if echo:
         print(format_table(metrics))

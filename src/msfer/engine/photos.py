@@ -23,17 +23,16 @@ from tqdm import tqdm
 
 from ..data.samples import Sample
 from ..data.transforms import model_input
+from ..faces.crop import CropRule, crop_face
+from ..faces.retinaface import Face
 from ..labels import EMOTIONS
-from ..regions.crop import CropRule, crop_face
-from ..regions.retinaface import Face
 from .augment import predict_probs
-from .calibration import DECISION_RULES, calibration_metrics, decide
+from .calibration import calibration_metrics
+from .decision import DECISION_RULES, NO_FACE, decisions
 from .distributed import DistInfo, all_gather_objects, shard_indices
 from .metrics import compute_metrics
 
 log = logging.getLogger(__name__)
-
-NO_FACE = len(EMOTIONS)  # the extra "prediction" of a photo without a detected face
 
 # detect(images) -> faces per image, largest first; classify(N x S x S x 3 uint8 crops) -> N x 7 probabilities.
 Detect = Callable[[list[np.ndarray]], list[list[Face]]]
@@ -89,16 +88,6 @@ def model_classifier(model: torch.nn.Module, device: torch.device, tta: bool = F
     return classify
 
 
-def decisions(probs: np.ndarray, offsets: Sequence[float] | None, rule: str = "argmax") -> np.ndarray:
-    """The class index of each row of ``probs`` under ``rule``; a NaN row gives ``NO_FACE``."""
-    found = ~np.isnan(probs).any(axis=1)
-    y_pred = np.full(len(probs), NO_FACE, dtype=np.int64)
-    if found.any():
-        offsets = np.zeros(len(EMOTIONS)) if offsets is None else np.asarray(offsets, dtype=np.float64)
-        y_pred[found] = decide(probs[found], offsets, rule)
-    return y_pred
-
-
 def photo_metrics(samples: Sequence[Sample], probs: np.ndarray, balanced_offsets: Sequence[float] | None = None,
                   decision: str = "argmax") -> dict:
     """Metrics of the whole pipeline from each photo's probabilities (NaN rows: no face), as the module
@@ -150,7 +139,7 @@ class PhotoValidation:
     Detection and cropping do not depend on the network, so they run once, at the first
     :meth:`score` (nothing is computed while it is never scored), and each score classifies the
     kept crops. ``detector`` defaults to the bundled RetinaFace, found as inference finds faces
-    (:func:`msfer.regions.detection.detect_faces`, default sizes).
+    (:func:`msfer.faces.detection.detect_faces`, default sizes).
 
     Under DDP (``info`` of a process group with several ranks) it is sharded as the FER2013 validation
     is (:func:`msfer.engine.evaluate.predict_split`): each rank detects, crops and classifies every
@@ -168,10 +157,10 @@ class PhotoValidation:
     def crops(self) -> list[np.ndarray | None]:
         """The largest-face crop of each of this rank's photos (:attr:`indices`; None: no face), computed once."""
         if self._crops is None:
-            from ..regions.detection import detect_faces
+            from ..faces.detection import detect_faces
 
             if self.detector is None:
-                from ..regions.retinaface import RetinaFaceDetector
+                from ..faces.retinaface import RetinaFaceDetector
 
                 # torch's threads, not all cores: under DDP on one host each rank detects at once
                 self.detector = RetinaFaceDetector(threads=torch.get_num_threads())

@@ -20,7 +20,7 @@ import torch
 
 from ..errors import MsferError
 from ..labels import EMOTIONS
-from .checkpoint import model_state
+from ..model.checkpoint import model_state
 from .metrics import compute_metrics
 
 DEFAULT_TAUS = tuple(round(0.1 * step, 1) for step in range(16))

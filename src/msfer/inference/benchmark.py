@@ -43,11 +43,11 @@ import yaml
 from tqdm import tqdm
 
 from ..data.transforms import resize_square
+from ..engine.decision import decisions as decide_rows
 from ..engine.photos import classify_found, largest_face_crops
 from ..errors import MsferError
 from ..labels import EMOTIONS
 from ..outputs import printable
-from .detect_eval import decisions as decisions_of
 from .recognizer import EmotionRecognizer
 
 MODES = ("crops", "photos")
@@ -316,7 +316,8 @@ def run_benchmark(suite: Suite, models: Sequence[ModelVariant], decisions: Seque
         indices = bootstrap_indices(truth, seed=[seed, zlib.crc32(entry.name.encode())])
         for (k, model, rule), label in zip(variants, labels):
             model_probs = probs[k]
-            predicted = decisions_of(model.recognizer, model_probs, rule)  # NO_FACE where none was found
+            offsets = model.recognizer.classifier.balanced_offsets if rule == "balanced" else None
+            predicted = decide_rows(model_probs, offsets, rule)  # NO_FACE where no face was found
             row = row_metrics(truth, model_probs, predicted, indices)
             overall, mean_class = row.pop("_replicates")
             if entry.groups:
@@ -428,117 +429,3 @@ def save_predictions(result: dict, path: Path) -> None:
             arrays[f"{name}/probs/{model}"] = probs
     with open(path, "wb") as handle:
         np.savez_compressed(handle, **arrays)
-
-
-# -- the command ------------------------------------------------------------------------------------------------
-
-OWN = "own"  # --crop-rule / --decision: the model's own
-
-
-def add_arguments(parser) -> None:
-    from .options import add_model_arguments
-
-    parser.description = ("Score one or more models on a suite of labelled sets (a YAML file; configs/benchmarks/"
-                          "dev.yaml is msfer's development suite): per set and model, overall and mean class "
-                          "accuracy with 95% bootstrap intervals, faces missed, ECE and NLL, and the suite's score, "
-                          "the mean over its domains. Prints a Markdown table; --out also writes benchmark.json, "
-                          "benchmark.md and predictions.npz.")
-    parser.epilog = ("A suite file: 'name: NAME', optional 'description: TEXT', and 'sets:', a list of sets, each "
-                     "with name (letters, digits, _ . + -), domain (sets of one domain are averaged, then "
-                     "domains; null: outside the score), format (a dataset reader: fer2013, ferplus, folder, ...), "
-                     "root (relative: to --data-root, else to the suite file's folder), mode (crops: classified "
-                     "whole; photos: detect, largest face, crop, classify), and optional split, reader_options, "
-                     "groups (a regular expression whose first group in a file name names its group) and "
-                     "description. Example: configs/benchmarks/dev.yaml.")
-    parser.add_argument("suite", type=Path, help="the suite file (YAML)")
-    parser.add_argument("--data-root", type=Path, default=None,
-                        help="folder that the suite's relative set roots are in (default: the suite file's folder)")
-    parser.add_argument("--weights", nargs="+", default=None, metavar="[NAME=]PATH",
-                        help="the models to score, each a .pt checkpoint, its run folder or (with --backend onnx) an "
-                             ".onnx file, optionally named (v1=old.pt); the first is the reference of the paired "
-                             "differences; default: the bundled model")
-    parser.add_argument("--crop-rule", nargs="+", default=[OWN], metavar="RULE",
-                        help="score each model with each of these crop rules for photos: own (the model's), box, "
-                             "roll or similarity (at the model's scale); default own")
-    parser.add_argument("--decision", nargs="+", default=[OWN], metavar="RULE",
-                        help="score each model under each of these decision rules: own (the model's default), "
-                             "argmax or balanced; default own")
-    parser.add_argument("--tta", action="store_true", help="horizontal-flip test-time augmentation")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="folder for benchmark.json, benchmark.md and predictions.npz")
-    parser.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in --out")
-    add_model_arguments(parser, weights=False)
-
-
-def named_weights(text: str) -> tuple[str | None, Path]:
-    """``NAME=PATH`` -> (NAME, PATH); a bare PATH -> (None, PATH)."""
-    name, sep, path = text.partition("=")
-    if sep and name.replace("_", "").replace("-", "").replace(".", "").isalnum() and path:
-        return name, Path(path)
-    return None, Path(text)
-
-
-def _model_name(path: Path | None) -> str:
-    if path is None:
-        return "bundled"
-    return path.name if path.is_dir() else (path.parent.name if path.stem in ("best", "last") else path.stem)
-
-
-def run(args) -> int:
-    import argparse
-    import copy
-
-    from ..outputs import atomic_output, refuse_file_as_folder
-    from ..regions.crop import CropRule
-    from ..regions.retinaface import RetinaFaceDetector
-    from .options import check_at_least_one, model_options
-
-    check_at_least_one(args, "batch_size")
-    if args.seed < 0:
-        raise MsferError(f"--seed must be 0 or more, got {args.seed}")
-    rules = list(dict.fromkeys(None if rule == OWN else rule for rule in args.crop_rule))
-    decisions = list(dict.fromkeys(None if rule == OWN else rule for rule in args.decision))
-    for rule in decisions:
-        if rule not in (None, "argmax", "balanced"):
-            raise MsferError(f"--decision {rule!r}: use own, argmax or balanced")
-    outputs = ("benchmark.json", "benchmark.md", "predictions.npz")
-    if args.out is not None:
-        refuse_file_as_folder(args.out, "--out")
-        existing = [name for name in outputs if (args.out / name).exists()]
-        if existing and not args.overwrite:
-            raise MsferError(f"--out {printable(args.out)} already holds {', '.join(existing)}: "
-                             "add --overwrite to replace them")
-    suite = load_suite(args.suite, args.data_root)
-    detector = RetinaFaceDetector()
-    models = []
-    for text in args.weights or [None]:
-        name, path = named_weights(text) if text is not None else (None, None)
-        options = model_options(argparse.Namespace(weights=path, backend=args.backend, device=args.device))
-        first = EmotionRecognizer(**options, detector=detector, tta=args.tta, batch_size=args.batch_size)
-        for rule in rules:
-            # one loaded network per file, shared by its crop rules
-            recognizer = first if rule is None else copy.copy(first)
-            if rule is not None:
-                recognizer.crop_rule = CropRule(rule, first.crop_rule.scale)
-            label = name or _model_name(path)
-            named = f"{label} {rule or OWN}" if len(rules) > 1 or rule is not None else label
-            models.append(ModelVariant(named, recognizer,
-                                       str(path) if path else "bundled"))
-    result = run_benchmark(suite, models, decisions, args.batch_size, args.seed)
-    table = format_markdown(result)
-    print(table, end="")
-    if args.out is not None:
-        import json
-
-        report = {k: v for k, v in result.items() if k != "predictions"}
-        # nested: each is renamed into place only once all three are written, so a failure leaves the earlier
-        # run's files as they were, never a mix of two runs
-        with (atomic_output(args.out / "predictions.npz") as npz, atomic_output(args.out / "benchmark.md") as md,
-              atomic_output(args.out / "benchmark.json") as js):
-            save_predictions(result, npz)
-            md.write_text(table, encoding="utf-8")
-            js.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-        print("wrote " + ", ".join(printable(args.out / name) for name in outputs))
-    return 0

@@ -22,10 +22,11 @@ from typing import Sequence
 import numpy as np
 
 from ..data.samples import Sample
-from ..engine.photos import NO_FACE, photo_metrics, photo_probabilities
+from ..engine.decision import decisions
+from ..engine.photos import photo_metrics, photo_probabilities
 from .recognizer import EmotionRecognizer
 
-__all__ = ["NO_FACE", "decisions", "evaluate_with_detection", "predict_with_detection", "probs_with_detection"]
+__all__ = ["evaluate_photos", "evaluate_with_detection", "predict_with_detection", "probs_with_detection"]
 
 
 def probs_with_detection(recognizer: EmotionRecognizer, samples: Sequence[Sample]) -> np.ndarray:
@@ -35,18 +36,11 @@ def probs_with_detection(recognizer: EmotionRecognizer, samples: Sequence[Sample
                                recognizer.spec.input_size, recognizer.batch_size)
 
 
-def decisions(recognizer: EmotionRecognizer, probs: np.ndarray, decision: str | None = None) -> np.ndarray:
-    """The class index of each row of ``probs`` under ``decision`` (default: the recognizer's); NaN: ``NO_FACE``."""
-    found = ~np.isnan(probs).any(axis=1)
-    y_pred = np.full(len(probs), NO_FACE, dtype=np.int64)
-    if found.any():
-        y_pred[found] = recognizer.decide(probs[found], decision)
-    return y_pred
-
-
 def predict_with_detection(recognizer: EmotionRecognizer, samples: Sequence[Sample]) -> np.ndarray:
     """The class index (into ``EMOTIONS``) of each sample photo's largest face, or ``NO_FACE``: shape ``N``."""
-    return decisions(recognizer, probs_with_detection(recognizer, samples))
+    decision = recognizer.check_decision(None)
+    offsets = recognizer.classifier.balanced_offsets if decision == "balanced" else None
+    return decisions(probs_with_detection(recognizer, samples), offsets, decision)
 
 
 def evaluate_with_detection(recognizer: EmotionRecognizer, samples: Sequence[Sample],
@@ -58,3 +52,15 @@ def evaluate_with_detection(recognizer: EmotionRecognizer, samples: Sequence[Sam
     # A model without the balanced rule reports one rule, as msfer evaluate does on crops.
     offsets = recognizer.classifier.balanced_offsets if recognizer.has_balanced_rule else None
     return photo_metrics(samples, probs, offsets, recognizer.decision)
+
+
+def evaluate_photos(recognizer, samples: list) -> tuple[dict, dict]:
+    """The whole pipeline (detection, then classification of the largest face) on uncropped photos.
+
+    Returns the metrics and the predictions of the faces found (``probs``, ``y_true``): the reliability
+    diagram is of those, as the metrics' calibration is.
+    """
+    probs = probs_with_detection(recognizer, samples)
+    metrics = evaluate_with_detection(recognizer, samples, probs)
+    found = ~np.isnan(probs).any(axis=1)
+    return metrics, {"probs": probs[found], "y_true": np.array([s.label for s in samples])[found]}

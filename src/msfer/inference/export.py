@@ -1,4 +1,4 @@
-"""``msfer export``: the emotion network as an ONNX file that runs without PyTorch.
+"""The emotion network as an ONNX file that runs without PyTorch (``msfer export``).
 
 The graph has one input, ``images`` (N x 3 x S x S float32, normalised as
 ``mean``/``std`` say), a dynamic batch dimension, and the eval outputs of the
@@ -10,31 +10,33 @@ model's ``metadata_props``: ``classes``, ``input_size``, ``mean``, ``std``,
 ``region_names``, ``balanced_offsets`` (the balanced decision rule's logit offsets, zeros
 for a model without one or with one fitted at tau 0), ``calibration`` (how its probabilities
 were calibrated, the held-out figures and, when the rule was fitted, ``balanced_tau``:
-:func:`msfer.inference.recognizer.calibration_summary`; null when they were not),
+:func:`msfer.engine.calibration.calibration_summary`; null when they were not),
 ``crop_rule`` (how the model's faces are cropped from a photo,
-:class:`msfer.regions.crop.CropRule` as ``{"method", "scale"}``) and ``msfer_version``,
+:class:`msfer.faces.crop.CropRule` as ``{"method", "scale"}``) and ``msfer_version``,
 so the file is self-describing like a checkpoint. The
 calibration itself is part of the graph (the model's ``logit_scale``/``logit_bias``), so
 ``logits`` are calibrated. Exported with PyTorch's TorchScript-based exporter, which needs no
 extra package (the newer dynamo exporter needs ``onnxscript``).
-
-``--out`` follows :mod:`msfer.outputs`: an existing file is replaced only with ``--overwrite``,
-never when it is the checkpoint read (by path, symbolic or hard link), a folder is refused,
-and the file appears whole or not at all.
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import warnings
 from pathlib import Path
 
 from ..errors import MsferError
-from ..labels import EMOTIONS
-from ..outputs import InputFiles, atomic_output, existing_out_mode, file_argument
-from .options import add_model_arguments
+from ..faces.crop import CropRule
+from ..files import atomic_output
+from ..labels import EMOTIONS, check_classes
+from ..outputs import InputFiles, existing_out_mode
 
+# Keys under which the model's description is stored in its metadata_props (the ONNX backend reads them).
+ONNX_METADATA_KEYS = ("classes", "input_size", "mean", "std", "region_names")
+# Also written (files exported by earlier versions may lack them): the balanced decision rule's logit
+# offsets, the model's calibration summary (:func:`msfer.engine.calibration.calibration_summary`) and its
+# crop rule (:class:`msfer.faces.crop.CropRule` as a dict; absent: box, scale 1.0).
+ONNX_OPTIONAL_KEYS = ("balanced_offsets", "calibration", "crop_rule")
 OUTPUT_NAMES = ("logits", "boxes", "box_scores", "fallback")
 DEFAULT_OPSET = 17
 
@@ -49,7 +51,6 @@ def onnx_bytes(model, source: str | Path, opset: int = DEFAULT_OPSET, calibratio
     import onnx
     import torch
 
-    from ..regions.crop import CropRule
 
     class EvalOutputs(torch.nn.Module):
         """The network with its output dict as a tuple, the form ONNX outputs take."""
@@ -101,9 +102,9 @@ def export_onnx(weights: str | Path | None, out: str | Path, opset: int = DEFAUL
 
     An existing ``out`` is replaced only with ``overwrite``, and never when it is the checkpoint.
     """
-    from ..engine.checkpoint import resolve_checkpoint
+    from ..engine.calibration import calibration_summary
+    from ..model.checkpoint import load_model, resolve_checkpoint
     from ..weights import default_weights_path
-    from .recognizer import TorchBackend
 
     weights = Path(weights) if weights is not None else default_weights_path()
     if opset < 17:
@@ -112,25 +113,11 @@ def export_onnx(weights: str | Path | None, out: str | Path, opset: int = DEFAUL
     # Refused before the export's seconds of work, and --overwrite never reaches the checkpoint itself.
     InputFiles([resolve_checkpoint(weights, prefer="best.pt")]).refuse(out, "--out")
     existing_out_mode(out, resume=False, overwrite=overwrite, resumable=False)
-    backend = TorchBackend(weights, "cpu")
-    data = onnx_bytes(backend.model, weights, opset, calibration=backend.calibration,
-                      crop_rule=backend.crop_rule.to_dict())
+    model, meta = load_model(weights, "cpu")
+    check_classes(meta["classes"], str(weights))
+    crop_rule = CropRule.recorded(meta.get("crop_rule"), str(weights))
+    data = onnx_bytes(model.eval(), weights, opset, calibration=calibration_summary(meta.get("calibration"), weights),
+                      crop_rule=crop_rule.to_dict())
     with atomic_output(out) as temporary:
         temporary.write_bytes(data)
     return out
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--format", choices=["onnx"], default="onnx", help="export format (only onnx)")
-    parser.add_argument("--out", required=True, type=file_argument, help="the file to write, e.g. model.onnx")
-    parser.add_argument("--overwrite", action="store_true", help="--out exists: replace it")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
-                        help=f"ONNX opset, 17 or newer (default {DEFAULT_OPSET})")
-    # The export traces the PyTorch model on the CPU: --device and --backend would change nothing.
-    add_model_arguments(parser, device=False, backend=False)
-
-
-def run(args: argparse.Namespace) -> int:
-    out = export_onnx(args.weights, args.out, args.opset, overwrite=args.overwrite)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, opset {args.opset}, dynamic batch)")
-    return 0

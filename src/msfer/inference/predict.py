@@ -1,4 +1,4 @@
-"""``msfer predict``: emotions of every face in photos, folders, videos or a webcam.
+"""Emotions of every face in photos, folders, videos or a webcam (``msfer predict``).
 
 Inputs are image files, folders (searched recursively) and video files, and ``--webcam
 N``. In a folder, images and videos are recognised by their extension (any case: every
@@ -32,17 +32,13 @@ written.
 """
 from __future__ import annotations
 
-import argparse
-import csv
 import hashlib
-import io
-import json
 import os
 import sys
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -50,27 +46,13 @@ from tqdm import tqdm
 
 from ..data.images import IMAGE_EXTENSIONS, is_broken_link, not_a_file_reason
 from ..errors import MsferError
-from ..labels import EMOTIONS
-from ..outputs import (
-    InputFiles,
-    atomic_output,
-    existing_out_mode,
-    file_argument,
-    printable,
-    refuse_file_as_folder,
-    source_fields,
-    writing,
-)
-from .options import add_decision_argument, add_model_arguments, check_at_least_one, model_options
-from .recognizer import DEFAULT_MIN_FACE, EmotionRecognizer, FaceResult, to_rgb_array
+from ..files import atomic_output
+from ..outputs import InputFiles, printable, source_fields
+from .recognizer import EmotionRecognizer, to_rgb_array
+from .results import MIN_QUALITY, FaceResult, ResultWriter, source_key
 from .video import AnnotatedVideoWriter, VideoFrame, VideoSource, is_video, predict_video, probe_video
 from .visualize import draw_faces
 
-QUALITY_FIELDS = ["face_size", "sharpness", "roll", "yaw", "quality", "quality_issues"]
-CSV_FACE_FIELDS = ["face", "track_id", "x1", "y1", "x2", "y2", "score", "label", "confidence", *EMOTIONS, "decision",
-                   *QUALITY_FIELDS]
-MIN_QUALITY = ("low", "good")  # --min-quality: "low" keeps every face, "good" leaves out the low-quality ones
-CSV_FIELDS = ["source", "frame", "time", *CSV_FACE_FIELDS, "error", "source_hex"]
 # Appended to an input's full file name for its annotated copy under --save-vis.
 IMAGE_VIS_SUFFIX, VIDEO_VIS_SUFFIX = ".msfer.jpg", ".msfer.mp4"
 
@@ -206,114 +188,6 @@ def shard(items: list[InputItem], num_shards: int, shard_index: int) -> list[Inp
 ECHO_LIMIT = 50
 
 
-def source_key(record: dict) -> tuple[str, str]:
-    """What identifies a record's input in an output file: ``source`` and ``source_hex`` (empty when absent)."""
-    return str(record.get("source") or ""), str(record.get("source_hex") or "")
-
-
-class ResultWriter:
-    """Writes records to JSON Lines or CSV by the file's extension (or nowhere when ``path`` is None).
-
-    ``mode="a"`` continues a file an earlier run wrote (see :meth:`_prepare_resume`);
-    :attr:`done` then holds the :func:`source_key` of every input it has whole.
-    """
-
-    def __init__(self, path: Path | None, stack: ExitStack, mode: str = "w") -> None:
-        self.format = self.format_of(path)
-        self.file: IO[str] | None = None
-        self.done: set[tuple[str, str]] = set()
-        self.path = path
-        if path is not None:
-            with writing(path):
-                path.parent.mkdir(parents=True, exist_ok=True)
-            if mode == "a":
-                self.done = self._prepare_resume(path)
-            with writing(path):
-                self.file = stack.enter_context(open(path, mode, encoding="utf-8", newline=""))
-        if self.format == "csv":
-            self.csv = csv.DictWriter(self.file, CSV_FIELDS)
-            if self.file.tell() == 0:
-                self.csv.writeheader()
-
-    @staticmethod
-    def format_of(path: Path | None) -> str | None:
-        """``"jsonl"``, ``"csv"`` or None (no file) for ``--out path``; another extension is a :class:`MsferError`."""
-        format = None if path is None else path.suffix.lower().lstrip(".")
-        if format not in (None, "jsonl", "csv"):
-            raise MsferError(f"--out {printable(path)}: use a .jsonl or .csv file")
-        return format
-
-    def _prepare_resume(self, path: Path) -> set[tuple[str, str]]:
-        """The inputs ``path`` already has; drops what may be incomplete so that it is done again.
-
-        Records go out input by input, so only the last input can be incomplete: a line
-        torn by a kill is dropped, and so are the frames of a video that came last (it
-        may have been cut short; it is processed again from its start).
-        """
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise MsferError(f"--resume: cannot read {printable(path)} ({error})") from None
-        lines = original = text.splitlines(keepends=True)
-        if lines and not lines[-1].endswith("\n"):
-            lines = lines[:-1]  # torn by an interruption while it was written
-        entries: list[tuple[tuple[str, str], bool, int]] = []  # (input, an unfinished video's frame, end line)
-        if self.format == "jsonl":
-            start = 0
-            for number, line in enumerate(lines, start=1):
-                if line.strip():
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError:
-                        raise MsferError(f"--resume: {printable(path)} line {number} is not JSON; it was not written "
-                                         "by msfer predict (use --overwrite or another --out)") from None
-                    entries.append((source_key(record), "frame" in record and "error" not in record, number))
-        else:
-            reader = csv.DictReader(io.StringIO("".join(lines)))
-            if reader.fieldnames is not None and reader.fieldnames != CSV_FIELDS:
-                raise MsferError(f"--resume: {printable(path)} has other columns than msfer predict writes "
-                                 "(use --overwrite or another --out)")
-            start = 1 if reader.fieldnames is not None else 0
-            for row in reader:
-                entries.append((source_key(row), bool(row.get("frame")) and not row.get("error"), reader.line_num))
-        keep = len(lines)
-        if entries and entries[-1][1]:  # the last input is a video: it may be incomplete
-            last = entries[-1][0]
-            while entries and entries[-1][0] == last:
-                entries.pop()
-            keep = entries[-1][2] if entries else start
-        if keep < len(original):
-            with atomic_output(path) as temporary:
-                temporary.write_text("".join(lines[:keep]), encoding="utf-8")
-        return {key for key, _, _ in entries}
-
-    def write(self, record: dict) -> None:
-        """One record: ``source`` (a path, name or webcam number), optionally ``frame``/``time``, and ``faces``
-        (FaceResult) or ``error``."""
-        if self.file is None:
-            return
-        record = {**source_fields(record["source"]),
-                  **{key: printable(value) if isinstance(value, str) else value
-                     for key, value in record.items() if key != "source"}}
-        with writing(self.path):  # a full disk
-            if self.format == "jsonl":
-                faces = [face.to_dict() for face in record.get("faces", [])]
-                self.file.write(json.dumps({**record, **({"faces": faces} if "faces" in record else {})}) + "\n")
-            elif self.format == "csv":
-                base = {key: record[key] for key in ("source", "source_hex", "frame", "time", "error") if key in record}
-                rows = [_csv_row(index, face) for index, face in enumerate(record.get("faces", []))] or [{}]
-                self.csv.writerows({**base, **row} for row in rows)
-            self.file.flush()  # an interrupted run keeps every record written so far
-
-
-def _csv_row(index: int, face: FaceResult) -> dict:
-    x1, y1, x2, y2 = face.box
-    return {"face": index, "track_id": face.track_id, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "score": face.score,
-            "label": face.label, "confidence": face.confidence, **face.probs, "decision": face.decision,
-            **{name: getattr(face, name) for name in QUALITY_FIELDS[:-1]},
-            "quality_issues": ";".join(face.quality_issues)}
-
-
 class QualityFilter:
     """Leaves out faces below ``min_quality`` ("low": none, "good": those whose quality is "low"), counting them."""
 
@@ -348,7 +222,7 @@ def predict_images(
                 try:
                     loaded.append((item, to_rgb_array(item.path)))
                 except MsferError as error:
-                    _report(problems, writer, item.path, str(error))
+                    report_problem(problems, writer, item.path, str(error))
             results = _recognise(recognizer, loaded, writer, problems)
             for (item, image), faces in zip(loaded, results):
                 if faces is None:
@@ -361,7 +235,8 @@ def predict_images(
                         with atomic_output(vis_dir / item.vis_name) as temporary:
                             Image.fromarray(draw_faces(image, faces)).save(temporary, format="JPEG", quality=92)
                     except MsferError as error:
-                        _report(problems, writer, item.path, f"{printable(item.path)}: no annotated copy: {error}")
+                        report_problem(problems, writer, item.path,
+                                       f"{printable(item.path)}: no annotated copy: {error}")
                         continue
                 writer.write({"source": item.path, "faces": faces})
                 if echo:
@@ -397,17 +272,18 @@ def _recognise(
             try:
                 results.append(recognizer.predict(image))
             except Exception as error:  # noqa: BLE001
-                _report(problems, writer, item.path,
+                report_problem(problems, writer, item.path,
                         f"{printable(item.path)}: recognition failed ({type(error).__name__}: {error})")
                 results.append(None)
         return results
 
 
 def predict_stream(
-    recognizer: EmotionRecognizer, source: Path | int, vis_name: Path, args: argparse.Namespace, writer: ResultWriter,
-    keep: QualityFilter | None = None,
+    recognizer: EmotionRecognizer, source: Path | int, vis_name: Path, writer: ResultWriter,
+    keep: QualityFilter | None = None, save_vis: Path | None = None, every: int = 1, smooth: float = 0.0,
 ) -> None:
-    """Recognise a video file or webcam; write processed frames, and with ``--save-vis`` an annotated .mp4.
+    """Recognise a video file or webcam; write processed frames, and with ``save_vis`` an annotated .mp4 there
+    (at ``vis_name``). ``every``-th frame, probabilities smoothed by ``smooth`` (see :func:`predict_video`).
 
     ``keep`` filters each frame's faces after tracking (default: all kept). Without ``--out``
     each processed frame gets a line on the terminal, as a photo does: it is the only output.
@@ -417,15 +293,15 @@ def predict_stream(
     name = printable(f"webcam {source}" if isinstance(source, int) else source)
     with VideoSource(source) as video, tqdm(total=video.frame_count, desc=label, unit="frame") as progress:
         video_writer = None
-        if args.save_vis is not None:  # before the first frame's record: a copy that cannot be written fails the video
+        if save_vis is not None:  # before the first frame's record: a copy that cannot be written fails the video
             try:
-                video_writer = AnnotatedVideoWriter(args.save_vis / vis_name, video.fps)
+                video_writer = AnnotatedVideoWriter(save_vis / vis_name, video.fps)
             except MsferError as error:
                 raise MsferError(f"{printable(source)}: no annotated copy: {error}") from None
         complete = False
         kept: list[FaceResult] = []
         try:
-            for frame in _until_interrupted(predict_video(recognizer, video, args.every, args.smooth), video.live):
+            for frame in _until_interrupted(predict_video(recognizer, video, every, smooth), video.live):
                 if frame.processed:
                     found = len(frame.faces)
                     frame.faces = kept = keep(frame.faces)
@@ -455,109 +331,52 @@ def _until_interrupted(frames: Iterator[VideoFrame], live: bool) -> Iterator[Vid
         print("webcam stopped", file=sys.stderr)
 
 
-def _report(problems: list[str], writer: ResultWriter, source: Path | str | int, message: str) -> None:
+def report_problem(problems: list[str], writer: ResultWriter, source: Path | str | int, message: str) -> None:
     problems.append(message)
     writer.write({"source": source, "error": message})
     tqdm.write(f"msfer predict: skipped {printable(message)}", file=sys.stderr)
 
 
-def check_outputs(args: argparse.Namespace, inputs: Inputs, items: list[InputItem]) -> None:
-    """Refuse (a :class:`MsferError` naming both files) any output that would land on an input."""
-    if args.out is not None:
-        inputs.files.refuse(args.out, "--out")
-    if args.save_vis is not None:
+def check_outputs(inputs: Inputs, items: list[InputItem], out: Path | None, save_vis: Path | None) -> None:
+    """Refuse (a :class:`MsferError` naming both files) any output (``--out``, the copies in ``--save-vis``) that
+    would land on an input."""
+    if out is not None:
+        inputs.files.refuse(out, "--out")
+    if save_vis is not None:
         for item in items:
-            inputs.files.refuse(args.save_vis / item.vis_name, "--save-vis")
+            inputs.files.refuse(save_vis / item.vis_name, "--save-vis")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="*", type=Path, metavar="INPUT",
-                        help="image files, folders (searched recursively) and video files")
-    parser.add_argument("--webcam", type=int, metavar="N", help="also read webcam N (0 is the first); stop with Ctrl+C")
-    parser.add_argument("--out", type=file_argument,
-                        help="write results to FILE.jsonl (one object per image or frame) or FILE.csv "
-                             "(one row per face)")
-    parser.add_argument("--resume", action="store_true",
-                        help="--out exists: continue it, skipping the inputs it already has")
-    parser.add_argument("--overwrite", action="store_true", help="--out exists: replace it")
-    parser.add_argument("--save-vis", type=Path, metavar="DIR",
-                        help="write annotated copies into DIR: NAME.msfer.jpg per image, NAME.msfer.mp4 per video, "
-                             "at the inputs' relative paths")
-    parser.add_argument("--tta", action="store_true",
-                        help="average each face with its mirror image (slower, slightly steadier)")
-    parser.add_argument("--batch-size", type=int, default=32,
-                        help="images per detection batch and faces per classifier batch (default 32)")
-    parser.add_argument("--detect-size", type=int, default=640,
-                        help="longest side of the copy the face detector sees; smaller is faster but misses small "
-                             "faces (default 640)")
-    parser.add_argument("--min-face", type=float, default=DEFAULT_MIN_FACE, metavar="PX",
-                        help="smallest face (pixels) to find in large photos, by a finer detection pass where the "
-                             f"--detect-size copy would miss it (default {DEFAULT_MIN_FACE:g}; 0: no finer pass, "
-                             "faster)")
-    parser.add_argument("--every", type=int, default=1, metavar="N",
-                        help="video: process every N-th frame (default 1, all)")
-    parser.add_argument("--smooth", type=float, nargs="?", const=0.6, default=0.0, metavar="FACTOR",
-                        help="video: smooth each tracked face's probabilities over time, FACTOR in [0, 1) is the "
-                             "weight of the past (0.6 if given without a value)")
-    parser.add_argument("--min-quality", choices=MIN_QUALITY, default="low",
-                        help="leave out faces below this quality: 'low' keeps every face (each says its quality), "
-                             "'good' leaves out those whose quality is low (default low)")
-    add_decision_argument(parser)
-    parser.add_argument("--num-shards", type=int, default=1,
-                        help="split the sorted input list into this many parts ...")
-    parser.add_argument("--shard-index", type=int, default=0, help="... and process only this one (0-based)")
-    add_model_arguments(parser)
-
-
-def run(args: argparse.Namespace) -> int:
-    if not args.inputs and args.webcam is None:
-        raise MsferError("give at least one INPUT (image, folder or video) or --webcam N")
-    if not 0.0 <= args.smooth < 1.0:
-        raise MsferError(f"--smooth must be in [0, 1), got {args.smooth}")
-    check_at_least_one(args, "every", "batch_size")
-    options = model_options(args)  # a bad option is an error before any file is looked at
-    ResultWriter.format_of(args.out)
-    mode = existing_out_mode(args.out, args.resume, args.overwrite)
-    inputs = collect_inputs(args.inputs)
-    for path, reason in inputs.skipped:
-        print(f"msfer predict: skipped {printable(path)}: {reason}", file=sys.stderr)
-    if not (inputs.items or inputs.missing or inputs.not_media or args.webcam is not None):
-        print("msfer predict: nothing to process: no image or video among the inputs", file=sys.stderr)
-        return 1
-    items = shard(inputs.items, args.num_shards, args.shard_index)
-    if args.save_vis is not None:
-        refuse_file_as_folder(args.save_vis, "--save-vis")
-    check_outputs(args, inputs, items)
-    recognizer = EmotionRecognizer(**options, tta=args.tta, batch_size=args.batch_size,
-                                   detect_size=args.detect_size, min_face=args.min_face, decision=args.decision)
-    keep = QualityFilter(args.min_quality)
+def predict_inputs(
+    recognizer: EmotionRecognizer, inputs: Inputs, items: list[InputItem], out: Path | None, mode: str = "w",
+    save_vis: Path | None = None, webcam: int | None = None, every: int = 1, smooth: float = 0.0,
+    keep: QualityFilter | None = None, shard_of: tuple[int, int] = (0, 1),
+) -> list[str]:
+    """Recognise ``items`` (this shard's inputs: ``shard_of`` is its index and the number of shards) and the
+    webcam, writing ``out`` (opened in ``mode``: ``"a"`` resumes it, skipping the inputs it has) and the
+    annotated copies in ``save_vis``. Returns the problems reported (each also a record and a line on stderr)."""
+    keep = keep or QualityFilter()
     with ExitStack() as stack:
-        writer = ResultWriter(args.out, stack, mode)
+        writer = ResultWriter(out, stack, mode)
         problems: list[str] = []
         for path in inputs.missing:
-            _report(problems, writer, path, f"{path}: {not_a_file_reason(path)}")
+            report_problem(problems, writer, path, f"{path}: {not_a_file_reason(path)}")
         for path in inputs.not_media:
-            _report(problems, writer, path, f"{path}: not an image or video file (its content is neither)")
+            report_problem(problems, writer, path, f"{path}: not an image or video file (its content is neither)")
         todo = [item for item in items if source_key(source_fields(item.path)) not in writer.done]
         if len(todo) < len(items):
-            print(f"msfer predict: {printable(args.out)} already has {len(items) - len(todo)} of the inputs; "
+            print(f"msfer predict: {printable(out)} already has {len(items) - len(todo)} of the inputs; "
                   f"processing the other {len(todo)}", file=sys.stderr)
         elif not items and inputs.items:
-            print(f"msfer predict: shard {args.shard_index} of {args.num_shards} has no inputs", file=sys.stderr)
-        predict_images(recognizer, [item for item in todo if not item.video], writer, args.save_vis, problems, keep)
+            print(f"msfer predict: shard {shard_of[0]} of {shard_of[1]} has no inputs", file=sys.stderr)
+        predict_images(recognizer, [item for item in todo if not item.video], writer, save_vis, problems, keep)
         streams = [(item.path, item.vis_name) for item in todo if item.video]
-        if args.webcam is not None:
+        if webcam is not None:
             taken = {str(item.vis_name).casefold() for item in inputs.items}
-            streams.append((args.webcam, Path(_unique(f"webcam{args.webcam}{VIDEO_VIS_SUFFIX}", taken))))
+            streams.append((webcam, Path(_unique(f"webcam{webcam}{VIDEO_VIS_SUFFIX}", taken))))
         for source, vis_name in streams:
             try:
-                predict_stream(recognizer, source, vis_name, args, writer, keep)
+                predict_stream(recognizer, source, vis_name, writer, keep, save_vis, every, smooth)
             except MsferError as error:
-                _report(problems, writer, source, str(error))
-    if keep.left_out:
-        print(f"msfer predict: left out {keep.left_out} face(s) of low quality (--min-quality good)", file=sys.stderr)
-    if problems:
-        print(f"msfer predict: {len(problems)} input(s) could not be processed (see the messages above)",
-              file=sys.stderr)
-        return 1
-    return 0
+                report_problem(problems, writer, source, str(error))
+    return problems

@@ -5,8 +5,8 @@ Pipeline, per image:
 1. **Detect** with RetinaFace on a copy downscaled so its longest side is at most
    ``detect_size`` (faces are then cropped from the full-resolution image), plus a finer
    copy for large photos so that faces down to ``min_face`` pixels are found
-   (:func:`msfer.regions.detection.detect_faces`, which training's photo validation uses too).
-2. **Crop** each face by the model's crop rule (:mod:`msfer.regions.crop`, the rule training
+   (:func:`msfer.faces.detection.detect_faces`, which training's photo validation uses too).
+2. **Crop** each face by the model's crop rule (:mod:`msfer.faces.crop`, the rule training
    cropped photos with; the checkpoint or ONNX file carries it). A model without a recorded
    rule (every model before v2, the bundled one included) uses ``box`` at scale 1.0: a square
    centred on RetinaFace's box with a side of the box's longer side. That default is measured,
@@ -28,250 +28,33 @@ Pipeline, per image:
    bundled model's: balanced; a model that names none: argmax). The rule changes ``label`` and
    ``confidence`` (the probability of that label), never ``probs``.
 5. **Map back** the emotion regions the network used (none for a plain classifier) from crop
-   pixels to image pixels, and measure each face's quality (:func:`msfer.regions.quality.face_quality`).
+   pixels to image pixels, and measure each face's quality (:func:`msfer.faces.quality.face_quality`).
 
 Images are RGB everywhere in msfer. A numpy array is taken as RGB unless
 ``color_order="bgr"`` (what OpenCV's ``imread`` and ``VideoCapture`` give).
 """
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image
 
 from ..data.transforms import class_probabilities, mirror, model_input, resize_square
+from ..engine.decision import check_rule, decide, has_balanced_rule, model_decision
 from ..errors import MsferError
+from ..faces.crop import DEFAULT_CROP_RULE, CropRule, map_boxes_back
+from ..faces.crop import crop_face as crop_by_rule
+from ..faces.detection import DEFAULT_DETECT_SIZE, DEFAULT_MIN_FACE, detect_faces
+from ..faces.quality import QualityThresholds, face_quality
+from ..faces.retinaface import Face
 from ..labels import EMOTIONS
-from ..regions.crop import DEFAULT_CROP_RULE, CropRule, map_boxes_back
-from ..regions.crop import crop_face as crop_by_rule
-from ..regions.crop import face_transform as rule_transform
-from ..regions.detection import (  # noqa: F401  (detection_scales and the constants: this module's public names)
-    DEFAULT_DETECT_SIZE,
-    DEFAULT_MIN_FACE,
-    DETECTOR_LARGEST_FACE,
-    DETECTOR_SMALLEST_FACE,
-    MAX_FINE_PIXELS,
-    detect_faces,
-    detection_scales,
-)
-from ..regions.quality import QualityThresholds, face_quality
-from ..regions.retinaface import Face
+from .backends import ModelSpec, load_backend
+from .results import DEFAULT_DECISION, FaceResult
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
-
-# Keys under which `msfer export` stores the model's description in the ONNX metadata_props.
-ONNX_METADATA_KEYS = ("classes", "input_size", "mean", "std", "region_names")
-# Also written by `msfer export` (files exported before they existed lack them): the balanced
-# decision rule's logit offsets, the model's calibration summary (:func:`calibration_summary`) and
-# its crop rule (:class:`msfer.regions.crop.CropRule` as a dict; absent: box, scale 1.0).
-ONNX_OPTIONAL_KEYS = ("balanced_offsets", "calibration", "crop_rule")
-DEFAULT_DECISION = "argmax"
-
-
-@dataclass
-class FaceResult:
-    """One face: where it is and what the network thinks it expresses.
-
-    All coordinates are in the input image's pixels. ``box`` is ``[x1, y1, x2, y2]``;
-    ``landmarks`` are RetinaFace's five points (image-left eye, image-right eye, nose,
-    left and right mouth corner); ``regions`` maps region names (face, eyes, nose,
-    mouth) to the boxes the network attended to, ``{}`` for a model without regions (a plain
-    classifier); ``probs`` has the 7 emotions in :data:`msfer.labels.EMOTIONS` order.
-    ``score`` and ``landmarks`` are ``None`` for faces that were given pre-cropped
-    (:meth:`EmotionRecognizer.classify_faces`); ``track_id`` is set only for video.
-
-    ``label`` is the emotion the ``decision`` rule ("argmax" or "balanced") chose and
-    ``confidence`` its probability; ``probs`` do not depend on the rule. The quality fields
-    are those of :func:`msfer.regions.quality.face_quality`: ``face_size`` (pixels),
-    ``sharpness``, ``roll`` and ``yaw`` (degrees; None without landmarks), ``quality``
-    ("good" or "low") and ``quality_issues``.
-    """
-
-    box: list[float]
-    score: float | None
-    landmarks: list[list[float]] | None
-    regions: dict[str, list[float]]
-    probs: dict[str, float]
-    label: str
-    confidence: float
-    decision: str = DEFAULT_DECISION
-    face_size: float | None = None
-    sharpness: float | None = None
-    roll: float | None = None
-    yaw: float | None = None
-    quality: str | None = None
-    quality_issues: list[str] = field(default_factory=list)
-    track_id: int | None = field(default=None)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form written by ``msfer predict`` and returned by the REST service."""
-        result = asdict(self)
-        if self.track_id is None:
-            del result["track_id"]
-        return result
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What preprocessing a classifier expects; read from the checkpoint or the ONNX metadata."""
-
-    input_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    region_names: tuple[str, ...]
-
-    def normalise(self, crops: np.ndarray) -> np.ndarray:
-        """N x S x S x 3 uint8 RGB -> N x 3 x S x S float32 (:func:`msfer.data.transforms.model_input`)."""
-        return model_input(crops, self.mean, self.std).numpy()
-
-
-def _check_classes(classes: Sequence[str], source: str) -> None:
-    if tuple(classes) != EMOTIONS:
-        raise MsferError(f"{source} predicts classes {list(classes)}, not msfer's {list(EMOTIONS)}")
-
-
-def calibration_summary(record: dict | None, weights: Path | None = None) -> dict | None:
-    """How a model's probabilities were calibrated and how well, or None when they were not.
-
-    ``record`` is a checkpoint's ``calibration`` entry (``scripts/bundle_model.py`` writes it:
-    ``method`` and how it was chosen). The figures measured on the held-out half of the
-    validation split come from the record itself when it has them (``held_out``), else, for the
-    bundled model, from its JSON record. Returns ``{"method", and if measured: "ece", "nll",
-    "brier", "accuracy", "mean_confidence", "n"}``, ``"balanced_tau"`` when the bundling step
-    fitted the balanced decision rule, and ``"decision"`` when it chose the model's default rule.
-    """
-    if not record:
-        return None
-    summary = {"method": record.get("method")}
-    if record.get("decision") is not None:  # the model's default decision rule, chosen when it was bundled
-        summary["decision"] = record["decision"]
-    if record.get("balanced_tau") is not None:  # the balanced rule was fitted (tau 0: it equals argmax)
-        summary["balanced_tau"] = record["balanced_tau"]
-    held_out = record.get("held_out")
-    if held_out is None and weights is not None:
-        from ..weights import BUNDLED_MODEL, bundled_record
-
-        if BUNDLED_MODEL.is_file() and Path(weights).is_file() and os.path.samefile(weights, BUNDLED_MODEL):
-            held_out = (bundled_record().get("calibration") or {}).get("held_out")
-    # "bundled": the shipped file itself (half precision); "calibrated": the float32 model before it was stored.
-    figures = (held_out or {}).get("bundled") or (held_out or {}).get("calibrated") or {}
-    summary.update({key: figures[key] for key in ("ece", "nll", "brier", "accuracy", "mean_confidence", "n")
-                    if key in figures})
-    return summary
-
-
-def has_balanced_rule(balanced_offsets, calibration: dict | None) -> bool:
-    """Whether a model carries the balanced decision rule: non-zero ``balanced_offsets`` (7 logit
-    offsets), or a calibration record (or :func:`calibration_summary`) with ``balanced_tau``. The
-    bundling step may choose tau 0, whose offsets are all zero: the rule then equals argmax and is
-    still the model's balanced rule."""
-    return bool(np.any(np.asarray(balanced_offsets))) or (calibration or {}).get("balanced_tau") is not None
-
-
-class TorchBackend:
-    """Inference backend: the emotion network (region network or plain classifier) in PyTorch, from a checkpoint
-    of ``msfer train``."""
-
-    def __init__(self, weights: Path, device: str) -> None:
-        import torch
-
-        from ..engine.checkpoint import load_model
-
-        self.torch = torch
-        self.device = torch.device(device)
-        self.model, meta = load_model(weights, self.device)
-        self.model.eval()
-        _check_classes(meta["classes"], str(weights))
-        self.spec = ModelSpec(int(meta["input_size"]), tuple(meta["mean"]), tuple(meta["std"]),
-                              tuple(meta["region_names"]))
-        self.balanced_offsets = self.model.balanced_offsets.float().cpu().numpy().astype(np.float64)
-        self.calibration = calibration_summary(meta.get("calibration"), weights)
-        self.crop_rule = _crop_rule(meta.get("crop_rule"), str(weights))
-
-    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Logits (N x 7) and region boxes (N x R x 4, input pixels; R = 0 for a plain classifier) of a normalised
-        batch."""
-        with self.torch.inference_mode():
-            output = self.model(self.torch.from_numpy(batch).to(self.device))
-        return output["logits"].float().cpu().numpy(), output["boxes"].float().cpu().numpy()
-
-
-class OnnxBackend:
-    """Inference backend: the emotion network in ONNX Runtime, from a file of ``msfer export`` (or its bytes)."""
-
-    def __init__(self, model: Path | bytes, source: str, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
-        try:
-            self.session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
-                                                providers=["CPUExecutionProvider"])
-        except Exception as error:  # onnxruntime raises its own exception types
-            raise MsferError(f"cannot load ONNX model {source}: {error}") from error
-        metadata = self.session.get_modelmeta().custom_metadata_map
-        missing = [key for key in ONNX_METADATA_KEYS if key not in metadata]
-        if missing:
-            raise MsferError(f"{source} lacks msfer's metadata {missing}: export it with 'msfer export'")
-        meta = {key: json.loads(metadata[key]) for key in ONNX_METADATA_KEYS}
-        _check_classes(meta["classes"], source)
-        self.spec = ModelSpec(int(meta["input_size"]), tuple(meta["mean"]), tuple(meta["std"]),
-                              tuple(meta["region_names"]))
-        optional = {key: json.loads(metadata[key]) if key in metadata else None for key in ONNX_OPTIONAL_KEYS}
-        offsets = optional["balanced_offsets"]
-        self.balanced_offsets = np.zeros(len(EMOTIONS)) if offsets is None else np.asarray(offsets, dtype=np.float64)
-        if self.balanced_offsets.shape != (len(EMOTIONS),):
-            raise MsferError(f"{source}: balanced_offsets in its metadata must be {len(EMOTIONS)} numbers")
-        self.calibration = optional["calibration"]
-        self.crop_rule = _crop_rule(optional["crop_rule"], source)
-        self.input_name = self.session.get_inputs()[0].name
-
-    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, boxes = self.session.run(["logits", "boxes"], {self.input_name: batch})
-        return logits, boxes
-
-
-def _crop_rule(record: dict | None, source: str) -> CropRule:
-    """The crop rule a model file records (None: the rule of models before v2, box at scale 1.0)."""
-    try:
-        return CropRule.from_dict(record)
-    except MsferError as error:
-        raise MsferError(f"{source}: its crop_rule {record!r} is not valid ({error})") from None
-
-
-def load_backend(weights: str | os.PathLike | None, device: str = "cpu", backend: str = "torch"):
-    """The inference backend (:class:`TorchBackend` or :class:`OnnxBackend`) for ``weights``.
-
-    ``weights`` defaults to the bundled model.
-
-    ``weights`` is a ``.pt`` checkpoint, a run directory of ``msfer train`` (its best.pt) or an ``.onnx`` export.
-
-    ``backend="onnx"`` with a ``.pt`` checkpoint exports it to ONNX in memory first.
-    """
-    from ..weights import default_weights_path
-
-    path = Path(weights) if weights is not None else default_weights_path()
-    if not path.exists():
-        raise MsferError(f"model file {path} does not exist")
-    if backend not in ("torch", "onnx"):
-        raise MsferError(f"unknown backend {backend!r}: use 'torch' or 'onnx'")
-    if path.suffix == ".onnx":
-        if backend != "onnx":
-            raise MsferError(f"{path} is an ONNX model: use backend 'onnx' (--backend onnx)")
-        return OnnxBackend(path, str(path))
-    if backend == "onnx":
-        from .export import onnx_bytes
-
-        torch_backend = TorchBackend(path, "cpu")
-        return OnnxBackend(onnx_bytes(torch_backend.model, path, calibration=torch_backend.calibration,
-                                      crop_rule=torch_backend.crop_rule.to_dict()), f"{path} (exported to ONNX)")
-    return TorchBackend(path, device)
 
 
 def to_rgb_array(image: ImageInput, color_order: str = "rgb") -> np.ndarray:
@@ -307,16 +90,6 @@ def to_rgb_array(image: ImageInput, color_order: str = "rgb") -> np.ndarray:
     return np.ascontiguousarray(array[:, :, ::-1]) if color_order == "bgr" else array
 
 
-def face_transform(box: np.ndarray, landmarks: np.ndarray, crop_scale: float, align: bool) -> tuple[np.ndarray, int]:
-    """The 2 x 3 affine map from image pixels to a square face crop at native resolution, and its side.
-
-    The crop is centred on the face box; with ``align`` it is rotated about that centre
-    so the eyes are level. Kept for callers of msfer <= 0.x: it is
-    :func:`msfer.regions.crop.face_transform` with the rule ``box`` (or ``roll``) at ``crop_scale``.
-    """
-    return rule_transform(box, landmarks, CropRule("roll" if align else "box", crop_scale))
-
-
 def clip_box(box: np.ndarray, width: int, height: int) -> np.ndarray:
     """``[x1, y1, x2, y2]`` clipped to an image of ``width`` x ``height`` pixels."""
     limits = np.array([width, height, width, height], dtype=np.float64)
@@ -333,18 +106,18 @@ class EmotionRecognizer:
     ``weights``: a checkpoint of ``msfer train`` (``.pt``) or an ``msfer export`` file
     (``.onnx``); default the bundled model. ``backend``: "torch" or "onnx" (a ``.pt``
     is then exported in memory). ``detector``: a
-    :class:`msfer.regions.retinaface.RetinaFaceDetector` (default: its bundled weights).
+    :class:`msfer.faces.retinaface.RetinaFaceDetector` (default: its bundled weights).
     ``tta``: average with the mirrored crop. ``detect_size``: longest side of the coarse
     copy the detector sees. ``min_face``: the smallest face (pixels) to find in large
     photos, by a finer second copy (None or 0: the coarse copy alone, faster on large
     photos). ``decision``: the default decision rule, "argmax" or "balanced" (each
     ``predict*`` call can override it; None: the model's own, :attr:`model_decision`);
     "balanced" needs a model that carries its offsets, else :class:`MsferError`. ``quality``:
-    the thresholds of the ``quality`` flag (default :class:`msfer.regions.quality.QualityThresholds`).
+    the thresholds of the ``quality`` flag (default :class:`msfer.faces.quality.QualityThresholds`).
 
-    Cropping follows the model's crop rule (:class:`msfer.regions.crop.CropRule`, recorded in the
+    Cropping follows the model's crop rule (:class:`msfer.faces.crop.CropRule`, recorded in the
     checkpoint or ONNX file; box at scale 1.0 for models without one). ``crop_rule`` (a
-    :class:`~msfer.regions.crop.CropRule`, its dict, or a method name at the model's scale) replaces
+    :class:`~msfer.faces.crop.CropRule`, its dict, or a method name at the model's scale) replaces
     it; ``align`` (True: "roll", False: "box") and ``crop_scale`` then replace its method and scale.
     See the module docstring for the pipeline.
     """
@@ -374,7 +147,7 @@ class EmotionRecognizer:
         self.decision = self.check_decision(decision or self.model_decision)
         self.quality = quality or QualityThresholds()
         if detector is None:
-            from ..regions.retinaface import RetinaFaceDetector
+            from ..faces.retinaface import RetinaFaceDetector
 
             detector = RetinaFaceDetector()
         self.detector = detector
@@ -396,7 +169,7 @@ class EmotionRecognizer:
 
     @property
     def crop_scale(self) -> float:
-        """The crop rule's scale (see :class:`msfer.regions.crop.CropRule`)."""
+        """The crop rule's scale (see :class:`msfer.faces.crop.CropRule`)."""
         return self.crop_rule.scale
 
     @property
@@ -414,9 +187,7 @@ class EmotionRecognizer:
     @property
     def model_decision(self) -> str:
         """The model's own default decision rule: the one its bundling chose (the checkpoint's or ONNX file's
-        calibration record), else "argmax" (:func:`msfer.engine.calibration.model_decision`)."""
-        from ..engine.calibration import model_decision
-
+        calibration record), else "argmax" (:func:`msfer.engine.decision.model_decision`)."""
         return model_decision(self.classifier.calibration)
 
     @property
@@ -498,20 +269,16 @@ class EmotionRecognizer:
 
     def decide(self, probs: np.ndarray, decision: str | None = None) -> np.ndarray:
         """The class index (into ``EMOTIONS``) of each row of ``probs`` (N x 7) under ``decision``
-        (default: the recognizer's rule); see :func:`msfer.engine.calibration.decide`."""
+        (default: the recognizer's rule); see :func:`msfer.engine.decision.decide`."""
         decision = self.check_decision(decision)
-        probs = np.asarray(probs, dtype=np.float64)
-        if decision == "argmax":  # the same rule as calibration.decide, without importing torch for it
-            return probs.argmax(axis=1)
-        from ..engine.calibration import decide
-
-        return decide(probs, self.classifier.balanced_offsets, decision)
+        offsets = self.classifier.balanced_offsets if decision == "balanced" else None  # argmax reads none
+        return decide(np.asarray(probs, dtype=np.float64), offsets, decision)
 
     # -- steps -------------------------------------------------------------------------
 
     def detect(self, arrays: Sequence[np.ndarray]) -> list[list[Face]]:
         """RetinaFace faces per image (original pixels, boxes not clipped), largest first
-        (:func:`msfer.regions.detection.detect_faces`)."""
+        (:func:`msfer.faces.detection.detect_faces`)."""
         return detect_faces(self.detector, arrays, self.detect_size, self.min_face)
 
     def classify_crops(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -532,7 +299,7 @@ class EmotionRecognizer:
 
     def crop_face(self, array: np.ndarray, face) -> tuple[np.ndarray, np.ndarray]:
         """The network-sized crop of one detected face by the crop rule, and the 2 x 3 map from image to crop
-        pixels (:func:`msfer.regions.crop.crop_face`)."""
+        pixels (:func:`msfer.faces.crop.crop_face`)."""
         return crop_by_rule(array, face.box, face.landmarks, self.crop_rule, self.spec.input_size)
 
     def check_decision(self, decision: str | None) -> str:
@@ -540,11 +307,7 @@ class EmotionRecognizer:
         rule (:func:`has_balanced_rule`); else :class:`MsferError`."""
         if decision is None:
             return self.decision
-        if decision != "argmax":
-            from ..engine.calibration import DECISION_RULES
-
-            if decision not in DECISION_RULES:
-                raise MsferError(f"unknown decision rule {decision!r}: use one of {', '.join(DECISION_RULES)}")
+        if check_rule(decision) != "argmax":
             if not self.has_balanced_rule:
                 raise MsferError(f"{self.weights_name} has no balanced decision rule (scripts/bundle_model.py fits "
                                  "it, and an ONNX file carries it when 'msfer export' wrote it from such a model; "

@@ -12,7 +12,7 @@ A moment reads as its label (by the ``--decision`` rule) unless the label's prob
 below ``--uncertain-below``: then it is **uncertain**, neither in an emotion's share nor in
 "most often". With calibrated probabilities a label of probability p is right about p of the
 time, so the default 0.5 marks the moments whose label is more likely wrong than right.
-A face of low quality (:func:`msfer.regions.quality.face_quality`) is marked **low
+A face of low quality (:func:`msfer.faces.quality.face_quality`) is marked **low
 quality** instead (default), or with ``--min-quality good`` left out of the report. The
 report states the model's calibration figures, or that its probabilities are uncalibrated.
 Times are the video's own frame timestamps (:mod:`msfer.inference.video`). Each file is replaced whole (written beside
@@ -23,7 +23,6 @@ folder never mixes two reports; only files that the earlier ``report.html`` show
 """
 from __future__ import annotations
 
-import argparse
 import html
 import re
 import sys
@@ -35,12 +34,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..errors import MsferError
+from ..files import atomic_output, write_text, writing
 from ..labels import EMOTIONS
-from ..outputs import InputFiles, atomic_output, printable, refuse_file_as_folder, writing
-from .options import add_decision_argument, add_model_arguments, check_at_least_one, model_options
-from .predict import ResultWriter
-from .recognizer import DEFAULT_MIN_FACE, EmotionRecognizer
+from ..outputs import InputFiles, printable
+from .recognizer import EmotionRecognizer
+from .results import ResultWriter
 from .video import VideoFrame, VideoSource, predict_video
 
 DISCLAIMER_LEAD = "This report is a research aid, not a diagnosis."  # stated once, in bold on the page
@@ -58,7 +56,6 @@ STATES = (*EMOTIONS, UNCERTAIN, LOW_QUALITY)
 STATE_COLORS = {**EMOTION_COLORS, UNCERTAIN: "#ffffff", LOW_QUALITY: "#000000"}
 # With calibrated probabilities, below 0.5 a label is more likely wrong than right (docs/report.md).
 DEFAULT_UNCERTAIN_BELOW = 0.5
-MIN_QUALITY = ("low", "good")
 
 
 @dataclass
@@ -218,7 +215,7 @@ def stale_plots(out_dir: Path, tracks: list[TrackSummary]) -> list[Path]:
     return [out_dir / name for name in sorted(set(PLOT_SOURCE.findall(page)) - new) if (out_dir / name).is_file()]
 
 
-def write_report(video: Path, frames: list[VideoFrame], out_dir: Path, settings: dict[str, object],
+def write_video_report(video: Path, frames: list[VideoFrame], out_dir: Path, settings: dict[str, object],
                  uncertain_below: float = DEFAULT_UNCERTAIN_BELOW, min_quality: str = "low",
                  calibration: dict | None = None) -> Path:
     """Write the plots and ``report.html`` for the processed ``frames`` of ``video`` into ``out_dir``.
@@ -226,7 +223,7 @@ def write_report(video: Path, frames: list[VideoFrame], out_dir: Path, settings:
     Returns the HTML path.
 
     ``uncertain_below``, ``min_quality``: see the module docstring; ``calibration``: the model's
-    :func:`msfer.inference.recognizer.calibration_summary` (None: uncalibrated).
+    :func:`msfer.engine.calibration.calibration_summary` (None: uncalibrated).
     """
     import matplotlib
 
@@ -289,8 +286,7 @@ img {{ max-width: 100%; display: block; margin: 0.5em 0; }}
 </body></html>
 """
     path = out_dir / "report.html"
-    with atomic_output(path) as temporary:
-        temporary.write_text(page, encoding="utf-8")
+    write_text(path, page)
     for old in stale:  # only once the new page no longer shows them
         try:
             old.unlink(missing_ok=True)
@@ -300,56 +296,16 @@ img {{ max-width: 100%; display: block; margin: 0.5em 0; }}
     return path
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("video", type=Path, metavar="VIDEO", help="the video file to analyse")
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR",
-                        help="folder for report.html, its plots and frames.jsonl")
-    parser.add_argument("--every", type=int, default=1, metavar="N", help="process every N-th frame (default 1, all)")
-    parser.add_argument("--smooth", type=float, default=0.6, metavar="FACTOR",
-                        help="weight of the past in each face's moving average of probabilities, in [0, 1); 0 is off "
-                             "(default 0.6)")
-    parser.add_argument("--detect-size", type=int, default=640,
-                        help="longest side of the copy the face detector sees (default 640)")
-    parser.add_argument("--min-face", type=float, default=DEFAULT_MIN_FACE, metavar="PX",
-                        help=f"smallest face (pixels) to find in large frames (default {DEFAULT_MIN_FACE:g}; "
-                             "0: no finer pass)")
-    parser.add_argument("--uncertain-below", type=float, default=DEFAULT_UNCERTAIN_BELOW, metavar="P",
-                        help="a moment whose label has a probability below P is shown as uncertain, not as that "
-                             f"emotion (default {DEFAULT_UNCERTAIN_BELOW:g}: with calibrated probabilities, the labels "
-                             "more likely wrong than right; 0 turns it off)")
-    parser.add_argument("--min-quality", choices=MIN_QUALITY, default="low",
-                        help="'low' (default) keeps low-quality faces, marked as such; 'good' leaves them out")
-    add_decision_argument(parser)
-    add_model_arguments(parser)
-
-
-def run(args: argparse.Namespace) -> int:
-    if not 0.0 <= args.smooth < 1.0:
-        raise MsferError(f"--smooth must be in [0, 1), got {args.smooth}")
-    if not 0.0 <= args.uncertain_below <= 1.0:
-        raise MsferError(f"--uncertain-below must be in [0, 1], got {args.uncertain_below}")
-    check_at_least_one(args, "every")
-    refuse_file_as_folder(args.out, "--out")
-    # Refused before the work, not after: the fixed names, and any timeline_<N>.png.
-    inputs = InputFiles([args.video])
-    for name in report_files([]):
-        inputs.refuse(args.out / name, "--out")
-    if args.video.name.startswith("timeline_") and args.video.suffix == ".png":
-        inputs.refuse(args.out / args.video.name, "--out")
-    recognizer = EmotionRecognizer(**model_options(args), detect_size=args.detect_size, min_face=args.min_face,
-                                   decision=args.decision)
-    with (VideoSource(args.video) as video,
-          tqdm(total=video.frame_count, desc=printable(args.video.name), unit="frame") as progress):
+def processed_frames(recognizer: EmotionRecognizer, path: Path, every: int = 1,
+                     smooth: float = 0.0) -> list[VideoFrame]:
+    """The processed frames of the video at ``path`` (every ``every``-th, tracked and smoothed), without their
+    images: only the results are kept, so memory stays flat on long videos."""
+    with (VideoSource(path) as video,
+          tqdm(total=video.frame_count, desc=printable(Path(path).name), unit="frame") as progress):
         frames = []
-        for frame in predict_video(recognizer, video, args.every, args.smooth):
+        for frame in predict_video(recognizer, video, every, smooth):
             if frame.processed:
-                frame.image = None  # only the results are needed: keeps memory flat on long videos
+                frame.image = None
                 frames.append(frame)
             progress.update()
-    settings = {"model": args.weights or "bundled", "every": args.every, "smoothing": args.smooth,
-                "decision": recognizer.decision, "uncertain below": args.uncertain_below,
-                "min quality": args.min_quality}
-    path = write_report(args.video, frames, args.out, settings, args.uncertain_below, args.min_quality,
-                        recognizer.calibration)
-    print(f"wrote {printable(path)}")
-    return 0
+    return frames

@@ -1,4 +1,4 @@
-"""``msfer serve``: the REST service and its web page.
+"""The REST service and its web page (``msfer serve``).
 
 * ``POST /v1/predict``: one image, as a multipart upload in the field ``image`` (``file``
   is accepted too; two files there are 400), or as the raw request body whatever its
@@ -36,10 +36,10 @@ Limits, each answered with a JSON ``{"detail": "..."}`` error, as every error is
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
@@ -50,9 +50,9 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
 from ..data.images import UnreadableImageError, load_rgb
+from ..engine.decision import has_balanced_rule
 from ..errors import MsferError
-from .options import add_decision_argument, add_model_arguments, model_options
-from .recognizer import EmotionRecognizer, has_balanced_rule
+from .recognizer import EmotionRecognizer
 from .report import DEFAULT_UNCERTAIN_BELOW, calibration_sentence
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,32 @@ class InferenceGate:
             self.admitted -= 1
 
 
+@dataclass
+class Service:
+    """What the handlers share: the recognizer, the limits and the gate (``app.state.service``)."""
+
+    recognizer: EmotionRecognizer
+    max_upload_mb: float
+    max_pixels: int
+    max_concurrent: int
+    max_queue: int
+    gate: InferenceGate
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    def too_large(self) -> HTTPException:
+        return HTTPException(413, f"upload too large: the limit is {self.max_upload_mb:g} MB")
+
+    def decision_of(self, value: str | None) -> str:
+        """The request's decision rule, checked (422 for an unknown one, or "balanced" without offsets)."""
+        try:
+            return self.recognizer.check_decision(value)
+        except MsferError as error:
+            raise HTTPException(422, str(error)) from None
+
+
 def create_app(
     recognizer: EmotionRecognizer | None = None,
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
@@ -105,178 +131,151 @@ def create_app(
     """The FastAPI app around ``recognizer`` (default: the bundled model on the CPU), with the limits above."""
     from .._version import __version__
 
-    recognizer = recognizer or EmotionRecognizer()
-    max_bytes = int(max_upload_mb * 1024 * 1024)
-    gate = InferenceGate(max_concurrent, max_queue)
+    service = Service(recognizer or EmotionRecognizer(), max_upload_mb, max_pixels, max_concurrent, max_queue,
+                      InferenceGate(max_concurrent, max_queue))
     app = FastAPI(title="msfer", version=__version__, description="Facial emotion recognition")
-    app.state.gate = gate
-
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, error: Exception) -> JSONResponse:
-        # Without this, Starlette answers an unexpected error in plain text.
-        log.exception("%s %s failed", request.method, request.url.path)
-        return JSONResponse({"detail": f"internal error ({type(error).__name__}); the server log has the details"},
-                            status_code=500)
-
-    def too_large() -> HTTPException:
-        return HTTPException(413, f"upload too large: the limit is {max_upload_mb:g} MB")
-
-    async def read_body(request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > max_bytes:
-            raise too_large()
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_bytes:  # a chunked body has no Content-Length: stop reading it here
-                raise too_large()
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    def decision_of(value: str | None) -> str:
-        """The request's decision rule, checked (422 for an unknown one, or "balanced" without offsets)."""
-        try:
-            return recognizer.check_decision(value)
-        except MsferError as error:
-            raise HTTPException(422, str(error)) from None
-
-    async def upload_of(request: Request, body: bytes) -> tuple[str, bytes, str | None]:
-        """(file name, bytes, decision field) of the image: multipart field ``image`` or ``file``, else the raw body."""
-        content_type = request.headers.get("content-type", "")
-        if not content_type.startswith("multipart/form-data"):
-            # Any declared type: curl --data-binary labels a photo x-www-form-urlencoded, and the bytes decide anyway.
-            if not body:
-                raise HTTPException(
-                    422, "no image: send it in the multipart field 'image' (curl -F image=@photo.jpg ...) "
-                         "or as the request body (curl --data-binary @photo.jpg ...)")
-            return "upload", body, None
-
-        async def replay() -> dict:
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        try:
-            # More files than one are parsed (max_upload_mb bounds them) so that they get "one image per request".
-            form = await Request(request.scope, replay).form(max_files=16, max_fields=16)
-        except MultiPartException as error:
-            raise HTTPException(400, f"malformed multipart body: {error.message}") from None
-        try:
-            uploads = [value for name in FIELD_NAMES for value in form.getlist(name) if isinstance(value, UploadFile)]
-            if len(uploads) > 1:  # using one and dropping the others would answer for a photo the client did not mean
-                raise HTTPException(400, f"one image per request: got {len(uploads)} files in the fields "
-                                         f"{' / '.join(repr(name) for name in FIELD_NAMES)}; send one request each")
-            upload = uploads[0] if uploads else None
-            if upload is None:
-                raise HTTPException(422, "no image: send it in the multipart field 'image' as a file "
-                                         "(curl -F image=@photo.jpg ...)")
-            decision = form.get("decision")
-            return upload.filename or "upload", await upload.read(), decision if isinstance(decision, str) else None
-        finally:
-            await form.close()
-
-    def recognise(name: str, data: bytes, decision: str) -> dict:
-        """Decode and recognise, in a worker thread, holding one of the gate's slots."""
-        if not data:
-            raise HTTPException(400, f"{name}: empty file (0 bytes)")
-        with gate.slots, tempfile.NamedTemporaryFile() as stored:
-            stored.write(data)
-            stored.flush()
-            try:
-                with Image.open(stored.name) as header:  # lazy: reads the size, decodes nothing
-                    width, height = header.size
-            except UnidentifiedImageError:
-                raise HTTPException(415, f"{name}: not an image (the bytes are no format Pillow decodes, "
-                                         "e.g. JPEG, PNG, WebP, BMP, TIFF)") from None
-            except Image.DecompressionBombError:
-                raise HTTPException(413, f"{name}: image too large: over {max_pixels:,} pixels") from None
-            except (OSError, ValueError, SyntaxError, EOFError) as error:
-                raise HTTPException(400, f"{name}: cannot decode image ({error})") from None
-            if width * height > max_pixels:
-                raise HTTPException(413, f"{name}: image too large: {width} x {height} = {width * height:,} pixels, "
-                                         f"the limit is {max_pixels:,}")
-            try:
-                # load_rgb applies msfer's decoding rules (EXIF rotation, alpha on white, 16-bit).
-                image = load_rgb(stored.name)
-            except UnreadableImageError as error:
-                raise HTTPException(400, str(error).replace(stored.name, name)) from None
-            faces = recognizer.predict(image, decision=decision)
-        return {"source": name, "width": image.width, "height": image.height, "decision": decision,
-                "faces": [f.to_dict() for f in faces]}
-
-    @app.get("/healthz")
-    def healthz() -> dict:
-        return {"status": "ok", "version": __version__, "backend": type(recognizer.classifier).__name__,
-                "max_upload_mb": max_upload_mb, "max_pixels": max_pixels, "max_concurrent": max_concurrent,
-                "max_queue": max_queue, "in_flight": gate.admitted, "min_face": recognizer.min_face,
-                "decision": recognizer.decision,
-                "balanced_decision": has_balanced_rule(recognizer.classifier.balanced_offsets, recognizer.calibration),
-                "calibration": recognizer.calibration, "calibration_note": calibration_sentence(recognizer.calibration),
-                "uncertain_below": DEFAULT_UNCERTAIN_BELOW}
-
-    @app.get("/", response_class=HTMLResponse)
-    def index() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
-
-    @app.get("/sample.jpg")
-    def sample() -> FileResponse:
-        return FileResponse(SAMPLE_IMAGE, media_type="image/jpeg")
-
-    rules = {"type": "string", "enum": ["argmax", "balanced"],
-             "description": "decision rule: argmax (the most probable emotion) or balanced; default the service's"}
-    upload_schema = {"parameters": [{"name": "decision", "in": "query", "required": False, "schema": rules}],
-                     "requestBody": {"required": True, "content": {
-        "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
-            "image": {"type": "string", "format": "binary",
-                      "description": "the photo (JPEG, PNG, WebP, BMP, TIFF, ...)"},
-            "decision": rules,
-        }}},
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-    }}}
-
-    @app.post("/v1/predict", openapi_extra=upload_schema)
-    async def predict(request: Request) -> dict:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > max_bytes:
-            raise too_large()  # before taking a place in the queue
-        if not gate.enter():
-            raise HTTPException(503, f"busy: {gate.capacity} requests are being served or waiting; retry shortly",
-                                headers={"Retry-After": str(RETRY_AFTER_S)})
-        try:
-            query_decision = decision_of(request.query_params.get("decision"))
-            name, data, form_decision = await upload_of(request, await read_body(request))
-            decision = decision_of(form_decision) if form_decision is not None else query_decision
-            return await run_in_threadpool(recognise, name, data, decision)
-        finally:
-            gate.leave()
-
+    app.state.service, app.state.gate = service, service.gate
+    app.add_exception_handler(Exception, internal_error)
+    app.add_api_route("/healthz", healthz, methods=["GET"])
+    app.add_api_route("/", index, methods=["GET"], response_class=HTMLResponse)
+    app.add_api_route("/sample.jpg", sample, methods=["GET"])
+    app.add_api_route("/v1/predict", predict, methods=["POST"], openapi_extra=UPLOAD_SCHEMA)
     return app
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
-    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
-    parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
-                        help=f"largest accepted request body in MB; larger ones get 413 "
-                             f"(default {DEFAULT_MAX_UPLOAD_MB:g})")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                        help=f"largest accepted image, width x height; larger ones get 413 before decoding "
-                             f"(default {DEFAULT_MAX_PIXELS:,})")
-    parser.add_argument("--max-concurrent", type=int, default=DEFAULT_MAX_CONCURRENT,
-                        help=f"requests decoded and recognised at once (default {DEFAULT_MAX_CONCURRENT})")
-    parser.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
-                        help=f"requests that wait for a turn; more get 503 with Retry-After "
-                             f"(default {DEFAULT_MAX_QUEUE})")
-    add_decision_argument(parser)
-    add_model_arguments(parser)
+async def internal_error(request: Request, error: Exception) -> JSONResponse:
+    # Without this, Starlette answers an unexpected error in plain text.
+    log.exception("%s %s failed", request.method, request.url.path)
+    return JSONResponse({"detail": f"internal error ({type(error).__name__}); the server log has the details"},
+                        status_code=500)
 
 
-def run(args: argparse.Namespace) -> int:
-    import uvicorn
+def healthz(request: Request) -> dict:
+    from .._version import __version__
 
-    if args.max_upload_mb <= 0 or args.max_pixels < 1 or args.max_concurrent < 1 or args.max_queue < 0:
-        raise MsferError("--max-upload-mb and --max-pixels must be positive, --max-concurrent at least 1, "
-                         "--max-queue 0 or more")
-    recognizer = EmotionRecognizer(**model_options(args), decision=args.decision)
-    print(f"msfer serve: open http://{args.host}:{args.port}/ (Ctrl+C stops)")
-    app = create_app(recognizer, args.max_upload_mb, args.max_pixels, args.max_concurrent, args.max_queue)
-    uvicorn.run(app, host=args.host, port=args.port)
-    return 0
+    service = request.app.state.service
+    recognizer = service.recognizer
+    return {"status": "ok", "version": __version__, "backend": type(recognizer.classifier).__name__,
+            "max_upload_mb": service.max_upload_mb, "max_pixels": service.max_pixels,
+            "max_concurrent": service.max_concurrent, "max_queue": service.max_queue,
+            "in_flight": service.gate.admitted, "min_face": recognizer.min_face, "decision": recognizer.decision,
+            "balanced_decision": has_balanced_rule(recognizer.classifier.balanced_offsets, recognizer.calibration),
+            "calibration": recognizer.calibration, "calibration_note": calibration_sentence(recognizer.calibration),
+            "uncertain_below": DEFAULT_UNCERTAIN_BELOW}
+
+
+def index() -> FileResponse:
+    return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+
+def sample() -> FileResponse:
+    return FileResponse(SAMPLE_IMAGE, media_type="image/jpeg")
+
+
+_RULES = {"type": "string", "enum": ["argmax", "balanced"],
+          "description": "decision rule: argmax (the most probable emotion) or balanced; default the service's"}
+UPLOAD_SCHEMA = {"parameters": [{"name": "decision", "in": "query", "required": False, "schema": _RULES}],
+                 "requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
+        "image": {"type": "string", "format": "binary",
+                  "description": "the photo (JPEG, PNG, WebP, BMP, TIFF, ...)"},
+        "decision": _RULES,
+    }}},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+}}}
+
+
+async def predict(request: Request) -> dict:
+    service: Service = request.app.state.service
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > service.max_bytes:
+        raise service.too_large()  # before taking a place in the queue
+    if not service.gate.enter():
+        raise HTTPException(503, f"busy: {service.gate.capacity} requests are being served or waiting; retry shortly",
+                            headers={"Retry-After": str(RETRY_AFTER_S)})
+    try:
+        query_decision = service.decision_of(request.query_params.get("decision"))
+        name, data, form_decision = await upload_of(request, await read_body(request, service))
+        decision = service.decision_of(form_decision) if form_decision is not None else query_decision
+        return await run_in_threadpool(recognise, service, name, data, decision)
+    finally:
+        service.gate.leave()
+
+
+async def read_body(request: Request, service: Service) -> bytes:
+    """The request body, refused (413) as soon as it passes the upload limit."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > service.max_bytes:
+        raise service.too_large()
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > service.max_bytes:  # a chunked body has no Content-Length: stop reading it here
+            raise service.too_large()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def upload_of(request: Request, body: bytes) -> tuple[str, bytes, str | None]:
+    """(file name, bytes, decision field) of the image: multipart field ``image`` or ``file``, else the raw body."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        # Any declared type: curl --data-binary labels a photo x-www-form-urlencoded, and the bytes decide anyway.
+        if not body:
+            raise HTTPException(
+                422, "no image: send it in the multipart field 'image' (curl -F image=@photo.jpg ...) "
+                     "or as the request body (curl --data-binary @photo.jpg ...)")
+        return "upload", body, None
+
+    async def replay() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        # More files than one are parsed (max_upload_mb bounds them) so that they get "one image per request".
+        form = await Request(request.scope, replay).form(max_files=16, max_fields=16)
+    except MultiPartException as error:
+        raise HTTPException(400, f"malformed multipart body: {error.message}") from None
+    try:
+        uploads = [value for name in FIELD_NAMES for value in form.getlist(name) if isinstance(value, UploadFile)]
+        if len(uploads) > 1:  # using one and dropping the others would answer for a photo the client did not mean
+            raise HTTPException(400, f"one image per request: got {len(uploads)} files in the fields "
+                                     f"{' / '.join(repr(name) for name in FIELD_NAMES)}; send one request each")
+        upload = uploads[0] if uploads else None
+        if upload is None:
+            raise HTTPException(422, "no image: send it in the multipart field 'image' as a file "
+                                     "(curl -F image=@photo.jpg ...)")
+        decision = form.get("decision")
+        return upload.filename or "upload", await upload.read(), decision if isinstance(decision, str) else None
+    finally:
+        await form.close()
+
+
+def recognise(service: Service, name: str, data: bytes, decision: str) -> dict:
+    """Decode and recognise, in a worker thread, holding one of the gate's slots."""
+    max_pixels = service.max_pixels
+    if not data:
+        raise HTTPException(400, f"{name}: empty file (0 bytes)")
+    with service.gate.slots, tempfile.NamedTemporaryFile() as stored:
+        stored.write(data)
+        stored.flush()
+        try:
+            with Image.open(stored.name) as header:  # lazy: reads the size, decodes nothing
+                width, height = header.size
+        except UnidentifiedImageError:
+            raise HTTPException(415, f"{name}: not an image (the bytes are no format Pillow decodes, "
+                                     "e.g. JPEG, PNG, WebP, BMP, TIFF)") from None
+        except Image.DecompressionBombError:
+            raise HTTPException(413, f"{name}: image too large: over {max_pixels:,} pixels") from None
+        except (OSError, ValueError, SyntaxError, EOFError) as error:
+            raise HTTPException(400, f"{name}: cannot decode image ({error})") from None
+        if width * height > max_pixels:
+            raise HTTPException(413, f"{name}: image too large: {width} x {height} = {width * height:,} pixels, "
+                                     f"the limit is {max_pixels:,}")
+        try:
+            # load_rgb applies msfer's decoding rules (EXIF rotation, alpha on white, 16-bit).
+            image = load_rgb(stored.name)
+        except UnreadableImageError as error:
+            raise HTTPException(400, str(error).replace(stored.name, name)) from None
+        faces = service.recognizer.predict(image, decision=decision)
+    return {"source": name, "width": image.width, "height": image.height, "decision": decision,
+            "faces": [f.to_dict() for f in faces]}

@@ -20,19 +20,7 @@ from typing import Callable
 import numpy as np
 
 from ..labels import EMOTIONS
-from .recognizer import FaceResult
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in ``a`` (N x 4) with every box in ``b`` (M x 4), N x M (:func:`torchvision.ops.box_iou`).
-
-    Two boxes of zero area have IoU 0 (torchvision gives NaN for 0 / 0).
-    """
-    import torch
-    from torchvision.ops import box_iou as torch_box_iou
-
-    iou = torch_box_iou(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64))
-    return iou.nan_to_num(0.0).numpy()
+from .results import FaceResult
 
 
 @dataclass
@@ -85,7 +73,12 @@ class FaceTracker:
         """Face index -> track index, greedy by decreasing IoU above the threshold."""
         if not faces or not self.tracks:
             return {}
-        iou = box_iou(np.array([face.box for face in faces], dtype=np.float64), np.array([t.box for t in self.tracks]))
+        import torch
+
+        from ..model.boxes import box_iou
+
+        iou = box_iou(torch.as_tensor(np.array([face.box for face in faces]), dtype=torch.float64),
+                      torch.as_tensor(np.array([t.box for t in self.tracks]), dtype=torch.float64)).numpy()
         matches: dict[int, int] = {}
         for face_index, track_index in zip(*np.unravel_index(np.argsort(-iou, axis=None), iou.shape)):
             if iou[face_index, track_index] < self.iou_threshold:

@@ -33,8 +33,9 @@ import numpy as np
 
 from ..data.images import not_a_file_reason
 from ..errors import MsferError
-from ..outputs import temporary_beside, writing
-from .recognizer import EmotionRecognizer, FaceResult
+from ..files import flush_to_disk, temporary_beside, writing
+from .recognizer import EmotionRecognizer
+from .results import FaceResult
 from .tracking import FaceTracker
 
 log = logging.getLogger(__name__)
@@ -234,6 +235,7 @@ class AnnotatedVideoWriter:
                     self.container.mux(self.stream.encode())  # flush the encoder
                 self.container.close()
                 if complete and self.stream is not None:
+                    flush_to_disk(self.temporary)
                     os.replace(self.temporary, self.path)
         finally:
             if os.path.exists(self.temporary):

@@ -7,7 +7,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .recognizer import FaceResult
+from .results import FaceResult
 
 FACE_COLOR = (0, 200, 0)
 # RGB colours of the organ regions; the face region is the face box itself, so it is not drawn twice.

@@ -38,7 +38,7 @@ from .mobilenet_v1 import MobileNetV1
 from .pretrained import FACE_WEIGHT_COMMANDS, face_weights_path, imagenet_weights_path
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "faceres", "mobilefacenet")
-STRIDES = (8, 16, 32)
+TAP_STRIDES = (8, 16, 32)
 
 
 class Backbone(nn.Module):
@@ -46,7 +46,7 @@ class Backbone(nn.Module):
     (8, 16, 32 but for ``mobilefacenet``'s 8, 16, 16)."""
 
     def __init__(self, stem: nn.Module, stages: list[nn.Module], out_channels: list[int],
-                 strides: tuple[int, ...] = STRIDES) -> None:
+                 strides: tuple[int, ...] = TAP_STRIDES) -> None:
         super().__init__()
         self.stem = stem
         self.stages = nn.ModuleList(stages)

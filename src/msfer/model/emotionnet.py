@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..errors import MsferError
 from ..labels import NUM_EMOTIONS, region_names
-from .backbones import STRIDES, build_backbone
+from .backbones import TAP_STRIDES, build_backbone
 from .fpn import LEVELS, FeaturePyramid
 from .losses import focal_cross_entropy
 from .multiscale import MultiScaleHead
@@ -143,9 +143,9 @@ class EmotionNet(EmotionModel):
         self.region_score_threshold = region_score_threshold
         self.detector_weight = detector_weight
         body = build_backbone(backbone, pretrained)
-        if region_source == "learned" and body.strides != STRIDES:
+        if region_source == "learned" and body.strides != TAP_STRIDES:
             raise MsferError(f"the backbone {backbone!r} has its C3..C5 at strides {body.strides}, but the learned "
-                             f"region detector needs P3..P5 at {STRIDES}: use region_source=pseudo or none, or "
+                             f"region detector needs P3..P5 at {TAP_STRIDES}: use region_source=pseudo or none, or "
                              "another backbone")
         self.backbone = body
         self.fpn = FeaturePyramid(body.out_channels, fpn_channels, LEVELS if region_source == "learned" else ("p3",))

@@ -23,23 +23,6 @@ def conv1x1_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
                          nn.ReLU(inplace=True))
 
 
-def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """Pairwise IoU, batched: ``(..., N, 4)`` x ``(..., M, 4)`` -> ``(..., N, M)``.
-
-    :func:`torchvision.ops.box_iou`'s formula, kept by hand because torchvision's takes one
-    ``N x 4`` and one ``M x 4`` set: the detector matches a whole batch (``B x R`` boxes
-    against the ``A`` anchors, or each image's own ``K + R`` candidates) in one call.
-    The union is clamped at 1e-6, so degenerate boxes give 0, not NaN.
-    """
-    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
-    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
-    top_left = torch.max(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
-    bottom_right = torch.min(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
-    wh = (bottom_right - top_left).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    return inter / (area1[..., :, None] + area2[..., None, :] - inter).clamp(min=1e-6)
-
-
 class LevelRoIAlign(nn.Module):
     """RoIAlign of each box from the pyramid level ``k = floor(k0 + log2(sqrt(wh) / 224))``, k0 = 4.
 

@@ -80,7 +80,7 @@ EMBEDDING_EPS = 1e-10  # the graph's embeddings/Maximum/y: sum of squares floore
 TAPS = [("c3", "stage4", 128, 8), ("c4", "stage6", 128, 16), ("c5", "conv7", 512, 16)]
 
 
-def conv_bn(in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1,
+def conv_bn_act(in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1,
             activation: str | None = None, same: bool = True) -> nn.Sequential:
     """Convolution (no bias; SAME-padded, or VALID when not ``same``), BatchNorm, then ``activation``
     (``"prelu"``, ``"relu"`` or None).
@@ -111,9 +111,9 @@ class InvertedResidual(nn.Module):
 
     def __init__(self, in_channels: int, expansion: int, out_channels: int, stride: int) -> None:
         super().__init__()
-        self.expand = conv_bn(in_channels, expansion, 1, activation="prelu")
-        self.dw = conv_bn(expansion, expansion, 3, stride, groups=expansion, activation="relu")
-        self.project = conv_bn(expansion, out_channels, 1)
+        self.expand = conv_bn_act(in_channels, expansion, 1, activation="prelu")
+        self.dw = conv_bn_act(expansion, expansion, 3, stride, groups=expansion, activation="relu")
+        self.project = conv_bn_act(expansion, out_channels, 1)
         self.residual = stride == 1 and in_channels == out_channels
 
     def forward(self, x: Tensor) -> Tensor:
@@ -132,9 +132,9 @@ class MobileFaceNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         layers = OrderedDict(
-            conv0=conv_bn(3, 64, 3, 2, activation="prelu"),
-            dw=conv_bn(64, 64, 3, 1, groups=64, activation="relu"),
-            pw=conv_bn(64, 64, 1),
+            conv0=conv_bn_act(3, 64, 3, 2, activation="prelu"),
+            dw=conv_bn_act(64, 64, 3, 1, groups=64, activation="relu"),
+            pw=conv_bn_act(64, 64, 1),
         )
         channels = 64
         for index, (_, blocks, expansion, out_channels, stride) in enumerate(STAGES, 2):
@@ -142,12 +142,12 @@ class MobileFaceNet(nn.Module):
                 InvertedResidual(channels if block == 0 else out_channels, expansion, out_channels,
                                  stride if block == 0 else 1) for block in range(blocks)])
             channels = out_channels
-        layers["conv7"] = conv_bn(channels, 512, 1, activation="prelu")
+        layers["conv7"] = conv_bn_act(channels, 512, 1, activation="prelu")
         self.features = nn.Sequential(layers)
         self.head = nn.Sequential(OrderedDict(
-            gdconv=conv_bn(512, 512, 7, groups=512, same=False),
-            conv=conv_bn(512, 512, 1),
-            linear=conv_bn(512, EMBEDDING_SIZE, 1),
+            gdconv=conv_bn_act(512, 512, 7, groups=512, same=False),
+            conv=conv_bn_act(512, 512, 1),
+            linear=conv_bn_act(512, EMBEDDING_SIZE, 1),
         ))
 
     def forward(self, images: Tensor) -> Tensor:

@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import MsferError
+from ..files import atomic_output
 
 # backbone name -> torchvision weight file name
 WEIGHT_FILES = {
@@ -56,10 +57,8 @@ def setup_weights() -> Path:
             "torch 1.6; scripts/install.sh does this), put torchvision's file there yourself, or train from "
             "scratch with model.pretrained=false"
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+    with atomic_output(target) as temporary:
+        shutil.copyfile(source, temporary)
     return target
 
 

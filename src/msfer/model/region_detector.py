@@ -40,8 +40,9 @@ from torchvision.models.detection._utils import BalancedPositiveNegativeSampler,
 from torchvision.ops import clip_boxes_to_image
 
 from .anchors import ANCHORS_PER_LOCATION, level_anchors
+from .boxes import box_iou
 from .fpn import LEVELS, STRIDES
-from .layers import LevelRoIAlign, box_iou, residual_block
+from .layers import LevelRoIAlign, residual_block
 from .losses import binary_focal_loss, focal_cross_entropy
 
 SMOOTH_L1_BETA = 1.0 / 9

@@ -100,7 +100,7 @@ _BACKBONE_SCALE = {"faceres": (FACERES_MEAN, FACERES_STD), "mobilefacenet": (MOB
 _TYPES = {"emotionnet": (EmotionNet, _EMOTIONNET), "classifier": (EmotionClassifier, _CLASSIFIER)}
 
 # The allowed values of the numeric keys (a key a model type lacks is not checked for it).
-RANGES: dict[str, Range] = {
+MODEL_RANGES: dict[str, Range] = {
     "input_size": Range(8, whole=True),
     "dropout": Range(0, 1, high_open=True),
     "emotion_gamma": Range(0),
@@ -124,7 +124,7 @@ RANGES: dict[str, Range] = {
 
 def _check_values(cfg: dict[str, Any], defaults: dict[str, Any]) -> None:
     """Raise :class:`MsferError` naming ``model.<key>`` for a value of the wrong type or out of range."""
-    for key, allowed in RANGES.items():
+    for key, allowed in MODEL_RANGES.items():
         if key in cfg:
             check_number(f"model.{key}", cfg[key], allowed)
     check_numbers("model.mean", cfg["mean"], Range(), length=3)

@@ -15,6 +15,7 @@ from typing import Sequence
 from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import MsferError
+from ..files import atomic_output
 from ..outputs import printable
 from .annotations import STATUS_OK
 
@@ -88,8 +89,8 @@ def write_review_sheet(
         sheet.paste(section, (0, top))
         top += section.height
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        sheet.save(path)
-    except (OSError, ValueError) as error:
-        raise MsferError(f"cannot write review sheet {path}: {error}") from None
+        with atomic_output(path) as temporary:
+            sheet.save(temporary)
+    except ValueError as error:  # Pillow knows no image format by that extension
+        raise MsferError(f"cannot write review sheet {printable(path)}: {error}") from None

@@ -9,8 +9,6 @@ from ...errors import MsferError
 from ...labels import EMOTIONS
 from ..samples import Sample
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
-
 # Problems listed per skip reason; the rest are only counted, so a labels-only copy of a
 # 400k-image dataset gives a readable report rather than 400k lines.
 PROBLEMS_LISTED_PER_REASON = 10

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ...labels import EMOTION_INDEX, UnknownLabelError, canonical_emotion
-from ..images import is_broken_link, not_a_file_reason
+from ..images import IMAGE_EXTENSIONS, is_broken_link, not_a_file_reason
 from ..samples import Sample
-from ._index import IMAGE_EXTENSIONS, DatasetError, DatasetIndex, is_hidden, relative_id, require_dir
+from ._index import DatasetError, DatasetIndex, is_hidden, relative_id, require_dir
 
 EXCLUDED_CLASSES = ("contempt",)  # real expressions outside the 7-class space: counted, not errors
 JAFFE_CODES = {

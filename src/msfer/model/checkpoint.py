@@ -3,7 +3,7 @@
 Contents (see DEVELOPING.md): ``model`` (state dict), ``config`` (the run's full merged
 config; ``config["model"]`` rebuilds the network), ``classes``, ``input_size``, ``mean``,
 ``std``, ``region_names``, ``crop_rule`` (how faces are cropped from photos for this model,
-:class:`msfer.regions.crop.CropRule` as ``{"method", "scale"}``; files without it are read as
+:class:`msfer.faces.crop.CropRule` as ``{"method", "scale"}``; files without it are read as
 box at scale 1.0, :func:`crop_rule`), ``metrics``, ``msfer_version``; a training checkpoint adds
 ``optimizer``, ``scheduler``, ``scaler``, ``ema``, ``epoch`` and ``rng``.
 
@@ -32,9 +32,9 @@ import torch
 
 from .._version import __version__
 from ..errors import MsferError
+from ..faces.crop import CropRule
+from ..files import write_atomic
 from ..labels import EMOTIONS
-from ..regions.crop import CropRule
-from .files import write_atomic
 
 
 def describe(model: torch.nn.Module, config: dict, metrics: dict | None = None) -> dict[str, Any]:
@@ -161,7 +161,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
     to run a learned-detector model on pseudo-label regions: weights the rebuilt model
     has no place for (the detector's) are then dropped, but a missing weight is an error.
     """
-    from ..model import build_model
+    from .registry import build_model
 
     checkpoint = load_checkpoint(path, prefer="best.pt")
     model_config = {**checkpoint["config"]["model"], **(model_overrides or {})}
@@ -187,3 +187,15 @@ def export_weights(checkpoint_path: str | Path, out: str | Path, half: bool = Tr
     slim = {key: value for key, value in checkpoint.items() if key not in training_state}
     slim["model"] = state
     return save_checkpoint(slim, out)
+
+
+def random_checkpoint(path: str | Path, name: str = "msfer_mobilenetv2", seed: int | None = None) -> Path:
+    """Save the registered model ``name`` with untrained weights (drawn from ``seed`` when given) as a checkpoint
+    at ``path``, as training saves one: what benchmarks measure where no trained model is at hand."""
+    from .registry import build_model
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    config = {"name": name, "pretrained": False}
+    model = build_model(config)
+    return save_checkpoint({"model": model.state_dict(), **describe(model, {"model": config})}, path)

@@ -54,7 +54,7 @@ def detect_faces(detector, arrays: Sequence[np.ndarray], detect_size: int = DEFA
                  min_face: float | None = DEFAULT_MIN_FACE) -> list[list[Face]]:
     """The faces of each image (H x W x 3 uint8 RGB), in original pixels (boxes not clipped), largest box first.
 
-    ``detector``: a :class:`msfer.regions.retinaface.RetinaFaceDetector` (or anything with its ``detect``
+    ``detector``: a :class:`msfer.faces.retinaface.RetinaFaceDetector` (or anything with its ``detect``
     and ``nms_threshold``). Each image is detected at :func:`detection_scales`; the faces of two passes
     are merged by NMS.
     """

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .pretrained import checkpoint_dir, setup_weights
+from ..model.pretrained import checkpoint_dir, setup_weights
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..data.inspect import DEFAULT_SIZE_SAMPLE, format_report, inspect_dataset
+from ..data.readers import READERS, read_dataset
 from ..errors import MsferError
-from .inspect import DEFAULT_SIZE_SAMPLE, format_report, inspect_dataset
-from .readers import READERS, read_dataset
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

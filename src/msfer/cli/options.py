@@ -1,4 +1,4 @@
-"""The command-line options of every command that loads an emotion model: one set, one set of defaults.
+"""Options shared by the commands: the model options (one set, one set of defaults), count checks, output files.
 
 ``predict``, ``evaluate``, ``serve``, ``report`` and ``export`` all take ``--weights``
 (default: the bundled model); those that run the model also take ``--device`` (default
@@ -9,10 +9,12 @@ and ``--backend`` (``torch`` or ``onnx``; ONNX Runtime runs on the CPU). ``predi
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
-from ..engine.calibration import DECISION_RULES
+from ..engine.decision import DECISION_RULES
 from ..errors import MsferError
+from ..outputs import printable
 
 BACKENDS = ("torch", "onnx")
 
@@ -67,6 +69,17 @@ def model_options(args: argparse.Namespace) -> dict:
         if device not in ("auto", "cpu"):
             raise MsferError(f"--backend onnx runs on the CPU (ONNX Runtime): drop --device {device}")
         return {"weights": args.weights, "device": "cpu", "backend": backend}
-    from ..engine.evaluate import resolve_device
+    from ..engine.runtime import resolve_device
 
     return {"weights": args.weights, "device": str(resolve_device(device)), "backend": backend}
+
+
+def file_argument(text: str) -> Path:
+    """The argparse ``type`` of an output file's option: refuses a name ending in ``/``, which names a folder.
+
+    ``Path("models/")`` is ``Path("models")``: without this the slash would be lost and a
+    file named ``models`` written.
+    """
+    if text.endswith(("/", os.sep)):
+        raise argparse.ArgumentTypeError(f"{printable(text)} ends in {os.sep}, so it names a folder; give a file")
+    return Path(text)

@@ -7,8 +7,8 @@ import pytest
 from skimage.data import astronaut
 
 from msfer.errors import MsferError
+from msfer.faces.retinaface import RetinaFaceDetector, anchors_for, non_maximum_suppression
 from msfer.regions.geometry import derive_regions
-from msfer.regions.retinaface import RetinaFaceDetector, anchors_for, non_maximum_suppression
 
 
 @pytest.fixture(scope="module")

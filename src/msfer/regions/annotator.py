@@ -1,11 +1,10 @@
-"""``msfer annotate``: RetinaFace pseudo-labels of the emotion regions for a whole dataset.
+"""RetinaFace pseudo-labels of the emotion regions for a whole dataset (what ``msfer annotate`` runs).
 
 The pipeline per batch: decode (in a background thread, overlapping the network),
 resize to the detection size, detect (batched onnxruntime calls, one per image size), map back to the
 original pixels, pick the single-face crop's face, filter, derive the regions, append
-the lines and flush. The output is resumable: with ``--resume``, ids already in ``--out``
-are skipped; an existing ``--out`` without ``--resume`` or ``--overwrite`` is refused
-(:func:`msfer.outputs.existing_out_mode`, the rule ``msfer predict`` follows too).
+the lines and flush (:func:`annotate_samples`). The output is resumable: ids already in
+the file are skipped.
 
 Detection size. RetinaFace's smallest anchors are 16 px and it was trained on faces
 inside larger scenes, so a 48 x 48 FER2013 crop, all face, must be enlarged. On 3,000
@@ -19,9 +18,7 @@ enlarged crop (16 to 32 px of the mean grey or the replicated border) never help
 """
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -32,13 +29,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..errors import MsferError
+from ..faces.retinaface import Face, RetinaFaceDetector, resize_by
 from ..labels import EMOTIONS
-from ..outputs import InputFiles, existing_out_mode, printable
 from .annotations import REJECTED_PREFIX, STATUS_NO_FACE, STATUS_OK, STATUS_UNREADABLE, AnnotationWriter
+from .filter import QualityRules, rejection_reason, select_face
 from .geometry import derive_regions
-from .quality import QualityRules, rejection_reason, select_face
-from .retinaface import Face, RetinaFaceDetector, resize_by
 
 log = logging.getLogger(__name__)
 
@@ -49,34 +44,6 @@ MAX_DETECT_SIZE = 640
 CANDIDATE_SCORE = 0.2
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 LOW_SCORE = REJECTED_PREFIX + "low_score"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..data.readers import READERS
-
-    parser.add_argument("data", type=Path, help="dataset folder (or CSV file, for FER2013 in Kaggle form)")
-    parser.add_argument("--format", required=True, choices=sorted(READERS), help="layout of the dataset")
-    parser.add_argument("--out", required=True, type=Path,
-                        help="annotation file (.jsonl) to write; an existing one needs --resume or --overwrite")
-    parser.add_argument("--resume", action="store_true",
-                        help="--out exists: continue it, skipping the ids it already has (after an interruption)")
-    parser.add_argument("--overwrite", action="store_true", help="--out exists: replace it")
-    parser.add_argument("--split", help="annotate only this split (default: every split of the dataset)")
-    parser.add_argument("--review", type=Path, metavar="SHEET.png",
-                        help="also draw a contact sheet of random accepted and rejected images")
-    parser.add_argument("--batch-size", type=int, default=256, help="images per detector call (default 256)")
-    parser.add_argument("--score-threshold", type=float, default=0.5,
-                        help="RetinaFace confidence a face needs to be accepted (default 0.5); weaker faces "
-                             f"down to {CANDIDATE_SCORE} are written as rejected:low_score")
-    parser.add_argument("--merge-eyes", action="store_true",
-                        help="write one 'eyes' region instead of 'left_eye' and 'right_eye'")
-    parser.add_argument("--detector-model", type=Path, metavar="PATH",
-                        help="another RetinaFace ONNX export with the same outputs "
-                             "(default: the bundled MobileNet-0.25)")
-    parser.add_argument("--detect-size", type=int, default=DETECT_SIZE,
-                        help=f"smaller images are enlarged so their longer side has this many pixels "
-                             f"(default {DETECT_SIZE})")
-    parser.add_argument("--threads", type=int, help="onnxruntime threads (default: all cores)")
 
 
 def detection_scale(width: int, height: int, detect_size: int = DETECT_SIZE) -> float:
@@ -173,7 +140,7 @@ class Annotator:
             status=STATUS_OK if reason is None else REJECTED_PREFIX + reason,
             regions={name: [round(v, 2) for v in box] for name, box in regions.items()},
             # The detector's own box, not clipped like regions["face"]: what a crop is framed by, as
-            # inference frames the same detection (msfer.regions.crop).
+            # inference frames the same detection (msfer.faces.crop).
             face_box=[round(float(v), 2) for v in face.box],
             landmarks=np.round(face.landmarks.astype(np.float64), 2).tolist(),
             score=round(face.score, 4),
@@ -194,7 +161,7 @@ def prefetched(batches: Sequence[list], load) -> Iterator[tuple[list, list]]:
             yield batch, images
 
 
-def summarize(samples: Sequence, records: dict[str, dict]) -> str:
+def rates_table(samples: Sequence, records: dict[str, dict]) -> str:
     """A table of detection and acceptance rates per split and class, then the rejection reasons.
 
     Detected: a face at ``--score-threshold`` or more, whether or not it then passed the filter.
@@ -228,56 +195,21 @@ def summarize(samples: Sequence, records: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def report_skips(index) -> None:
-    """Name on stderr what the dataset reader left out (a broken link, a file that is no image), never silently."""
-    for problem in index.problems:
-        print(f"msfer annotate: {printable(problem)}", file=sys.stderr)
-    if index.skipped:
-        counts = ", ".join(f"{reason} {count}" for reason, count in sorted(index.skipped.items()))
-        print(f"msfer annotate: left out by the {index.format} reader, not annotated: {counts}", file=sys.stderr)
+def annotate_samples(annotator: Annotator, samples: Sequence, out: Path, batch_size: int) -> tuple[dict, int, float]:
+    """Annotate the ``samples`` that ``out`` (an annotation file, appended to) does not have yet, in batches.
 
-
-def run(args: argparse.Namespace) -> int:
-    from ..data.readers import read_dataset
-
-    if args.batch_size < 1:
-        raise MsferError(f"--batch-size must be at least 1, got {args.batch_size}")
-    index = read_dataset(args.data, args.format)
-    report_skips(index)
-    samples = index.samples
-    if args.split is not None:
-        samples = [sample for sample in samples if sample.split == args.split]
-        if not samples:
-            raise MsferError(f"{args.data} has no split {args.split!r}; "
-                             f"its splits: {', '.join(index.splits()) or 'none'}")
-    if existing_out_mode(args.out, args.resume, args.overwrite) == "w" and args.out.exists():
-        args.out.unlink()  # --overwrite (or an empty file): start afresh
-    # Only same-named images can be the output file (a cheap filter before the file-system checks).
-    same_name = (sample.path for sample in samples
-                 if sample.path is not None and Path(sample.path).name == args.out.name)
-    InputFiles(same_name).refuse(args.out, "--out")
-    detector = RetinaFaceDetector(args.detector_model, score_threshold=min(CANDIDATE_SCORE, args.score_threshold),
-                                  threads=args.threads)
-    annotator = Annotator(detector, QualityRules(min_score=args.score_threshold), args.merge_eyes, args.detect_size)
+    Returns every record ``out`` then holds (by id), how many samples were annotated now and the seconds it took.
+    """
     started = time.perf_counter()
-    with AnnotationWriter(args.out) as writer:
+    with AnnotationWriter(out) as writer:
         todo = [sample for sample in samples if sample.id not in writer.records]
         if len(todo) < len(samples):
-            log.info("%s already has %d of these images; annotating the other %d", args.out,
+            log.info("%s already has %d of these images; annotating the other %d", out,
                      len(samples) - len(todo), len(todo))
-        batches = [todo[i : i + args.batch_size] for i in range(0, len(todo), args.batch_size)]
+        batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
         with tqdm(total=len(todo), unit="img", desc="annotate") as progress:
             for batch, images in prefetched(batches, decode):
                 writer.write(annotator.annotate(batch, images))
                 progress.update(len(batch))
         records = writer.records
-    elapsed = time.perf_counter() - started
-    print(summarize(samples, records))
-    rate = len(todo) / max(elapsed, 1e-9)
-    print(f"annotated {len(todo)} images in {elapsed:.1f} s ({rate:.0f} images/s) -> {args.out}")
-    if args.review is not None:
-        from .review import write_review_sheet
-
-        write_review_sheet(args.review, samples, records)
-        print(f"review sheet -> {args.review}")
-    return 0
+    return records, len(todo), time.perf_counter() - started

@@ -1,8 +1,10 @@
-"""The ``msfer`` command line: one subcommand per module.
+"""The ``msfer`` command line: one subcommand per module of this package.
 
-Each command module defines ``add_arguments(parser)`` and ``run(args) -> int``. Modules
-are imported only when their command runs (or its ``--help`` is asked for), so one
-command's heavy imports never slow down another.
+Each command module defines ``add_arguments(parser)`` and ``run(args) -> int``: it turns the
+options into calls of the library (``msfer.data``, ``msfer.regions``, ``msfer.engine``,
+``msfer.inference``), and only this package parses arguments. Modules are imported only when
+their command runs (or its ``--help`` is asked for), so one command's heavy imports never slow
+down another.
 """
 from __future__ import annotations
 
@@ -11,20 +13,20 @@ import importlib
 import logging
 import sys
 
-from .errors import MsferError
+from ..errors import MsferError
 
 # name -> (module, one-line help). The order is the order `msfer --help` lists them.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "datasets": ("msfer.data.commands", "inspect facial-expression datasets (counts, sizes, problems)"),
-    "annotate": ("msfer.regions.annotate", "make emotion-region pseudo-labels with RetinaFace"),
-    "train": ("msfer.engine.train", "train a model from a YAML config with key=value overrides"),
-    "evaluate": ("msfer.inference.evaluate", "measure a model on a dataset split (metrics.json, confusion matrix)"),
-    "benchmark": ("msfer.inference.benchmark", "score models on a suite of labelled sets (accuracy with intervals)"),
-    "predict": ("msfer.inference.predict", "recognise emotions in photos, folders, videos or a webcam"),
-    "export": ("msfer.inference.export", "export a model to ONNX"),
-    "serve": ("msfer.inference.service", "run the REST service and its web page"),
-    "report": ("msfer.inference.report", "write an HTML emotion report for a video"),
-    "setup-weights": ("msfer.model.commands", "put the offline ImageNet weights where torchvision finds them"),
+    "datasets": ("msfer.cli.datasets", "inspect facial-expression datasets (counts, sizes, problems)"),
+    "annotate": ("msfer.cli.annotate", "make emotion-region pseudo-labels with RetinaFace"),
+    "train": ("msfer.cli.train", "train a model from a YAML config with key=value overrides"),
+    "evaluate": ("msfer.cli.evaluate", "measure a model on a dataset split (metrics.json, confusion matrix)"),
+    "benchmark": ("msfer.cli.benchmark", "score models on a suite of labelled sets (accuracy with intervals)"),
+    "predict": ("msfer.cli.predict", "recognise emotions in photos, folders, videos or a webcam"),
+    "export": ("msfer.cli.export", "export a model to ONNX"),
+    "serve": ("msfer.cli.serve", "run the REST service and its web page"),
+    "report": ("msfer.cli.report", "write an HTML emotion report for a video"),
+    "setup-weights": ("msfer.cli.setup_weights", "put the offline ImageNet weights where torchvision finds them"),
 }
 
 # Modules that only an extra of the msfer package brings (pyproject.toml): a command that needs one
@@ -34,7 +36,7 @@ EXTRA_OF_MODULE = {"fastapi": "serve", "uvicorn": "serve", "multipart": "serve",
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ._version import __version__
+    from .._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="msfer",
@@ -105,7 +107,3 @@ def _missing_extra(command: str, error: ModuleNotFoundError) -> int:
     print(f"msfer {command}: error: this needs the package {error.name!r}, which msfer's '{extra}' extra installs: "
           f"pip install 'msfer[{extra}]'", file=sys.stderr)
     return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,10 +1,10 @@
-"""The crop rule (msfer.regions.crop): box, roll and five-point similarity crops, on generated and real photos."""
+"""The crop rule (msfer.faces.crop): box, roll and five-point similarity crops, on generated and real photos."""
 import cv2
 import numpy as np
 import pytest
 
 from msfer.errors import MsferError
-from msfer.regions.crop import (
+from msfer.faces.crop import (
     ARCFACE_SIZE,
     ARCFACE_TEMPLATE,
     DEFAULT_CROP_RULE,
@@ -90,8 +90,8 @@ def test_boxes_go_through_the_map_and_back():
 
 
 def test_a_rotated_face_is_upright_after_roll_and_similarity_alignment(astronaut):
-    from msfer.regions.detection import detect_faces
-    from msfer.regions.retinaface import RetinaFaceDetector
+    from msfer.faces.detection import detect_faces
+    from msfer.faces.retinaface import RetinaFaceDetector
 
     detector = RetinaFaceDetector()
     centre = (225.0, 115.0)

@@ -4,19 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from msfer.regions.quality import (
-    QUALITY_ISSUES,
-    REJECTION_REASONS,
-    QualityRules,
-    QualityThresholds,
-    face_quality,
-    rejection_reason,
-    roll_degrees,
-    select_face,
-    sharpness,
-    yaw_degrees,
-)
-from msfer.regions.retinaface import Face
+from msfer.faces.quality import QUALITY_ISSUES, QualityThresholds, face_quality, roll_degrees, sharpness, yaw_degrees
+from msfer.faces.retinaface import Face
+from msfer.regions.filter import REJECTION_REASONS, QualityRules, rejection_reason, select_face
 
 BOX = np.array([50.0, 40.0, 150.0, 170.0])
 LANDMARKS = np.array([[80, 90], [120, 90], [100, 115], [84, 140], [116, 140]], dtype=float)

@@ -3,7 +3,7 @@
 Training (photo sets cropped from their ``msfer annotate`` records, :mod:`msfer.engine.datasets`),
 the training's photo validation and inference (:class:`msfer.inference.EmotionRecognizer`) all
 crop with :func:`crop_face`, so a model sees faces framed the same way in training and in use.
-A model's checkpoint carries its rule (``crop_rule``, written by :func:`msfer.engine.checkpoint.describe`
+A model's checkpoint carries its rule (``crop_rule``, written by :func:`msfer.model.checkpoint.describe`
 from the training config's ``data.crop_rule``); checkpoints without one use :data:`DEFAULT_CROP_RULE`.
 
 Methods (:class:`CropRule`):
@@ -80,6 +80,15 @@ class CropRule:
         if not isinstance(value, dict) or set(value) - {"method", "scale"}:
             raise MsferError(f"a crop rule is a mapping {{method, scale}}, got {value!r}")
         return cls(**value)
+
+    @classmethod
+    def recorded(cls, value: dict | None, source: str) -> "CropRule":
+        """The rule a model file (named ``source``) records (None: box at scale 1.0, the rule of models that
+        recorded none); an invalid one is an :class:`MsferError` naming the file."""
+        try:
+            return cls.from_dict(value)
+        except MsferError as error:
+            raise MsferError(f"{source}: its crop_rule {value!r} is not valid ({error})") from None
 
 
 DEFAULT_CROP_RULE = CropRule()

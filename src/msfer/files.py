@@ -1,0 +1,126 @@
+"""The one way msfer writes an output file: whole or not at all.
+
+Every file a command writes whole (checkpoints, ``metrics.csv``, ``metrics.json``, plots,
+reports, exports, annotated copies, the run's ``config.yaml``) goes through
+:func:`atomic_output`: the data is written to a temporary file beside the target, flushed to
+the disk (``fsync``) and only then renamed onto the target (``os.replace``). A process killed
+or a disk that fills at any moment leaves either the old file or the new one, never a part of
+it. :func:`write_atomic` and :func:`write_text` are the same writer for a write function or a
+text. Files written record by record (the JSONL and CSV of ``msfer predict``, the annotation
+file of ``msfer annotate``) are appended to instead, so that an interrupted run can resume.
+
+An :class:`OSError` while writing (a folder that cannot be made, a full disk) is one
+:class:`MsferError` naming the file and the reason (:func:`writing`), not a traceback.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .errors import MsferError
+from .outputs import printable
+
+
+def file_in_the_way(path: Path) -> Path | None:
+    """The nearest existing one of ``path``'s folders if it is not a folder (nothing can be made under it)."""
+    for folder in path.parents:
+        if folder.exists():
+            return None if folder.is_dir() else folder
+    return None
+
+
+def refuse_file_as_folder(path: Path, option: str) -> None:
+    """Raise :class:`MsferError` if ``path`` (a folder ``option`` writes into) is a file or could not be made.
+
+    Checked before the work, so that a run does not end, after it, where it could have begun.
+    """
+    if path.exists() and not path.is_dir():
+        raise MsferError(f"{option} {printable(path)} is a file; give a folder")
+    blocking = file_in_the_way(path)
+    if blocking is not None:
+        raise MsferError(f"cannot write {printable(path)}: {printable(blocking)} is a file, not a folder")
+
+
+def _why_not_written(path: Path, error: OSError) -> str:
+    """The reason ``path`` could not be written: a file where a folder on its way should be, else the OS's words."""
+    if path.is_dir():
+        return "it is a folder"
+    blocking = file_in_the_way(path)
+    if blocking is not None:  # FileExistsError or NotADirectoryError say this only obliquely
+        return f"{printable(blocking)} is a file, not a folder"
+    return error.strerror or str(error)
+
+
+@contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Turn an :class:`OSError` of the block (which writes ``path``) into one :class:`MsferError` naming it."""
+    try:
+        yield
+    except OSError as error:
+        raise MsferError(f"cannot write {printable(path)}: {_why_not_written(Path(path), error)}") from None
+
+
+def temporary_beside(path: Path, suffix: str) -> str:
+    """An empty temporary file (ASCII name) in ``path``'s folder, with the permissions a new file gets.
+
+    ``mkstemp`` makes it readable by its owner only (0600); an output renamed from it should be
+    what ``open(path, "w")`` would have made (0666 minus the umask).
+    """
+    if path.is_dir():  # else only the final rename would find it, after all the work of writing
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
+    handle, temporary = tempfile.mkstemp(prefix=".msfer-", suffix=suffix, dir=path.parent)
+    os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
+    return temporary
+
+
+def flush_to_disk(path: str | os.PathLike) -> None:
+    """``fsync`` a written file, so that a rename after it never publishes data still in the page cache."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; flushed and renamed onto ``path`` if the block succeeds,
+    removed if not.
+
+    ``suffix`` (default ``path``'s own) is the temporary file's extension, for writers that
+    choose the format by it. The temporary name is ASCII, whatever ``path``'s name is (writers
+    such as PyAV cannot open a name that is not UTF-8). The folder is made if it is missing.
+    """
+    path = Path(path)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = temporary_beside(path, path.suffix if suffix is None else suffix)
+        try:
+            yield Path(temporary)
+            flush_to_disk(temporary)
+            os.replace(temporary, path)
+        finally:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
+    """Write ``path`` whole through ``write(handle)`` (see :func:`atomic_output`); text modes write UTF-8 with
+    the newlines as given. Returns the path."""
+    path = Path(path)
+    with atomic_output(path) as temporary:
+        with open(temporary, mode, **({} if "b" in mode else {"newline": "", "encoding": "utf-8"})) as handle:
+            write(handle)
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` whole (see :func:`atomic_output`). Returns the path."""
+    return write_atomic(path, lambda handle: handle.write(text), mode="w")

@@ -1,0 +1,129 @@
+"""Inference backends: the emotion network behind :class:`msfer.inference.recognizer.EmotionRecognizer`.
+
+A backend takes a normalised batch (numpy, N x 3 x S x S float32) and gives numpy logits
+(N x 7) and region boxes (N x R x 4, input pixels; R = 0 for a plain classifier), and says what
+its model expects (:class:`ModelSpec`), its balanced decision offsets, calibration summary and
+crop rule. :class:`TorchBackend` runs a checkpoint of ``msfer train`` in PyTorch (the only one
+that imports torch); :class:`OnnxBackend` an ``msfer export`` file in ONNX Runtime.
+:func:`load_backend` picks one for a model file.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import MsferError
+from ..faces.crop import CropRule
+from ..labels import EMOTIONS, check_classes
+from .export import ONNX_METADATA_KEYS, ONNX_OPTIONAL_KEYS, onnx_bytes
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What preprocessing a classifier expects; read from the checkpoint or the ONNX metadata."""
+
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    region_names: tuple[str, ...]
+
+    def normalise(self, crops: np.ndarray) -> np.ndarray:
+        """N x S x S x 3 uint8 RGB -> N x 3 x S x S float32 (:func:`msfer.data.transforms.model_input`)."""
+        from ..data.transforms import model_input
+
+        return model_input(crops, self.mean, self.std).numpy()
+
+
+class TorchBackend:
+    """Inference backend: the emotion network (region network or plain classifier) in PyTorch, from a checkpoint
+    of ``msfer train``."""
+
+    def __init__(self, weights: Path, device: str) -> None:
+        import torch
+
+        from ..engine.calibration import calibration_summary
+        from ..model.checkpoint import load_model
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.model, meta = load_model(weights, self.device)
+        self.model.eval()
+        check_classes(meta["classes"], str(weights))
+        self.spec = ModelSpec(int(meta["input_size"]), tuple(meta["mean"]), tuple(meta["std"]),
+                              tuple(meta["region_names"]))
+        self.balanced_offsets = self.model.balanced_offsets.float().cpu().numpy().astype(np.float64)
+        self.calibration = calibration_summary(meta.get("calibration"), weights)
+        self.crop_rule = CropRule.recorded(meta.get("crop_rule"), str(weights))
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits (N x 7) and region boxes (N x R x 4, input pixels; R = 0 for a plain classifier) of a normalised
+        batch."""
+        with self.torch.inference_mode():
+            output = self.model(self.torch.from_numpy(batch).to(self.device))
+        return output["logits"].float().cpu().numpy(), output["boxes"].float().cpu().numpy()
+
+
+class OnnxBackend:
+    """Inference backend: the emotion network in ONNX Runtime, from a file of ``msfer export`` (or its bytes)."""
+
+    def __init__(self, model: Path | bytes, source: str, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        try:
+            self.session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own exception types
+            raise MsferError(f"cannot load ONNX model {source}: {error}") from error
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        missing = [key for key in ONNX_METADATA_KEYS if key not in metadata]
+        if missing:
+            raise MsferError(f"{source} lacks msfer's metadata {missing}: export it with 'msfer export'")
+        meta = {key: json.loads(metadata[key]) for key in ONNX_METADATA_KEYS}
+        check_classes(meta["classes"], source)
+        self.spec = ModelSpec(int(meta["input_size"]), tuple(meta["mean"]), tuple(meta["std"]),
+                              tuple(meta["region_names"]))
+        optional = {key: json.loads(metadata[key]) if key in metadata else None for key in ONNX_OPTIONAL_KEYS}
+        offsets = optional["balanced_offsets"]
+        self.balanced_offsets = np.zeros(len(EMOTIONS)) if offsets is None else np.asarray(offsets, dtype=np.float64)
+        if self.balanced_offsets.shape != (len(EMOTIONS),):
+            raise MsferError(f"{source}: balanced_offsets in its metadata must be {len(EMOTIONS)} numbers")
+        self.calibration = optional["calibration"]
+        self.crop_rule = CropRule.recorded(optional["crop_rule"], source)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, boxes = self.session.run(["logits", "boxes"], {self.input_name: batch})
+        return logits, boxes
+
+
+def load_backend(weights: str | os.PathLike | None, device: str = "cpu", backend: str = "torch"):
+    """The inference backend (:class:`TorchBackend` or :class:`OnnxBackend`) for ``weights``.
+
+    ``weights`` defaults to the bundled model.
+
+    ``weights`` is a ``.pt`` checkpoint, a run directory of ``msfer train`` (its best.pt) or an ``.onnx`` export.
+
+    ``backend="onnx"`` with a ``.pt`` checkpoint exports it to ONNX in memory first.
+    """
+    from ..weights import default_weights_path
+
+    path = Path(weights) if weights is not None else default_weights_path()
+    if not path.exists():
+        raise MsferError(f"model file {path} does not exist")
+    if backend not in ("torch", "onnx"):
+        raise MsferError(f"unknown backend {backend!r}: use 'torch' or 'onnx'")
+    if path.suffix == ".onnx":
+        if backend != "onnx":
+            raise MsferError(f"{path} is an ONNX model: use backend 'onnx' (--backend onnx)")
+        return OnnxBackend(path, str(path))
+    if backend == "onnx":
+        torch_backend = TorchBackend(path, "cpu")
+        return OnnxBackend(onnx_bytes(torch_backend.model, path, calibration=torch_backend.calibration,
+                                      crop_rule=torch_backend.crop_rule.to_dict()), f"{path} (exported to ONNX)")
+    return TorchBackend(path, device)

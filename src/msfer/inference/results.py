@@ -1,0 +1,178 @@
+"""What msfer says about a face, and how it is written: :class:`FaceResult` and :class:`ResultWriter`.
+
+``FaceResult.to_dict()`` is the JSON of JSON Lines and the service; :data:`CSV_FIELDS` the CSV
+columns. A new output field goes into all three.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from ..errors import MsferError
+from ..files import write_text, writing
+from ..labels import EMOTIONS
+from ..outputs import printable, source_fields
+
+DEFAULT_DECISION = "argmax"
+MIN_QUALITY = ("low", "good")  # --min-quality: "low" keeps every face, "good" leaves out the low-quality ones
+
+
+@dataclass
+class FaceResult:
+    """One face: where it is and what the network thinks it expresses.
+
+    All coordinates are in the input image's pixels. ``box`` is ``[x1, y1, x2, y2]``;
+    ``landmarks`` are RetinaFace's five points (image-left eye, image-right eye, nose,
+    left and right mouth corner); ``regions`` maps region names (face, eyes, nose,
+    mouth) to the boxes the network attended to, ``{}`` for a model without regions (a plain
+    classifier); ``probs`` has the 7 emotions in :data:`msfer.labels.EMOTIONS` order.
+    ``score`` and ``landmarks`` are ``None`` for faces that were given pre-cropped
+    (:meth:`EmotionRecognizer.classify_faces`); ``track_id`` is set only for video.
+
+    ``label`` is the emotion the ``decision`` rule ("argmax" or "balanced") chose and
+    ``confidence`` its probability; ``probs`` do not depend on the rule. The quality fields
+    are those of :func:`msfer.faces.quality.face_quality`: ``face_size`` (pixels),
+    ``sharpness``, ``roll`` and ``yaw`` (degrees; None without landmarks), ``quality``
+    ("good" or "low") and ``quality_issues``.
+    """
+
+    box: list[float]
+    score: float | None
+    landmarks: list[list[float]] | None
+    regions: dict[str, list[float]]
+    probs: dict[str, float]
+    label: str
+    confidence: float
+    decision: str = DEFAULT_DECISION
+    face_size: float | None = None
+    sharpness: float | None = None
+    roll: float | None = None
+    yaw: float | None = None
+    quality: str | None = None
+    quality_issues: list[str] = field(default_factory=list)
+    track_id: int | None = field(default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form written by ``msfer predict`` and returned by the REST service."""
+        result = asdict(self)
+        if self.track_id is None:
+            del result["track_id"]
+        return result
+
+
+QUALITY_FIELDS = ["face_size", "sharpness", "roll", "yaw", "quality", "quality_issues"]
+CSV_FACE_FIELDS = ["face", "track_id", "x1", "y1", "x2", "y2", "score", "label", "confidence", *EMOTIONS, "decision",
+                   *QUALITY_FIELDS]
+CSV_FIELDS = ["source", "frame", "time", *CSV_FACE_FIELDS, "error", "source_hex"]
+
+
+def source_key(record: dict) -> tuple[str, str]:
+    """What identifies a record's input in an output file: ``source`` and ``source_hex`` (empty when absent)."""
+    return str(record.get("source") or ""), str(record.get("source_hex") or "")
+
+
+class ResultWriter:
+    """Writes records to JSON Lines or CSV by the file's extension (or nowhere when ``path`` is None).
+
+    ``mode="a"`` continues a file an earlier run wrote (see :meth:`_prepare_resume`);
+    :attr:`done` then holds the :func:`source_key` of every input it has whole.
+    """
+
+    def __init__(self, path: Path | None, stack: ExitStack, mode: str = "w") -> None:
+        self.format = self.format_of(path)
+        self.file: IO[str] | None = None
+        self.done: set[tuple[str, str]] = set()
+        self.path = path
+        if path is not None:
+            with writing(path):
+                path.parent.mkdir(parents=True, exist_ok=True)
+            if mode == "a":
+                self.done = self._prepare_resume(path)
+            with writing(path):
+                self.file = stack.enter_context(open(path, mode, encoding="utf-8", newline=""))
+        if self.format == "csv":
+            self.csv = csv.DictWriter(self.file, CSV_FIELDS)
+            if self.file.tell() == 0:
+                self.csv.writeheader()
+
+    @staticmethod
+    def format_of(path: Path | None) -> str | None:
+        """``"jsonl"``, ``"csv"`` or None (no file) for ``--out path``; another extension is a :class:`MsferError`."""
+        format = None if path is None else path.suffix.lower().lstrip(".")
+        if format not in (None, "jsonl", "csv"):
+            raise MsferError(f"--out {printable(path)}: use a .jsonl or .csv file")
+        return format
+
+    def _prepare_resume(self, path: Path) -> set[tuple[str, str]]:
+        """The inputs ``path`` already has; drops what may be incomplete so that it is done again.
+
+        Records go out input by input, so only the last input can be incomplete: a line
+        torn by a kill is dropped, and so are the frames of a video that came last (it
+        may have been cut short; it is processed again from its start).
+        """
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise MsferError(f"--resume: cannot read {printable(path)} ({error})") from None
+        lines = original = text.splitlines(keepends=True)
+        if lines and not lines[-1].endswith("\n"):
+            lines = lines[:-1]  # torn by an interruption while it was written
+        entries: list[tuple[tuple[str, str], bool, int]] = []  # (input, an unfinished video's frame, end line)
+        if self.format == "jsonl":
+            start = 0
+            for number, line in enumerate(lines, start=1):
+                if line.strip():
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError:
+                        raise MsferError(f"--resume: {printable(path)} line {number} is not JSON; it was not written "
+                                         "by msfer predict (use --overwrite or another --out)") from None
+                    entries.append((source_key(record), "frame" in record and "error" not in record, number))
+        else:
+            reader = csv.DictReader(io.StringIO("".join(lines)))
+            if reader.fieldnames is not None and reader.fieldnames != CSV_FIELDS:
+                raise MsferError(f"--resume: {printable(path)} has other columns than msfer predict writes "
+                                 "(use --overwrite or another --out)")
+            start = 1 if reader.fieldnames is not None else 0
+            for row in reader:
+                entries.append((source_key(row), bool(row.get("frame")) and not row.get("error"), reader.line_num))
+        keep = len(lines)
+        if entries and entries[-1][1]:  # the last input is a video: it may be incomplete
+            last = entries[-1][0]
+            while entries and entries[-1][0] == last:
+                entries.pop()
+            keep = entries[-1][2] if entries else start
+        if keep < len(original):
+            write_text(path, "".join(lines[:keep]))
+        return {key for key, _, _ in entries}
+
+    def write(self, record: dict) -> None:
+        """One record: ``source`` (a path, name or webcam number), optionally ``frame``/``time``, and ``faces``
+        (FaceResult) or ``error``."""
+        if self.file is None:
+            return
+        record = {**source_fields(record["source"]),
+                  **{key: printable(value) if isinstance(value, str) else value
+                     for key, value in record.items() if key != "source"}}
+        with writing(self.path):  # a full disk
+            if self.format == "jsonl":
+                faces = [face.to_dict() for face in record.get("faces", [])]
+                self.file.write(json.dumps({**record, **({"faces": faces} if "faces" in record else {})}) + "\n")
+            elif self.format == "csv":
+                base = {key: record[key] for key in ("source", "source_hex", "frame", "time", "error") if key in record}
+                rows = [_csv_row(index, face) for index, face in enumerate(record.get("faces", []))] or [{}]
+                self.csv.writerows({**base, **row} for row in rows)
+            self.file.flush()  # an interrupted run keeps every record written so far
+
+
+def _csv_row(index: int, face: FaceResult) -> dict:
+    x1, y1, x2, y2 = face.box
+    return {"face": index, "track_id": face.track_id, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "score": face.score,
+            "label": face.label, "confidence": face.confidence, **face.probs, "decision": face.decision,
+            **{name: getattr(face, name) for name in QUALITY_FIELDS[:-1]},
+            "quality_issues": ";".join(face.quality_issues)}
