@@ -1,18 +1,11 @@
 """docs/ablation.json, the ablation study's record, has the stated shape and is what docs/ablation.md shows."""
-import importlib.util
 import json
 from pathlib import Path
 
+from msfer import studies
+
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = ("baseline", "scale3", "scales23", "full", "full_ce", "full_pseudo", "full_template")
-
-
-def ablation_script(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "scripts"))  # as when run: it imports study.py from beside it
-    spec = importlib.util.spec_from_file_location("ablation_study", ROOT / "scripts" / "ablation_study.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_record_holds_every_row_at_the_stated_budget_and_the_paired_difference():
@@ -31,10 +24,10 @@ def test_the_record_holds_every_row_at_the_stated_budget_and_the_paired_differen
     assert difference["images"] == 3589 and difference["seed_pairs"] >= 2
 
 
-def test_the_ablation_page_shows_the_records_table(monkeypatch):
+def test_the_ablation_page_shows_the_records_table():
     record = json.loads((ROOT / "docs" / "ablation.json").read_text())
     page = (ROOT / "docs" / "ablation.md").read_text()
-    table = ablation_script(monkeypatch).table(record)
+    table = studies.table(record)  # what scripts/ablation_study.py writes
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     assert len(rows) == 1 + len(record["rows"])  # the header, then one line per row
     for line in rows:
