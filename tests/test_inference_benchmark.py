@@ -226,6 +226,8 @@ def test_own_is_each_models_default_rule_and_crop_rules_change_photos(suite_file
                  "--decision", "own", "balanced", "--out", str(out)]) == 0  # own is balanced: scored once
     report = json.loads((out / "benchmark.json").read_text())
     assert [model["name"] for model in report["models"]] == ["m own balanced", "m similarity balanced"]
+    assert main(["benchmark", str(suite_file), "--weights", f"m={own_balanced}", "--crop-rule", "own", "box"]) == 0
+    assert "m box" not in capsys.readouterr().out  # box is the model's own rule: scored once
     assert {row["decision"] for row in report["rows"]} == {"balanced"}
     stored = np.load(out / "predictions.npz")
     own, aligned = stored["photos/probs/m own"], stored["photos/probs/m similarity"]
@@ -266,3 +268,19 @@ def test_the_shipped_suites_load(tmp_path):
     for path in sorted((Path(__file__).resolve().parents[1] / "configs" / "benchmarks").glob("*.yaml")):
         suite = load_suite(path, tmp_path)
         assert suite.domains and all(s.root.is_relative_to(tmp_path) for s in suite.sets), path
+
+
+def test_an_unreadable_image_is_left_out_by_name_and_the_run_goes_on(tmp_path, astronaut, random_weights):
+    folder = tmp_path / "set" / "val" / "happy"
+    folder.mkdir(parents=True)
+    for k in range(3):
+        Image.fromarray(astronaut[20:220, 140 + k : 320 + k]).save(folder / f"{k}.png")
+    (folder / "zz_broken.jpg").write_bytes(b"not a jpeg")
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump({"sets": [{"name": "s", "domain": "d", "format": "folder", "root": "set",
+                                              "split": "val", "mode": "crops"}]}))
+    result = run_benchmark(load_suite(path), [ModelVariant("m", EmotionRecognizer(random_weights))], progress=False)
+    [unreadable] = result["suite"]["sets"][0]["unreadable"]
+    assert "zz_broken.jpg" in unreadable and result["suite"]["sets"][0]["n"] == 3
+    assert result["rows"][0]["n"] == 3 and len(result["predictions"]["s"]["ids"]) == 3
+    assert result["rows"][0]["recall"]["happy"] is not None and result["rows"][0]["recall"]["sad"] is None

@@ -96,11 +96,15 @@ def run(args: argparse.Namespace) -> int:
         name, path = named_weights(text) if text is not None else (None, None)
         options = model_options(argparse.Namespace(weights=path, backend=args.backend, device=args.device))
         first = EmotionRecognizer(**options, detector=detector, tta=args.tta, batch_size=args.batch_size)
+        scored = set()
         for rule in rules:
+            crop_rule = first.crop_rule if rule is None else CropRule(rule, first.crop_rule.scale)
+            if crop_rule in scored:  # own is also a named rule: scored once, under the first name given
+                continue
+            scored.add(crop_rule)
             # one loaded network per file, shared by its crop rules
             recognizer = first if rule is None else copy.copy(first)
-            if rule is not None:
-                recognizer.crop_rule = CropRule(rule, first.crop_rule.scale)
+            recognizer.crop_rule = crop_rule
             label = name or _model_name(path)
             named = f"{label} {rule or OWN}" if len(rules) > 1 or rule is not None else label
             models.append(ModelVariant(named, recognizer,

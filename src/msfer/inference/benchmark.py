@@ -32,6 +32,7 @@ faces by its own rule.
 """
 from __future__ import annotations
 
+import logging
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ from ..errors import MsferError
 from ..labels import EMOTIONS
 from ..outputs import printable
 from .recognizer import EmotionRecognizer
+
+log = logging.getLogger(__name__)
 
 MODES = ("crops", "photos")
 BOOTSTRAP = 1000
@@ -169,18 +172,29 @@ class ModelVariant:
 
 
 def set_probabilities(entry: SuiteSet, samples: Sequence, models: Sequence[ModelVariant], batch_size: int = 32,
-                      progress: bool = True) -> list[np.ndarray]:
+                      progress: bool = True) -> tuple[list[np.ndarray], dict[int, str]]:
     """``N x 7`` probabilities of each model for the set's images (photos: the largest face; NaN rows where
-    no face was found). Photos are detected once, by the first model's detector and settings."""
+    no face was found), and the images that could not be read (index -> the error naming the file), whose rows
+    stay NaN: the caller leaves them out. Photos are detected once, by the first model's detector and settings."""
     probs = [np.full((len(samples), len(EMOTIONS)), np.nan) for _ in models]
+    unreadable: dict[int, str] = {}
     detector = models[0].recognizer
     with tqdm(total=len(samples), desc=entry.name, unit="img", disable=not progress) as bar:
         for start in range(0, len(samples), batch_size):
-            arrays = [np.asarray(s.load()) for s in samples[start : start + batch_size]]
+            rows, arrays = [], []
+            for index in range(start, min(start + batch_size, len(samples))):
+                try:  # one bad file is left out with its reason; the run goes on
+                    arrays.append(np.asarray(samples[index].load()))
+                    rows.append(index)
+                except MsferError as error:
+                    unreadable[index] = str(error)
+            bar.update(min(batch_size, len(samples) - start))
+            if not rows:
+                continue
             faces = detector.detect(arrays) if entry.mode == "photos" else None
             for k, model in enumerate(models):
                 recognizer, size = model.recognizer, model.recognizer.spec.input_size
-                batch = slice(start, start + len(arrays))
+                batch = np.asarray(rows)
                 if faces is None:
                     same = shared_classifier(models, k)  # a crop is classified whole: the crop rule plays no part
                     if same is not None:
@@ -190,8 +204,7 @@ def set_probabilities(entry: SuiteSet, samples: Sequence, models: Sequence[Model
                 else:  # the loop of msfer evaluate --detect-faces, on the faces found once
                     crops = largest_face_crops(arrays, lambda _, found=faces: found, recognizer.crop_rule, size)
                 probs[k][batch] = classify_found(crops, lambda c, r=recognizer: r.classify_crops(list(c))[0])
-            bar.update(len(arrays))
-    return probs
+    return probs, unreadable
 
 
 def shared_classifier(models: Sequence[ModelVariant], k: int) -> int | None:
@@ -257,7 +270,8 @@ def row_metrics(labels: np.ndarray, probs: np.ndarray, predicted: np.ndarray, in
         "missed": int((~found).sum()),
         "ece": calibration.get("ece"),
         "nll": calibration.get("nll"),
-        "recall": {name: scores["per_class"][name]["recall"] for name in EMOTIONS},
+        "recall": {name: scores["per_class"][name]["recall"] if scores["per_class"][name]["support"] else None
+                   for name in EMOTIONS},  # None: no image of that class in the set
         "confusion_matrix": matrix[: len(EMOTIONS)].tolist(),  # 7 rows (truth) x 8 columns (the 8th: no face)
         "_replicates": (overall, mean_class),
     }
@@ -306,10 +320,18 @@ def run_benchmark(suite: Suite, models: Sequence[ModelVariant], decisions: Seque
     rows, predictions, replicates = [], {}, {label: {"overall": {}, "mean_class": {}} for label in labels}
     # every set's files first: a bad set is an error before any scoring
     samples_of = {entry.name: set_samples(entry, printable(suite.source)) for entry in suite.sets}
+    unreadable_of: dict[str, list[str]] = {}
     for entry in suite.sets:
-        samples = samples_of[entry.name]
+        probs, unreadable = set_probabilities(entry, samples_of[entry.name], models, batch_size, progress)
+        for message in unreadable.values():
+            log.warning("set %s: left out: %s", entry.name, message)
+        kept = [i for i in range(len(samples_of[entry.name])) if i not in unreadable]
+        samples = samples_of[entry.name] = [samples_of[entry.name][i] for i in kept]
+        unreadable_of[entry.name] = list(unreadable.values())
+        probs = [p[kept] for p in probs]
+        if not samples:
+            raise MsferError(f"{printable(suite.source)}, set {entry.name}: no image could be read")
         truth = np.array([s.label for s in samples], dtype=np.int64)
-        probs = set_probabilities(entry, samples, models, batch_size, progress)
         predictions[entry.name] = {"ids": [s.id for s in samples], "labels": truth,
                                    "probs": {m.name: p for m, p in zip(models, probs)}}
         # seeded by the set's name: adding or moving another set changes no interval of this one
@@ -331,7 +353,8 @@ def run_benchmark(suite: Suite, models: Sequence[ModelVariant], decisions: Seque
         "suite": {"name": suite.name, "file": suite.source, "description": suite.description,
                   "domains": suite.domains,
                   "sets": [{"name": s.name, "domain": s.domain, "format": s.format, "root": str(s.root),
-                            "split": s.split, "mode": s.mode, "n": len(samples_of[s.name])} for s in suite.sets]},
+                            "split": s.split, "mode": s.mode, "n": len(samples_of[s.name]),
+                            "unreadable": unreadable_of[s.name]} for s in suite.sets]},
         "models": [{"name": label, "weights": model.weights, "crop_rule": model.recognizer.crop_rule.to_dict(),
                     "decision": rule, "tta": model.recognizer.tta}
                    for (_, model, rule), label in zip(variants, labels)],
