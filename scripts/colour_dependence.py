@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from msfer import EMOTIONS, EmotionRecognizer
 from msfer.data.readers import read_dataset
-from msfer.files import atomic_output
+from msfer.files import write_text
 
 LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -63,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {key} | {row['n']} | {100 * row['overall_accuracy']:.1f} | {row['called_neutral']} "
               f"({row['truly_neutral']}) | {recall} | {row['called_surprise']} |")
     if args.out is not None:
-        with atomic_output(args.out) as temporary:
-            temporary.write_text(json.dumps(result, indent=1) + "\n")
+        write_text(args.out, json.dumps(result, indent=1) + "\n")
     return 0
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from msfer.engine.calibration import apply, calibration_metrics, fit
 from msfer.engine.prior import stratified_halves
-from msfer.files import atomic_output
+from msfer.files import write_text
 
 
 def load(path: Path, model: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -82,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             + " |")
     print("\n".join(lines))
     if args.out is not None:
-        with atomic_output(args.out) as temporary:
-            temporary.write_text(json.dumps(result, indent=1) + "\n")
+        write_text(args.out, json.dumps(result, indent=1) + "\n")
     return 0
 
 
