@@ -1,7 +1,8 @@
 """A study: rows of training runs at one equal budget, each a few overrides on one config, tabulated.
 
     python scripts/study.py configs/studies/v2_reduced.yaml --out runs/v2_reduced \
-        --set data.root=/path/to/fer2013 [--path NAME=PATH ...] [--rows base similarity ...] [--summarize-only]
+        --set data.root=/path/to/fer2013 [--path NAME=PATH ...] [--rows base similarity ...] [--seeds 0 ...]
+        [--summarize-only]
 
 The study file (YAML) names the shared ``config`` (relative to the study file), the ``overrides``
 every row gets, the ``epochs`` of the budget, a ``description`` of it, and ``rows``: a list of
@@ -161,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--path", dest="paths", action="append", default=[], type=named_path, metavar="NAME=PATH",
                         help="what ${NAME} stands for in the study file's overrides and evaluation roots (repeatable)")
     parser.add_argument("--rows", nargs="+", help="train only these rows (default: all, in file order)")
+    parser.add_argument("--seeds", nargs="+", type=int,
+                        help="train only these of each row's seeds (default: all), e.g. --seeds 0 to see every row "
+                             "once before any row twice")
     parser.add_argument("--summarize-only", action="store_true", help="train nothing; rewrite the tables")
     args = parser.parse_args(argv)
 
@@ -190,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as missing:
             parser.error(f"{args.study} {missing}")
         for row, config, overrides, on_resume in plan:
-            for seed in row.get("seeds", [0]):
+            for seed in [s for s in row.get("seeds", [0]) if args.seeds is None or s in args.seeds]:
                 run = out / f"{row['name']}_seed{seed}"
                 train_to(run, config, [*overrides, f"train.seed={seed}"], study["epochs"], on_resume, cwd=ROOT)
                 for evaluation in evaluations:
