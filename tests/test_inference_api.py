@@ -120,7 +120,7 @@ def test_crop_transform_round_trip():
 def test_predict_batch_can_return_per_item_errors(recognizer, astronaut, astronaut_file, tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(astronaut_file.read_bytes()[:300])
-    inputs = [astronaut_file, broken, tmp_path / "absent.jpg", np.zeros((4, 4), np.float32), astronaut]
+    inputs = [astronaut_file, broken, tmp_path / "absent.jpg", np.full((4, 4), np.nan, np.float32), astronaut]
     with pytest.raises(MsferError, match="broken.jpg"):
         recognizer.predict_batch(inputs)  # the default: the first bad input raises
     results = recognizer.predict_batch(inputs, errors="return")
@@ -128,7 +128,7 @@ def test_predict_batch_can_return_per_item_errors(recognizer, astronaut, astrona
     assert [len(r) for r in (results[0], results[4])] == [1, 1]
     assert results[0][0].probs == pytest.approx(recognizer.predict(astronaut_file)[0].probs, abs=1e-5)
     assert all(isinstance(r, MsferError) for r in results[1:4])
-    assert "broken.jpg" in str(results[1]) and "absent.jpg" in str(results[2]) and "uint8" in str(results[3])
+    assert "broken.jpg" in str(results[1]) and "absent.jpg" in str(results[2]) and "NaN" in str(results[3])
     assert recognizer.predict_batch([broken], errors="return")[0].args == results[1].args  # alone as in a batch
     with pytest.raises(ValueError, match="errors"):
         recognizer.predict_batch(inputs, errors="ignore")
@@ -149,10 +149,16 @@ def test_a_pil_image_is_turned_upright_like_a_path(recognizer, astronaut, tmp_pa
 
 
 def test_bad_inputs_raise_clear_errors(tmp_path, random_weights):
-    with pytest.raises(MsferError, match="uint8"):
-        to_rgb_array(np.zeros((4, 4, 3), np.float32))
+    with pytest.raises(MsferError, match="0..1 or 0..255"):
+        to_rgb_array(np.full((4, 4, 3), -0.5, np.float32))
+    with pytest.raises(MsferError, match="NaN"):
+        to_rgb_array(np.full((4, 4, 3), np.nan, np.float32))
+    with pytest.raises(MsferError, match="0..255"):
+        to_rgb_array(np.full((4, 4, 3), 300, np.int32))
     with pytest.raises(MsferError, match="H x W"):
-        to_rgb_array(np.zeros((4, 4, 4), np.uint8))
+        to_rgb_array(np.zeros((4, 4, 5), np.uint8))
+    with pytest.raises(MsferError, match="color_order"):
+        to_rgb_array(np.zeros((4, 4), np.uint8), color_order="rbg")
     with pytest.raises(MsferError, match="no such image"):
         to_rgb_array(tmp_path / "absent.jpg")
     with pytest.raises(MsferError, match="does not exist"):
@@ -213,3 +219,104 @@ def test_evaluate_detect_faces_command(random_weights, astronaut_file, tmp_path)
     assert metrics["n"] == 2 and metrics["detect_faces"] is True
     assert metrics["detection"]["missed_ids"] == ["sad/coffee.jpg"]
     assert (out / "confusion_matrix.png").is_file()
+
+
+def test_every_form_of_one_image_reads_the_same_pixels(astronaut, tmp_path):
+    """Path, bytes, PIL image and arrays of every accepted type and layout decode to one RGB array."""
+    path = tmp_path / "astronaut.png"
+    Image.fromarray(astronaut).save(path)
+    expected = to_rgb_array(path)
+    forms = {
+        "bytes": path.read_bytes(), "bytearray": bytearray(path.read_bytes()),
+        "memoryview": memoryview(path.read_bytes()), "PIL": Image.open(path),
+        "float 0..1": astronaut.astype(np.float64) / 255, "float 0..255": astronaut.astype(np.float32),
+        "int64": astronaut.astype(np.int64), "uint16": astronaut.astype(np.uint16) * 257,
+    }
+    for name, form in forms.items():
+        assert np.array_equal(to_rgb_array(form), expected), name
+    opaque = np.concatenate([astronaut, np.full(astronaut.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    assert np.array_equal(to_rgb_array(opaque), expected)
+    assert np.array_equal(to_rgb_array(opaque[:, :, [2, 1, 0, 3]], color_order="bgr"), expected)
+    grey = astronaut[:, :, 1]
+    assert np.array_equal(to_rgb_array(grey[:, :, None]), to_rgb_array(grey))
+
+
+def test_an_rgba_array_is_composited_on_white_like_an_rgba_file(tmp_path):
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (16, 16, 4), dtype=np.uint8)
+    path = tmp_path / "transparent.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    from_file = to_rgb_array(path)
+    assert np.abs(to_rgb_array(rgba).astype(int) - from_file.astype(int)).max() <= 1
+    clear = rgba.copy()
+    clear[:, :, 3] = 0
+    assert (to_rgb_array(clear) == 255).all()  # fully transparent: white, not the colour under it
+
+
+def test_lists_folders_and_bad_bytes_get_errors_that_say_what_to_do(recognizer, astronaut_file, tmp_path):
+    with pytest.raises(MsferError, match="predict_batch"):
+        recognizer.predict([astronaut_file, astronaut_file])
+    with pytest.raises(MsferError, match="predict_folder"):
+        recognizer.predict(tmp_path)
+    with pytest.raises(MsferError, match="image bytes.*cannot decode"):
+        recognizer.predict(b"not an image at all")
+    with pytest.raises(MsferError, match="empty"):
+        recognizer.predict(b"")
+
+
+def test_predict_folder_reads_every_image_and_reports_the_bad_one(recognizer, astronaut, tmp_path):
+    (tmp_path / "sub").mkdir()
+    Image.fromarray(astronaut).save(tmp_path / "b.jpg", quality=95)
+    Image.fromarray(astronaut).save(tmp_path / "sub" / "c.png")
+    (tmp_path / "a.jpg").write_bytes(b"broken")
+    (tmp_path / "notes.txt").write_text("not an image")
+    found = list(recognizer.predict_folder(tmp_path, chunk=2))
+    assert [path.relative_to(tmp_path).as_posix() for path, _ in found] == ["a.jpg", "b.jpg", "sub/c.png"]
+    assert isinstance(found[0][1], MsferError) and "a.jpg" in str(found[0][1])
+    assert [len(faces) for _, faces in found[1:]] == [1, 1]
+    assert found[1][1][0].probs == recognizer.predict(tmp_path / "b.jpg")[0].probs
+    assert [path.name for path, _ in recognizer.predict_folder(tmp_path, recursive=False)] == ["a.jpg", "b.jpg"]
+    with pytest.raises(MsferError, match="no such file"):
+        list(recognizer.predict_folder(tmp_path / "absent"))
+
+
+def test_predict_video_yields_frames_with_times_and_tracked_faces(recognizer, astronaut, tmp_path):
+    av = pytest.importorskip("av")
+    path = tmp_path / "clip.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 512, 512, "yuv420p"
+        for _ in range(6):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(astronaut, format="rgb24")))
+        container.mux(stream.encode())
+    frames = list(recognizer.predict_video(path, every=2))
+    assert [frame.index for frame in frames] == list(range(6))
+    assert [frame.time for frame in frames] == pytest.approx([i / 10 for i in range(6)], abs=1e-3)
+    assert [frame.processed for frame in frames] == [True, False] * 3
+    assert all(len(frame.faces) == 1 and frame.faces[0].track_id is not None for frame in frames)
+    assert frames[0].image.shape == (512, 512, 3)
+    with pytest.raises(MsferError, match="absent.mp4"):
+        list(recognizer.predict_video(tmp_path / "absent.mp4"))
+
+
+def test_to_dataframe_has_the_csv_columns_for_every_result_form(recognizer, astronaut, astronaut_file, tmp_path):
+    pytest.importorskip("pandas")
+    from msfer import to_dataframe
+    from msfer.inference.results import CSV_FIELDS
+
+    faces = recognizer.predict(astronaut_file)
+    table = to_dataframe(faces)
+    assert list(table.columns) == CSV_FIELDS and len(table) == 1
+    assert table.loc[0, "label"] == faces[0].label and table.loc[0, "x1"] == faces[0].box[0]
+    assert table.loc[0, EMOTIONS[0]] == faces[0].probs[EMOTIONS[0]]
+
+    batch = recognizer.predict_batch([astronaut_file, tmp_path / "absent.jpg", np.zeros((64, 64, 3), np.uint8)],
+                                     errors="return")
+    table = to_dataframe(batch, sources=["astronaut", "absent", "black"])
+    assert list(table["source"]) == ["astronaut", "absent", "black"]  # one row per face, or per empty/failed image
+    assert "absent.jpg" in table.loc[1, "error"] and table["label"].isna().tolist() == [False, True, True]
+
+    Image.fromarray(astronaut).save(tmp_path / "photo.jpg")
+    table = to_dataframe(recognizer.predict_folder(tmp_path))
+    assert table["source"].tolist() == [str(tmp_path / "photo.jpg")]
+    assert to_dataframe(dict(recognizer.predict_folder(tmp_path)))["source"].tolist() == [str(tmp_path / "photo.jpg")]

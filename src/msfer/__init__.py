@@ -6,7 +6,7 @@ Recognition Method Based on Deep Learning", Instrumentation 9(3), 2022.
 from ._version import __version__
 from .labels import EMOTIONS
 
-__all__ = ["EMOTIONS", "EmotionRecognizer", "__version__"]
+__all__ = ["EMOTIONS", "EmotionRecognizer", "__version__", "to_dataframe"]
 
 
 def __getattr__(name):
@@ -15,4 +15,8 @@ def __getattr__(name):
         from .inference.recognizer import EmotionRecognizer
 
         return EmotionRecognizer
+    if name == "to_dataframe":
+        from .inference.results import to_dataframe
+
+        return to_dataframe
     raise AttributeError(f"module 'msfer' has no attribute {name!r}")

@@ -35,13 +35,16 @@ Images are RGB everywhere in msfer. A numpy array is taken as RGB unless
 """
 from __future__ import annotations
 
+import io
 import os
-from typing import Sequence, Union
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image
 
+from ..data.images import not_a_file_reason
 from ..data.transforms import class_probabilities, mirror, model_input, resize_square
 from ..engine.decision import check_rule, decide, has_balanced_rule, model_decision
 from ..errors import MsferError
@@ -51,26 +54,48 @@ from ..faces.detection import DEFAULT_DETECT_SIZE, DEFAULT_MIN_FACE, detect_face
 from ..faces.quality import QualityThresholds, face_quality
 from ..faces.retinaface import Face
 from ..labels import EMOTIONS
+from ..outputs import printable
 from .backends import ModelSpec, load_backend
 from .results import DEFAULT_DECISION, FaceResult
 
-ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
+if TYPE_CHECKING:
+    from .video import VideoFrame
+
+ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
 
 def to_rgb_array(image: ImageInput, color_order: str = "rgb") -> np.ndarray:
-    """``image`` as H x W x 3 uint8 RGB.
+    """``image`` as H x W x 3 uint8 RGB, whatever form it came in.
 
-    A path is decoded with :func:`msfer.data.images.load_rgb` (an unreadable file
-    raises :class:`MsferError` naming it). A PIL image follows the same rules
-    (:func:`msfer.data.images.to_upright_rgb`): turned upright by its EXIF orientation,
-    alpha composited on white, so an image gives one answer whether it is passed as a
-    path or as an object. A numpy array is taken as it is: H x W (grey) or H x W x 3
-    uint8, in ``color_order`` ("rgb", or "bgr" for OpenCV).
+    - **A path** (``str`` or ``os.PathLike``) is decoded with :func:`msfer.data.images.load_rgb`;
+      a missing or undecodable file raises :class:`MsferError` naming it, a folder one that says
+      to use :meth:`EmotionRecognizer.predict_folder`.
+    - **Encoded bytes** (``bytes``, ``bytearray``, ``memoryview``: the contents of a JPEG, PNG,
+      ... file, e.g. an upload) are decoded by the same rules as a file.
+    - **A PIL image** follows the same rules (:func:`msfer.data.images.to_upright_rgb`): turned
+      upright by its EXIF orientation, alpha composited on white, so an image gives one answer
+      whether it is passed as a path, as bytes or as an object.
+    - **A numpy array** is H x W (grey), H x W x 1, H x W x 3 (colour) or H x W x 4 (colour
+      with alpha, composited on white like a file's), with channels in ``color_order``:
+      ``"rgb"`` (PIL, matplotlib, imageio) or ``"bgr"`` (what OpenCV's ``imread`` and
+      ``VideoCapture`` give; BGRA for 4 channels). Values: ``uint8`` as they are; other integer
+      types in 0..255 as they are, ``uint16`` scaled by 255/65535 (16-bit files); floating
+      point in 0..1 scaled by 255 (the convention of scikit-image and matplotlib), in 0..255
+      as they are. Anything else (NaN, negative values, other shapes) raises :class:`MsferError`.
+
+    A list or tuple of images is refused with a pointer to :meth:`EmotionRecognizer.predict_batch`.
     """
+    if color_order not in ("rgb", "bgr"):
+        raise MsferError(f"color_order must be 'rgb' or 'bgr', got {color_order!r}")
     if isinstance(image, (str, os.PathLike)):
         from ..data.images import load_rgb
 
+        if os.path.isdir(image):
+            raise MsferError(f"{printable(image)}: a folder, not an image; use recognizer.predict_folder(folder) "
+                             "for the images in it")
         return np.asarray(load_rgb(image))
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return _decode_bytes(bytes(image))
     if isinstance(image, Image.Image):
         from ..data.images import to_upright_rgb
 
@@ -79,15 +104,69 @@ def to_rgb_array(image: ImageInput, color_order: str = "rgb") -> np.ndarray:
         except (OSError, ValueError, SyntaxError, EOFError) as error:
             name = getattr(image, "filename", "") or "a PIL image"
             raise MsferError(f"{name}: cannot decode image ({error})") from None
-    array = np.asarray(image)
-    if (array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3)
-            or 0 in array.shape[:2]):
-        raise MsferError(f"an image array must be H x W or H x W x 3 uint8, not empty, got {array.dtype} {array.shape}")
+    if isinstance(image, (list, tuple)) and image and all(
+            isinstance(item, (str, os.PathLike, bytes, Image.Image, np.ndarray)) for item in image):
+        raise MsferError(f"got a {type(image).__name__} of {len(image)} images where one image is expected; "
+                         "use recognizer.predict_batch(images) for many")
+    return _array_to_rgb(image, color_order)
+
+
+def _decode_bytes(data: bytes) -> np.ndarray:
+    from ..data.images import to_upright_rgb
+
+    if not data:
+        raise MsferError("image bytes: empty (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return np.asarray(to_upright_rgb(image))
+    except Image.DecompressionBombError as error:
+        raise MsferError(f"image bytes: refused as a possible decompression bomb ({error})") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as error:
+        raise MsferError(f"image bytes ({len(data)} bytes): cannot decode image ({error})") from None
+
+
+def _array_to_rgb(image, color_order: str) -> np.ndarray:
+    try:
+        array = np.asarray(image)
+    except (TypeError, ValueError) as error:
+        raise MsferError(f"cannot read {type(image).__name__} as an image ({error})") from None
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)) or 0 in array.shape[:2]:
+        raise MsferError("an image array must be H x W, H x W x 1, H x W x 3 or H x W x 4, not empty; got "
+                         f"{array.dtype} array of shape {array.shape}")
+    array = _to_uint8(array)
     if array.ndim == 2:
         return np.repeat(array[:, :, None], 3, axis=2)
-    if color_order not in ("rgb", "bgr"):
-        raise MsferError(f"color_order must be 'rgb' or 'bgr', got {color_order!r}")
-    return np.ascontiguousarray(array[:, :, ::-1]) if color_order == "bgr" else array
+    if color_order == "bgr":
+        array = array[:, :, [2, 1, 0, 3][: array.shape[2]]]
+    if array.shape[2] == 4:  # alpha on white, as a file's (msfer.data.images)
+        alpha = array[:, :, 3:].astype(np.float32) / 255
+        array = np.rint(array[:, :, :3] * alpha + 255 * (1 - alpha)).astype(np.uint8)
+    return np.ascontiguousarray(array)
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    """Pixel values as uint8 by the rules of :func:`to_rgb_array`."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.uint16:
+        return ((array.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    if array.dtype.kind in "iu":
+        if array.min() < 0 or array.max() > 255:
+            raise MsferError(f"an integer image array must hold values 0..255 (or be uint16); got {array.dtype} values "
+                             f"{array.min()}..{array.max()}")
+        return array.astype(np.uint8)
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all():
+            raise MsferError("a floating-point image array holds NaN or infinite values")
+        low, high = float(array.min()), float(array.max())
+        if low < 0 or high > 255:
+            raise MsferError(f"a floating-point image array must hold values 0..1 or 0..255; got {low:g}..{high:g}")
+        return np.rint(array * (255 if high <= 1 else 1)).astype(np.uint8)
+    raise MsferError(f"an image array must hold numbers (uint8, another integer type or floating point); "
+                     f"got {array.dtype}")
 
 
 def clip_box(box: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -196,10 +275,13 @@ class EmotionRecognizer:
         return has_balanced_rule(self.classifier.balanced_offsets, self.classifier.calibration)
 
     def predict(self, image: ImageInput, color_order: str = "rgb", decision: str | None = None) -> list[FaceResult]:
-        """Every face in ``image`` (a path, PIL image or numpy array; see :func:`to_rgb_array`), largest first.
+        """Every face in one image, largest first (an image without a detectable face: ``[]``).
 
-        An image without a detectable face gives an empty list. ``decision``: this call's
-        decision rule (default: the recognizer's).
+        ``image``: a path, encoded bytes, a PIL image or a numpy array (see :func:`to_rgb_array`
+        for every accepted form and ``color_order``). For many images use :meth:`predict_batch`,
+        for a folder :meth:`predict_folder`, for a video :meth:`predict_video`. ``decision``:
+        this call's decision rule (default: the recognizer's). Raises :class:`MsferError` (naming
+        the file) for an input that cannot be read.
         """
         return self.predict_batch([image], color_order, decision=decision)[0]
 
@@ -245,6 +327,54 @@ class EmotionRecognizer:
             quality = face_quality(arrays[index], box, face.score, face.landmarks, self.quality)
             results[index].append(self._result(box, face.score, face.landmarks, regions, face_probs, decision, quality))
         return results
+
+    def predict_folder(
+        self, folder: str | os.PathLike, recursive: bool = True, decision: str | None = None, chunk: int = 8,
+    ) -> Iterator[tuple[Path, list[FaceResult] | MsferError]]:
+        """``(path, faces)`` for every image file in ``folder``, in sorted order, ``chunk`` images at a time.
+
+        Image files are those with an extension Pillow (with HEIC support) opens
+        (:data:`msfer.data.images.IMAGE_EXTENSIONS`); ``recursive``: sub-folders too. An image
+        that cannot be read gives its :class:`MsferError` (naming the file) in place of its
+        faces, and the others go on. Raises :class:`MsferError` if ``folder`` is not a folder.
+        Only ``chunk`` decoded images are held at a time, so a folder of any size fits in memory::
+
+            for path, faces in recognizer.predict_folder("photos"):
+                print(path, [face.label for face in faces] if isinstance(faces, list) else faces)
+        """
+        from ..data.images import IMAGE_EXTENSIONS
+
+        folder = Path(folder)
+        if not folder.is_dir():
+            what = "not a folder" if folder.exists() and not folder.is_symlink() else not_a_file_reason(folder)
+            raise MsferError(f"{printable(folder)}: {what}")
+        paths = sorted(path for path in (folder.rglob("*") if recursive else folder.iterdir())
+                       if path.suffix.lower() in IMAGE_EXTENSIONS and not path.is_dir())
+        for start in range(0, len(paths), max(int(chunk), 1)):
+            batch = paths[start:start + max(int(chunk), 1)]
+            yield from zip(batch, self.predict_batch(batch, errors="return", decision=decision))
+
+    def predict_video(
+        self, source: str | os.PathLike | int, every: int = 1, smoothing: float = 0.0,
+    ) -> Iterator["VideoFrame"]:
+        """Every frame of a video file (or webcam number ``source``) with its tracked faces.
+
+        Yields :class:`msfer.inference.video.VideoFrame` objects in order: ``index`` (from 0),
+        ``time`` (seconds from the start, from the container's timestamps), ``image`` (H x W x 3
+        uint8 RGB), ``faces`` (:class:`FaceResult` with ``track_id`` set, largest first) and
+        ``processed``. ``every``: classify every n-th frame only; the frames between repeat the
+        last classified faces (``processed`` False). ``smoothing`` in [0, 1): exponential
+        smoothing of each track's probabilities (0: none). Raises :class:`MsferError` naming
+        the file if it cannot be opened or gives no frame::
+
+            for frame in recognizer.predict_video("clip.mp4", every=5):
+                print(f"{frame.time:.2f} s", [face.label for face in frame.faces])
+        """
+        from .video import VideoSource
+        from .video import predict_video as frames_with_faces
+
+        with VideoSource(source) as video:
+            yield from frames_with_faces(self, video, every=every, smoothing=smoothing)
 
     def classify_faces(self, crops: Sequence[ImageInput], color_order: str = "rgb",
                        decision: str | None = None) -> list[FaceResult]:

@@ -164,10 +164,76 @@ class ResultWriter:
                 faces = [face.to_dict() for face in record.get("faces", [])]
                 self.file.write(json.dumps({**record, **({"faces": faces} if "faces" in record else {})}) + "\n")
             elif self.format == "csv":
-                base = {key: record[key] for key in ("source", "source_hex", "frame", "time", "error") if key in record}
-                rows = [_csv_row(index, face) for index, face in enumerate(record.get("faces", []))] or [{}]
-                self.csv.writerows({**base, **row} for row in rows)
+                self.csv.writerows(csv_rows(record))
             self.file.flush()  # an interrupted run keeps every record written so far
+
+
+def csv_rows(record: dict) -> list[dict]:
+    """A record's rows in :data:`CSV_FIELDS`: one per face, or one without face columns (no face, an error)."""
+    base = {key: record[key] for key in ("source", "source_hex", "frame", "time", "error") if key in record}
+    rows = [_csv_row(index, face) for index, face in enumerate(record.get("faces", []))] or [{}]
+    return [{**base, **row} for row in rows]
+
+
+def to_dataframe(results, sources=None):
+    """A pandas DataFrame of results: one row per face, with the columns of ``msfer predict``'s CSV.
+
+    ``results`` is what the API returns, in any of its forms:
+
+    - ``recognizer.predict(image)``: a list of :class:`FaceResult` (one image);
+    - ``recognizer.predict_batch(images, ...)``: a list with, per image, its faces or the
+      :class:`MsferError` it raised (``errors="return"``);
+    - ``recognizer.predict_folder(folder)``: ``(path, faces or error)`` pairs, or a dict of them;
+    - ``recognizer.predict_video(path)``: :class:`msfer.inference.video.VideoFrame` objects
+      (``frame`` and ``time`` columns filled).
+
+    Columns (:data:`CSV_FIELDS`): ``source`` (``sources[i]`` if given, else the path, else the
+    image's index), ``frame``, ``time``, ``face`` (0 = largest), ``track_id``, the box ``x1 y1
+    x2 y2`` (input pixels), ``score``, ``label``, ``confidence``, the seven probabilities, ``decision``,
+    the quality fields, ``error`` and ``source_hex``. An image without a face, or one that failed,
+    is one row with empty face columns (and ``error`` set for a failure), as in the CSV.
+
+    Needs pandas (``pip install "msfer[pandas]"``); without it raises :class:`MsferError`.
+    """
+    try:
+        import pandas
+    except ImportError:
+        raise MsferError('to_dataframe needs pandas, which is not installed (pip install "msfer[pandas]")') from None
+    records = [_record(item, number, sources) for number, item in enumerate(_result_items(results))]
+    rows = [row for record in records for row in csv_rows(record)]
+    return pandas.DataFrame(rows, columns=CSV_FIELDS)
+
+
+def _result_items(results):
+    """``results`` as a sequence of one item per image or frame (see :func:`to_dataframe`)."""
+    if isinstance(results, dict):
+        return list(results.items())
+    results = list(results)
+    if results and all(isinstance(item, FaceResult) for item in results):
+        return [results]  # one image's faces
+    return results
+
+
+def _record(item, number: int, sources) -> dict:
+    """The output record (as :class:`ResultWriter` writes) of one item of :func:`to_dataframe`'s input."""
+    record: dict[str, Any] = {}
+    if hasattr(item, "faces") and hasattr(item, "time"):  # a video frame
+        record.update(frame=item.index, time=item.time)
+        source, outcome = number, item.faces
+    elif isinstance(item, tuple) and len(item) == 2:
+        source, outcome = item
+    else:
+        source, outcome = number, item
+    if sources is not None:
+        source = sources[number]
+    if isinstance(outcome, Exception):
+        record["error"] = str(outcome)
+    elif isinstance(outcome, list) and all(isinstance(face, FaceResult) for face in outcome):
+        record["faces"] = outcome
+    else:
+        raise MsferError(f"to_dataframe: item {number} is a {type(outcome).__name__}, not a list of FaceResult, an "
+                         "error or a video frame")
+    return {**source_fields(source), **record}
 
 
 def _csv_row(index: int, face: FaceResult) -> dict:
