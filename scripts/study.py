@@ -36,9 +36,8 @@ import statistics
 import sys
 from pathlib import Path
 
-import yaml
-
 from msfer.studies import log_of, run_msfer, train_to
+from msfer.values import parse_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SCORES = {"val_overall_accuracy": "validation overall", "val_mean_class_accuracy": "validation mean class",
@@ -168,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--summarize-only", action="store_true", help="train nothing; rewrite the tables")
     args = parser.parse_args(argv)
 
-    study = yaml.safe_load(args.study.read_text())
+    study = parse_yaml(args.study.read_text())
     names = [row["name"] for row in study["rows"]]
     unknown = sorted(set(args.rows or []) - set(names))
     if unknown:

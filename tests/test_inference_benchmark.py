@@ -284,3 +284,40 @@ def test_an_unreadable_image_is_left_out_by_name_and_the_run_goes_on(tmp_path, a
     assert "zz_broken.jpg" in unreadable and result["suite"]["sets"][0]["n"] == 3
     assert result["rows"][0]["n"] == 3 and len(result["predictions"]["s"]["ids"]) == 3
     assert result["rows"][0]["recall"]["happy"] is not None and result["rows"][0]["recall"]["sad"] is None
+
+
+def test_unknown_suite_keys_and_keys_given_twice_are_refused(tmp_path):
+    entry = {"name": "x", "domain": None, "format": "folder", "root": "x", "mode": "crops"}
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump({"sets": [entry], "set": []}))
+    with pytest.raises(MsferError, match="suite.yaml: unknown keys set"):
+        load_suite(path)
+    path.write_text("sets:\n  - name: x\n    domain: null\n    format: folder\n    root: x\n    mode: crops\n"
+                    "    root: y\n")
+    with pytest.raises(MsferError, match="suite.yaml is not valid YAML: the key 'root' is given twice"):
+        load_suite(path)
+
+
+def test_groups_that_match_no_file_name_are_warned_about(suite_file, random_weights, tmp_path, caplog):
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump({"sets": [{"name": "crops_a", "domain": "crops", "format": "folder",
+                                              "root": str(suite_file.parent / "crops_a"), "split": "val",
+                                              "mode": "crops", "groups": "^(performer[0-9]+)_"}]}))
+    result = run_benchmark(load_suite(path), [ModelVariant("m", EmotionRecognizer(random_weights))], progress=False)
+    assert list(result["rows"][0]["groups"]) == ["(other)"]
+    assert "matches no file name" in caplog.text and "crops_a" in caplog.text
+
+
+def test_a_crop_rule_can_name_its_scale_and_the_table_names_each_models_settings(suite_file, random_weights,
+                                                                                 tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["benchmark", str(suite_file), "--weights", f"m={random_weights}", "--crop-rule", "box:1.25",
+                 "--tta", "--out", str(out)]) == 0
+    report = json.loads((out / "benchmark.json").read_text())
+    assert [(model["name"], model["crop_rule"], model["tta"]) for model in report["models"]] == [
+        ("m box:1.25", {"method": "box", "scale": 1.25}, True)]
+    assert f"| m box:1.25 | {random_weights} | box x1.25 | argmax | yes |" in (out / "benchmark.md").read_text()
+    capsys.readouterr()
+    for bad, message in (("box:big", "must be a number"), ("box:9", "out of range"), ("wide", "unknown crop method")):
+        assert main(["benchmark", str(suite_file), "--weights", str(random_weights), "--crop-rule", bad]) == 2
+        assert f"--crop-rule '{bad}'" in (err := capsys.readouterr().err) and message in err

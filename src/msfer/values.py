@@ -8,9 +8,12 @@ somewhere inside training with a traceback.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from numbers import Real
 from typing import Any
+
+import yaml
 
 from .errors import MsferError
 
@@ -83,3 +86,37 @@ def check_numbers(key: str, value: Any, allowed: Range, length: int | None = Non
     in_range = all(allowed.fits_type(item) and allowed.contains(item) for item in value)
     if not in_range or (ordered and value[0] > value[1]):
         raise MsferError(f"config {key}={value!r} is out of range: expected {what}")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML for settings: ``3e-4`` is a number (YAML 1.1 wants ``3.0e-4``; a learning rate should not need the
+    dot), and a key given twice in one mapping is an error (PyYAML keeps the last silently)."""
+
+
+def _unique_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice in one mapping",
+                                                    key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+               r"|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def parse_yaml(text: str) -> Any:
+    """``text`` parsed as YAML for a settings file (configs, benchmark suites, studies).
+
+    Like ``yaml.safe_load``, except that ``3e-4`` reads as a number and a key repeated within
+    one mapping raises ``yaml.YAMLError`` (the caller names the file).
+    """
+    return yaml.load(text, Loader=_Loader)

@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "differences; default: the bundled model")
     parser.add_argument("--crop-rule", nargs="+", default=[OWN], metavar="RULE",
                         help="score each model with each of these crop rules for photos: own (the model's), box, "
-                             "roll or similarity (at the model's scale); default own")
+                             "roll or similarity, at the model's scale or METHOD:SCALE (e.g. box:1.2); default own")
     parser.add_argument("--decision", nargs="+", default=[OWN], metavar="RULE",
                         help="score each model under each of these decision rules: own (the model's default), "
                              "argmax or balanced; default own")
@@ -61,6 +61,22 @@ def named_weights(text: str) -> tuple[str | None, Path]:
     return None, Path(text)
 
 
+def crop_rule_of(text: str, scale: float):
+    """``"box"`` -> CropRule("box", scale); ``"box:1.2"`` -> CropRule("box", 1.2); :class:`MsferError` otherwise."""
+    from ..faces.crop import CropRule
+
+    method, sep, given = text.partition(":")
+    if sep:
+        try:
+            scale = float(given)
+        except ValueError:
+            raise MsferError(f"--crop-rule {text!r}: the scale after ':' must be a number, e.g. box:1.2") from None
+    try:
+        return CropRule(method, scale)
+    except MsferError as error:
+        raise MsferError(f"--crop-rule {text!r}: {error}") from None
+
+
 def _model_name(path: Path | None) -> str:
     if path is None:
         return "bundled"
@@ -68,7 +84,6 @@ def _model_name(path: Path | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..faces.crop import CropRule
     from ..faces.retinaface import RetinaFaceDetector
     from ..inference.benchmark import ModelVariant, format_markdown, load_suite, run_benchmark, save_predictions
     from ..inference.recognizer import EmotionRecognizer
@@ -82,6 +97,9 @@ def run(args: argparse.Namespace) -> int:
     for rule in decisions:
         if rule not in (None, "argmax", "balanced"):
             raise MsferError(f"--decision {rule!r}: use own, argmax or balanced")
+    for rule in rules:  # a bad rule stops before anything loads
+        if rule is not None:
+            crop_rule_of(rule, 1.0)
     outputs = ("benchmark.json", "benchmark.md", "predictions.npz")
     if args.out is not None:
         refuse_file_as_folder(args.out, "--out")
@@ -98,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         first = EmotionRecognizer(**options, detector=detector, tta=args.tta, batch_size=args.batch_size)
         scored = set()
         for rule in rules:
-            crop_rule = first.crop_rule if rule is None else CropRule(rule, first.crop_rule.scale)
+            crop_rule = first.crop_rule if rule is None else crop_rule_of(rule, first.crop_rule.scale)
             if crop_rule in scored:  # own is also a named rule: scored once, under the first name given
                 continue
             scored.add(crop_rule)

@@ -19,7 +19,6 @@ Design (after detectron2's LazyConfig / yacs):
 from __future__ import annotations
 
 import copy
-import re
 from dataclasses import dataclass
 from fractions import Fraction
 from numbers import Number
@@ -30,7 +29,7 @@ import yaml
 
 from ..errors import MsferError
 from ..files import write_text
-from ..values import Range, check_number, check_numbers
+from ..values import Range, check_number, check_numbers, parse_yaml
 
 Config = dict[str, Any]
 
@@ -201,22 +200,6 @@ RETIRED: dict[str, tuple[Any, str]] = {"train.label_smoothing": (0.0, "model.lab
 RENAMED: dict[str, tuple[str, dict[Any, Any]]] = {
     "eval.regions": ("eval.region_source", {"learned": None, "model": None, "pseudo": "pseudo"}),
 }
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads ``3e-4`` as a string (it wants ``3.0e-4``); a learning rate should not need the dot."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
-               r"|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
-    list("-+0123456789."),
-)
-
-
-def parse_yaml(text: str):
-    return yaml.load(text, Loader=_Loader)
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = (), base: Config | None = None) -> Config:

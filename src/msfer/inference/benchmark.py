@@ -49,12 +49,14 @@ from ..engine.photos import classify_found, largest_face_crops
 from ..errors import MsferError
 from ..labels import EMOTIONS
 from ..outputs import printable
+from ..values import parse_yaml
 from .recognizer import EmotionRecognizer
 
 log = logging.getLogger(__name__)
 
 MODES = ("crops", "photos")
 BOOTSTRAP = 1000
+SUITE_KEYS = {"name", "description", "sets"}
 SET_KEYS = {"name", "domain", "format", "root", "split", "mode", "reader_options", "description", "groups"}
 
 
@@ -96,13 +98,16 @@ def load_suite(path: str | Path, data_root: str | Path | None = None) -> Suite:
 
     path = Path(path)
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        document = parse_yaml(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise MsferError(f"cannot read the suite {printable(path)}: {error.strerror or error}") from None
     except yaml.YAMLError as error:
         raise MsferError(f"{printable(path)} is not valid YAML: {error}") from None
     if not isinstance(document, dict) or not isinstance(document.get("sets"), list) or not document["sets"]:
         raise MsferError(f"{printable(path)}: a suite needs 'sets:', a list of sets (see msfer benchmark --help)")
+    if set(document) - SUITE_KEYS:
+        raise MsferError(f"{printable(path)}: unknown keys {', '.join(sorted(map(str, set(document) - SUITE_KEYS)))}; "
+                         f"a suite has {', '.join(sorted(SUITE_KEYS))}")
     base = Path(data_root) if data_root is not None else path.parent
     sets, names = [], set()
     for number, entry in enumerate(document["sets"], 1):
@@ -344,6 +349,9 @@ def run_benchmark(suite: Suite, models: Sequence[ModelVariant], decisions: Seque
             overall, mean_class = row.pop("_replicates")
             if entry.groups:
                 row["groups"] = group_accuracy(predictions[entry.name]["ids"], predicted == truth, entry.groups)
+                if list(row["groups"]) == ["(other)"] and k == 0 and rule == variants[0][2]:
+                    log.warning("set %s: groups %r matches no file name (e.g. %s): every image is in '(other)'",
+                                entry.name, entry.groups, str(predictions[entry.name]["ids"][0]).rsplit("/", 1)[-1])
             replicates[label]["overall"][entry.name] = overall
             replicates[label]["mean_class"][entry.name] = mean_class
             rows.append({"set": entry.name, "domain": entry.domain, "mode": entry.mode, "model": label,
@@ -404,6 +412,16 @@ def format_markdown(result: dict) -> str:
     lines = [f"## Suite `{suite['name']}`", ""]
     if suite["description"]:
         lines += [suite["description"], ""]
+    lines += ["| model | weights | crop rule | decision | TTA |", "|---|---|---|---|---|"]
+    for model in result["models"]:
+        rule = model["crop_rule"]
+        lines.append(f"| {model['name']} | {model['weights'] or '-'} | {rule['method']} x{rule['scale']:g} | "
+                     f"{model['decision']} | {'yes' if model['tta'] else 'no'} |")
+    lines.append("")
+    left_out = [(s["name"], len(s["unreadable"])) for s in suite["sets"] if s.get("unreadable")]
+    if left_out:
+        lines += ["Left out as unreadable (named in the JSON): " + ", ".join(f"{n} in {name}" for name, n in left_out)
+                  + ".", ""]
     lines += ["| set | domain | model | n | overall % [95% CI] | mean class % [95% CI] | missed | ECE | NLL |",
               "|---|---|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
