@@ -313,12 +313,22 @@ def predict_stream(
                     # A skipped frame (--every) shows the last processed frame's faces, which were counted there.
                     frame.faces = kept
                 if video_writer is not None:
-                    video_writer.write(draw_faces(frame.image, frame.faces), frame.time)
+                    _write_annotated(video_writer, frame, source)
                 progress.update()
             complete = True
         finally:
             if video_writer is not None:
                 video_writer.close(complete)
+
+
+def _write_annotated(video_writer: AnnotatedVideoWriter, frame: VideoFrame, source: Path | int) -> None:
+    """Add ``frame`` with its faces drawn to the annotated copy; any failure is one :class:`MsferError` that fails
+    this input alone (its copy is then discarded), never the run."""
+    try:
+        video_writer.write(draw_faces(frame.image, frame.faces), frame.time)
+    except Exception as error:  # noqa: BLE001 - whatever breaks the copy must not end the batch
+        detail = str(error) if isinstance(error, MsferError) else f"{type(error).__name__}: {error}"
+        raise MsferError(f"{printable(source)}: no annotated copy (frame {frame.index}): {detail}") from None
 
 
 def _until_interrupted(frames: Iterator[VideoFrame], live: bool) -> Iterator[VideoFrame]:

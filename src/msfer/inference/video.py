@@ -187,6 +187,12 @@ class AnnotatedVideoWriter:
     interrupted or failed run leaves no half-written video, and never a truncated copy
     of anything). Each frame keeps its time from the source, so a variable-frame-rate
     video stays in sync. Odd sizes are padded by one pixel (H.264 needs even sides).
+
+    The copy has the first frame's size. A video whose frame size changes on the way (a
+    browser or video-call recording, a broadcast capture, clips joined end to end) has
+    every later frame of another size **letterboxed** into it: scaled, keeping its
+    proportions, to fit, and centred between black bars (:func:`letterbox`). Any failure
+    to encode or write a frame is one :class:`MsferError` naming the copy.
     """
 
     TIME_BASE = Fraction(1, 1000)  # milliseconds
@@ -204,6 +210,7 @@ class AnnotatedVideoWriter:
                 os.unlink(self.temporary)
                 raise
         self.stream = None
+        self.size: tuple[int, int] | None = None  # the first frame's width and height
         self.last_pts = -1
 
     def write(self, rgb: np.ndarray, seconds: float) -> None:
@@ -211,21 +218,32 @@ class AnnotatedVideoWriter:
         import av
 
         height, width = rgb.shape[:2]
-        if self.stream is None:
-            codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-            options = {"crf": "20", "preset": "veryfast"} if codec == "libx264" else {}
-            self.stream = self.container.add_stream(codec, rate=Fraction(self.fps).limit_denominator(1001),
-                                                    options=options)
-            self.stream.width, self.stream.height = width + width % 2, height + height % 2
-            self.stream.pix_fmt = "yuv420p"
-            self.stream.codec_context.time_base = self.TIME_BASE
-        rgb = np.pad(rgb, ((0, self.stream.height - height), (0, self.stream.width - width), (0, 0)), mode="edge")
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-        # Strictly increasing (a muxer refuses equal times; two frames within a millisecond are rare).
-        self.last_pts = frame.pts = max(round(seconds / self.TIME_BASE), self.last_pts + 1)
-        frame.time_base = self.TIME_BASE
-        with writing(self.path):  # a full disk
-            self.container.mux(self.stream.encode(frame))
+        try:
+            if self.stream is None:
+                codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+                options = {"crf": "20", "preset": "veryfast"} if codec == "libx264" else {}
+                self.stream = self.container.add_stream(codec, rate=Fraction(self.fps).limit_denominator(1001),
+                                                        options=options)
+                self.stream.width, self.stream.height = width + width % 2, height + height % 2
+                self.stream.pix_fmt = "yuv420p"
+                self.stream.codec_context.time_base = self.TIME_BASE
+                self.size = (width, height)
+            if (width, height) == self.size:  # the first frame's size: padded to even sides
+                rgb = np.pad(rgb, ((0, self.stream.height - height), (0, self.stream.width - width), (0, 0)),
+                             mode="edge")
+            else:
+                rgb = letterbox(rgb, self.stream.width, self.stream.height)
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            # Strictly increasing (a muxer refuses equal times; two frames within a millisecond are rare).
+            self.last_pts = frame.pts = max(round(seconds / self.TIME_BASE), self.last_pts + 1)
+            frame.time_base = self.TIME_BASE
+            with writing(self.path):  # a full disk
+                self.container.mux(self.stream.encode(frame))
+        except MsferError:
+            raise
+        except (av.FFmpegError, ValueError) as error:  # the encoder or muxer refused the frame
+            raise MsferError(f"cannot write {self.path}: encoding a {width} x {height} frame failed "
+                             f"({type(error).__name__}: {error})") from None
 
     def close(self, complete: bool = True) -> None:
         """Finish the file and move it onto ``path`` (``complete=False``: discard it)."""
@@ -240,6 +258,22 @@ class AnnotatedVideoWriter:
         finally:
             if os.path.exists(self.temporary):
                 os.unlink(self.temporary)
+
+
+def letterbox(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``rgb`` (H x W x 3 uint8) scaled to fit ``width`` x ``height``, keeping its proportions, and centred
+    between black bars: the frame whole and undistorted in a canvas of another size."""
+    rows, columns = rgb.shape[:2]
+    scale = min(width / columns, height / rows)
+    fitted_width = min(width, max(1, round(columns * scale)))
+    fitted_height = min(height, max(1, round(rows * scale)))
+    if (fitted_width, fitted_height) != (columns, rows):
+        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        rgb = cv2.resize(rgb, (fitted_width, fitted_height), interpolation=interpolation)
+    canvas = np.zeros((height, width, 3), np.uint8)
+    top, left = (height - fitted_height) // 2, (width - fitted_width) // 2
+    canvas[top : top + fitted_height, left : left + fitted_width] = rgb
+    return canvas
 
 
 def predict_video(
