@@ -117,3 +117,58 @@ def test_a_failing_annotated_copy_fails_its_input_only(resized_stream, astronaut
     assert copy_of(vis, astronaut_file, ".msfer.jpg").is_file()
     assert not list(vis.rglob(resized_stream.name + ".msfer.mp4"))
     assert not [p for p in vis.rglob("*") if p.name.startswith(".msfer-")]  # its temporary file is gone
+
+
+# -- A truncated video that still opens -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def truncated_videos(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """30-frame videos, whole and cut at 60% of their bytes (they still open): an MP4 with its index first (what
+    phones and `-movflags faststart` write) and an MJPEG AVI."""
+    import cv2
+
+    folder = tmp_path_factory.mktemp("truncated")
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (120, 160, 3), dtype=np.uint8) for _ in range(30)]
+    encode_segment(folder / "phone.mp4", frames, 0.0, container_format="mp4", options={"movflags": "faststart"})
+    writer = cv2.VideoWriter(str(folder / "camera.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 120))
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    videos = {}
+    for name in ("phone.mp4", "camera.avi"):
+        whole = folder / name
+        cut = folder / f"cut_{name}"
+        data = whole.read_bytes()
+        cut.write_bytes(data[: len(data) * 6 // 10])
+        videos[whole.suffix] = (whole, cut)
+    return videos
+
+
+@pytest.mark.parametrize("kind", [".mp4", ".avi"])
+def test_a_truncated_video_says_how_many_frames_were_read_and_fails(truncated_videos, kind, astronaut_file,
+                                                                    random_weights, tmp_path, capsys):
+    whole, cut = truncated_videos[kind]
+    out = tmp_path / "frames.jsonl"
+    assert main(["predict", str(whole), "--weights", str(random_weights), "--out", str(out), "--min-face", "0"]) == 0
+    assert len(read_records(out)) == 30 and "declares" not in capsys.readouterr().err  # a whole file: no word
+
+    out = tmp_path / "cut.jsonl"
+    status = main(["predict", str(cut), str(astronaut_file), "--weights", str(random_weights), "--out", str(out)])
+    assert status == 1
+    records = read_records(out)
+    frames = [r for r in records if r["source"] == str(cut) and "frame" in r]
+    assert 0 < len(frames) < 30 and [r["frame"] for r in frames] == list(range(len(frames)))  # kept
+    error = [r["error"] for r in records if r["source"] == str(cut) and "error" in r]
+    expected = f"{cut}: decoding stopped early: the container declares 30 frames, {len(frames)} frames read"
+    assert len(error) == 1 and error[0].startswith(expected)
+    assert expected in capsys.readouterr().err
+    assert [r for r in records if r["source"] == str(astronaut_file)][0]["faces"]  # the batch went on
+
+
+def test_a_report_of_a_truncated_video_says_so_and_fails(truncated_videos, random_weights, tmp_path, capsys):
+    _, cut = truncated_videos[".mp4"]
+    out = tmp_path / "report"
+    assert main(["report", str(cut), "--out", str(out), "--weights", str(random_weights)]) == 1
+    assert "the container declares 30 frames" in capsys.readouterr().err
+    assert "the container declares 30 frames" in (out / "report.html").read_text()

@@ -57,6 +57,10 @@ from .visualize import draw_faces
 IMAGE_VIS_SUFFIX, VIDEO_VIS_SUFFIX = ".msfer.jpg", ".msfer.mp4"
 
 
+class IncompleteVideoError(MsferError):
+    """A video whose decoding stopped early: its frames that were read are in the output, the rest are missing."""
+
+
 @dataclass(frozen=True)
 class InputItem:
     """A file to process, whether it is a video, and its annotated copy's path under ``--save-vis``."""
@@ -287,6 +291,9 @@ def predict_stream(
 
     ``keep`` filters each frame's faces after tracking (default: all kept). Without ``--out``
     each processed frame gets a line on the terminal, as a photo does: it is the only output.
+    A file that ends before the frames its container declares (truncated), or whose reading stops on an
+    error, keeps the records and annotated copy of the frames read and then raises :class:`MsferError` saying
+    how many frames were declared and read (:meth:`VideoSource.shortfall`).
     """
     keep = keep or QualityFilter()
     label = printable(source if isinstance(source, int) else source.name)
@@ -319,6 +326,9 @@ def predict_stream(
         finally:
             if video_writer is not None:
                 video_writer.close(complete)
+        shortfall = video.shortfall()
+    if shortfall is not None:  # the frames read are in the output; the video still counts as an error
+        raise IncompleteVideoError(f"{name}: {shortfall}; the frames read are in the output")
 
 
 def _write_annotated(video_writer: AnnotatedVideoWriter, frame: VideoFrame, source: Path | int) -> None:
@@ -341,10 +351,13 @@ def _until_interrupted(frames: Iterator[VideoFrame], live: bool) -> Iterator[Vid
         print("webcam stopped", file=sys.stderr)
 
 
-def report_problem(problems: list[str], writer: ResultWriter, source: Path | str | int, message: str) -> None:
+def report_problem(problems: list[str], writer: ResultWriter, source: Path | str | int, message: str,
+                   skipped: bool = True) -> None:
+    """Count ``message`` as a problem, write it as ``source``'s error record and on stderr (as a skipped input, or,
+    ``skipped=False``, as one processed in part)."""
     problems.append(message)
     writer.write({"source": source, "error": message})
-    tqdm.write(f"msfer predict: skipped {printable(message)}", file=sys.stderr)
+    tqdm.write(f"msfer predict: {'skipped ' if skipped else ''}{printable(message)}", file=sys.stderr)
 
 
 def check_outputs(inputs: Inputs, items: list[InputItem], out: Path | None, save_vis: Path | None) -> None:
@@ -387,6 +400,8 @@ def predict_inputs(
         for source, vis_name in streams:
             try:
                 predict_stream(recognizer, source, vis_name, writer, keep, save_vis, every, smooth)
+            except IncompleteVideoError as error:
+                report_problem(problems, writer, source, str(error), skipped=False)
             except MsferError as error:
                 report_problem(problems, writer, source, str(error))
     return problems

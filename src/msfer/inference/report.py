@@ -297,9 +297,10 @@ img {{ max-width: 100%; display: block; margin: 0.5em 0; }}
 
 
 def processed_frames(recognizer: EmotionRecognizer, path: Path, every: int = 1,
-                     smooth: float = 0.0) -> list[VideoFrame]:
+                     smooth: float = 0.0) -> tuple[list[VideoFrame], str | None]:
     """The processed frames of the video at ``path`` (every ``every``-th, tracked and smoothed), without their
-    images: only the results are kept, so memory stays flat on long videos."""
+    images: only the results are kept, so memory stays flat on long videos. Also, for a file whose decoding
+    stopped early (truncated or damaged), what was missed (:meth:`VideoSource.shortfall`), else None."""
     with (VideoSource(path) as video,
           tqdm(total=video.frame_count, desc=printable(Path(path).name), unit="frame") as progress):
         frames = []
@@ -308,4 +309,4 @@ def processed_frames(recognizer: EmotionRecognizer, path: Path, every: int = 1,
                 frame.image = None
                 frames.append(frame)
             progress.update()
-    return frames
+        return frames, video.shortfall()

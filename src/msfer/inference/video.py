@@ -17,6 +17,12 @@ phone stores (its display matrix) is applied, so frames come out upright.
 
 File names are handed to FFmpeg as Python strings, so names that are not valid UTF-8
 work too (OpenCV's reader crashed on them).
+
+**Truncated and damaged files.** A file cut short (a copy that was interrupted, a recording
+whose camera died) often still opens and plays in part. Its frames are read as far as they
+go, as a player does, and :meth:`VideoSource.shortfall` then says so: how many frames the
+container declares and how many were read, or where reading stopped on an error. ``msfer
+predict`` and ``msfer report`` keep the frames read and count the video as an error.
 """
 from __future__ import annotations
 
@@ -88,12 +94,15 @@ class VideoSource:
     frame's presentation time (see the module docstring). ``fps`` is the average frame rate
     (0.0 when unknown), ``frame_count`` the number of frames the container declares (None
     when it does not say, and for a webcam). Opening raises a clear :class:`MsferError` for a
-    missing or undecodable file or an absent webcam.
+    missing or undecodable file or an absent webcam. Once the frames are read,
+    :meth:`shortfall` says whether decoding stopped early.
     """
 
     def __init__(self, source: str | Path | int) -> None:
         self.source, self.live = source, isinstance(source, int)
         self.fps, self.frame_count = 0.0, None
+        self.frames_read = 0
+        self.stopped: str | None = None  # why reading ended before the file did (an error)
         if self.live:
             self.capture = cv2.VideoCapture(source)
             if not self.capture.isOpened():
@@ -145,7 +154,8 @@ class VideoSource:
             except StopIteration:
                 return
             except (av.FFmpegError, OSError) as error:  # a damaged container: keep what was read, as a player does
-                log.warning("%s: stopped reading at %s s (%s)", self.source, last, error)
+                self.stopped = f"reading stopped at {last or 0.0:.2f} s on an error ({error})"
+                log.debug("%s: %s", self.source, self.stopped)
                 return
             try:
                 decoded = packet.decode()
@@ -165,7 +175,24 @@ class VideoSource:
                 quarter_turns = round((frame.rotation or 0) / 90) % 4  # counter-clockwise, as np.rot90 counts
                 if quarter_turns:
                     rgb = np.ascontiguousarray(np.rot90(rgb, quarter_turns))
+                self.frames_read += 1
                 yield rgb, seconds
+
+    def shortfall(self) -> str | None:
+        """Why fewer frames were read than the file holds, once :meth:`frames` is exhausted; None when none were
+        missed (or a webcam). Says how many frames the container declares and how many were read."""
+        if self.live:
+            return None
+        declared = self.frame_count
+        read = f"{self.frames_read} frame{'s' if self.frames_read != 1 else ''} read"
+        if declared is not None and self.frames_read < declared:
+            why = f"; {self.stopped}" if self.stopped else ""
+            return (f"decoding stopped early: the container declares {declared} frames, {read} (the file is "
+                    f"truncated or damaged{why})")
+        if self.stopped:
+            counted = f" of the {declared} the container declares" if declared else ""
+            return f"decoding stopped early: {read}{counted}; {self.stopped}"
+        return None
 
     def close(self) -> None:
         if self.live:
