@@ -172,3 +172,67 @@ def test_a_report_of_a_truncated_video_says_so_and_fails(truncated_videos, rando
     assert main(["report", str(cut), "--out", str(out), "--weights", str(random_weights)]) == 1
     assert "the container declares 30 frames" in capsys.readouterr().err
     assert "the container declares 30 frames" in (out / "report.html").read_text()
+
+
+# -- Annotated copies mark low-quality faces as the web page does, and never clip a caption -------------------------
+
+def drawn_face(box, quality: str = "good", label: str = "surprise", track_id: int | None = None):
+    from msfer.inference.results import FaceResult
+    from msfer.labels import EMOTIONS
+
+    probs = {name: 0.94 if name == label else 0.01 for name in EMOTIONS}
+    return FaceResult(box=list(map(float, box)), score=0.99, landmarks=None, regions={}, probs=probs, label=label,
+                      confidence=0.94, quality=quality, track_id=track_id)
+
+
+def caption_extent(canvas: np.ndarray) -> tuple[int, int]:
+    """The width and height, in pixels, of the black text drawn on ``canvas`` (a grey image with coloured boxes):
+    a caption cut at an edge is narrower or lower than the same caption drawn whole."""
+    dark = (canvas < 60).all(axis=2)
+    columns, rows = np.flatnonzero(dark.any(axis=0)), np.flatnonzero(dark.any(axis=1))
+    if not len(columns):
+        return 0, 0
+    return int(columns[-1] - columns[0] + 1), int(rows[-1] - rows[0] + 1)
+
+
+def test_a_low_quality_face_gets_a_dashed_orange_box_as_on_the_web_page():
+    from msfer.inference.visualize import FACE_COLOR, LOW_QUALITY_COLOR, draw_faces
+
+    grey = np.full((400, 600, 3), 128, np.uint8)
+    good = draw_faces(grey, [drawn_face((40, 100, 240, 340))])
+    low = draw_faces(grey, [drawn_face((340, 100, 540, 340), quality="low")])
+    # The box's left edge, below its caption: solid green for a good face; orange dashes with gaps for a low one.
+    good_edge, low_edge = good[150:330, 40], low[150:330, 340]
+    assert (good_edge == FACE_COLOR).all(axis=1).all()
+    dashes = (low_edge == LOW_QUALITY_COLOR).all(axis=1)
+    gaps = (low_edge == grey[0, 0]).all(axis=1)
+    assert dashes.sum() > 60 and gaps.sum() > 40 and dashes.sum() + gaps.sum() == len(low_edge)
+    assert not (low == FACE_COLOR).all(axis=2).any()  # no green on a low-quality face
+    # Its caption is on an orange label and says "low quality", so it is wider than the good face's.
+    assert caption_extent(low)[0] > caption_extent(good)[0] + 50
+    dark = (low < 60).all(axis=2)
+    rows, columns = np.flatnonzero(dark.any(axis=1)), np.flatnonzero(dark.any(axis=0))
+    behind_text = (low[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1] == LOW_QUALITY_COLOR).all(axis=2)
+    assert behind_text.mean() > 0.3  # the label around the glyphs
+
+
+@pytest.mark.parametrize("box, where", [((0, 60, 90, 180), "left edge"), ((210, 60, 300, 180), "right edge"),
+                                        ((210, 0, 300, 120), "top right corner"), ((0, 0, 300, 200), "whole image")])
+def test_a_caption_is_never_clipped_at_the_image_edge(box, where):
+    from msfer.inference.visualize import draw_faces
+
+    grey = np.full((200, 300, 3), 128, np.uint8)
+    # The same caption away from the edges: the text's whole width and height.
+    whole = caption_extent(draw_faces(grey, [drawn_face((100, 80, 190, 170), quality="low", track_id=12)]))
+    assert whole[0] > 80
+    assert caption_extent(draw_faces(grey, [drawn_face(box, quality="low", track_id=12)])) == whole, where
+
+
+def test_a_caption_wider_than_the_image_is_drawn_smaller_to_fit():
+    from msfer.inference.visualize import draw_faces
+
+    grey = np.full((90, 120, 3), 128, np.uint8)
+    width, height = caption_extent(draw_faces(grey, [drawn_face((20, 30, 100, 88), quality="low", track_id=3)]))
+    wide = np.full((90, 400, 3), 128, np.uint8)
+    assert caption_extent(draw_faces(wide, [drawn_face((20, 30, 100, 88), quality="low", track_id=3)]))[0] > 120
+    assert 60 < width < 116 and height > 4  # the whole caption, smaller, inside the image
