@@ -236,3 +236,37 @@ def test_a_caption_wider_than_the_image_is_drawn_smaller_to_fit():
     wide = np.full((90, 400, 3), 128, np.uint8)
     assert caption_extent(draw_faces(wide, [drawn_face((20, 30, 100, 88), quality="low", track_id=3)]))[0] > 120
     assert 60 < width < 116 and height > 4  # the whole caption, smaller, inside the image
+
+
+# -- Merging the two detection passes of a large photo --------------------------------------------------------------
+
+class TwoPassDetector:
+    """A detector that, like RetinaFace on a face larger than it can frame, gives the fine pass a second, partial
+    box inside a large face besides the face itself; faces are given in photo pixels and scaled to each copy."""
+
+    nms_threshold = 0.4
+
+    def __init__(self, width: int, whole, partial, others) -> None:
+        self.width, self.whole, self.partial, self.others = width, whole, partial, others
+
+    def detect(self, copies):
+        from msfer.faces.retinaface import Face
+
+        found = []
+        for copy in copies:
+            scale = copy.shape[1] / self.width
+            boxes = [self.whole, *self.others] + ([self.partial] if scale > 0.3 else [])  # the fine pass only
+            found.append([Face(np.array(box, float) * scale, 0.99, np.zeros((5, 2))) for box in boxes])
+        return found
+
+
+def test_a_partial_box_inside_a_larger_face_is_dropped_when_two_passes_merge():
+    from msfer.faces.detection import detect_faces, detection_scales
+
+    photo = np.zeros((3000, 4000, 3), np.uint8)
+    assert len(detection_scales(3000, 4000, 640, 40)) == 2  # a large photo: fine and coarse pass
+    whole, partial = (1000, 500, 2200, 2000), (1300, 1200, 1900, 1900)  # the lower half of the same face
+    half_hidden, small = (2000, 600, 2600, 1400), (3000, 200, 3080, 300)  # a third of it behind the large face
+    faces = detect_faces(TwoPassDetector(4000, whole, partial, [half_hidden, small]), [photo])[0]
+    boxes = sorted(tuple(np.round(face.box).astype(int).tolist()) for face in faces)
+    assert boxes == sorted([whole, half_hidden, small])
