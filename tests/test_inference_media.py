@@ -238,6 +238,72 @@ def test_a_caption_wider_than_the_image_is_drawn_smaller_to_fit():
     assert 60 < width < 116 and height > 4  # the whole caption, smaller, inside the image
 
 
+# -- Addresses, float images, damaged EXIF --------------------------------------------------------------------------
+
+def test_an_address_is_said_to_be_no_input_not_a_missing_file(astronaut_file, random_weights, tmp_path, capsys):
+    from msfer import EmotionRecognizer
+    from msfer.errors import MsferError
+
+    out = tmp_path / "results.jsonl"
+    addresses = ["http://example.com/photos/a.jpg", "rtsp://camera.local:554/stream1"]
+    assert main(["predict", *addresses, str(astronaut_file), "--weights", str(random_weights),
+                 "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    for url in addresses:
+        assert f"{url}: an address, not a file: msfer reads image and video files and folders" in err
+    assert "no such file" not in err and "http:/example" not in err
+    records = {r["source"]: r for r in read_records(out)}
+    assert set(records) == {*addresses, str(astronaut_file)} and records[str(astronaut_file)]["faces"]
+    assert records[addresses[1]]["error"].startswith(f"{addresses[1]}: an address, not a file")
+
+    assert main(["report", addresses[1], "--out", str(tmp_path / "report"), "--weights", str(random_weights)]) == 2
+    assert f"{addresses[1]}: an address, not a file" in capsys.readouterr().err
+    with pytest.raises(MsferError, match="^http://example.com/photos/a.jpg: an address, not a file"):
+        EmotionRecognizer(random_weights).predict(addresses[0])
+
+
+def test_a_float_image_is_scaled_or_refused_by_its_range(astronaut, random_weights, tmp_path, capsys):
+    from msfer.data.images import load_rgb_array
+
+    grey = np.asarray(Image.fromarray(astronaut).convert("L"), dtype=np.float32)
+    folder = tmp_path / "float"
+    folder.mkdir()
+    for name, values in [("unit.tiff", grey / 255), ("bytes.tiff", grey), ("wide.tiff", grey * 257)]:
+        Image.fromarray(values, mode="F").save(folder / name)
+    Image.fromarray(grey / 127.5 - 1, mode="F").save(folder / "signed.tiff")  # -1..1: no known scale
+    for name in ("unit.tiff", "bytes.tiff", "wide.tiff"):
+        pixels = load_rgb_array(folder / name).astype(int)
+        assert np.abs(pixels[:, :, 0] - grey).max() <= 1, name  # not black, not white: the photo's greys
+
+    out = tmp_path / "results.jsonl"
+    assert main(["predict", str(folder), "--weights", str(random_weights), "--out", str(out)]) == 1
+    records = {Path(r["source"]).name: r for r in read_records(out)}
+    assert all(len(records[name]["faces"]) == 1 for name in ("unit.tiff", "bytes.tiff", "wide.tiff"))
+    message = f"{folder / 'signed.tiff'}: a floating-point image with values from -1 to 1 has no known scale"
+    assert records["signed.tiff"]["error"].startswith(message) and message in capsys.readouterr().err
+
+
+def test_pillows_exif_warning_names_the_file(astronaut, random_weights, tmp_path, caplog):
+    import struct
+    import warnings
+
+    # EXIF whose directory says it holds 6 entries, and then ends after the first (the orientation).
+    tiff = b"II*\x00" + struct.pack("<IH", 8, 6) + struct.pack("<HHI4s", 0x0112, 3, 1, b"\x01\x00\x00\x00")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("first.jpg", "second.jpg"):
+        Image.fromarray(astronaut).save(photos / name, exif=b"Exif\x00\x00" + tiff)
+    out = tmp_path / "results.jsonl"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning that escaped unnamed would now fail the run
+        with caplog.at_level("WARNING"):
+            assert main(["predict", str(photos), "--weights", str(random_weights), "--out", str(out)]) == 0
+    assert all(len(r["faces"]) == 1 for r in read_records(out))
+    for name in ("first.jpg", "second.jpg"):  # each file's own warning, with its name
+        named = [r.getMessage() for r in caplog.records if r.getMessage().startswith(str(photos / name) + ": ")]
+        assert len(named) == 1 and "Corrupt EXIF data" in named[0], caplog.text
+
+
 # -- Merging the two detection passes of a large photo --------------------------------------------------------------
 
 class TwoPassDetector:

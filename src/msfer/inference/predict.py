@@ -1,11 +1,11 @@
 """Emotions of every face in photos, folders, videos or a webcam (``msfer predict``).
 
 Inputs are image files, folders (searched recursively) and video files, and ``--webcam
-N``. In a folder, images and videos are recognised by their extension (any case: every
-format Pillow and the HEIF plugin open; :data:`msfer.inference.video.VIDEO_EXTENSIONS`);
-every other file is skipped and named on stderr with the reason. A file given by name
-with an extension neither list has is recognised by its content. A run that finds
-nothing to process exits with status 1.
+N``; an address (``http://``, ``rtsp://``) is none, and is reported as such. In a folder,
+images and videos are recognised by their extension (any case: every format Pillow and the
+HEIF plugin open; :data:`msfer.inference.video.VIDEO_EXTENSIONS`); every other file is
+skipped and named on stderr with the reason. A file given by name with an extension neither
+list has is recognised by its content. A run that finds nothing to process exits with status 1.
 
 Results go to ``--out``: JSON Lines (one object per image or processed video frame) or
 CSV (one row per face; a source without a face gets one row with empty face columns),
@@ -44,7 +44,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..data.images import IMAGE_EXTENSIONS, is_broken_link, not_a_file_reason
+from ..data.images import IMAGE_EXTENSIONS, address, is_broken_link, not_a_file_reason
 from ..errors import MsferError
 from ..files import atomic_output
 from ..outputs import InputFiles, printable, source_fields
@@ -75,7 +75,7 @@ class Inputs:
     """What the INPUT arguments hold: files to process, paths that do not exist, and files skipped with the reason."""
 
     items: list[InputItem] = field(default_factory=list)
-    missing: list[Path] = field(default_factory=list)
+    missing: list[Path | str] = field(default_factory=list)  # a str: an address (http://, rtsp://), not a file
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     not_media: list[Path] = field(default_factory=list)  # given by name, but neither an image nor a video
     files: InputFiles = field(default_factory=InputFiles)  # every file to process, to keep outputs off them
@@ -106,15 +106,21 @@ def _skip_reason(path: Path) -> str:
     return f"not an image or video file name extension ({path.suffix or 'none'})"
 
 
-def collect_inputs(inputs: Iterable[Path]) -> Inputs:
+def collect_inputs(inputs: Iterable[Path | str]) -> Inputs:
     """Files named by ``inputs`` (folders expanded recursively, in sorted order), each once.
 
-    See the module docstring.
+    See the module docstring. An address (``http://``, ``rtsp://``) is no input: it is among the
+    ``missing``, as the address it is (:func:`msfer.data.images.address`), and reported as an address.
     """
     found = Inputs()
     files: list[tuple[Path, str]] = []
     bases: list[str] = []
     for given in inputs:
+        url = address(given)
+        if url is not None:
+            found.missing.append(url)
+            continue
+        given = Path(given)
         if given.is_dir():
             bases.append(os.path.abspath(given))
             for path in sorted(given.rglob("*")):

@@ -37,7 +37,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from ..data.images import not_a_file_reason
+from ..data.images import ADDRESS_REASON, address, not_a_file_reason
 from ..errors import MsferError
 from ..files import flush_to_disk, temporary_beside, writing
 from .recognizer import EmotionRecognizer
@@ -111,6 +111,9 @@ class VideoSource:
             return
         import av
 
+        url = address(source)
+        if url is not None:
+            raise MsferError(f"{url}: {ADDRESS_REASON}")
         if not Path(source).is_file():
             what = not_a_file_reason(source) if os.path.lexists(source) else "no such video file"
             raise MsferError(f"{source}: {what}")
