@@ -336,3 +336,66 @@ def test_a_partial_box_inside_a_larger_face_is_dropped_when_two_passes_merge():
     faces = detect_faces(TwoPassDetector(4000, whole, partial, [half_hidden, small]), [photo])[0]
     boxes = sorted(tuple(np.round(face.box).astype(int).tolist()) for face in faces)
     assert boxes == sorted([whole, half_hidden, small])
+
+
+# -- Animated and multi-page images ---------------------------------------------------------------------------------
+
+ANIMATION_MS = [500, 100, 100, 100]
+
+
+def reaction_frames(astronaut: np.ndarray) -> list[Image.Image]:
+    """A title card without a face, then three frames of a moving face (a reaction GIF's usual shape)."""
+    faces = [Image.fromarray(frame).resize((320, 240)) for frame in moving_face_frames(astronaut, 3)]
+    return [Image.new("RGB", (320, 240), (30, 30, 160)), *faces]
+
+
+@pytest.fixture(scope="module")
+def animations(tmp_path_factory, astronaut) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("animated")
+    first, *rest = reaction_frames(astronaut)
+    paths = {"gif": folder / "reaction.gif", "webp": folder / "reaction.webp", "apng": folder / "reaction.png"}
+    first.save(paths["gif"], save_all=True, append_images=rest, duration=ANIMATION_MS, loop=0)
+    first.save(paths["webp"], save_all=True, append_images=rest, duration=ANIMATION_MS, loop=0, lossless=True)
+    first.save(paths["apng"], save_all=True, append_images=rest, duration=ANIMATION_MS, loop=0)
+    # A scanned document's pages: the second is larger than the first.
+    pages = [first, rest[0].resize((480, 360)), rest[1], rest[2]]
+    paths["tiff"] = folder / "pages.tiff"
+    pages[0].save(paths["tiff"], save_all=True, append_images=pages[1:])
+    return paths
+
+
+@pytest.mark.parametrize("kind", ["gif", "webp", "apng", "tiff"])
+def test_an_animated_or_multi_page_image_is_read_frame_by_frame(animations, kind, random_weights, tmp_path):
+    path = animations[kind]
+    with Image.open(path) as image:
+        assert image.n_frames == 4
+    out, vis = tmp_path / "frames.jsonl", tmp_path / "vis"
+    assert main(["predict", str(path), "--weights", str(random_weights), "--out", str(out),
+                 "--save-vis", str(vis)]) == 0
+    records = read_records(out)
+    assert [r["frame"] for r in records] == [0, 1, 2, 3]
+    assert [len(r["faces"]) for r in records] == [0, 1, 1, 1]  # the title card has none; the frames after it do
+    if kind == "tiff":
+        assert [r["time"] for r in records] == [None] * 4  # pages have no time
+    else:
+        assert [r["time"] for r in records] == pytest.approx([0.0, 0.5, 0.6, 0.7])
+        assert len({r["faces"][0]["track_id"] for r in records[1:]}) == 1  # tracked, as in a video
+    copy = decoded_frames(copy_of(vis, path, ".msfer.mp4"))
+    assert len(copy) == 4 and {frame.shape for frame in copy} == {(240, 320, 3)}
+
+
+def test_a_multi_frame_image_read_as_one_image_says_so(animations, random_weights, caplog):
+    from msfer import EmotionRecognizer
+
+    with caplog.at_level("WARNING"):
+        assert EmotionRecognizer(random_weights).predict(animations["gif"]) == []  # the title card
+    assert f"{animations['gif']}: an animated image of 4 frames; only the first is read here" in caplog.text
+
+
+def test_a_report_reads_an_animated_image_and_refuses_pages(animations, random_weights, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["report", str(animations["webp"]), "--out", str(out), "--weights", str(random_weights)]) == 0
+    assert "4 processed frames over 0.7 s" in (out / "report.html").read_text()
+    assert main(["report", str(animations["tiff"]), "--out", str(tmp_path / "pages"),
+                 "--weights", str(random_weights)]) == 2
+    assert "the pages of a multi-page image have no times to plot" in capsys.readouterr().err

@@ -31,6 +31,13 @@ Design choices:
   possible decompression bomb) is logged as a warning that names the file, once per file,
   instead of reaching the terminal without it. The image is still read (of damaged EXIF, the
   tags read before the damage are used, its orientation among them).
+* **Animated and multi-page images** (GIF, APNG, animated WebP, multi-page TIFF) hold
+  several frames. :func:`load_rgb`, which gives one image, reads the first frame and logs a
+  warning naming the file and how many frames it holds; :func:`read_frames` reads them all,
+  with each frame's time (what ``msfer predict`` and ``msfer report`` do, :func:`frame_count`
+  telling such files apart). Other formats' extra images (an MPO photo's second picture, a
+  HEIF file's thumbnails or depth map, an icon's other sizes) are not frames: the primary
+  image is read.
 * **Addresses.** An ``http://``, ``rtsp://`` (or other ``scheme://``) address is not a file:
   it is refused with an error that says so (:func:`address`), not reported as a missing file.
 """
@@ -74,6 +81,12 @@ _ADDRESS = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/(/?)(?!/)")
 ADDRESS_REASON = ("an address, not a file: msfer reads image and video files and folders; download the file, or "
                   "record the stream to a file, first")
 _WARNINGS = threading.Lock()  # warnings.catch_warnings is process-wide: one file's warnings at a time
+# Pillow formats whose extra frames are frames of an animation or pages of a document (PNG: APNG).
+MULTI_FRAME_FORMATS = frozenset({"GIF", "PNG", "WEBP", "TIFF"})
+MULTI_FRAME_EXTENSIONS = frozenset(
+    ext for ext, fmt in Image.registered_extensions().items() if fmt in MULTI_FRAME_FORMATS)
+# An animation frame shorter than this is shown for DEFAULT_FRAME_SECONDS, as browsers show it (many GIFs say 0).
+SHORTEST_FRAME_SECONDS, DEFAULT_FRAME_SECONDS = 0.02, 0.1
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +127,63 @@ def load_rgb(path: str | Path) -> Image.Image:
             image = Image.open(path)
         with image:
             image.load()  # decode now, inside _reading: truncation only shows up here
+            frames = _frames_of(image)
+            if frames > 1:
+                what = "a multi-page image of %d pages" if image.format == "TIFF" else "an animated image of %d frames"
+                log.warning("%s: " + what + "; only the first is read here (msfer predict reads them all)",
+                            printable(path), frames)
             return to_upright_rgb(image)
+
+
+def _frames_of(image: Image.Image) -> int:
+    """How many frames or pages an opened image holds as an animation or a document (1 for every other format)."""
+    return int(getattr(image, "n_frames", 1)) if image.format in MULTI_FRAME_FORMATS else 1
+
+
+def frame_count(path: str | Path) -> int:
+    """How many frames (animated GIF, APNG, WebP) or pages (TIFF) ``path`` holds: 1 for a still image, and for a
+    file that cannot be opened (reading it then says why)."""
+    try:
+        with named_warnings(path), Image.open(path) as image:
+            return _frames_of(image)
+    except Exception:  # noqa: BLE001 - Pillow raises many types; the read that follows reports the file
+        return 1
+
+
+def image_format(path: str | Path) -> str | None:
+    """Pillow's name of ``path``'s format ("JPEG", "GIF", "TIFF"...), None for a file it does not open."""
+    try:
+        with named_warnings(path), Image.open(path) as image:
+            return image.format
+    except Exception:  # noqa: BLE001 - Pillow raises many types
+        return None
+
+
+def read_frames(path: str | Path) -> Iterator[tuple[np.ndarray, float | None]]:
+    """Every frame of an animated or multi-page image as ``(rgb, seconds)``: upright 8-bit RGB (the rules of the
+    module docstring) and the time it is shown from, counted from the first frame (None for the pages of a TIFF,
+    which have no time). A still image gives its one frame. A frame that cannot be decoded raises
+    :class:`UnreadableImageError` naming the file and the frame."""
+    path = Path(path)
+    with _reading(path):
+        with named_warnings(path):
+            image = Image.open(path)
+    with image:
+        timed, seconds, count = image.format != "TIFF", 0.0, _frames_of(image)
+        for index in range(count):
+            try:
+                with _reading(path):  # the first frame fails as a still image does
+                    image.seek(index)
+                    image.load()
+                    rgb = np.asarray(to_upright_rgb(image))
+            except UnreadableImageError as error:
+                if not index:
+                    raise
+                reason = str(error).removeprefix(f"{path}: ")
+                raise UnreadableImageError(f"{path}: frame {index} of {count}: {reason}") from None
+            yield rgb, (round(seconds, 3) if timed else None)
+            duration = (image.info.get("duration") or 0) / 1000
+            seconds += duration if duration >= SHORTEST_FRAME_SECONDS else DEFAULT_FRAME_SECONDS
 
 
 def to_upright_rgb(image: Image.Image) -> Image.Image:

@@ -44,13 +44,20 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..data.images import IMAGE_EXTENSIONS, address, is_broken_link, not_a_file_reason
+from ..data.images import (
+    IMAGE_EXTENSIONS,
+    MULTI_FRAME_EXTENSIONS,
+    address,
+    frame_count,
+    is_broken_link,
+    not_a_file_reason,
+)
 from ..errors import MsferError
 from ..files import atomic_output
 from ..outputs import InputFiles, printable, source_fields
 from .recognizer import EmotionRecognizer, to_rgb_array
 from .results import MIN_QUALITY, FaceResult, ResultWriter, source_key
-from .video import AnnotatedVideoWriter, VideoFrame, VideoSource, is_video, predict_video, probe_video
+from .video import AnnotatedVideoWriter, VideoFrame, is_video, open_video, predict_video, probe_video
 from .visualize import draw_faces
 
 # Appended to an input's full file name for its annotated copy under --save-vis.
@@ -82,17 +89,20 @@ class Inputs:
 
 
 def file_kind(path: Path, by_content: bool) -> str | None:
-    """``"video"``, ``"image"`` or None, by extension; with ``by_content``, unknown extensions are probed."""
+    """``"video"``, ``"image"``, ``"frames"`` (an animated or multi-page image, read as a video) or None, by
+    extension; with ``by_content``, unknown extensions are probed. Only the formats that can hold frames
+    (:data:`msfer.data.images.MULTI_FRAME_EXTENSIONS`) are opened to count them."""
     if is_video(path):  # first: Pillow registers .mpg for a format it can only identify, not decode
         return "video"
     if path.suffix.lower() in IMAGE_EXTENSIONS:
-        return "image"
+        multi = path.suffix.lower() in MULTI_FRAME_EXTENSIONS and frame_count(path) > 1
+        return "frames" if multi else "image"
     if not by_content:
         return None
     try:
         with Image.open(path) as image:
             if image.format != "MPEG":
-                return "image"
+                return "frames" if frame_count(path) > 1 else "image"
     except Exception:  # not something Pillow recognises (it raises many types); try video next
         pass
     return "video" if probe_video(path) else None
@@ -155,8 +165,9 @@ def collect_inputs(inputs: Iterable[Path | str]) -> Inputs:
     used: set[str] = set()
     for path, kind in files:
         folder, name = os.path.split(os.path.relpath(os.path.abspath(path), root))
-        name = _vis_file_name(name, VIDEO_VIS_SUFFIX if kind == "video" else IMAGE_VIS_SUFFIX)
-        found.items.append(InputItem(path, kind == "video", Path(_unique(os.path.join(folder, name), used))))
+        stream = kind in ("video", "frames")  # an animated or multi-page image is read as a short video
+        name = _vis_file_name(name, VIDEO_VIS_SUFFIX if stream else IMAGE_VIS_SUFFIX)
+        found.items.append(InputItem(path, stream, Path(_unique(os.path.join(folder, name), used))))
     return found
 
 
@@ -304,7 +315,7 @@ def predict_stream(
     keep = keep or QualityFilter()
     label = printable(source if isinstance(source, int) else source.name)
     name = printable(f"webcam {source}" if isinstance(source, int) else source)
-    with VideoSource(source) as video, tqdm(total=video.frame_count, desc=label, unit="frame") as progress:
+    with open_video(source) as video, tqdm(total=video.frame_count, desc=label, unit="frame") as progress:
         video_writer = None
         if save_vis is not None:  # before the first frame's record: a copy that cannot be written fails the video
             try:
@@ -320,13 +331,15 @@ def predict_stream(
                     frame.faces = kept = keep(frame.faces)
                     writer.write({"source": source, "frame": frame.index, "time": frame.time, "faces": frame.faces})
                     if writer.file is None:
-                        tqdm.write(f"{name} frame {frame.index} at {frame.time:.2f} s: "
+                        when = f" at {frame.time:.2f} s" if frame.time is not None else ""  # a page has no time
+                        tqdm.write(f"{name} frame {frame.index}{when}: "
                                    f"{faces_line(frame.faces, found - len(frame.faces))}")
                 else:
                     # A skipped frame (--every) shows the last processed frame's faces, which were counted there.
                     frame.faces = kept
-                if video_writer is not None:
-                    _write_annotated(video_writer, frame, source)
+                if video_writer is not None:  # a page without a time is shown for 1 / fps seconds
+                    seconds = frame.time if frame.time is not None else frame.index / video.fps
+                    _write_annotated(video_writer, frame, seconds, source)
                 progress.update()
             complete = True
         finally:
@@ -337,11 +350,12 @@ def predict_stream(
         raise IncompleteVideoError(f"{name}: {shortfall}; the frames read are in the output")
 
 
-def _write_annotated(video_writer: AnnotatedVideoWriter, frame: VideoFrame, source: Path | int) -> None:
-    """Add ``frame`` with its faces drawn to the annotated copy; any failure is one :class:`MsferError` that fails
-    this input alone (its copy is then discarded), never the run."""
+def _write_annotated(video_writer: AnnotatedVideoWriter, frame: VideoFrame, seconds: float,
+                     source: Path | int) -> None:
+    """Add ``frame`` with its faces drawn to the annotated copy, shown at ``seconds``; any failure is one
+    :class:`MsferError` that fails this input alone (its copy is then discarded), never the run."""
     try:
-        video_writer.write(draw_faces(frame.image, frame.faces), frame.time)
+        video_writer.write(draw_faces(frame.image, frame.faces), seconds)
     except Exception as error:  # noqa: BLE001 - whatever breaks the copy must not end the batch
         detail = str(error) if isinstance(error, MsferError) else f"{type(error).__name__}: {error}"
         raise MsferError(f"{printable(source)}: no annotated copy (frame {frame.index}): {detail}") from None

@@ -18,6 +18,10 @@ phone stores (its display matrix) is applied, so frames come out upright.
 File names are handed to FFmpeg as Python strings, so names that are not valid UTF-8
 work too (OpenCV's reader crashed on them).
 
+**Animated and multi-page images** (GIF, APNG, animated WebP, multi-page TIFF) are read as
+short videos (:class:`ImageFrames`, which :func:`open_video` picks for them): every frame, with
+its index and the time it is shown from (None for a TIFF's pages, which have no time).
+
 **Truncated and damaged files.** A file cut short (a copy that was interrupted, a recording
 whose camera died) often still opens and plays in part. Its frames are read as far as they
 go, as a player does, and :meth:`VideoSource.shortfall` then says so: how many frames the
@@ -59,10 +63,11 @@ VIDEO_EXTENSIONS = frozenset({
 
 @dataclass
 class VideoFrame:
-    """One frame: its index, time in seconds, RGB pixels (None once dropped to save memory), and the tracked faces."""
+    """One frame: its index, time in seconds (None for a page of a multi-page image), RGB pixels (None once dropped
+    to save memory), and the tracked faces."""
 
     index: int
-    time: float
+    time: float | None
     image: np.ndarray | None
     faces: list[FaceResult]
     processed: bool
@@ -87,7 +92,42 @@ def probe_video(path: Path) -> bool:
         return False
 
 
-class VideoSource:
+class _Frames:
+    """What a source of frames says after reading them: how many it declares and read, and why it stopped."""
+
+    live = False
+    frame_count: int | None = None
+    frames_read = 0
+    stopped: str | None = None  # why reading ended before the file did (an error)
+    declared_by = "the container"
+
+    def shortfall(self) -> str | None:
+        """Why fewer frames were read than the file holds, once :meth:`frames` is exhausted; None when none were
+        missed (or a webcam). Says how many frames the file declares and how many were read."""
+        if self.live:
+            return None
+        declared = self.frame_count
+        read = f"{self.frames_read} frame{'s' if self.frames_read != 1 else ''} read"
+        if declared is not None and self.frames_read < declared:
+            why = f"; {self.stopped}" if self.stopped else ""
+            return (f"decoding stopped early: {self.declared_by} declares {declared} frames, {read} (the file is "
+                    f"truncated or damaged{why})")
+        if self.stopped:
+            counted = f" of the {declared} {self.declared_by} declares" if declared else ""
+            return f"decoding stopped early: {read}{counted}; {self.stopped}"
+        return None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        pass
+
+
+class VideoSource(_Frames):
     """An opened video file or webcam (a context manager that releases it), with its frame rate and length.
 
     ``frames()`` yields ``(rgb, seconds)`` per frame: H x W x 3 uint8 RGB, upright, and the
@@ -181,33 +221,60 @@ class VideoSource:
                 self.frames_read += 1
                 yield rgb, seconds
 
-    def shortfall(self) -> str | None:
-        """Why fewer frames were read than the file holds, once :meth:`frames` is exhausted; None when none were
-        missed (or a webcam). Says how many frames the container declares and how many were read."""
-        if self.live:
-            return None
-        declared = self.frame_count
-        read = f"{self.frames_read} frame{'s' if self.frames_read != 1 else ''} read"
-        if declared is not None and self.frames_read < declared:
-            why = f"; {self.stopped}" if self.stopped else ""
-            return (f"decoding stopped early: the container declares {declared} frames, {read} (the file is "
-                    f"truncated or damaged{why})")
-        if self.stopped:
-            counted = f" of the {declared} the container declares" if declared else ""
-            return f"decoding stopped early: {read}{counted}; {self.stopped}"
-        return None
-
     def close(self) -> None:
         if self.live:
             self.capture.release()
         else:
             self.container.close()
 
-    def __enter__(self) -> "VideoSource":
-        return self
 
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+class ImageFrames(_Frames):
+    """An animated image (GIF, APNG, WebP) or a multi-page TIFF, read as a short video: the interface of
+    :class:`VideoSource` (``frames()``, ``fps``, ``frame_count``, :meth:`shortfall`, a context manager).
+
+    Frames come from :func:`msfer.data.images.read_frames`, timed by the durations the file gives them; a
+    TIFF's pages have no time (None; ``timed`` is False). ``fps`` is nominal (10 for an animation, 1 for pages:
+    an annotated copy shows each page for a second). A frame after the first that cannot be decoded ends the
+    reading, as a damaged video's does (:meth:`shortfall`); a first frame that cannot is an error naming the file.
+    """
+
+    declared_by = "the image"
+
+    def __init__(self, path: str | Path) -> None:
+        from ..data.images import frame_count, image_format
+
+        self.source = path
+        self.frame_count = frame_count(path)
+        self.timed = image_format(path) != "TIFF"
+        self.fps = 10.0 if self.timed else 1.0
+        self.frames_read, self.stopped = 0, None
+
+    def frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
+        from ..data.images import UnreadableImageError, read_frames
+
+        try:
+            for rgb, seconds in read_frames(self.source):
+                self.frames_read += 1
+                yield rgb, seconds
+        except UnreadableImageError as error:
+            if not self.frames_read:
+                raise
+            self.stopped = str(error).removeprefix(f"{self.source}: ")
+
+
+def open_video(source: str | Path | int) -> VideoSource | ImageFrames:
+    """The frames of ``source``: a webcam or video file (:class:`VideoSource`), or an image that Pillow opens
+    (:class:`ImageFrames`: an animated or multi-page image as frames, a still image as one)."""
+    if isinstance(source, int) or is_video(Path(source)) or address(source) is not None:
+        return VideoSource(source)
+    from PIL import Image
+
+    try:
+        with Image.open(source) as image:
+            is_image = image.format != "MPEG"  # Pillow identifies MPEG video but cannot decode it
+    except Exception:  # noqa: BLE001 - not an image Pillow opens: a video, or an error VideoSource reports
+        is_image = False
+    return ImageFrames(source) if is_image else VideoSource(source)
 
 
 class AnnotatedVideoWriter:
@@ -324,7 +391,8 @@ def predict_video(
     last_faces: list[FaceResult] = []
     index = 0
     for rgb, seconds in video.frames():
-        pending.append(VideoFrame(index, round(seconds, 3), rgb, [], index % every == 0))
+        pending.append(VideoFrame(index, None if seconds is None else round(seconds, 3), rgb, [],
+                                  index % every == 0))
         index += 1
         if sum(frame.processed for frame in pending) == frames_per_batch or len(pending) >= MAX_PENDING_FRAMES:
             last_faces = _recognise(recognizer, tracker, pending, last_faces)
