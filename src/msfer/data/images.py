@@ -80,7 +80,7 @@ _FLOAT_SCALES = ((1.0, 255.0), (255.0, 1.0), (65535.0, 255.0 / 65535.0))
 _ADDRESS = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/(/?)(?!/)")
 ADDRESS_REASON = ("an address, not a file: msfer reads image and video files and folders; download the file, or "
                   "record the stream to a file, first")
-_WARNINGS = threading.Lock()  # warnings.catch_warnings is process-wide: one file's warnings at a time
+_WARNINGS = threading.RLock()  # warnings.catch_warnings is process-wide: one file's warnings at a time
 # Pillow formats whose extra frames are frames of an animation or pages of a document (PNG: APNG).
 MULTI_FRAME_FORMATS = frozenset({"GIF", "PNG", "WEBP", "TIFF"})
 MULTI_FRAME_EXTENSIONS = frozenset(
@@ -144,7 +144,7 @@ def frame_count(path: str | Path) -> int:
     """How many frames (animated GIF, APNG, WebP) or pages (TIFF) ``path`` holds: 1 for a still image, and for a
     file that cannot be opened (reading it then says why)."""
     try:
-        with named_warnings(path), Image.open(path) as image:
+        with named_warnings(path, report=False), Image.open(path) as image:
             return _frames_of(image)
     except Exception:  # noqa: BLE001 - Pillow raises many types; the read that follows reports the file
         return 1
@@ -153,7 +153,7 @@ def frame_count(path: str | Path) -> int:
 def image_format(path: str | Path) -> str | None:
     """Pillow's name of ``path``'s format ("JPEG", "GIF", "TIFF"...), None for a file it does not open."""
     try:
-        with named_warnings(path), Image.open(path) as image:
+        with named_warnings(path, report=False), Image.open(path) as image:
             return image.format
     except Exception:  # noqa: BLE001 - Pillow raises many types
         return None
@@ -200,13 +200,14 @@ def to_upright_rgb(image: Image.Image) -> Image.Image:
 
 
 @contextmanager
-def named_warnings(name: str | os.PathLike) -> Iterator[None]:
+def named_warnings(name: str | os.PathLike, report: bool = True) -> Iterator[None]:
     """Catch the warnings of the block (Pillow's ``Corrupt EXIF data``, which names no file) and log each, once,
-    as a warning naming ``name``. Blocks in other threads wait meanwhile: the catching is process-wide."""
+    as a warning naming ``name`` (``report=False``: drop them, for a look at a file that is read in full later,
+    which reports them). Blocks in other threads wait meanwhile: the catching is process-wide."""
     with _WARNINGS, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield
-    for message in dict.fromkeys(" ".join(str(warning.message).split()) for warning in caught):
+    for message in dict.fromkeys(" ".join(str(warning.message).split()) for warning in caught) if report else ():
         log.warning("%s: %s", printable(name), message)
 
 
