@@ -62,8 +62,10 @@ def test_recognizer_onnx_backend(onnx_file, random_weights, astronaut):
         onnx_face = EmotionRecognizer(weights, backend="onnx").predict(astronaut)[0]
         assert onnx_face.box == torch_face.box
         assert onnx_face.probs == pytest.approx(torch_face.probs, abs=1e-4)
-    with pytest.raises(MsferError, match="backend 'onnx'"):
-        EmotionRecognizer(onnx_file)
+    # An .onnx file picks the ONNX backend itself; it cannot run in PyTorch.
+    assert EmotionRecognizer(onnx_file).predict(astronaut)[0].probs == pytest.approx(torch_face.probs, abs=1e-4)
+    with pytest.raises(MsferError, match="is an ONNX model, which runs in ONNX Runtime, not PyTorch"):
+        EmotionRecognizer(onnx_file, backend="torch")
 
 
 def test_export_errors(tmp_path, random_weights):

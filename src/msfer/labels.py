@@ -55,6 +55,9 @@ def region_names(merge_eyes: bool = False) -> tuple[str, ...]:
 
 
 def check_classes(classes, source: str) -> None:
-    """Refuse a model file (named ``source``) whose classes are not :data:`EMOTIONS` in their order."""
+    """Refuse a model file (named ``source``) whose classes are not :data:`EMOTIONS` in their order (or that names
+    none)."""
+    if classes is None:
+        raise MsferError(f"{source} does not say which classes it predicts: it was not written by msfer")
     if tuple(classes) != EMOTIONS:
         raise MsferError(f"{source} predicts classes {list(classes)}, not msfer's {list(EMOTIONS)}")

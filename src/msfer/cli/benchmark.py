@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", type=Path, default=None,
                         help="folder that the suite's relative set roots are in (default: the suite file's folder)")
     parser.add_argument("--weights", nargs="+", default=None, metavar="[NAME=]PATH",
-                        help="the models to score, each a .pt checkpoint, its run folder or (with --backend onnx) an "
+                        help="the models to score, each a .pt checkpoint, its run folder or an "
                              ".onnx file, optionally named (v1=old.pt); the first is the reference of the paired "
                              "differences; default: the bundled model")
     parser.add_argument("--crop-rule", nargs="+", default=[OWN], metavar="RULE",

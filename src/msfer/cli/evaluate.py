@@ -60,8 +60,9 @@ def run(args: argparse.Namespace) -> int:
               "missed, counted as wrong)")
     else:
         if options["backend"] != "torch":
-            raise MsferError("--backend onnx is for the whole pipeline (--detect-faces): the evaluation of face "
-                             "crops reads the PyTorch model's region outputs")
+            raise MsferError("--backend onnx is for the whole pipeline (--detect-faces), and so is an .onnx file, "
+                             "which runs with it: the evaluation of face crops reads the PyTorch model's region "
+                             "outputs")
         about = {"weights": str(options["weights"]), "data": str(args.data), "format": args.format,
                  "split": args.split, "tta": args.tta}
         metrics, predictions = evaluate_crops(

@@ -3,7 +3,8 @@
 ``predict``, ``evaluate``, ``serve``, ``report`` and ``export`` all take ``--weights``
 (default: the bundled model); those that run the model also take ``--device`` (default
 ``auto``: CUDA when available, else the CPU; the face detector always runs on the CPU)
-and ``--backend`` (``torch`` or ``onnx``; ONNX Runtime runs on the CPU). ``predict``, ``evaluate``,
+and ``--backend`` (``torch`` or ``onnx``; ONNX Runtime runs on the CPU; default: by the
+file, ``onnx`` for an ``.onnx`` file and ``torch`` for a checkpoint). ``predict``, ``evaluate``,
 ``serve`` and ``report`` also take ``--decision`` (:func:`add_decision_argument`).
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, device: bool = True, ba
     """Add ``--weights`` (unless the command takes several, its own way) and, unless the command cannot honour
     them, ``--device`` and ``--backend``; returns the option group."""
     group = parser.add_argument_group("model")
-    onnx = ", or an .onnx file of 'msfer export' (with --backend onnx)" if backend else ""
+    onnx = ", or an .onnx file of 'msfer export' (run in ONNX Runtime)" if backend else ""
     if weights:
         group.add_argument("--weights", type=Path, default=None, metavar="PATH",
                            help=f"a .pt checkpoint of 'msfer train' or its run directory (best.pt){onnx}; "
@@ -34,9 +35,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, device: bool = True, ba
                            help="torch device for the classifier: auto (CUDA if available, else cpu), cpu, cuda or "
                                 "cuda:N; default auto")
     if backend:
-        group.add_argument("--backend", choices=BACKENDS, default="torch",
+        group.add_argument("--backend", choices=BACKENDS, default=None,
                            help="classifier runtime: torch, or onnx (ONNX Runtime on the CPU; a .pt is exported "
-                                "in memory); default torch")
+                                "in memory); default: by the --weights file, onnx for an .onnx file, else torch")
     return group
 
 
@@ -61,13 +62,19 @@ def model_options(args: argparse.Namespace) -> dict:
     """``weights``, ``device`` (resolved) and ``backend`` of parsed options, as keyword arguments of
     :class:`msfer.inference.recognizer.EmotionRecognizer`.
 
-    Raises :class:`MsferError` for a CUDA device where there is none, or a device other than
-    the CPU with the ONNX backend (it would be ignored).
+    Without ``--backend`` the file says: an ``.onnx`` file runs in ONNX Runtime, anything else in
+    PyTorch (:func:`msfer.inference.backends.backend_for`). Raises :class:`MsferError` for a CUDA
+    device where there is none, ``--backend torch`` with an ONNX file, or a device other than the
+    CPU with the ONNX backend (it would be ignored).
     """
-    backend, device = getattr(args, "backend", "torch"), getattr(args, "device", "auto")
+    from ..inference.backends import backend_for
+
+    device = getattr(args, "device", "auto")
+    backend = backend_for(args.weights, getattr(args, "backend", None))
     if backend == "onnx":
         if device not in ("auto", "cpu"):
-            raise MsferError(f"--backend onnx runs on the CPU (ONNX Runtime): drop --device {device}")
+            what = "--backend onnx" if getattr(args, "backend", None) else f"{printable(args.weights)}, an ONNX model,"
+            raise MsferError(f"{what} runs on the CPU (ONNX Runtime): drop --device {device}")
         return {"weights": args.weights, "device": "cpu", "backend": backend}
     from ..engine.runtime import resolve_device
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..errors import MsferError
@@ -57,11 +58,17 @@ def run(args: argparse.Namespace) -> int:
         inputs.refuse(args.out / args.video.name, "--out")
     recognizer = EmotionRecognizer(**model_options(args), detect_size=args.detect_size, min_face=args.min_face,
                                    decision=args.decision)
-    frames = processed_frames(recognizer, args.video, args.every, args.smooth)
+    frames, shortfall = processed_frames(recognizer, args.video, args.every, args.smooth)
     settings = {"model": args.weights or "bundled", "every": args.every, "smoothing": args.smooth,
                 "decision": recognizer.decision, "uncertain below": args.uncertain_below,
                 "min quality": args.min_quality}
+    if shortfall is not None:  # the report covers the frames read and says so; the run counts as failed
+        settings["incomplete video"] = shortfall
     path = write_video_report(args.video, frames, args.out, settings, args.uncertain_below, args.min_quality,
                         recognizer.calibration)
     print(f"wrote {printable(path)}")
+    if shortfall is not None:
+        print(f"msfer report: {printable(args.video)}: {shortfall}; the report covers the frames read",
+              file=sys.stderr)
+        return 1
     return 0

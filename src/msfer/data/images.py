@@ -18,14 +18,36 @@ Design choices:
 * **16-bit** grey (Pillow modes ``I;16*``, and ``I`` as Pillow opens 16-bit PNGs) is
   scaled by 255/65535 with rounding. Pillow's own conversion clips at 255, turning most
   16-bit images white.
+* **Floating-point** grey (Pillow mode ``F``: 32-bit float TIFFs, as scientific and HDR tools
+  write them) is scaled by its range: values within 0..1 by 255, within 0..255 as they are,
+  within 0..65535 by 255/65535 (Pillow's own conversion clips, turning a 0..1 image black).
+  Values outside 0..65535, NaN or infinite have no known scale: such a file is refused with an
+  error naming it and the range found.
 * **Bad files.** A missing, zero-byte, truncated, corrupt or non-image file raises
   :class:`UnreadableImageError` naming the file. Truncated images are never padded
   (``ImageFile.LOAD_TRUNCATED_IMAGES`` is left off) and Pillow's decompression-bomb
   guard stays on; a bomb is reported as unreadable too.
+* **Warnings.** What Pillow warns about while reading a file (``Corrupt EXIF data``, a
+  possible decompression bomb) is logged as a warning that names the file, once per file,
+  instead of reaching the terminal without it. The image is still read (of damaged EXIF, the
+  tags read before the damage are used, its orientation among them).
+* **Animated and multi-page images** (GIF, APNG, animated WebP, multi-page TIFF) hold
+  several frames. :func:`load_rgb`, which gives one image, reads the first frame and logs a
+  warning naming the file and how many frames it holds; :func:`read_frames` reads them all,
+  with each frame's time (what ``msfer predict`` and ``msfer report`` do, :func:`frame_count`
+  telling such files apart). Other formats' extra images (an MPO photo's second picture, a
+  HEIF file's thumbnails or depth map, an icon's other sizes) are not frames: the primary
+  image is read.
+* **Addresses.** An ``http://``, ``rtsp://`` (or other ``scheme://``) address is not a file:
+  it is refused with an error that says so (:func:`address`), not reported as a missing file.
 """
 from __future__ import annotations
 
+import logging
 import os
+import re
+import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +56,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import MsferError
+from ..outputs import printable
 
 try:
     import pillow_heif
@@ -50,34 +73,148 @@ IMAGE_EXTENSIONS = HEIF_EXTENSIONS | frozenset(
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+# The scales a floating-point image's values are read in, the narrowest that holds them all: (top, factor to 8 bits).
+_FLOAT_SCALES = ((1.0, 255.0), (255.0, 1.0), (65535.0, 255.0 / 65535.0))
+# "scheme://...": a URL. pathlib folds the double slash (Path("http://host/x") is "http:/host/x"), so a path that
+# does not exist and has this form is the address it was made from. Two letters or more: "C:/x" is a Windows path.
+_ADDRESS = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/(/?)(?!/)")
+ADDRESS_REASON = ("an address, not a file: msfer reads image and video files and folders; download the file, or "
+                  "record the stream to a file, first")
+_WARNINGS = threading.RLock()  # warnings.catch_warnings is process-wide: one file's warnings at a time
+# Pillow formats whose extra frames are frames of an animation or pages of a document (PNG: APNG).
+MULTI_FRAME_FORMATS = frozenset({"GIF", "PNG", "WEBP", "TIFF"})
+MULTI_FRAME_EXTENSIONS = frozenset(
+    ext for ext, fmt in Image.registered_extensions().items() if fmt in MULTI_FRAME_FORMATS)
+# An animation frame shorter than this is shown for DEFAULT_FRAME_SECONDS, as browsers show it (many GIFs say 0).
+SHORTEST_FRAME_SECONDS, DEFAULT_FRAME_SECONDS = 0.02, 0.1
+
+log = logging.getLogger(__name__)
 
 
 class UnreadableImageError(MsferError):
     """An image file that is missing or cannot be decoded."""
 
 
+class _PixelError(ValueError):
+    """Pixels that decode but have no meaning msfer can give them (a float image of no known scale)."""
+
+
+def address(given: str | os.PathLike) -> str | None:
+    """The web or stream address (``http://``, ``rtsp://``, ...) that ``given`` is, or None for a file path.
+
+    A string is taken as it is; a :class:`~pathlib.Path` made from an address (which folded its
+    ``//``) and naming nothing that exists gets its ``//`` back.
+    """
+    text = os.fspath(given)
+    if isinstance(text, bytes):
+        return None
+    if isinstance(given, str):
+        return text if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", text) else None
+    match = _ADDRESS.match(text)
+    if match is None or os.path.lexists(text):
+        return None
+    return f"{match.group(1)}://{text[match.end():]}"
+
+
 def load_rgb(path: str | Path) -> Image.Image:
     """Decode ``path`` to an upright 8-bit RGB image (see the module docstring for the rules)."""
+    url = address(path)
+    if url is not None:
+        raise UnreadableImageError(f"{url}: {ADDRESS_REASON}")
     path = Path(path)
-    with _reading(path), Image.open(path) as image:
-        image.load()  # decode now, inside _reading: truncation only shows up here
-        return to_upright_rgb(image)
+    with _reading(path):
+        with named_warnings(path):
+            image = Image.open(path)
+        with image:
+            image.load()  # decode now, inside _reading: truncation only shows up here
+            frames = _frames_of(image)
+            if frames > 1:
+                what = "a multi-page image of %d pages" if image.format == "TIFF" else "an animated image of %d frames"
+                log.warning("%s: " + what + "; only the first is read here (msfer predict reads them all)",
+                            printable(path), frames)
+            return to_upright_rgb(image)
+
+
+def _frames_of(image: Image.Image) -> int:
+    """How many frames or pages an opened image holds as an animation or a document (1 for every other format)."""
+    return int(getattr(image, "n_frames", 1)) if image.format in MULTI_FRAME_FORMATS else 1
+
+
+def frame_count(path: str | Path) -> int:
+    """How many frames (animated GIF, APNG, WebP) or pages (TIFF) ``path`` holds: 1 for a still image, and for a
+    file that cannot be opened (reading it then says why)."""
+    try:
+        with named_warnings(path, report=False), Image.open(path) as image:
+            return _frames_of(image)
+    except Exception:  # noqa: BLE001 - Pillow raises many types; the read that follows reports the file
+        return 1
+
+
+def image_format(path: str | Path) -> str | None:
+    """Pillow's name of ``path``'s format ("JPEG", "GIF", "TIFF"...), None for a file it does not open."""
+    try:
+        with named_warnings(path, report=False), Image.open(path) as image:
+            return image.format
+    except Exception:  # noqa: BLE001 - Pillow raises many types
+        return None
+
+
+def read_frames(path: str | Path) -> Iterator[tuple[np.ndarray, float | None]]:
+    """Every frame of an animated or multi-page image as ``(rgb, seconds)``: upright 8-bit RGB (the rules of the
+    module docstring) and the time it is shown from, counted from the first frame (None for the pages of a TIFF,
+    which have no time). A still image gives its one frame. A frame that cannot be decoded raises
+    :class:`UnreadableImageError` naming the file and the frame."""
+    path = Path(path)
+    with _reading(path):
+        with named_warnings(path):
+            image = Image.open(path)
+    with image:
+        timed, seconds, count = image.format != "TIFF", 0.0, _frames_of(image)
+        for index in range(count):
+            try:
+                with _reading(path):  # the first frame fails as a still image does
+                    image.seek(index)
+                    image.load()
+                    rgb = np.asarray(to_upright_rgb(image))
+            except UnreadableImageError as error:
+                if not index:
+                    raise
+                reason = str(error).removeprefix(f"{path}: ")
+                raise UnreadableImageError(f"{path}: frame {index} of {count}: {reason}") from None
+            yield rgb, (round(seconds, 3) if timed else None)
+            duration = (image.info.get("duration") or 0) / 1000
+            seconds += duration if duration >= SHORTEST_FRAME_SECONDS else DEFAULT_FRAME_SECONDS
 
 
 def to_upright_rgb(image: Image.Image) -> Image.Image:
     """``image`` (any mode) turned upright by its EXIF orientation and converted to 8-bit RGB.
 
-    The rules of the module docstring (alpha on white, 16-bit scaling); an image that is
+    The rules of the module docstring (alpha on white, 16-bit and float scaling); an image that is
     already upright and RGB comes back unchanged in content (EXIF orientation is dropped
-    from the result, so applying this twice never rotates twice).
+    from the result, so applying this twice never rotates twice). Pillow's warnings about it (damaged
+    EXIF) are logged naming its file (:func:`named_warnings`).
     """
-    return _to_rgb(ImageOps.exif_transpose(image))
+    with named_warnings(getattr(image, "filename", "") or "an image"):
+        upright = ImageOps.exif_transpose(image)
+    return _to_rgb(upright)
+
+
+@contextmanager
+def named_warnings(name: str | os.PathLike, report: bool = True) -> Iterator[None]:
+    """Catch the warnings of the block (Pillow's ``Corrupt EXIF data``, which names no file) and log each, once,
+    as a warning naming ``name`` (``report=False``: drop them, for a look at a file that is read in full later,
+    which reports them). Blocks in other threads wait meanwhile: the catching is process-wide."""
+    with _WARNINGS, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for message in dict.fromkeys(" ".join(str(warning.message).split()) for warning in caught) if report else ():
+        log.warning("%s: %s", printable(name), message)
 
 
 def image_header(path: str | Path) -> tuple[int, int, str]:
     """``(width, height, mode)`` as stored (before EXIF rotation), read without decoding the pixels."""
     path = Path(path)
-    with _reading(path), Image.open(path) as image:
+    with _reading(path), named_warnings(path), Image.open(path) as image:
         return image.width, image.height, image.mode
 
 
@@ -91,6 +228,8 @@ def _reading(path: Path) -> Iterator[None]:
         raise UnreadableImageError(f"{path}: {what}") from None
     except Image.DecompressionBombError as error:
         raise UnreadableImageError(f"{path}: refused as a possible decompression bomb ({error})") from None
+    except _PixelError as error:
+        raise UnreadableImageError(f"{path}: {error}") from None
     except (OSError, ValueError, SyntaxError, EOFError) as error:
         size = path.stat().st_size if path.is_file() else None
         what = "empty file (0 bytes)" if size == 0 else f"cannot decode image ({error})"
@@ -110,6 +249,8 @@ def not_a_file_reason(path: str | Path) -> str:
     A broken symbolic link is named as one with its target: "no such file" would be wrong
     to someone who sees the name in ``ls``.
     """
+    if address(path) is not None:
+        return ADDRESS_REASON
     path = Path(path)
     if is_broken_link(path):
         return f"broken symbolic link (its target {os.readlink(path)} does not exist)"
@@ -138,6 +279,8 @@ def rgb_from_array(array: np.ndarray) -> Image.Image:
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "F":
+        return rgb_from_array(_float_to_bytes(np.asarray(image, dtype=np.float64)))
     if image.mode in _SIXTEEN_BIT_MODES:
         wide = np.asarray(image).astype(np.int64)
         grey = (np.clip(wide, 0, 65535) * 255 + 32767) // 65535
@@ -147,3 +290,17 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _float_to_bytes(values: np.ndarray) -> np.ndarray:
+    """Floating-point grey values as 8-bit, scaled by the narrowest of 0..1, 0..255, 0..65535 that holds them all;
+    :class:`_PixelError` for values of no known scale (negative, larger, NaN or infinite)."""
+    if not np.isfinite(values).all():
+        raise _PixelError("a floating-point image with NaN or infinite values has no known scale: save it as an 8- "
+                          "or 16-bit image")
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    for top, factor in _FLOAT_SCALES:
+        if low >= 0.0 and high <= top:
+            return np.round(values * factor).astype(np.uint8)
+    raise _PixelError(f"a floating-point image with values from {low:g} to {high:g} has no known scale (msfer reads "
+                      "0..1, 0..255 or 0..65535): save it as an 8- or 16-bit image")

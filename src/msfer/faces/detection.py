@@ -9,10 +9,13 @@ below 20 is also detected at the scale that keeps it at 20 (0.5 for the default 
 :data:`MAX_FINE_PIXELS` detector pixels (24 MP photos keep 40 px; larger ones the smallest face
 grows with the square root of their size). That finer copy replaces the coarse one when it still
 shows the largest face the photo can hold within the detector's range (up to about 550 px), so
-1080p frames take one pass; otherwise both passes run and their faces are merged by non-maximum
-suppression. Photos up to twice ``detect_size`` (640 x 480 photos and video, 720p) take the
-single coarse pass. Each image is detected on its own (only same-size images share a forward
-pass), so its faces do not depend on the rest of its batch.
+1080p frames take one pass; otherwise both passes run and their faces are merged: by non-maximum
+suppression, and then a box lying mostly inside a larger face's box (at least :data:`CONTAINED`
+of its area) is dropped, since the fine pass, seeing a face larger than it can frame, can give a
+second, partial box on it (a phantom face with an emotion of its own). Photos up to twice
+``detect_size`` (640 x 480 photos and video, 720p) take the single coarse pass. Each image is
+detected on its own (only same-size images share a forward pass), so its faces do not depend on
+the rest of its batch.
 """
 from __future__ import annotations
 
@@ -31,6 +34,9 @@ DETECTOR_LARGEST_FACE = 550
 MAX_FINE_PIXELS = 6_000_000
 DEFAULT_MIN_FACE = 40
 DEFAULT_DETECT_SIZE = 640
+# Merging two passes, a box with at least this share of its area inside a larger face's box is a part of that face.
+# Two real faces overlap less: one half hidden behind another keeps over half of its box outside the other's.
+CONTAINED = 0.7
 
 
 def detection_scales(height: int, width: int, detect_size: int, min_face: float | None) -> list[float]:
@@ -68,9 +74,29 @@ def detect_faces(detector, arrays: Sequence[np.ndarray], detect_size: int = DEFA
         detections[index] += [Face(face.box / [scale_x, scale_y, scale_x, scale_y], face.score,
                                    face.landmarks / [scale_x, scale_y]) for face in faces]
     for index, faces in enumerate(detections):
-        if len(plans[index]) > 1 and len(faces) > 1:  # both passes can find the same face
+        if len(plans[index]) > 1 and len(faces) > 1:  # both passes can find the same face, or a part of it
             keep = non_maximum_suppression(np.array([face.box for face in faces]),
                                            np.array([face.score for face in faces]), detector.nms_threshold)
-            faces = [faces[k] for k in keep]
+            faces = drop_contained([faces[k] for k in keep])
         detections[index] = sorted(faces, key=lambda f: -(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
     return detections
+
+
+def drop_contained(faces: list[Face], share: float = CONTAINED) -> list[Face]:
+    """``faces`` less each one whose box has at least ``share`` of its area inside a larger kept face's box
+    (intersection over the smaller box's area), largest boxes first."""
+    def area(box: np.ndarray) -> float:
+        return max(float(box[2] - box[0]), 0.0) * max(float(box[3] - box[1]), 0.0)
+
+    kept: list[Face] = []
+    for face in sorted(faces, key=lambda f: -area(f.box)):
+        inside = False
+        for larger in kept:
+            width = min(face.box[2], larger.box[2]) - max(face.box[0], larger.box[0])
+            height = min(face.box[3], larger.box[3]) - max(face.box[1], larger.box[1])
+            if width > 0 and height > 0 and width * height >= share * area(face.box):
+                inside = True
+                break
+        if not inside:
+            kept.append(face)
+    return kept

@@ -51,8 +51,7 @@ class TorchBackend:
         self.torch = torch
         self.device = torch.device(device)
         self.model, meta = load_model(weights, self.device)
-        self.model.eval()
-        check_classes(meta["classes"], str(weights))
+        self.model.eval()  # load_model refused a model of other classes
         self.spec = ModelSpec(int(meta["input_size"]), tuple(meta["mean"]), tuple(meta["std"]),
                               tuple(meta["region_names"]))
         self.balanced_offsets = self.model.balanced_offsets.float().cpu().numpy().astype(np.float64)
@@ -95,32 +94,94 @@ class OnnxBackend:
             raise MsferError(f"{source}: balanced_offsets in its metadata must be {len(EMOTIONS)} numbers")
         self.calibration = optional["calibration"]
         self.crop_rule = CropRule.recorded(optional["crop_rule"], source)
-        self.input_name = self.session.get_inputs()[0].name
+        self.input_name = self._check_graph(source)
+
+    def _check_graph(self, source: str) -> str:
+        """The name of the graph's input, once the graph is what its metadata says: one input of N x 3 x S x S
+        float32 (S its ``input_size``), and outputs ``logits`` (N x 7) and ``boxes`` (N x R x 4, R its regions),
+        as declared and as a one-image run gives them. Else one :class:`MsferError` naming ``source``: a file
+        that lies about itself fails at load, not image by image or with records of the wrong width."""
+        size, regions = self.spec.input_size, len(self.spec.region_names)
+
+        def refuse(why: str) -> MsferError:
+            return MsferError(f"{source} is not a model msfer can run: {why} (export it with 'msfer export')")
+
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise refuse(f"its graph takes {len(inputs)} inputs, not one batch of images")
+        declared = list(inputs[0].shape)
+        expected = ["N", 3, size, size]
+        if inputs[0].type != "tensor(float)" or len(declared) != 4 or any(
+                isinstance(have, int) and have != want for have, want in zip(declared[1:], expected[1:])):
+            raise refuse(f"its input is {inputs[0].type} {_shape_text(declared)}, but its metadata says "
+                         f"float {_shape_text(expected)} (input_size {size})")
+        outputs = {output.name: list(output.shape) for output in self.session.get_outputs()}
+        wanted = {"logits": ["N", len(EMOTIONS)], "boxes": ["N", regions, 4]}
+        for name, shape in wanted.items():
+            if name not in outputs:
+                raise refuse(f"its graph has no output {name!r} (its outputs: {', '.join(outputs) or 'none'})")
+            have = outputs[name]
+            if len(have) != len(shape) or any(isinstance(h, int) and h != w for h, w in zip(have[1:], shape[1:])):
+                raise refuse(f"its output {name!r} is {_shape_text(have)}, not {_shape_text(shape)} "
+                             f"({len(EMOTIONS)} emotions, {regions} regions)")
+        try:  # what the declared shapes leave open (named or missing dimensions), one image tells
+            logits, boxes = self.session.run(["logits", "boxes"],
+                                             {inputs[0].name: np.zeros((1, 3, size, size), np.float32)})
+        except Exception as error:  # onnxruntime raises its own exception types
+            detail = f"{type(error).__name__}: {str(error)[:200]}"
+            raise refuse(f"it fails on one {size} x {size} image ({detail})") from None
+        for name, array, shape in (("logits", logits, (1, len(EMOTIONS))), ("boxes", boxes, (1, regions, 4))):
+            if np.shape(array) != shape:
+                raise refuse(f"its output {name!r} for one image is {_shape_text(list(np.shape(array)))}, not "
+                             f"{_shape_text(list(shape))} ({len(EMOTIONS)} emotions, {regions} regions)")
+        return inputs[0].name
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, boxes = self.session.run(["logits", "boxes"], {self.input_name: batch})
         return logits, boxes
 
 
-def load_backend(weights: str | os.PathLike | None, device: str = "cpu", backend: str = "torch"):
+def _shape_text(shape: list) -> str:
+    """``[N, 3, 112, 112]`` as ``N x 3 x 112 x 112`` (a named or unknown dimension as its name or ``?``)."""
+    return " x ".join("?" if dim is None else str(dim) for dim in shape) or "a scalar"
+
+
+def is_onnx_file(weights: str | os.PathLike | None) -> bool:
+    """Whether ``weights`` names an ONNX file (by its extension, any case)."""
+    return weights is not None and Path(weights).suffix.lower() == ".onnx"
+
+
+def backend_for(weights: str | os.PathLike | None, backend: str | None = None) -> str:
+    """The backend that runs ``weights``: ``backend`` when given, else by the file (``"onnx"`` for an ``.onnx``
+    file, ``"torch"`` for a checkpoint, a run directory or the bundled model). An ONNX file cannot run in PyTorch:
+    ``backend="torch"`` with one is a :class:`MsferError`."""
+    if backend is None:
+        return "onnx" if is_onnx_file(weights) else "torch"
+    if backend not in ("torch", "onnx"):
+        raise MsferError(f"unknown backend {backend!r}: use 'torch' or 'onnx'")
+    if backend == "torch" and is_onnx_file(weights):
+        raise MsferError(f"{weights} is an ONNX model, which runs in ONNX Runtime, not PyTorch: drop --backend torch "
+                         "(an .onnx file picks the onnx backend itself)")
+    return backend
+
+
+def load_backend(weights: str | os.PathLike | None, device: str = "cpu", backend: str | None = None):
     """The inference backend (:class:`TorchBackend` or :class:`OnnxBackend`) for ``weights``.
 
     ``weights`` defaults to the bundled model.
 
     ``weights`` is a ``.pt`` checkpoint, a run directory of ``msfer train`` (its best.pt) or an ``.onnx`` export.
 
-    ``backend="onnx"`` with a ``.pt`` checkpoint exports it to ONNX in memory first.
+    ``backend`` None picks it by the file (:func:`backend_for`); ``backend="onnx"`` with a ``.pt`` checkpoint
+    exports it to ONNX in memory first.
     """
     from ..weights import default_weights_path
 
     path = Path(weights) if weights is not None else default_weights_path()
     if not path.exists():
         raise MsferError(f"model file {path} does not exist")
-    if backend not in ("torch", "onnx"):
-        raise MsferError(f"unknown backend {backend!r}: use 'torch' or 'onnx'")
-    if path.suffix == ".onnx":
-        if backend != "onnx":
-            raise MsferError(f"{path} is an ONNX model: use backend 'onnx' (--backend onnx)")
+    backend = backend_for(path, backend)
+    if is_onnx_file(path):
         return OnnxBackend(path, str(path))
     if backend == "onnx":
         torch_backend = TorchBackend(path, "cpu")

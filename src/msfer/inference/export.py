@@ -28,7 +28,7 @@ from pathlib import Path
 from ..errors import MsferError
 from ..faces.crop import CropRule
 from ..files import atomic_output
-from ..labels import EMOTIONS, check_classes
+from ..labels import EMOTIONS
 from ..outputs import InputFiles, existing_out_mode
 
 # Keys under which the model's description is stored in its metadata_props (the ONNX backend reads them).
@@ -113,8 +113,7 @@ def export_onnx(weights: str | Path | None, out: str | Path, opset: int = DEFAUL
     # Refused before the export's seconds of work, and --overwrite never reaches the checkpoint itself.
     InputFiles([resolve_checkpoint(weights, prefer="best.pt")]).refuse(out, "--out")
     existing_out_mode(out, resume=False, overwrite=overwrite, resumable=False)
-    model, meta = load_model(weights, "cpu")
-    check_classes(meta["classes"], str(weights))
+    model, meta = load_model(weights, "cpu")  # refuses a model of other classes
     crop_rule = CropRule.recorded(meta.get("crop_rule"), str(weights))
     data = onnx_bytes(model.eval(), weights, opset, calibration=calibration_summary(meta.get("calibration"), weights),
                       crop_rule=crop_rule.to_dict())

@@ -1,11 +1,11 @@
 """Emotions of every face in photos, folders, videos or a webcam (``msfer predict``).
 
 Inputs are image files, folders (searched recursively) and video files, and ``--webcam
-N``. In a folder, images and videos are recognised by their extension (any case: every
-format Pillow and the HEIF plugin open; :data:`msfer.inference.video.VIDEO_EXTENSIONS`);
-every other file is skipped and named on stderr with the reason. A file given by name
-with an extension neither list has is recognised by its content. A run that finds
-nothing to process exits with status 1.
+N``; an address (``http://``, ``rtsp://``) is none, and is reported as such. In a folder,
+images and videos are recognised by their extension (any case: every format Pillow and the
+HEIF plugin open; :data:`msfer.inference.video.VIDEO_EXTENSIONS`); every other file is
+skipped and named on stderr with the reason. A file given by name with an extension neither
+list has is recognised by its content. A run that finds nothing to process exits with status 1.
 
 Results go to ``--out``: JSON Lines (one object per image or processed video frame) or
 CSV (one row per face; a source without a face gets one row with empty face columns),
@@ -44,17 +44,28 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..data.images import IMAGE_EXTENSIONS, is_broken_link, not_a_file_reason
+from ..data.images import (
+    IMAGE_EXTENSIONS,
+    MULTI_FRAME_EXTENSIONS,
+    address,
+    frame_count,
+    is_broken_link,
+    not_a_file_reason,
+)
 from ..errors import MsferError
 from ..files import atomic_output
 from ..outputs import InputFiles, printable, source_fields
 from .recognizer import EmotionRecognizer, to_rgb_array
 from .results import MIN_QUALITY, FaceResult, ResultWriter, source_key
-from .video import AnnotatedVideoWriter, VideoFrame, VideoSource, is_video, predict_video, probe_video
+from .video import AnnotatedVideoWriter, VideoFrame, is_video, open_video, predict_video, probe_video
 from .visualize import draw_faces
 
 # Appended to an input's full file name for its annotated copy under --save-vis.
 IMAGE_VIS_SUFFIX, VIDEO_VIS_SUFFIX = ".msfer.jpg", ".msfer.mp4"
+
+
+class IncompleteVideoError(MsferError):
+    """A video whose decoding stopped early: its frames that were read are in the output, the rest are missing."""
 
 
 @dataclass(frozen=True)
@@ -71,24 +82,27 @@ class Inputs:
     """What the INPUT arguments hold: files to process, paths that do not exist, and files skipped with the reason."""
 
     items: list[InputItem] = field(default_factory=list)
-    missing: list[Path] = field(default_factory=list)
+    missing: list[Path | str] = field(default_factory=list)  # a str: an address (http://, rtsp://), not a file
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     not_media: list[Path] = field(default_factory=list)  # given by name, but neither an image nor a video
     files: InputFiles = field(default_factory=InputFiles)  # every file to process, to keep outputs off them
 
 
 def file_kind(path: Path, by_content: bool) -> str | None:
-    """``"video"``, ``"image"`` or None, by extension; with ``by_content``, unknown extensions are probed."""
+    """``"video"``, ``"image"``, ``"frames"`` (an animated or multi-page image, read as a video) or None, by
+    extension; with ``by_content``, unknown extensions are probed. Only the formats that can hold frames
+    (:data:`msfer.data.images.MULTI_FRAME_EXTENSIONS`) are opened to count them."""
     if is_video(path):  # first: Pillow registers .mpg for a format it can only identify, not decode
         return "video"
     if path.suffix.lower() in IMAGE_EXTENSIONS:
-        return "image"
+        multi = path.suffix.lower() in MULTI_FRAME_EXTENSIONS and frame_count(path) > 1
+        return "frames" if multi else "image"
     if not by_content:
         return None
     try:
         with Image.open(path) as image:
             if image.format != "MPEG":
-                return "image"
+                return "frames" if frame_count(path) > 1 else "image"
     except Exception:  # not something Pillow recognises (it raises many types); try video next
         pass
     return "video" if probe_video(path) else None
@@ -102,15 +116,21 @@ def _skip_reason(path: Path) -> str:
     return f"not an image or video file name extension ({path.suffix or 'none'})"
 
 
-def collect_inputs(inputs: Iterable[Path]) -> Inputs:
+def collect_inputs(inputs: Iterable[Path | str]) -> Inputs:
     """Files named by ``inputs`` (folders expanded recursively, in sorted order), each once.
 
-    See the module docstring.
+    See the module docstring. An address (``http://``, ``rtsp://``) is no input: it is among the
+    ``missing``, as the address it is (:func:`msfer.data.images.address`), and reported as an address.
     """
     found = Inputs()
     files: list[tuple[Path, str]] = []
     bases: list[str] = []
     for given in inputs:
+        url = address(given)
+        if url is not None:
+            found.missing.append(url)
+            continue
+        given = Path(given)
         if given.is_dir():
             bases.append(os.path.abspath(given))
             for path in sorted(given.rglob("*")):
@@ -145,8 +165,9 @@ def collect_inputs(inputs: Iterable[Path]) -> Inputs:
     used: set[str] = set()
     for path, kind in files:
         folder, name = os.path.split(os.path.relpath(os.path.abspath(path), root))
-        name = _vis_file_name(name, VIDEO_VIS_SUFFIX if kind == "video" else IMAGE_VIS_SUFFIX)
-        found.items.append(InputItem(path, kind == "video", Path(_unique(os.path.join(folder, name), used))))
+        stream = kind in ("video", "frames")  # an animated or multi-page image is read as a short video
+        name = _vis_file_name(name, VIDEO_VIS_SUFFIX if stream else IMAGE_VIS_SUFFIX)
+        found.items.append(InputItem(path, stream, Path(_unique(os.path.join(folder, name), used))))
     return found
 
 
@@ -287,11 +308,14 @@ def predict_stream(
 
     ``keep`` filters each frame's faces after tracking (default: all kept). Without ``--out``
     each processed frame gets a line on the terminal, as a photo does: it is the only output.
+    A file that ends before the frames its container declares (truncated), or whose reading stops on an
+    error, keeps the records and annotated copy of the frames read and then raises :class:`MsferError` saying
+    how many frames were declared and read (:meth:`VideoSource.shortfall`).
     """
     keep = keep or QualityFilter()
     label = printable(source if isinstance(source, int) else source.name)
     name = printable(f"webcam {source}" if isinstance(source, int) else source)
-    with VideoSource(source) as video, tqdm(total=video.frame_count, desc=label, unit="frame") as progress:
+    with open_video(source) as video, tqdm(total=video.frame_count, desc=label, unit="frame") as progress:
         video_writer = None
         if save_vis is not None:  # before the first frame's record: a copy that cannot be written fails the video
             try:
@@ -307,18 +331,34 @@ def predict_stream(
                     frame.faces = kept = keep(frame.faces)
                     writer.write({"source": source, "frame": frame.index, "time": frame.time, "faces": frame.faces})
                     if writer.file is None:
-                        tqdm.write(f"{name} frame {frame.index} at {frame.time:.2f} s: "
+                        when = f" at {frame.time:.2f} s" if frame.time is not None else ""  # a page has no time
+                        tqdm.write(f"{name} frame {frame.index}{when}: "
                                    f"{faces_line(frame.faces, found - len(frame.faces))}")
                 else:
                     # A skipped frame (--every) shows the last processed frame's faces, which were counted there.
                     frame.faces = kept
-                if video_writer is not None:
-                    video_writer.write(draw_faces(frame.image, frame.faces), frame.time)
+                if video_writer is not None:  # a page without a time is shown for 1 / fps seconds
+                    seconds = frame.time if frame.time is not None else frame.index / video.fps
+                    _write_annotated(video_writer, frame, seconds, source)
                 progress.update()
             complete = True
         finally:
             if video_writer is not None:
                 video_writer.close(complete)
+        shortfall = video.shortfall()
+    if shortfall is not None:  # the frames read are in the output; the video still counts as an error
+        raise IncompleteVideoError(f"{name}: {shortfall}; the frames read are in the output")
+
+
+def _write_annotated(video_writer: AnnotatedVideoWriter, frame: VideoFrame, seconds: float,
+                     source: Path | int) -> None:
+    """Add ``frame`` with its faces drawn to the annotated copy, shown at ``seconds``; any failure is one
+    :class:`MsferError` that fails this input alone (its copy is then discarded), never the run."""
+    try:
+        video_writer.write(draw_faces(frame.image, frame.faces), seconds)
+    except Exception as error:  # noqa: BLE001 - whatever breaks the copy must not end the batch
+        detail = str(error) if isinstance(error, MsferError) else f"{type(error).__name__}: {error}"
+        raise MsferError(f"{printable(source)}: no annotated copy (frame {frame.index}): {detail}") from None
 
 
 def _until_interrupted(frames: Iterator[VideoFrame], live: bool) -> Iterator[VideoFrame]:
@@ -331,10 +371,13 @@ def _until_interrupted(frames: Iterator[VideoFrame], live: bool) -> Iterator[Vid
         print("webcam stopped", file=sys.stderr)
 
 
-def report_problem(problems: list[str], writer: ResultWriter, source: Path | str | int, message: str) -> None:
+def report_problem(problems: list[str], writer: ResultWriter, source: Path | str | int, message: str,
+                   skipped: bool = True) -> None:
+    """Count ``message`` as a problem, write it as ``source``'s error record and on stderr (as a skipped input, or,
+    ``skipped=False``, as one processed in part)."""
     problems.append(message)
     writer.write({"source": source, "error": message})
-    tqdm.write(f"msfer predict: skipped {printable(message)}", file=sys.stderr)
+    tqdm.write(f"msfer predict: {'skipped ' if skipped else ''}{printable(message)}", file=sys.stderr)
 
 
 def check_outputs(inputs: Inputs, items: list[InputItem], out: Path | None, save_vis: Path | None) -> None:
@@ -377,6 +420,8 @@ def predict_inputs(
         for source, vis_name in streams:
             try:
                 predict_stream(recognizer, source, vis_name, writer, keep, save_vis, every, smooth)
+            except IncompleteVideoError as error:
+                report_problem(problems, writer, source, str(error), skipped=False)
             except MsferError as error:
                 report_problem(problems, writer, source, str(error))
     return problems

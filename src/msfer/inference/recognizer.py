@@ -184,7 +184,7 @@ class EmotionRecognizer:
 
     ``weights``: a checkpoint of ``msfer train`` (``.pt``) or an ``msfer export`` file
     (``.onnx``); default the bundled model. ``backend``: "torch" or "onnx" (a ``.pt``
-    is then exported in memory). ``detector``: a
+    is then exported in memory); default None: by the file, "onnx" for an ``.onnx`` file. ``detector``: a
     :class:`msfer.faces.retinaface.RetinaFaceDetector` (default: its bundled weights).
     ``tta``: average with the mirrored crop. ``detect_size``: longest side of the coarse
     copy the detector sees. ``min_face``: the smallest face (pixels) to find in large
@@ -205,7 +205,7 @@ class EmotionRecognizer:
         self,
         weights: str | os.PathLike | None = None,
         device: str = "cpu",
-        backend: str = "torch",
+        backend: str | None = None,
         detector=None,
         tta: bool = False,
         batch_size: int = 32,

@@ -34,12 +34,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..errors import MsferError
 from ..files import atomic_output, write_text, writing
 from ..labels import EMOTIONS
 from ..outputs import InputFiles, printable
 from .recognizer import EmotionRecognizer
 from .results import ResultWriter
-from .video import VideoFrame, VideoSource, predict_video
+from .video import VideoFrame, open_video, predict_video
 
 DISCLAIMER_LEAD = "This report is a research aid, not a diagnosis."  # stated once, in bold on the page
 DISCLAIMER = (
@@ -297,15 +298,19 @@ img {{ max-width: 100%; display: block; margin: 0.5em 0; }}
 
 
 def processed_frames(recognizer: EmotionRecognizer, path: Path, every: int = 1,
-                     smooth: float = 0.0) -> list[VideoFrame]:
+                     smooth: float = 0.0) -> tuple[list[VideoFrame], str | None]:
     """The processed frames of the video at ``path`` (every ``every``-th, tracked and smoothed), without their
-    images: only the results are kept, so memory stays flat on long videos."""
-    with (VideoSource(path) as video,
+    images: only the results are kept, so memory stays flat on long videos. Also, for a file whose decoding
+    stopped early (truncated or damaged), what was missed (:meth:`VideoSource.shortfall`), else None."""
+    with (open_video(path) as video,
           tqdm(total=video.frame_count, desc=printable(Path(path).name), unit="frame") as progress):
+        if not getattr(video, "timed", True):
+            raise MsferError(f"{printable(path)}: the pages of a multi-page image have no times to plot; "
+                             "msfer predict reads them page by page")
         frames = []
         for frame in predict_video(recognizer, video, every, smooth):
             if frame.processed:
                 frame.image = None
                 frames.append(frame)
             progress.update()
-    return frames
+        return frames, video.shortfall()

@@ -34,7 +34,7 @@ from .._version import __version__
 from ..errors import MsferError
 from ..faces.crop import CropRule
 from ..files import write_atomic
-from ..labels import EMOTIONS
+from ..labels import EMOTIONS, check_classes
 
 
 def describe(model: torch.nn.Module, config: dict, metrics: dict | None = None) -> dict[str, Any]:
@@ -156,7 +156,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
                model_overrides: dict | None = None) -> tuple[torch.nn.Module, dict]:
     """Rebuild the model from the file alone; return ``(model in eval mode, metadata)``.
 
-    Half-precision weights (an exported file) are upcast to float32. ``model_overrides``
+    Raises :class:`MsferError` naming the file when its ``classes`` are not msfer's seven emotions in their order
+    (:func:`msfer.labels.check_classes`). Half-precision weights (an exported file) are upcast to float32.
+    ``model_overrides``
     changes model config keys that alter no weight, e.g. ``{"region_source": "pseudo"}``
     to run a learned-detector model on pseudo-label regions: weights the rebuilt model
     has no place for (the detector's) are then dropped, but a missing weight is an error.
@@ -164,6 +166,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
     from .registry import build_model
 
     checkpoint = load_checkpoint(path, prefer="best.pt")
+    # Every command that runs a model reads it here: one that predicts other classes is refused by all alike.
+    check_classes(checkpoint.get("classes"), str(resolve_checkpoint(path, prefer="best.pt")))
     model_config = {**checkpoint["config"]["model"], **(model_overrides or {})}
     model = build_model({**model_config, "pretrained": False})  # the file's weights replace any initialisation
     state = {k: v.float() if v.is_floating_point() else v for k, v in model_state(checkpoint).items()}
