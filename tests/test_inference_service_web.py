@@ -102,16 +102,15 @@ def response_of(client: socket.socket) -> tuple[int, bytes]:
 
 def test_stalled_uploads_hold_no_place_and_are_answered_408(recognizer, astronaut):
     # One place in all: before, three clients that sent a few KB and waited made every other request 503.
-    app = create_app(recognizer, max_concurrent=1, max_queue=0, upload_timeout=3, max_uploads=4)
+    app = create_app(recognizer, max_concurrent=1, max_queue=0, upload_timeout=6, max_uploads=4)
     with running(app) as port:
         stalled = [start_upload(port, 200_000, b"\xff\xd8" + b"\x00" * 4000) for _ in range(3)]
         wait_until(lambda: health(port)["uploads"]["receiving"] == 3, what="three uploads being received")
         assert health(port)["in_flight"] == 0  # receiving is not recognising: no place is taken
-        started = time.monotonic()
         answer = httpx.post(f"http://127.0.0.1:{port}/v1/predict", files={"image": ("a.jpg", jpeg(astronaut))},
                             timeout=120)
         assert answer.status_code == 200 and len(answer.json()["faces"]) == 1
-        assert time.monotonic() - started < 3  # answered while the others still stall, not after them
+        assert health(port)["uploads"]["receiving"] == 3  # answered while the others still stall, not after them
         # Bodies being received are bounded apart from recognition: a fifth upload at once is 503.
         stalled.append(start_upload(port, 200_000, b"\xff\xd8" + b"\x00" * 4000))
         wait_until(lambda: health(port)["uploads"]["receiving"] == 4, what="four uploads being received")
@@ -122,7 +121,7 @@ def test_stalled_uploads_hold_no_place_and_are_answered_408(recognizer, astronau
             status, data = response_of(client)  # the server answers, then closes the connection
             client.close()
             assert status == 408, data
-            assert b"within 3 s" in data and b"4,002 bytes" in data
+            assert b"within 6 s" in data and b"4,002 bytes" in data
         uploads = health(port)["uploads"]
         assert uploads == {"receiving": 0, "timed_out": 4, "disconnected": 0}
 
