@@ -682,10 +682,10 @@ def in_original_pixels(face, scale_x: float, scale_y: float, size: tuple[int, in
         return result
 
     def scaled(values: Sequence[float]) -> list[float]:
-        limits = (size[0], size[1])
-        return [round(min(v * (scale_x, scale_y)[i % 2], limits[i % 2]), 1) for i, v in enumerate(values)]
+        return [round(v * (scale_x, scale_y)[i % 2], 1) for i, v in enumerate(values)]
 
-    result["box"] = scaled(face.box)
+    # The box was clipped to the reduced copy: clipped to the original it stays within it whatever the rounding.
+    result["box"] = [min(v, size[i % 2]) for i, v in enumerate(scaled(face.box))]
     result["landmarks"] = None if face.landmarks is None else [scaled(point) for point in face.landmarks]
     result["regions"] = {region: scaled(box) for region, box in face.regions.items()}
     x1, y1, x2, y2 = result["box"]
