@@ -165,7 +165,7 @@ def test_report_durations_follow_the_timestamps(vfr_videos, random_weights, tmp_
     assert main(["report", str(vfr_videos["webm"]), "--out", str(out), "--weights", str(random_weights)]) == 0
     page = (out / "report.html").read_text()
     assert f"{len(VFR_TIMES)} processed frames over 11.0 s" in page
-    row = re.search(r"<tr><td>1</td><td>([\d.]+)</td><td>([\d.]+)</td><td>(\d+)</td>", page)
+    row = re.search(r"<tr><td>(?:<img [^>]*> )?1</td><td>([\d.]+)</td><td>([\d.]+)</td><td>(\d+)</td>", page)
     assert row is not None and row.groups() == ("0.00", "11.00", str(len(VFR_TIMES)))  # first seen, last seen, frames
 
 
@@ -222,7 +222,8 @@ def test_moments_below_the_threshold_are_uncertain_and_low_quality_is_marked_or_
     kept = summarise_tracks(frames, uncertain_below=0.4, min_quality="good")[0]
     assert kept.states == ["happy", "uncertain", "sad"] and kept.times == [0.0, 0.1, 0.3]
     everything_uncertain = summarise_tracks(frames[1:2], uncertain_below=0.4)[0]
-    assert everything_uncertain.most_often() == "none" and track.most_often() in ("happy", "sad")
+    assert everything_uncertain.most_often() == "happy (uncertain)" and track.most_often() in ("happy", "sad")
+    assert summarise_tracks(frames[2:3])[0].most_often() == "none (low quality)"
 
 
 def report_row(page: str) -> dict[str, str]:
@@ -242,7 +243,8 @@ def test_report_uncertain_threshold_and_calibration_statement(clip, random_weigh
                      "--uncertain-below", threshold]) == 0
         pages[threshold] = (out / "report.html").read_text()
     everything = report_row(pages["1"])  # no label has probability 1: every moment is uncertain
-    assert everything["uncertain"] == "100%" and everything["most often"] == "none"
+    label, _, note = everything["most often"].partition(" ")  # the most frequent label, said to be uncertain
+    assert everything["uncertain"] == "100%" and label in EMOTIONS and note == "(uncertain)"
     assert all(everything[name] == "0%" for name in EMOTIONS)
     nothing = report_row(pages["0"])
     assert nothing["uncertain"] == "0%" and nothing["most often"] in EMOTIONS
@@ -271,11 +273,43 @@ def test_a_report_over_an_earlier_one_keeps_none_of_its_plots(clip, random_weigh
     (out / "notes.txt").write_text("mine")
 
     assert main(["report", str(clip), "--out", str(out), "--weights", str(random_weights), "--every", "3"]) == 0
-    assert sorted(path.name for path in out.iterdir()) == ["frames.jsonl", "notes.txt", "report.html", "shares.png",
-                                                           "timeline_1.png", "timeline_9.png"]
+    assert sorted(path.name for path in out.iterdir()) == ["face_1.jpg", "frames.jsonl", "notes.txt", "report.html",
+                                                           "shares.png", "timeline_1.png", "timeline_9.png"]
     blank = tmp_path / "blank.avi"
     write_video(blank, [np.full((120, 160, 3), 90, np.uint8)] * 2)
     assert main(["report", str(blank), "--out", str(out), "--weights", str(random_weights)]) == 0
     assert sorted(path.name for path in out.iterdir()) == ["frames.jsonl", "notes.txt", "report.html",
                                                            "timeline_9.png"]
     assert (out / "timeline_9.png").read_bytes() == b"mine" and (out / "notes.txt").read_text() == "mine"
+
+
+def test_each_face_of_a_report_has_a_thumbnail_of_it_in_the_table(clip, random_weights, astronaut, tmp_path):
+    out = tmp_path / "report"
+    assert main(["report", str(clip), "--out", str(out), "--weights", str(random_weights), "--every", "3"]) == 0
+    page = (out / "report.html").read_text()
+    assert '<td><img src="face_1.jpg" alt="face 1" class="face"> 1</td>' in page
+    thumbnail = np.asarray(Image.open(out / "face_1.jpg"))
+    assert max(thumbnail.shape[:2]) <= 96 and min(thumbnail.shape[:2]) > 40
+    # the astronaut's face, not background: skin and hair, neither flat nor the frame's grey padding
+    assert thumbnail.std() > 30
+
+
+def test_a_scene_cut_ends_every_track():
+    from msfer.inference.tracking import FaceTracker
+
+    def at(box):
+        return face(box, "happy", 0.8)
+
+    rng = np.random.default_rng(0)
+    shot_a = rng.integers(0, 80, (120, 160, 3), dtype=np.uint8)
+    shot_b = rng.integers(150, 255, (120, 160, 3), dtype=np.uint8)
+    tracker = FaceTracker()
+    box = [40, 30, 90, 90]
+    first = tracker.update([at(box)], shot_a)[0].track_id
+    assert tracker.update([at(box)], shot_a)[0].track_id == first  # same shot, same place: same person
+    after_cut = tracker.update([at(box)], shot_b)[0].track_id
+    assert after_cut != first and tracker.cuts == 1  # same place, another shot: another person
+    assert tracker.update([at(box)], shot_b)[0].track_id == after_cut
+    assert tracker.update([at(box)], shot_b[:100])[0].track_id != after_cut  # the frame size changed
+    joined = FaceTracker(cut_threshold=None)
+    assert joined.update([at(box)], shot_a)[0].track_id == joined.update([at(box)], shot_b)[0].track_id

@@ -11,6 +11,7 @@ from ..files import refuse_file_as_folder
 from ..inference.recognizer import EmotionRecognizer
 from ..inference.report import (
     DEFAULT_UNCERTAIN_BELOW,
+    PER_FACE_FILE,
     processed_frames,
     report_files,
     write_video_report,
@@ -50,22 +51,22 @@ def run(args: argparse.Namespace) -> int:
         raise MsferError(f"--uncertain-below must be in [0, 1], got {args.uncertain_below}")
     check_at_least_one(args, "every")
     refuse_file_as_folder(args.out, "--out")
-    # Refused before the work, not after: the fixed names, and any timeline_<N>.png.
+    # Refused before the work, not after: the fixed names, and any timeline_<N>.png or face_<N>.jpg.
     inputs = InputFiles([args.video])
     for name in report_files([]):
         inputs.refuse(args.out / name, "--out")
-    if args.video.name.startswith("timeline_") and args.video.suffix == ".png":
+    if PER_FACE_FILE.fullmatch(args.video.name):
         inputs.refuse(args.out / args.video.name, "--out")
     recognizer = EmotionRecognizer(**model_options(args), detect_size=args.detect_size, min_face=args.min_face,
                                    decision=args.decision)
-    frames, shortfall = processed_frames(recognizer, args.video, args.every, args.smooth)
+    frames, shortfall, thumbnails = processed_frames(recognizer, args.video, args.every, args.smooth)
     settings = {"model": args.weights or "bundled", "every": args.every, "smoothing": args.smooth,
                 "decision": recognizer.decision, "uncertain below": args.uncertain_below,
                 "min quality": args.min_quality}
     if shortfall is not None:  # the report covers the frames read and says so; the run counts as failed
         settings["incomplete video"] = shortfall
     path = write_video_report(args.video, frames, args.out, settings, args.uncertain_below, args.min_quality,
-                        recognizer.calibration)
+                              recognizer.calibration, thumbnails)
     print(f"wrote {printable(path)}")
     if shortfall is not None:
         print(f"msfer report: {printable(args.video)}: {shortfall}; the report covers the frames read",

@@ -1,6 +1,8 @@
 """``msfer report VIDEO --out DIR``: an HTML report of the emotions shown by each face in a video.
 
-DIR gets ``report.html``, one ``timeline_<track>.png`` per tracked face (the 7
+DIR gets ``report.html``, one ``face_<track>.jpg`` per tracked face (a thumbnail of the face
+at its best moment: good quality first, then the detector's score, then size, so the faces of
+the table can be matched to people), one ``timeline_<track>.png`` per tracked face (the 7
 probabilities over time, stacked, under a band of what each moment reads as; a face seen
 in a single processed frame gets a stacked bar at that moment), ``shares.png`` (the share
 of processed frames in which each emotion was the face's label, per face) and
@@ -10,7 +12,8 @@ The probabilities are the model's, calibrated when the model is (a bundled model
 its logits are calibrated inside the network), smoothed over time per face (``--smooth``).
 A moment reads as its label (by the ``--decision`` rule) unless the label's probability is
 below ``--uncertain-below``: then it is **uncertain**, neither in an emotion's share nor in
-"most often". With calibrated probabilities a label of probability p is right about p of the
+"most often" (a face whose every moment is uncertain shows its most frequent label there,
+marked "(uncertain)"). With calibrated probabilities a label of probability p is right about p of the
 time, so the default 0.5 marks the moments whose label is more likely wrong than right.
 A face of low quality (:func:`msfer.faces.quality.face_quality`) is marked **low
 quality** instead (default), or with ``--min-quality good`` left out of the report. The
@@ -70,6 +73,8 @@ class TrackSummary:
     times: list[float] = field(default_factory=list)
     probs: list[list[float]] = field(default_factory=list)
     states: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)  # each moment's label, uncertain or not
+    thumbnail: np.ndarray | None = None  # H x W x 3 uint8 RGB: the face at its best moment
 
     def shares(self) -> dict[str, float]:
         """Fraction of this face's frames in each state (the emotions, then uncertain and low quality)."""
@@ -77,9 +82,13 @@ class TrackSummary:
         return {name: counts[name] / len(self.states) for name in STATES}
 
     def most_often(self) -> str:
-        """The emotion this face's moments most often read as ("none": every moment was uncertain or low quality)."""
+        """The emotion this face's moments most often read as; where every moment was uncertain, the most frequent
+        label followed by " (uncertain)"; "none (low quality)" where every moment was of low quality."""
         counts = Counter(state for state in self.states if state in EMOTIONS)
-        return counts.most_common(1)[0][0] if counts else "none"
+        if counts:
+            return counts.most_common(1)[0][0]
+        unsure = Counter(label for label, state in zip(self.labels, self.states) if state == UNCERTAIN)
+        return f"{unsure.most_common(1)[0][0]} (uncertain)" if unsure else "none (low quality)"
 
 
 def moment_state(face, uncertain_below: float) -> str:
@@ -104,6 +113,7 @@ def summarise_tracks(frames: list[VideoFrame], uncertain_below: float = DEFAULT_
             track.times.append(frame.time)
             track.probs.append([face.probs[name] for name in EMOTIONS])
             track.states.append(moment_state(face, uncertain_below))
+            track.labels.append(face.label)
     return list(tracks.values())
 
 
@@ -195,11 +205,43 @@ def plot_shares(tracks: list[TrackSummary], path: Path) -> None:
 
 def report_files(tracks: list[TrackSummary]) -> list[str]:
     """The names of the files a report with ``tracks`` writes into its folder."""
-    return ["report.html", "frames.jsonl", "shares.png", *(f"timeline_{track.track_id}.png" for track in tracks)]
+    return ["report.html", "frames.jsonl", "shares.png", *(f"timeline_{track.track_id}.png" for track in tracks),
+            *(f"face_{track.track_id}.jpg" for track in tracks if track.thumbnail is not None)]
 
 
-# The plots a report's page shows, by msfer's names for them (report_files).
-PLOT_SOURCE = re.compile(r'<img src="(shares\.png|timeline_\d+\.png)"')
+# The files of one face in a report folder, and the images a report's page shows (report_files).
+PER_FACE_FILE = re.compile(r"timeline_\d+\.png|face_\d+\.jpg")
+PLOT_SOURCE = re.compile(r'<img src="(shares\.png|timeline_\d+\.png|face_\d+\.jpg)"')
+THUMBNAIL_SIDE = 96  # pixels, the longer side of a face's thumbnail
+THUMBNAIL_MARGIN = 0.2  # of the face box's side, on each side
+
+
+def face_rank(face) -> tuple:
+    """How good a moment is for a face's thumbnail: good quality first, then the detector's score, then size."""
+    return (face.quality != "low", face.score or 0.0, face.face_size or 0.0)
+
+
+def face_thumbnail(image: np.ndarray, box) -> np.ndarray:
+    """The face ``box`` ([x1, y1, x2, y2] pixels) of ``image`` (H x W x 3 uint8) with a margin, at most
+    ``THUMBNAIL_SIDE`` pixels on its longer side."""
+    import cv2
+
+    x1, y1, x2, y2 = box
+    margin = THUMBNAIL_MARGIN * max(x2 - x1, y2 - y1)
+    height, width = image.shape[:2]
+    left, top = max(int(x1 - margin), 0), max(int(y1 - margin), 0)
+    right, bottom = min(int(np.ceil(x2 + margin)), width), min(int(np.ceil(y2 + margin)), height)
+    crop = image[top:max(bottom, top + 1), left:max(right, left + 1)]
+    scale = min(1.0, THUMBNAIL_SIDE / max(crop.shape[:2]))
+    size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
+    return cv2.resize(np.ascontiguousarray(crop), size, interpolation=cv2.INTER_AREA)
+
+
+def write_thumbnail(thumbnail: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    with atomic_output(path) as temporary:
+        Image.fromarray(thumbnail).save(temporary, format="JPEG", quality=90)
 
 
 def stale_plots(out_dir: Path, tracks: list[TrackSummary]) -> list[Path]:
@@ -217,14 +259,15 @@ def stale_plots(out_dir: Path, tracks: list[TrackSummary]) -> list[Path]:
 
 
 def write_video_report(video: Path, frames: list[VideoFrame], out_dir: Path, settings: dict[str, object],
-                 uncertain_below: float = DEFAULT_UNCERTAIN_BELOW, min_quality: str = "low",
-                 calibration: dict | None = None) -> Path:
+                       uncertain_below: float = DEFAULT_UNCERTAIN_BELOW, min_quality: str = "low",
+                       calibration: dict | None = None, thumbnails: dict[int, np.ndarray] | None = None) -> Path:
     """Write the plots and ``report.html`` for the processed ``frames`` of ``video`` into ``out_dir``.
 
     Returns the HTML path.
 
     ``uncertain_below``, ``min_quality``: see the module docstring; ``calibration``: the model's
-    :func:`msfer.engine.calibration.calibration_summary` (None: uncalibrated).
+    :func:`msfer.engine.calibration.calibration_summary` (None: uncalibrated); ``thumbnails``: each
+    track's face image (:func:`processed_frames` keeps them), shown in the table of faces.
     """
     import matplotlib
 
@@ -232,6 +275,8 @@ def write_video_report(video: Path, frames: list[VideoFrame], out_dir: Path, set
     with writing(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
     tracks = summarise_tracks(frames, uncertain_below, min_quality)
+    for track in tracks:
+        track.thumbnail = (thumbnails or {}).get(track.track_id)
     inputs = InputFiles([video])
     for name in report_files(tracks):
         inputs.refuse(out_dir / name, "--out")
@@ -241,13 +286,18 @@ def write_video_report(video: Path, frames: list[VideoFrame], out_dir: Path, set
         plot_timeline(track, out_dir / f"timeline_{track.track_id}.png", duration)
     if tracks:
         plot_shares(tracks, out_dir / "shares.png")
+    for track in tracks:
+        if track.thumbnail is not None:
+            write_thumbnail(track.thumbnail, out_dir / f"face_{track.track_id}.jpg")
     with atomic_output(out_dir / "frames.jsonl") as temporary, ExitStack() as stack:
         writer = ResultWriter(temporary, stack)
         for frame in frames:
             writer.write({"source": video, "frame": frame.index, "time": frame.time, "faces": frame.faces})
     rows = "\n".join(
         "<tr>" + "".join(f"<td>{cell}</td>" for cell in (
-            track.track_id, f"{track.times[0]:.2f}", f"{track.times[-1]:.2f}", len(track.times), track.most_often(),
+            (f'<img src="face_{track.track_id}.jpg" alt="face {track.track_id}" class="face"> '
+             if track.thumbnail is not None else "") + str(track.track_id),
+            f"{track.times[0]:.2f}", f"{track.times[-1]:.2f}", len(track.times), html.escape(track.most_often()),
             *(f"{100 * share:.0f}%" for share in track.shares().values()),
         )) + "</tr>"
         for track in tracks
@@ -278,6 +328,7 @@ body {{ font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto;
 .notice {{ border: 2px solid #c62828; background: #fff3f3; padding: 0.8em 1em; }}
 table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }}
 img {{ max-width: 100%; display: block; margin: 0.5em 0; }}
+img.face {{ display: inline-block; height: 64px; margin: 0; vertical-align: middle; }}
 </style></head><body>
 <h1>Facial emotion report: {html.escape(printable(video.name))}</h1>
 <p class="notice">{DISCLAIMER.replace(DISCLAIMER_LEAD, f"<strong>{DISCLAIMER_LEAD}</strong>", 1)}</p>
@@ -298,19 +349,24 @@ img {{ max-width: 100%; display: block; margin: 0.5em 0; }}
 
 
 def processed_frames(recognizer: EmotionRecognizer, path: Path, every: int = 1,
-                     smooth: float = 0.0) -> tuple[list[VideoFrame], str | None]:
+                     smooth: float = 0.0) -> tuple[list[VideoFrame], str | None, dict[int, np.ndarray]]:
     """The processed frames of the video at ``path`` (every ``every``-th, tracked and smoothed), without their
     images: only the results are kept, so memory stays flat on long videos. Also, for a file whose decoding
-    stopped early (truncated or damaged), what was missed (:meth:`VideoSource.shortfall`), else None."""
+    stopped early (truncated or damaged), what was missed (:meth:`VideoSource.shortfall`), else None; and
+    each track's thumbnail (:func:`face_thumbnail` at its best moment by :func:`face_rank`)."""
     with (open_video(path) as video,
           tqdm(total=video.frame_count, desc=printable(Path(path).name), unit="frame") as progress):
         if not getattr(video, "timed", True):
             raise MsferError(f"{printable(path)}: the pages of a multi-page image have no times to plot; "
                              "msfer predict reads them page by page")
-        frames = []
+        frames, thumbnails, best = [], {}, {}
         for frame in predict_video(recognizer, video, every, smooth):
             if frame.processed:
+                for face in frame.faces:
+                    if face.track_id not in best or face_rank(face) > best[face.track_id]:
+                        best[face.track_id] = face_rank(face)
+                        thumbnails[face.track_id] = face_thumbnail(frame.image, face.box)
                 frame.image = None
                 frames.append(frame)
             progress.update()
-        return frames, video.shortfall()
+        return frames, video.shortfall(), thumbnails

@@ -6,6 +6,14 @@ person as the track whose last box overlaps it most, if that overlap is at least
 and face at most once. An unmatched face starts a new track; a track unmatched for
 more than ``max_missed`` processed frames ends (its id is never reused).
 
+A **scene cut** ends every track: a face after a cut is a new track even where a face of the
+previous shot stood (film scenes, edited clips, two recordings joined). A cut is where two
+successive processed frames differ by more than ``cut_threshold`` in mean absolute HSV
+difference on a 64-pixel-wide copy (0..255 per channel; also any change of frame size): the
+measure and default of PySceneDetect's ``ContentDetector``. With a large ``--every`` a fast
+camera move can read as a cut and split one person's track in two; joining two people is the
+worse error for a report of each face.
+
 Smoothing is an exponential moving average of each track's probabilities:
 ``smoothed = smoothing * previous + (1 - smoothing) * current``, so 0 is off and
 values near 1 follow slowly. It steadies labels that flicker between neighbouring
@@ -22,6 +30,25 @@ import numpy as np
 from ..labels import EMOTIONS
 from .results import FaceResult
 
+# PySceneDetect's ContentDetector default: mean absolute HSV difference between frames, 0..255 scale.
+CUT_THRESHOLD = 27.0
+SIGNATURE_WIDTH = 64
+
+
+def scene_signature(rgb: np.ndarray) -> np.ndarray:
+    """A small HSV copy of an H x W x 3 uint8 RGB frame (64 px wide, float32), what :func:`is_cut` compares."""
+    import cv2
+
+    height, width = rgb.shape[:2]
+    size = (SIGNATURE_WIDTH, max(1, round(height * SIGNATURE_WIDTH / width)))
+    small = cv2.resize(np.ascontiguousarray(rgb), size, interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(small, cv2.COLOR_RGB2HSV).astype(np.float32)
+
+
+def is_cut(before: np.ndarray, after: np.ndarray, threshold: float = CUT_THRESHOLD) -> bool:
+    """Whether two :func:`scene_signature` s are of different shots (see the module docstring)."""
+    return before.shape != after.shape or float(np.abs(before - after).mean()) > threshold
+
 
 @dataclass
 class Track:
@@ -35,17 +62,32 @@ class FaceTracker:
     """Assigns ``track_id`` to the faces of successive frames; see the module docstring."""
 
     def __init__(self, iou_threshold: float = 0.3, max_missed: int = 10, smoothing: float = 0.0,
-                 decide: Callable[[np.ndarray], int] | None = None) -> None:
-        """``decide``: the class index of a smoothed probability vector (7,), default the most probable."""
+                 decide: Callable[[np.ndarray], int] | None = None, cut_threshold: float | None = CUT_THRESHOLD
+                 ) -> None:
+        """``decide``: the class index of a smoothed probability vector (7,), default the most probable.
+        ``cut_threshold``: see the module docstring (None: tracks run across cuts)."""
         if not 0.0 <= smoothing < 1.0:
             raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
         self.iou_threshold, self.max_missed, self.smoothing = iou_threshold, max_missed, smoothing
         self.decide = decide or (lambda probs: int(np.argmax(probs)))
+        self.cut_threshold = cut_threshold
         self.tracks: list[Track] = []
         self.next_id = 1
+        self.signature: np.ndarray | None = None
+        self.cuts = 0
 
-    def update(self, faces: list[FaceResult]) -> list[FaceResult]:
-        """Set each face's ``track_id`` (and, when smoothing, its probs, label and confidence); return ``faces``."""
+    def update(self, faces: list[FaceResult], image: np.ndarray | None = None) -> list[FaceResult]:
+        """Set each face's ``track_id`` (and, when smoothing, its probs, label and confidence); return ``faces``.
+
+        ``image``: the frame (H x W x 3 uint8 RGB) the faces are from, to end every track at a scene
+        cut; without it tracks run across cuts.
+        """
+        if image is not None and self.cut_threshold is not None:
+            signature = scene_signature(image)
+            if self.signature is not None and is_cut(self.signature, signature, self.cut_threshold):
+                self.tracks = []
+                self.cuts += 1
+            self.signature = signature
         matches = self._match(faces)
         matched_tracks = set(matches.values())
         for track_index, track in enumerate(self.tracks):

@@ -413,7 +413,7 @@ def _recognise(
     """
     processed = [frame for frame in frames if frame.processed]
     for frame, faces in zip(processed, recognizer.predict_batch([frame.image for frame in processed])):
-        frame.faces = tracker.update(faces)
+        frame.faces = tracker.update(faces, frame.image)
     for frame in frames:
         if frame.processed:
             last_faces = frame.faces
