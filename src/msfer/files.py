@@ -10,7 +10,10 @@ text. Files written record by record (the JSONL and CSV of ``msfer predict``, th
 file of ``msfer annotate``) are appended to instead, so that an interrupted run can resume.
 
 An :class:`OSError` while writing (a folder that cannot be made, a full disk) is one
-:class:`MsferError` naming the file and the reason (:func:`writing`), not a traceback.
+:class:`MsferError` naming the file and the reason (:func:`writing`), not a traceback; a writer
+that reports the :class:`OSError` as another exception (``torch.save`` turns a full disk into a
+``RuntimeError``) counts the same. A full disk (or an exhausted quota) is a :class:`DiskFullError`,
+which a command does not take for a fault of one input: it stops the run.
 """
 from __future__ import annotations
 
@@ -23,6 +26,14 @@ from typing import Any, Callable, Iterator
 
 from .errors import MsferError
 from .outputs import printable
+
+# The errors of a file system that has no room left (a full disk, an exhausted quota).
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(MsferError):
+    """An output could not be written for lack of space: no input is at fault, and nothing later can be written
+    either, so a command stops (with one line naming the file) instead of going on to the next input."""
 
 
 def file_in_the_way(path: Path) -> Path | None:
@@ -55,13 +66,39 @@ def _why_not_written(path: Path, error: OSError) -> str:
     return error.strerror or str(error)
 
 
+def os_error_behind(error: BaseException) -> OSError | None:
+    """``error`` if it is an :class:`OSError`, else the OSError it was raised while handling (or from), if any.
+
+    ``torch.save`` reports a failed write as a ``RuntimeError`` raised while handling the
+    ``OSError`` (``No space left on device``) of the file.
+    """
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    return None
+
+
 @contextmanager
 def writing(path: str | os.PathLike) -> Iterator[None]:
-    """Turn an :class:`OSError` of the block (which writes ``path``) into one :class:`MsferError` naming it."""
+    """Turn an :class:`OSError` of the block (which writes ``path``) into one :class:`MsferError` naming it.
+
+    An exception raised because of an ``OSError`` (see :func:`os_error_behind`) is turned the
+    same way; an error of the file system's space (:data:`NO_SPACE`) is a :class:`DiskFullError`.
+    Any other exception, and a :class:`MsferError`, passes through unchanged.
+    """
     try:
         yield
-    except OSError as error:
-        raise MsferError(f"cannot write {printable(path)}: {_why_not_written(Path(path), error)}") from None
+    except MsferError:
+        raise
+    except Exception as error:  # noqa: BLE001 - only those an OSError is behind are turned, the rest re-raised
+        cause = os_error_behind(error)
+        if cause is None:
+            raise
+        kind = DiskFullError if cause.errno in NO_SPACE else MsferError
+        raise kind(f"cannot write {printable(path)}: {_why_not_written(Path(path), cause)}") from None
 
 
 def temporary_beside(path: Path, suffix: str) -> str:
