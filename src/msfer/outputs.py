@@ -6,9 +6,12 @@
 * **Whole or not at all.** Every output goes through :mod:`msfer.files`' one writer
   (temporary file, ``fsync``, rename), so a reader never sees half a file and an
   interrupted run leaves the old file as it was.
-* **An existing ``--out``** (``msfer predict``, ``msfer annotate`` and ``msfer export``) is
-  neither replaced nor appended to unless asked: ``--resume`` continues it (the inputs it
-  already has are skipped), ``--overwrite`` starts it afresh (:func:`existing_out_mode`).
+* **An existing ``--out``** (``msfer predict``, ``msfer annotate`` and ``msfer export``), even an
+  empty one, is neither replaced nor appended to unless asked: ``--resume`` continues it (the
+  inputs it already has are skipped), ``--overwrite`` starts it afresh (:func:`existing_out_mode`).
+* **One writer per output.** A run holds :func:`msfer.files.sole_writer` on its output from
+  before any work to its end, and checks the rule above only once it holds it: a second run
+  given the same output is refused, whether it is started at the same time or later.
 * **A file that cannot be written** is a :class:`MsferError` naming it and the reason
   (:func:`msfer.files.writing`), not a traceback.
 * **File names that are not UTF-8.** Linux allows any bytes but NUL and ``/`` in a name;
@@ -102,9 +105,11 @@ class InputFiles:
 def existing_out_mode(path: Path | None, resume: bool, overwrite: bool, resumable: bool = True) -> str:
     """``"w"`` (a new file), ``"a"`` (resume it) for ``--out path``, or a :class:`MsferError` saying what to do.
 
-    An existing non-empty file needs ``--resume`` or ``--overwrite``; an empty one is
-    simply written. ``--resume`` on a file that does not exist yet starts it.
-    ``resumable=False``: the command has no ``--resume`` (the file is written whole).
+    An existing file, even an empty one (another run may have just made it), needs ``--resume``
+    or ``--overwrite``. ``--resume`` on a file that does not exist yet starts it.
+    ``resumable=False``: the command has no ``--resume`` (the file is written whole). Decide it
+    while holding :func:`msfer.files.sole_writer` on ``path``, so that no other run changes the
+    answer before the file is written.
     """
     if resume and overwrite:
         raise MsferError("give --resume or --overwrite, not both")
@@ -112,7 +117,7 @@ def existing_out_mode(path: Path | None, resume: bool, overwrite: bool, resumabl
         return "w"
     if path.is_dir():
         raise MsferError(f"--out {printable(path)} is a folder; give a file")
-    if not path.exists() or path.stat().st_size == 0:
+    if not path.exists():
         return "w"
     if resume:
         return "a"

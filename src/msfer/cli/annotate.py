@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import MsferError
 from ..faces.retinaface import RetinaFaceDetector
+from ..files import sole_writer
 from ..outputs import InputFiles, existing_out_mode, printable
 from ..regions.annotator import CANDIDATE_SCORE, DETECT_SIZE, Annotator, annotate_samples, rates_table
 from ..regions.filter import QualityRules
@@ -56,10 +57,18 @@ def report_skips(index) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.readers import read_dataset
-
     if args.batch_size < 1:
         raise MsferError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.resume and args.overwrite:
+        raise MsferError("give --resume or --overwrite, not both")
+    with sole_writer(args.out):  # one writer per output: held from before any work to the end of the run
+        return annotate_run(args, existing_out_mode(args.out, args.resume, args.overwrite))
+
+
+def annotate_run(args: argparse.Namespace, mode: str) -> int:
+    """The run, once ``--out`` (to be written afresh, ``mode`` "w", or continued, "a") is this process's alone."""
+    from ..data.readers import read_dataset
+
     index = read_dataset(args.data, args.format)
     report_skips(index)
     samples = index.samples
@@ -68,12 +77,12 @@ def run(args: argparse.Namespace) -> int:
         if not samples:
             raise MsferError(f"{args.data} has no split {args.split!r}; "
                              f"its splits: {', '.join(index.splits()) or 'none'}")
-    if existing_out_mode(args.out, args.resume, args.overwrite) == "w" and args.out.exists():
-        args.out.unlink()  # --overwrite (or an empty file): start afresh
     # Only same-named images can be the output file (a cheap filter before the file-system checks).
     same_name = (sample.path for sample in samples
                  if sample.path is not None and Path(sample.path).name == args.out.name)
-    InputFiles(same_name).refuse(args.out, "--out")
+    InputFiles(same_name).refuse(args.out, "--out")  # before --overwrite removes anything
+    if mode == "w" and args.out.exists():
+        args.out.unlink()  # --overwrite: start afresh
     detector = RetinaFaceDetector(args.detector_model, score_threshold=min(CANDIDATE_SCORE, args.score_threshold),
                                   threads=args.threads)
     annotator = Annotator(detector, QualityRules(min_score=args.score_threshold), args.merge_eyes, args.detect_size)

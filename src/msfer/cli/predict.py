@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 from ..errors import MsferError
 from ..faces.detection import DEFAULT_DETECT_SIZE, DEFAULT_MIN_FACE
-from ..files import refuse_file_as_folder
+from ..files import refuse_file_as_folder, sole_writer
 from ..inference.predict import (
     QualityFilter,
     check_outputs,
@@ -68,7 +69,16 @@ def run(args: argparse.Namespace) -> int:
     check_at_least_one(args, "every", "batch_size")
     options = model_options(args)  # a bad option is an error before any file is looked at
     ResultWriter.format_of(args.out)
-    mode = existing_out_mode(args.out, args.resume, args.overwrite)
+    if args.resume and args.overwrite:
+        raise MsferError("give --resume or --overwrite, not both")
+    with ExitStack() as held:
+        if args.out is not None:  # one writer per output: held from before any work to the end of the run
+            held.enter_context(sole_writer(args.out))
+        return predict_run(args, options, existing_out_mode(args.out, args.resume, args.overwrite))
+
+
+def predict_run(args: argparse.Namespace, options: dict, mode: str) -> int:
+    """The run, once ``--out`` (opened in ``mode``) is this process's alone."""
     inputs = collect_inputs(args.inputs)
     for path, reason in inputs.skipped:
         print(f"msfer predict: skipped {printable(path)}: {reason}", file=sys.stderr)

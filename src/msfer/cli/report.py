@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import MsferError
 from ..faces.detection import DEFAULT_DETECT_SIZE, DEFAULT_MIN_FACE
-from ..files import refuse_file_as_folder
+from ..files import ready_folder, sole_writer
 from ..inference.recognizer import EmotionRecognizer
 from ..inference.report import (
     DEFAULT_UNCERTAIN_BELOW,
@@ -48,7 +48,13 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.uncertain_below <= 1.0:
         raise MsferError(f"--uncertain-below must be in [0, 1], got {args.uncertain_below}")
     check_at_least_one(args, "every")
-    refuse_file_as_folder(args.out, "--out")
+    ready_folder(args.out, "--out")  # before the video's minutes, not after them
+    with sole_writer(args.out, folder=True):  # one writer per output: held from before any work to the end
+        return report_run(args)
+
+
+def report_run(args: argparse.Namespace) -> int:
+    """The run, once the folder ``--out`` is this process's alone."""
     # Refused before the work, not after: the fixed names, and any timeline_<N>.png.
     inputs = InputFiles([args.video])
     for name in report_files([]):

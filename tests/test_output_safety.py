@@ -1,0 +1,148 @@
+"""What a run of msfer does to its output when it is not alone: one writer per output, a full disk, a resumed
+run's exit status and summary, and names with control characters."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from small_filesystem import SOURCE, msfer_command
+
+from msfer.cli import main
+
+
+def jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def environment() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([SOURCE, os.environ.get("PYTHONPATH", "")]),
+            "PYTHONIOENCODING": "utf-8"}
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, astronaut) -> Path:
+    """20 photos of a face, each a little different."""
+    folder = tmp_path_factory.mktemp("photos")
+    for index in range(20):
+        Image.fromarray(astronaut[index:, index:]).save(folder / f"photo{index:02d}.jpg", quality=90)
+    return folder
+
+
+def stopped_mid_run(command: list[str], out: Path) -> subprocess.Popen:
+    """A real msfer run, started and stopped (SIGSTOP) once it has written its first record to ``out``."""
+    run = subprocess.Popen(command, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (out.exists() and out.read_text(encoding="utf-8").count("\n") >= 1):
+        assert run.poll() is None, f"the first run ended before it wrote a record: {run.stderr.read()}"
+        assert time.monotonic() < deadline, "the first run wrote nothing in 300 s"
+        time.sleep(0.005)
+    os.kill(run.pid, signal.SIGSTOP)
+    assert run.poll() is None, "the first run ended before it could be stopped: give it more photos"
+    return run
+
+
+def test_a_second_predict_on_the_same_out_is_refused_while_the_first_runs(photos, random_weights, tmp_path, capsys):
+    out = tmp_path / "all.jsonl"
+    first = stopped_mid_run(msfer_command("predict", str(photos), "--weights", str(random_weights), "--out", str(out),
+                                          "--batch-size", "1"), out)
+    try:
+        written = out.read_bytes()
+        # The same command started twice, a shard given the same file, a resume, an overwrite: all refused.
+        for extra in ([], ["--num-shards", "2", "--shard-index", "1"], ["--resume"], ["--overwrite"]):
+            assert main(["predict", str(photos), "--weights", str(random_weights), "--out", str(out), *extra]) == 2
+            assert capsys.readouterr().err == (f"msfer predict: error: --out {out} is being written by another "
+                                               "msfer run: wait for it to end, or give this run another --out\n")
+            assert out.read_bytes() == written  # the refused run wrote nothing, not even a header
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    assert first.wait(timeout=600) == 0, first.stderr.read()
+    records = jsonl(out)  # every line whole
+    assert sorted(Path(r["source"]).name for r in records) == sorted(p.name for p in photos.iterdir())
+    assert [p.name for p in tmp_path.iterdir()] == ["all.jsonl"]  # the lock file went with the run
+
+    # Once it has ended, the rule for an existing --out applies again; --resume finds nothing left to do.
+    assert main(["predict", str(photos), "--weights", str(random_weights), "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["predict", str(photos), "--weights", str(random_weights), "--out", str(out), "--resume"]) == 0
+    assert jsonl(out) == records
+
+
+def holding(path: Path, folder: bool = False) -> subprocess.Popen:
+    """Another process that holds ``path`` as a run of msfer does (msfer.files.sole_writer), until its stdin closes."""
+    code = ("import sys\nfrom pathlib import Path\nfrom msfer.files import sole_writer\n"
+            "with sole_writer(Path(sys.argv[1]), folder=sys.argv[2] == 'folder'):\n"
+            "    print('held', flush=True)\n    sys.stdin.read()\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(path), "folder" if folder else "file"],
+                              env=environment(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    return holder
+
+
+def release(holder: subprocess.Popen) -> None:
+    holder.stdin.close()
+    assert holder.wait(timeout=60) == 0
+
+
+def test_annotate_and_report_refuse_an_output_another_run_holds(photos, random_weights, astronaut, tmp_path, capsys):
+    from test_inference_predict import moving_face_frames, write_video
+
+    dataset = tmp_path / "dataset" / "happy"
+    dataset.mkdir(parents=True)
+    for name in ("a.jpg", "b.jpg"):
+        (dataset / name).write_bytes((photos / "photo00.jpg").read_bytes())
+    regions = tmp_path / "regions.jsonl"
+    holder = holding(regions)
+    try:
+        for extra in ([], ["--resume"], ["--overwrite"]):
+            assert main(["annotate", str(dataset.parent), "--format", "folder", "--out", str(regions), *extra]) == 2
+            assert capsys.readouterr().err == (f"msfer annotate: error: --out {regions} is being written by another "
+                                               "msfer run: wait for it to end, or give this run another --out\n")
+        assert not regions.exists()
+    finally:
+        release(holder)
+    assert main(["annotate", str(dataset.parent), "--format", "folder", "--out", str(regions)]) == 0
+    assert len(jsonl(regions)) == 2
+    capsys.readouterr()
+
+    video, report = tmp_path / "clip.avi", tmp_path / "report"
+    write_video(video, moving_face_frames(astronaut, 3))
+    report.mkdir()
+    holder = holding(report, folder=True)
+    try:
+        assert main(["report", str(video), "--out", str(report), "--weights", str(random_weights)]) == 2
+        assert capsys.readouterr().err == (f"msfer report: error: --out {report} is being written by another msfer "
+                                           "run: wait for it to end, or give this run another --out\n")
+        assert not any(report.iterdir())
+    finally:
+        release(holder)
+    assert main(["report", str(video), "--out", str(report), "--weights", str(random_weights)]) == 0
+    assert (report / "report.html").is_file()
+
+
+def test_an_empty_existing_out_is_an_existing_out(photos, random_weights, tmp_path, capsys):
+    # Another run may have just made it: writing it anew would drop what that run writes next.
+    out = tmp_path / "results.csv"
+    out.touch()
+    assert main(["predict", str(photos / "photo00.jpg"), "--weights", str(random_weights), "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err and out.read_bytes() == b""
+    assert main(["predict", str(photos / "photo00.jpg"), "--weights", str(random_weights), "--out", str(out),
+                 "--resume"]) == 0
+    assert out.read_text().startswith("source,frame,time,face,")
+
+
+def test_annotate_overwrite_onto_an_image_of_its_dataset_is_refused_before_anything_is_removed(photos, tmp_path,
+                                                                                              capsys):
+    dataset = tmp_path / "dataset" / "happy"
+    dataset.mkdir(parents=True)
+    photo = dataset / "a.jpg"
+    photo.write_bytes((photos / "photo00.jpg").read_bytes())
+    assert main(["annotate", str(dataset.parent), "--format", "folder", "--out", str(photo), "--overwrite"]) == 2
+    assert "never writes onto a file it reads" in capsys.readouterr().err
+    assert photo.read_bytes() == (photos / "photo00.jpg").read_bytes()
