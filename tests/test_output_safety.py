@@ -146,3 +146,89 @@ def test_annotate_overwrite_onto_an_image_of_its_dataset_is_refused_before_anyth
     assert main(["annotate", str(dataset.parent), "--format", "folder", "--out", str(photo), "--overwrite"]) == 2
     assert "never writes onto a file it reads" in capsys.readouterr().err
     assert photo.read_bytes() == (photos / "photo00.jpg").read_bytes()
+
+
+@pytest.mark.parametrize("case", ["annotated copies", "records"])
+def test_a_full_disk_stops_predict_with_one_line_and_resume_finishes_every_photo(photos, random_weights, tmp_path,
+                                                                                 case):
+    """On a real file system that fills mid-run: with the annotated copies (each about 80 KB) on it beside a CSV,
+    or only JSON Lines records (about 1.6 KB each, in one 4 KB page)."""
+    import csv
+
+    from small_filesystem import on_small_filesystem
+
+    def records(path: Path) -> list[dict]:
+        if path.suffix == ".jsonl":
+            return jsonl(path)
+        return list(csv.DictReader(path.open(encoding="utf-8", newline="")))
+
+    copies = case == "annotated copies"
+    disk, after = tmp_path / "disk", tmp_path / "after"
+    out, vis = disk / ("results.csv" if copies else "results.jsonl"), disk / "vis"
+    done = on_small_filesystem(disk, 250_000 if copies else 4096,
+                               msfer_command("predict", str(photos), "--weights", str(random_weights), "--out",
+                                             str(out), *(["--save-vis", str(vis)] if copies else [])), after)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    error = done.stderr.rstrip().splitlines()[-1]
+    assert error.startswith(f"msfer predict: error: cannot write {vis if copies else out}")
+    assert error.endswith(f": No space left on device; {out} keeps every input finished before it: make room and "
+                          "run the same command with --resume to do the rest")
+    # The file ends with whole records, none of them an error: the photo being done when the disk filled has none.
+    assert (after / out.name).read_bytes().endswith(b"\r\n" if copies else b"}\n")
+    kept = records(after / out.name)
+    assert 0 < len(kept) < 20 and not any(record.get("error") for record in kept)
+    assert not list(after.rglob(".msfer-*"))  # no temporary copy left on the full disk
+    if copies:  # a copy for every photo with a record, and for none other
+        assert sorted(p.name for p in (after / "vis").iterdir()) == \
+            sorted(Path(row["source"]).name + ".msfer.jpg" for row in kept)
+
+    # With room again, --resume does the rest: every photo once, with its face, no error.
+    resumed = tmp_path / out.name
+    resumed.write_bytes((after / out.name).read_bytes())
+    assert main(["predict", str(photos), "--weights", str(random_weights), "--out", str(resumed), "--resume",
+                 *(["--save-vis", str(after / "vis")] if copies else [])]) == 0
+    final = records(resumed)
+    assert sorted(Path(record["source"]).name for record in final) == sorted(p.name for p in photos.iterdir())
+    assert not any(record.get("error") for record in final)
+    if copies:
+        assert len(list((after / "vis").iterdir())) == 20
+
+
+def test_a_full_disk_stops_annotate_with_one_line_and_resume_finishes(photos, tmp_path):
+    from small_filesystem import on_small_filesystem
+
+    dataset = tmp_path / "dataset" / "happy"
+    dataset.mkdir(parents=True)
+    for photo in sorted(photos.iterdir()):
+        (dataset / photo.name).write_bytes(photo.read_bytes())
+    disk, after = tmp_path / "disk", tmp_path / "after"
+    done = on_small_filesystem(disk, 4096, msfer_command("annotate", str(dataset.parent), "--format", "folder",
+                                                         "--out", str(disk / "regions.jsonl"), "--batch-size", "2"),
+                               after)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.rstrip().splitlines()[-1] == \
+        f"msfer annotate: error: cannot write {disk / 'regions.jsonl'}: No space left on device"
+    text = (after / "regions.jsonl").read_text()
+    assert text.endswith("\n") and 0 < len(jsonl(after / "regions.jsonl")) < 20  # whole batches only
+    regions = tmp_path / "regions.jsonl"
+    regions.write_text(text)
+    assert main(["annotate", str(dataset.parent), "--format", "folder", "--out", str(regions), "--resume"]) == 0
+    assert sorted(Path(record["id"]).name for record in jsonl(regions)) == sorted(p.name for p in photos.iterdir())
+
+
+def test_report_refuses_a_folder_it_cannot_write_before_processing_the_video(astronaut, random_weights, tmp_path):
+    from small_filesystem import on_small_filesystem
+    from test_inference_predict import moving_face_frames, write_video
+
+    video = tmp_path / "clip.avi"
+    write_video(video, moving_face_frames(astronaut, 3))
+    prepared = tmp_path / "prepared"
+    (prepared / "report").mkdir(parents=True)
+    disk = tmp_path / "disk"
+    for folder in (disk / "report", disk / "new" / "report"):  # an existing folder, and one to be made
+        done = on_small_filesystem(disk, 65536, msfer_command("report", str(video), "--out", str(folder),
+                                                              "--weights", str(random_weights)),
+                                   tmp_path / "after", read_only=True, prepare=prepared)
+        assert done.returncode == 2
+        # The one line, and nothing before it: no progress of the video's frames.
+        assert done.stderr == f"msfer report: error: cannot write {folder}: Read-only file system\n"

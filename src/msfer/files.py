@@ -74,9 +74,12 @@ def ready_folder(path: Path, option: str) -> None:
     empty file is made and removed; a folder made for the run stays.
     """
     refuse_file_as_folder(path, option)
-    with writing(path):
+    try:
         path.mkdir(parents=True, exist_ok=True)
         os.unlink(temporary_beside(path / ".msfer-check", ""))
+    except OSError as error:
+        kind = DiskFullError if error.errno in NO_SPACE else MsferError
+        raise kind(f"cannot write {printable(path)}: {_why_not_written(path / '.msfer-check', error)}") from None
 
 
 def _why_not_written(path: Path, error: OSError) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import MsferError
 from ..faces.detection import DEFAULT_DETECT_SIZE, DEFAULT_MIN_FACE
-from ..files import refuse_file_as_folder, sole_writer
+from ..files import DiskFullError, ready_folder, sole_writer
 from ..inference.predict import (
     QualityFilter,
     check_outputs,
@@ -87,13 +87,19 @@ def predict_run(args: argparse.Namespace, options: dict, mode: str) -> int:
         return 1
     items = shard(inputs.items, args.num_shards, args.shard_index)
     if args.save_vis is not None:
-        refuse_file_as_folder(args.save_vis, "--save-vis")
+        ready_folder(args.save_vis, "--save-vis")
     check_outputs(inputs, items, args.out, args.save_vis)
     recognizer = EmotionRecognizer(**options, tta=args.tta, batch_size=args.batch_size,
                                    detect_size=args.detect_size, min_face=args.min_face, decision=args.decision)
     keep = QualityFilter(args.min_quality)
-    problems = predict_inputs(recognizer, inputs, items, args.out, mode, args.save_vis, args.webcam, args.every,
-                              args.smooth, keep, (args.shard_index, args.num_shards))
+    try:
+        problems = predict_inputs(recognizer, inputs, items, args.out, mode, args.save_vis, args.webcam, args.every,
+                                  args.smooth, keep, (args.shard_index, args.num_shards))
+    except DiskFullError as error:
+        if args.out is None:
+            raise
+        raise DiskFullError(f"{error}; {printable(args.out)} keeps every input finished before it: make room and run "
+                            "the same command with --resume to do the rest") from None
     if keep.left_out:
         print(f"msfer predict: left out {keep.left_out} face(s) of low quality (--min-quality good)", file=sys.stderr)
     if problems:

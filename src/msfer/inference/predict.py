@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from ..data.images import IMAGE_EXTENSIONS, is_broken_link, not_a_file_reason
 from ..errors import MsferError
-from ..files import atomic_output
+from ..files import DiskFullError, atomic_output
 from ..outputs import InputFiles, printable, source_fields
 from .recognizer import EmotionRecognizer, to_rgb_array
 from .results import MIN_QUALITY, FaceResult, ResultWriter, source_key
@@ -210,6 +210,10 @@ def predict_images(
 ) -> None:
     """Recognise ``items`` (images) in batches; unreadable ones go to ``problems`` and the rest carry on.
 
+    An annotated copy (in ``vis_dir``) that cannot be written fails its image alone, as an
+    unreadable one does, except on a full disk: :class:`msfer.files.DiskFullError` then stops
+    the run, and the image gets no record, so that ``--resume`` does it again.
+
     ``keep`` filters each image's faces (default: all kept). A handful of images (up to
     ``ECHO_LIMIT``, or all without ``--out``) also get a line each on the terminal; bulk runs into a file stay quiet.
     """
@@ -234,6 +238,8 @@ def predict_images(
                     try:
                         with atomic_output(vis_dir / item.vis_name) as temporary:
                             Image.fromarray(draw_faces(image, faces)).save(temporary, format="JPEG", quality=92)
+                    except DiskFullError:
+                        raise  # no fault of this photo: the run stops, and --resume does it again
                     except MsferError as error:
                         report_problem(problems, writer, item.path,
                                        f"{printable(item.path)}: no annotated copy: {error}")
@@ -296,6 +302,8 @@ def predict_stream(
         if save_vis is not None:  # before the first frame's record: a copy that cannot be written fails the video
             try:
                 video_writer = AnnotatedVideoWriter(save_vis / vis_name, video.fps)
+            except DiskFullError:
+                raise
             except MsferError as error:
                 raise MsferError(f"{printable(source)}: no annotated copy: {error}") from None
         complete = False
@@ -354,7 +362,10 @@ def predict_inputs(
 ) -> list[str]:
     """Recognise ``items`` (this shard's inputs: ``shard_of`` is its index and the number of shards) and the
     webcam, writing ``out`` (opened in ``mode``: ``"a"`` resumes it, skipping the inputs it has) and the
-    annotated copies in ``save_vis``. Returns the problems reported (each also a record and a line on stderr)."""
+    annotated copies in ``save_vis``. Returns the problems reported (each also a record and a line on stderr).
+
+    Raises :class:`msfer.files.DiskFullError` when an output cannot be written for lack of space:
+    ``out`` then ends with the last whole record, and the input being done has none."""
     keep = keep or QualityFilter()
     with ExitStack() as stack:
         writer = ResultWriter(out, stack, mode)
@@ -377,6 +388,8 @@ def predict_inputs(
         for source, vis_name in streams:
             try:
                 predict_stream(recognizer, source, vis_name, writer, keep, save_vis, every, smooth)
+            except DiskFullError:
+                raise  # no fault of this video: the run stops, and --resume does it again
             except MsferError as error:
                 report_problem(problems, writer, source, str(error))
     return problems

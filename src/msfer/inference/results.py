@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -81,11 +82,16 @@ class ResultWriter:
 
     ``mode="a"`` continues a file an earlier run wrote (see :meth:`_prepare_resume`);
     :attr:`done` then holds the :func:`source_key` of every input it has whole.
+
+    Each record (a JSON line, or all the CSV rows of one image or frame) goes to the file in one
+    piece and is flushed: a record that cannot be written whole (a full disk) is cut off again,
+    so the file ends with the last whole record, and :meth:`write` raises a
+    :class:`msfer.files.DiskFullError` (a full disk) or :class:`MsferError` naming the file.
     """
 
     def __init__(self, path: Path | None, stack: ExitStack, mode: str = "w") -> None:
         self.format = self.format_of(path)
-        self.file: IO[str] | None = None
+        self.file: IO[bytes] | None = None
         self.done: set[tuple[str, str]] = set()
         self.path = path
         if path is not None:
@@ -93,12 +99,10 @@ class ResultWriter:
                 path.parent.mkdir(parents=True, exist_ok=True)
             if mode == "a":
                 self.done = self._prepare_resume(path)
-            with writing(path):
-                self.file = stack.enter_context(open(path, mode, encoding="utf-8", newline=""))
-        if self.format == "csv":
-            self.csv = csv.DictWriter(self.file, CSV_FIELDS)
-            if self.file.tell() == 0:
-                self.csv.writeheader()
+            with writing(path):  # unbuffered: nothing of a failed record waits in a buffer to be written on close
+                self.file = stack.enter_context(open(path, mode + "b", buffering=0))
+            if self.format == "csv" and self.file.seek(0, os.SEEK_END) == 0:
+                self._append(_csv_text([dict(zip(CSV_FIELDS, CSV_FIELDS))]))
 
     @staticmethod
     def format_of(path: Path | None) -> str | None:
@@ -153,21 +157,39 @@ class ResultWriter:
 
     def write(self, record: dict) -> None:
         """One record: ``source`` (a path, name or webcam number), optionally ``frame``/``time``, and ``faces``
-        (FaceResult) or ``error``."""
+        (FaceResult) or ``error``. Written whole or not at all (see the class)."""
         if self.file is None:
             return
         record = {**source_fields(record["source"]),
                   **{key: printable(value) if isinstance(value, str) else value
                      for key, value in record.items() if key != "source"}}
-        with writing(self.path):  # a full disk
-            if self.format == "jsonl":
-                faces = [face.to_dict() for face in record.get("faces", [])]
-                self.file.write(json.dumps({**record, **({"faces": faces} if "faces" in record else {})}) + "\n")
-            elif self.format == "csv":
-                base = {key: record[key] for key in ("source", "source_hex", "frame", "time", "error") if key in record}
-                rows = [_csv_row(index, face) for index, face in enumerate(record.get("faces", []))] or [{}]
-                self.csv.writerows({**base, **row} for row in rows)
-            self.file.flush()  # an interrupted run keeps every record written so far
+        if self.format == "jsonl":
+            faces = [face.to_dict() for face in record.get("faces", [])]
+            text = json.dumps({**record, **({"faces": faces} if "faces" in record else {})}) + "\n"
+        else:
+            base = {key: record[key] for key in ("source", "source_hex", "frame", "time", "error") if key in record}
+            rows = [_csv_row(index, face) for index, face in enumerate(record.get("faces", []))] or [{}]
+            text = _csv_text([{**base, **row} for row in rows])
+        self._append(text)
+
+    def _append(self, text: str) -> None:
+        """Append ``text`` to the file whole; if it cannot be (a full disk), cut the file back to where it ended."""
+        data, end = text.encode("utf-8"), self.file.seek(0, os.SEEK_END)
+        with writing(self.path):
+            try:
+                view = memoryview(data)
+                while view:  # an unbuffered write may write part of it
+                    view = view[self.file.write(view):]
+            except BaseException:
+                self.file.truncate(end)  # needs no space: the file ends with its last whole record again
+                raise
+
+
+def _csv_text(rows: list[dict]) -> str:
+    """``rows`` as CSV lines (``\\r\\n`` line ends, the csv module's default)."""
+    text = io.StringIO()
+    csv.DictWriter(text, CSV_FIELDS).writerows(rows)
+    return text.getvalue()
 
 
 def _csv_row(index: int, face: FaceResult) -> dict:

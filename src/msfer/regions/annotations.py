@@ -15,7 +15,9 @@ box not clipped (a face cut by the image edge extends past it), which photo crop
 that a person (or a looser training recipe) can still look at them.
 
 Writing is append-only and flushed per batch, so an interrupted run loses at most the
-batch in flight; :class:`AnnotationWriter` drops a torn last line before appending.
+batch in flight; :class:`AnnotationWriter` drops a torn last line before appending. A batch
+that cannot be written whole (a full disk) is cut off again and stops the run with one error
+naming the file (:class:`msfer.files.DiskFullError`); ``--resume`` then annotates it.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import os
 from pathlib import Path
 
 from ..errors import MsferError
+from ..files import writing
 
 STATUS_OK = "ok"
 STATUS_NO_FACE = "no_face"
@@ -78,10 +81,12 @@ class AnnotationWriter:
         if self.path.suffix == ".gz":
             raise MsferError(f"{self.path}: annotations are written as plain .jsonl "
                              "(gzip the finished file if you like)")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with writing(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self.records = load_annotations(self.path) if self.path.exists() else {}
-        self._handle = open(self.path, "a+b")
-        self._repair_last_line()
+        with writing(self.path):  # unbuffered: nothing of a failed batch waits in a buffer to be written on close
+            self._handle = open(self.path, "a+b", buffering=0)
+            self._repair_last_line()
 
     def _repair_last_line(self) -> None:
         size = self._handle.seek(0, io.SEEK_END)
@@ -101,11 +106,18 @@ class AnnotationWriter:
         self._handle.flush()
 
     def write(self, records: list[dict]) -> None:
-        """Append ``records`` and flush them to the file (one call per batch)."""
+        """Append ``records`` to the file (one call per batch), whole or not at all: a batch that cannot be written
+        (:class:`MsferError` naming the file; :class:`msfer.files.DiskFullError` for a full disk) is cut off again."""
         lines = [json.dumps(record, separators=(",", ":")) + "\n" for record in records]
-        self._handle.seek(0, io.SEEK_END)
-        self._handle.write("".join(lines).encode("utf-8"))
-        self._handle.flush()
+        end = self._handle.seek(0, io.SEEK_END)
+        with writing(self.path):
+            try:
+                view = memoryview("".join(lines).encode("utf-8"))
+                while view:  # an unbuffered write may write part of it
+                    view = view[self._handle.write(view):]
+            except BaseException:
+                self._handle.truncate(end)  # needs no space: the file ends with its last whole batch again
+                raise
         self.records.update((record["id"], record) for record in records)
 
     def close(self) -> None:
