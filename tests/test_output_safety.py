@@ -232,3 +232,61 @@ def test_report_refuses_a_folder_it_cannot_write_before_processing_the_video(ast
         assert done.returncode == 2
         # The one line, and nothing before it: no progress of the video's frames.
         assert done.stderr == f"msfer report: error: cannot write {folder}: Read-only file system\n"
+
+
+CONTROL_NAMES = ["cr\rin name.jpg", "new\nline.jpg", "tab\there.jpg", "esc\x1b[31mred.jpg"]
+
+
+@pytest.fixture
+def named(tmp_path, photos) -> Path:
+    """Photos whose names hold control characters (Linux allows every byte but NUL and /), and a plain one."""
+    folder = tmp_path / "named"
+    folder.mkdir()
+    for name in [*CONTROL_NAMES, "plain.jpg"]:
+        (folder / name).write_bytes((photos / "photo00.jpg").read_bytes())
+    return folder
+
+
+def test_names_with_control_characters_never_reach_the_terminal_raw(named, random_weights, tmp_path, capsys):
+    (named / "broken\nphoto.jpg").write_bytes(b"not a JPEG")
+    out = tmp_path / "results.jsonl"
+    assert main(["predict", str(named), str(named / "gone\rmissing.jpg"), "--weights", str(random_weights),
+                 "--out", str(out)]) == 1
+    shown = capsys.readouterr()
+    for raw in ["cr\rin", "new\nline", "tab\there", "\x1b", "broken\nphoto", "gone\rmissing"]:
+        assert raw not in shown.out and raw not in shown.err
+    for escaped in ["cr\\rin name.jpg: ", "new\\nline.jpg: ", "tab\\there.jpg: ", "esc\\x1b[31mred.jpg: "]:
+        assert escaped in shown.out  # the photo's line, on one line
+    assert "broken\\nphoto.jpg" in shown.err and "gone\\rmissing.jpg" in shown.err
+    # In the records too, each name is on one line, with its exact bytes beside it.
+    records = jsonl(out)
+    by_name = {os.fsdecode(bytes.fromhex(r["source_hex"])) if "source_hex" in r else r["source"]: r for r in records}
+    assert set(by_name) == {str(named / name) for name in [*CONTROL_NAMES, "plain.jpg", "broken\nphoto.jpg"]} | \
+        {str(named / "gone\rmissing.jpg")}
+    assert by_name[str(named / "new\nline.jpg")]["source"] == str(named / "new\\nline.jpg")
+
+
+def test_csv_resume_reads_a_carriage_return_inside_a_quoted_name_as_written(named, random_weights, tmp_path):
+    import csv
+
+    out = tmp_path / "results.csv"
+    assert main(["predict", str(named), "--weights", str(random_weights), "--out", str(out)]) == 0
+    written = out.read_bytes()
+    assert main(["predict", str(named), "--weights", str(random_weights), "--out", str(out), "--resume"]) == 0
+    assert out.read_bytes() == written  # nothing done again, nothing rewritten
+
+    # A file whose names are written raw in quoted fields (as msfer wrote them before it escaped control characters,
+    # or another writer of the same columns): a carriage return inside a name is part of it, not a line end.
+    rows = list(csv.DictReader(out.open(encoding="utf-8", newline="")))
+    raw = out.with_name("raw.csv")
+    with raw.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, rows[0].keys())
+        writer.writeheader()
+        for row in rows:
+            if row["source_hex"]:
+                row = {**row, "source": os.fsdecode(bytes.fromhex(row["source_hex"])), "source_hex": ""}
+            writer.writerow(row)
+    before = raw.read_bytes()
+    assert b'cr\rin name.jpg"' in before  # the raw carriage return, inside quotes
+    assert main(["predict", str(named), "--weights", str(random_weights), "--out", str(raw), "--resume"]) == 0
+    assert raw.read_bytes() == before  # every photo found in it: not done again, the file not altered

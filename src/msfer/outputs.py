@@ -14,42 +14,59 @@
   given the same output is refused, whether it is started at the same time or later.
 * **A file that cannot be written** is a :class:`MsferError` naming it and the reason
   (:func:`msfer.files.writing`), not a traceback.
-* **File names that are not UTF-8.** Linux allows any bytes but NUL and ``/`` in a name;
-  Python gives such names as ``str`` with surrogate escapes. :func:`printable` turns a
-  name into valid text, each undecodable byte written as ``\\xNN`` (``café`` in Latin-1
-  becomes ``caf\\xe9``); :func:`source_fields` adds the exact bytes in hex for names that
-  needed it. Everything printed or written as text goes through these.
+* **File names that are not UTF-8, or hold control characters.** Linux allows any bytes but
+  NUL and ``/`` in a name; Python gives such names as ``str`` with surrogate escapes.
+  :func:`printable` turns a name into valid text on one line, each undecodable byte written as
+  ``\\xNN`` (``café`` in Latin-1 becomes ``caf\\xe9``) and each control character escaped
+  (a newline as ``\\n``, a carriage return as ``\\r``, a tab as ``\\t``, others as ``\\xNN``
+  or ``\\uNNNN``), so that a name can neither split a terminal line or a record nor move the
+  cursor; :func:`source_fields` adds the exact bytes in hex for names that needed it.
+  Everything printed or written as text goes through these.
 """
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Iterable
 
 from .errors import MsferError
 
+# C0 and C1 control characters, DEL, and the Unicode line and paragraph separators.
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_control(match: re.Match) -> str:
+    character = match.group()
+    code = ord(character)
+    return _NAMED_ESCAPES.get(character) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
 
 def printable(text: str | os.PathLike | int) -> str:
-    """``text`` (a name or message) as valid Unicode: undecodable file-name bytes become ``\\xNN``."""
+    """``text`` (a name or message) as valid Unicode on one line: undecodable file-name bytes become ``\\xNN``,
+    control characters their escapes (``\\n``, ``\\r``, ``\\t``, ``\\xNN``, ``\\uNNNN``)."""
     text = str(os.fspath(text)) if isinstance(text, (str, os.PathLike)) else str(text)
     try:
         raw = text.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:  # a surrogate that no file name produces (e.g. from JSON): keep its code point
         raw = text.encode("utf-8", "surrogatepass")
-    return raw.decode("utf-8", "backslashreplace")
+    return CONTROL_CHARACTERS.sub(_escape_control, raw.decode("utf-8", "backslashreplace"))
 
 
 def is_printable(text: str | os.PathLike) -> bool:
-    """Whether ``text`` is valid Unicode as it is (no undecodable file-name bytes)."""
+    """Whether ``text`` is shown as it is (valid Unicode without control characters): :func:`printable` keeps it."""
+    text = os.fspath(text)
     try:
-        os.fspath(text).encode("utf-8")
-        return True
+        text.encode("utf-8")
     except UnicodeEncodeError:
         return False
+    return CONTROL_CHARACTERS.search(text) is None
 
 
 def source_fields(source: str | os.PathLike | int) -> dict[str, str]:
-    """The ``source`` of an output record, plus ``source_hex`` (the name's exact bytes) when it is not valid UTF-8.
+    """The ``source`` of an output record, plus ``source_hex`` (the name's exact bytes) when :func:`printable`
+    changed it (a name that is not valid UTF-8, or holds a control character).
 
     ``bytes.fromhex(record["source_hex"])`` is the path as the file system has it
     (``os.fsdecode`` of it opens the file); ``source`` is the same path made readable.

@@ -75,7 +75,7 @@ def annotate_run(args: argparse.Namespace, mode: str) -> int:
     if args.split is not None:
         samples = [sample for sample in samples if sample.split == args.split]
         if not samples:
-            raise MsferError(f"{args.data} has no split {args.split!r}; "
+            raise MsferError(f"{printable(args.data)} has no split {printable(repr(args.split))}; "
                              f"its splits: {', '.join(index.splits()) or 'none'}")
     # Only same-named images can be the output file (a cheap filter before the file-system checks).
     same_name = (sample.path for sample in samples
@@ -89,10 +89,10 @@ def annotate_run(args: argparse.Namespace, mode: str) -> int:
     records, done, elapsed = annotate_samples(annotator, samples, args.out, args.batch_size)
     print(rates_table(samples, records))
     rate = done / max(elapsed, 1e-9)
-    print(f"annotated {done} images in {elapsed:.1f} s ({rate:.0f} images/s) -> {args.out}")
+    print(f"annotated {done} images in {elapsed:.1f} s ({rate:.0f} images/s) -> {printable(args.out)}")
     if args.review is not None:
         from ..regions.review import write_review_sheet
 
         write_review_sheet(args.review, samples, records)
-        print(f"review sheet -> {args.review}")
+        print(f"review sheet -> {printable(args.review)}")
     return 0

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..errors import MsferError
-from ..files import write_text, writing
+from ..files import writing
 from ..labels import EMOTIONS
 from ..outputs import printable, source_fields
 
@@ -72,9 +72,16 @@ CSV_FACE_FIELDS = ["face", "track_id", "x1", "y1", "x2", "y2", "score", "label",
 CSV_FIELDS = ["source", "frame", "time", *CSV_FACE_FIELDS, "error", "source_hex"]
 
 
-def source_key(record: dict) -> tuple[str, str]:
-    """What identifies a record's input in an output file: ``source`` and ``source_hex`` (empty when absent)."""
-    return str(record.get("source") or ""), str(record.get("source_hex") or "")
+def source_key(record: dict) -> bytes:
+    """What identifies a record's input in an output file: its name's exact bytes (``source_hex`` where the record
+    has it, else ``source``), so that a name is one input however an earlier msfer wrote it."""
+    exact = record.get("source_hex")
+    if exact:
+        try:
+            return bytes.fromhex(exact)
+        except ValueError:  # not msfer's hex: the text is all there is
+            pass
+    return str(record.get("source") or "").encode("utf-8", "surrogatepass")
 
 
 class ResultWriter:
@@ -92,7 +99,7 @@ class ResultWriter:
     def __init__(self, path: Path | None, stack: ExitStack, mode: str = "w") -> None:
         self.format = self.format_of(path)
         self.file: IO[bytes] | None = None
-        self.done: set[tuple[str, str]] = set()
+        self.done: set[bytes] = set()
         self.path = path
         if path is not None:
             with writing(path):
@@ -112,21 +119,24 @@ class ResultWriter:
             raise MsferError(f"--out {printable(path)}: use a .jsonl or .csv file")
         return format
 
-    def _prepare_resume(self, path: Path) -> set[tuple[str, str]]:
+    def _prepare_resume(self, path: Path) -> set[bytes]:
         """The inputs ``path`` already has; drops what may be incomplete so that it is done again.
 
         Records go out input by input, so only the last input can be incomplete: a line
         torn by a kill is dropped, and so are the frames of a video that came last (it
-        may have been cut short; it is processed again from its start).
+        may have been cut short; it is processed again from its start). The file is read
+        as written (lines end at ``\\n`` only, ``newline=''`` as the csv module requires), so a
+        carriage return inside a quoted CSV field stays part of it; what is dropped is cut
+        off the end of the file in place (no space is needed, nothing before it changes).
         """
         try:
-            text = path.read_text(encoding="utf-8")
+            with open(path, encoding="utf-8", newline="") as handle:
+                text = handle.read()
         except (OSError, UnicodeDecodeError) as error:
             raise MsferError(f"--resume: cannot read {printable(path)} ({error})") from None
-        lines = original = text.splitlines(keepends=True)
-        if lines and not lines[-1].endswith("\n"):
-            lines = lines[:-1]  # torn by an interruption while it was written
-        entries: list[tuple[tuple[str, str], bool, int]] = []  # (input, an unfinished video's frame, end line)
+        pieces = text.split("\n")
+        lines = [piece + "\n" for piece in pieces[:-1]]  # a last piece is a line torn by an interruption: dropped
+        entries: list[tuple[bytes, bool, int]] = []  # (input, an unfinished video's frame, end line)
         if self.format == "jsonl":
             start = 0
             for number, line in enumerate(lines, start=1):
@@ -138,6 +148,7 @@ class ResultWriter:
                                          "by msfer predict (use --overwrite or another --out)") from None
                     entries.append((source_key(record), "frame" in record and "error" not in record, number))
         else:
+            # io.StringIO splits lines at "\n" alone (its default newline), as ``lines`` does: line_num counts them.
             reader = csv.DictReader(io.StringIO("".join(lines)))
             if reader.fieldnames is not None and reader.fieldnames != CSV_FIELDS:
                 raise MsferError(f"--resume: {printable(path)} has other columns than msfer predict writes "
@@ -151,8 +162,10 @@ class ResultWriter:
             while entries and entries[-1][0] == last:
                 entries.pop()
             keep = entries[-1][2] if entries else start
-        if keep < len(original):
-            write_text(path, "".join(lines[:keep]))
+        kept = len("".join(lines[:keep]).encode("utf-8"))
+        if kept < len(text.encode("utf-8")):
+            with writing(path):
+                os.truncate(path, kept)
         return {key for key, _, _ in entries}
 
     def write(self, record: dict) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from ..errors import MsferError
 from ..files import writing
+from ..outputs import printable
 
 STATUS_OK = "ok"
 STATUS_NO_FACE = "no_face"
@@ -48,9 +49,10 @@ def _parse_lines(text: str, path: Path) -> dict[str, dict]:
         except json.JSONDecodeError as error:
             if number == len(lines):  # the write of the last line was interrupted
                 break
-            raise MsferError(f"{path}: line {number} is not valid JSON ({error}); fix or delete that line") from None
+            raise MsferError(f"{printable(path)}: line {number} is not valid JSON ({error}); "
+                             "fix or delete that line") from None
         if not isinstance(record, dict) or "id" not in record:
-            raise MsferError(f"{path}: line {number} is not an annotation object with an 'id'")
+            raise MsferError(f"{printable(path)}: line {number} is not an annotation object with an 'id'")
         records[record["id"]] = record
     return records
 
@@ -59,13 +61,13 @@ def load_annotations(path: str | os.PathLike) -> dict[str, dict]:
     """All records of an annotation file (``.jsonl`` or ``.jsonl.gz``) by image id; the last line for an id wins."""
     path = Path(path)
     if not path.is_file():
-        raise MsferError(f"annotation file {path} does not exist; make it with 'msfer annotate'")
+        raise MsferError(f"annotation file {printable(path)} does not exist; make it with 'msfer annotate'")
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rt", encoding="utf-8") as handle:
             return _parse_lines(handle.read(), path)
     except (OSError, EOFError, UnicodeDecodeError) as error:
-        raise MsferError(f"cannot read annotation file {path}: {error}") from None
+        raise MsferError(f"cannot read annotation file {printable(path)}: {error}") from None
 
 
 class AnnotationWriter:
@@ -79,7 +81,7 @@ class AnnotationWriter:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         if self.path.suffix == ".gz":
-            raise MsferError(f"{self.path}: annotations are written as plain .jsonl "
+            raise MsferError(f"{printable(self.path)}: annotations are written as plain .jsonl "
                              "(gzip the finished file if you like)")
         with writing(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
