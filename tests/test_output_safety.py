@@ -290,3 +290,88 @@ def test_csv_resume_reads_a_carriage_return_inside_a_quoted_name_as_written(name
     assert b'cr\rin name.jpg"' in before  # the raw carriage return, inside quotes
     assert main(["predict", str(named), "--weights", str(random_weights), "--out", str(raw), "--resume"]) == 0
     assert raw.read_bytes() == before  # every photo found in it: not done again, the file not altered
+
+
+def test_resume_writes_a_missing_inputs_error_once_and_exits_1_while_the_output_holds_errors(photos, random_weights,
+                                                                                             tmp_path, capsys):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a JPEG")
+    gone, out = tmp_path / "gone.jpg", tmp_path / "results.jsonl"
+    run = ["predict", str(broken), str(photos / "photo00.jpg"), str(photos / "photo01.jpg"), str(gone),
+           "--weights", str(random_weights), "--out", str(out)]
+    assert main(run) == 1
+    complete = out.read_text()
+    # Killed after the missing file's and the broken photo's error records and one photo's result.
+    lines = complete.splitlines(keepends=True)
+    assert [Path(json.loads(line)["source"]).name for line in lines] == ["gone.jpg", "broken.jpg", "photo00.jpg",
+                                                                         "photo01.jpg"]
+    out.write_text("".join(lines[:3]))
+    capsys.readouterr()
+    for _ in range(3):  # resumed, and resumed again with nothing left to do
+        assert main([*run, "--resume"]) == 1  # the output holds two errors, whichever run wrote them
+        err = capsys.readouterr().err
+        assert "also holds the error records of 2 input(s) from before this run" in err
+        assert "gone.jpg: no such file" in err  # still said, but not written again
+        assert sorted(Path(r["source"]).name for r in jsonl(out)) == ["broken.jpg", "gone.jpg", "photo00.jpg",
+                                                                      "photo01.jpg"]
+    assert out.read_text() == complete
+
+
+def test_every_run_with_out_ends_with_one_closing_line(photos, random_weights, astronaut, tmp_path, capsys,
+                                                       monkeypatch):
+    from test_inference_predict import moving_face_frames, write_video
+
+    import msfer.inference.predict
+
+    monkeypatch.setattr(msfer.inference.predict, "ECHO_LIMIT", 5)  # a bulk run: no line per photo
+    video = tmp_path / "clip.avi"
+    write_video(video, moving_face_frames(astronaut, 4))
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a JPEG")
+    out = tmp_path / "results.jsonl"
+    capsys.readouterr()
+    assert main(["predict", str(photos), str(video), str(broken), "--weights", str(random_weights),
+                 "--out", str(out)]) == 1
+    shown = capsys.readouterr().out.splitlines()
+    records = jsonl(out)
+    faces = sum(len(r.get("faces", [])) for r in records)
+    assert faces >= 20 + 4
+    assert shown == [f"22 inputs, 4 video frames, {faces} faces, 1 error -> {out}"]  # the one line, and only it
+
+    # Resumed: the whole file, and what this run added.
+    out.write_text("".join(out.read_text().splitlines(keepends=True)[:10]))
+    assert main(["predict", str(photos), str(video), str(broken), "--weights", str(random_weights),
+                 "--out", str(out), "--resume"]) == 1
+    assert capsys.readouterr().out.splitlines()[-1] == f"22 inputs (12 in this run), 4 video frames, {faces} faces, " \
+                                                      f"1 error -> {out}"
+
+    report = tmp_path / "report"
+    assert main(["report", str(video), "--out", str(report), "--weights", str(random_weights)]) == 0
+    frames = jsonl(report / "frames.jsonl")
+    assert capsys.readouterr().out.splitlines()[-1] == \
+        f"1 input, 4 video frames, {sum(len(f['faces']) for f in frames)} faces, 0 errors -> {report / 'report.html'}"
+
+    dataset = tmp_path / "dataset" / "happy"
+    dataset.mkdir(parents=True)
+    for name in ("a.jpg", "b.jpg"):
+        (dataset / name).write_bytes((photos / "photo00.jpg").read_bytes())
+    (dataset / "c.jpg").write_bytes(b"not a JPEG")
+    regions = tmp_path / "regions.jsonl"
+    assert main(["annotate", str(dataset.parent), "--format", "folder", "--out", str(regions)]) == 0
+    found = sum(record["faces"] or 0 for record in jsonl(regions) if record["status"] != "unreadable")
+    assert capsys.readouterr().out.splitlines()[-1] == f"3 inputs, {found} faces, 1 error -> {regions}"
+
+
+def test_a_resumed_run_exits_1_for_an_error_record_written_before_the_kill(photos, random_weights, tmp_path, capsys):
+    broken, out = tmp_path / "broken.jpg", tmp_path / "results.csv"
+    broken.write_bytes(b"not a JPEG")
+    run = ["predict", str(broken), str(photos / "photo00.jpg"), "--weights", str(random_weights), "--out", str(out)]
+    assert main(run) == 1
+    header, error_row, _ = out.read_bytes().split(b"\r\n", 2)
+    out.write_bytes(header + b"\r\n" + error_row + b"\r\n")  # killed after the broken photo's record
+    capsys.readouterr()
+    assert main([*run, "--resume"]) == 1  # this run's photo was fine; the file's broken one is not
+    captured = capsys.readouterr()
+    assert "could not be processed" not in captured.err
+    assert f"{out} also holds the error records of 1 input(s) from before this run" in captured.err
+    assert captured.out.splitlines()[-1] == f"2 inputs (1 in this run), 1 face, 1 error -> {out}"

@@ -12,6 +12,8 @@
 * **One writer per output.** A run holds :func:`msfer.files.sole_writer` on its output from
   before any work to its end, and checks the rule above only once it holds it: a second run
   given the same output is refused, whether it is started at the same time or later.
+* **A closing line.** A run that writes ``--out`` ends with one line saying what the output
+  holds: ``12 inputs, 15 faces, 1 error -> results.csv`` (:func:`summary_line`).
 * **A file that cannot be written** is a :class:`MsferError` naming it and the reason
   (:func:`msfer.files.writing`), not a traceback.
 * **File names that are not UTF-8, or hold control characters.** Linux allows any bytes but
@@ -144,3 +146,23 @@ def existing_out_mode(path: Path | None, resume: bool, overwrite: bool, resumabl
         raise MsferError(f"--out {printable(path)} already exists: add --overwrite to replace it")
     raise MsferError(f"--out {printable(path)} already exists: add --resume to continue it (the inputs already in it "
                      "are skipped) or --overwrite to replace it")
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def summary_line(out: str | os.PathLike, inputs: int, faces: int, errors: int, frames: int = 0,
+                 this_run: int | None = None) -> str:
+    """The closing line of a run that wrote ``out``: what it holds, e.g. ``12 inputs, 15 faces, 1 error -> out``.
+
+    ``frames``: the video frames among its records (named only when there are some);
+    ``this_run``: how many of the inputs this run added (named only when it differs from
+    ``inputs``, i.e. a resumed output).
+    """
+    counted = _count(inputs, "input")
+    if this_run is not None and this_run != inputs:
+        counted += f" ({this_run} in this run)"
+    parts = [counted, *([_count(frames, "video frame")] if frames else []), _count(faces, "face"),
+             _count(errors, "error")]
+    return f"{', '.join(parts)} -> {printable(out)}"

@@ -14,7 +14,8 @@ from pathlib import Path
 from ..errors import MsferError
 from ..faces.retinaface import RetinaFaceDetector
 from ..files import sole_writer
-from ..outputs import InputFiles, existing_out_mode, printable
+from ..outputs import InputFiles, existing_out_mode, printable, summary_line
+from ..regions.annotations import STATUS_UNREADABLE
 from ..regions.annotator import CANDIDATE_SCORE, DETECT_SIZE, Annotator, annotate_samples, rates_table
 from ..regions.filter import QualityRules
 
@@ -89,10 +90,15 @@ def annotate_run(args: argparse.Namespace, mode: str) -> int:
     records, done, elapsed = annotate_samples(annotator, samples, args.out, args.batch_size)
     print(rates_table(samples, records))
     rate = done / max(elapsed, 1e-9)
-    print(f"annotated {done} images in {elapsed:.1f} s ({rate:.0f} images/s) -> {printable(args.out)}")
+    print(f"annotated {done} images in {elapsed:.1f} s ({rate:.0f} images/s)")
     if args.review is not None:
         from ..regions.review import write_review_sheet
 
         write_review_sheet(args.review, samples, records)
         print(f"review sheet -> {printable(args.review)}")
+    # The closing line: the whole file (a resumed one holds earlier runs' images too); an unreadable image's
+    # record is its error.
+    print(summary_line(args.out, len(records), sum(record.get("faces") or 0 for record in records.values()),
+                       sum(record.get("status") == STATUS_UNREADABLE for record in records.values()),
+                       this_run=done))
     return 0

@@ -93,8 +93,8 @@ def predict_run(args: argparse.Namespace, options: dict, mode: str) -> int:
                                    detect_size=args.detect_size, min_face=args.min_face, decision=args.decision)
     keep = QualityFilter(args.min_quality)
     try:
-        problems = predict_inputs(recognizer, inputs, items, args.out, mode, args.save_vis, args.webcam, args.every,
-                                  args.smooth, keep, (args.shard_index, args.num_shards))
+        tally = predict_inputs(recognizer, inputs, items, args.out, mode, args.save_vis, args.webcam, args.every,
+                               args.smooth, keep, (args.shard_index, args.num_shards))
     except DiskFullError as error:
         if args.out is None:
             raise
@@ -102,8 +102,12 @@ def predict_run(args: argparse.Namespace, options: dict, mode: str) -> int:
                             "the same command with --resume to do the rest") from None
     if keep.left_out:
         print(f"msfer predict: left out {keep.left_out} face(s) of low quality (--min-quality good)", file=sys.stderr)
-    if problems:
-        print(f"msfer predict: {len(problems)} input(s) could not be processed (see the messages above)",
-              file=sys.stderr)
-        return 1
-    return 0
+    failed_now = len(tally.errors - tally.earlier)
+    if failed_now:
+        print(f"msfer predict: {failed_now} input(s) could not be processed (see the messages above)", file=sys.stderr)
+    if tally.earlier_errors:
+        print(f"msfer predict: {printable(args.out)} also holds the error records of {len(tally.earlier_errors)} "
+              "input(s) from before this run (--resume does not try them again)", file=sys.stderr)
+    if args.out is not None:
+        print(tally.line(args.out))
+    return 1 if tally.errors else 0  # the whole output: a resumed run with errors from before is not a success

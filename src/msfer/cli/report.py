@@ -15,7 +15,7 @@ from ..inference.report import (
     write_video_report,
 )
 from ..inference.results import MIN_QUALITY
-from ..outputs import InputFiles, printable
+from ..outputs import InputFiles, summary_line
 from .options import add_decision_argument, add_model_arguments, check_at_least_one, model_options
 
 
@@ -69,5 +69,6 @@ def report_run(args: argparse.Namespace) -> int:
                 "min quality": args.min_quality}
     path = write_video_report(args.video, frames, args.out, settings, args.uncertain_below, args.min_quality,
                         recognizer.calibration)
-    print(f"wrote {printable(path)}")
+    # The closing line: the report of one video, its processed frames and the faces in them.
+    print(summary_line(path, 1, sum(len(frame.faces) for frame in frames), 0, len(frames)))
     return 0

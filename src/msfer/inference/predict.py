@@ -49,7 +49,7 @@ from ..errors import MsferError
 from ..files import DiskFullError, atomic_output
 from ..outputs import InputFiles, printable, source_fields
 from .recognizer import EmotionRecognizer, to_rgb_array
-from .results import MIN_QUALITY, FaceResult, ResultWriter, source_key
+from .results import MIN_QUALITY, FaceResult, ResultWriter, Tally, source_key
 from .video import AnnotatedVideoWriter, VideoFrame, VideoSource, is_video, predict_video, probe_video
 from .visualize import draw_faces
 
@@ -359,10 +359,15 @@ def predict_inputs(
     recognizer: EmotionRecognizer, inputs: Inputs, items: list[InputItem], out: Path | None, mode: str = "w",
     save_vis: Path | None = None, webcam: int | None = None, every: int = 1, smooth: float = 0.0,
     keep: QualityFilter | None = None, shard_of: tuple[int, int] = (0, 1),
-) -> list[str]:
+) -> Tally:
     """Recognise ``items`` (this shard's inputs: ``shard_of`` is its index and the number of shards) and the
     webcam, writing ``out`` (opened in ``mode``: ``"a"`` resumes it, skipping the inputs it has) and the
-    annotated copies in ``save_vis``. Returns the problems reported (each also a record and a line on stderr).
+    annotated copies in ``save_vis``. Each problem is reported on stderr and as an error record.
+
+    Returns what ``out`` then holds (:class:`msfer.inference.results.Tally`: the inputs, faces and
+    errors of the whole file, the earlier run's part of a resumed one). A resumed file keeps the
+    error records it has: an input with one (a missing file named again, an unreadable photo)
+    is not tried again, and its error is not written a second time.
 
     Raises :class:`msfer.files.DiskFullError` when an output cannot be written for lack of space:
     ``out`` then ends with the last whole record, and the input being done has none."""
@@ -370,10 +375,14 @@ def predict_inputs(
     with ExitStack() as stack:
         writer = ResultWriter(out, stack, mode)
         problems: list[str] = []
-        for path in inputs.missing:
-            report_problem(problems, writer, path, f"{path}: {not_a_file_reason(path)}")
-        for path in inputs.not_media:
-            report_problem(problems, writer, path, f"{path}: not an image or video file (its content is neither)")
+        named = [(path, f"{path}: {not_a_file_reason(path)}") for path in inputs.missing]
+        named += [(path, f"{path}: not an image or video file (its content is neither)") for path in inputs.not_media]
+        for path, message in named:
+            if source_key(source_fields(path)) in writer.done:  # its error record is in the file already
+                tqdm.write(f"msfer predict: skipped {printable(message)} (its error record is in {printable(out)})",
+                           file=sys.stderr)
+            else:
+                report_problem(problems, writer, path, message)
         todo = [item for item in items if source_key(source_fields(item.path)) not in writer.done]
         if len(todo) < len(items):
             print(f"msfer predict: {printable(out)} already has {len(items) - len(todo)} of the inputs; "
@@ -392,4 +401,4 @@ def predict_inputs(
                 raise  # no fault of this video: the run stops, and --resume does it again
             except MsferError as error:
                 report_problem(problems, writer, source, str(error))
-    return problems
+    return writer.tally

@@ -17,7 +17,7 @@ from typing import IO, Any
 from ..errors import MsferError
 from ..files import writing
 from ..labels import EMOTIONS
-from ..outputs import printable, source_fields
+from ..outputs import printable, source_fields, summary_line
 
 DEFAULT_DECISION = "argmax"
 MIN_QUALITY = ("low", "good")  # --min-quality: "low" keeps every face, "good" leaves out the low-quality ones
@@ -84,11 +84,51 @@ def source_key(record: dict) -> bytes:
     return str(record.get("source") or "").encode("utf-8", "surrogatepass")
 
 
+@dataclass
+class Tally:
+    """What an output of ``msfer predict`` holds: its inputs (by :func:`source_key`), the video frames and faces of
+    their records, and the inputs with an error record; ``earlier`` those an earlier run wrote (``--resume``)."""
+
+    inputs: set[bytes] = field(default_factory=set)
+    errors: set[bytes] = field(default_factory=set)
+    frames: set[tuple[bytes, int]] = field(default_factory=set)
+    faces: int = 0
+    earlier: set[bytes] = field(default_factory=set)
+
+    def add(self, key: bytes, faces: int = 0, frame: int | None = None, error: bool = False) -> None:
+        """Count one record (or one CSV row: ``faces`` is then 0 or 1) of the input ``key``."""
+        self.inputs.add(key)
+        self.faces += faces
+        if frame is not None:
+            self.frames.add((key, frame))
+        if error:
+            self.errors.add(key)
+
+    @property
+    def earlier_errors(self) -> set[bytes]:
+        """The inputs whose error record an earlier run wrote (``--resume`` does not try them again)."""
+        return self.errors & self.earlier
+
+    def line(self, out: Path) -> str:
+        """The closing line of the run (:func:`msfer.outputs.summary_line`): the whole output, this run's part."""
+        return summary_line(out, len(self.inputs), self.faces, len(self.errors), len(self.frames),
+                            len(self.inputs - self.earlier))
+
+
+def _frame(value: Any) -> int | None:
+    """A record's ``frame`` as a number (CSV gives text, empty for a photo)."""
+    try:
+        return None if value in (None, "") else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
 class ResultWriter:
     """Writes records to JSON Lines or CSV by the file's extension (or nowhere when ``path`` is None).
 
     ``mode="a"`` continues a file an earlier run wrote (see :meth:`_prepare_resume`);
-    :attr:`done` then holds the :func:`source_key` of every input it has whole.
+    :attr:`done` then holds the :func:`source_key` of every input it has whole. :attr:`tally`
+    counts what the file holds, from before and from this run (also when ``path`` is None).
 
     Each record (a JSON line, or all the CSV rows of one image or frame) goes to the file in one
     piece and is flushed: a record that cannot be written whole (a full disk) is cut off again,
@@ -100,6 +140,7 @@ class ResultWriter:
         self.format = self.format_of(path)
         self.file: IO[bytes] | None = None
         self.done: set[bytes] = set()
+        self.tally = Tally()
         self.path = path
         if path is not None:
             with writing(path):
@@ -136,7 +177,8 @@ class ResultWriter:
             raise MsferError(f"--resume: cannot read {printable(path)} ({error})") from None
         pieces = text.split("\n")
         lines = [piece + "\n" for piece in pieces[:-1]]  # a last piece is a line torn by an interruption: dropped
-        entries: list[tuple[bytes, bool, int]] = []  # (input, an unfinished video's frame, end line)
+        # (input, an unfinished video's frame, end line, faces, frame, an error)
+        entries: list[tuple[bytes, bool, int, int, int | None, bool]] = []
         if self.format == "jsonl":
             start = 0
             for number, line in enumerate(lines, start=1):
@@ -146,7 +188,8 @@ class ResultWriter:
                     except json.JSONDecodeError:
                         raise MsferError(f"--resume: {printable(path)} line {number} is not JSON; it was not written "
                                          "by msfer predict (use --overwrite or another --out)") from None
-                    entries.append((source_key(record), "frame" in record and "error" not in record, number))
+                    entries.append((source_key(record), "frame" in record and "error" not in record, number,
+                                    len(record.get("faces") or []), _frame(record.get("frame")), "error" in record))
         else:
             # io.StringIO splits lines at "\n" alone (its default newline), as ``lines`` does: line_num counts them.
             reader = csv.DictReader(io.StringIO("".join(lines)))
@@ -155,7 +198,8 @@ class ResultWriter:
                                  "(use --overwrite or another --out)")
             start = 1 if reader.fieldnames is not None else 0
             for row in reader:
-                entries.append((source_key(row), bool(row.get("frame")) and not row.get("error"), reader.line_num))
+                entries.append((source_key(row), bool(row.get("frame")) and not row.get("error"), reader.line_num,
+                                int(bool(row.get("face"))), _frame(row.get("frame")), bool(row.get("error"))))
         keep = len(lines)
         if entries and entries[-1][1]:  # the last input is a video: it may be incomplete
             last = entries[-1][0]
@@ -166,16 +210,21 @@ class ResultWriter:
         if kept < len(text.encode("utf-8")):
             with writing(path):
                 os.truncate(path, kept)
-        return {key for key, _, _ in entries}
+        for key, _, _, faces, frame, error in entries:
+            self.tally.add(key, faces, frame, error)
+        self.tally.earlier = set(self.tally.inputs)
+        return set(self.tally.inputs)
 
     def write(self, record: dict) -> None:
         """One record: ``source`` (a path, name or webcam number), optionally ``frame``/``time``, and ``faces``
-        (FaceResult) or ``error``. Written whole or not at all (see the class)."""
-        if self.file is None:
-            return
+        (FaceResult) or ``error``. Written whole or not at all (see the class), then counted in :attr:`tally`."""
         record = {**source_fields(record["source"]),
                   **{key: printable(value) if isinstance(value, str) else value
                      for key, value in record.items() if key != "source"}}
+        counted = (source_key(record), len(record.get("faces", [])), record.get("frame"), "error" in record)
+        if self.file is None:
+            self.tally.add(*counted)
+            return
         if self.format == "jsonl":
             faces = [face.to_dict() for face in record.get("faces", [])]
             text = json.dumps({**record, **({"faces": faces} if "faces" in record else {})}) + "\n"
@@ -184,6 +233,7 @@ class ResultWriter:
             rows = [_csv_row(index, face) for index, face in enumerate(record.get("faces", []))] or [{}]
             text = _csv_text([{**base, **row} for row in rows])
         self._append(text)
+        self.tally.add(*counted)
 
     def _append(self, text: str) -> None:
         """Append ``text`` to the file whole; if it cannot be (a full disk), cut the file back to where it ended."""
