@@ -3,7 +3,9 @@
 
 The output is resumable: with ``--resume``, ids already in ``--out`` are skipped; an existing
 ``--out`` without ``--resume`` or ``--overwrite`` is refused (:func:`msfer.outputs.existing_out_mode`,
-the rule ``msfer predict`` follows too).
+the rule ``msfer predict`` follows too), and so is a second run while one writes it
+(:func:`msfer.files.sole_writer`). The run ends with one line of what the file holds
+(:func:`msfer.outputs.summary_line`; an unreadable image is an error).
 """
 from __future__ import annotations
 

@@ -16,8 +16,13 @@ same) and says how many on stderr and on each terminal line. Without ``--out`` e
 and every processed video frame gets a line on the terminal (with it, runs of up to
 ``ECHO_LIMIT`` photos do). A source that cannot be read is reported on stderr and,
 in the output, as a record with an ``error``; the others are still processed and the
-exit status is 1. An existing ``--out`` needs ``--resume`` or ``--overwrite``
-(:func:`msfer.outputs.existing_out_mode`).
+exit status is 1, as it is while a resumed output holds an error record of an earlier run
+(:func:`predict_inputs`). An existing ``--out`` needs ``--resume`` or ``--overwrite``
+(:func:`msfer.outputs.existing_out_mode`), and one run at a time writes it
+(:func:`msfer.files.sole_writer`). A full disk stops the run (:class:`msfer.files.DiskFullError`)
+without an error record for the input being done, so that ``--resume`` does it again. A run
+with ``--out`` ends with one line of what the file holds
+(:meth:`msfer.inference.results.Tally.line`).
 
 ``--save-vis DIR`` writes an annotated copy of every input under DIR at the input's path
 relative to the inputs' common folder (the deepest folder holding every given folder and
