@@ -67,16 +67,17 @@ def refuse_file_as_folder(path: Path, option: str) -> None:
 
 
 def ready_folder(path: Path, option: str) -> None:
-    """Make the output folder ``path`` (given as ``option``) if it is missing and check that files can be made in it.
+    """Check that the output folder ``path`` (given as ``option``) can be written: files can be made in it, or in
+    the nearest of its folders that exists when it does not (it could then be made).
 
     Raises :class:`MsferError` naming it (a file in its place, no permission, a read-only file
-    system) before the work, so that a run does not find out after it. Only the check's own
-    empty file is made and removed; a folder made for the run stays.
+    system) before the work, so that a run does not find out after it. Nothing is left: the
+    check's own empty file is removed, and no folder is made.
     """
     refuse_file_as_folder(path, option)
+    existing = next((folder for folder in (path, *path.parents) if folder.exists()), Path("."))
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        os.unlink(temporary_beside(path / ".msfer-check", ""))
+        os.unlink(temporary_beside(existing / ".msfer-check", ""))
     except OSError as error:
         kind = DiskFullError if error.errno in NO_SPACE else MsferError
         raise kind(f"cannot write {printable(path)}: {_why_not_written(path / '.msfer-check', error)}") from None

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import MsferError
 from ..faces.detection import DEFAULT_DETECT_SIZE, DEFAULT_MIN_FACE
-from ..files import ready_folder, sole_writer
+from ..files import ready_folder, sole_writer, writing
 from ..inference.recognizer import EmotionRecognizer
 from ..inference.report import (
     DEFAULT_UNCERTAIN_BELOW,
@@ -49,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
         raise MsferError(f"--uncertain-below must be in [0, 1], got {args.uncertain_below}")
     check_at_least_one(args, "every")
     ready_folder(args.out, "--out")  # before the video's minutes, not after them
+    with writing(args.out):
+        args.out.mkdir(parents=True, exist_ok=True)  # to be held
     with sole_writer(args.out, folder=True):  # one writer per output: held from before any work to the end
         return report_run(args)
 
