@@ -320,3 +320,24 @@ def test_an_unreadable_training_image_stops_the_run_with_one_line_naming_it(tiny
     message = err[err.index("msfer train: error: "):].strip()  # after the caching progress bar
     assert str(bad) in message and "\n" not in message
     assert bad.read_bytes() == b"not a png"  # the input is left as it was
+
+
+def test_a_full_disk_during_training_is_one_error_line_and_leaves_the_last_commit(tiny_data, uninterrupted,
+                                                                                  tmp_path):
+    """On a real file system with room for epoch 1's files but not for epoch 2's best.pt."""
+    from small_filesystem import msfer_command, on_small_filesystem
+
+    from msfer.model.checkpoint import load_checkpoint
+
+    disk, after = tmp_path / "disk", tmp_path / "after"
+    checkpoint = (uninterrupted / "last.pt").stat().st_size
+    done = on_small_filesystem(disk, checkpoint * 3 // 2 + 2**20,
+                               msfer_command("train", "--output-dir", str(disk / "run"), *COMMIT,
+                                             f"data.root={tiny_data}"), after)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.rstrip().splitlines()[-1] == \
+        f"msfer train: error: cannot write {disk / 'run' / 'best.pt'}: No space left on device"
+    run = after / "run"
+    assert not list(run.glob(".msfer-*"))  # the partial checkpoint was removed from the full disk
+    assert not (run / "best.pt").exists() and load_checkpoint(run / "last.pt")["epoch"] == 1  # the last commit

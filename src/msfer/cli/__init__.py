@@ -14,6 +14,7 @@ import logging
 import sys
 
 from ..errors import MsferError
+from ..outputs import printable
 
 # name -> (module, one-line help). The order is the order `msfer --help` lists them.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -72,20 +73,28 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_intermixed_args(argv[index + 1 :])
     except TypeError:  # argparse cannot intermix around sub-commands (`msfer datasets inspect`)
         args = parser.parse_args(argv[index + 1 :])
-    logging.basicConfig(
-        level=logging.DEBUG if top_args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler()  # stderr
+    handler.setFormatter(OneLineFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if top_args.verbose else logging.INFO, handlers=[handler])
     try:
         return int(module.run(args) or 0)
     except MsferError as error:
-        print(f"msfer {command}: error: {error_message(error)}", file=sys.stderr)
+        print(f"msfer {command}: error: {printable(error_message(error))}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as error:
         return _missing_extra(command, error)
     except KeyboardInterrupt:
         print(f"msfer {command}: interrupted", file=sys.stderr)
         return 130
+
+
+class OneLineFormatter(logging.Formatter):
+    """Log messages on the terminal as :func:`msfer.outputs.printable` shows them: a file name with a newline or an
+    escape sequence in it neither splits its line nor drives the terminal (a traceback after it keeps its lines)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = printable(record.message)
+        return super().formatMessage(record)
 
 
 def error_message(error: MsferError) -> str:

@@ -3,7 +3,9 @@
 
 The output is resumable: with ``--resume``, ids already in ``--out`` are skipped; an existing
 ``--out`` without ``--resume`` or ``--overwrite`` is refused (:func:`msfer.outputs.existing_out_mode`,
-the rule ``msfer predict`` follows too).
+the rule ``msfer predict`` follows too), and so is a second run while one writes it
+(:func:`msfer.files.sole_writer`). The run ends with one line of what the file holds
+(:func:`msfer.outputs.summary_line`; an unreadable image is an error).
 """
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ from pathlib import Path
 
 from ..errors import MsferError
 from ..faces.retinaface import RetinaFaceDetector
-from ..outputs import InputFiles, existing_out_mode, printable
+from ..files import sole_writer
+from ..outputs import InputFiles, existing_out_mode, printable, summary_line
+from ..regions.annotations import STATUS_UNREADABLE
 from ..regions.annotator import CANDIDATE_SCORE, DETECT_SIZE, Annotator, annotate_samples, rates_table
 from ..regions.filter import QualityRules
 
@@ -56,34 +60,47 @@ def report_skips(index) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.readers import read_dataset
-
     if args.batch_size < 1:
         raise MsferError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.resume and args.overwrite:
+        raise MsferError("give --resume or --overwrite, not both")
+    with sole_writer(args.out):  # one writer per output: held from before any work to the end of the run
+        return annotate_run(args, existing_out_mode(args.out, args.resume, args.overwrite))
+
+
+def annotate_run(args: argparse.Namespace, mode: str) -> int:
+    """The run, once ``--out`` (to be written afresh, ``mode`` "w", or continued, "a") is this process's alone."""
+    from ..data.readers import read_dataset
+
     index = read_dataset(args.data, args.format)
     report_skips(index)
     samples = index.samples
     if args.split is not None:
         samples = [sample for sample in samples if sample.split == args.split]
         if not samples:
-            raise MsferError(f"{args.data} has no split {args.split!r}; "
+            raise MsferError(f"{printable(args.data)} has no split {printable(repr(args.split))}; "
                              f"its splits: {', '.join(index.splits()) or 'none'}")
-    if existing_out_mode(args.out, args.resume, args.overwrite) == "w" and args.out.exists():
-        args.out.unlink()  # --overwrite (or an empty file): start afresh
     # Only same-named images can be the output file (a cheap filter before the file-system checks).
     same_name = (sample.path for sample in samples
                  if sample.path is not None and Path(sample.path).name == args.out.name)
-    InputFiles(same_name).refuse(args.out, "--out")
+    InputFiles(same_name).refuse(args.out, "--out")  # before --overwrite removes anything
+    if mode == "w" and args.out.exists():
+        args.out.unlink()  # --overwrite: start afresh
     detector = RetinaFaceDetector(args.detector_model, score_threshold=min(CANDIDATE_SCORE, args.score_threshold),
                                   threads=args.threads)
     annotator = Annotator(detector, QualityRules(min_score=args.score_threshold), args.merge_eyes, args.detect_size)
     records, done, elapsed = annotate_samples(annotator, samples, args.out, args.batch_size)
     print(rates_table(samples, records))
     rate = done / max(elapsed, 1e-9)
-    print(f"annotated {done} images in {elapsed:.1f} s ({rate:.0f} images/s) -> {args.out}")
+    print(f"annotated {done} images in {elapsed:.1f} s ({rate:.0f} images/s)")
     if args.review is not None:
         from ..regions.review import write_review_sheet
 
         write_review_sheet(args.review, samples, records)
-        print(f"review sheet -> {args.review}")
+        print(f"review sheet -> {printable(args.review)}")
+    # The closing line: the whole file (a resumed one holds earlier runs' images too); an unreadable image's
+    # record is its error.
+    print(summary_line(args.out, len(records), sum(record.get("faces") or 0 for record in records.values()),
+                       sum(record.get("status") == STATUS_UNREADABLE for record in records.values()),
+                       this_run=done))
     return 0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..engine.evaluate import evaluate_crops, split_samples, write_evaluation
 from ..errors import MsferError
-from ..files import refuse_file_as_folder
+from ..files import ready_folder
 from ..inference.detect_eval import evaluate_photos
 from ..inference.recognizer import EmotionRecognizer
 from .options import add_decision_argument, add_model_arguments, check_at_least_one, model_options
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if args.region_source == "pseudo" and args.annotations is None:
         raise MsferError("--region-source pseudo needs --annotations FILE (the pseudo-labels of this dataset)")
     check_at_least_one(args, "batch_size")
-    refuse_file_as_folder(args.out, "--out")  # before the evaluation, not after it
+    ready_folder(args.out, "--out")  # before the evaluation, not after it
     options = model_options(args)
     options["weights"] = options["weights"] or default_weights_path()
     if args.detect_faces:

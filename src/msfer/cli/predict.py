@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 from ..errors import MsferError
 from ..faces.detection import DEFAULT_DETECT_SIZE, DEFAULT_MIN_FACE
-from ..files import refuse_file_as_folder
+from ..files import DiskFullError, ready_folder, sole_writer
 from ..inference.predict import (
     QualityFilter,
     check_outputs,
@@ -68,7 +69,16 @@ def run(args: argparse.Namespace) -> int:
     check_at_least_one(args, "every", "batch_size")
     options = model_options(args)  # a bad option is an error before any file is looked at
     ResultWriter.format_of(args.out)
-    mode = existing_out_mode(args.out, args.resume, args.overwrite)
+    if args.resume and args.overwrite:
+        raise MsferError("give --resume or --overwrite, not both")
+    with ExitStack() as held:
+        if args.out is not None:  # one writer per output: held from before any work to the end of the run
+            held.enter_context(sole_writer(args.out))
+        return predict_run(args, options, existing_out_mode(args.out, args.resume, args.overwrite))
+
+
+def predict_run(args: argparse.Namespace, options: dict, mode: str) -> int:
+    """The run, once ``--out`` (opened in ``mode``) is this process's alone."""
     inputs = collect_inputs(args.inputs)
     for path, reason in inputs.skipped:
         print(f"msfer predict: skipped {printable(path)}: {reason}", file=sys.stderr)
@@ -77,17 +87,27 @@ def run(args: argparse.Namespace) -> int:
         return 1
     items = shard(inputs.items, args.num_shards, args.shard_index)
     if args.save_vis is not None:
-        refuse_file_as_folder(args.save_vis, "--save-vis")
+        ready_folder(args.save_vis, "--save-vis")
     check_outputs(inputs, items, args.out, args.save_vis)
     recognizer = EmotionRecognizer(**options, tta=args.tta, batch_size=args.batch_size,
                                    detect_size=args.detect_size, min_face=args.min_face, decision=args.decision)
     keep = QualityFilter(args.min_quality)
-    problems = predict_inputs(recognizer, inputs, items, args.out, mode, args.save_vis, args.webcam, args.every,
-                              args.smooth, keep, (args.shard_index, args.num_shards))
+    try:
+        tally = predict_inputs(recognizer, inputs, items, args.out, mode, args.save_vis, args.webcam, args.every,
+                               args.smooth, keep, (args.shard_index, args.num_shards))
+    except DiskFullError as error:
+        if args.out is None:
+            raise
+        raise DiskFullError(f"{error}; {printable(args.out)} keeps every input finished before it: make room and run "
+                            "the same command with --resume to do the rest") from None
     if keep.left_out:
         print(f"msfer predict: left out {keep.left_out} face(s) of low quality (--min-quality good)", file=sys.stderr)
-    if problems:
-        print(f"msfer predict: {len(problems)} input(s) could not be processed (see the messages above)",
-              file=sys.stderr)
-        return 1
-    return 0
+    failed_now = len(tally.errors - tally.earlier)
+    if failed_now:
+        print(f"msfer predict: {failed_now} input(s) could not be processed (see the messages above)", file=sys.stderr)
+    if tally.earlier_errors:
+        print(f"msfer predict: {printable(args.out)} also holds the error records of {len(tally.earlier_errors)} "
+              "input(s) from before this run (--resume does not try them again)", file=sys.stderr)
+    if args.out is not None:
+        print(tally.line(args.out))
+    return 1 if tally.errors else 0  # the whole output: a resumed run with errors from before is not a success

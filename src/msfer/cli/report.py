@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import MsferError
 from ..faces.detection import DEFAULT_DETECT_SIZE, DEFAULT_MIN_FACE
-from ..files import refuse_file_as_folder
+from ..files import ready_folder, sole_writer, writing
 from ..inference.recognizer import EmotionRecognizer
 from ..inference.report import (
     DEFAULT_UNCERTAIN_BELOW,
@@ -17,7 +17,7 @@ from ..inference.report import (
     write_video_report,
 )
 from ..inference.results import MIN_QUALITY
-from ..outputs import InputFiles, printable
+from ..outputs import InputFiles, printable, summary_line
 from .options import add_decision_argument, add_model_arguments, check_at_least_one, model_options
 
 
@@ -50,7 +50,15 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.uncertain_below <= 1.0:
         raise MsferError(f"--uncertain-below must be in [0, 1], got {args.uncertain_below}")
     check_at_least_one(args, "every")
-    refuse_file_as_folder(args.out, "--out")
+    ready_folder(args.out, "--out")  # before the video's minutes, not after them
+    with writing(args.out):
+        args.out.mkdir(parents=True, exist_ok=True)  # to be held
+    with sole_writer(args.out, folder=True):  # one writer per output: held from before any work to the end
+        return report_run(args)
+
+
+def report_run(args: argparse.Namespace) -> int:
+    """The run, once the folder ``--out`` is this process's alone."""
     # Refused before the work, not after: the fixed names, and any timeline_<N>.png or face_<N>.jpg.
     inputs = InputFiles([args.video])
     for name in report_files([]):
@@ -67,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
         settings["incomplete video"] = shortfall
     path = write_video_report(args.video, frames, args.out, settings, args.uncertain_below, args.min_quality,
                               recognizer.calibration, thumbnails)
-    print(f"wrote {printable(path)}")
+    # The closing line: the report of one video, its processed frames and the faces in them.
+    print(summary_line(path, 1, sum(len(frame.faces) for frame in frames), int(shortfall is not None), len(frames)))
     if shortfall is not None:
         print(f"msfer report: {printable(args.video)}: {shortfall}; the report covers the frames read",
               file=sys.stderr)

@@ -16,8 +16,13 @@ same) and says how many on stderr and on each terminal line. Without ``--out`` e
 and every processed video frame gets a line on the terminal (with it, runs of up to
 ``ECHO_LIMIT`` photos do). A source that cannot be read is reported on stderr and,
 in the output, as a record with an ``error``; the others are still processed and the
-exit status is 1. An existing ``--out`` needs ``--resume`` or ``--overwrite``
-(:func:`msfer.outputs.existing_out_mode`).
+exit status is 1, as it is while a resumed output holds an error record of an earlier run
+(:func:`predict_inputs`). An existing ``--out`` needs ``--resume`` or ``--overwrite``
+(:func:`msfer.outputs.existing_out_mode`), and one run at a time writes it
+(:func:`msfer.files.sole_writer`). A full disk stops the run (:class:`msfer.files.DiskFullError`)
+without an error record for the input being done, so that ``--resume`` does it again. A run
+with ``--out`` ends with one line of what the file holds
+(:meth:`msfer.inference.results.Tally.line`).
 
 ``--save-vis DIR`` writes an annotated copy of every input under DIR at the input's path
 relative to the inputs' common folder (the deepest folder holding every given folder and
@@ -53,10 +58,10 @@ from ..data.images import (
     not_a_file_reason,
 )
 from ..errors import MsferError
-from ..files import atomic_output
+from ..files import DiskFullError, atomic_output
 from ..outputs import InputFiles, printable, source_fields
 from .recognizer import EmotionRecognizer, to_rgb_array
-from .results import MIN_QUALITY, FaceResult, ResultWriter, source_key
+from .results import MIN_QUALITY, FaceResult, ResultWriter, Tally, source_key
 from .video import AnnotatedVideoWriter, VideoFrame, is_video, open_video, predict_video, probe_video
 from .visualize import draw_faces
 
@@ -231,6 +236,10 @@ def predict_images(
 ) -> None:
     """Recognise ``items`` (images) in batches; unreadable ones go to ``problems`` and the rest carry on.
 
+    An annotated copy (in ``vis_dir``) that cannot be written fails its image alone, as an
+    unreadable one does, except on a full disk: :class:`msfer.files.DiskFullError` then stops
+    the run, and the image gets no record, so that ``--resume`` does it again.
+
     ``keep`` filters each image's faces (default: all kept). A handful of images (up to
     ``ECHO_LIMIT``, or all without ``--out``) also get a line each on the terminal; bulk runs into a file stay quiet.
     """
@@ -255,6 +264,8 @@ def predict_images(
                     try:
                         with atomic_output(vis_dir / item.vis_name) as temporary:
                             Image.fromarray(draw_faces(image, faces)).save(temporary, format="JPEG", quality=92)
+                    except DiskFullError:
+                        raise  # no fault of this photo: the run stops, and --resume does it again
                     except MsferError as error:
                         report_problem(problems, writer, item.path,
                                        f"{printable(item.path)}: no annotated copy: {error}")
@@ -320,6 +331,8 @@ def predict_stream(
         if save_vis is not None:  # before the first frame's record: a copy that cannot be written fails the video
             try:
                 video_writer = AnnotatedVideoWriter(save_vis / vis_name, video.fps)
+            except DiskFullError:
+                raise
             except MsferError as error:
                 raise MsferError(f"{printable(source)}: no annotated copy: {error}") from None
         complete = False
@@ -394,18 +407,30 @@ def predict_inputs(
     recognizer: EmotionRecognizer, inputs: Inputs, items: list[InputItem], out: Path | None, mode: str = "w",
     save_vis: Path | None = None, webcam: int | None = None, every: int = 1, smooth: float = 0.0,
     keep: QualityFilter | None = None, shard_of: tuple[int, int] = (0, 1),
-) -> list[str]:
+) -> Tally:
     """Recognise ``items`` (this shard's inputs: ``shard_of`` is its index and the number of shards) and the
     webcam, writing ``out`` (opened in ``mode``: ``"a"`` resumes it, skipping the inputs it has) and the
-    annotated copies in ``save_vis``. Returns the problems reported (each also a record and a line on stderr)."""
+    annotated copies in ``save_vis``. Each problem is reported on stderr and as an error record.
+
+    Returns what ``out`` then holds (:class:`msfer.inference.results.Tally`: the inputs, faces and
+    errors of the whole file, the earlier run's part of a resumed one). A resumed file keeps the
+    error records it has: an input with one (a missing file named again, an unreadable photo)
+    is not tried again, and its error is not written a second time.
+
+    Raises :class:`msfer.files.DiskFullError` when an output cannot be written for lack of space:
+    ``out`` then ends with the last whole record, and the input being done has none."""
     keep = keep or QualityFilter()
     with ExitStack() as stack:
         writer = ResultWriter(out, stack, mode)
         problems: list[str] = []
-        for path in inputs.missing:
-            report_problem(problems, writer, path, f"{path}: {not_a_file_reason(path)}")
-        for path in inputs.not_media:
-            report_problem(problems, writer, path, f"{path}: not an image or video file (its content is neither)")
+        named = [(path, f"{path}: {not_a_file_reason(path)}") for path in inputs.missing]
+        named += [(path, f"{path}: not an image or video file (its content is neither)") for path in inputs.not_media]
+        for path, message in named:
+            if source_key(source_fields(path)) in writer.done:  # its error record is in the file already
+                tqdm.write(f"msfer predict: skipped {printable(message)} (its error record is in {printable(out)})",
+                           file=sys.stderr)
+            else:
+                report_problem(problems, writer, path, message)
         todo = [item for item in items if source_key(source_fields(item.path)) not in writer.done]
         if len(todo) < len(items):
             print(f"msfer predict: {printable(out)} already has {len(items) - len(todo)} of the inputs; "
@@ -420,8 +445,10 @@ def predict_inputs(
         for source, vis_name in streams:
             try:
                 predict_stream(recognizer, source, vis_name, writer, keep, save_vis, every, smooth)
+            except DiskFullError:
+                raise  # no fault of this video: the run stops, and --resume does it again
             except IncompleteVideoError as error:
                 report_problem(problems, writer, source, str(error), skipped=False)
             except MsferError as error:
                 report_problem(problems, writer, source, str(error))
-    return problems
+    return writer.tally

@@ -8,15 +8,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from ..errors import MsferError
-from ..files import write_text, writing
+from ..files import writing
 from ..labels import EMOTIONS
-from ..outputs import printable, source_fields
+from ..outputs import printable, source_fields, summary_line
 
 DEFAULT_DECISION = "argmax"
 MIN_QUALITY = ("low", "good")  # --min-quality: "low" keeps every face, "good" leaves out the low-quality ones
@@ -71,34 +72,85 @@ CSV_FACE_FIELDS = ["face", "track_id", "x1", "y1", "x2", "y2", "score", "label",
 CSV_FIELDS = ["source", "frame", "time", *CSV_FACE_FIELDS, "error", "source_hex"]
 
 
-def source_key(record: dict) -> tuple[str, str]:
-    """What identifies a record's input in an output file: ``source`` and ``source_hex`` (empty when absent)."""
-    return str(record.get("source") or ""), str(record.get("source_hex") or "")
+def source_key(record: dict) -> bytes:
+    """What identifies a record's input in an output file: its name's exact bytes (``source_hex`` where the record
+    has it, else ``source``), so that a name is one input however an earlier msfer wrote it."""
+    exact = record.get("source_hex")
+    if exact:
+        try:
+            return bytes.fromhex(exact)
+        except ValueError:  # not msfer's hex: the text is all there is
+            pass
+    return str(record.get("source") or "").encode("utf-8", "surrogatepass")
+
+
+@dataclass
+class Tally:
+    """What an output of ``msfer predict`` holds: its inputs (by :func:`source_key`), the video frames and faces of
+    their records, and the inputs with an error record; ``earlier`` those an earlier run wrote (``--resume``)."""
+
+    inputs: set[bytes] = field(default_factory=set)
+    errors: set[bytes] = field(default_factory=set)
+    frames: set[tuple[bytes, int]] = field(default_factory=set)
+    faces: int = 0
+    earlier: set[bytes] = field(default_factory=set)
+
+    def add(self, key: bytes, faces: int = 0, frame: int | None = None, error: bool = False) -> None:
+        """Count one record (or one CSV row: ``faces`` is then 0 or 1) of the input ``key``."""
+        self.inputs.add(key)
+        self.faces += faces
+        if frame is not None:
+            self.frames.add((key, frame))
+        if error:
+            self.errors.add(key)
+
+    @property
+    def earlier_errors(self) -> set[bytes]:
+        """The inputs whose error record an earlier run wrote (``--resume`` does not try them again)."""
+        return self.errors & self.earlier
+
+    def line(self, out: Path) -> str:
+        """The closing line of the run (:func:`msfer.outputs.summary_line`): the whole output, this run's part."""
+        return summary_line(out, len(self.inputs), self.faces, len(self.errors), len(self.frames),
+                            len(self.inputs - self.earlier))
+
+
+def _frame(value: Any) -> int | None:
+    """A record's ``frame`` as a number (CSV gives text, empty for a photo)."""
+    try:
+        return None if value in (None, "") else int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 class ResultWriter:
     """Writes records to JSON Lines or CSV by the file's extension (or nowhere when ``path`` is None).
 
     ``mode="a"`` continues a file an earlier run wrote (see :meth:`_prepare_resume`);
-    :attr:`done` then holds the :func:`source_key` of every input it has whole.
+    :attr:`done` then holds the :func:`source_key` of every input it has whole. :attr:`tally`
+    counts what the file holds, from before and from this run (also when ``path`` is None).
+
+    Each record (a JSON line, or all the CSV rows of one image or frame) goes to the file in one
+    piece and is flushed: a record that cannot be written whole (a full disk) is cut off again,
+    so the file ends with the last whole record, and :meth:`write` raises a
+    :class:`msfer.files.DiskFullError` (a full disk) or :class:`MsferError` naming the file.
     """
 
     def __init__(self, path: Path | None, stack: ExitStack, mode: str = "w") -> None:
         self.format = self.format_of(path)
-        self.file: IO[str] | None = None
-        self.done: set[tuple[str, str]] = set()
+        self.file: IO[bytes] | None = None
+        self.done: set[bytes] = set()
+        self.tally = Tally()
         self.path = path
         if path is not None:
             with writing(path):
                 path.parent.mkdir(parents=True, exist_ok=True)
             if mode == "a":
                 self.done = self._prepare_resume(path)
-            with writing(path):
-                self.file = stack.enter_context(open(path, mode, encoding="utf-8", newline=""))
-        if self.format == "csv":
-            self.csv = csv.DictWriter(self.file, CSV_FIELDS)
-            if self.file.tell() == 0:
-                self.csv.writeheader()
+            with writing(path):  # unbuffered: nothing of a failed record waits in a buffer to be written on close
+                self.file = stack.enter_context(open(path, mode + "b", buffering=0))
+            if self.format == "csv" and self.file.seek(0, os.SEEK_END) == 0:
+                self._append(_csv_text([dict(zip(CSV_FIELDS, CSV_FIELDS))]))
 
     @staticmethod
     def format_of(path: Path | None) -> str | None:
@@ -108,21 +160,25 @@ class ResultWriter:
             raise MsferError(f"--out {printable(path)}: use a .jsonl or .csv file")
         return format
 
-    def _prepare_resume(self, path: Path) -> set[tuple[str, str]]:
+    def _prepare_resume(self, path: Path) -> set[bytes]:
         """The inputs ``path`` already has; drops what may be incomplete so that it is done again.
 
         Records go out input by input, so only the last input can be incomplete: a line
         torn by a kill is dropped, and so are the frames of a video that came last (it
-        may have been cut short; it is processed again from its start).
+        may have been cut short; it is processed again from its start). The file is read
+        as written (lines end at ``\\n`` only, ``newline=''`` as the csv module requires), so a
+        carriage return inside a quoted CSV field stays part of it; what is dropped is cut
+        off the end of the file in place (no space is needed, nothing before it changes).
         """
         try:
-            text = path.read_text(encoding="utf-8")
+            with open(path, encoding="utf-8", newline="") as handle:
+                text = handle.read()
         except (OSError, UnicodeDecodeError) as error:
             raise MsferError(f"--resume: cannot read {printable(path)} ({error})") from None
-        lines = original = text.splitlines(keepends=True)
-        if lines and not lines[-1].endswith("\n"):
-            lines = lines[:-1]  # torn by an interruption while it was written
-        entries: list[tuple[tuple[str, str], bool, int]] = []  # (input, an unfinished video's frame, end line)
+        pieces = text.split("\n")
+        lines = [piece + "\n" for piece in pieces[:-1]]  # a last piece is a line torn by an interruption: dropped
+        # (input, an unfinished video's frame, end line, faces, frame, an error)
+        entries: list[tuple[bytes, bool, int, int, int | None, bool]] = []
         if self.format == "jsonl":
             start = 0
             for number, line in enumerate(lines, start=1):
@@ -132,40 +188,69 @@ class ResultWriter:
                     except json.JSONDecodeError:
                         raise MsferError(f"--resume: {printable(path)} line {number} is not JSON; it was not written "
                                          "by msfer predict (use --overwrite or another --out)") from None
-                    entries.append((source_key(record), "frame" in record and "error" not in record, number))
+                    entries.append((source_key(record), "frame" in record and "error" not in record, number,
+                                    len(record.get("faces") or []), _frame(record.get("frame")), "error" in record))
         else:
+            # io.StringIO splits lines at "\n" alone (its default newline), as ``lines`` does: line_num counts them.
             reader = csv.DictReader(io.StringIO("".join(lines)))
             if reader.fieldnames is not None and reader.fieldnames != CSV_FIELDS:
                 raise MsferError(f"--resume: {printable(path)} has other columns than msfer predict writes "
                                  "(use --overwrite or another --out)")
             start = 1 if reader.fieldnames is not None else 0
             for row in reader:
-                entries.append((source_key(row), bool(row.get("frame")) and not row.get("error"), reader.line_num))
+                entries.append((source_key(row), bool(row.get("frame")) and not row.get("error"), reader.line_num,
+                                int(bool(row.get("face"))), _frame(row.get("frame")), bool(row.get("error"))))
         keep = len(lines)
         if entries and entries[-1][1]:  # the last input is a video: it may be incomplete
             last = entries[-1][0]
             while entries and entries[-1][0] == last:
                 entries.pop()
             keep = entries[-1][2] if entries else start
-        if keep < len(original):
-            write_text(path, "".join(lines[:keep]))
-        return {key for key, _, _ in entries}
+        kept = len("".join(lines[:keep]).encode("utf-8"))
+        if kept < len(text.encode("utf-8")):
+            with writing(path):
+                os.truncate(path, kept)
+        for key, _, _, faces, frame, error in entries:
+            self.tally.add(key, faces, frame, error)
+        self.tally.earlier = set(self.tally.inputs)
+        return set(self.tally.inputs)
 
     def write(self, record: dict) -> None:
         """One record: ``source`` (a path, name or webcam number), optionally ``frame``/``time``, and ``faces``
-        (FaceResult) or ``error``."""
-        if self.file is None:
-            return
+        (FaceResult) or ``error``. Written whole or not at all (see the class), then counted in :attr:`tally`."""
         record = {**source_fields(record["source"]),
                   **{key: printable(value) if isinstance(value, str) else value
                      for key, value in record.items() if key != "source"}}
-        with writing(self.path):  # a full disk
-            if self.format == "jsonl":
-                faces = [face.to_dict() for face in record.get("faces", [])]
-                self.file.write(json.dumps({**record, **({"faces": faces} if "faces" in record else {})}) + "\n")
-            elif self.format == "csv":
-                self.csv.writerows(csv_rows(record))
-            self.file.flush()  # an interrupted run keeps every record written so far
+        counted = (source_key(record), len(record.get("faces", [])), record.get("frame"), "error" in record)
+        if self.file is None:
+            self.tally.add(*counted)
+            return
+        if self.format == "jsonl":
+            faces = [face.to_dict() for face in record.get("faces", [])]
+            text = json.dumps({**record, **({"faces": faces} if "faces" in record else {})}) + "\n"
+        else:
+            text = _csv_text(csv_rows(record))
+        self._append(text)
+        self.tally.add(*counted)
+
+    def _append(self, text: str) -> None:
+        """Append ``text`` to the file whole; if it cannot be (a full disk), cut the file back to where it ended."""
+        data, end = text.encode("utf-8"), self.file.seek(0, os.SEEK_END)
+        with writing(self.path):
+            try:
+                view = memoryview(data)
+                while view:  # an unbuffered write may write part of it
+                    view = view[self.file.write(view):]
+            except BaseException:
+                self.file.truncate(end)  # needs no space: the file ends with its last whole record again
+                raise
+
+
+def _csv_text(rows: list[dict]) -> str:
+    """``rows`` as CSV lines (``\\r\\n`` line ends, the csv module's default)."""
+    text = io.StringIO()
+    csv.DictWriter(text, CSV_FIELDS).writerows(rows)
+    return text.getvalue()
 
 
 def csv_rows(record: dict) -> list[dict]:

@@ -15,7 +15,9 @@ box not clipped (a face cut by the image edge extends past it), which photo crop
 that a person (or a looser training recipe) can still look at them.
 
 Writing is append-only and flushed per batch, so an interrupted run loses at most the
-batch in flight; :class:`AnnotationWriter` drops a torn last line before appending.
+batch in flight; :class:`AnnotationWriter` drops a torn last line before appending. A batch
+that cannot be written whole (a full disk) is cut off again and stops the run with one error
+naming the file (:class:`msfer.files.DiskFullError`); ``--resume`` then annotates it.
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ import os
 from pathlib import Path
 
 from ..errors import MsferError
+from ..files import writing
+from ..outputs import printable
 
 STATUS_OK = "ok"
 STATUS_NO_FACE = "no_face"
@@ -45,9 +49,10 @@ def _parse_lines(text: str, path: Path) -> dict[str, dict]:
         except json.JSONDecodeError as error:
             if number == len(lines):  # the write of the last line was interrupted
                 break
-            raise MsferError(f"{path}: line {number} is not valid JSON ({error}); fix or delete that line") from None
+            raise MsferError(f"{printable(path)}: line {number} is not valid JSON ({error}); "
+                             "fix or delete that line") from None
         if not isinstance(record, dict) or "id" not in record:
-            raise MsferError(f"{path}: line {number} is not an annotation object with an 'id'")
+            raise MsferError(f"{printable(path)}: line {number} is not an annotation object with an 'id'")
         records[record["id"]] = record
     return records
 
@@ -56,13 +61,13 @@ def load_annotations(path: str | os.PathLike) -> dict[str, dict]:
     """All records of an annotation file (``.jsonl`` or ``.jsonl.gz``) by image id; the last line for an id wins."""
     path = Path(path)
     if not path.is_file():
-        raise MsferError(f"annotation file {path} does not exist; make it with 'msfer annotate'")
+        raise MsferError(f"annotation file {printable(path)} does not exist; make it with 'msfer annotate'")
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rt", encoding="utf-8") as handle:
             return _parse_lines(handle.read(), path)
     except (OSError, EOFError, UnicodeDecodeError) as error:
-        raise MsferError(f"cannot read annotation file {path}: {error}") from None
+        raise MsferError(f"cannot read annotation file {printable(path)}: {error}") from None
 
 
 class AnnotationWriter:
@@ -76,12 +81,14 @@ class AnnotationWriter:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         if self.path.suffix == ".gz":
-            raise MsferError(f"{self.path}: annotations are written as plain .jsonl "
+            raise MsferError(f"{printable(self.path)}: annotations are written as plain .jsonl "
                              "(gzip the finished file if you like)")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with writing(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self.records = load_annotations(self.path) if self.path.exists() else {}
-        self._handle = open(self.path, "a+b")
-        self._repair_last_line()
+        with writing(self.path):  # unbuffered: nothing of a failed batch waits in a buffer to be written on close
+            self._handle = open(self.path, "a+b", buffering=0)
+            self._repair_last_line()
 
     def _repair_last_line(self) -> None:
         size = self._handle.seek(0, io.SEEK_END)
@@ -101,11 +108,18 @@ class AnnotationWriter:
         self._handle.flush()
 
     def write(self, records: list[dict]) -> None:
-        """Append ``records`` and flush them to the file (one call per batch)."""
+        """Append ``records`` to the file (one call per batch), whole or not at all: a batch that cannot be written
+        (:class:`MsferError` naming the file; :class:`msfer.files.DiskFullError` for a full disk) is cut off again."""
         lines = [json.dumps(record, separators=(",", ":")) + "\n" for record in records]
-        self._handle.seek(0, io.SEEK_END)
-        self._handle.write("".join(lines).encode("utf-8"))
-        self._handle.flush()
+        end = self._handle.seek(0, io.SEEK_END)
+        with writing(self.path):
+            try:
+                view = memoryview("".join(lines).encode("utf-8"))
+                while view:  # an unbuffered write may write part of it
+                    view = view[self._handle.write(view):]
+            except BaseException:
+                self._handle.truncate(end)  # needs no space: the file ends with its last whole batch again
+                raise
         self.records.update((record["id"], record) for record in records)
 
     def close(self) -> None:
