@@ -97,6 +97,11 @@ def _unique_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False)
     seen = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(None, None, "a key must be a single value, not a list or mapping",
+                                                    key_node.start_mark) from None
         if key in seen:
             raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice in one mapping",
                                                     key_node.start_mark)
@@ -120,3 +125,11 @@ def parse_yaml(text: str) -> Any:
     one mapping raises ``yaml.YAMLError`` (the caller names the file).
     """
     return yaml.load(text, Loader=_Loader)
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error on one line, for messages: what is wrong and where (line and column, from 1)."""
+    problem, mark = getattr(error, "problem", None), getattr(error, "problem_mark", None)
+    if problem is None:
+        return " ".join(str(error).split())
+    return problem + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "")

@@ -51,10 +51,19 @@ def run(args: argparse.Namespace) -> int:
         raise MsferError(f"--uncertain-below must be in [0, 1], got {args.uncertain_below}")
     check_at_least_one(args, "every")
     ready_folder(args.out, "--out")  # before the video's minutes, not after them
+    created = not args.out.exists()
     with writing(args.out):
         args.out.mkdir(parents=True, exist_ok=True)  # to be held
-    with sole_writer(args.out, folder=True):  # one writer per output: held from before any work to the end
-        return report_run(args)
+    try:
+        with sole_writer(args.out, folder=True):  # one writer per output: held from before any work to the end
+            return report_run(args)
+    except BaseException:
+        if created:  # a run that failed before writing anything leaves no empty folder behind
+            try:
+                args.out.rmdir()
+            except OSError:
+                pass
+        raise
 
 
 def report_run(args: argparse.Namespace) -> int:

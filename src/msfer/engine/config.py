@@ -29,7 +29,7 @@ import yaml
 
 from ..errors import MsferError
 from ..files import write_text
-from ..values import Range, check_number, check_numbers, parse_yaml
+from ..values import Range, check_number, check_numbers, parse_yaml, yaml_problem
 
 Config = dict[str, Any]
 
@@ -234,7 +234,7 @@ def parse_override(text: str) -> Config:
     try:
         parsed = parse_yaml(value) if value.strip() else None
     except yaml.YAMLError as error:
-        raise MsferError(f"override {text!r}: the value is not valid YAML ({error})") from None
+        raise MsferError(f"override {text!r}: the value is not valid YAML ({yaml_problem(error)})") from None
     nested: Any = parsed
     for part in reversed(key.strip().split(".")):
         nested = {part: nested}
@@ -404,7 +404,7 @@ def _read_with_bases(path: Path, seen: tuple[Path, ...]) -> Config:
     except FileNotFoundError:
         raise MsferError(f"config file not found: {path}") from None
     except yaml.YAMLError as error:
-        raise MsferError(f"config {path} is not valid YAML: {error}") from None
+        raise MsferError(f"config {path} is not valid YAML: {yaml_problem(error)}") from None
     if not isinstance(loaded, dict):
         raise MsferError(f"config {path} must be a mapping of sections, not {type(loaded).__name__}")
     bases = loaded.pop("_base_", [])

@@ -49,7 +49,7 @@ from ..engine.photos import classify_found, largest_face_crops
 from ..errors import MsferError
 from ..labels import EMOTIONS
 from ..outputs import printable
-from ..values import parse_yaml
+from ..values import parse_yaml, yaml_problem
 from .recognizer import EmotionRecognizer
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def load_suite(path: str | Path, data_root: str | Path | None = None) -> Suite:
     except OSError as error:
         raise MsferError(f"cannot read the suite {printable(path)}: {error.strerror or error}") from None
     except yaml.YAMLError as error:
-        raise MsferError(f"{printable(path)} is not valid YAML: {error}") from None
+        raise MsferError(f"{printable(path)} is not valid YAML: {yaml_problem(error)}") from None
     if not isinstance(document, dict) or not isinstance(document.get("sets"), list) or not document["sets"]:
         raise MsferError(f"{printable(path)}: a suite needs 'sets:', a list of sets (see msfer benchmark --help)")
     if set(document) - SUITE_KEYS:

@@ -58,7 +58,7 @@ from ..data.images import (
     not_a_file_reason,
 )
 from ..errors import MsferError
-from ..files import DiskFullError, atomic_output
+from ..files import LOCK_SUFFIX, DiskFullError, atomic_output
 from ..outputs import InputFiles, printable, source_fields
 from .recognizer import EmotionRecognizer, to_rgb_array
 from .results import MIN_QUALITY, FaceResult, ResultWriter, Tally, source_key
@@ -139,8 +139,8 @@ def collect_inputs(inputs: Iterable[Path | str]) -> Inputs:
         if given.is_dir():
             bases.append(os.path.abspath(given))
             for path in sorted(given.rglob("*")):
-                if path.is_dir() and not path.is_symlink():
-                    continue  # rglob walks it
+                if (path.is_dir() and not path.is_symlink()) or path.name.endswith(LOCK_SUFFIX):
+                    continue  # rglob walks it; a lock is an msfer run's own (files.sole_writer), no input
                 # A broken link named like a photo is an input that fails (reported, exit 1), as an unreadable
                 # photo is; a pipe or a linked folder is no input, so it is skipped with its reason.
                 if not (path.is_file() or is_broken_link(path)):
@@ -369,6 +369,8 @@ def _write_annotated(video_writer: AnnotatedVideoWriter, frame: VideoFrame, seco
     :class:`MsferError` that fails this input alone (its copy is then discarded), never the run."""
     try:
         video_writer.write(draw_faces(frame.image, frame.faces), seconds)
+    except DiskFullError:
+        raise  # no fault of this video: the run stops, and --resume does it again
     except Exception as error:  # noqa: BLE001 - whatever breaks the copy must not end the batch
         detail = str(error) if isinstance(error, MsferError) else f"{type(error).__name__}: {error}"
         raise MsferError(f"{printable(source)}: no annotated copy (frame {frame.index}): {detail}") from None

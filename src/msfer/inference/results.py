@@ -276,7 +276,8 @@ def to_dataframe(results, sources=None):
     image's index), ``frame``, ``time``, ``face`` (0 = largest), ``track_id``, the box ``x1 y1
     x2 y2`` (input pixels), ``score``, ``label``, ``confidence``, the seven probabilities, ``decision``,
     the quality fields, ``error`` and ``source_hex``. An image without a face, or one that failed,
-    is one row with empty face columns (and ``error`` set for a failure), as in the CSV.
+    is one row with empty face columns (and ``error`` set for a failure), as in the CSV. An empty
+    list has no rows: pass one image's faces as ``[faces]`` to get its row when it has none.
 
     Needs pandas (``pip install "msfer[pandas]"``); without it raises :class:`MsferError`.
     """
