@@ -375,3 +375,36 @@ def test_a_resumed_run_exits_1_for_an_error_record_written_before_the_kill(photo
     assert "could not be processed" not in captured.err
     assert f"{out} also holds the error records of 1 input(s) from before this run" in captured.err
     assert captured.out.splitlines()[-1] == f"2 inputs (1 in this run), 1 face, 1 error -> {out}"
+
+
+def test_an_outputs_lock_file_is_no_input_of_a_run_over_its_folder(tmp_path, astronaut):
+    from msfer.files import sole_writer
+    from msfer.inference.predict import collect_inputs
+
+    Image.fromarray(astronaut).save(tmp_path / "a.jpg")
+    with sole_writer(tmp_path / "results.jsonl"):
+        found = collect_inputs([tmp_path])
+    assert [item.path.name for item in found.items] == ["a.jpg"]
+    assert found.skipped == []  # the hidden lock file beside --out is neither processed nor reported
+
+
+def test_a_full_disk_while_writing_an_annotated_video_stops_the_run_instead_of_failing_the_video(astronaut):
+    from msfer.files import DiskFullError
+    from msfer.inference.predict import _write_annotated
+    from msfer.inference.video import VideoFrame
+
+    class FullDisk:  # the annotated-video writer on a full file system
+        def write(self, rgb, seconds):
+            raise DiskFullError("cannot write v.msfer.mp4: No space left on device")
+
+    with pytest.raises(DiskFullError):  # not the per-input MsferError that --resume would never retry
+        _write_annotated(FullDisk(), VideoFrame(3, 0.1, astronaut, [], True), 0.1, Path("v.mp4"))
+
+
+def test_a_yaml_error_is_one_line_naming_where(tmp_path, capsys):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("sets:\n  - name: a\n    name: b\n")
+    assert main(["benchmark", str(suite)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "\\n" not in error
+    assert error.endswith("the key 'name' is given twice in one mapping at line 3, column 5")
