@@ -311,5 +311,23 @@ def test_a_scene_cut_ends_every_track():
     assert after_cut != first and tracker.cuts == 1  # same place, another shot: another person
     assert tracker.update([at(box)], shot_b)[0].track_id == after_cut
     assert tracker.update([at(box)], shot_b[:100])[0].track_id != after_cut  # the frame size changed
-    joined = FaceTracker(cut_threshold=None)
+    joined = FaceTracker(cut_threshold=None, face_threshold=None)  # by place alone
     assert joined.update([at(box)], shot_a)[0].track_id == joined.update([at(box)], shot_b)[0].track_id
+
+
+def test_a_face_that_looks_different_at_the_same_place_is_another_person_and_a_pan_is_not(astronaut):
+    from msfer.inference.tracking import FaceTracker
+
+    box = [150, 30, 300, 200]
+    backdrop = np.full_like(astronaut, 128)
+    colour, grey = backdrop.copy(), backdrop.copy()
+    colour[30:200, 150:300] = astronaut[30:200, 150:300]
+    grey[30:200, 150:300] = astronaut[30:200, 150:300].mean(axis=2, keepdims=True).astype(np.uint8)[:, ::-1]
+    tracker = FaceTracker()
+    first = tracker.update([face(box)], colour)[0].track_id
+    # the same backdrop, another face where the first stood (the frames alike: no cut is seen)
+    assert tracker.update([face(box)], grey)[0].track_id != first and tracker.cuts == 0
+    panning = FaceTracker()  # the camera pans 10 px between processed frames: one person throughout
+    ids = {panning.update([face([150 + 10 * k, 30, 300 + 10 * k, 200])], np.roll(astronaut, 10 * k, axis=1))[0]
+           .track_id for k in range(5)}
+    assert ids == {1} and panning.cuts == 0
