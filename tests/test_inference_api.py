@@ -4,6 +4,7 @@ The fixtures `random_weights`, `recognizer`, `astronaut` and `astronaut_file` ar
 """
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -228,7 +229,8 @@ def test_every_form_of_one_image_reads_the_same_pixels(astronaut, tmp_path):
     expected = to_rgb_array(path)
     forms = {
         "bytes": path.read_bytes(), "bytearray": bytearray(path.read_bytes()),
-        "memoryview": memoryview(path.read_bytes()), "PIL": Image.open(path),
+        "memoryview": memoryview(path.read_bytes()), "PIL": Image.open(path), "BytesIO": io.BytesIO(path.read_bytes()),
+        "file": open(path, "rb"),
         "float 0..1": astronaut.astype(np.float64) / 255, "float 0..255": astronaut.astype(np.float32),
         "int64": astronaut.astype(np.int64), "uint16": astronaut.astype(np.uint16) * 257,
     }
@@ -294,7 +296,16 @@ def test_predict_video_yields_frames_with_times_and_tracked_faces(recognizer, as
     assert [frame.time for frame in frames] == pytest.approx([i / 10 for i in range(6)], abs=1e-3)
     assert [frame.processed for frame in frames] == [True, False] * 3
     assert all(len(frame.faces) == 1 and frame.faces[0].track_id is not None for frame in frames)
-    assert frames[0].image.shape == (512, 512, 3)
+    assert frames[0].image.shape == (512, 512, 3) and {frame.source for frame in frames} == {path}
+    pytest.importorskip("pandas")
+    from msfer import to_dataframe
+
+    table = to_dataframe(recognizer.predict_video(path, every=2))
+    assert table["source"].tolist() == [str(path)] * 6 and table["frame"].tolist() == list(range(6))
+    gif = tmp_path / "moving.gif"
+    Image.fromarray(astronaut).save(gif, save_all=True, append_images=[Image.fromarray(astronaut[:, ::-1])],
+                                    duration=[200, 300])
+    assert [frame.time for frame in recognizer.predict_video(gif)] == pytest.approx([0.0, 0.2])
     with pytest.raises(MsferError, match="absent.mp4"):
         list(recognizer.predict_video(tmp_path / "absent.mp4"))
 

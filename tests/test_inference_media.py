@@ -166,6 +166,21 @@ def test_a_truncated_video_says_how_many_frames_were_read_and_fails(truncated_vi
     assert [r for r in records if r["source"] == str(astronaut_file)][0]["faces"]  # the batch went on
 
 
+def test_a_truncated_matroska_file_which_declares_only_a_duration_is_found_out(random_weights, tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 255, (120, 160, 3), dtype=np.uint8) for _ in range(30)]
+    whole, cut = tmp_path / "film.mkv", tmp_path / "cut_film.mkv"
+    encode_segment(whole, frames, 0.0, container_format="matroska")  # 3 s, no frame count in the container
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 6 // 10])
+    out = tmp_path / "whole.jsonl"
+    assert main(["predict", str(whole), "--weights", str(random_weights), "--out", str(out), "--min-face", "0"]) == 0
+    assert len(read_records(out)) == 30 and "declares" not in capsys.readouterr().err
+    out = tmp_path / "cut.jsonl"
+    assert main(["predict", str(cut), "--weights", str(random_weights), "--out", str(out), "--min-face", "0"]) == 1
+    error = [r["error"] for r in read_records(out) if "error" in r]
+    assert len(error) == 1 and "the container declares 3.00 s, frames read up to" in error[0]
+
+
 def test_a_report_of_a_truncated_video_says_so_and_fails(truncated_videos, random_weights, tmp_path, capsys):
     _, cut = truncated_videos[".mp4"]
     out = tmp_path / "report"

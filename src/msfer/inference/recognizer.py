@@ -36,6 +36,7 @@ Images are RGB everywhere in msfer. A numpy array is taken as RGB unless
 from __future__ import annotations
 
 import io
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence, Union
@@ -61,6 +62,8 @@ from .results import DEFAULT_DECISION, FaceResult
 if TYPE_CHECKING:
     from .video import VideoFrame
 
+log = logging.getLogger(__name__)
+
 ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
 
@@ -71,7 +74,8 @@ def to_rgb_array(image: ImageInput, color_order: str = "rgb") -> np.ndarray:
       a missing or undecodable file raises :class:`MsferError` naming it, a folder one that says
       to use :meth:`EmotionRecognizer.predict_folder`.
     - **Encoded bytes** (``bytes``, ``bytearray``, ``memoryview``: the contents of a JPEG, PNG,
-      ... file, e.g. an upload) are decoded by the same rules as a file.
+      ... file, e.g. an upload), or a binary file object (``open(path, "rb")``, ``io.BytesIO``,
+      read from where it stands), are decoded by the same rules as a file.
     - **A PIL image** follows the same rules (:func:`msfer.data.images.to_upright_rgb`): turned
       upright by its EXIF orientation, alpha composited on white, so an image gives one answer
       whether it is passed as a path, as bytes or as an object.
@@ -96,6 +100,8 @@ def to_rgb_array(image: ImageInput, color_order: str = "rgb") -> np.ndarray:
         return np.asarray(load_rgb(image))
     if isinstance(image, (bytes, bytearray, memoryview)):
         return _decode_bytes(bytes(image))
+    if callable(getattr(image, "read", None)):  # an open file or io.BytesIO
+        return _decode_bytes(image.read())
     if isinstance(image, Image.Image):
         from ..data.images import to_upright_rgb
 
@@ -357,24 +363,31 @@ class EmotionRecognizer:
     def predict_video(
         self, source: str | os.PathLike | int, every: int = 1, smoothing: float = 0.0,
     ) -> Iterator["VideoFrame"]:
-        """Every frame of a video file (or webcam number ``source``) with its tracked faces.
+        """Every frame of a video file, an animated image (GIF, APNG, WebP) or webcam number ``source``, with its
+        tracked faces.
 
-        Yields :class:`msfer.inference.video.VideoFrame` objects in order: ``index`` (from 0),
+        Yields :class:`msfer.inference.video.VideoFrame` objects in order: ``source``, ``index`` (from 0),
         ``time`` (seconds from the start, from the container's timestamps), ``image`` (H x W x 3
         uint8 RGB), ``faces`` (:class:`FaceResult` with ``track_id`` set, largest first) and
         ``processed``. ``every``: classify every n-th frame only; the frames between repeat the
         last classified faces (``processed`` False). ``smoothing`` in [0, 1): exponential
         smoothing of each track's probabilities (0: none). Raises :class:`MsferError` naming
-        the file if it cannot be opened or gives no frame::
+        the file if it cannot be opened or gives no frame; a file whose decoding stops early (truncated
+        or damaged) yields the frames read and logs a warning saying how many it declares::
 
             for frame in recognizer.predict_video("clip.mp4", every=5):
                 print(f"{frame.time:.2f} s", [face.label for face in frame.faces])
         """
-        from .video import VideoSource
+        from .video import open_video
         from .video import predict_video as frames_with_faces
 
-        with VideoSource(source) as video:
-            yield from frames_with_faces(self, video, every=every, smoothing=smoothing)
+        with open_video(source) as video:
+            for frame in frames_with_faces(self, video, every=every, smoothing=smoothing):
+                frame.source = source
+                yield frame
+            shortfall = video.shortfall()
+        if shortfall is not None:
+            log.warning("%s: %s", printable(source), shortfall)
 
     def classify_faces(self, crops: Sequence[ImageInput], color_order: str = "rgb",
                        decision: str | None = None) -> list[FaceResult]:

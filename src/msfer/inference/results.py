@@ -272,8 +272,8 @@ def to_dataframe(results, sources=None):
     - ``recognizer.predict_video(path)``: :class:`msfer.inference.video.VideoFrame` objects
       (``frame`` and ``time`` columns filled).
 
-    Columns (:data:`CSV_FIELDS`): ``source`` (``sources[i]`` if given, else the path, else the
-    image's index), ``frame``, ``time``, ``face`` (0 = largest), ``track_id``, the box ``x1 y1
+    Columns (:data:`CSV_FIELDS`): ``source`` (``sources[i]`` if given, else the path or video, else
+    the image's index in ``results``), ``frame``, ``time``, ``face`` (0 = largest), ``track_id``, the box ``x1 y1
     x2 y2`` (input pixels), ``score``, ``label``, ``confidence``, the seven probabilities, ``decision``,
     the quality fields, ``error`` and ``source_hex``. An image without a face, or one that failed,
     is one row with empty face columns (and ``error`` set for a failure), as in the CSV. An empty
@@ -305,7 +305,7 @@ def _record(item, number: int, sources) -> dict:
     record: dict[str, Any] = {}
     if hasattr(item, "faces") and hasattr(item, "time"):  # a video frame
         record.update(frame=item.index, time=item.time)
-        source, outcome = number, item.faces
+        source, outcome = number if getattr(item, "source", None) is None else item.source, item.faces
     elif isinstance(item, tuple) and len(item) == 2:
         source, outcome = item
     else:

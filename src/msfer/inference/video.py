@@ -64,13 +64,15 @@ VIDEO_EXTENSIONS = frozenset({
 @dataclass
 class VideoFrame:
     """One frame: its index, time in seconds (None for a page of a multi-page image), RGB pixels (None once dropped
-    to save memory), and the tracked faces."""
+    to save memory), the tracked faces, whether they were classified in this frame (``processed``) or repeated
+    from the last classified one, and the ``source`` it is from."""
 
     index: int
     time: float | None
     image: np.ndarray | None
     faces: list[FaceResult]
     processed: bool
+    source: str | os.PathLike | int | None = None  # the file or webcam (EmotionRecognizer.predict_video sets it)
 
 
 def is_video(path: Path) -> bool:
@@ -100,6 +102,8 @@ class _Frames:
     frames_read = 0
     stopped: str | None = None  # why reading ended before the file did (an error)
     declared_by = "the container"
+    duration: float | None = None  # seconds, as declared, where no frame count is (Matroska, WebM)
+    last_time: float | None = None  # of the last frame read
 
     def shortfall(self) -> str | None:
         """Why fewer frames were read than the file holds, once :meth:`frames` is exhausted; None when none were
@@ -115,6 +119,11 @@ class _Frames:
         if self.stopped:
             counted = f" of the {declared} {self.declared_by} declares" if declared else ""
             return f"decoding stopped early: {read}{counted}; {self.stopped}"
+        if declared is None and self.duration and self.last_time is not None:
+            # a frame interval short of the end is normal; more than half a second, or a tenth, is not
+            if self.last_time + max(0.5, 0.1 * self.duration) < self.duration:
+                return (f"decoding stopped early: {self.declared_by} declares {self.duration:.2f} s, frames read "
+                        f"up to {self.last_time:.2f} s ({read}; the file is truncated or damaged)")
         return None
 
     def __enter__(self):
@@ -169,6 +178,8 @@ class VideoSource(_Frames):
         rate = self.stream.average_rate or self.stream.guessed_rate
         self.fps = float(rate) if rate else 0.0
         self.frame_count = self.stream.frames or None
+        if self.frame_count is None and self.container.duration:
+            self.duration = self.container.duration / 1e6  # in FFmpeg's AV_TIME_BASE, microseconds
 
     def frames(self) -> Iterator[tuple[np.ndarray, float]]:
         """Every frame as ``(rgb, seconds)``, in presentation order."""
@@ -213,7 +224,7 @@ class VideoSource(_Frames):
                     seconds -= origin
                 else:
                     seconds = 0.0 if last is None else last + step
-                last = seconds
+                last = self.last_time = seconds
                 rgb = frame.to_ndarray(format="rgb24")
                 quarter_turns = round((frame.rotation or 0) / 90) % 4  # counter-clockwise, as np.rot90 counts
                 if quarter_turns:
