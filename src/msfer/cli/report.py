@@ -84,10 +84,9 @@ def report_run(args: argparse.Namespace) -> int:
         settings["incomplete video"] = shortfall
     path = write_video_report(args.video, frames, args.out, settings, args.uncertain_below, args.min_quality,
                               recognizer.calibration, thumbnails)
-    # The closing line: the report of one video, its processed frames and the faces in them.
-    print(summary_line(path, 1, sum(len(frame.faces) for frame in frames), int(shortfall is not None), len(frames)))
     if shortfall is not None:
         print(f"msfer report: {printable(args.video)}: {shortfall}; the report covers the frames read",
               file=sys.stderr)
-        return 1
-    return 0
+    # The closing line: the report of one video, its processed frames and the faces in them.
+    print(summary_line(path, 1, sum(len(frame.faces) for frame in frames), int(shortfall is not None), len(frames)))
+    return 1 if shortfall is not None else 0
