@@ -427,3 +427,14 @@ def test_the_memory_budget_runs_requests_together_only_while_their_estimates_fit
     service = TestClient(create_app(recognizer)).app.state.service
     assert isinstance(service, Service) and service.gate.memory_mb == 1000
     assert 2 * estimated_mb(7300, 5470, service) > 1000 > 2 * estimated_mb(4000, 3000, service)
+
+
+def test_an_animated_upload_is_read_from_its_first_frame_and_the_answer_says_so(client, astronaut):
+    buffer = io.BytesIO()
+    frames = [Image.fromarray(astronaut), Image.fromarray(np.full_like(astronaut, 90))]
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=[100, 100])
+    answer = client.post("/v1/predict", files={"image": ("reaction.gif", buffer.getvalue(), "image/gif")}).json()
+    assert len(answer["faces"]) == 1  # the first frame's face
+    assert answer["warning"] == "reaction.gif: only the first of its 2 frames was read (msfer predict reads every frame)"
+    still = client.post("/v1/predict", files={"image": ("a.jpg", jpeg(astronaut), "image/jpeg")}).json()
+    assert "warning" not in still

@@ -377,6 +377,11 @@ def test_cross_origin_posts_are_refused_unless_allowed(recognizer, astronaut):
     assert preflight.status_code == 200
     assert allowed.post("/v1/predict", files=upload, headers={"Origin": "https://other.example"}).status_code == 403
     assert counting.calls == 3
+    # an allowed origin written as people write addresses: CORS answers the browser's form of it
+    loose = TestClient(create_app(counting, allowed_origins=["HTTPS://App.Example.org:443/"]),
+                       base_url="http://localhost:8000")
+    answer = loose.post("/v1/predict", files=upload, headers={"Origin": "https://app.example.org"})
+    assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == "https://app.example.org"
 
 
 def test_every_response_carries_the_hardening_headers(recognizer, astronaut):

@@ -127,7 +127,7 @@ def load_rgb(path: str | Path) -> Image.Image:
             image = Image.open(path)
         with image:
             image.load()  # decode now, inside _reading: truncation only shows up here
-            frames = _frames_of(image)
+            frames = frames_of(image)
             if frames > 1:
                 what = "a multi-page image of %d pages" if image.format == "TIFF" else "an animated image of %d frames"
                 log.warning("%s: " + what + "; only the first is read here (msfer predict reads them all)",
@@ -135,7 +135,7 @@ def load_rgb(path: str | Path) -> Image.Image:
             return to_upright_rgb(image)
 
 
-def _frames_of(image: Image.Image) -> int:
+def frames_of(image: Image.Image) -> int:
     """How many frames or pages an opened image holds as an animation or a document (1 for every other format)."""
     return int(getattr(image, "n_frames", 1)) if image.format in MULTI_FRAME_FORMATS else 1
 
@@ -145,7 +145,7 @@ def frame_count(path: str | Path) -> int:
     file that cannot be opened (reading it then says why)."""
     try:
         with named_warnings(path, report=False), Image.open(path) as image:
-            return _frames_of(image)
+            return frames_of(image)
     except Exception:  # noqa: BLE001 - Pillow raises many types; the read that follows reports the file
         return 1
 
@@ -169,7 +169,7 @@ def read_frames(path: str | Path) -> Iterator[tuple[np.ndarray, float | None]]:
         with named_warnings(path):
             image = Image.open(path)
     with image:
-        timed, seconds, count = image.format != "TIFF", 0.0, _frames_of(image)
+        timed, seconds, count = image.format != "TIFF", 0.0, frames_of(image)
         for index in range(count):
             try:
                 with _reading(path):  # the first frame fails as a still image does

@@ -97,7 +97,7 @@ from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect
 
-from ..data.images import UnreadableImageError, load_rgb, to_upright_rgb
+from ..data.images import UnreadableImageError, frames_of, load_rgb, to_upright_rgb
 from ..engine.decision import has_balanced_rule
 from ..errors import MsferError
 from ..faces.detection import detection_scales
@@ -253,6 +253,16 @@ class AllowedHosts:
                 or any(name == domain[1:] or name.endswith(domain) for domain in self.domains))
 
 
+def normal_origin(value: str) -> str:
+    """An origin as browsers send it (lower-case scheme and host, no default port, no path), for CORS's exact match;
+    ``value`` itself if it is none."""
+    parsed = _origin(value)
+    if parsed is None:
+        return value
+    scheme, name, port = parsed
+    return f"{scheme}://{name}" + ("" if port == (443 if scheme == "https" else 80) else f":{port}")
+
+
 def _origin(value: str) -> tuple[str, str, int] | None:
     """(scheme, host, port) of an ``Origin`` value, the port filled in from the scheme; None if it is none."""
     try:
@@ -385,7 +395,8 @@ def create_app(
         app.mount("/static/swagger-ui", StaticFiles(directory=SWAGGER_DIR), name="swagger-ui")
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     if allowed_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=["*"] if "*" in allowed_origins else list(allowed_origins),
+        origins = ["*"] if "*" in allowed_origins else [normal_origin(origin) for origin in allowed_origins]
+        app.add_middleware(CORSMiddleware, allow_origins=origins,
                            allow_methods=["GET", "POST"], allow_headers=["content-type"])
     app.add_middleware(BrowserGuard, hosts=AllowedHosts(allowed_hosts), origins=list(allowed_origins))
     return app
@@ -602,7 +613,7 @@ def recognise(service: Service, name: str, data: bytes, decision: str) -> dict:
         with tempfile.NamedTemporaryFile() as stored:
             stored.write(data)
             stored.flush()
-            width, height = image_size(stored.name, name, max_pixels)
+            width, height, frames = image_size(stored.name, name, max_pixels)
             with service.gate.slots, service.gate.memory(estimated_mb(width, height, service)):
                 image = decode_reduced(stored.name, name, width, height, service.decode_pixels)
                 original = upright_size(image, width, height)
@@ -611,17 +622,23 @@ def recognise(service: Service, name: str, data: bytes, decision: str) -> dict:
                 faces = recognizer.predict(image, decision=decision)
                 del image
         thresholds = getattr(service.recognizer, "quality", None)
-        return {"source": name, "width": original[0], "height": original[1], "decision": decision,
-                "faces": [in_original_pixels(face, scale_x, scale_y, original, thresholds) for face in faces]}
+        answer = {"source": name, "width": original[0], "height": original[1], "decision": decision,
+                  "faces": [in_original_pixels(face, scale_x, scale_y, original, thresholds) for face in faces]}
+        if frames > 1:  # an animated or multi-page image: said in the answer, not only in the server's log
+            answer["warning"] = (f"{name}: only the first of its {frames} frames was read (msfer predict reads "
+                                 "every frame)")
+        return answer
     finally:
         release_memory()
 
 
-def image_size(path: str, name: str, max_pixels: int) -> tuple[int, int]:
-    """The stored width and height from the file's header (nothing decoded); 415 / 400 / 413 as the file is."""
+def image_size(path: str, name: str, max_pixels: int) -> tuple[int, int, int]:
+    """The stored width and height from the file's header (nothing decoded), and its number of frames (pages);
+    415 / 400 / 413 as the file is."""
     try:
         with Image.open(path) as header:  # lazy: reads the size, decodes nothing
             width, height = header.size
+            frames = frames_of(header)
     except UnidentifiedImageError:
         raise HTTPException(415, f"{name}: not an image (the bytes are no format Pillow decodes, "
                                  "e.g. JPEG, PNG, WebP, BMP, TIFF)") from None
@@ -632,7 +649,7 @@ def image_size(path: str, name: str, max_pixels: int) -> tuple[int, int]:
     if width * height > max_pixels:
         raise HTTPException(413, f"{name}: image too large: {width} x {height} = {width * height:,} pixels, "
                                  f"the limit is {max_pixels:,}")
-    return width, height
+    return width, height, frames
 
 
 def decode_reduced(path: str, name: str, width: int, height: int, decode_pixels: int) -> Image.Image:
