@@ -435,6 +435,7 @@ def test_an_animated_upload_is_read_from_its_first_frame_and_the_answer_says_so(
     frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=[100, 100])
     answer = client.post("/v1/predict", files={"image": ("reaction.gif", buffer.getvalue(), "image/gif")}).json()
     assert len(answer["faces"]) == 1  # the first frame's face
-    assert answer["warning"] == "reaction.gif: only the first of its 2 frames was read (msfer predict reads every frame)"
+    assert answer["warning"] == ("reaction.gif: only the first of its 2 frames was read "
+                                 "(msfer predict reads every frame)")
     still = client.post("/v1/predict", files={"image": ("a.jpg", jpeg(astronaut), "image/jpeg")}).json()
     assert "warning" not in still
