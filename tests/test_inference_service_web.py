@@ -472,9 +472,10 @@ def test_the_page_behind_a_proxy_draws_labels_inside_the_image(random_weights, a
             # the first request builds the detector's session, so that the page's answer comes within the budget
             warm = httpx.post(urljoin(base, "v1/predict"), content=sample["/sample.jpg"], timeout=180)
             assert warm.status_code == 200 and len(warm.json()["faces"]) == 1
-            # Up to three tries: on a loaded machine headless Chromium's virtual time can run out between the answer
-            # and the drawing (the status line written, the canvas not yet); a page that never draws fails all.
-            for _ in range(3):
+            # Up to six tries: on a loaded machine headless Chromium's virtual time can run out between the answer
+            # and the drawing (the status line written, the photo still being decoded for the canvas); a page that
+            # never draws fails all.
+            for _ in range(6):
                 dom = chromium(base + "?demo=1", tmp_path, "--dump-dom")
                 if "data-captions=" in dom:
                     break
