@@ -82,3 +82,30 @@ def astronaut_file(tmp_path_factory, astronaut) -> Path:
     path = tmp_path_factory.mktemp("photos") / "astronaut.jpg"
     Image.fromarray(astronaut).save(path, quality=95)
     return path
+
+
+@pytest.fixture
+def open_page():
+    """A function ``open_page(url, until)`` -> a Playwright page in headless Chromium (Debian's), returned once an
+    element matches the CSS selector ``until`` (default: the page says it has finished, ``body[data-state]`` being
+    "done" or "error"), within 180 s of real time; a selector, not a script, as the page's policy allows no eval. Waiting on the page's own word, not on a time budget, keeps the
+    test independent of how loaded the machine is."""
+    import shutil
+
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e .[dev])")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox", "--disable-gpu"])
+
+        def open_page(url: str, until: str = "body[data-state=done], body[data-state=error]"):
+            page = browser.new_page(viewport={"width": 1000, "height": 900})
+            page.goto(url)
+            page.wait_for_selector(until, timeout=180_000)
+            return page
+
+        try:
+            yield open_page
+        finally:
+            browser.close()

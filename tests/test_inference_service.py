@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -24,8 +24,6 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from msfer.inference.service import create_app  # noqa: E402
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
@@ -259,9 +257,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def browse(weights, tmp_path, query: str, output: list[str]) -> tuple[str, str]:
-    """Serve ``weights``, open the page at ``/?{query}`` in headless Chromium with ``output`` (e.g. a screenshot
-    flag) and return (Chromium's stdout, the server's log)."""
+@contextlib.contextmanager
+def served(weights, tmp_path):
+    """``msfer serve --weights weights`` on a free port for the block; yields (its address, its log file)."""
     port = free_port()
     log_path = tmp_path / f"server-{port}.log"
     log = log_path.open("w")
@@ -281,47 +279,30 @@ def browse(weights, tmp_path, query: str, output: list[str]) -> tuple[str, str]:
                 pass
             assert server.poll() is None and time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.3)
-        # The first request builds the detector's session; done here so that the page's own request returns
-        # within Chromium's virtual-time budget even on a loaded machine.
-        sample = httpx.get(f"http://127.0.0.1:{port}/sample.jpg").content
-        assert httpx.post(f"http://127.0.0.1:{port}/v1/predict", files={"image": ("warm.jpg", sample)},
-                          timeout=120).status_code == 200
-        browser = subprocess.run(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / f'profile-{port}'}", "--window-size=1000,900",
-             "--virtual-time-budget=60000", *output, f"http://127.0.0.1:{port}/?{query}"],
-            check=True, timeout=120, capture_output=True, text=True,
-        )
+        yield f"http://127.0.0.1:{port}/", log_path
     finally:
         server.terminate()
         server.wait(timeout=30)
         log.close()
-    return browser.stdout, log_path.read_text()
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
-def test_web_page_in_headless_chromium(random_weights, tmp_path):
-    # Two tries: on a loaded machine headless Chromium's virtual time has once run out between the upload's
-    # answer and its drawing (the access log had the 200, the screenshot no box); a page that never draws
-    # fails both.
-    for attempt in range(2):
-        screenshot = tmp_path / f"page{attempt}.png"
-        _, access_log = browse(random_weights, tmp_path, "demo=1", [f"--screenshot={screenshot}"])
-        assert "POST /v1/predict HTTP/1.1\" 200" in access_log  # the page uploaded the sample and got its faces
-        pixels = np.asarray(Image.open(screenshot).convert("RGB")).astype(int)
-        box_green = (pixels[..., 0] < 40) & (pixels[..., 1] > 180) & (pixels[..., 2] < 40)
-        box_orange = (pixels[..., 0] > 230) & (np.abs(pixels[..., 1] - 140) < 25) & (pixels[..., 2] < 40)
-        if box_green.sum() + box_orange.sum() > 200:
-            break
-    else:
-        pytest.fail("no face box was drawn on the page")
+def test_web_page_in_headless_chromium(random_weights, tmp_path, open_page):
+    """The page, opened with ?demo=1, uploads its sample photo and draws a box round the face."""
+    screenshot = tmp_path / "page.png"
+    with served(random_weights, tmp_path) as (address, log_path):
+        page = open_page(address + "?demo=1")
+        assert page.get_attribute("body", "data-state") == "done", page.inner_text("#status")
+        page.screenshot(path=screenshot)
+    assert "POST /v1/predict HTTP/1.1\" 200" in log_path.read_text()  # the page uploaded the sample, got its faces
+    pixels = np.asarray(Image.open(screenshot).convert("RGB")).astype(int)
+    box_green = (pixels[..., 0] < 40) & (pixels[..., 1] > 180) & (pixels[..., 2] < 40)
+    box_orange = (pixels[..., 0] > 230) & (np.abs(pixels[..., 1] - 140) < 25) & (pixels[..., 2] < 40)
+    assert box_green.sum() + box_orange.sum() > 200, "no face box was drawn on the page"
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
-def test_web_page_shows_decision_quality_and_calibration(random_weights, tmp_path):
+def test_web_page_shows_decision_quality_and_calibration(random_weights, tmp_path, open_page):
     """The page sends the decision rule chosen on it, and shows each face's reading, quality and the calibration."""
     from msfer.engine.calibration import calibrated_checkpoint
     from msfer.labels import EMOTIONS
@@ -333,19 +314,20 @@ def test_web_page_shows_decision_quality_and_calibration(random_weights, tmp_pat
     record = {"method": "temperature", "held_out": {"calibrated": held_out}}
     weights = save_checkpoint(calibrated_checkpoint(load_checkpoint(random_weights), [1.0] * 7, [0.0] * 7,
                                                     list(offsets - offsets.mean()), record), tmp_path / "balanced.pt")
-    pages = {rule: browse(weights, tmp_path, f"demo=1&decision={rule}", ["--dump-dom"])
-             for rule in ("argmax", "balanced")}
-    for rule, (dom, server_log) in pages.items():
+    with served(weights, tmp_path) as (address, log_path):
+        pages = {rule: open_page(f"{address}?demo=1&decision={rule}").content() for rule in ("argmax", "balanced")}
+        # an unknown rule in the address falls back to the service's, never an upload the service refuses
+        unknown = open_page(f"{address}?demo=1&decision=bogus").content()
+        server_log = log_path.read_text()
+    for rule, dom in pages.items():
         status = dom.split('id="status"')[1].split("</p>")[0]
         assert f"(decision: {rule})" in status, (status, server_log)
         for header in ("quality", "size (px)", "sharpness", "roll", "yaw", "reading"):
             assert f">{header}</th>" in dom
         assert "calibrated (temperature scaling)" in dom  # the service's calibration note
-    assert "fear" in pages["balanced"][0].split('id="status"')[1].split("</p>")[0]
-    # an unknown rule in the address falls back to the service's, never an upload the service refuses
-    unknown, _ = browse(weights, tmp_path, "demo=1&decision=bogus", ["--dump-dom"])
+    assert "fear" in pages["balanced"].split('id="status"')[1].split("</p>")[0]
     assert "(decision: argmax)" in unknown.split('id="status"')[1].split("</p>")[0]
-    assert any(quality in pages["argmax"][0] for quality in (">good", ">low"))
+    assert any(quality in pages["argmax"] for quality in (">good", ">low"))
 
 
 def face_on_canvas(astronaut: np.ndarray, width: int, height: int, at: tuple[int, int]) -> np.ndarray:

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -35,8 +34,6 @@ import uvicorn  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from msfer.inference.service import create_app  # noqa: E402
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def jpeg(array: np.ndarray, quality: int = 90) -> bytes:
@@ -438,17 +435,6 @@ def test_the_api_page_loads_only_the_services_own_files(recognizer):
 # -- the page in a browser ------------------------------------------------------------------------------------------
 
 
-def chromium(url: str, tmp_path: Path, *output: str) -> str:
-    browser = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1000,900", "--virtual-time-budget=600000",
-         *output, url],
-        check=True, timeout=180, capture_output=True, text=True,
-    )
-    return browser.stdout
-
-
 def face_at_the_right_edge(astronaut: np.ndarray) -> bytes:
     """A 1800 x 1000 JPEG whose one face (the astronaut's, twice its size) touches the top and the right edge,
     where a label drawn from the face's corner would run out of the image."""
@@ -459,10 +445,7 @@ def face_at_the_right_edge(astronaut: np.ndarray) -> bytes:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
-@pytest.mark.xfail(strict=False, reason="in a full clean-clone run headless Chromium reads the page before its "
-                   "canvas is drawn (passes alone); the drawing's wait is to be made explicit")
-def test_the_page_behind_a_proxy_draws_labels_inside_the_image(random_weights, astronaut, tmp_path):
+def test_the_page_behind_a_proxy_draws_labels_inside_the_image(random_weights, astronaut, tmp_path, open_page):
     """msfer serve --root-path behind a proxy at /msfer/: the page loads, uploads through the proxy and draws each
     face's label whole inside the image, here for a face at the image's top right corner; the API page renders."""
     log_path = tmp_path / "server.log"
@@ -471,17 +454,10 @@ def test_the_page_behind_a_proxy_draws_labels_inside_the_image(random_weights, a
         sample = {"/sample.jpg": face_at_the_right_edge(astronaut)}
         with prefix_proxy(port, "/msfer", replace=sample) as (proxy, requested):
             base = f"http://127.0.0.1:{proxy}/msfer/"
-            # the first request builds the detector's session, so that the page's answer comes within the budget
             warm = httpx.post(urljoin(base, "v1/predict"), content=sample["/sample.jpg"], timeout=180)
             assert warm.status_code == 200 and len(warm.json()["faces"]) == 1
-            # Up to three tries: headless Chromium's virtual time can run out between the answer and the drawing (the
-            # status line written, the photo still being decoded for the canvas: the budget is generous for that);
-            # a page that never draws fails all.
-            for _ in range(3):
-                dom = chromium(base + "?demo=1", tmp_path, "--dump-dom")
-                if "data-captions=" in dom:
-                    break
-            docs = chromium(base + "docs", tmp_path, "--dump-dom")
+            dom = open_page(base + "?demo=1").content()
+            docs = open_page(base + "docs", until=".opblock").content()
     finally:
         server.terminate()
         server.wait(timeout=30)
