@@ -88,8 +88,8 @@ def astronaut_file(tmp_path_factory, astronaut) -> Path:
 def open_page():
     """A function ``open_page(url, until)`` -> a Playwright page in headless Chromium (Debian's), returned once an
     element matches the CSS selector ``until`` (default: the page says it has finished, ``body[data-state]`` being
-    "done" or "error"), within 180 s of real time; a selector, not a script, as the page's policy allows no eval. Waiting on the page's own word, not on a time budget, keeps the
-    test independent of how loaded the machine is."""
+    "done" or "error"), within 180 s of real time; a selector, not a script, as the page's policy allows no eval.
+    Waiting on the page's own word, not on a time budget, keeps the test independent of how loaded the machine is."""
     import shutil
 
     executable = shutil.which("chromium") or shutil.which("chromium-browser")

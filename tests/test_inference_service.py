@@ -340,7 +340,7 @@ def face_on_canvas(astronaut: np.ndarray, width: int, height: int, at: tuple[int
 
 
 def test_a_large_image_is_decoded_reduced_and_answered_in_its_own_pixels(recognizer, astronaut, tmp_path):
-    from msfer.inference.service import decode_reduced
+    from msfer.inference.service_images import decode_reduced
 
     square = face_on_canvas(astronaut, 3000, 3000, (1500, 1200))
     # Stored turned, with EXIF orientation 6: upright it is 2000 wide and 3000 tall.
@@ -378,7 +378,9 @@ def test_a_large_image_is_decoded_reduced_and_answered_in_its_own_pixels(recogni
 
 
 def test_the_memory_budget_runs_requests_together_only_while_their_estimates_fit(recognizer):
-    from msfer.inference.service import InferenceGate, Service, estimated_mb
+    from msfer.inference.service import Service
+    from msfer.inference.service_guards import InferenceGate
+    from msfer.inference.service_images import estimated_mb
 
     gate = InferenceGate(2, 0, memory_mb=1000)
     holding, released, second_in = threading.Event(), threading.Event(), threading.Event()
@@ -408,7 +410,10 @@ def test_the_memory_budget_runs_requests_together_only_while_their_estimates_fit
     # phone photos together.
     service = TestClient(create_app(recognizer)).app.state.service
     assert isinstance(service, Service) and service.gate.memory_mb == 1000
-    assert 2 * estimated_mb(7300, 5470, service) > 1000 > 2 * estimated_mb(4000, 3000, service)
+    def estimate(width: int, height: int) -> float:
+        return estimated_mb(width, height, service.recognizer, service.decode_pixels)
+
+    assert 2 * estimate(7300, 5470) > 1000 > 2 * estimate(4000, 3000)
 
 
 def test_an_animated_upload_is_read_from_its_first_frame_and_the_answer_says_so(client, astronaut):

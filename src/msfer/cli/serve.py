@@ -17,8 +17,8 @@ from ..inference.service import (
     DEFAULT_MEMORY_BUDGET_MB,
     DEFAULT_UPLOAD_TIMEOUT_S,
     create_app,
-    limit_allocator,
 )
+from ..inference.service_images import limit_allocator
 from .options import add_decision_argument, add_model_arguments, model_options
 
 DEFAULT_SHUTDOWN_TIMEOUT_S = 10

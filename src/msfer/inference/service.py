@@ -40,25 +40,25 @@ Limits, each answered with a JSON ``{"detail": "..."}`` error, as every error is
 * **concurrency**: ``max_concurrent`` requests decode and infer at once, ``max_queue``
   more wait for a turn; beyond that 503 with ``Retry-After``;
 * **memory** (``memory_budget_mb``): each request's peak is estimated from the image's
-  header (:func:`estimated_mb`) and a request decodes only while the estimates of those
+  header (:func:`~msfer.inference.service_images.estimated_mb`) and a request decodes only while the estimates of those
   running fit the budget (one request alone always runs). An image of more than
   ``decode_pixels`` is decoded reduced by the smallest whole factor that brings it within
   (JPEG: decoded at 1/2 or 1/4 scale directly; others: reduced right after decoding): the
   copy still holds every pixel the detector's finest pass sees. Faces are cropped from that
   copy; the answer's coordinates, sizes and ``width`` / ``height`` are the original image's.
   ``msfer serve`` also limits the allocator's arenas and hands freed memory back after each
-  request (:func:`limit_allocator`), so the process's resident size stays bounded: measured
-  with ``scripts/service_memory.py``, docs/limits.md has the figures;
+  request (:func:`~msfer.inference.service_images.limit_allocator`), so the process's resident size
+  stays bounded: measured with ``scripts/service_memory.py``, docs/limits.md has the figures;
 * a body that is not an image 415, an image that cannot be decoded (truncated,
   corrupt, empty) 400, two images in one request 400, no image at all 422, any
   unexpected failure 500.
 
 Browser rules, for a service that a browser on the same machine can reach:
 
-* **Host**: a request is answered only under a name the service is for (:class:`AllowedHosts`:
-  IP addresses, names without a dot such as ``localhost``, ``*.localhost``, the machine's
-  host name, and ``allowed_hosts``); any other ``Host`` is 400, so a DNS-rebinding page
-  cannot use the service.
+* **Host**: a request is answered only under a name the service is for
+  (:class:`~msfer.inference.service_guards.AllowedHosts`: IP addresses, names without a dot
+  such as ``localhost``, ``*.localhost``, the machine's host name, and ``allowed_hosts``);
+  any other ``Host`` is 400, so a DNS-rebinding page cannot use the service.
 * **Origin**: a POST that a browser sends from another origin (its ``Origin`` header names
   another host or port than the request's ``Host``) is 403 unless ``allowed_origins`` lists
   that origin (``*``: any), which also get CORS headers. Clients that send no ``Origin``
@@ -72,38 +72,42 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
-import ctypes
-import functools
-import ipaddress
 import logging
-import math
-import os
-import socket
 import tempfile
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from PIL import Image, UnidentifiedImageError
-from starlette.datastructures import Headers, UploadFile
+from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect
 
-from ..data.images import UnreadableImageError, frames_of, load_rgb, to_upright_rgb
 from ..engine.decision import has_balanced_rule
 from ..errors import MsferError
-from ..faces.detection import detection_scales
-from ..faces.quality import quality_issues
 from .recognizer import EmotionRecognizer
 from .report import DEFAULT_UNCERTAIN_BELOW, calibration_sentence
+from .service_guards import (
+    SECURITY_HEADERS,
+    AllowedHosts,
+    BrowserGuard,
+    InferenceGate,
+    UploadStats,
+    normal_origin,
+)
+from .service_images import (
+    decode_reduced,
+    detecting_at,
+    estimated_mb,
+    image_size,
+    in_original_pixels,
+    release_memory,
+    upright_size,
+)
 
 try:  # Swagger UI's files (the serve extra): /docs works offline
     import fastapi_offline
@@ -128,205 +132,10 @@ DEFAULT_DECODE_PIXELS = 24_000_000
 DEFAULT_MEMORY_BUDGET_MB = 1000.0
 # Request bodies being received at once; each holds up to max_upload_mb.
 DEFAULT_MAX_UPLOADS = 16
-# The estimate of one request's peak (estimated_mb), fitted to measured peaks: per decoded pixel (the decoded
-# image and its copies) and per detector pixel (the detector's input and its activations in ONNX Runtime).
-MB_PER_DECODED_MP = 9.0
-MB_PER_DETECTOR_MP = 85.0
-MB_PER_REQUEST = 30.0
 RETRY_AFTER_S = 2
 FIELD_NAMES = ("image", "file")
 STATIC_DIR = Path(__file__).with_name("static")
 SAMPLE_IMAGE = Path(__file__).parents[1] / "samples" / "astronaut.jpg"
-UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-
-# Every response's policy, the page's and /docs' alike: scripts, styles and requests from the service's own origin
-# only (no inline script or style), framed by no one.
-PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-            "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-SECURITY_HEADERS = {
-    "x-content-type-options": "nosniff",
-    "content-security-policy": PAGE_CSP,
-    "x-frame-options": "DENY",
-    "referrer-policy": "no-referrer",
-}
-
-
-class InferenceGate:
-    """At most ``slots`` requests decode and infer at once and ``queue`` more wait; :meth:`enter` refuses the rest.
-
-    ``memory_mb``: the budget of estimated memory the requests that decode and infer may hold together
-    (:meth:`memory`; None: no budget). Thread-based (not asyncio), so it holds whatever event loop or thread
-    a request runs in.
-    """
-
-    def __init__(self, slots: int, queue: int, memory_mb: float | None = None) -> None:
-        if slots < 1 or queue < 0:
-            raise ValueError(f"need at least 1 concurrent slot and a queue of 0 or more, got {slots} and {queue}")
-        self.slots = threading.BoundedSemaphore(slots)
-        self.capacity = slots + queue
-        self.admitted = 0
-        self.memory_mb = memory_mb
-        self.reserved_mb = 0.0
-        self._lock = threading.Lock()
-        self._memory = threading.Condition()
-
-    def enter(self) -> bool:
-        """Take a place (running or waiting); False when all places are taken."""
-        with self._lock:
-            if self.admitted >= self.capacity:
-                return False
-            self.admitted += 1
-            return True
-
-    def leave(self) -> None:
-        with self._lock:
-            self.admitted -= 1
-
-    @contextlib.contextmanager
-    def memory(self, mb: float) -> Iterator[None]:
-        """Hold ``mb`` of the budget for the block, first waiting until it fits beside what others hold (a request
-        alone always runs, whatever its estimate)."""
-        with self._memory:
-            self._memory.wait_for(lambda: self.memory_mb is None or self.reserved_mb <= 0
-                                  or self.reserved_mb + mb <= self.memory_mb)
-            self.reserved_mb += mb
-        try:
-            yield
-        finally:
-            with self._memory:
-                self.reserved_mb -= mb
-                self._memory.notify_all()
-
-
-@dataclass
-class UploadStats:
-    """Request bodies being received now (``receiving``), and the uploads that did not arrive: ``timed_out``
-    (408) and ``disconnected`` (the client went away mid-upload); apart from the requests being recognised."""
-
-    receiving: int = 0
-    timed_out: int = 0
-    disconnected: int = 0
-
-
-def _host_and_port(value: str) -> tuple[str, int | None] | None:
-    """(lower-case name without a trailing dot or brackets, port or None) of a ``Host`` value; None if malformed."""
-    try:
-        parts = urlsplit("//" + value.strip())
-        name, port = parts.hostname, parts.port
-    except ValueError:
-        return None
-    if not name:
-        return None
-    return name.rstrip("."), port
-
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
-
-
-class AllowedHosts:
-    """The ``Host`` names the service answers under.
-
-    Always: IP addresses, names without a dot (``localhost``, a machine's short name), ``*.localhost`` and
-    this machine's host name. A DNS-rebinding page can only reach the service under a name of its own domain,
-    which is none of these. ``extra``: more names; ``.example.org`` for that domain and its subdomains, ``*``
-    for any name (no check).
-    """
-
-    def __init__(self, extra: Sequence[str] = ()) -> None:
-        extra = [name.strip().lower().rstrip(".") for name in extra if name.strip()]
-        self.any = "*" in extra
-        self.names = {name for name in extra if not name.startswith(".")} | {socket.gethostname().lower()}
-        self.domains = tuple(name for name in extra if name.startswith("."))
-        self.extra = extra
-
-    def allows(self, host: str) -> bool:
-        parsed = _host_and_port(host)
-        if parsed is None:
-            return False
-        name = parsed[0]
-        return (self.any or _is_ip(name) or "." not in name or name.endswith(".localhost") or name in self.names
-                or any(name == domain[1:] or name.endswith(domain) for domain in self.domains))
-
-
-def normal_origin(value: str) -> str:
-    """An origin as browsers send it (lower-case scheme and host, no default port, no path), for CORS's exact match;
-    ``value`` itself if it is none."""
-    parsed = _origin(value)
-    if parsed is None:
-        return value
-    scheme, name, port = parsed
-    return f"{scheme}://{name}" + ("" if port == (443 if scheme == "https" else 80) else f":{port}")
-
-
-def _origin(value: str) -> tuple[str, str, int] | None:
-    """(scheme, host, port) of an ``Origin`` value, the port filled in from the scheme; None if it is none."""
-    try:
-        parts = urlsplit(value.strip())
-        scheme, name, port = parts.scheme.lower(), parts.hostname, parts.port
-    except ValueError:
-        return None
-    if scheme not in ("http", "https") or not name:
-        return None
-    return scheme, name.rstrip("."), port or (443 if scheme == "https" else 80)
-
-
-def same_origin(origin: str, host: str | None) -> bool:
-    """Whether a browser's ``Origin`` names the host and port the request was sent to (its ``Host``; a ``Host``
-    without a port is the origin's scheme's default, as behind a proxy that ends TLS)."""
-    theirs = _origin(origin)
-    ours = _host_and_port(host) if host else None
-    if theirs is None or ours is None:
-        return False
-    scheme, name, port = theirs
-    return name == ours[0] and port == (ours[1] or (443 if scheme == "https" else 80))
-
-
-class BrowserGuard:
-    """ASGI middleware: the ``Host`` and cross-origin rules, and the security headers on every response."""
-
-    def __init__(self, app, hosts: AllowedHosts, origins: Sequence[str]) -> None:
-        self.app, self.hosts = app, hosts
-        self.any_origin = "*" in origins
-        self.origins = {_origin(origin) for origin in origins if origin != "*"} - {None}
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_hardened(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                present = {name.lower() for name, _ in message.get("headers", [])}
-                extra = [(name.encode(), value.encode()) for name, value in SECURITY_HEADERS.items()
-                         if name.encode() not in present]
-                message = {**message, "headers": [*message.get("headers", []), *extra]}
-            await send(message)
-
-        headers = Headers(scope=scope)
-        host, origin = headers.get("host"), headers.get("origin")
-        if host is not None and not self.hosts.allows(host):
-            refusal = JSONResponse({"detail": f"unknown host {host!r}: this service answers under its IP addresses, "
-                                              "localhost and this machine's name; start it with --allowed-hosts "
-                                              "NAME to be reached as another name"}, status_code=400)
-            await refusal(scope, receive, send_hardened)
-            return
-        if scope["method"] in UNSAFE_METHODS and origin is not None and not self.origin_allowed(origin, host):
-            refusal = JSONResponse({"detail": f"cross-origin request refused: a page of {origin} may not send "
-                                              "requests to this service (msfer serve --allowed-origins ORIGIN "
-                                              "allows one)"}, status_code=403)
-            await refusal(scope, receive, send_hardened)
-            return
-        await self.app(scope, receive, send_hardened)
-
-    def origin_allowed(self, origin: str, host: str | None) -> bool:
-        return self.any_origin or same_origin(origin, host) or _origin(origin) in self.origins
-
-
 @dataclass
 class Service:
     """What the handlers share: the recognizer, the limits and the gate (``app.state.service``)."""
@@ -584,26 +393,6 @@ async def upload_of(request: Request, body: bytes) -> tuple[str, bytes, str | No
         await form.close()
 
 
-def decode_factor(width: int, height: int, decode_pixels: int) -> int:
-    """The smallest whole factor that reduces a ``width`` x ``height`` image to at most ``decode_pixels``."""
-    factor = 1
-    while math.ceil(width / factor) * math.ceil(height / factor) > decode_pixels:
-        factor += 1
-    return factor
-
-
-def estimated_mb(width: int, height: int, service: Service) -> float:
-    """An estimate of the peak memory one request for a ``width`` x ``height`` image adds (MB): the decoded image and
-    its copies, at the size it is decoded, and the detector's passes over it (fitted to measured peaks)."""
-    factor = decode_factor(width, height, service.decode_pixels)
-    decoded_mp = math.ceil(width / factor) * math.ceil(height / factor) / 1e6
-    min_face = getattr(service.recognizer, "min_face", None)
-    detect_size = getattr(service.recognizer, "detect_size", 640)
-    scales = detection_scales(height, width, detect_size, min_face)
-    detector_mp = max(scale * scale for scale in scales) * width * height / 1e6
-    return MB_PER_REQUEST + MB_PER_DECODED_MP * decoded_mp + MB_PER_DETECTOR_MP * detector_mp
-
-
 def recognise(service: Service, name: str, data: bytes, decision: str) -> dict:
     """Decode and recognise, in a worker thread, holding one of the gate's slots and its memory estimate."""
     max_pixels = service.max_pixels
@@ -614,7 +403,8 @@ def recognise(service: Service, name: str, data: bytes, decision: str) -> dict:
             stored.write(data)
             stored.flush()
             width, height, frames = image_size(stored.name, name, max_pixels)
-            with service.gate.slots, service.gate.memory(estimated_mb(width, height, service)):
+            estimate = estimated_mb(width, height, service.recognizer, service.decode_pixels)
+            with service.gate.slots, service.gate.memory(estimate):
                 image = decode_reduced(stored.name, name, width, height, service.decode_pixels)
                 original = upright_size(image, width, height)
                 scale_x, scale_y = original[0] / image.width, original[1] / image.height
@@ -630,116 +420,3 @@ def recognise(service: Service, name: str, data: bytes, decision: str) -> dict:
         return answer
     finally:
         release_memory()
-
-
-def image_size(path: str, name: str, max_pixels: int) -> tuple[int, int, int]:
-    """The stored width and height from the file's header (nothing decoded), and its number of frames (pages);
-    415 / 400 / 413 as the file is."""
-    try:
-        with Image.open(path) as header:  # lazy: reads the size, decodes nothing
-            width, height = header.size
-            frames = frames_of(header)
-    except UnidentifiedImageError:
-        raise HTTPException(415, f"{name}: not an image (the bytes are no format Pillow decodes, "
-                                 "e.g. JPEG, PNG, WebP, BMP, TIFF)") from None
-    except Image.DecompressionBombError:
-        raise HTTPException(413, f"{name}: image too large: over {max_pixels:,} pixels") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as error:
-        raise HTTPException(400, f"{name}: cannot decode image ({error})") from None
-    if width * height > max_pixels:
-        raise HTTPException(413, f"{name}: image too large: {width} x {height} = {width * height:,} pixels, "
-                                 f"the limit is {max_pixels:,}")
-    return width, height, frames
-
-
-def decode_reduced(path: str, name: str, width: int, height: int, decode_pixels: int) -> Image.Image:
-    """The upright RGB image (msfer's decoding rules: EXIF rotation, alpha on white, 16-bit), reduced when it has
-    more than ``decode_pixels``: a JPEG is decoded at 1/2, 1/4 or 1/8 scale directly (Pillow's draft), any image
-    still over the limit is reduced by the smallest whole factor that brings it within."""
-    factor = decode_factor(width, height, decode_pixels)
-    try:
-        if factor == 1:
-            return load_rgb(path)
-        with Image.open(path) as image:
-            if image.format == "JPEG":
-                image.draft(None, (math.ceil(width / factor), math.ceil(height / factor)))
-            image.load()
-            upright = to_upright_rgb(image)
-    except UnreadableImageError as error:
-        raise HTTPException(400, str(error).replace(path, name)) from None
-    except (OSError, ValueError, SyntaxError, EOFError) as error:
-        raise HTTPException(400, f"{name}: cannot decode image ({error})") from None
-    rest = decode_factor(upright.width, upright.height, decode_pixels)
-    return upright.reduce(rest) if rest > 1 else upright
-
-
-def upright_size(image: Image.Image, width: int, height: int) -> tuple[int, int]:
-    """The original image's upright size: its stored ``width`` x ``height``, turned as ``image`` (its decoded,
-    upright and perhaps reduced copy) was."""
-    if abs(image.width * width - image.height * height) < abs(image.width * height - image.height * width):
-        return height, width
-    return width, height
-
-
-def detecting_at(recognizer, scale: float):
-    """``recognizer`` for an image reduced by ``scale``: its smallest face to find, reduced alike (the same detector
-    passes as on the original); the recognizer itself when nothing was reduced."""
-    if scale == 1 or not getattr(recognizer, "min_face", None):
-        return recognizer
-    reduced = copy.copy(recognizer)  # shares the networks; only this request's min_face differs
-    reduced.min_face = recognizer.min_face / scale
-    return reduced
-
-
-def in_original_pixels(face, scale_x: float, scale_y: float, size: tuple[int, int], thresholds) -> dict:
-    """A face found in a reduced copy, its coordinates and ``face_size`` (hence its ``small`` quality issue) in the
-    original image's pixels; the face itself when nothing was reduced."""
-    result = face.to_dict()
-    if scale_x == scale_y == 1:
-        return result
-
-    def scaled(values: Sequence[float]) -> list[float]:
-        return [round(v * (scale_x, scale_y)[i % 2], 1) for i, v in enumerate(values)]
-
-    # The box was clipped to the reduced copy: clipped to the original it stays within it whatever the rounding.
-    result["box"] = [min(v, size[i % 2]) for i, v in enumerate(scaled(face.box))]
-    result["landmarks"] = None if face.landmarks is None else [scaled(point) for point in face.landmarks]
-    result["regions"] = {region: scaled(box) for region, box in face.regions.items()}
-    x1, y1, x2, y2 = result["box"]
-    result["face_size"] = round(max(min(x2 - x1, y2 - y1), 0.0), 1)
-    issues = quality_issues(result["face_size"], face.score, face.sharpness, face.roll, face.yaw, thresholds)
-    result["quality"], result["quality_issues"] = ("low" if issues else "good"), issues
-    return result
-
-
-# -- the process's memory ---------------------------------------------------------------------------------------
-
-M_ARENA_MAX = -8  # glibc's mallopt parameter
-
-
-@functools.lru_cache(maxsize=1)
-def _libc():
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt, libc.malloc_trim  # noqa: B018 - glibc only
-    except (OSError, AttributeError):
-        return None
-    return libc
-
-
-def limit_allocator(arenas: int = 2) -> bool:
-    """Let glibc's allocator keep at most ``arenas`` arenas (as ``MALLOC_ARENA_MAX`` would, for the arenas created
-    from now on): each worker thread otherwise gets its own, and the memory freed in it stays with it. Call it
-    before the server starts its threads. False where the C library is not glibc, or where ``MALLOC_ARENA_MAX`` is
-    set (the allocator has followed it from the start)."""
-    libc = _libc()
-    if libc is None or "MALLOC_ARENA_MAX" in os.environ:
-        return False
-    return bool(libc.mallopt(M_ARENA_MAX, arenas))
-
-
-def release_memory() -> None:
-    """Hand the memory that a request freed back to the system (glibc's ``malloc_trim``; elsewhere nothing)."""
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)
