@@ -293,6 +293,23 @@ def write_video_report(video: Path, frames: list[VideoFrame], out_dir: Path, set
         writer = ResultWriter(temporary, stack)
         for frame in frames:
             writer.write({"source": video, "frame": frame.index, "time": frame.time, "faces": frame.faces})
+    page = report_page(video, frames, tracks, settings, uncertain_below, min_quality, calibration)
+    path = out_dir / "report.html"
+    write_text(path, page)
+    for old in stale:  # only once the new page no longer shows them
+        try:
+            old.unlink(missing_ok=True)
+        except OSError as error:  # the new report is whole; a leftover plot is no reason to fail it
+            print(f"msfer report: could not remove {printable(old)}, a plot of the earlier report: "
+                  f"{error.strerror or error}", file=sys.stderr)
+    return path
+
+
+def report_page(video: Path, frames: list[VideoFrame], tracks: list[TrackSummary], settings: dict[str, object],
+                uncertain_below: float, min_quality: str, calibration: dict | None) -> str:
+    """``report.html``'s text: the disclaimer, how a moment is read, the shares plot, the table of faces (with their
+    thumbnails) and the timelines, for the tracks of ``frames`` (see :func:`write_video_report`)."""
+    duration = frames[-1].time if frames else 0.0
     rows = "\n".join(
         "<tr>" + "".join(f"<td>{cell}</td>" for cell in (
             (f'<img src="face_{track.track_id}.jpg" alt="face {track.track_id}" class="face"> '
@@ -337,15 +354,7 @@ img.face {{ display: inline-block; height: 64px; margin: 0; vertical-align: midd
 {body}
 </body></html>
 """
-    path = out_dir / "report.html"
-    write_text(path, page)
-    for old in stale:  # only once the new page no longer shows them
-        try:
-            old.unlink(missing_ok=True)
-        except OSError as error:  # the new report is whole; a leftover plot is no reason to fail it
-            print(f"msfer report: could not remove {printable(old)}, a plot of the earlier report: "
-                  f"{error.strerror or error}", file=sys.stderr)
-    return path
+    return page
 
 
 def processed_frames(recognizer: EmotionRecognizer, path: Path, every: int = 1,
