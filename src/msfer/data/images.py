@@ -73,8 +73,6 @@ IMAGE_EXTENSIONS = HEIF_EXTENSIONS | frozenset(
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
-# The scales a floating-point image's values are read in, the narrowest that holds them all: (top, factor to 8 bits).
-_FLOAT_SCALES = ((1.0, 255.0), (255.0, 1.0), (65535.0, 255.0 / 65535.0))
 # "scheme://...": a URL. pathlib folds the double slash (Path("http://host/x") is "http:/host/x"), so a path that
 # does not exist and has this form is the address it was made from. Two letters or more: "C:/x" is a Windows path.
 _ADDRESS = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/(/?)(?!/)")
@@ -95,7 +93,7 @@ class UnreadableImageError(MsferError):
     """An image file that is missing or cannot be decoded."""
 
 
-class _PixelError(ValueError):
+class PixelScaleError(ValueError):
     """Pixels that decode but have no meaning msfer can give them (a float image of no known scale)."""
 
 
@@ -228,8 +226,8 @@ def _reading(path: Path) -> Iterator[None]:
         raise UnreadableImageError(f"{path}: {what}") from None
     except Image.DecompressionBombError as error:
         raise UnreadableImageError(f"{path}: refused as a possible decompression bomb ({error})") from None
-    except _PixelError as error:
-        raise UnreadableImageError(f"{path}: {error}") from None
+    except PixelScaleError as error:
+        raise UnreadableImageError(f"{path}: {error}: save it as an 8- or 16-bit image") from None
     except (OSError, ValueError, SyntaxError, EOFError) as error:
         size = path.stat().st_size if path.is_file() else None
         what = "empty file (0 bytes)" if size == 0 else f"cannot decode image ({error})"
@@ -280,11 +278,9 @@ def rgb_from_array(array: np.ndarray) -> Image.Image:
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "F":
-        return rgb_from_array(_float_to_bytes(np.asarray(image, dtype=np.float64)))
-    if image.mode in _SIXTEEN_BIT_MODES:
-        wide = np.asarray(image).astype(np.int64)
-        grey = (np.clip(wide, 0, 65535) * 255 + 32767) // 65535
-        return rgb_from_array(grey.astype(np.uint8))
+        return rgb_from_array(pixels_as_bytes(np.asarray(image, dtype=np.float64)))
+    if image.mode in _SIXTEEN_BIT_MODES:  # "I" is 32-bit, as Pillow opens a 16-bit PNG: clipped to 16 bits
+        return rgb_from_array(_from_sixteen_bits(np.clip(np.asarray(image).astype(np.int64), 0, 65535)))
     if image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -292,15 +288,35 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def _float_to_bytes(values: np.ndarray) -> np.ndarray:
-    """Floating-point grey values as 8-bit, scaled by the narrowest of 0..1, 0..255, 0..65535 that holds them all;
-    :class:`_PixelError` for values of no known scale (negative, larger, NaN or infinite)."""
+def pixels_as_bytes(values: np.ndarray, float_tops: tuple[float, ...] = (1.0, 255.0, 65535.0)) -> np.ndarray:
+    """Pixel values (any shape) as ``uint8`` by the module docstring's rules: ``uint8`` as they are, ``uint16``
+    scaled by 255/65535 with rounding, other integers as they are when within 0..255, floating point scaled by the
+    narrowest range 0..top of ``float_tops`` that holds them all (0..1 by 255, 0..255 as they are, 0..65535 by
+    255/65535). :class:`PixelScaleError` (a ValueError) for values of no known scale, saying the range found."""
+    values = np.asarray(values)
+    if values.dtype == np.uint8:
+        return values
+    if values.dtype == np.uint16:
+        return _from_sixteen_bits(values)
+    low, high = (values.min(), values.max()) if values.size else (0, 0)
+    if values.dtype.kind in "iu":
+        if low < 0 or high > 255:
+            raise PixelScaleError(f"integer pixel values must be 0..255 (or uint16); got {values.dtype} values "
+                                  f"{low}..{high}")
+        return values.astype(np.uint8)
+    if values.dtype.kind != "f":
+        raise PixelScaleError(f"pixel values must be numbers (uint8, another integer type or floating point); got "
+                              f"{values.dtype}")
     if not np.isfinite(values).all():
-        raise _PixelError("a floating-point image with NaN or infinite values has no known scale: save it as an 8- "
-                          "or 16-bit image")
-    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
-    for top, factor in _FLOAT_SCALES:
+        raise PixelScaleError("a floating-point image with NaN or infinite values has no known scale")
+    for top in float_tops:
         if low >= 0.0 and high <= top:
-            return np.round(values * factor).astype(np.uint8)
-    raise _PixelError(f"a floating-point image with values from {low:g} to {high:g} has no known scale (msfer reads "
-                      "0..1, 0..255 or 0..65535): save it as an 8- or 16-bit image")
+            return np.round(values * (255.0 / top if top != 255.0 else 1.0)).astype(np.uint8)
+    ranges = ", ".join(f"0..{top:g}" for top in float_tops[:-1]) + f" or 0..{float_tops[-1]:g}"
+    raise PixelScaleError(f"a floating-point image with values from {float(low):g} to {float(high):g} has no known "
+                          f"scale (msfer reads {ranges})")
+
+
+def _from_sixteen_bits(values: np.ndarray) -> np.ndarray:
+    """16-bit values (0..65535) as 8-bit, by 255/65535 with rounding."""
+    return ((values.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8)

@@ -45,7 +45,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.images import not_a_file_reason
+from ..data.images import (
+    IMAGE_EXTENSIONS,
+    PixelScaleError,
+    load_rgb,
+    not_a_file_reason,
+    pixels_as_bytes,
+    to_upright_rgb,
+)
 from ..data.transforms import class_probabilities, mirror, model_input, resize_square
 from ..engine.decision import check_rule, decide, has_balanced_rule, model_decision
 from ..errors import MsferError
@@ -92,8 +99,6 @@ def to_rgb_array(image: ImageInput, color_order: str = "rgb") -> np.ndarray:
     if color_order not in ("rgb", "bgr"):
         raise MsferError(f"color_order must be 'rgb' or 'bgr', got {color_order!r}")
     if isinstance(image, (str, os.PathLike)):
-        from ..data.images import load_rgb
-
         if os.path.isdir(image):
             raise MsferError(f"{printable(image)}: a folder, not an image; use recognizer.predict_folder(folder) "
                              "for the images in it")
@@ -103,8 +108,6 @@ def to_rgb_array(image: ImageInput, color_order: str = "rgb") -> np.ndarray:
     if callable(getattr(image, "read", None)):  # an open file or io.BytesIO
         return _decode_bytes(image.read())
     if isinstance(image, Image.Image):
-        from ..data.images import to_upright_rgb
-
         try:  # a lazily opened image is decoded only here
             return np.asarray(to_upright_rgb(image))
         except (OSError, ValueError, SyntaxError, EOFError) as error:
@@ -118,8 +121,6 @@ def to_rgb_array(image: ImageInput, color_order: str = "rgb") -> np.ndarray:
 
 
 def _decode_bytes(data: bytes) -> np.ndarray:
-    from ..data.images import to_upright_rgb
-
     if not data:
         raise MsferError("image bytes: empty (0 bytes)")
     try:
@@ -142,7 +143,10 @@ def _array_to_rgb(image, color_order: str) -> np.ndarray:
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)) or 0 in array.shape[:2]:
         raise MsferError("an image array must be H x W, H x W x 1, H x W x 3 or H x W x 4, not empty; got "
                          f"{array.dtype} array of shape {array.shape}")
-    array = _to_uint8(array)
+    try:
+        array = pixels_as_bytes(array, float_tops=(1.0, 255.0))
+    except PixelScaleError as error:
+        raise MsferError(f"an image array: {error}") from None
     if array.ndim == 2:
         return np.repeat(array[:, :, None], 3, axis=2)
     if color_order == "bgr":
@@ -151,28 +155,6 @@ def _array_to_rgb(image, color_order: str) -> np.ndarray:
         alpha = array[:, :, 3:].astype(np.float32) / 255
         array = np.rint(array[:, :, :3] * alpha + 255 * (1 - alpha)).astype(np.uint8)
     return np.ascontiguousarray(array)
-
-
-def _to_uint8(array: np.ndarray) -> np.ndarray:
-    """Pixel values as uint8 by the rules of :func:`to_rgb_array`."""
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype == np.uint16:
-        return ((array.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-    if array.dtype.kind in "iu":
-        if array.min() < 0 or array.max() > 255:
-            raise MsferError(f"an integer image array must hold values 0..255 (or be uint16); got {array.dtype} values "
-                             f"{array.min()}..{array.max()}")
-        return array.astype(np.uint8)
-    if array.dtype.kind == "f":
-        if not np.isfinite(array).all():
-            raise MsferError("a floating-point image array holds NaN or infinite values")
-        low, high = float(array.min()), float(array.max())
-        if low < 0 or high > 255:
-            raise MsferError(f"a floating-point image array must hold values 0..1 or 0..255; got {low:g}..{high:g}")
-        return np.rint(array * (255 if high <= 1 else 1)).astype(np.uint8)
-    raise MsferError(f"an image array must hold numbers (uint8, another integer type or floating point); "
-                     f"got {array.dtype}")
 
 
 def clip_box(box: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -348,8 +330,6 @@ class EmotionRecognizer:
             for path, faces in recognizer.predict_folder("photos"):
                 print(path, [face.label for face in faces] if isinstance(faces, list) else faces)
         """
-        from ..data.images import IMAGE_EXTENSIONS
-
         folder = Path(folder)
         if not folder.is_dir():
             what = "not a folder" if folder.exists() and not folder.is_symlink() else not_a_file_reason(folder)
