@@ -110,3 +110,16 @@ def test_counts_below_one_are_refused(command, option, value, tmp_path, capsys):
     assert main([command, *arguments, option, value]) == 2
     assert capsys.readouterr().err == f"msfer {command}: error: {option} must be at least 1, got {value}\n"
     assert sorted(os.listdir(tmp_path)) == ["photo.jpg"]
+
+
+@pytest.mark.parametrize("command", ["predict", "annotate"])
+def test_resume_and_overwrite_together_are_a_usage_error(command, tmp_path, capsys):
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"kept": true}\n')
+    arguments = {"predict": [str(tmp_path), "--out", str(out)],
+                 "annotate": [str(tmp_path), "--format", "folder", "--out", str(out)]}[command]
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, *arguments, "--resume", "--overwrite"])
+    assert exit_info.value.code == 2
+    assert "--overwrite: not allowed with argument --resume" in capsys.readouterr().err
+    assert out.read_text() == '{"kept": true}\n'  # nothing was touched

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -109,3 +111,29 @@ def test_export_never_replaces_a_file_unasked_nor_the_checkpoint_it_reads(tmp_pa
     onnx.checker.check_model(onnx.load(str(photo)))
     assert weights.read_bytes() == before["copy.pt"]
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted([*before, "models"])
+
+
+def test_the_onnx_path_runs_without_pytorch(onnx_file, random_weights, astronaut_file):
+    """With an exported model, importing msfer, detecting and recognising load no PyTorch (a process where importing
+    torch fails), and give the faces the PyTorch backend gives."""
+    program = f"""
+import sys
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchvision"):
+            raise ImportError("PyTorch is blocked in this test: " + name)
+sys.meta_path.insert(0, NoTorch())
+import json
+import subprocess
+import sys
+from msfer import EmotionRecognizer
+faces = EmotionRecognizer({str(onnx_file)!r}, tta=True).predict({str(astronaut_file)!r})
+print(json.dumps([face.to_dict() for face in faces]))
+"""
+    run = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    faces = json.loads(run.stdout)
+    reference = EmotionRecognizer(random_weights, tta=True).predict(astronaut_file)
+    assert len(faces) == len(reference) == 1
+    assert faces[0]["box"] == reference[0].box and faces[0]["label"] == reference[0].label
+    assert faces[0]["probs"] == pytest.approx(reference[0].probs, abs=1e-4)

@@ -7,7 +7,8 @@ the disk (``fsync``) and only then renamed onto the target (``os.replace``). A p
 or a disk that fills at any moment leaves either the old file or the new one, never a part of
 it. :func:`write_atomic` and :func:`write_text` are the same writer for a write function or a
 text. Files written record by record (the JSONL and CSV of ``msfer predict``, the annotation
-file of ``msfer annotate``) are appended to instead, so that an interrupted run can resume.
+file of ``msfer annotate``) are appended to instead, so that an interrupted run can resume; each
+record (or batch) is appended whole or cut off again (:func:`append_whole`).
 
 **One writer per output.** A command holds :func:`sole_writer` on its output (a file, or the
 folder of ``msfer report``) for the whole run, from before any work: a second msfer run given the
@@ -30,7 +31,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from .errors import MsferError
 from .outputs import printable
@@ -126,6 +127,21 @@ def writing(path: str | os.PathLike) -> Iterator[None]:
             raise
         kind = DiskFullError if cause.errno in NO_SPACE else MsferError
         raise kind(f"cannot write {printable(path)}: {_why_not_written(Path(path), cause)}") from None
+
+
+def append_whole(file: BinaryIO, data: bytes, path: str | os.PathLike) -> None:
+    """Append ``data`` to the open (unbuffered, binary) ``file`` at ``path``, whole or not at all: when it cannot be
+    (a full disk: :class:`DiskFullError`; another error: :class:`MsferError` naming ``path``) the file is cut back to
+    where it ended, so that it still ends with its last whole record. Cutting back needs no space."""
+    end = file.seek(0, os.SEEK_END)
+    with writing(path):
+        try:
+            view = memoryview(data)
+            while view:  # an unbuffered write may write part of it
+                view = view[file.write(view):]
+        except BaseException:
+            file.truncate(end)
+            raise
 
 
 def temporary_beside(path: Path, suffix: str) -> str:

@@ -20,6 +20,7 @@ from ..outputs import InputFiles, existing_out_mode, printable, summary_line
 from ..regions.annotations import STATUS_UNREADABLE
 from ..regions.annotator import CANDIDATE_SCORE, DETECT_SIZE, Annotator, annotate_samples, rates_table
 from ..regions.filter import QualityRules
+from .options import add_existing_out_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,9 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", required=True, choices=sorted(READERS), help="layout of the dataset")
     parser.add_argument("--out", required=True, type=Path,
                         help="annotation file (.jsonl) to write; an existing one needs --resume or --overwrite")
-    parser.add_argument("--resume", action="store_true",
-                        help="--out exists: continue it, skipping the ids it already has (after an interruption)")
-    parser.add_argument("--overwrite", action="store_true", help="--out exists: replace it")
+    add_existing_out_arguments(parser, "--out exists: continue it, skipping the ids it already has (after an "
+                                       "interruption)")
     parser.add_argument("--split", help="annotate only this split (default: every split of the dataset)")
     parser.add_argument("--review", type=Path, metavar="SHEET.png",
                         help="also draw a contact sheet of random accepted and rejected images")
@@ -62,8 +62,6 @@ def report_skips(index) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise MsferError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.resume and args.overwrite:
-        raise MsferError("give --resume or --overwrite, not both")
     with sole_writer(args.out):  # one writer per output: held from before any work to the end of the run
         return annotate_run(args, existing_out_mode(args.out, args.resume, args.overwrite))
 

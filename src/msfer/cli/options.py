@@ -41,6 +41,14 @@ def add_model_arguments(parser: argparse.ArgumentParser, device: bool = True, ba
     return group
 
 
+def add_existing_out_arguments(parser: argparse.ArgumentParser, resume_help: str) -> None:
+    """``--resume`` / ``--overwrite`` for an ``--out`` file that exists (read with
+    :func:`msfer.outputs.existing_out_mode`); argparse refuses the two together."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help=resume_help)
+    group.add_argument("--overwrite", action="store_true", help="--out exists: replace it")
+
+
 def add_decision_argument(parser: argparse.ArgumentParser) -> None:
     """``--decision``: how a face's label is chosen from its probabilities (which it never changes)."""
     parser.add_argument("--decision", choices=DECISION_RULES, default=None,

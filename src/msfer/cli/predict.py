@@ -19,7 +19,14 @@ from ..inference.predict import (
 from ..inference.recognizer import EmotionRecognizer
 from ..inference.results import MIN_QUALITY, ResultWriter
 from ..outputs import existing_out_mode, printable
-from .options import add_decision_argument, add_model_arguments, check_at_least_one, file_argument, model_options
+from .options import (
+    add_decision_argument,
+    add_existing_out_arguments,
+    add_model_arguments,
+    check_at_least_one,
+    file_argument,
+    model_options,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,9 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=file_argument,
                         help="write results to FILE.jsonl (one object per image or frame) or FILE.csv "
                              "(one row per face)")
-    parser.add_argument("--resume", action="store_true",
-                        help="--out exists: continue it, skipping the inputs it already has")
-    parser.add_argument("--overwrite", action="store_true", help="--out exists: replace it")
+    add_existing_out_arguments(parser, "--out exists: continue it, skipping the inputs it already has")
     parser.add_argument("--save-vis", type=Path, metavar="DIR",
                         help="write annotated copies into DIR: NAME.msfer.jpg per image, NAME.msfer.mp4 per video, "
                              "at the inputs' relative paths")
@@ -69,8 +74,6 @@ def run(args: argparse.Namespace) -> int:
     check_at_least_one(args, "every", "batch_size")
     options = model_options(args)  # a bad option is an error before any file is looked at
     ResultWriter.format_of(args.out)
-    if args.resume and args.overwrite:
-        raise MsferError("give --resume or --overwrite, not both")
     with ExitStack() as held:
         if args.out is not None:  # one writer per output: held from before any work to the end of the run
             held.enter_context(sole_writer(args.out))

@@ -17,6 +17,11 @@ gives the same input tensor, and the same probabilities, whichever way it comes 
 3. **Mirror** for test-time augmentation (:func:`mirror`): the probabilities of a crop and
    of its horizontal mirror image are averaged (:func:`class_probabilities`).
 
+Steps 2 and 3 are written twice, in PyTorch (training, evaluation and the PyTorch backend) and in
+numpy (:func:`model_input_array`, :func:`class_probabilities_array`: the ONNX backend, which so runs
+without loading PyTorch); the two agree within float32 rounding (``tests/test_data_transforms.py``).
+This module imports torch only where it makes a tensor.
+
 Training does not resize here: its random augmentation (:mod:`msfer.engine.augment`) resamples
 the stored images to ``S`` on the device, and normalises them with :func:`normalize`.
 """
@@ -24,9 +29,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 
 def resize_square(image: Image.Image | np.ndarray, size: int) -> np.ndarray:
@@ -54,6 +63,8 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     ``mean``/``std`` are per channel, on the [0, 1] scale; a 1-channel (grey) batch broadcasts
     to 3 channels.
     """
+    import torch
+
     if images.dtype == torch.uint8:
         images = images.float().div_(255)
     scale = 1 / torch.tensor(std, device=images.device).view(1, -1, 1, 1)
@@ -68,6 +79,8 @@ def model_input(crops: np.ndarray | torch.Tensor, mean: Sequence[float], std: Se
     results, channels last) or ``N x 3 x S x S`` (a tensor, as the datasets batch them, on any
     device).
     """
+    import torch
+
     if isinstance(crops, np.ndarray):
         # torch wants a writable array (an array of a PIL image is read-only): copied only then
         crops = torch.from_numpy(np.require(crops, requirements=["C", "W"])).permute(0, 3, 1, 2)
@@ -89,4 +102,30 @@ def class_probabilities(logits: torch.Tensor, mirrored_logits: torch.Tensor | No
     probs = logits.float().softmax(dim=1)
     if mirrored_logits is not None:
         probs = (probs + mirrored_logits.float().softmax(dim=1)) / 2
+    return probs
+
+
+def model_input_array(crops: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """:func:`model_input` in numpy: ``N x S x S x 3`` ``uint8`` crops -> ``N x 3 x S x S`` ``float32``, C-contiguous
+    (the same values within float32 rounding). ValueError for another dtype or shape."""
+    crops = np.asarray(crops)
+    if crops.dtype != np.uint8 or crops.ndim != 4 or crops.shape[3] != 3:
+        raise ValueError(f"expected N x S x S x 3 uint8 crops, got {crops.dtype} {crops.shape}")
+    scale = (1 / np.asarray(std, np.float32)).reshape(1, -1, 1, 1)
+    shift = -np.asarray(mean, np.float32).reshape(1, -1, 1, 1) * scale
+    images = crops.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
+    return np.ascontiguousarray(images * scale + shift)
+
+
+def class_probabilities_array(logits: np.ndarray, mirrored_logits: np.ndarray | None = None) -> np.ndarray:
+    """:func:`class_probabilities` in numpy: softmax over the classes of ``N x K`` logits (``float32``), with the
+    mirror images' logits the mean of both softmaxes."""
+
+    def softmax(values: np.ndarray) -> np.ndarray:
+        shifted = np.exp(values.astype(np.float32) - values.max(axis=1, keepdims=True).astype(np.float32))
+        return shifted / shifted.sum(axis=1, keepdims=True)
+
+    probs = softmax(logits)
+    if mirrored_logits is not None:
+        probs = (probs + softmax(mirrored_logits)) / 2
     return probs

@@ -161,6 +161,19 @@ def map_boxes(boxes: np.ndarray, transform: np.ndarray) -> np.ndarray:
 def map_boxes_back(boxes: np.ndarray, transform: np.ndarray, width: int, height: int) -> np.ndarray:
     """Boxes (R x 4) in crop pixels -> the axis-aligned boxes around them in image pixels, clipped to the
     ``width`` x ``height`` image; ``transform`` maps image to crop pixels."""
-    mapped = map_boxes(boxes, cv2.invertAffineTransform(np.asarray(transform, dtype=np.float64)))
+    return clip_boxes(map_boxes(boxes, cv2.invertAffineTransform(np.asarray(transform, dtype=np.float64))),
+                      width, height)
+
+
+def clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Boxes (... x 4, ``x1, y1, x2, y2`` pixels, float) clipped to a ``width`` x ``height`` image."""
     limits = np.array([width, height, width, height], dtype=np.float64)
-    return np.clip(mapped, 0, limits)
+    return np.clip(np.asarray(boxes, dtype=np.float64), 0, limits)
+
+
+def pixel_window(box, width: int, height: int) -> tuple[int, int, int, int]:
+    """The whole pixels a box (``x1, y1, x2, y2``, float pixels) covers in a ``width`` x ``height`` image, as slice
+    bounds ``(left, top, right, bottom)``: its edges rounded outwards and clipped to the image (``right <= left`` or
+    ``bottom <= top`` when it covers none)."""
+    return (max(int(np.floor(box[0])), 0), max(int(np.floor(box[1])), 0),
+            min(int(np.ceil(box[2])), width), min(int(np.ceil(box[3])), height))

@@ -87,18 +87,20 @@ def anchors_for(height: int, width: int) -> np.ndarray:
 
 
 def non_maximum_suppression(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Indices of the boxes (N x 4, ``x1, y1, x2, y2``) kept by greedy NMS, highest score first.
+    """Indices (int64) of the boxes (N x 4, ``x1, y1, x2, y2``) kept by greedy NMS, highest score first.
 
-    :func:`torchvision.ops.nms` on numpy arrays: a box is dropped when its IoU with a kept,
-    higher-scoring box exceeds ``iou_threshold``.
+    OpenCV's :func:`cv2.dnn.NMSBoxes` (the boxes :func:`torchvision.ops.nms` keeps,
+    ``tests/test_faces_retinaface.py``; no PyTorch, so detection runs without it): a box is dropped when its IoU
+    with a kept, higher-scoring box exceeds ``iou_threshold``. ``scores`` must be positive (a detector's
+    candidates above its score threshold): OpenCV drops a box of score 0.
     """
-    import torch
-    from torchvision.ops import nms
-
-    dtype = np.result_type(np.asarray(boxes).dtype, np.float32)  # float32 stays float32, float64 float64
-    keep = nms(torch.from_numpy(np.ascontiguousarray(boxes, dtype=dtype)),
-               torch.from_numpy(np.ascontiguousarray(scores, dtype=dtype)), iou_threshold)
-    return keep.numpy().astype(np.int64)
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if not len(boxes):
+        return np.zeros(0, np.int64)
+    corners_and_sizes = np.hstack([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]])
+    keep = cv2.dnn.NMSBoxes(corners_and_sizes.tolist(), np.asarray(scores, dtype=np.float64).tolist(), 0.0,
+                            float(iou_threshold))
+    return np.asarray(keep, dtype=np.int64).reshape(-1)
 
 
 class RetinaFaceDetector:

@@ -1,10 +1,13 @@
 """Inference backends: the emotion network behind :class:`msfer.inference.recognizer.EmotionRecognizer`.
 
-A backend takes a normalised batch (numpy, N x 3 x S x S float32) and gives numpy logits
-(N x 7) and region boxes (N x R x 4, input pixels; R = 0 for a plain classifier), and says what
-its model expects (:class:`ModelSpec`), its balanced decision offsets, calibration summary and
-crop rule. :class:`TorchBackend` runs a checkpoint of ``msfer train`` in PyTorch (the only one
-that imports torch); :class:`OnnxBackend` an ``msfer export`` file in ONNX Runtime.
+A backend takes face crops (numpy, N x S x S x 3 uint8 RGB) and gives their class probabilities (N x 7,
+with test-time augmentation if asked) and region boxes (N x R x 4, crop pixels; R = 0 for a plain classifier):
+:meth:`probabilities`, numpy in and out, one crossing into the backend's framework and one back. Called with
+a normalised batch (N x 3 x S x S float32) it gives the network's logits and boxes. It says what its model
+expects (:class:`ModelSpec`), its balanced decision offsets, calibration summary and crop rule.
+:class:`TorchBackend` runs a checkpoint of ``msfer train`` in PyTorch, with the functions ``msfer evaluate`` uses
+(the only backend that imports torch); :class:`OnnxBackend` an ``msfer export`` file in ONNX Runtime, with
+numpy only.
 :func:`load_backend` picks one for a model file.
 """
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.transforms import class_probabilities_array, model_input_array
 from ..errors import MsferError
 from ..faces.crop import CropRule
 from ..labels import EMOTIONS, check_classes
@@ -32,10 +36,8 @@ class ModelSpec:
     region_names: tuple[str, ...]
 
     def normalise(self, crops: np.ndarray) -> np.ndarray:
-        """N x S x S x 3 uint8 RGB -> N x 3 x S x S float32 (:func:`msfer.data.transforms.model_input`)."""
-        from ..data.transforms import model_input
-
-        return model_input(crops, self.mean, self.std).numpy()
+        """N x S x S x 3 uint8 RGB -> N x 3 x S x S float32 (:func:`msfer.data.transforms.model_input_array`)."""
+        return model_input_array(crops, self.mean, self.std)
 
 
 class TorchBackend:
@@ -64,6 +66,18 @@ class TorchBackend:
         with self.torch.inference_mode():
             output = self.model(self.torch.from_numpy(batch).to(self.device))
         return output["logits"].float().cpu().numpy(), output["boxes"].float().cpu().numpy()
+
+    def probabilities(self, crops: np.ndarray, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities (N x 7) and region boxes (N x R x 4, crop pixels) of N x S x S x 3 uint8 crops, by
+        :func:`msfer.data.transforms.model_input` and :func:`msfer.engine.augment.predict_probs` (with ``tta``
+        the mean over each crop and its mirror), as ``msfer evaluate`` computes them."""
+        from ..data.transforms import model_input
+        from ..engine.augment import predict_probs
+
+        with self.torch.inference_mode():
+            images = model_input(crops, self.spec.mean, self.spec.std).to(self.device)
+            probs, output = predict_probs(self.model, images, tta)
+        return probs.float().cpu().numpy(), output["boxes"].float().cpu().numpy()
 
 
 class OnnxBackend:
@@ -137,8 +151,16 @@ class OnnxBackend:
         return inputs[0].name
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits (N x 7) and region boxes (N x R x 4, input pixels) of a normalised batch."""
         logits, boxes = self.session.run(["logits", "boxes"], {self.input_name: batch})
         return logits, boxes
+
+    def probabilities(self, crops: np.ndarray, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`TorchBackend.probabilities` in numpy (:mod:`msfer.data.transforms`' array functions)."""
+        batch = self.spec.normalise(crops)
+        logits, boxes = self(batch)
+        mirrored = self(np.ascontiguousarray(batch[..., ::-1]))[0] if tta else None
+        return class_probabilities_array(logits, mirrored), boxes
 
 
 def _shape_text(shape: list) -> str:

@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence, Union
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ..data.images import (
@@ -53,10 +52,10 @@ from ..data.images import (
     pixels_as_bytes,
     to_upright_rgb,
 )
-from ..data.transforms import class_probabilities, mirror, model_input, resize_square
+from ..data.transforms import resize_square
 from ..engine.decision import check_rule, decide, has_balanced_rule, model_decision
 from ..errors import MsferError
-from ..faces.crop import DEFAULT_CROP_RULE, CropRule, map_boxes_back
+from ..faces.crop import DEFAULT_CROP_RULE, CropRule, clip_boxes, map_boxes_back
 from ..faces.crop import crop_face as crop_by_rule
 from ..faces.detection import DEFAULT_DETECT_SIZE, DEFAULT_MIN_FACE, detect_faces
 from ..faces.quality import QualityThresholds, face_quality
@@ -155,12 +154,6 @@ def _array_to_rgb(image, color_order: str) -> np.ndarray:
         alpha = array[:, :, 3:].astype(np.float32) / 255
         array = np.rint(array[:, :, :3] * alpha + 255 * (1 - alpha)).astype(np.uint8)
     return np.ascontiguousarray(array)
-
-
-def clip_box(box: np.ndarray, width: int, height: int) -> np.ndarray:
-    """``[x1, y1, x2, y2]`` clipped to an image of ``width`` x ``height`` pixels."""
-    limits = np.array([width, height, width, height], dtype=np.float64)
-    return np.clip(np.asarray(box, dtype=np.float64), 0, limits)
 
 
 def _rounded(values: np.ndarray, digits: int) -> list:
@@ -311,7 +304,7 @@ class EmotionRecognizer:
         for (index, face), (_, transform), face_probs, face_boxes in zip(faces, crops_and_transforms, probs, boxes):
             height, width = arrays[index].shape[:2]
             regions = map_boxes_back(face_boxes, transform, width, height)
-            box = clip_box(face.box, width, height)  # a face cut by the image edge extends past it
+            box = clip_boxes(face.box, width, height)  # a face cut by the image edge extends past it
             quality = face_quality(arrays[index], box, face.score, face.landmarks, self.quality)
             results[index].append(self._result(box, face.score, face.landmarks, regions, face_probs, decision, quality))
         return results
@@ -412,11 +405,10 @@ class EmotionRecognizer:
             return np.zeros((0, len(EMOTIONS)), np.float32), np.zeros((0, len(self.spec.region_names), 4), np.float32)
         probs, boxes = [], []
         for start in range(0, len(crops), self.batch_size):
-            # msfer.data.transforms: the same tensors and probabilities as msfer evaluate's
-            batch = model_input(np.stack(crops[start : start + self.batch_size]), self.spec.mean, self.spec.std)
-            logits, batch_boxes = self.classifier(batch.numpy())
-            mirrored = torch.from_numpy(self.classifier(mirror(batch).numpy())[0]) if self.tta else None
-            probs.append(class_probabilities(torch.from_numpy(logits), mirrored).numpy())
+            # msfer.data.transforms: the same inputs and probabilities as msfer evaluate's
+            batch_probs, batch_boxes = self.classifier.probabilities(np.stack(crops[start : start + self.batch_size]),
+                                                                    self.tta)
+            probs.append(batch_probs)
             boxes.append(np.clip(batch_boxes, 0, size))
         return np.concatenate(probs), np.concatenate(boxes)
 

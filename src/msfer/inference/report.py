@@ -38,6 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import MsferError
+from ..faces.crop import pixel_window
 from ..files import atomic_output, write_text, writing
 from ..labels import EMOTIONS
 from ..outputs import InputFiles, printable
@@ -228,9 +229,8 @@ def face_thumbnail(image: np.ndarray, box) -> np.ndarray:
 
     x1, y1, x2, y2 = box
     margin = THUMBNAIL_MARGIN * max(x2 - x1, y2 - y1)
-    height, width = image.shape[:2]
-    left, top = max(int(x1 - margin), 0), max(int(y1 - margin), 0)
-    right, bottom = min(int(np.ceil(x2 + margin)), width), min(int(np.ceil(y2 + margin)), height)
+    left, top, right, bottom = pixel_window((x1 - margin, y1 - margin, x2 + margin, y2 + margin),
+                                            image.shape[1], image.shape[0])
     crop = image[top:max(bottom, top + 1), left:max(right, left + 1)]
     scale = min(1.0, THUMBNAIL_SIDE / max(crop.shape[:2]))
     size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))

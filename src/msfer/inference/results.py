@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..errors import MsferError
-from ..files import writing
+from ..files import append_whole, writing
 from ..labels import EMOTIONS
 from ..outputs import printable, source_fields, summary_line
 
@@ -235,15 +235,7 @@ class ResultWriter:
 
     def _append(self, text: str) -> None:
         """Append ``text`` to the file whole; if it cannot be (a full disk), cut the file back to where it ended."""
-        data, end = text.encode("utf-8"), self.file.seek(0, os.SEEK_END)
-        with writing(self.path):
-            try:
-                view = memoryview(data)
-                while view:  # an unbuffered write may write part of it
-                    view = view[self.file.write(view):]
-            except BaseException:
-                self.file.truncate(end)  # needs no space: the file ends with its last whole record again
-                raise
+        append_whole(self.file, text.encode("utf-8"), self.path)
 
 
 def _csv_text(rows: list[dict]) -> str:

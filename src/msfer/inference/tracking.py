@@ -36,6 +36,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..faces.crop import pixel_window
 from ..labels import EMOTIONS
 from .results import FaceResult
 
@@ -59,9 +60,7 @@ def histogram_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 def face_histogram(image: np.ndarray, box) -> np.ndarray | None:
     """:func:`colour_histogram` of the pixels of ``box`` ([x1, y1, x2, y2]) in ``image``; None if it holds none."""
-    height, width = image.shape[:2]
-    x1, y1 = max(int(box[0]), 0), max(int(box[1]), 0)
-    x2, y2 = min(int(np.ceil(box[2])), width), min(int(np.ceil(box[3])), height)
+    x1, y1, x2, y2 = pixel_window(box, image.shape[1], image.shape[0])
     return colour_histogram(image[y1:y2, x1:x2]) if x2 > x1 and y2 > y1 else None
 
 

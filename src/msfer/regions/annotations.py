@@ -28,7 +28,7 @@ import os
 from pathlib import Path
 
 from ..errors import MsferError
-from ..files import writing
+from ..files import append_whole, writing
 from ..outputs import printable
 
 STATUS_OK = "ok"
@@ -111,15 +111,7 @@ class AnnotationWriter:
         """Append ``records`` to the file (one call per batch), whole or not at all: a batch that cannot be written
         (:class:`MsferError` naming the file; :class:`msfer.files.DiskFullError` for a full disk) is cut off again."""
         lines = [json.dumps(record, separators=(",", ":")) + "\n" for record in records]
-        end = self._handle.seek(0, io.SEEK_END)
-        with writing(self.path):
-            try:
-                view = memoryview("".join(lines).encode("utf-8"))
-                while view:  # an unbuffered write may write part of it
-                    view = view[self._handle.write(view):]
-            except BaseException:
-                self._handle.truncate(end)  # needs no space: the file ends with its last whole batch again
-                raise
+        append_whole(self._handle, "".join(lines).encode("utf-8"), self.path)
         self.records.update((record["id"], record) for record in records)
 
     def close(self) -> None:
