@@ -114,7 +114,7 @@ def test_heic_is_read_upright_through_the_plugin(tmp_path):
 
 
 def test_without_the_heif_plugin_other_formats_read_and_heic_names_the_missing_package(tmp_path):
-    # A machine given only src/ (scripts/gpu_experiments.py on a bare GPU machine) may lack pillow-heif: importing
+    # A machine given only src/ (tools/gpu_experiments.py on a bare GPU machine) may lack pillow-heif: importing
     # msfer must still work, and a HEIC file is listed and refused by name, not passed over or crashing the import.
     png, heic = tmp_path / "face.png", tmp_path / "IMG_0002.HEIC"
     Image.fromarray(np.full((8, 8, 3), 9, np.uint8)).save(png)

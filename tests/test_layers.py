@@ -120,7 +120,10 @@ def test_no_two_modules_define_the_same_public_name():
 ROOT = PACKAGE.parents[1]
 
 
-@pytest.mark.parametrize("script", sorted(p.relative_to(ROOT).as_posix() for folder in ("scripts", "benchmarks")
+SCRIPT_FOLDERS = ("scripts", "benchmarks", "tools")
+
+
+@pytest.mark.parametrize("script", sorted(p.relative_to(ROOT).as_posix() for folder in SCRIPT_FOLDERS
                                           for p in (ROOT / folder).glob("*.py")))
 def test_scripts_import_msfer_as_installed(script):
     # Run from an environment where msfer is installed; a script that edits sys.path or imports another
@@ -129,7 +132,7 @@ def test_scripts_import_msfer_as_installed(script):
     edits = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Attribute) and node.attr == "path"
              and isinstance(node.value, ast.Name) and node.value.id == "sys"]
     assert not edits, f"{script} touches sys.path (lines {edits})"
-    siblings = {p.stem for folder in ("scripts", "benchmarks") for p in (ROOT / folder).glob("*.py")}
+    siblings = {p.stem for folder in SCRIPT_FOLDERS for p in (ROOT / folder).glob("*.py")}
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
                 for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)

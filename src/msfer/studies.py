@@ -1,5 +1,5 @@
 """Studies of trainings at an equal budget, for the scripts that run them (``scripts/study.py``,
-``scripts/ablation_study.py``, ``scripts/gpu_experiments.py``).
+``scripts/ablation_study.py``, ``tools/gpu_experiments.py``).
 
 :func:`train_to` trains or resumes one run to its budget with ``msfer train`` in a child process
 (its output in the run's log beside it); the ablation study's rows (:data:`ROWS`), the scores of a

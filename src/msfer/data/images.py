@@ -9,7 +9,7 @@ Design choices:
 * **HEIC/HEIF** (what iPhones write) is read through the ``pillow-heif`` plugin, which is
   registered when this module is imported; it applies the file's own rotation. msfer depends on
   it; where it is missing anyway (a bare machine given only ``src/`` on ``PYTHONPATH``, as
-  ``scripts/gpu_experiments.py`` is run), every other format still reads and a HEIC/HEIF file
+  ``tools/gpu_experiments.py`` is run), every other format still reads and a HEIC/HEIF file
   fails with an error that names it and the missing plugin.
 * **Transparency** (RGBA, LA, PA, palette with a transparent colour) is composited on
   **white**, not dropped: dropping alpha exposes whatever colour the encoder left under

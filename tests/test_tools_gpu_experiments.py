@@ -1,4 +1,4 @@
-"""scripts/gpu_experiments.py: what it runs on the GPU loads as a config, its epoch plans fit the time given, and
+"""tools/gpu_experiments.py: what it runs on the GPU loads as a config, its epoch plans fit the time given, and
 ``prepare`` never deletes a folder it did not write. (The whole call is rehearsed on a CPU with ``--smoke``.)"""
 import argparse
 import importlib.util
@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("gpu_experiments", ROOT / "scripts" / "gpu_experiments.py")
+    spec = importlib.util.spec_from_file_location("gpu_experiments", ROOT / "tools" / "gpu_experiments.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -3,14 +3,14 @@
 Two steps. Here, on the CPU, pack what the run needs into a carry folder small enough to travel
 (the device tool carries 64 MiB with the repository)::
 
-    python scripts/gpu_experiments.py prepare v2 --fer2013 ../shared/data/fer2013.tar.gz \
+    python tools/gpu_experiments.py prepare v2 --fer2013 ../shared/data/fer2013.tar.gz \
         --tcce data/tcce --tcce-annotations data/annotations/tcce.jsonl --carry .carry
-    python scripts/gpu_experiments.py prepare ablation --fer2013 ../shared/data/fer2013.tar.gz \
+    python tools/gpu_experiments.py prepare ablation --fer2013 ../shared/data/fer2013.tar.gz \
         --annotations data/annotations/fer2013.jsonl [--tcce data/tcce] --carry .carry
 
 There, with ``.carry`` carried::
 
-    PYTHONPATH=src python scripts/gpu_experiments.py run v2 --carry .carry --out "$OUT" --minutes 9
+    PYTHONPATH=src python tools/gpu_experiments.py run v2 --carry .carry --out "$OUT" --minutes 9
 
 ``--minutes`` is the whole call's budget (one device command may run 10): training gets what is left
 after unpacking, the speed test, image caching and a reserve for the scoring that follows it.
