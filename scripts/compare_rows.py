@@ -1,0 +1,80 @@
+"""Paired, seed-averaged differences between two study rows on a benchmark suite.
+
+A study row trained with several seeds is one recipe: its accuracy on an image is the share of its seeds'
+models that classify the image right (argmax; a photo without a face counts as wrong). The difference of two
+rows is then paired over the same images, per set and for the suite's score (the mean over its domains of
+each domain's mean set accuracy), with a 95% interval from a bootstrap stratified by class over the images
+(the seeds' own spread is in the averaging, not in the interval: read it from the benchmark's rows).
+
+    msfer benchmark configs/benchmarks/dev.yaml --data-root DATA --out runs/bench \\
+        --weights base0=runs/study/base_seed0/last.pt base1=... sfew0=... sfew1=...
+    python scripts/compare_rows.py runs/bench/predictions.npz configs/benchmarks/dev.yaml \\
+        --row sfew=sfew0,sfew1 --against base=base0,base1
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from msfer.errors import MsferError
+from msfer.inference.benchmark import BOOTSTRAP, bootstrap_indices, load_suite, suite_score
+
+
+def row_correct(predictions, set_name: str, models: list[str]) -> np.ndarray:
+    """Per image of ``set_name``, the share of ``models`` that classify it right (N,)."""
+    labels = predictions[f"{set_name}/labels"]
+    rights = []
+    for model in models:
+        key = f"{set_name}/probs/{model}"
+        if key not in predictions:
+            raise MsferError(f"the predictions have no model {model!r} on {set_name}")
+        probs = predictions[key]
+        rights.append((np.nan_to_num(probs, nan=-1.0).argmax(1) == labels) & ~np.isnan(probs).any(1))
+    return np.mean(rights, axis=0)
+
+
+def compare(predictions, suite, row: list[str], against: list[str], resamples: int = BOOTSTRAP,
+            seed: int = 0) -> dict[str, dict[str, float]]:
+    """{set name or "suite": {"row", "against", "difference", "low", "high"}} in percent."""
+    result, point, replicates = {}, {}, {}
+    for entry in (s for s in suite.sets if s.domain is not None):
+        a, b = row_correct(predictions, entry.name, row), row_correct(predictions, entry.name, against)
+        indices = bootstrap_indices(predictions[f"{entry.name}/labels"], resamples, seed)
+        point[entry.name] = a.mean() - b.mean()
+        replicates[entry.name] = (a[indices] - b[indices]).mean(1)
+        low, high = np.percentile(replicates[entry.name], [2.5, 97.5])
+        result[entry.name] = {"row": 100 * a.mean(), "against": 100 * b.mean(), "difference": 100 * point[entry.name],
+                              "low": 100 * low, "high": 100 * high}
+    low, high = np.percentile(suite_score(suite, replicates), [2.5, 97.5])
+    result["suite"] = {"difference": 100 * suite_score(suite, point), "low": 100 * low, "high": 100 * high}
+    return result
+
+
+def parse_row(text: str) -> tuple[str, list[str]]:
+    name, _, models = text.partition("=")
+    if not models:
+        raise argparse.ArgumentTypeError(f"expected NAME=MODEL,MODEL,... got {text!r}")
+    return name, models.split(",")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("predictions", help="predictions.npz of msfer benchmark")
+    parser.add_argument("suite", help="the suite file the benchmark ran")
+    parser.add_argument("--row", type=parse_row, required=True, help="NAME=MODEL,MODEL,... (one per seed)")
+    parser.add_argument("--against", type=parse_row, required=True, help="NAME=MODEL,MODEL,... (one per seed)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
+    args = parser.parse_args()
+    predictions, suite = np.load(args.predictions), load_suite(args.suite)
+    (row, row_models), (against, against_models) = args.row, args.against
+    result = compare(predictions, suite, row_models, against_models, seed=args.seed)
+    print(f"| set | {row} (%) | {against} (%) | {row} - {against} [95% CI] |\n|---|---|---|---|")
+    for name, entry in result.items():
+        scores = ("-", "-") if name == "suite" else (f"{entry['row']:.1f}", f"{entry['against']:.1f}")
+        print(f"| {name} | {scores[0]} | {scores[1]} | {entry['difference']:+.1f} "
+              f"[{entry['low']:+.1f}, {entry['high']:+.1f}] |")
+
+
+if __name__ == "__main__":
+    main()

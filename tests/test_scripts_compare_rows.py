@@ -1,0 +1,44 @@
+"""scripts/compare_rows.py: paired, seed-averaged differences of two study rows from a benchmark's predictions."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITE = """sets:
+  - {name: crops, domain: crops, format: fer2013, root: fer2013, split: public_test, mode: crops}
+  - {name: photos, domain: photos, format: folder, root: photos, split: val, mode: photos}
+  - {name: extra, domain: null, format: folder, root: photos, split: val, mode: photos}
+"""
+
+
+def probs_for(labels: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """One-hot probabilities that are right where ``right`` is, else on the next class."""
+    predicted = np.where(right, labels, (labels + 1) % 7)
+    return np.eye(7)[predicted]
+
+
+def test_rows_are_averaged_over_seeds_and_compared_pair_by_pair(tmp_path):
+    labels = np.arange(40) % 7
+    arrays = {}
+    for name in ("crops", "photos", "extra"):
+        arrays[f"{name}/labels"] = labels
+        # row a: seed 0 right on every image, seed 1 on none -> 50%; row b: both seeds right on the first 10 -> 25%
+        arrays[f"{name}/probs/a0"] = probs_for(labels, np.ones(40, bool))
+        arrays[f"{name}/probs/a1"] = probs_for(labels, np.zeros(40, bool))
+        arrays[f"{name}/probs/b0"] = arrays[f"{name}/probs/b1"] = probs_for(labels, np.arange(40) < 10)
+    no_face = arrays["photos/probs/a0"].copy()
+    no_face[0] = np.nan  # a photo without a face is wrong, never class 0
+    arrays["photos/probs/a0"] = no_face
+    np.savez(tmp_path / "predictions.npz", **arrays)
+    (tmp_path / "suite.yaml").write_text(SUITE)
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_rows.py"), str(tmp_path / "predictions.npz"),
+                          str(tmp_path / "suite.yaml"), "--row", "a=a0,a1", "--against", "b=b0,b1"],
+                         capture_output=True, text=True, check=True)
+    lines = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:5]]
+             for line in run.stdout.splitlines()[2:]}
+    assert set(lines) == {"crops", "photos", "suite"}  # a set outside the score is not compared
+    assert lines["crops"][:2] == ["50.0", "25.0"] and lines["crops"][2].startswith("+25.0 [")
+    assert lines["photos"][:2] == ["48.8", "25.0"]  # 39 of 40 right for a0
+    assert lines["suite"][2].startswith("+24.4 [")
