@@ -227,7 +227,7 @@ def _reading(path: Path) -> Iterator[None]:
     except Image.DecompressionBombError as error:
         raise UnreadableImageError(f"{path}: refused as a possible decompression bomb ({error})") from None
     except PixelScaleError as error:
-        raise UnreadableImageError(f"{path}: {error}: save it as an 8- or 16-bit image") from None
+        raise UnreadableImageError(f"{path}: {error}") from None
     except (OSError, ValueError, SyntaxError, EOFError) as error:
         size = path.stat().st_size if path.is_file() else None
         what = "empty file (0 bytes)" if size == 0 else f"cannot decode image ({error})"
@@ -278,7 +278,10 @@ def rgb_from_array(array: np.ndarray) -> Image.Image:
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "F":
-        return rgb_from_array(pixels_as_bytes(np.asarray(image, dtype=np.float64)))
+        try:
+            return rgb_from_array(pixels_as_bytes(np.asarray(image, dtype=np.float64)))
+        except PixelScaleError as error:  # a file's (or a decoded upload's): it can be saved otherwise
+            raise PixelScaleError(f"{error}: save it as an 8- or 16-bit image") from None
     if image.mode in _SIXTEEN_BIT_MODES:  # "I" is 32-bit, as Pillow opens a 16-bit PNG: clipped to 16 bits
         return rgb_from_array(_from_sixteen_bits(np.clip(np.asarray(image).astype(np.int64), 0, 65535)))
     if image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
@@ -289,8 +292,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def pixels_as_bytes(values: np.ndarray, float_tops: tuple[float, ...] = (1.0, 255.0, 65535.0)) -> np.ndarray:
-    """Pixel values (any shape) as ``uint8`` by the module docstring's rules: ``uint8`` as they are, ``uint16``
-    scaled by 255/65535 with rounding, other integers as they are when within 0..255, floating point scaled by the
+    """Pixel values (any shape) as ``uint8``, for files (the module docstring's rules) and arrays alike: ``uint8`` as
+    they are, ``uint16`` scaled by 255/65535 with rounding, other integers as they are when within 0..255 (a 16-bit
+    file's 32-bit ``I`` mode is scaled before, as 16-bit), floating point scaled by the
     narrowest range 0..top of ``float_tops`` that holds them all (0..1 by 255, 0..255 as they are, 0..65535 by
     255/65535). :class:`PixelScaleError` (a ValueError) for values of no known scale, saying the range found."""
     values = np.asarray(values)
@@ -298,15 +302,15 @@ def pixels_as_bytes(values: np.ndarray, float_tops: tuple[float, ...] = (1.0, 25
         return values
     if values.dtype == np.uint16:
         return _from_sixteen_bits(values)
+    if values.dtype.kind not in "iuf":
+        raise PixelScaleError(f"pixel values must be numbers (uint8, another integer type or floating point); got "
+                              f"{values.dtype}")
     low, high = (values.min(), values.max()) if values.size else (0, 0)
     if values.dtype.kind in "iu":
         if low < 0 or high > 255:
             raise PixelScaleError(f"integer pixel values must be 0..255 (or uint16); got {values.dtype} values "
                                   f"{low}..{high}")
         return values.astype(np.uint8)
-    if values.dtype.kind != "f":
-        raise PixelScaleError(f"pixel values must be numbers (uint8, another integer type or floating point); got "
-                              f"{values.dtype}")
     if not np.isfinite(values).all():
         raise PixelScaleError("a floating-point image with NaN or infinite values has no known scale")
     for top in float_tops:

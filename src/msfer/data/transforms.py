@@ -5,8 +5,8 @@ and ``msfer evaluate`` (the datasets of :mod:`msfer.engine.datasets` resize with
 :func:`resize_square`, :func:`msfer.engine.evaluate.predict_split` normalises with
 :func:`model_input`), and the Python API, ``msfer predict``, the REST service and the ONNX
 backend (:meth:`msfer.inference.recognizer.EmotionRecognizer.classify_crops`). So one crop
-gives the same input tensor, and the same probabilities, whichever way it comes in
-(``tests/test_data_transforms.py``).
+gives the same input tensor, and the same probabilities, whichever way it comes in: bit for bit on the
+PyTorch paths, within float32 rounding on the ONNX one (``tests/test_data_transforms.py``).
 
 1. **Resize** to ``S x S`` with Pillow's bilinear filter (:func:`resize_square`), ``uint8``
    in and out. Pillow widens the filter's support when shrinking, so a large face is
@@ -27,9 +27,7 @@ the stored images to ``S`` on the device, and normalises them with :func:`normal
 """
 from __future__ import annotations
 
-from typing import Sequence
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from PIL import Image

@@ -89,10 +89,10 @@ def anchors_for(height: int, width: int) -> np.ndarray:
 def non_maximum_suppression(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
     """Indices (int64) of the boxes (N x 4, ``x1, y1, x2, y2``) kept by greedy NMS, highest score first.
 
-    OpenCV's :func:`cv2.dnn.NMSBoxes` (the boxes :func:`torchvision.ops.nms` keeps,
-    ``tests/test_faces_retinaface.py``; no PyTorch, so detection runs without it): a box is dropped when its IoU
-    with a kept, higher-scoring box exceeds ``iou_threshold``. ``scores`` must be positive (a detector's
-    candidates above its score threshold): OpenCV drops a box of score 0.
+    OpenCV's :func:`cv2.dnn.NMSBoxes` (for boxes of positive area and positive scores, as RetinaFace's candidates
+    are, the boxes :func:`torchvision.ops.nms` keeps: ``tests/test_faces_retinaface.py``; no PyTorch, so detection
+    runs without it): a box is dropped when its IoU with a kept, higher-scoring box exceeds ``iou_threshold``.
+    OpenCV drops a box of score 0 and, of two empty boxes at one place, keeps one (torchvision keeps both).
     """
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     if not len(boxes):
