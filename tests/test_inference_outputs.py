@@ -124,7 +124,8 @@ def test_an_existing_out_needs_resume_or_overwrite(shots, random_weights, tmp_pa
 
 
 @pytest.mark.parametrize("extension", ["jsonl", "csv"])
-def test_resume_finishes_an_interrupted_run_with_every_record_once(shots, random_weights, tmp_path, extension):
+def test_resume_finishes_an_interrupted_run_with_every_record_once(shots, random_weights, tmp_path, extension,
+                                                                    capsys):
     def records(path: Path) -> list[tuple[str, str]]:
         if extension == "jsonl":
             return [(Path(r["source"]).name, str(r.get("frame", ""))) for r in jsonl(path)]
@@ -139,10 +140,13 @@ def test_resume_finishes_an_interrupted_run_with_every_record_once(shots, random
     header = 1 if extension == "csv" else 0
     # Killed in the middle of the video, while a line was being written.
     out.write_text("".join(lines[: header + 2 + 3]) + lines[header + 2 + 3][:20])
+    capsys.readouterr()
     assert main(["predict", *inputs, "--weights", str(random_weights), "--out", str(out), "--resume"]) == 0
-    # The video, which came last, was done again from its start; the photos were not done again.
+    # The video, which came last, was done again from its start, and the run said so; the photos were not done again.
     assert sorted(records(out)) == sorted(expected)
     assert records(out)[:2] == expected[:2]
+    assert (f"clip.avi came last in {out} and may have been cut short: its 3 record(s) are dropped and it is "
+            "processed again from its start") in capsys.readouterr().err
 
 
 def test_file_names_that_are_not_utf8(tmp_path, astronaut, random_weights):

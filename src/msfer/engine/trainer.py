@@ -27,6 +27,8 @@ Design choices:
   shortened: choose ``train.epochs`` to fit the budget for a complete schedule. A resumed run
   keeps its schedule: ``train.schedule``, ``train.warmup_epochs`` and (unless the schedule is
   ``none``, constant after the warm-up) ``train.epochs`` cannot change.
+* **Hooks.** Around the loop of :meth:`Trainer.fit` (train an epoch, validate it), the hooks of
+  :mod:`msfer.engine.hooks` score the photo validation and commit the epoch.
 * **Crash-safe epochs.** Each epoch ends with one commit: ``metrics.csv``, then
   ``best.pt`` (if the epoch improved), then ``last.pt``, each written to a temporary file
   and moved into place. ``last.pt`` is the commit marker: a run killed anywhere resumes
@@ -54,9 +56,10 @@ from tqdm import tqdm
 from ..errors import MsferError
 from ..faces.crop import DEFAULT_CROP_RULE, CropRule
 from ..labels import EMOTIONS, NUM_EMOTIONS
-from ..model.checkpoint import crop_rule, describe, load_model, save_checkpoint
+from ..model.checkpoint import crop_rule, load_model
+from . import hooks
 from .augment import BatchAugment
-from .config import Config, save_config, validation_name
+from .config import Config, validation_name
 from .datasets import ConcatFaceDataset, FaceDataset, build_datasets
 from .distributed import (
     DistInfo,
@@ -67,11 +70,12 @@ from .distributed import (
     mean_over_ranks,
 )
 from .evaluate import predict_split, split_metrics
+from .hooks import Hook
 from .metrics import format_table, write_report
 from .optim import build_optimizer, build_scheduler, check_schedule_unchanged, ema_model, restore_scheduler
 from .photos import PhotoValidation, photo_samples
-from .run_dir import claim_output_dir, committed_rows, reconcile_best, remove_interrupted_writes, write_rows
-from .runtime import autocast, epoch_seed, resolve_device, restore_rng_states, rng_states, seed_everything
+from .run_dir import claim_output_dir
+from .runtime import autocast, epoch_seed, resolve_device, restore_rng_states, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -173,10 +177,6 @@ class Trainer:
         photo_val = photo_samples(data["photo_val"]) if data["photo_val"] else None
         datasets = build_datasets(config, model, ("train_split", "val_split"), info, photo_val=photo_val)
         self.train_set, self.val_set = datasets["train_split"], datasets["val_split"]
-        # Detection and cropping wait for the first scoring; a run without photo_val does nothing more.
-        self.photo_val = PhotoValidation(photo_val, CropRule.from_dict(data["crop_rule"]), model.input_size,
-                                         info=info) if photo_val else None
-        self.photo_summary: dict = {}
         if train["class_weights"] == "balanced":
             if isinstance(self.train_set, ConcatFaceDataset):  # inverse of what an epoch draws, not of the sizes
                 drawn = self.train_set.drawn_class_frequencies(NUM_EMOTIONS)
@@ -222,10 +222,13 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=train["amp"] == "fp16" and device.type == "cuda")
         self.start_epoch, self.best = 0, {"epoch": None, "value": -1.0, "metrics": {}}
         self.resuming = checkpoint is not None
-        self._resumed = checkpoint  # kept until the run's files are checked against it (fit)
+        self.resumed_checkpoint = checkpoint  # kept until the run's files are checked against it (hooks.CommitHook)
         if checkpoint is not None:
             self._restore(checkpoint)
-        self.rows: list[dict] = []  # metrics.csv, one row per committed epoch
+        # In this order: the commit writes the photo validation's metrics with the epoch.
+        self.hooks: list[Hook] = [hooks.PhotoValidationHook(photo_val, self)] if photo_val else []
+        if info.is_main:
+            self.hooks.append(hooks.CommitHook())
 
     def _restore(self, checkpoint: dict) -> None:
         train = self.config["train"]
@@ -245,39 +248,20 @@ class Trainer:
         (:func:`msfer.engine.run_dir.claim_output_dir`)."""
         claim_output_dir(self.output_dir, overwrite)
 
-    def _start_run_files(self) -> None:
-        """Rank 0, before the first epoch: config.yaml, metrics.csv cut back to the resumed epoch, best.pt checked."""
-        save_config(self.config, self.output_dir)
-        remove_interrupted_writes(self.output_dir)
-        if not self.resuming:
-            self.rows = []
-        else:
-            self.rows = committed_rows(self.output_dir / "metrics.csv", self.start_epoch)
-            self.best = reconcile_best(self.output_dir, self.start_epoch, self.best, self._resumed)
-        self._write_rows()
-
-    def _write_rows(self) -> None:
-        write_rows(self.output_dir, self.rows, f"{self.output_dir.name}: {self.config['model'].get('name')}")
-
     @property
     def eval_model(self) -> torch.nn.Module:
         return self.ema.module if self.ema is not None else self.model
 
     def fit(self) -> dict[str, Any]:
         train, info = self.config["train"], self.info
-        writer = None
+        for hook in self.hooks:
+            hook.before_train(self)
         if info.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._start_run_files()
-            # A resumed run hides the events of epochs that are being run again.
-            writer = SummaryWriter(self.output_dir / "tensorboard",
-                                   purge_step=self.start_epoch + 1 if self.resuming else None)
             log.info("training %s for epochs %d..%d on %s (%d process%s); %d train / %d validation (%s) images",
                      self.config["model"].get("name", "model"), self.start_epoch + 1, train["epochs"], self.device,
                      info.world_size, "es" if info.enabled else "", len(self.train_set), len(self.val_set),
                      validation_name(self.config))
-        self._resumed = None  # no need to hold its optimizer state and weights twice
+        self.resumed_checkpoint = None  # no need to hold its optimizer state and weights twice
         started, epoch_times = time.monotonic(), []
         stopped_early = False
         for epoch in range(self.start_epoch, train["epochs"]):
@@ -290,55 +274,28 @@ class Trainer:
                         log.info("time budget of %s min reached: stopping before epoch %d (resume with --resume %s)",
                                  train["max_minutes"], epoch + 1, self.output_dir)
                     break
-            epoch_started = time.monotonic()
-            train_stats = self.train_one_epoch(epoch)
+            record = {"started": time.monotonic(), "stats": self.train_one_epoch(epoch)}
             validation_due = (epoch + 1) % train["val_every"] == 0 or epoch + 1 == train["epochs"]
-            metrics = validate_model(self.eval_model, self.val_set, self.config, self.device,
-                                     info) if validation_due else {}
-            # Every rank scores its share of the photos and all gather them, as validate_model() does. Rank 0 alone
-            # would leave the others blocked in the next epoch's first gradient all-reduce while it detects
-            # every photo: a first scoring of a few hundred photos on CPU can outlast the collective timeout
-            # (30 min gloo, 10 min NCCL) and kill the run, and a barrier after it would wait under the same
-            # timeout. Sharded, each rank does 1/N of the work, and the one gather is reached by all ranks
-            # under the same condition (epoch and config, identical everywhere), so they cannot fall out of step.
-            photo = self._score_photos(epoch)
-            epoch_times.append(time.monotonic() - epoch_started)
-            if info.is_main:
-                self._record(epoch, train_stats, metrics, epoch_times[-1], writer, photo)
-        if writer is not None:
-            writer.close()
+            record["metrics"] = validate_model(self.eval_model, self.val_set, self.config, self.device,
+                                               info) if validation_due else {}
+            for hook in self.hooks:
+                hook.after_epoch(self, epoch, record)
+            epoch_times.append(time.monotonic() - record["started"])
         summary = {"best_epoch": self.best["epoch"], "select_metric": train["select_metric"],
                    "best_validation": self.best["metrics"], "stopped_by_time_budget": stopped_early,
                    "minutes": (time.monotonic() - started) / 60, "output_dir": str(self.output_dir)}
-        if self.photo_summary:
-            summary["photo_validation"] = self.photo_summary
+        for hook in self.hooks:
+            hook.after_train(self, summary)
         if info.is_main and self.best["metrics"]:
             print(f"best epoch {self.best['epoch']} on validation split {validation_name(self.config)!r}:")
             print(format_table(self.best["metrics"]))
             print(f"checkpoints: {self.output_dir / 'best.pt'} (best), {self.output_dir / 'last.pt'} (last)")
-        if info.is_main and self.photo_summary:
-            photo = self.photo_summary
+        if info.is_main and "photo_validation" in summary:
+            photo = summary["photo_validation"]
             print(f"photo validation ({photo['set']}, whole pipeline) after epoch {photo['epoch']}: overall accuracy "
                   f"{photo['overall_accuracy']:.4f}, mean class accuracy {photo['mean_class_accuracy']:.4f}, "
                   f"{photo['faces_missed']} of {photo['n']} photos without a detected face")
         return summary
-
-    def _score_photos(self, epoch: int) -> dict:
-        """The photo validation's metrics when it is due after ``epoch`` (0-based), else {}; every rank calls it."""
-        every, last = self.config["eval"]["photo_val_every"], epoch + 1 == self.config["train"]["epochs"]
-        if self.photo_val is None or not (last or (every and (epoch + 1) % every == 0)):
-            return {}
-        metrics = self.photo_val.score(self.eval_model, self.device, tta=self.config["eval"]["tta"])
-        entry = self.config["data"]["photo_val"]
-        self.photo_summary = {"epoch": epoch + 1, "set": f"{entry['root']} split {entry['split']}", "n": metrics["n"],
-                              "overall_accuracy": metrics["overall_accuracy"],
-                              "mean_class_accuracy": metrics["mean_class_accuracy"],
-                              "faces_missed": metrics["detection"]["faces_missed"]}
-        if self.info.is_main:
-            log.info("epoch %d: photo validation overall %.4f mean-class %.4f (%d of %d photos without a face)",
-                     epoch + 1, metrics["overall_accuracy"], metrics["mean_class_accuracy"],
-                     metrics["detection"]["faces_missed"], metrics["n"])
-        return metrics
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
         train, info = self.config["train"], self.info
@@ -382,44 +339,3 @@ class Trainer:
         return {"loss": float(totals[0] / totals[2]), "accuracy": float(totals[1] / totals[2]),
                 "lr": lr,  # the epoch's last step's
                 "images_per_second": float(totals[2]) * info.world_size / seconds}
-
-    def _record(self, epoch: int, stats: dict[str, float], metrics: dict, seconds: float, writer,
-                photo: dict | None = None) -> None:
-        """Rank 0: TensorBoard, then the epoch's commit: metrics.csv, best.pt (if improved), last.pt.
-
-        Each file is replaced atomically, and last.pt comes last: a kill at any point leaves the
-        previous commit whole, and resuming from it repeats this epoch and rewrites the same files.
-        """
-        select = self.config["train"]["select_metric"]
-        improved = bool(metrics) and metrics[select] > self.best["value"]
-        if improved:
-            self.best = {"epoch": epoch + 1, "value": metrics[select], "metrics": metrics}
-        row = {"epoch": epoch + 1, "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
-               "val_overall_accuracy": metrics.get("overall_accuracy", ""),
-               "val_mean_class_accuracy": metrics.get("mean_class_accuracy", ""), "lr": stats["lr"],
-               "epoch_seconds": round(seconds, 2), "train_images_per_second": round(stats["images_per_second"], 1)}
-        if photo:
-            row.update({"photo_val_overall_accuracy": photo["overall_accuracy"],
-                        "photo_val_mean_class_accuracy": photo["mean_class_accuracy"],
-                        "photo_val_faces_missed": photo["detection"]["faces_missed"]})
-        for key, value in row.items():
-            if key != "epoch" and value != "":
-                writer.add_scalar(key.replace("_", "/", 1), value, epoch + 1)
-        writer.flush()
-        self.rows.append(row)
-        self._write_rows()
-        checkpoint = {
-            "model": self.model.state_dict(), "ema": self.ema.module.state_dict() if self.ema else None,
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(), "epoch": epoch + 1, "best": self.best, "rng": rng_states(),
-            **describe(self.model, self.config, metrics),
-        }
-        if photo:
-            checkpoint["photo_val"] = photo  # the epoch's whole-pipeline metrics on data.photo_val
-        if improved:
-            save_checkpoint(checkpoint, self.output_dir / "best.pt")
-        save_checkpoint(checkpoint, self.output_dir / "last.pt")  # the commit
-        if metrics:
-            log.info("epoch %d: train loss %.4f acc %.4f | validation overall %.4f mean-class %.4f%s", epoch + 1,
-                     stats["loss"], stats["accuracy"], metrics["overall_accuracy"], metrics["mean_class_accuracy"],
-                     " (best)" if improved else "")

@@ -424,6 +424,11 @@ def predict_inputs(
     keep = keep or QualityFilter()
     with ExitStack() as stack:
         writer = ResultWriter(out, stack, mode)
+        if writer.redone is not None:
+            video, records = writer.redone
+            print(f"msfer predict: {printable(video.decode('utf-8', 'surrogateescape'))} came last in "
+                  f"{printable(out)} and may have been cut short: its {records} record(s) are dropped and it is "
+                  "processed again from its start", file=sys.stderr)
         problems: list[str] = []
         named = [(path, f"{path}: {not_a_file_reason(path)}") for path in inputs.missing]
         named += [(path, f"{path}: not an image or video file (its content is neither)") for path in inputs.not_media]

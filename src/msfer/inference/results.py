@@ -140,6 +140,8 @@ class ResultWriter:
         self.format = self.format_of(path)
         self.file: IO[bytes] | None = None
         self.done: set[bytes] = set()
+        # A resumed file's last video, dropped to be done again: (its source key, how many records it had).
+        self.redone: tuple[bytes, int] | None = None
         self.tally = Tally()
         self.path = path
         if path is not None:
@@ -202,9 +204,10 @@ class ResultWriter:
                                 int(bool(row.get("face"))), _frame(row.get("frame")), bool(row.get("error"))))
         keep = len(lines)
         if entries and entries[-1][1]:  # the last input is a video: it may be incomplete
-            last = entries[-1][0]
+            last, count = entries[-1][0], len(entries)
             while entries and entries[-1][0] == last:
                 entries.pop()
+            self.redone = (last, count - len(entries))
             keep = entries[-1][2] if entries else start
         kept = len("".join(lines[:keep]).encode("utf-8"))
         if kept < len(text.encode("utf-8")):
