@@ -260,10 +260,18 @@ def test_lists_folders_and_bad_bytes_get_errors_that_say_what_to_do(recognizer, 
         recognizer.predict([astronaut_file, astronaut_file])
     with pytest.raises(MsferError, match="predict_folder"):
         recognizer.predict(tmp_path)
-    with pytest.raises(MsferError, match="image bytes.*cannot decode"):
+    with pytest.raises(MsferError, match=r"image bytes \(19 bytes\): not an image \(no format Pillow decodes"):
         recognizer.predict(b"not an image at all")
     with pytest.raises(MsferError, match="empty"):
         recognizer.predict(b"")
+    with pytest.raises(MsferError, match="got None where an image is expected .cv2.imread"):
+        recognizer.predict(None)  # what cv2.imread gives for a path it cannot read
+    (tmp_path / "photo.jpg").write_bytes(astronaut_file.read_bytes())
+    with open(tmp_path / "photo.jpg") as text_mode, pytest.raises(MsferError, match="open it in binary mode"):
+        recognizer.predict(text_mode)
+    (tmp_path / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    with pytest.raises(MsferError, match=r"clip.mp4: .*; a video is read with recognizer.predict_video\(path\)"):
+        recognizer.predict(tmp_path / "clip.mp4")
 
 
 def test_predict_folder_reads_every_image_and_reports_the_bad_one(recognizer, astronaut, tmp_path):

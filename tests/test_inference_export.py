@@ -68,6 +68,10 @@ def test_recognizer_onnx_backend(onnx_file, random_weights, astronaut):
     assert EmotionRecognizer(onnx_file).predict(astronaut)[0].probs == pytest.approx(torch_face.probs, abs=1e-4)
     with pytest.raises(MsferError, match="is an ONNX model, which runs in ONNX Runtime, not PyTorch"):
         EmotionRecognizer(onnx_file, backend="torch")
+    # An exported file named without the extension is still read as ONNX, by its content.
+    unnamed = onnx_file.parent / "exported_model"
+    unnamed.write_bytes(onnx_file.read_bytes())
+    assert EmotionRecognizer(unnamed).predict(astronaut)[0].probs == pytest.approx(torch_face.probs, abs=1e-4)
 
 
 def test_export_errors(tmp_path, random_weights):

@@ -149,6 +149,21 @@ def test_resume_finishes_an_interrupted_run_with_every_record_once(shots, random
             "processed again from its start") in capsys.readouterr().err
 
 
+def test_resume_with_other_inputs_keeps_the_last_video_of_the_file(shots, random_weights, tmp_path, capsys):
+    """A file whose last input is a video, resumed by a run that does not name that video: its records stay (they
+    are only done again by a run that does it again)."""
+    out = tmp_path / "video_then_photo.jsonl"
+    assert main(["predict", str(shots / "clip.avi"), "--weights", str(random_weights), "--out", str(out)]) == 0
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert main(["predict", str(shots / "selfie.jpg"), "--weights", str(random_weights), "--out", str(out),
+                 "--resume"]) == 0
+    assert out.read_bytes().startswith(before)  # the video's 6 records, kept whole
+    assert [Path(r["source"]).name for r in jsonl(out)] == ["clip.avi"] * 6 + ["selfie.jpg"]
+    assert (f"clip.avi came last in {out} and may have been cut short; it is not among this run's inputs, so its "
+            "6 record(s) are kept as they are") in capsys.readouterr().err
+
+
 def test_file_names_that_are_not_utf8(tmp_path, astronaut, random_weights):
     """Latin-1 names from an old archive, on a terminal that accepts only UTF-8: nothing fails, nothing is lost."""
     folder = tmp_path / "archive"

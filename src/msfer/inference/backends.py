@@ -169,8 +169,18 @@ def _shape_text(shape: list) -> str:
 
 
 def is_onnx_file(weights: str | os.PathLike | None) -> bool:
-    """Whether ``weights`` names an ONNX file (by its extension, any case)."""
-    return weights is not None and Path(weights).suffix.lower() == ".onnx"
+    """Whether ``weights`` names an ONNX file: by its extension (any case), else by its first byte, the tag of an
+    ONNX model's first field (``ir_version``: 0x08); a PyTorch checkpoint begins with a zip (``PK``) or pickle
+    (0x80) header."""
+    if weights is None:
+        return False
+    if Path(weights).suffix.lower() == ".onnx":
+        return True
+    try:
+        with open(weights, "rb") as handle:
+            return handle.read(1) == b"\x08"
+    except OSError:  # a folder (a run directory), a missing file: the loader says what it is
+        return False
 
 
 def backend_for(weights: str | os.PathLike | None, backend: str | None = None) -> str:

@@ -423,12 +423,18 @@ def predict_inputs(
     ``out`` then ends with the last whole record, and the input being done has none."""
     keep = keep or QualityFilter()
     with ExitStack() as stack:
-        writer = ResultWriter(out, stack, mode)
+        videos = {source_key(source_fields(item.path)) for item in items if item.video}
+        writer = ResultWriter(out, stack, mode, redo=videos)
         if writer.redone is not None:
             video, records = writer.redone
             print(f"msfer predict: {printable(video.decode('utf-8', 'surrogateescape'))} came last in "
                   f"{printable(out)} and may have been cut short: its {records} record(s) are dropped and it is "
                   "processed again from its start", file=sys.stderr)
+        if writer.kept_last is not None:
+            video, records = writer.kept_last
+            print(f"msfer predict: {printable(video.decode('utf-8', 'surrogateescape'))} came last in "
+                  f"{printable(out)} and may have been cut short; it is not among this run's inputs, so its {records} "
+                  "record(s) are kept as they are (give it again with --resume to do it again)", file=sys.stderr)
         problems: list[str] = []
         named = [(path, f"{path}: {not_a_file_reason(path)}") for path in inputs.missing]
         named += [(path, f"{path}: not an image or video file (its content is neither)") for path in inputs.not_media]

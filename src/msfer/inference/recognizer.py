@@ -42,11 +42,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence, Union
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from ..data.images import (
     IMAGE_EXTENSIONS,
     PixelScaleError,
+    UnreadableImageError,
     load_rgb,
     not_a_file_reason,
     pixels_as_bytes,
@@ -101,11 +102,27 @@ def to_rgb_array(image: ImageInput, color_order: str = "rgb") -> np.ndarray:
         if os.path.isdir(image):
             raise MsferError(f"{printable(image)}: a folder, not an image; use recognizer.predict_folder(folder) "
                              "for the images in it")
-        return np.asarray(load_rgb(image))
+        try:
+            return np.asarray(load_rgb(image))
+        except UnreadableImageError as error:
+            from .video import is_video  # video builds on this module
+
+            if is_video(Path(image)):
+                raise UnreadableImageError(f"{error}; a video is read with recognizer.predict_video(path)") from None
+            raise
+    if image is None:
+        raise MsferError("got None where an image is expected (cv2.imread gives None for a file it cannot read: "
+                         "check the path)")
     if isinstance(image, (bytes, bytearray, memoryview)):
         return _decode_bytes(bytes(image))
     if callable(getattr(image, "read", None)):  # an open file or io.BytesIO
-        return _decode_bytes(image.read())
+        try:
+            data = image.read()
+        except UnicodeDecodeError:
+            data = ""
+        if isinstance(data, str):
+            raise MsferError("an image file opened in text mode: open it in binary mode, open(path, 'rb')")
+        return _decode_bytes(data)
     if isinstance(image, Image.Image):
         try:  # a lazily opened image is decoded only here
             return np.asarray(to_upright_rgb(image))
@@ -128,6 +145,9 @@ def _decode_bytes(data: bytes) -> np.ndarray:
             return np.asarray(to_upright_rgb(image))
     except Image.DecompressionBombError as error:
         raise MsferError(f"image bytes: refused as a possible decompression bomb ({error})") from None
+    except UnidentifiedImageError:
+        raise MsferError(f"image bytes ({len(data)} bytes): not an image (no format Pillow decodes, e.g. JPEG, PNG, "
+                         "WebP, BMP, TIFF)") from None
     except (OSError, ValueError, SyntaxError, EOFError) as error:
         raise MsferError(f"image bytes ({len(data)} bytes): cannot decode image ({error})") from None
 

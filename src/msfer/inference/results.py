@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import os
+from collections.abc import Collection
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -136,12 +137,15 @@ class ResultWriter:
     :class:`msfer.files.DiskFullError` (a full disk) or :class:`MsferError` naming the file.
     """
 
-    def __init__(self, path: Path | None, stack: ExitStack, mode: str = "w") -> None:
+    def __init__(self, path: Path | None, stack: ExitStack, mode: str = "w", redo: Collection[bytes] = ()) -> None:
         self.format = self.format_of(path)
         self.file: IO[bytes] | None = None
         self.done: set[bytes] = set()
-        # A resumed file's last video, dropped to be done again: (its source key, how many records it had).
+        # A resumed file's last video, (its source key, how many records it has): dropped to be done again when it is
+        # in ``redo`` (the inputs of this run), else kept as it is.
         self.redone: tuple[bytes, int] | None = None
+        self.kept_last: tuple[bytes, int] | None = None
+        self.redo = set(redo)
         self.tally = Tally()
         self.path = path
         if path is not None:
@@ -166,8 +170,9 @@ class ResultWriter:
         """The inputs ``path`` already has; drops what may be incomplete so that it is done again.
 
         Records go out input by input, so only the last input can be incomplete: a line
-        torn by a kill is dropped, and so are the frames of a video that came last (it
-        may have been cut short; it is processed again from its start). The file is read
+        torn by a kill is dropped, and so are the frames of a video that came last when it is
+        in ``redo`` (it may have been cut short; it is processed again from its start); a last
+        video this run does not process is kept as it is (:attr:`kept_last`). The file is read
         as written (lines end at ``\\n`` only, ``newline=''`` as the csv module requires), so a
         carriage return inside a quoted CSV field stays part of it; what is dropped is cut
         off the end of the file in place (no space is needed, nothing before it changes).
@@ -204,11 +209,16 @@ class ResultWriter:
                                 int(bool(row.get("face"))), _frame(row.get("frame")), bool(row.get("error"))))
         keep = len(lines)
         if entries and entries[-1][1]:  # the last input is a video: it may be incomplete
-            last, count = entries[-1][0], len(entries)
-            while entries and entries[-1][0] == last:
-                entries.pop()
-            self.redone = (last, count - len(entries))
-            keep = entries[-1][2] if entries else start
+            last, first = entries[-1][0], len(entries)
+            while first and entries[first - 1][0] == last:
+                first -= 1
+            records = len(entries) - first
+            if last in self.redo:  # done again from its start in this run
+                del entries[first:]
+                self.redone = (last, records)
+                keep = entries[-1][2] if entries else start
+            else:  # not this run's to do again: what the file has of it is kept, never dropped
+                self.kept_last = (last, records)
         kept = len("".join(lines[:keep]).encode("utf-8"))
         if kept < len(text.encode("utf-8")):
             with writing(path):
