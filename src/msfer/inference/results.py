@@ -275,7 +275,8 @@ def to_dataframe(results, sources=None):
       :class:`MsferError` it raised (``errors="return"``);
     - ``recognizer.predict_folder(folder)``: ``(path, faces or error)`` pairs, or a dict of them;
     - ``recognizer.predict_video(path)``: :class:`msfer.inference.video.VideoFrame` objects
-      (``frame`` and ``time`` columns filled).
+      (``frame`` and ``time`` columns filled). As in the CSV, only processed frames have rows: with
+      ``every`` > 1 the frames between, which repeat the last processed frame's faces, are left out.
 
     Columns (:data:`CSV_FIELDS`): ``source`` (``sources[i]`` if given, else the path or video, else
     the image's index in ``results``), ``frame``, ``time``, ``face`` (0 = largest), ``track_id``, the box ``x1 y1
@@ -302,7 +303,7 @@ def _result_items(results):
     results = list(results)
     if results and all(isinstance(item, FaceResult) for item in results):
         return [results]  # one image's faces
-    return results
+    return [item for item in results if getattr(item, "processed", True)]
 
 
 def _record(item, number: int, sources) -> dict:
