@@ -118,7 +118,9 @@ def test_an_existing_out_needs_resume_or_overwrite(dataset, tmp_path, capsys):
     out.write_text('{"id": "someone/else.jpg", "status": "ok"}\n')
     assert annotate_cli(dataset, out) == 2
     assert "already exists" in capsys.readouterr().err and out.read_text().startswith('{"id": "someone/else.jpg"')
-    assert annotate_cli(dataset, out, "--resume", "--overwrite") == 2
+    with pytest.raises(SystemExit) as usage_error:  # the two together: argparse's usage error
+        annotate_cli(dataset, out, "--resume", "--overwrite")
+    assert usage_error.value.code == 2 and out.read_text().startswith('{"id": "someone/else.jpg"')
     assert annotate_cli(dataset, out, "--overwrite") == 0
     assert sorted(record["id"] for record in lines_of(out)) == sorted(ALL_IDS)  # replaced, not appended to
 
