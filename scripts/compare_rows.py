@@ -17,6 +17,7 @@ import argparse
 
 import numpy as np
 
+from msfer.engine.decision import decisions
 from msfer.errors import MsferError
 from msfer.inference.benchmark import BOOTSTRAP, bootstrap_indices, load_suite, suite_score
 
@@ -29,8 +30,7 @@ def row_correct(predictions, set_name: str, models: list[str]) -> np.ndarray:
         key = f"{set_name}/probs/{model}"
         if key not in predictions:
             raise MsferError(f"the predictions have no model {model!r} on {set_name}")
-        probs = predictions[key]
-        rights.append((np.nan_to_num(probs, nan=-1.0).argmax(1) == labels) & ~np.isnan(probs).any(1))
+        rights.append(decisions(predictions[key], None) == labels)  # a photo without a face: NO_FACE, wrong
     return np.mean(rights, axis=0)
 
 
