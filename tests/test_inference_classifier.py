@@ -52,7 +52,7 @@ def offsets(faces) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def balanced_weights(classifier_weights, offsets, tmp_path_factory) -> Path:
-    """The classifier with a calibration record and the balanced rule's offsets (as scripts/bundle_model.py fits)."""
+    """The classifier with a calibration record and the balanced rule's offsets (as msfer bundle fits)."""
     return with_offsets(classifier_weights, tmp_path_factory.mktemp("classifier") / "balanced.pt", offsets)
 
 

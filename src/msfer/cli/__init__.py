@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("msfer.cli.train", "train a model from a YAML config with key=value overrides"),
     "evaluate": ("msfer.cli.evaluate", "measure a model on a dataset split (metrics.json, confusion matrix)"),
     "benchmark": ("msfer.cli.benchmark", "score models on a suite of labelled sets (accuracy with intervals)"),
+    "bundle": ("msfer.cli.bundle", "calibrate a trained run and bundle it if it beats a model on a suite"),
     "predict": ("msfer.cli.predict", "recognise emotions in photos, folders, videos or a webcam"),
     "export": ("msfer.cli.export", "export a model to ONNX"),
     "serve": ("msfer.cli.serve", "run the REST service and its web page"),

@@ -53,14 +53,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser, weights=False)
 
 
-def named_weights(text: str) -> tuple[str | None, Path]:
-    """``NAME=PATH`` -> (NAME, PATH); a bare PATH -> (None, PATH)."""
-    name, sep, path = text.partition("=")
-    if sep and name.replace("_", "").replace("-", "").replace(".", "").isalnum() and path:
-        return name, Path(path)
-    return None, Path(text)
-
-
 def crop_rule_of(text: str, scale: float):
     """``"box"`` -> CropRule("box", scale); ``"box:1.2"`` -> CropRule("box", 1.2); :class:`MsferError` otherwise."""
     from ..faces.crop import CropRule
@@ -77,17 +69,11 @@ def crop_rule_of(text: str, scale: float):
         raise MsferError(f"--crop-rule {text!r}: {error}") from None
 
 
-def _model_name(path: Path | None) -> str:
-    if path is None:
-        return "bundled"
-    return path.name if path.is_dir() else (path.parent.name if path.stem in ("best", "last") else path.stem)
-
-
 def run(args: argparse.Namespace) -> int:
     from ..faces.retinaface import RetinaFaceDetector
     from ..inference.benchmark import ModelVariant, format_markdown, load_suite, run_benchmark, save_predictions
     from ..inference.recognizer import EmotionRecognizer
-    from .options import check_at_least_one, model_options
+    from .options import check_at_least_one, model_name, model_options, named_weights
 
     check_at_least_one(args, "batch_size")
     if args.seed < 0:
@@ -123,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
             # one loaded network per file, shared by its crop rules
             recognizer = first if rule is None else copy.copy(first)
             recognizer.crop_rule = crop_rule
-            label = name or _model_name(path)
+            label = name or model_name(path)
             named = f"{label} {rule or OWN}" if len(rules) > 1 or rule is not None else label
             models.append(ModelVariant(named, recognizer,
                                        str(path) if path else "bundled"))

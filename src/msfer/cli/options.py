@@ -98,3 +98,18 @@ def file_argument(text: str) -> Path:
     if text.endswith(("/", os.sep)):
         raise argparse.ArgumentTypeError(f"{printable(text)} ends in {os.sep}, so it names a folder; give a file")
     return Path(text)
+
+
+def named_weights(text: str) -> tuple[str | None, Path]:
+    """``NAME=PATH`` -> (NAME, PATH); a bare PATH -> (None, PATH)."""
+    name, sep, path = text.partition("=")
+    if sep and name.replace("_", "").replace("-", "").replace(".", "").isalnum() and path:
+        return name, Path(path)
+    return None, Path(text)
+
+
+def model_name(path: Path | None) -> str:
+    """The name a model file goes by in tables: its run folder's for best.pt/last.pt, else its stem; 'bundled'."""
+    if path is None:
+        return "bundled"
+    return path.name if path.is_dir() else (path.parent.name if path.stem in ("best", "last") else path.stem)

@@ -231,7 +231,7 @@ def calibrated_checkpoint(checkpoint: dict, scale: Sequence[float], bias: Sequen
 def calibration_summary(record: dict | None, weights: Path | None = None) -> dict | None:
     """How a model's probabilities were calibrated and how well, or None when they were not.
 
-    ``record`` is a checkpoint's ``calibration`` entry (``scripts/bundle_model.py`` writes it:
+    ``record`` is a checkpoint's ``calibration`` entry (``msfer bundle`` writes it:
     ``method`` and how it was chosen). The figures measured on the held-out half of the
     validation split come from the record itself when it has them (``held_out``), else, for the
     bundled model, from its JSON record. Returns ``{"method", and if measured: "ece", "nll",

@@ -2,7 +2,7 @@
 
 ``"argmax"`` is the most probable emotion; ``"balanced"`` is ``argmax(log p + balanced_offsets)``,
 the class-prior adjustment a bundled model carries (its ``balanced_offsets``, fitted by
-``scripts/bundle_model.py``: higher mean class accuracy). The rule changes the label, never the
+``msfer bundle``: higher mean class accuracy). The rule changes the label, never the
 probabilities. Every path that labels a face (training's validation, ``msfer evaluate``, the API,
 the tracker's smoothed labels, the service) comes here; numpy only, so the API needs no torch for it.
 """
@@ -28,7 +28,7 @@ def check_rule(rule: str) -> str:
 
 def model_decision(record: dict | None) -> str:
     """A model's own default decision rule: its calibration record's (or summary's) ``decision``, written when
-    it was bundled (``scripts/bundle_model.py --decision``), else "argmax". Raises :class:`MsferError` for a rule
+    it was bundled (``msfer bundle --decision``), else "argmax". Raises :class:`MsferError` for a rule
     that is not one of :data:`DECISION_RULES`."""
     rule = (record or {}).get("decision") or "argmax"
     if rule not in DECISION_RULES:

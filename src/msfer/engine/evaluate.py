@@ -174,7 +174,7 @@ def balanced_offsets(model, meta: dict, weights: Path, decision: str) -> list[fl
     offsets = model.balanced_offsets.float().cpu()
     if not has_balanced_rule(offsets.numpy(), meta.get("calibration")):
         if decision == "balanced":
-            raise MsferError(f"{weights} has no balanced decision rule (scripts/bundle_model.py fits it): "
+            raise MsferError(f"{weights} has no balanced decision rule (msfer bundle fits it): "
                              "use --decision argmax")
         return None
     return offsets.tolist()

@@ -2,7 +2,7 @@
 
 This is the one copy of that loop. Training's photo validation (``data.photo_val``,
 :class:`PhotoValidation`) runs it on the model being trained; ``msfer evaluate --detect-faces``
-and ``scripts/bundle_model.py`` run it through the inference API
+and ``msfer bundle`` run it through the inference API
 (:func:`msfer.inference.detect_eval.evaluate_with_detection` passes the recognizer's detection and
 classification to :func:`photo_probabilities`). Both score with :func:`photo_metrics`.
 

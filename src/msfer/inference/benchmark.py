@@ -309,7 +309,8 @@ def run_benchmark(suite: Suite, models: Sequence[ModelVariant], decisions: Seque
     """Score every model on every set of ``suite`` under each of ``decisions`` (None: each model's own rule).
 
     Returns ``{"suite", "models", "rows", "scores"}`` (see :func:`format_markdown` for what they hold)
-    and, under ``"predictions"``, the probabilities per set and model (for :func:`save_predictions`).
+    and, under ``"predictions"``, per set: ``ids``, ``labels``, each model's ``probs`` (for
+    :func:`save_predictions`) and each row's per-image ``correct`` (booleans, by the row's model label).
     """
     if not models:
         raise MsferError("no model to benchmark")
@@ -345,6 +346,7 @@ def run_benchmark(suite: Suite, models: Sequence[ModelVariant], decisions: Seque
             model_probs = probs[k]
             offsets = model.recognizer.classifier.balanced_offsets if rule == "balanced" else None
             predicted = decide_rows(model_probs, offsets, rule)  # NO_FACE where no face was found
+            predictions[entry.name].setdefault("correct", {})[label] = predicted == truth
             row = row_metrics(truth, model_probs, predicted, indices)
             overall, mean_class = row.pop("_replicates")
             if entry.groups:

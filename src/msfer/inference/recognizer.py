@@ -444,7 +444,7 @@ class EmotionRecognizer:
             return self.decision
         if check_rule(decision) != "argmax":
             if not self.has_balanced_rule:
-                raise MsferError(f"{self.weights_name} has no balanced decision rule (scripts/bundle_model.py fits "
+                raise MsferError(f"{self.weights_name} has no balanced decision rule (msfer bundle fits "
                                  "it, and an ONNX file carries it when 'msfer export' wrote it from such a model; "
                                  "export again a file that an older msfer wrote from a model bundled with tau 0); "
                                  "use decision 'argmax'")

@@ -1,7 +1,7 @@
 """The models bundled with msfer, and the figures recorded when the emotion model was bundled.
 
 ``msfer_fer2013.pt`` is a slim export of the shipped run's ``best.pt``, calibrated and in half
-precision where that loses nothing measurable (``scripts/bundle_model.py``);
+precision where that loses nothing measurable (``msfer bundle``, :mod:`msfer.inference.bundle`);
 ``msfer_fer2013.json`` records its validation numbers and its accuracy on a fixed sample of
 FER2013 public_test, which the tests check it still reaches.
 ``retinaface_mnet025.onnx`` is the face detector's default model (RetinaFace MobileNet-0.25,
@@ -31,7 +31,7 @@ def default_weights_path() -> Path:
 
 
 def bundled_record() -> dict:
-    """What was measured when the bundled model was made (see scripts/bundle_model.py)."""
+    """What was measured when the bundled model was made (see msfer.inference.bundle)."""
     return json.loads(BUNDLED_RECORD.read_text())
 
 

@@ -1,0 +1,329 @@
+"""Bundle a trained run as msfer's model, judged on a suite of validation sets: the library behind ``msfer bundle``.
+
+    msfer bundle runs/v3 configs/benchmarks/dev.yaml --data-root DATA --out runs/v3/bundle
+
+From the run's ``best.pt`` (or any checkpoint file, region network or plain classifier; one whose
+class-prior adjustment an earlier msfer folded into its bias has it taken out first):
+
+1. **Calibration** (:func:`msfer.engine.calibration.choose_calibration`: temperature or vector
+   scaling, chosen and fitted on one stratified half of a crops set of the suite, ``calibrate_on``,
+   FER2013 public_test in the development suite, and reported on the other half).
+2. **The balanced rule's strength** tau (:func:`msfer.engine.prior.choose_tau`) on the calibrated
+   probabilities of the same half, against the class prior those probabilities carry: their mean
+   over the set (after vector scaling, the fitting half's class frequencies, whatever mix the run drew).
+3. **Export** as ``msfer_fer2013.pt``, in half precision if that loses nothing measurable on that
+   set (every accuracy within 0.1 point, with and without flip TTA, under both decision rules).
+4. **The suite** (:func:`msfer.inference.benchmark.run_benchmark`): the candidate under its default
+   decision rule (``decision``) and every compared model under its own, on every set, in one run.
+5. **The verdict** (:func:`suite_verdict`): ``better`` when the candidate's suite score (overall
+   accuracy) is higher than the first compared model's, and on no set in the score is it worse than
+   any compared model by more than one standard error of their paired difference.
+
+The record ``msfer_fer2013.json`` holds every figure: calibration, decision rule, the calibration
+set's figures per precision, the fixed sample of FER2013 public_test the tests re-check (when that
+is the calibration set), the suite's rows and scores, the verdict and the training config.
+
+Everything is written and measured in a temporary folder inside ``out`` and moved into place at the
+end; where ``out`` already holds a model, it is replaced only when the verdict is ``better`` (or with
+``force``), so a refused or failed bundle leaves ``out`` as it was.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..engine.calibration import apply, calibrated_checkpoint, calibration_metrics, choose_calibration
+from ..engine.datasets import FaceDataset
+from ..engine.decision import DECISION_RULES, decide
+from ..engine.evaluate import predict_split, split_metrics
+from ..engine.metrics import compute_metrics
+from ..engine.prior import choose_tau, stratified_halves, unfold_adjustment
+from ..errors import MsferError
+from ..labels import EMOTIONS
+from ..model.checkpoint import export_weights, load_checkpoint, load_model, resolve_checkpoint, save_checkpoint
+from ..outputs import printable
+from ..weights import BUNDLED_MODEL, BUNDLED_RECORD, fixed_sample
+from .benchmark import ModelVariant, Suite, SuiteSet, run_benchmark, set_samples
+from .recognizer import EmotionRecognizer
+
+__all__ = ["BundleRefused", "bundle", "suite_verdict", "verdict_table"]
+
+CANDIDATE = "candidate"
+HEADLINE = ("n", "overall_accuracy", "mean_class_accuracy")
+JUDGEMENT = ("the candidate, under its default decision rule, has a higher suite score (overall accuracy) than the "
+             "first compared model, and on no set in the score is it worse than any compared model (each under "
+             "its own default rule) by more than one standard error of their paired difference")
+
+
+class BundleRefused(MsferError):
+    """The candidate was measured but not moved into a folder that holds a model: its verdict is not ``better``.
+    ``record`` is what would have been written."""
+
+    def __init__(self, message: str, record: dict):
+        super().__init__(message)
+        self.record = record
+
+
+@dataclass
+class _Inputs:
+    best: Path
+    checkpoint: dict
+    calibration_set: SuiteSet
+    samples: list
+    annotations: dict | None
+    compared: list[ModelVariant]
+
+
+def _predict(weights: Path, samples: list, annotations: dict | None, tta: bool) -> tuple[dict, tuple[str, ...]]:
+    model, _ = load_model(weights)
+    dataset = FaceDataset(samples, model.input_size, model.region_names, annotations)
+    predictions = predict_split(model, dataset, torch.device("cpu"), 256, tta=tta, num_workers=2)
+    predictions["balanced_offsets"] = model.balanced_offsets.float().numpy()
+    return predictions, model.region_names
+
+
+def _summary(predictions: dict, region_names: tuple[str, ...], scored_regions: bool) -> dict:
+    """Headline figures (decision rule argmax), both rules' accuracies and per-class recall, calibration."""
+    metrics = split_metrics(predictions, region_names, score_regions=scored_regions,
+                            balanced_offsets=predictions["balanced_offsets"])
+    balanced = compute_metrics(predictions["y_true"],
+                               decide(predictions["probs"], predictions["balanced_offsets"], "balanced"), EMOTIONS)
+    return {**{k: metrics[k] for k in (*HEADLINE, "decision_rules", "calibration", "region_detection",
+                                        "region_detection_stages", "fallback_rate") if k in metrics},
+            "recall": {name: scores["recall"] for name, scores in metrics["per_class"].items()},
+            "recall_balanced": {name: s["recall"] for name, s in balanced["per_class"].items()}}
+
+
+def _measure(weights: Path, samples: list, annotations: dict | None, tta: bool) -> dict:
+    return _summary(*_predict(weights, samples, annotations, tta), scored_regions=annotations is not None)
+
+
+def _both_tta(weights: Path, name: str, samples: list, annotations: dict | None, without: dict | None = None) -> dict:
+    """The set's figures without and with flip TTA (``without``: the former, when already measured)."""
+    return {name: without or _measure(weights, samples, annotations, tta=False),
+            f"{name}_tta": _measure(weights, samples, annotations, tta=True)}
+
+
+def make_candidate(inputs: _Inputs, work: Path, decision: str) -> tuple[Path, dict]:
+    """Steps 1-3 of the module docstring: calibrate ``inputs.checkpoint`` on the calibration set, choose its balanced
+    rule, export ``work/msfer_fer2013.pt``; returns that file and the record so far. Every other file it writes is a
+    temporary one in ``work``."""
+    name, samples, annotations = inputs.calibration_set.name, inputs.samples, inputs.annotations
+    candidate = work / BUNDLED_MODEL.name
+    as_trained = save_checkpoint(inputs.checkpoint, work / "as_trained.pt")
+    record = {"source": _shown(inputs.best), "best_epoch": inputs.checkpoint.get("best", {}).get("epoch"),
+              "calibrated_on": name, "validation": {}}
+
+    predictions, region_names = _predict(as_trained, samples, annotations, tta=False)
+    calibration = choose_calibration(predictions["logits"], predictions["y_true"])
+    calibrated = apply(predictions["logits"], np.array(calibration["scale"]), np.array(calibration["bias"]))
+    # The prior the calibrated probabilities carry, not the one training drew; their mean over the set estimates it
+    # (no label is used).
+    rule = choose_tau(calibrated, predictions["y_true"], calibrated.mean(axis=0))
+    record["calibration"] = calibration
+    record["decision"] = {"default": decision, **rule}
+    kept = {"method": calibration["method"], "scale": calibration["scale"], "bias": calibration["bias"],
+            "criterion": calibration["criterion"], "balanced_tau": rule["tau"],
+            "balanced_criterion": rule["criterion"], "decision": decision}
+    source = save_checkpoint(calibrated_checkpoint(inputs.checkpoint, calibration["scale"], calibration["bias"],
+                                                   rule["offsets"], kept), work / "float32.pt")
+    record["validation"]["as_trained"] = _both_tta(
+        as_trained, name, samples, annotations, _summary(predictions, region_names, annotations is not None))
+    as_trained.unlink()
+
+    half = export_weights(source, work / "float16.pt", half=True)
+    for precision, weights in (("float32", source), ("float16", half)):
+        record["validation"][precision] = _both_tta(weights, name, samples, annotations)
+    fp32, fp16 = record["validation"]["float32"], record["validation"]["float16"]
+    lossless = all(abs(fp32[k]["decision_rules"][r][m] - fp16[k]["decision_rules"][r][m]) <= 0.001
+                   for k in fp32 for r in DECISION_RULES for m in ("overall_accuracy", "mean_class_accuracy"))
+    if lossless:
+        half.replace(candidate)
+    else:
+        half.unlink()
+        export_weights(source, candidate, half=False)
+    source.unlink()
+    record["precision"] = "float16" if lossless else "float32"
+    bundled, _ = _predict(candidate, samples, annotations, tta=False)
+    _, held_out = stratified_halves(bundled["y_true"])
+    record["calibration"]["held_out"]["bundled"] = calibration_metrics(bundled["probs"][held_out],
+                                                                       bundled["y_true"][held_out])
+    sample = fixed_sample(samples)  # FER2013 public_test's, when that is the calibration set
+    if sample:
+        record["fixed_sample"] = {"split": "public_test", "size": len(sample),
+                                  **_measure(candidate, sample, None, tta=False)}
+    return candidate, record
+
+
+def paired_standard_error(a: np.ndarray, b: np.ndarray) -> float:
+    """The standard error of ``mean(a) - mean(b)`` for two models' per-image correctness (``N`` booleans each) on
+    the same images: ``std(a - b, ddof=1) / sqrt(N)``; 0 for fewer than two images."""
+    difference = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    return float(difference.std(ddof=1) / np.sqrt(len(difference))) if len(difference) > 1 else 0.0
+
+
+def suite_verdict(result: dict, candidate: str, compared: Sequence[str]) -> dict:
+    """The bundling verdict on a :func:`~msfer.inference.benchmark.run_benchmark` result that scored ``candidate``
+    and each of ``compared`` (names of its models, each under one decision rule): ``{"verdict": "better" | "not
+    better", "why", "judged_by", "scores": {model: suite score}, "sets": [per set and compared model: "candidate",
+    "compared", "difference", "standard_error", "within"]}``, accuracies as fractions (see :data:`JUDGEMENT`)."""
+    if not compared:
+        raise MsferError("a verdict needs a model to compare the candidate with")
+    scores = {entry["model"]: entry["score_overall"] for entry in result["scores"]}
+    if not scores:
+        raise MsferError(f"the suite {result['suite']['name']!r} has no set with a domain: it gives no score to judge")
+    checks = []
+    for entry in result["suite"]["sets"]:
+        if entry["domain"] is None:
+            continue
+        correct = result["predictions"][entry["name"]]["correct"]
+        for other in compared:
+            mine, theirs = correct[candidate], correct[other]
+            difference = float(mine.mean() - theirs.mean())
+            error = paired_standard_error(mine, theirs)
+            checks.append({"set": entry["name"], "against": other, "candidate": float(mine.mean()),
+                           "compared": float(theirs.mean()), "difference": difference, "standard_error": error,
+                           "within": bool(difference >= -error)})
+    first = compared[0]
+    reasons = []
+    if not scores[candidate] > scores[first]:
+        reasons.append(f"suite score {100 * scores[candidate]:.1f}% is not above {first}'s "
+                       f"{100 * scores[first]:.1f}%")
+    reasons += [f"{c['set']}: {100 * c['difference']:+.1f} points against {c['against']}, beyond one standard error "
+                f"({100 * c['standard_error']:.1f})" for c in checks if not c["within"]]
+    why = "; ".join(reasons) or (f"suite score {100 * scores[candidate]:.1f}% against {first}'s "
+                                 f"{100 * scores[first]:.1f}%, and within one standard error or better on every set")
+    return {"verdict": "not better" if reasons else "better", "why": why, "judged_by": JUDGEMENT,
+            "scores": {name: scores[name] for name in (candidate, *compared)}, "sets": checks}
+
+
+def verdict_table(record: dict) -> str:
+    """The record's suite comparison as a Markdown table (overall accuracy %, difference and its standard error)
+    and the verdict line."""
+    verdict = record["verdict"]
+    lines = ["| set | compared with | candidate % | compared % | difference [1 SE] |", "|---|---|---|---|---|"]
+    for check in verdict["sets"]:
+        lines.append(f"| {check['set']} | {check['against']} | {100 * check['candidate']:.1f} | "
+                     f"{100 * check['compared']:.1f} | {100 * check['difference']:+.1f} "
+                     f"[{100 * check['standard_error']:.1f}] |")
+    (_, mine), (first, theirs) = list(verdict["scores"].items())[:2]
+    lines.append(f"| suite score | {first} | {100 * mine:.1f} | {100 * theirs:.1f} | {100 * (mine - theirs):+.1f} |")
+    lines.append(f"verdict: {verdict['verdict']} ({verdict['why']})")
+    return "\n".join(lines)
+
+
+def _shown(path: Path | str) -> str:
+    """``path`` relative to the working folder when inside it: a shipped record carries no bundling machine's
+    paths."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _read_inputs(run: Path, suite: Suite, calibrate_on: str | None, compare: Sequence[tuple[str, Path]],
+                 annotations: Path | None, detector) -> _Inputs:
+    """Every input, read and checked before the minutes of work start; :class:`MsferError` naming the file, folder
+    or set of any that is missing, unreadable or unusable."""
+    from ..regions.annotations import load_annotations
+
+    crops = [entry for entry in suite.sets if entry.mode == "crops"]
+    if calibrate_on is None:
+        if not crops:
+            raise MsferError(f"the suite {printable(suite.source)} has no crops set to calibrate on")
+        calibration_set = crops[0]
+    else:
+        calibration_set = next((entry for entry in suite.sets if entry.name == calibrate_on), None)
+        if calibration_set is None or calibration_set.mode != "crops":
+            raise MsferError(f"--calibrate-on {calibrate_on!r}: name a crops set of {printable(suite.source)} "
+                             f"({', '.join(entry.name for entry in crops) or 'it has none'})")
+    samples = {entry.name: set_samples(entry, printable(suite.source)) for entry in suite.sets}
+    best = resolve_checkpoint(run, prefer="best.pt")
+    # the model as trained: an earlier bundle's folded adjustment taken out, any calibration reset, so that the
+    # calibration is fitted to (and later applied to) the raw logits
+    checkpoint = calibrated_checkpoint(unfold_adjustment(load_checkpoint(best)), [1.0] * 7, [0.0] * 7, [0.0] * 7, {})
+    checkpoint.pop("calibration")
+    if annotations and not checkpoint.get("region_names"):
+        raise MsferError(f"--annotations scores a region detector, and {printable(best)} is a plain classifier "
+                         f"({checkpoint['config']['model'].get('name')}, no regions): leave --annotations out")
+    models = []
+    for name, path in compare:
+        if name == CANDIDATE or any(model.name == name for model in models):
+            raise MsferError(f"--compare: two models are named {name!r}; name each one (NAME=PATH)")
+        models.append(ModelVariant(name, EmotionRecognizer(path, device="cpu", detector=detector), _shown(path)))
+    return _Inputs(best, checkpoint, calibration_set, samples[calibration_set.name],
+                   load_annotations(annotations) if annotations else None, models)
+
+
+def bundle(run: str | os.PathLike, suite: Suite, out: str | os.PathLike = BUNDLED_MODEL.parent,
+           compare: Sequence[tuple[str, str | os.PathLike]] | None = None, calibrate_on: str | None = None,
+           decision: str = "argmax", annotations: str | os.PathLike | None = None, force: bool = False,
+           progress: bool = True) -> dict:
+    """Bundle ``run`` (a run folder, whose ``best.pt`` is taken, or a checkpoint file) into ``out`` as the module
+    docstring says, judged on ``suite`` against ``compare`` (``(name, weights)`` pairs; default: the model ``out``
+    holds, else the bundled one); returns the record written beside the model.
+
+    Raises :class:`MsferError` naming the file or set for a bad input, before any work; :class:`BundleRefused`
+    (with the record) when ``out`` holds a model and the verdict is not ``better`` and not ``force``.
+    """
+    from ..faces.retinaface import RetinaFaceDetector
+
+    if decision not in DECISION_RULES:
+        raise MsferError(f"decision {decision!r}: use one of {', '.join(DECISION_RULES)}")
+    out = Path(out)
+    model_path, record_path = out / BUNDLED_MODEL.name, out / BUNDLED_RECORD.name
+    if out.exists() and not out.is_dir():
+        raise MsferError(f"--out {printable(out)} is a file: it must be a folder (made when missing)")
+    replacing = model_path.exists() or record_path.exists()
+    if compare is None:
+        compare = [("replaced", model_path)] if model_path.is_file() else [("bundled", BUNDLED_MODEL)]
+    detector = RetinaFaceDetector()
+    # loaded before anything is written: the model compared with may be the file this bundle replaces
+    inputs = _read_inputs(Path(run), suite, calibrate_on, [(n, Path(p)) for n, p in compare],
+                          Path(annotations) if annotations else None, detector)
+
+    made = [folder for folder in (out, *out.parents) if not folder.exists()]  # leaf first
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        # measured where it is written, then moved into place only when allowed (the temporary folder and
+        # everything in it go when this block ends, error or not)
+        with tempfile.TemporaryDirectory(dir=out, prefix=".bundling-") as work:
+            candidate, record = make_candidate(inputs, Path(work), decision)
+            variant = ModelVariant(CANDIDATE, EmotionRecognizer(candidate, device="cpu", detector=detector),
+                                   _shown(model_path))
+            result = run_benchmark(suite, [variant, *inputs.compared], progress=progress)
+            record["suite"] = _suite_record(result)
+            record["verdict"] = suite_verdict(result, CANDIDATE, [model.name for model in inputs.compared])
+            record["config"] = inputs.checkpoint["config"]
+            if replacing and record["verdict"]["verdict"] != "better" and not force:
+                raise BundleRefused(
+                    f"refused to replace the model in {printable(out)}: the verdict is "
+                    f"{record['verdict']['verdict']!r} ({record['verdict']['why']}). Nothing in {printable(out)} "
+                    "was changed: bundle elsewhere with --out, or pass --force.", record)
+            written = Path(work) / BUNDLED_RECORD.name
+            written.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+            os.replace(candidate, model_path)
+            os.replace(written, record_path)
+    except BaseException:
+        for folder in made:  # folders this bundle made stay only with a model in them
+            try:
+                folder.rmdir()  # only an empty one
+            except OSError:
+                break
+        raise
+    return record
+
+
+def _suite_record(result: dict) -> dict:
+    """The benchmark's result for the record: no predictions, no machine's data paths."""
+    suite = {**result["suite"], "file": _shown(result["suite"]["file"]),
+             "sets": [{k: v for k, v in entry.items() if k != "root"} for entry in result["suite"]["sets"]]}
+    return {"suite": suite, "models": result["models"], "bootstrap": result["bootstrap"], "rows": result["rows"],
+            "scores": result["scores"]}
