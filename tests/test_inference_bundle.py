@@ -179,11 +179,13 @@ def test_replacing_a_model_the_candidate_does_not_beat_is_refused_unless_forced(
     folder = tmp_path / "weights"
     shutil.copytree(bundled[0], folder)  # the same run, bundled before
     before = digests(folder)
-    # against itself (the model the folder holds, compared by default) its suite score is not higher
-    assert main(bundle_args(trained, suite_file, folder)) == 2
+    # against itself (the model the folder holds, always compared first) its suite score is not higher, even when
+    # other models are named to compare with
+    assert main(bundle_args(trained, suite_file, folder, "--compare", f"v1={BUNDLED_MODEL}")) == 2
     assert digests(folder) == before  # nothing replaced, no temporary file left
     captured = capsys.readouterr()
     assert "verdict: not better" in captured.out and "| suite score | replaced |" in captured.out
+    assert "| tcce_val | v1 |" in captured.out and "is not above replaced's" in captured.out
     assert "refused to replace the model in" in captured.err and "--force" in captured.err
 
     assert main(bundle_args(trained, suite_file, folder, "--force", "--decision", "balanced")) == 0
@@ -205,8 +207,8 @@ def test_annotations_are_refused_for_a_classifier_before_anything_is_written(tra
     assert not out.exists()
 
 
-@pytest.mark.parametrize("case", ["no_run", "no_best", "no_suite", "no_set_root", "calibrate_on_photos",
-                                  "out_is_a_file", "no_compare"])
+@pytest.mark.parametrize("case", ["no_run", "no_best", "no_suite", "no_set_root", "no_domain", "calibrate_on_photos",
+                                  "out_is_a_file", "out_under_a_file", "no_compare"])
 def test_bad_inputs_are_one_line_errors_before_any_work(case, trained, suite_file, tmp_path, capsys):
     """Every input is checked first: a clear error naming it, exit status 2, and no --out folder left behind."""
     empty, a_file = tmp_path / "empty", tmp_path / "a_file"
@@ -216,14 +218,19 @@ def test_bad_inputs_are_one_line_errors_before_any_work(case, trained, suite_fil
     document = yaml.safe_load(suite_file.read_text())
     document["sets"][1]["root"] = str(tmp_path / "missing_tcce")
     broken.write_text(yaml.safe_dump(document))
+    unscored = tmp_path / "unscored.yaml"
+    sets = [{**entry, "domain": None} for entry in yaml.safe_load(suite_file.read_text())["sets"]]
+    unscored.write_text(yaml.safe_dump({"name": "x", "sets": sets}))
     args = {"run": trained, "suite": suite_file, "--out": tmp_path / "candidate"}
     option, bad, named = {
         "no_run": ("run", tmp_path / "missing_run", tmp_path / "missing_run"),
         "no_best": ("run", empty, empty),
         "no_suite": ("suite", tmp_path / "none.yaml", tmp_path / "none.yaml"),
         "no_set_root": ("suite", broken, "tcce_val"),
+        "no_domain": ("suite", unscored, unscored),
         "calibrate_on_photos": ("--calibrate-on", "tcce_val", "tcce_val"),
         "out_is_a_file": ("--out", a_file, a_file),
+        "out_under_a_file": ("--out", a_file / "candidate", a_file / "candidate"),
         "no_compare": ("--compare", tmp_path / "old.pt", tmp_path / "old.pt"),
     }[case]
     args[option] = bad

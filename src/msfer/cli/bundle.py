@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "told otherwise; the verdict judges it under this rule (default argmax)")
     parser.add_argument("--compare", nargs="+", default=None, metavar="[NAME=]PATH",
                         help="models to compare with, each under its own default rule; the first is the one whose "
-                             "suite score the candidate must beat (default: the model in DIR, else the bundled one)")
+                             "suite score the candidate must beat (default: the bundled model); a model DIR holds is "
+                             "always compared first")
     parser.add_argument("--force", action="store_true", help="replace the model in DIR whatever the verdict")
 
 

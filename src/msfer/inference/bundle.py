@@ -155,8 +155,8 @@ def make_candidate(inputs: _Inputs, work: Path, decision: str) -> tuple[Path, di
     _, held_out = stratified_halves(bundled["y_true"])
     record["calibration"]["held_out"]["bundled"] = calibration_metrics(bundled["probs"][held_out],
                                                                        bundled["y_true"][held_out])
-    sample = fixed_sample(samples)  # FER2013 public_test's, when that is the calibration set
-    if sample:
+    sample = fixed_sample(samples) if inputs.calibration_set.format == "fer2013" else []
+    if sample:  # FER2013 public_test's, when that is the calibration set
         record["fixed_sample"] = {"split": "public_test", "size": len(sample),
                                   **_measure(candidate, sample, None, tta=False)}
     return candidate, record
@@ -234,6 +234,8 @@ def _read_inputs(run: Path, suite: Suite, calibrate_on: str | None, compare: Seq
     or set of any that is missing, unreadable or unusable."""
     from ..regions.annotations import load_annotations
 
+    if not suite.domains:
+        raise MsferError(f"the suite {printable(suite.source)} has no set with a domain: it gives no score to judge by")
     crops = [entry for entry in suite.sets if entry.mode == "crops"]
     if calibrate_on is None:
         if not crops:
@@ -242,7 +244,7 @@ def _read_inputs(run: Path, suite: Suite, calibrate_on: str | None, compare: Seq
     else:
         calibration_set = next((entry for entry in suite.sets if entry.name == calibrate_on), None)
         if calibration_set is None or calibration_set.mode != "crops":
-            raise MsferError(f"--calibrate-on {calibrate_on!r}: name a crops set of {printable(suite.source)} "
+            raise MsferError(f"calibrate on {calibrate_on!r}: name a crops set of {printable(suite.source)} "
                              f"({', '.join(entry.name for entry in crops) or 'it has none'})")
     samples = {entry.name: set_samples(entry, printable(suite.source)) for entry in suite.sets}
     best = resolve_checkpoint(run, prefer="best.pt")
@@ -251,12 +253,15 @@ def _read_inputs(run: Path, suite: Suite, calibrate_on: str | None, compare: Seq
     checkpoint = calibrated_checkpoint(unfold_adjustment(load_checkpoint(best)), [1.0] * 7, [0.0] * 7, [0.0] * 7, {})
     checkpoint.pop("calibration")
     if annotations and not checkpoint.get("region_names"):
-        raise MsferError(f"--annotations scores a region detector, and {printable(best)} is a plain classifier "
-                         f"({checkpoint['config']['model'].get('name')}, no regions): leave --annotations out")
+        raise MsferError(f"annotations (--annotations) score a region detector, and {printable(best)} is a plain "
+                         f"classifier ({checkpoint['config']['model'].get('name')}, no regions): leave them out")
     models = []
     for name, path in compare:
-        if name == CANDIDATE or any(model.name == name for model in models):
-            raise MsferError(f"--compare: two models are named {name!r}; name each one (NAME=PATH)")
+        if name == CANDIDATE:
+            raise MsferError(f"the compared model {printable(path)} is named {name!r}, the candidate's name: name it "
+                             "otherwise (NAME=PATH)")
+        if any(model.name == name for model in models):
+            raise MsferError(f"two compared models are named {name!r}: name each one (NAME=PATH)")
         models.append(ModelVariant(name, EmotionRecognizer(path, device="cpu", detector=detector), _shown(path)))
     return _Inputs(best, checkpoint, calibration_set, samples[calibration_set.name],
                    load_annotations(annotations) if annotations else None, models)
@@ -267,8 +272,10 @@ def bundle(run: str | os.PathLike, suite: Suite, out: str | os.PathLike = BUNDLE
            decision: str = "argmax", annotations: str | os.PathLike | None = None, force: bool = False,
            progress: bool = True) -> dict:
     """Bundle ``run`` (a run folder, whose ``best.pt`` is taken, or a checkpoint file) into ``out`` as the module
-    docstring says, judged on ``suite`` against ``compare`` (``(name, weights)`` pairs; default: the model ``out``
-    holds, else the bundled one); returns the record written beside the model.
+    docstring says, judged on ``suite`` against ``compare`` (``(name, weights)`` pairs; default: the bundled model).
+    A model that ``out`` already holds is always compared first, as ``replaced``: a bundle never replaces a model it
+    does not beat. Returns the record written beside the model (paths in it relative to the working folder when
+    inside it).
 
     Raises :class:`MsferError` naming the file or set for a bad input, before any work; :class:`BundleRefused`
     (with the record) when ``out`` holds a model and the verdict is not ``better`` and not ``force``.
@@ -280,24 +287,34 @@ def bundle(run: str | os.PathLike, suite: Suite, out: str | os.PathLike = BUNDLE
     out = Path(out)
     model_path, record_path = out / BUNDLED_MODEL.name, out / BUNDLED_RECORD.name
     if out.exists() and not out.is_dir():
-        raise MsferError(f"--out {printable(out)} is a file: it must be a folder (made when missing)")
+        raise MsferError(f"the output folder {printable(out)} is a file: it must be a folder (made when missing)")
     replacing = model_path.exists() or record_path.exists()
-    if compare is None:
-        compare = [("replaced", model_path)] if model_path.is_file() else [("bundled", BUNDLED_MODEL)]
+    compare = list(compare or [])
+    if model_path.is_file():  # the model a bundle would replace is always the first it must beat
+        compare = [("replaced", model_path)] + [(n, p) for n, p in compare
+                                                if Path(p).resolve() != model_path.resolve()]
+    elif not compare:
+        compare = [("bundled", BUNDLED_MODEL)]
     detector = RetinaFaceDetector()
     # loaded before anything is written: the model compared with may be the file this bundle replaces
     inputs = _read_inputs(Path(run), suite, calibrate_on, [(n, Path(p)) for n, p in compare],
                           Path(annotations) if annotations else None, detector)
 
     made = [folder for folder in (out, *out.parents) if not folder.exists()]  # leaf first
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        work_folder = tempfile.TemporaryDirectory(dir=out, prefix=".bundling-")
+    except OSError as error:
+        _remove_empty(made)
+        raise MsferError(f"cannot write into the output folder {printable(out)}: "
+                         f"{error.strerror or error}") from None
     try:
         # measured where it is written, then moved into place only when allowed (the temporary folder and
         # everything in it go when this block ends, error or not)
-        with tempfile.TemporaryDirectory(dir=out, prefix=".bundling-") as work:
+        with work_folder as work:
             candidate, record = make_candidate(inputs, Path(work), decision)
             variant = ModelVariant(CANDIDATE, EmotionRecognizer(candidate, device="cpu", detector=detector),
-                                   _shown(model_path))
+                                   CANDIDATE)
             result = run_benchmark(suite, [variant, *inputs.compared], progress=progress)
             record["suite"] = _suite_record(result)
             record["verdict"] = suite_verdict(result, CANDIDATE, [model.name for model in inputs.compared])
@@ -306,24 +323,51 @@ def bundle(run: str | os.PathLike, suite: Suite, out: str | os.PathLike = BUNDLE
                 raise BundleRefused(
                     f"refused to replace the model in {printable(out)}: the verdict is "
                     f"{record['verdict']['verdict']!r} ({record['verdict']['why']}). Nothing in {printable(out)} "
-                    "was changed: bundle elsewhere with --out, or pass --force.", record)
+                    "was changed: bundle into another folder, or force it (--force).", record)
             written = Path(work) / BUNDLED_RECORD.name
             written.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-            os.replace(candidate, model_path)
-            os.replace(written, record_path)
+            _replace_both([(candidate, model_path), (written, record_path)], Path(work))
     except BaseException:
-        for folder in made:  # folders this bundle made stay only with a model in them
-            try:
-                folder.rmdir()  # only an empty one
-            except OSError:
-                break
+        _remove_empty(made)  # folders this bundle made stay only with a model in them
         raise
     return record
 
 
+def _replace_both(moves: list[tuple[Path, Path]], work: Path) -> None:
+    """Move each ``(new, target)`` into place as one step: the targets there before are set aside in ``work`` first
+    and put back if any move fails, so the folder holds both old files or both new ones."""
+    kept = []
+    try:
+        for number, (_, target) in enumerate(moves):
+            if target.exists():
+                aside = work / f"previous-{number}"
+                os.replace(target, aside)
+                kept.append((aside, target))
+        for new, target in moves:
+            os.replace(new, target)
+    except BaseException:
+        for new, target in moves:
+            if target.exists() and not new.exists():
+                os.replace(target, new)  # a new file that reached its place goes back
+        for aside, target in kept:
+            os.replace(aside, target)
+        raise
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove each of ``folders`` (leaf first) while it is empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
 def _suite_record(result: dict) -> dict:
-    """The benchmark's result for the record: no predictions, no machine's data paths."""
+    """The benchmark's result for the record: no predictions, no machine's data paths (the unreadable images
+    counted, not named)."""
     suite = {**result["suite"], "file": _shown(result["suite"]["file"]),
-             "sets": [{k: v for k, v in entry.items() if k != "root"} for entry in result["suite"]["sets"]]}
+             "sets": [{**{k: v for k, v in entry.items() if k not in ("root", "unreadable")},
+                       "unreadable": len(entry["unreadable"])} for entry in result["suite"]["sets"]]}
     return {"suite": suite, "models": result["models"], "bootstrap": result["bootstrap"], "rows": result["rows"],
             "scores": result["scores"]}
