@@ -22,7 +22,11 @@ input=$1
 out=$2
 : "${SLURM_ARRAY_TASK_ID:?run this as a job array: sbatch --array=0-N ...}"
 # tasks numbered 0..N-1 (--array=0-15): task i takes shard i of N
-shards=${SLURM_ARRAY_TASK_COUNT:?}
+shards=${SLURM_ARRAY_TASK_COUNT:?run this as a job array: sbatch --array=0-N ...}
+if [ "$SLURM_ARRAY_TASK_ID" -ge "$shards" ]; then
+  echo "task $SLURM_ARRAY_TASK_ID of an array of $shards: number the tasks from 0 without gaps (--array=0-$((shards - 1)))" >&2
+  exit 2
+fi
 export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}  # one task's threads on the cores Slurm gave it
 
 mkdir -p "$out"

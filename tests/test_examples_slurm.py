@@ -59,3 +59,5 @@ def test_outside_a_job_array_or_without_arguments_it_says_how_to_run_it(tmp_path
     alone = task([str(tmp_path), str(tmp_path / "out")], None)
     assert alone.returncode != 0 and "run this as a job array" in alone.stderr
     assert not (tmp_path / "out").exists()
+    gap = task([str(tmp_path), str(tmp_path / "out")], 2, count=2)  # --array=1-2: task 2 of 2 tasks
+    assert gap.returncode == 2 and "number the tasks from 0 without gaps (--array=0-1)" in gap.stderr

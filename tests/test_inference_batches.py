@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas
+import pyarrow
 import pytest
 from PIL import Image
 from test_inference_predict import moving_face_frames, write_video
@@ -41,10 +42,8 @@ def faces_of(table, source: str) -> list[dict]:
 def check_columns(table) -> None:
     assert list(table.columns) == CSV_FIELDS
     for name in CSV_FIELDS:
-        if name in TEXT_FIELDS:
-            assert pandas.api.types.is_string_dtype(table[name]) and table[name].map(type).eq(str).all(), name
-        else:
-            assert table[name].dtype == np.float64, name
+        expected = pyarrow.string() if name in TEXT_FIELDS else pyarrow.float64()
+        assert table[name].dtype == pandas.ArrowDtype(expected), name
 
 
 def test_file_contents_give_the_apis_faces_and_a_row_naming_an_unreadable_file(predictor, inputs, random_weights):
@@ -58,9 +57,9 @@ def test_file_contents_give_the_apis_faces_and_a_row_naming_an_unreadable_file(p
     assert [face[name] for name in EMOTIONS] == pytest.approx([expected.probs[name] for name in EMOTIONS], abs=1e-6)
     assert [face[k] for k in ("x1", "y1", "x2", "y2")] == pytest.approx(expected.box, abs=1e-3)
     [blank] = faces_of(table, paths[1])  # no face: one row, empty face columns
-    assert np.isnan(blank["face"]) and blank["label"] == "" and blank["error"] == ""
+    assert pandas.isna(blank["face"]) and blank["label"] == "" and blank["error"] == ""
     [broken] = faces_of(table, paths[2])
-    assert broken["error"].startswith(paths[2] + ": ") and np.isnan(broken["face"])
+    assert broken["error"].startswith(paths[2] + ": ") and pandas.isna(broken["face"])
 
 
 def test_images_without_paths_are_named_by_their_index(predictor, astronaut):
@@ -76,6 +75,12 @@ def test_video_frames_keep_their_index_and_time(predictor, astronaut):
     check_columns(table)
     assert table["frame"].tolist() == [4.0, 5.0] and table["time"].tolist() == pytest.approx([0.4, 0.5])
     assert table["track_id"].isna().all()  # frames on their own: no tracking
+
+
+def test_a_video_given_as_file_contents_is_an_error_that_says_how_to_give_it(predictor, inputs):
+    path = str(inputs / "clip.avi")
+    [row] = predictor({"bytes": [(inputs / "clip.avi").read_bytes()], "path": [path]}).to_dict("records")
+    assert row["error"].startswith(path) and "a dataset of paths alone" in row["error"]
 
 
 def test_paths_alone_are_read_by_msfer_videos_tracked(predictor, inputs):
@@ -109,12 +114,12 @@ def ray_local():
     ray.shutdown()
 
 
-def test_ray_data_maps_the_predictor_over_files_in_local_mode(ray_local, inputs, random_weights, predictor):
+def test_ray_data_maps_the_predictor_over_files_in_local_mode(ray_local, inputs, random_weights, predictor, tmp_path):
     ray = ray_local
     photos = [str(inputs / name) for name in ("a.jpg", "b.png", "blank.png", "broken.jpg")]
     dataset = ray.data.read_binary_files(photos, include_paths=True)
     table = dataset.map_batches(BatchPredictor, fn_constructor_kwargs={"weights": str(random_weights)},
-                                concurrency=1, batch_size=2).to_pandas()
+                                compute=ray.data.ActorPoolStrategy(size=1), batch_size=2).to_pandas()
     assert list(table.columns) == CSV_FIELDS  # the batches joined into one table
     direct = predictor({"bytes": [Path(p).read_bytes() for p in photos], "path": photos})
     ordered = table.sort_values(["source", "face"]).reset_index(drop=True)
@@ -124,9 +129,15 @@ def test_ray_data_maps_the_predictor_over_files_in_local_mode(ray_local, inputs,
     assert np.allclose(ordered[list(EMOTIONS)].to_numpy(np.float64, na_value=np.nan),
                        expected[list(EMOTIONS)].to_numpy(np.float64, na_value=np.nan), atol=1e-6, equal_nan=True)
 
+    # one file per batch, a batch without any face among them: the files read back as one table
+    dataset.map_batches(BatchPredictor, fn_constructor_kwargs={"weights": str(random_weights)},
+                        compute=ray.data.ActorPoolStrategy(size=1), batch_size=1).write_parquet(str(tmp_path / "pq"))
+    stored = pandas.read_parquet(tmp_path / "pq")
+    assert sorted(stored["source"]) == sorted(table["source"]) and list(stored.columns) == CSV_FIELDS
+
     # decoded by Ray's image reader: the same faces
     images = ray.data.read_images(photos[:2], include_paths=True, mode="RGB")
     read = images.map_batches(BatchPredictor, fn_constructor_kwargs={"weights": str(random_weights)},
-                              concurrency=1, batch_size=2).to_pandas()
+                              compute=ray.data.ActorPoolStrategy(size=1), batch_size=2).to_pandas()
     assert list(read.columns) == CSV_FIELDS
     assert sorted(read["label"]) == sorted(expected[expected["source"].isin(photos[:2])]["label"])

@@ -150,6 +150,7 @@ def test_a_classifier_is_bundled_into_another_folder_and_judged_on_the_suite(bun
         assert check["compared"] == pytest.approx(theirs["overall_accuracy"])
         assert check["within"] == (check["difference"] >= -check["standard_error"])
     assert "| tcce_val | bundled |" in printed and f"verdict: {verdict['verdict']}" in printed
+    assert record["replaced"] is None and "held no model: the candidate is written whatever the verdict" in printed
 
     # the written file loads with the API, carries the checkpoint's crop rule and its balanced rule, and is the
     # file the suite measured: its TCCE val figures are the whole pipeline's on that file
@@ -189,12 +190,15 @@ def test_replacing_a_model_the_candidate_does_not_beat_is_refused_unless_forced(
     assert "refused to replace the model in" in captured.err and "--force" in captured.err
 
     assert main(bundle_args(trained, suite_file, folder, "--force", "--decision", "balanced")) == 0
+    assert "although the verdict is not better: --force" in capsys.readouterr().out
     assert sorted(os.listdir(folder)) == ["msfer_fer2013.json", "msfer_fer2013.pt"]
     record = json.loads((folder / "msfer_fer2013.json").read_text())
     # the chosen default decision rule is the record's and the model's own: the API uses it unless told otherwise
     assert record["decision"]["default"] == "balanced"
     assert EmotionRecognizer(folder / "msfer_fer2013.pt").decision == "balanced"
     assert record["verdict"]["sets"][0]["against"] == "replaced"
+    # where the model before it came from
+    assert record["replaced"] == {"source": str(trained / "best.pt"), "forced": True}
     models = {model["name"]: model["decision"] for model in record["suite"]["models"]}
     assert models == {"candidate": "balanced", "replaced": "argmax"}  # each under its own default rule
 

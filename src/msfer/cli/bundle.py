@@ -38,8 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "told otherwise; the verdict judges it under this rule (default argmax)")
     parser.add_argument("--compare", nargs="+", default=None, metavar="[NAME=]PATH",
                         help="models to compare with, each under its own default rule; the first is the one whose "
-                             "suite score the candidate must beat (default: the bundled model); a model DIR holds is "
-                             "always compared first")
+                             "suite score the candidate must beat; a model DIR holds is always compared first "
+                             "(default: that model, else the bundled one)")
     parser.add_argument("--force", action="store_true", help="replace the model in DIR whatever the verdict")
 
 
@@ -62,7 +62,12 @@ def run(args: argparse.Namespace) -> int:
         print(verdict_table(refused.record))
         raise
     print(verdict_table(record))
-    model = args.out / BUNDLED_MODEL.name
+    model, replaced = args.out / BUNDLED_MODEL.name, record["replaced"]
+    if replaced is None:
+        print(f"{printable(args.out)} held no model: the candidate is written whatever the verdict")
+    elif replaced["forced"]:
+        print(f"replaced the model in {printable(args.out)} (trained from {replaced['source'] or 'unknown'}) although "
+              "the verdict is not better: --force")
     print(f"bundled {printable(model)} ({model.stat().st_size / 2**20:.1f} MB, {record['precision']}; calibration "
           f"{record['calibration']['method']} on {record['calibrated_on']}, balanced rule tau "
           f"{record['decision']['tau']}); every figure is in {printable(args.out / BUNDLED_RECORD.name)}")

@@ -6,7 +6,8 @@ With Ray Data (``pip install "msfer[ray]"``), one :class:`BatchPredictor` per wo
     from msfer.inference.batches import BatchPredictor
 
     faces = ray.data.read_binary_files("photos/", include_paths=True).map_batches(
-        BatchPredictor, fn_constructor_kwargs={"weights": None}, concurrency=4, batch_size=32)
+        BatchPredictor, fn_constructor_kwargs={"weights": None}, compute=ray.data.ActorPoolStrategy(size=4),
+        batch_size=32)
     faces.write_csv("results/")
 
 A batch is a mapping of equally long columns (numpy arrays or lists) holding the inputs in one of:
@@ -21,8 +22,9 @@ A batch is a mapping of equally long columns (numpy arrays or lists) holding the
 
 ``path`` names each row's source (without it, the row's index in the batch). The result is a
 ``pandas.DataFrame`` with one row per face in the columns of ``msfer predict``'s CSV
-(:data:`msfer.inference.results.CSV_FIELDS`): numeric columns are float64 (NaN where empty) and the
-others strings (empty where empty), so batches join into one table. An image without a face, or
+(:data:`msfer.inference.results.CSV_FIELDS`), in Arrow types: numeric columns float64 (null where
+empty), the others strings (empty where empty), so every batch has one schema and the batches'
+files (``write_parquet``) read back as one table. An image without a face, or
 one that failed, is one row with empty face columns, and ``error`` set for a failure.
 """
 from __future__ import annotations
@@ -62,6 +64,7 @@ class BatchPredictor:
         or with columns of different lengths; an input that cannot be read is a row with ``error``, never an
         exception."""
         import pandas
+        import pyarrow
 
         columns = {name: list(values) for name, values in batch.items()}
         lengths = {len(values) for values in columns.values()}
@@ -80,13 +83,18 @@ class BatchPredictor:
             records = self._inputs(columns, kind, sources, named)
         rows = [row for record in records for row in csv_rows(record)]
         table = pandas.DataFrame(rows, columns=CSV_FIELDS)
-        for name in CSV_FIELDS:  # one type per column, whatever this batch held
-            table[name] = (table[name].map(_text_or_empty).astype(str) if name in TEXT_FIELDS
-                           else pandas.to_numeric(table[name], errors="coerce").astype("float64"))
+        # One Arrow type per column, whatever this batch held: a column left empty in one batch must not become
+        # Arrow's null type there, or the batches' files (write_parquet) no longer read back as one table.
+        for name in CSV_FIELDS:
+            table[name] = (table[name].map(_text_or_empty).astype(pandas.ArrowDtype(pyarrow.string()))
+                           if name in TEXT_FIELDS else
+                           pandas.to_numeric(table[name], errors="coerce").astype(pandas.ArrowDtype(pyarrow.float64())))
         return table
 
     def _inputs(self, columns: dict[str, list], kind: str, sources: list, named: bool) -> list[dict]:
         """The records of the images or frames in column ``kind``."""
+        from .video import is_video
+
         images = [bytes(value) if kind == "bytes" else np.asarray(value) for value in columns[kind]]
         outcomes = self.recognizer.predict_batch(images, errors="return")
         records = []
@@ -98,6 +106,9 @@ class BatchPredictor:
                 record["time"] = float(np.ravel(columns["frame_timestamp"][index])[0])  # decord gives [start, end]
             if isinstance(outcome, MsferError):
                 record["error"] = f"{source}: {outcome}" if named else str(outcome)
+                if kind == "bytes" and named and is_video(Path(source)):
+                    record["error"] += ("; a video is read whole from its path: a dataset of paths alone "
+                                        "(ray.data.from_items([{'path': ...}]))")
             else:
                 record["faces"] = outcome
             records.append(record)

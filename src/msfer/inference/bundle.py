@@ -20,8 +20,10 @@ class-prior adjustment an earlier msfer folded into its bias has it taken out fi
    any compared model by more than one standard error of their paired difference.
 
 The record ``msfer_fer2013.json`` holds every figure: calibration, decision rule, the calibration
-set's figures per precision, the fixed sample of FER2013 public_test the tests re-check (when that
-is the calibration set), the suite's rows and scores, the verdict and the training config.
+set's figures per precision, ``fixed_sample`` (500 images of FER2013 public_test, drawn with a fixed
+seed, whose accuracy the tests re-check on the shipped file; when that is the calibration set), the
+suite's rows and scores, the verdict, ``replaced`` (None where ``out`` held no model; else the
+replaced model's ``source`` and whether the replacement was ``forced``) and the training config.
 
 Everything is written and measured in a temporary folder inside ``out`` and moved into place at the
 end; where ``out`` already holds a model, it is replaced only when the verdict is ``better`` (or with
@@ -319,6 +321,9 @@ def bundle(run: str | os.PathLike, suite: Suite, out: str | os.PathLike = BUNDLE
             record["suite"] = _suite_record(result)
             record["verdict"] = suite_verdict(result, CANDIDATE, [model.name for model in inputs.compared])
             record["config"] = inputs.checkpoint["config"]
+            # what this bundle writes over, so the record says where the model before it came from
+            record["replaced"] = ({"source": _previous_source(record_path),
+                                   "forced": record["verdict"]["verdict"] != "better"} if replacing else None)
             if replacing and record["verdict"]["verdict"] != "better" and not force:
                 raise BundleRefused(
                     f"refused to replace the model in {printable(out)}: the verdict is "
@@ -331,6 +336,14 @@ def bundle(run: str | os.PathLike, suite: Suite, out: str | os.PathLike = BUNDLE
         _remove_empty(made)  # folders this bundle made stay only with a model in them
         raise
     return record
+
+
+def _previous_source(record_path: Path) -> str | None:
+    """The ``source`` of the record at ``record_path`` (None: none, or unreadable)."""
+    try:
+        return json.loads(record_path.read_text(encoding="utf-8")).get("source")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _replace_both(moves: list[tuple[Path, Path]], work: Path) -> None:
