@@ -160,3 +160,23 @@ def test_classifier_trains_and_exports_to_onnx(size):
     assert [tuple(g.shape) for g in got] == [(3, 7), (3, 0, 4), (3, 0), (3,)]
     for key, value in zip(names, got):
         torch.testing.assert_close(torch.from_numpy(value), expected[key], atol=1e-3, rtol=1e-3)
+
+
+def test_the_mobilefacenet_classifier_normalises_its_pooled_features_so_a_fresh_head_starts_near_uniform():
+    """Pretrained MobileFaceNet's pooled C5 is ~300x MobileNetV2's in scale; without feature_norm a fresh linear head
+    starts with logits of std ~10 (a loss near 18), with it near uniform probabilities."""
+    torch.manual_seed(0)
+    images = torch.randn(8, 3, 112, 112)
+    spread = {}
+    for norm in (True, False):
+        model = build_model({"name": "classifier_mobilefacenet", "pretrained": False, "feature_norm": norm})
+        last = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)][-1]
+        with torch.no_grad():
+            last.weight.mul_(300.0)  # the scale of the pretrained network's last features
+            model.train()
+            spread[norm] = model(images)["logits"].std().item()
+    assert isinstance(build_model({"name": "classifier_mobilefacenet", "pretrained": False}).feature_norm,
+                      torch.nn.BatchNorm1d)
+    assert isinstance(build_model({"name": "classifier_mobilenetv2", "pretrained": False}).feature_norm,
+                      torch.nn.Identity)
+    assert spread[True] < 2.0 < 10 * spread[True] < spread[False]

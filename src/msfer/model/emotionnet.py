@@ -80,20 +80,27 @@ class EmotionModel(nn.Module):
 
 
 class EmotionClassifier(EmotionModel):
-    """Baseline: backbone, global average pooling of C5, dropout, linear. No regions (R = 0)."""
+    """Baseline: backbone, global average pooling of C5, dropout, linear. No regions (R = 0).
+
+    ``feature_norm``: a BatchNorm1d on the pooled C5 before the classifier. A backbone whose C5 is
+    unbounded in scale (MobileFaceNet's pooled ``Conv2d_7``: norm ~485 on a normalised face, ImageNet
+    MobileNetV2's ~1.5) would otherwise start a fresh linear head with logits of standard deviation ~10,
+    and spend its first epoch undoing that rather than learning.
+    """
 
     region_names: tuple[str, ...] = ()
 
-    def __init__(self, *, backbone: str, pretrained: bool, **common) -> None:
+    def __init__(self, *, backbone: str, pretrained: bool, feature_norm: bool = False, **common) -> None:
         body = build_backbone(backbone, pretrained)
         super().__init__(feature_dim=body.out_channels[-1], **common)
         self.backbone = body
+        self.feature_norm = nn.BatchNorm1d(body.out_channels[-1]) if feature_norm else nn.Identity()
 
     def forward(self, images: Tensor, targets: dict[str, Tensor] | None = None,
                 boxes: Tensor | None = None, box_valid: Tensor | None = None) -> dict[str, Tensor]:
         if boxes is not None:
             raise MsferError("this classifier uses no regions: do not pass boxes")
-        logits = self.calibrated(self.backbone(images)["c5"].mean(dim=(2, 3)))
+        logits = self.calibrated(self.feature_norm(self.backbone(images)["c5"].mean(dim=(2, 3))))
         batch = images.shape[0]
         out = {"logits": logits, "boxes": images.new_zeros((batch, 0, 4)), "box_scores": images.new_zeros((batch, 0)),
                "fallback": torch.zeros(batch, dtype=torch.bool, device=images.device)}
