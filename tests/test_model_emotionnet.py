@@ -19,6 +19,12 @@ def tiny(name: str, **overrides) -> torch.nn.Module:
     return build_model(cfg)
 
 
+def side(name: str) -> int:
+    """SIZE, or the registered input size of a model that pools a fixed map (MobileFaceNet's GDConv: 7 x 7)."""
+    config = model_config(name)
+    return config["input_size"] if config["backbone"] == "mobilefacenet" and config["type"] == "classifier" else SIZE
+
+
 def face_boxes(batch: int, size: int = SIZE) -> torch.Tensor:
     """Pseudo-label regions of a centred face: face, left eye, right eye, nose, mouth (input pixels)."""
     rel = torch.tensor([[0.05, 0.05, 0.95, 0.95], [0.22, 0.35, 0.45, 0.52], [0.55, 0.35, 0.78, 0.52],
@@ -63,8 +69,8 @@ def test_model_attributes():
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_parameter_gets_a_gradient(name):
     torch.manual_seed(0)
-    model = tiny(name).train()
-    out = model(torch.randn(4, 3, SIZE, SIZE), targets_for(model, 4))
+    model = tiny(name, input_size=side(name)).train()
+    out = model(torch.randn(4, 3, side(name), side(name)), targets_for(model, 4))
     regions = len(model.region_names)
     assert out["logits"].shape == (4, 7)
     assert out["boxes"].shape == (4, regions, 4) and out["box_scores"].shape == (4, regions)

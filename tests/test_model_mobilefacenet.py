@@ -36,19 +36,24 @@ def test_backbone_taps_and_strides(side, sides):
 
 
 def test_backbone_taps_are_the_networks():
-    """The backbone's stem and stages are slices of MobileFaceNet.features: same module names, same taps."""
+    """The backbone's stem and stages are slices of MobileFaceNet.features and its pool the head's GDConv: same
+    module names, same taps, the same pooled C5."""
     torch.manual_seed(0)
     backbone = build_backbone("mobilefacenet", pretrained=False).eval()
-    state = {re.sub(r"^(stem|stages\.\d)\.", "features.", key): value for key, value in backbone.state_dict().items()}
+    state = {re.sub(r"^(stem|stages\.\d)\.", "features.", re.sub(r"^pool\.", "head.gdconv.", key)): value
+             for key, value in backbone.state_dict().items()}
     net = MobileFaceNet().eval()
     missing, unexpected = net.load_state_dict(state, strict=False)
-    assert not unexpected and all(key.startswith("head.") for key in missing)
+    assert not unexpected and missing and all(key.startswith(("head.conv.", "head.linear.")) for key in missing)
     x = torch.randn(2, 3, 112, 112)
     with torch.no_grad():
         expected, got = net.taps(x), backbone(x)
+        pooled = backbone.pool(got["c5"])
     assert list(got) == list(expected) == ["c3", "c4", "c5"]
     for key in expected:
         torch.testing.assert_close(got[key], expected[key])
+    torch.testing.assert_close(pooled, net.head.gdconv(expected["c5"]))
+    assert pooled.shape == (2, 512, 1, 1) and build_backbone("mobilenet_v2", pretrained=False).pool is None
 
 
 def test_embedding_is_unit_length_and_needs_a_seven_by_seven_map():
@@ -81,7 +86,17 @@ def test_pretrained_mobilefacenet_needs_its_input_scale():
         build_model({"name": "classifier_faceres", "mean": MOBILEFACENET_MEAN, "std": MOBILEFACENET_STD})
     # without pretrained weights any scale is the user's choice
     build_model({"name": "classifier_mobilefacenet", "pretrained": False, "mean": IMAGENET_MEAN,
-                 "std": IMAGENET_STD, "input_size": 64})
+                 "std": IMAGENET_STD, "input_size": 100})
+
+
+def test_the_mobilefacenet_classifier_pools_with_its_gdconv_so_needs_a_seven_by_seven_map():
+    with pytest.raises(MsferError, match=r"model.input_size must be 97 to 112, got 64"):
+        build_model({"name": "classifier_mobilefacenet", "pretrained": False, "input_size": 64})
+    model = build_model({"name": "classifier_mobilefacenet", "pretrained": False}).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 112, 112))["logits"].shape == (2, 7)
+        with pytest.raises(MsferError, match="7 x 7 C5.*got 8 x 8"):
+            model(torch.randn(1, 3, 128, 128))
 
 
 def test_the_learned_region_detector_refuses_a_stride_16_c5():
@@ -163,16 +178,18 @@ def test_classifier_trains_and_exports_to_onnx(size):
 
 
 def test_the_mobilefacenet_classifier_normalises_its_pooled_features_so_a_fresh_head_starts_near_uniform():
-    """Pretrained MobileFaceNet's pooled C5 is ~300x MobileNetV2's in scale; without feature_norm a fresh linear head
-    starts with logits of std ~10 (a loss near 18), with it near uniform probabilities."""
+    """Pretrained MobileFaceNet's pooled C5 (its GDConv output) is ~600x MobileNetV2's in scale; without feature_norm
+    a fresh linear head starts with logits of std ~10 or more, with it near uniform probabilities."""
     torch.manual_seed(0)
     images = torch.randn(8, 3, 112, 112)
     spread = {}
     for norm in (True, False):
-        model = build_model({"name": "classifier_mobilefacenet", "pretrained": False, "feature_norm": norm})
+        # batch statistics in the backbone (not frozen), so that random weights give features of unit scale
+        model = build_model({"name": "classifier_mobilefacenet", "pretrained": False, "feature_norm": norm,
+                             "frozen_bn": False})
         last = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)][-1]
         with torch.no_grad():
-            last.weight.mul_(300.0)  # the scale of the pretrained network's last features
+            last.weight.mul_(600.0)  # the scale of the pretrained network's pooled features
             model.train()
             spread[norm] = model(images)["logits"].std().item()
     assert isinstance(build_model({"name": "classifier_mobilefacenet", "pretrained": False}).feature_norm,
@@ -180,3 +197,29 @@ def test_the_mobilefacenet_classifier_normalises_its_pooled_features_so_a_fresh_
     assert isinstance(build_model({"name": "classifier_mobilenetv2", "pretrained": False}).feature_norm,
                       torch.nn.Identity)
     assert spread[True] < 2.0 < 10 * spread[True] < spread[False]
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_frozen_bn_keeps_the_backbones_statistics_through_training_steps(frozen):
+    """MobileFaceNet's batch-norm statistics are recovered from its folded graph; frozen (its registry default) they
+    stay as converted while the head's own BatchNorm1d and every weight still learn."""
+    torch.manual_seed(0)
+    model = build_model({"name": "classifier_mobilefacenet", "pretrained": False, "frozen_bn": frozen})
+    assert build_model({"name": "classifier_mobilefacenet", "pretrained": False}).frozen_bn
+    assert not build_model({"name": "classifier_mobilenetv2", "pretrained": False}).frozen_bn
+    norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [m.running_mean.clone() for m in norms]
+    head_before = model.feature_norm.running_mean.clone()
+    weight_before = norms[0].weight.detach().clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.train()
+    for _ in range(2):
+        loss = model(torch.randn(4, 3, 112, 112), {"labels": torch.tensor([0, 1, 2, 3])})["losses"]["emotion"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    unchanged = [torch.equal(m.running_mean, b) for m, b in zip(norms, before)]
+    assert all(unchanged) if frozen else not any(unchanged)
+    assert all(not m.training for m in norms) == frozen and model.training and model.feature_norm.training
+    assert not torch.equal(model.feature_norm.running_mean, head_before)
+    assert not torch.equal(norms[0].weight, weight_before)  # the scale and shift still learn

@@ -274,6 +274,7 @@ def row_metrics(labels: np.ndarray, probs: np.ndarray, predicted: np.ndarray, in
         "mean_class_accuracy_ci": interval(mean_class),
         "missed": int((~found).sum()),
         "ece": calibration.get("ece"),
+        "ece_floor": calibration.get("ece_floor"),
         "nll": calibration.get("nll"),
         "recall": {name: scores["per_class"][name]["recall"] if scores["per_class"][name]["support"] else None
                    for name in EMOTIONS},  # None: no image of that class in the set
@@ -424,10 +425,10 @@ def format_markdown(result: dict) -> str:
     if left_out:
         lines += ["Left out as unreadable (named in the JSON): " + ", ".join(f"{n} in {name}" for name, n in left_out)
                   + ".", ""]
-    lines += ["| set | domain | model | n | overall % [95% CI] | mean class % [95% CI] | missed | ECE | NLL |",
+    lines += ["| set | domain | model | n | overall % [95% CI] | mean class % [95% CI] | missed | ECE (floor) | NLL |",
               "|---|---|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
-        ece = "-" if row["ece"] is None else f"{row['ece']:.3f}"
+        ece = "-" if row["ece"] is None else f"{row['ece']:.3f} ({row['ece_floor']:.3f})"
         nll = "-" if row["nll"] is None else f"{row['nll']:.3f}"
         lines.append(f"| {row['set']} | {row['domain'] or '(outside the score)'} | {row['model']} | {row['n']} | "
                      f"{_percent(row['overall_accuracy'], row['overall_accuracy_ci'])} | "

@@ -39,11 +39,22 @@ _TEMPLATE = {
 
 
 class EmotionModel(nn.Module):
-    """What every msfer model shares: preprocessing metadata, the classifier and the emotion loss."""
+    """What every msfer model shares: preprocessing metadata, the classifier and the emotion loss.
+
+    ``frozen_bn``: the backbone's batch norms keep their running statistics in training too (detectron2's
+    ``FrozenBN``; their scale and shift still learn). For a backbone converted from a graph with its batch
+    norms folded (``faceres``, ``mobilefacenet``), whose statistics were recovered from calibration faces:
+    MobileFaceNet's pooled C5 has a large common part (~21 per channel) and a small varying one (std ~0.55),
+    so statistics that drift from the batches' in training moved every eval-mode feature by ~5 standard
+    deviations of ``feature_norm`` and one class took every face (FER2013 public_test 24.9% after one epoch,
+    with batch statistics 35%). Frozen, training and evaluation run the same network.
+    """
 
     def __init__(self, *, feature_dim: int, input_size: int, mean: list[float], std: list[float], dropout: float,
-                 emotion_gamma: float, label_smoothing: float, class_weights: list[float] | None) -> None:
+                 emotion_gamma: float, label_smoothing: float, class_weights: list[float] | None,
+                 frozen_bn: bool = False) -> None:
         super().__init__()
+        self.frozen_bn = frozen_bn
         self.num_classes = NUM_EMOTIONS
         self.input_size = input_size
         self.mean = tuple(mean)
@@ -70,6 +81,14 @@ class EmotionModel(nn.Module):
         """
         return self.classifier(self.dropout(features)) * self.logit_scale + self.logit_bias
 
+    def train(self, mode: bool = True) -> EmotionModel:
+        super().train(mode)
+        if self.frozen_bn:
+            for module in self.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name in CALIBRATION_BUFFERS:  # files written before calibration existed: identity
             state_dict.setdefault(prefix + name, getattr(self, name).clone())
@@ -80,12 +99,12 @@ class EmotionModel(nn.Module):
 
 
 class EmotionClassifier(EmotionModel):
-    """Baseline: backbone, global average pooling of C5, dropout, linear. No regions (R = 0).
+    """Baseline: backbone, C5 pooled to one vector (:meth:`pooled`), dropout, linear. No regions (R = 0).
 
-    ``feature_norm``: a BatchNorm1d on the pooled C5 before the classifier. A backbone whose C5 is
-    unbounded in scale (MobileFaceNet's pooled ``Conv2d_7``: norm ~485 on a normalised face, ImageNet
-    MobileNetV2's ~1.5) would otherwise start a fresh linear head with logits of standard deviation ~10,
-    and spend its first epoch undoing that rather than learning.
+    ``feature_norm``: a BatchNorm1d on the pooled C5 before the classifier. A backbone whose pooled C5 is
+    unbounded in scale (MobileFaceNet's GDConv output: norm ~1,000 on a face, ImageNet MobileNetV2's
+    averaged C5 ~1.5) would otherwise start a fresh linear head with logits of standard deviation ~10 or
+    more, and spend its first epoch undoing that rather than learning.
     """
 
     region_names: tuple[str, ...] = ()
@@ -94,19 +113,33 @@ class EmotionClassifier(EmotionModel):
         body = build_backbone(backbone, pretrained)
         super().__init__(feature_dim=body.out_channels[-1], **common)
         self.backbone = body
+        if body.pool is not None and not 97 <= common["input_size"] <= 112:
+            raise MsferError(f"the {backbone} backbone pools a 7 x 7 C5 with its GDConv: model.input_size must be "
+                             f"97 to 112, got {common['input_size']}")
         self.feature_norm = nn.BatchNorm1d(body.out_channels[-1]) if feature_norm else nn.Identity()
 
     def forward(self, images: Tensor, targets: dict[str, Tensor] | None = None,
                 boxes: Tensor | None = None, box_valid: Tensor | None = None) -> dict[str, Tensor]:
         if boxes is not None:
             raise MsferError("this classifier uses no regions: do not pass boxes")
-        logits = self.calibrated(self.feature_norm(self.backbone(images)["c5"].mean(dim=(2, 3))))
+        logits = self.calibrated(self.feature_norm(self.pooled(self.backbone(images)["c5"])))
         batch = images.shape[0]
         out = {"logits": logits, "boxes": images.new_zeros((batch, 0, 4)), "box_scores": images.new_zeros((batch, 0)),
                "fallback": torch.zeros(batch, dtype=torch.bool, device=images.device)}
         if targets is not None:
             out["losses"] = {"emotion": self.emotion_loss(logits, targets["labels"])}
         return out
+
+    def pooled(self, c5: Tensor) -> Tensor:
+        """``B x C`` from C5 ``B x C x H x W``: the backbone's own pooling (:class:`~msfer.model.backbones.Backbone`'s
+        ``pool``; MobileFaceNet's GDConv needs a 7 x 7 C5, i.e. a 97 to 112 px input) or the average."""
+        if self.backbone.pool is None:
+            return c5.mean(dim=(2, 3))
+        pooled = self.backbone.pool(c5)
+        if pooled.shape[-2:] != (1, 1):
+            raise MsferError(f"this backbone pools a 7 x 7 C5 (input side 97 to 112 px), got "
+                             f"{c5.shape[-2]} x {c5.shape[-1]}")
+        return pooled.flatten(1)
 
 
 class EmotionNet(EmotionModel):

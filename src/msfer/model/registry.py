@@ -16,8 +16,9 @@ any other key overrides that entry's value. Unknown keys are an error, never ign
   (see docs/training.md, Backbones).
 * ``classifier_resnet18``, ``classifier_mobilenetv2``, ``classifier_faceres``: the plain-classifier baseline.
 * ``classifier_mobilefacenet``: the plain classifier on the face-identity MobileFaceNet (converted by
-  ``scripts/convert_face_backbone.py --model mobilefacenet``), 112 px, its own input scale
-  (``(pixel - 127.5) / 128``). No ``msfer_mobilefacenet``: that network has no stride-32 layer, which the
+  ``scripts/convert_face_backbone.py --model mobilefacenet``), 112 px (97 to 112: C5 is pooled by the
+  network's own 7x7 GDConv), its own input scale (``(pixel - 127.5) / 128``), its batch-norm statistics
+  frozen (``frozen_bn``) and its pooled features normalised (``feature_norm``). No ``msfer_mobilefacenet``: that network has no stride-32 layer, which the
   region network's learned detector needs (see :mod:`msfer.model.mobilefacenet`).
 
 A pretrained backbone only works with the input normalisation it was trained with: ``build_model``
@@ -48,6 +49,7 @@ _COMMON = {
     "emotion_gamma": 2.0,
     "label_smoothing": 0.0,
     "class_weights": None,
+    "frozen_bn": False,  # backbone batch norms keep their statistics in training (EmotionModel's docstring)
 }
 
 _EMOTIONNET = {
@@ -92,9 +94,11 @@ MODELS: dict[str, dict[str, Any]] = {
     "msfer_faceres": {**_EMOTIONNET, "backbone": "faceres", "mean": FACERES_MEAN, "std": FACERES_STD},
     "classifier_faceres": {**_CLASSIFIER, "backbone": "faceres", "pretrained": True, "mean": FACERES_MEAN,
                            "std": FACERES_STD},
-    # feature_norm: its pooled C5 is ~300x MobileNetV2's in scale (EmotionClassifier's docstring)
+    # feature_norm: its pooled C5 is ~300x MobileNetV2's in scale (EmotionClassifier's docstring);
+    # frozen_bn: its batch-norm statistics are recovered, and drift apart in training (EmotionModel's)
     "classifier_mobilefacenet": {**_CLASSIFIER, "backbone": "mobilefacenet", "pretrained": True,
-                                 "mean": MOBILEFACENET_MEAN, "std": MOBILEFACENET_STD, "feature_norm": True},
+                                 "mean": MOBILEFACENET_MEAN, "std": MOBILEFACENET_STD, "feature_norm": True,
+                                 "frozen_bn": True},
 }
 # The normalisation (mean, std) each face-pretrained backbone was trained with; the others: ImageNet's.
 _BACKBONE_SCALE = {"faceres": (FACERES_MEAN, FACERES_STD), "mobilefacenet": (MOBILEFACENET_MEAN, MOBILEFACENET_STD)}
