@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"model": args.model, "fit_sets": fit_sets, "per_set_fit_size": int(size), "sets": {}}
     lines = [f"Calibration of {args.model}, fitted on {size} faces of each of {', '.join(fit_sets)}; "
              "scored on the other halves (ECE / NLL):", "",
-             "| set | n | ECE floor | as shipped | temperature | vector |", "|---|---|---|---|---|---|"]
+             "| set | n | ECE floor (as shipped) | as shipped | temperature | vector |", "|---|---|---|---|---|---|"]
     for name, (set_logits, set_labels) in sets.items():
         held_out = halves[name][1]
         z, y = set_logits[held_out], set_labels[held_out]

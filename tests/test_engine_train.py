@@ -131,6 +131,10 @@ def test_test_only_and_clear_errors(tiny_data, tmp_path, capsys):
     assert train("--config", os.devnull, "--output-dir", str(tmp_path / "r3"), *TINY, f"data.root={tiny_data}",
                  "model.name=msfer_mobilenetv2") == 2
     assert "data.annotations is not set" in capsys.readouterr().err
+    assert train("--config", os.devnull, "--output-dir", str(tmp_path / "r4"), *TINY, f"data.root={tiny_data}",
+                 "model.frozen_bn=true") == 2
+    assert "model.frozen_bn keeps the backbone's batch-norm statistics" in capsys.readouterr().err
+    assert not (tmp_path / "r4" / "last.pt").exists()
 
 
 def test_holdout_validates_on_the_stratified_part_of_the_training_split(tiny_data, tmp_path):

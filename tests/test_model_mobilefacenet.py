@@ -13,6 +13,7 @@ import torch
 from msfer.data.images import load_rgb_array
 from msfer.data.transforms import model_input
 from msfer.errors import MsferError
+from msfer.labels import EMOTIONS
 from msfer.faces.crop import CropRule, crop_face
 from msfer.model import build_model
 from msfer.model.backbones import build_backbone
@@ -39,7 +40,8 @@ def test_backbone_taps_are_the_networks():
     """The backbone's stem and stages are slices of MobileFaceNet.features and its pool the head's GDConv: same
     module names, same taps, the same pooled C5."""
     torch.manual_seed(0)
-    backbone = build_backbone("mobilefacenet", pretrained=False).eval()
+    assert build_backbone("mobilefacenet", pretrained=False).pool is None  # kept only when asked for
+    backbone = build_backbone("mobilefacenet", pretrained=False, own_pool=True).eval()
     state = {re.sub(r"^(stem|stages\.\d)\.", "features.", re.sub(r"^pool\.", "head.gdconv.", key)): value
              for key, value in backbone.state_dict().items()}
     net = MobileFaceNet().eval()
@@ -223,3 +225,37 @@ def test_frozen_bn_keeps_the_backbones_statistics_through_training_steps(frozen)
     assert all(not m.training for m in norms) == frozen and model.training and model.feature_norm.training
     assert not torch.equal(model.feature_norm.running_mean, head_before)
     assert not torch.equal(norms[0].weight, weight_before)  # the scale and shift still learn
+
+
+def test_c5_pool_is_a_model_key_and_only_mobilefacenet_has_a_pool_of_its_own():
+    assert isinstance(build_model({"name": "classifier_mobilefacenet", "pretrained": False}).backbone.pool, torch.nn.Module)
+    averaged = build_model({"name": "classifier_mobilefacenet", "pretrained": False, "c5_pool": "average",
+                            "input_size": 64})
+    assert averaged.backbone.pool is None and not any(k.startswith("backbone.pool.") for k in averaged.state_dict())
+    with pytest.raises(MsferError, match="c5_pool='max': expected one of average, gdconv"):
+        build_model({"name": "classifier_mobilefacenet", "pretrained": False, "c5_pool": "max"})
+    with pytest.raises(MsferError, match="mobilenet_v2 backbone has no pooling of its own"):
+        build_model({"name": "classifier_mobilenetv2", "pretrained": False, "c5_pool": "gdconv"})
+    # the region network never pools C5 with it: no weight without a gradient
+    region = build_model({"name": "msfer_mobilenetv2", "backbone": "mobilefacenet", "pretrained": False,
+                          "region_source": "none", "input_size": 64})
+    assert region.backbone.pool is None
+
+
+def test_a_checkpoint_saved_before_a_model_key_existed_rebuilds_its_own_network(tmp_path):
+    """A saved config spells out every key of its time: one written before c5_pool, frozen_bn and feature_norm
+    rebuilds the averaged, unfrozen, unnormalised classifier it was trained as, not today's registry entry."""
+    from msfer.model.checkpoint import load_model, save_checkpoint
+    from msfer.model.registry import model_config, saved_config
+
+    old = {key: value for key, value in model_config("classifier_mobilefacenet").items()
+           if key not in ("c5_pool", "frozen_bn", "feature_norm")}
+    trained = build_model({**old, "pretrained": False, "c5_pool": "average", "frozen_bn": False,
+                           "feature_norm": False})
+    assert saved_config(old) == {**old, "c5_pool": "average", "frozen_bn": False, "feature_norm": False}
+    path = tmp_path / "old.pt"
+    save_checkpoint({"model": trained.state_dict(), "config": {"model": old}, "classes": list(EMOTIONS)}, path)
+    model, _ = load_model(path)
+    assert model.backbone.pool is None and not model.frozen_bn and isinstance(model.feature_norm, torch.nn.Identity)
+    region = {key: value for key, value in model_config("msfer_mobilenetv2").items() if key != "frozen_bn"}
+    assert saved_config(region) == {**region, "frozen_bn": False}  # a region network has no c5_pool

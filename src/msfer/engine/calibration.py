@@ -72,11 +72,12 @@ def ece_floor(probs: np.ndarray, bins: int = ECE_BINS, draws: int = 200, seed: i
     """
     confidence = np.asarray(probs, dtype=np.float64).max(axis=1)
     which = np.minimum((confidence * bins).astype(int), bins - 1)
-    correct = np.random.default_rng(seed).random((draws, len(confidence))) < confidence
+    rng = np.random.default_rng(seed)
     error = np.zeros(draws)
-    for b in np.unique(which):
-        members = which == b
-        error += members.mean() * np.abs(correct[:, members].mean(axis=1) - confidence[members].mean())
+    for b in np.unique(which):  # one bin at a time: memory of draws x (faces in the bin)
+        members = confidence[which == b]
+        hits = (rng.random((draws, len(members))) < members).mean(axis=1)
+        error += len(members) / len(confidence) * np.abs(hits - members.mean())
     return float(error.mean())
 
 

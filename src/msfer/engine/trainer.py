@@ -166,6 +166,10 @@ class Trainer:
             # Spell out every key of the named entry: checkpoints must rebuild the same network even
             # after the registry's defaults change.
             config["model"] = {**model_config(config["model"]["name"]), **config["model"]}
+        if config["model"].get("frozen_bn") and not config["model"].get("pretrained"):
+            raise MsferError("model.frozen_bn keeps the backbone's batch-norm statistics as they start, which "
+                             "without pretrained weights are mean 0 and variance 1: set model.frozen_bn=false, or "
+                             "model.pretrained=true")
         seed_everything(train["seed"])
         torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed input sizes: let cuDNN pick its fastest kernels
         if train["batch_size"] % info.world_size:

@@ -20,7 +20,8 @@ under each decision rule asked for. Per row (set, model, rule): ``n``, overall a
 accuracy with 95% percentile bootstrap intervals (:data:`BOOTSTRAP` resamples of the set's
 images, the same resamples for every model, so differences are paired), the photos whose face
 was not found (``missed``, counted as wrong, as ``msfer evaluate --detect-faces`` counts them),
-and the expected calibration error and negative log-likelihood of the faces found
+and the expected calibration error (with ``ece_floor``, what a perfectly calibrated model would
+show on that many faces) and negative log-likelihood of the faces found
 (:func:`msfer.engine.calibration.calibration_metrics`).
 
 The suite's **score** is the mean over its domains of each domain's mean overall accuracy, so

@@ -45,11 +45,11 @@ class Backbone(nn.Module):
     """``stages`` run in sequence; each returns one of C3, C4, C5 (``out_channels``), at ``strides``
     (8, 16, 32 but for ``mobilefacenet``'s 8, 16, 16).
 
-    ``pool``: the network's own global pooling of C5 where it has one (``mobilefacenet``: its pretrained 7x7
-    GDConv, which weights each position of the 7 x 7 map, ``B x 512 x 7 x 7 -> B x 512 x 1 x 1``); None
-    where the network averages C5 (the others). A face network's positions are not alike (Chen et al. 2018,
-    MobileFaceNets, sec. 3.1): on FER2013 crops a linear probe reads its GDConv output at 40.0% and its
-    averaged C5 at 35.5% (4,000 training crops, 1,000 public_test).
+    ``pool``: the network's own global pooling of C5, kept when asked for (``build_backbone(..., own_pool=True)``;
+    ``mobilefacenet``: its pretrained 7x7 GDConv, which weights each position of the 7 x 7 map,
+    ``B x 512 x 7 x 7 -> B x 512 x 1 x 1``); None otherwise. A face network's positions are not alike (Chen et
+    al. 2018, MobileFaceNets, sec. 3.1): on FER2013 crops a linear probe reads its GDConv output at 40.0% and
+    its averaged C5 at 35.5% (4,000 training crops, 1,000 public_test).
     """
 
     def __init__(self, stem: nn.Module, stages: list[nn.Module], out_channels: list[int],
@@ -92,27 +92,31 @@ def _faceres(pretrained: bool) -> Backbone:
     return Backbone(features[:4], [features[4:6], features[6:12], features[12:14]], [256, 512, 1024])
 
 
-def _mobilefacenet(pretrained: bool) -> Backbone:
+def _mobilefacenet(pretrained: bool, own_pool: bool) -> Backbone:
     net = MobileFaceNet()
     if pretrained:
         _load_face_weights(net, "mobilefacenet")
     features = net.features  # conv0, dw, pw, stage2 (stride 4) | stage3, stage4 (8) | stage5, stage6 (16) | conv7
-    # of the identity head (Logits) only its GDConv is kept, as the pooling
+    # of the identity head (Logits) at most its GDConv is kept, as the pooling
     return Backbone(features[:4], [features[4:6], features[6:8], features[8:9]],
                     [channels for _, _, channels, _ in MOBILEFACENET_TAPS],
-                    tuple(stride for *_, stride in MOBILEFACENET_TAPS), pool=net.head.gdconv)
+                    tuple(stride for *_, stride in MOBILEFACENET_TAPS), pool=net.head.gdconv if own_pool else None)
 
 
-def build_backbone(name: str, pretrained: bool) -> Backbone:
+def build_backbone(name: str, pretrained: bool, own_pool: bool = False) -> Backbone:
     """The named backbone, with its pretrained weights when ``pretrained`` (ImageNet, or faces for
     ``faceres`` and ``mobilefacenet``; from local files only: a missing file is an :class:`MsferError` saying
-    how to get it)."""
+    how to get it), and with its own pooling of C5 as ``pool`` when ``own_pool`` (only ``mobilefacenet``
+    has one)."""
     if name not in BACKBONES:
         raise MsferError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONES)}")
+    if own_pool and name != "mobilefacenet":
+        raise MsferError(f"the {name} backbone has no pooling of its own (only mobilefacenet's GDConv): "
+                         "use model.c5_pool=average")
     if name == "faceres":
         return _faceres(pretrained)
     if name == "mobilefacenet":
-        return _mobilefacenet(pretrained)
+        return _mobilefacenet(pretrained, own_pool)
     net = getattr(models, name)(weights=None)
     if pretrained:
         _load_imagenet(net, name)

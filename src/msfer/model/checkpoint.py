@@ -125,7 +125,8 @@ def load_checkpoint(path: str | Path, prefer: str = "last.pt") -> dict[str, Any]
     Only tensors and plain data are read (``torch.load(weights_only=True)``). Raises
     :class:`MsferError` naming the file when it is missing, damaged, not an msfer
     checkpoint, or carries other pickled objects ("not a safe msfer checkpoint"): their
-    code is never run.
+    code is never run. Model config keys younger than the file get the values that rebuild the network it
+    was saved with (:func:`msfer.model.registry.saved_config`).
     """
     path = resolve_checkpoint(path, prefer)
     try:
@@ -144,6 +145,10 @@ def load_checkpoint(path: str | Path, prefer: str = "last.pt") -> dict[str, Any]
                          f"({type(error).__name__}: {str(error)[:200]})") from None
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "config" not in checkpoint:
         raise MsferError(f"{path} is not an msfer checkpoint (no model state and config inside)")
+    if isinstance(checkpoint["config"].get("model"), dict):
+        from .registry import saved_config
+
+        checkpoint["config"]["model"] = saved_config(checkpoint["config"]["model"])
     return checkpoint
 
 

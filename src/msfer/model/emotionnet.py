@@ -42,12 +42,14 @@ class EmotionModel(nn.Module):
     """What every msfer model shares: preprocessing metadata, the classifier and the emotion loss.
 
     ``frozen_bn``: the backbone's batch norms keep their running statistics in training too (detectron2's
-    ``FrozenBN``; their scale and shift still learn). For a backbone converted from a graph with its batch
-    norms folded (``faceres``, ``mobilefacenet``), whose statistics were recovered from calibration faces:
-    MobileFaceNet's pooled C5 has a large common part (~21 per channel) and a small varying one (std ~0.55),
-    so statistics that drift from the batches' in training moved every eval-mode feature by ~5 standard
+    ``FrozenBN``; their scale and shift still learn), for a pretrained backbone converted from a graph with its
+    batch norms folded, whose statistics were recovered from calibration faces (``classifier_mobilefacenet``).
+    MobileFaceNet's averaged C5 has a large common part (~21 per channel) and a small varying one (std ~0.55),
+    so statistics that drifted from the batches' in training moved every eval-mode feature by ~5 standard
     deviations of ``feature_norm`` and one class took every face (FER2013 public_test 24.9% after one epoch,
-    with batch statistics 35%). Frozen, training and evaluation run the same network.
+    with batch statistics 35%). Frozen, the backbone runs the same network in training and evaluation (a
+    BatchNorm1d ``feature_norm`` still uses batch statistics in training). Frozen without pretrained weights it
+    would keep the initial statistics (mean 0, variance 1): the trainer refuses that.
     """
 
     def __init__(self, *, feature_dim: int, input_size: int, mean: list[float], std: list[float], dropout: float,
@@ -98,8 +100,14 @@ class EmotionModel(nn.Module):
         return focal_cross_entropy(logits, labels, self.emotion_gamma, self.label_smoothing, self.class_weights)
 
 
+C5_POOLS = ("average", "gdconv")
+
+
 class EmotionClassifier(EmotionModel):
     """Baseline: backbone, C5 pooled to one vector (:meth:`pooled`), dropout, linear. No regions (R = 0).
+
+    ``c5_pool``: ``average`` (global average pooling), or ``gdconv``: the backbone's own pooling
+    (MobileFaceNet's pretrained 7x7 GDConv, :class:`~msfer.model.backbones.Backbone`'s ``pool``).
 
     ``feature_norm``: a BatchNorm1d on the pooled C5 before the classifier. A backbone whose pooled C5 is
     unbounded in scale (MobileFaceNet's GDConv output: norm ~1,000 on a face, ImageNet MobileNetV2's
@@ -109,13 +117,14 @@ class EmotionClassifier(EmotionModel):
 
     region_names: tuple[str, ...] = ()
 
-    def __init__(self, *, backbone: str, pretrained: bool, feature_norm: bool = False, **common) -> None:
-        body = build_backbone(backbone, pretrained)
+    def __init__(self, *, backbone: str, pretrained: bool, feature_norm: bool = False, c5_pool: str = "average",
+                 **common) -> None:
+        body = build_backbone(backbone, pretrained, own_pool=c5_pool == "gdconv")
         super().__init__(feature_dim=body.out_channels[-1], **common)
         self.backbone = body
         if body.pool is not None and not 97 <= common["input_size"] <= 112:
-            raise MsferError(f"the {backbone} backbone pools a 7 x 7 C5 with its GDConv: model.input_size must be "
-                             f"97 to 112, got {common['input_size']}")
+            raise MsferError(f"model.c5_pool=gdconv pools a 7 x 7 C5: model.input_size must be 97 to 112, "
+                             f"got {common['input_size']}")
         self.feature_norm = nn.BatchNorm1d(body.out_channels[-1]) if feature_norm else nn.Identity()
 
     def forward(self, images: Tensor, targets: dict[str, Tensor] | None = None,
@@ -131,8 +140,8 @@ class EmotionClassifier(EmotionModel):
         return out
 
     def pooled(self, c5: Tensor) -> Tensor:
-        """``B x C`` from C5 ``B x C x H x W``: the backbone's own pooling (:class:`~msfer.model.backbones.Backbone`'s
-        ``pool``; MobileFaceNet's GDConv needs a 7 x 7 C5, i.e. a 97 to 112 px input) or the average."""
+        """``B x C`` from C5 ``B x C x H x W``: its average, or (``c5_pool=gdconv``) the backbone's own pooling,
+        which needs a 7 x 7 C5 (a 97 to 112 px input; :class:`MsferError` otherwise)."""
         if self.backbone.pool is None:
             return c5.mean(dim=(2, 3))
         pooled = self.backbone.pool(c5)

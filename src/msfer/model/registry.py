@@ -34,7 +34,7 @@ from torch import nn
 
 from ..errors import MsferError
 from ..values import Range, check_number, check_numbers
-from .emotionnet import EmotionClassifier, EmotionNet
+from .emotionnet import C5_POOLS, EmotionClassifier, EmotionNet
 from .mobilefacenet import MOBILEFACENET_MEAN, MOBILEFACENET_STD
 from .mobilenet_v1 import FACERES_MEAN, FACERES_STD
 
@@ -78,7 +78,9 @@ _EMOTIONNET = {
     "merge_eyes": False,
 }
 
-_CLASSIFIER = {"type": "classifier", "backbone": "resnet18", "pretrained": False, **_COMMON, "feature_norm": False}
+# c5_pool: average, or gdconv (the network's own 7x7 GDConv; mobilefacenet only, input 97 to 112 px)
+_CLASSIFIER = {"type": "classifier", "backbone": "resnet18", "pretrained": False, **_COMMON, "feature_norm": False,
+               "c5_pool": "average"}
 
 _PAPER = {
     "pretrained": False, "input_size": 224, "fpn_channels": 256, "proposals_per_level": 64, "rois_per_image": 128,
@@ -94,15 +96,20 @@ MODELS: dict[str, dict[str, Any]] = {
     "msfer_faceres": {**_EMOTIONNET, "backbone": "faceres", "mean": FACERES_MEAN, "std": FACERES_STD},
     "classifier_faceres": {**_CLASSIFIER, "backbone": "faceres", "pretrained": True, "mean": FACERES_MEAN,
                            "std": FACERES_STD},
-    # feature_norm: its pooled C5 is ~300x MobileNetV2's in scale (EmotionClassifier's docstring);
-    # frozen_bn: its batch-norm statistics are recovered, and drift apart in training (EmotionModel's)
+    # c5_pool: a face network's positions are not alike; feature_norm: its pooled C5 is ~600x MobileNetV2's in
+    # scale (EmotionClassifier's docstring); frozen_bn: its batch-norm statistics are recovered, and drifted
+    # apart in training (EmotionModel's)
     "classifier_mobilefacenet": {**_CLASSIFIER, "backbone": "mobilefacenet", "pretrained": True,
-                                 "mean": MOBILEFACENET_MEAN, "std": MOBILEFACENET_STD, "feature_norm": True,
-                                 "frozen_bn": True},
+                                 "mean": MOBILEFACENET_MEAN, "std": MOBILEFACENET_STD, "c5_pool": "gdconv",
+                                 "feature_norm": True, "frozen_bn": True},
 }
 # The normalisation (mean, std) each face-pretrained backbone was trained with; the others: ImageNet's.
 _BACKBONE_SCALE = {"faceres": (FACERES_MEAN, FACERES_STD), "mobilefacenet": (MOBILEFACENET_MEAN, MOBILEFACENET_STD)}
 _TYPES = {"emotionnet": (EmotionNet, _EMOTIONNET), "classifier": (EmotionClassifier, _CLASSIFIER)}
+
+# Model keys added after checkpoints were first written, with the value that rebuilds a file lacking them (a saved
+# config spells out every key of its time, so a key it lacks is younger than the file).
+ADDED_KEYS: dict[str, Any] = {"feature_norm": False, "frozen_bn": False, "c5_pool": "average"}
 
 # The allowed values of the numeric keys (a key a model type lacks is not checked for it).
 MODEL_RANGES: dict[str, Range] = {
@@ -135,6 +142,8 @@ def _check_values(cfg: dict[str, Any], defaults: dict[str, Any]) -> None:
     check_numbers("model.mean", cfg["mean"], Range(), length=3)
     check_numbers("model.std", cfg["std"], Range(0, low_open=True), length=3)
     check_numbers("model.class_weights", cfg["class_weights"], Range(0, nullable=True), length=7)
+    if "c5_pool" in cfg and cfg["c5_pool"] not in C5_POOLS:
+        raise MsferError(f"config model.c5_pool={cfg['c5_pool']!r}: expected one of {', '.join(C5_POOLS)}")
     for key, default in defaults.items():
         if isinstance(default, bool) and not isinstance(cfg[key], bool):
             raise MsferError(f"config model.{key}={cfg[key]!r} has the wrong type: expected true or false")
@@ -167,6 +176,14 @@ def model_config(name: str) -> dict[str, Any]:
     if name not in MODELS:
         raise MsferError(f"unknown model {name!r}; registered: {', '.join(MODELS)}")
     return {"name": name, **copy.deepcopy(MODELS[name])}
+
+
+def saved_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A model config read from a checkpoint, with the keys it lacks (:data:`ADDED_KEYS` its type has) at the value
+    that rebuilds the network it was saved with, rather than at today's registry default."""
+    kind = cfg.get("type") or MODELS.get(cfg.get("name"), {}).get("type", "emotionnet")
+    defaults = _TYPES.get(kind, (None, {}))[1]
+    return {**{key: value for key, value in ADDED_KEYS.items() if key in defaults}, **cfg}
 
 
 def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
