@@ -13,8 +13,8 @@ import torch
 from msfer.data.images import load_rgb_array
 from msfer.data.transforms import model_input
 from msfer.errors import MsferError
-from msfer.labels import EMOTIONS
 from msfer.faces.crop import CropRule, crop_face
+from msfer.labels import EMOTIONS
 from msfer.model import build_model
 from msfer.model.backbones import build_backbone
 from msfer.model.mobilefacenet import MOBILEFACENET_MEAN, MOBILEFACENET_STD, MobileFaceNet
@@ -228,7 +228,8 @@ def test_frozen_bn_keeps_the_backbones_statistics_through_training_steps(frozen)
 
 
 def test_c5_pool_is_a_model_key_and_only_mobilefacenet_has_a_pool_of_its_own():
-    assert isinstance(build_model({"name": "classifier_mobilefacenet", "pretrained": False}).backbone.pool, torch.nn.Module)
+    pooled = build_model({"name": "classifier_mobilefacenet", "pretrained": False})
+    assert isinstance(pooled.backbone.pool, torch.nn.Module)
     averaged = build_model({"name": "classifier_mobilefacenet", "pretrained": False, "c5_pool": "average",
                             "input_size": 64})
     assert averaged.backbone.pool is None and not any(k.startswith("backbone.pool.") for k in averaged.state_dict())

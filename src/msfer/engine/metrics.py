@@ -97,8 +97,8 @@ def format_table(metrics: dict) -> str:
     if metrics.get("calibration"):
         cal = metrics["calibration"]
         floor = f" (floor {cal['ece_floor']:.3f})" if "ece_floor" in cal else ""
-        lines.append(f"calibration: ECE = {cal['ece']:.3f}{floor}   NLL = {cal['nll']:.3f}   Brier = {cal['brier']:.3f}   "
-                     f"mean top probability = {cal['mean_confidence']:.3f}")
+        lines.append(f"calibration: ECE = {cal['ece']:.3f}{floor}   NLL = {cal['nll']:.3f}   "
+                     f"Brier = {cal['brier']:.3f}   mean top probability = {cal['mean_confidence']:.3f}")
     for rule, scores in metrics.get("decision_rules", {}).items():
         lines.append(f"decision {rule:<9} overall accuracy = {scores['overall_accuracy']:.4f}   "
                      f"mean class accuracy = {scores['mean_class_accuracy']:.4f}")

@@ -17,9 +17,10 @@ any other key overrides that entry's value. Unknown keys are an error, never ign
 * ``classifier_resnet18``, ``classifier_mobilenetv2``, ``classifier_faceres``: the plain-classifier baseline.
 * ``classifier_mobilefacenet``: the plain classifier on the face-identity MobileFaceNet (converted by
   ``scripts/convert_face_backbone.py --model mobilefacenet``), 112 px (97 to 112: C5 is pooled by the
-  network's own 7x7 GDConv), its own input scale (``(pixel - 127.5) / 128``), its batch-norm statistics
-  frozen (``frozen_bn``) and its pooled features normalised (``feature_norm``). No ``msfer_mobilefacenet``: that network has no stride-32 layer, which the
-  region network's learned detector needs (see :mod:`msfer.model.mobilefacenet`).
+  network's own 7x7 GDConv, ``c5_pool: gdconv``), its own input scale (``(pixel - 127.5) / 128``), its
+  batch-norm statistics frozen (``frozen_bn``) and its pooled features normalised (``feature_norm``). No
+  ``msfer_mobilefacenet``: that network has no stride-32 layer, which the region network's learned
+  detector needs (see :mod:`msfer.model.mobilefacenet`).
 
 A pretrained backbone only works with the input normalisation it was trained with: ``build_model``
 refuses a pretrained ``faceres`` or ``mobilefacenet`` with another ``mean``/``std`` (and an ImageNet backbone
