@@ -249,6 +249,66 @@ def test_ferplus_needs_its_folders(tmp_path):
         read_dataset(tmp_path, "ferplus")
 
 
+def smooth_face(seed: int) -> np.ndarray:
+    """A 48 x 48 grey face-like image: a few random blobs, smooth enough that JPEG keeps it within 2 levels."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:48, :48]
+    image = np.full((48, 48), 60.0)
+    for cy, cx, radius, value in zip(*rng.uniform([8, 8, 5, 40], [40, 40, 14, 150], (3, 4)).T):
+        image += value * np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * radius**2))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+# votes in FERPLUS_COLUMNS order: neutral, happy, surprise, sad, angry, disgust, fear, contempt, unknown, NF
+TWIN_VOTES = {0: [0, 8, 2, 0, 0, 0, 0, 0, 0, 0], 1: [6, 0, 0, 4, 0, 0, 0, 0, 0, 0],
+              2: [0, 0, 0, 0, 0, 0, 0, 0, 0, 10]}  # row 2: "not a face", no emotion votes
+
+
+def shares(**named: float) -> tuple[float, ...]:
+    return tuple((dict.fromkeys(EMOTIONS, 0.0) | named).values())
+
+
+def ferplus_of_rows(root: Path, rows: dict[int, list[int]], folder: str = "FER2013Train") -> Path:
+    """A FER+ folder naming each image by its FER2013 row, as FER+ does."""
+    (root / folder).mkdir(parents=True)
+    with (root / folder / "label.csv").open("w", newline="") as file:
+        for row, votes in rows.items():
+            csv.writer(file).writerow([f"fer{row:07d}.png", "(0, 0, 48, 48)", *votes])
+            Image.fromarray(smooth_face(row)).save(root / folder / f"fer{row:07d}.png")
+    return root
+
+
+def test_fer2013_csv_takes_ferplus_votes_by_row_and_keeps_its_labels(tmp_path):
+    rows = [["3", " ".join(map(str, smooth_face(r).ravel())), "Training"] for r in range(4)]
+    votes = ferplus_of_rows(tmp_path / "ferplus", TWIN_VOTES)
+    index = read_dataset(fer2013_csv(tmp_path / "fer.csv", rows), "fer2013", ferplus=str(votes))
+    soft = {s.id: s.soft_label for s in index.samples}
+    assert soft["train/0"] == pytest.approx(shares(happy=0.8, surprise=0.2))
+    assert soft["train/1"] == pytest.approx(shares(neutral=0.6, sad=0.4))
+    assert soft["train/2"] is None and soft["train/3"] is None  # no emotion votes; no FER+ row
+    assert {EMOTIONS[s.label] for s in index.samples} == {"happy"}  # FER2013's label, whatever FER+ says
+
+
+def test_fer2013_folder_takes_ferplus_votes_by_pixels_of_its_jpeg_copies(tmp_path):
+    root = tmp_path / "fer2013"
+    for row, name in [(1, "Training_1.jpg"), (0, "Training_7.jpg"), (5, "Training_3.jpg")]:  # row 5: not in FER+
+        (root / "train" / "sad").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(smooth_face(row)).save(root / "train" / "sad" / name, quality=75)
+    face(root / "train" / "sad" / "Training_9.jpg", size=(64, 64))  # not FER2013's size: no twin
+    votes = ferplus_of_rows(tmp_path / "ferplus", TWIN_VOTES)
+    index = read_dataset(root, "fer2013", ferplus=str(votes))
+    soft = {s.id: s.soft_label for s in index.samples}
+    assert np.argmax(soft["train/sad/Training_7.jpg"]) == EMOTIONS.index("happy")  # row 0's votes
+    assert np.argmax(soft["train/sad/Training_1.jpg"]) == EMOTIONS.index("neutral")  # row 1's
+    assert soft["train/sad/Training_3.jpg"] is None and soft["train/sad/Training_9.jpg"] is None
+
+
+def test_fer2013_ferplus_option_needs_a_ferplus_folder(tmp_path):
+    rows = [["3", pixel_text(5), "Training"]]
+    with pytest.raises(DatasetError, match="has none of the FER\\+ folders"):
+        read_dataset(fer2013_csv(tmp_path / "fer.csv", rows), "fer2013", ferplus=str(tmp_path))
+
+
 # --- AffectNet ------------------------------------------------------------------------------------------
 
 

@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="a reader option, repeatable: e.g. variant=original (rafdb), require_images=false "
-        "(count a labels-only copy), soft_labels=true (ferplus), images=DIR (affectnet), split=NAME",
+        "(count a labels-only copy), soft_labels=true (ferplus), ferplus=DIR (fer2013: its FER+ votes), "
+        "images=DIR (affectnet), split=NAME",
     )
 
 

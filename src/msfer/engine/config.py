@@ -86,7 +86,12 @@ KEYS: tuple[Key, ...] = (
     # Detect (RetinaFace, the largest face), crop by crop_rule, classify; a photo without a face counts
     # as wrong. {format, root, split, reader_options: {}} or null; never trained on.
     Key("data.photo_val", None, "entries", "a second validation through the whole pipeline on whole photos"),
-    Key("data.soft_labels", False, "flag", "train on Sample.soft_label (e.g. FER+ vote distributions)"),
+    # The target is w * soft label + (1 - w) * one-hot label (before model.label_smoothing): 1 trains on
+    # FER+ votes alone (format ferplus, reader option soft_labels), 0.5 mixes them with FER2013's own
+    # labels (format fer2013, reader option ferplus). Samples without a soft label (data.extra_train
+    # sets, FER2013 images FER+ left out) train on their label.
+    Key("data.soft_label_weight", 0.0, "number", "weight w of Sample.soft_label in the training target",
+        _FRACTION),
     Key("data.balanced_sampling", False, "flag", "draw classes equally often (sampling with replacement)"),
     Key("data.cache_images", False, "flag", "decode every image once into memory before the first epoch"),
     # The augmentation resamples them to the model's input size; 48 for FER2013 keeps its cache at
@@ -199,6 +204,7 @@ RETIRED: dict[str, tuple[Any, str]] = {"train.label_smoothing": (0.0, "model.lab
 # a third way (learned | pseudo, and "model" on the command line) beside model.region_source.
 RENAMED: dict[str, tuple[str, dict[Any, Any]]] = {
     "eval.regions": ("eval.region_source", {"learned": None, "model": None, "pseudo": "pseudo"}),
+    "data.soft_labels": ("data.soft_label_weight", {False: 0.0, True: 1.0}),
 }
 
 

@@ -37,6 +37,7 @@ from ..data.samples import Sample
 from ..data.transforms import resize_square
 from ..errors import MsferError
 from ..faces.crop import CropRule, crop_face, face_transform, map_boxes
+from ..labels import EMOTIONS
 from ..regions.annotations import face_box, face_box_maybe_clipped
 from .config import Config
 from .distributed import DistInfo
@@ -90,7 +91,8 @@ def usable_face(record: dict | None) -> bool:
 
 class FaceDataset(Dataset):
     """Samples as dicts: ``image`` (``3 x S x S`` uint8), ``grey``, ``boxes``, ``box_valid``, ``label``, ``id``,
-    and ``soft_label`` (the sample's 7-vector; every sample must have one) when ``soft_labels`` is set.
+    and, when ``soft_label_weight`` w > 0, ``soft_label``: the training target ``w * Sample.soft_label +
+    (1 - w) * one-hot(label)`` (7 floats summing to 1; the one-hot alone for a sample without a soft label).
 
     ``crop_rule``: the images are whole photos, each cropped by the rule around its annotation's face
     (samples without a usable one are left out, see the module docstring); None: each image is the face.
@@ -103,7 +105,7 @@ class FaceDataset(Dataset):
         image_size: int,
         region_names: Sequence[str],
         annotations: dict[str, dict] | None = None,
-        soft_labels: bool = False,
+        soft_label_weight: float = 0.0,
         crop_rule: CropRule | None = None,
         name: str = "dataset",
     ) -> None:
@@ -142,14 +144,7 @@ class FaceDataset(Dataset):
                                  "(status ok): annotate them with 'msfer annotate' and give the file as its "
                                  "annotations")
             self.samples = kept
-        if soft_labels:
-            missing = [s.id for s in self.samples if s.soft_label is None]
-            if missing:
-                raise MsferError(
-                    f"data.soft_labels is on but {len(missing)} samples have no soft label (e.g. {missing[0]}); "
-                    "use a format that provides them (ferplus with its soft-label option) or set data.soft_labels=false"
-                )
-        self.soft_labels = soft_labels
+        self.soft_label_weight = float(soft_label_weight)
         self._cache: np.ndarray | None = None  # N x 3 x S x S uint8
         self._cache_grey: np.ndarray | None = None
 
@@ -211,8 +206,12 @@ class FaceDataset(Dataset):
             "label": sample.label,
             "id": sample.id,
         }
-        if self.soft_labels:
-            item["soft_label"] = torch.tensor(sample.soft_label, dtype=torch.float32)
+        if self.soft_label_weight:
+            target = np.eye(len(EMOTIONS), dtype=np.float32)[sample.label]
+            if sample.soft_label is not None:
+                target = self.soft_label_weight * np.asarray(sample.soft_label, np.float32) + \
+                    (1 - self.soft_label_weight) * target
+            item["soft_label"] = torch.from_numpy(target)
         return item
 
 
@@ -288,9 +287,6 @@ def build_datasets(config: Config, model: torch.nn.Module, roles: tuple[str, ...
     index = read_dataset(data["root"], data["format"], **data["reader_options"])
     annotations = load_annotations(data["annotations"]) if data["annotations"] else None
     extras = data["extra_train"] if "train_split" in roles else []
-    if extras and data["soft_labels"]:
-        raise MsferError("data.soft_labels needs a soft label for every training sample, which data.extra_train "
-                         "sets do not give: train with data.soft_labels=false or without data.extra_train")
     # Every set's samples first: a validation image in a training set stops the run before any image is decoded.
     role_sets, sources = {}, {}
     for role in roles:
@@ -299,6 +295,10 @@ def build_datasets(config: Config, model: torch.nn.Module, roles: tuple[str, ...
         if data["limit"] and role == "train_split" and len(samples) > data["limit"]:
             keep = np.random.default_rng(0).choice(len(samples), data["limit"], replace=False)
             samples = [samples[i] for i in sorted(keep)]
+        if data["soft_label_weight"] and role == "train_split" and all(s.soft_label is None for s in samples):
+            raise MsferError(f"data.soft_label_weight={data['soft_label_weight']} but no training sample of "
+                             f"{data['root']} has a soft label: read FER+ with reader option soft_labels=true, or "
+                             "FER2013 with reader option ferplus=FOLDER, or set data.soft_label_weight=0")
         role_sets[role] = samples
         sources[role] = [(f"data.{role}={data[role] or 'holdout'!r} of {data['root']}", data["root"], samples)]
     extra_sets = _extra_samples(extras, learns_regions)
@@ -318,7 +318,7 @@ def build_datasets(config: Config, model: torch.nn.Module, roles: tuple[str, ...
         # held at the input size, resized once as msfer evaluate and inference resize (msfer.data.transforms).
         size = (data["image_size"] or model.input_size) if role == "train_split" else model.input_size
         dataset = FaceDataset(samples, size, model.region_names, annotations,
-                              soft_labels=data["soft_labels"] and role == "train_split",
+                              soft_label_weight=data["soft_label_weight"] if role == "train_split" else 0.0,
                               crop_rule=rule if data["crop"] else None, name=f"data.{role}")
         if annotations is not None and info.is_main:
             log.info("%s %r: %d images, %.1f%% with usable region annotations", role, data[role], len(dataset),
@@ -361,7 +361,8 @@ def _with_extra_sets(main: FaceDataset, extra_sets: list[tuple[str, Config, list
     for name, entry, samples in extra_sets:
         extra = FaceDataset(samples, main.image_size, model.region_names,
                             load_annotations(entry["annotations"]) if entry["annotations"] else None,
-                            crop_rule=rule if entry["crop"] else None, name=name)
+                            soft_label_weight=data["soft_label_weight"], crop_rule=rule if entry["crop"] else None,
+                            name=name)
         if info.is_main:
             log.info("%s: %d images (%d left out), weight %.3f of each epoch", name, len(extra),
                      sum(extra.left_out.values()), entry["weight"])

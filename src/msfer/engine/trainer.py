@@ -317,7 +317,7 @@ class Trainer:
             if train["channels_last"]:
                 images = images.contiguous(memory_format=torch.channels_last)
             labels = batch["label"].to(self.device, non_blocking=True)
-            targets = {"labels": batch["soft_label"].to(self.device) if self.config["data"]["soft_labels"] else labels,
+            targets = {"labels": batch["soft_label"].to(self.device) if "soft_label" in batch else labels,
                        "boxes": boxes, "box_valid": box_valid}
             with autocast(self.device, train["amp"]):
                 output = self.ddp_model(images, targets)

@@ -10,11 +10,14 @@ row is an error naming the file and line: in a machine-made CSV it means a broke
 
 FER+: ``FER2013Train|Valid|Test/label.csv``, headerless rows ``image name, "(x, y, w, h)",
 neutral, happiness, surprise, sadness, anger, disgust, fear, contempt, unknown, NF``
-(vote counts of 10 annotators). See :func:`ferplus_majority` for the label rule.
+(vote counts of 10 annotators). See :func:`ferplus_majority` for the label rule. FER+ names each
+image by its FER2013 CSV row (``fer0000000.png`` is row 0), which is how :func:`read_fer2013`'s
+``ferplus`` option gives FER2013's own samples their vote distributions.
 """
 from __future__ import annotations
 
 import csv
+import logging
 import warnings
 from pathlib import Path
 
@@ -35,18 +38,31 @@ FERPLUS_COLUMNS = (
 )
 # Winners outside the 7 classes, as they are counted in DatasetIndex.skipped.
 FERPLUS_EXCLUDED = ("contempt", "unknown", "not a face")
+# The FER+ folder relabelling each FER2013 split.
+FERPLUS_FOLDER_OF_SPLIT = {"train": "FER2013Train", "public_test": "FER2013Valid", "private_test": "FER2013Test"}
+# Largest mean absolute difference (grey levels) between a FER2013 image and its FER+ copy. Folder-tree
+# copies of FER2013 are JPEG re-encodings, 1-2 levels off the PNGs; two different faces differ by tens.
+FERPLUS_TWIN_MAE = 4.0
+
+log = logging.getLogger(__name__)
 
 
-def read_fer2013(root: str | Path, split: str = "train") -> DatasetIndex:
+def read_fer2013(root: str | Path, split: str = "train", ferplus: str | Path | None = None) -> DatasetIndex:
     """FER2013 from the Kaggle CSV (``root`` is a file) or a ``[<split>/]<class>/`` folder tree.
 
     ``split`` names the split of a CSV without a ``Usage`` column, or of a folder tree
-    without a split level.
+    without a split level. ``ferplus`` (a FER+ folder) also gives each sample the FER+ vote
+    distribution of its image as ``soft_label`` (:func:`attach_ferplus_votes`); ``label``
+    stays FER2013's.
     """
     root = Path(root)
     if root.is_dir():
-        return read_class_tree(root, "fer2013", split)
-    return _read_fer2013_csv(require_file(root, "FER2013 CSV"), split)
+        index = read_class_tree(root, "fer2013", split)
+    else:
+        index = _read_fer2013_csv(require_file(root, "FER2013 CSV"), split)
+    if ferplus is not None:
+        attach_ferplus_votes(index, ferplus)
+    return index
 
 
 def _read_fer2013_csv(path: Path, default_split: str) -> DatasetIndex:
@@ -150,6 +166,95 @@ def read_ferplus(root: str | Path, soft_labels: bool = False, require_images: bo
                         Sample(sample_id, EMOTION_INDEX[winner], FERPLUS_FOLDERS[folder], path=image, soft_label=soft)
                     )
     return index
+
+
+def attach_ferplus_votes(index: DatasetIndex, ferplus_root: str | Path) -> int:
+    """Set ``soft_label`` of FER2013 samples to their image's FER+ vote distribution; returns how many got one.
+
+    Samples of a FER2013 CSV (ids ``<split>/<row>``) are joined by row: FER+ names the image of row
+    ``r`` ``fer<r:07d>.png``. Images of a folder tree carry no row, so they are joined by pixels: a
+    sample's FER+ copy is the image of its split's FER+ folder (:data:`FERPLUS_FOLDER_OF_SPLIT`) with
+    the least mean absolute difference, if that is at most :data:`FERPLUS_TWIN_MAE` grey levels.
+    Samples without a FER+ copy, or whose votes all fall outside the 7 classes (contempt, unknown,
+    not a face), keep ``soft_label=None``; the count is logged. Raises :class:`DatasetError` when
+    ``ferplus_root`` has none of the FER+ folders or a ``label.csv`` is malformed.
+    """
+    root = require_dir(Path(ferplus_root), "FER+ folder")
+    if not any((root / folder).is_dir() for folder in FERPLUS_FOLDERS):
+        raise DatasetError(f"{root} has none of the FER+ folders {', '.join(FERPLUS_FOLDERS)}")
+    attached = 0
+    for split in sorted({sample.split for sample in index.samples}):
+        folder = root / FERPLUS_FOLDER_OF_SPLIT.get(split, "")
+        samples = [sample for sample in index.samples if sample.split == split]
+        if split not in FERPLUS_FOLDER_OF_SPLIT or not folder.is_dir():
+            continue
+        votes = _ferplus_vote_table(require_file(folder / "label.csv", "FER+ label file"))
+        if all(sample.pixels is not None for sample in samples):
+            names = [f"fer{int(sample.id.rpartition('/')[2]):07d}.png" for sample in samples]
+        else:
+            names = _ferplus_twins(samples, folder, sorted(votes))
+        for sample, name in zip(samples, names):
+            shares = _seven_class_shares(votes[name]) if name in votes else None
+            if shares is not None:
+                sample.soft_label = shares
+                attached += 1
+    log.info("%s: FER+ vote distributions for %d of %d samples (the others train on their label)",
+             index.root, attached, len(index.samples))
+    return attached
+
+
+def _seven_class_shares(votes: list[int]) -> tuple[float, ...] | None:
+    kept = {name: (v if v > 1 else 0) for name, v in zip(FERPLUS_COLUMNS, votes)}
+    return ferplus_soft_label(votes) if sum(kept[name] for name in EMOTIONS) else None
+
+
+def _ferplus_vote_table(label_file: Path) -> dict[str, list[int]]:
+    """Image name -> its 10 vote counts, from one FER+ ``label.csv``."""
+    table = {}
+    with label_file.open(newline="") as file:
+        rows = csv.reader(file)
+        for row in rows:
+            votes = _ferplus_votes(row, at(label_file, rows.line_num), first_line=rows.line_num == 1)
+            if votes is not None:
+                table[row[0].strip()] = votes
+    return table
+
+
+def _ferplus_twins(samples: list[Sample], folder: Path, names: list[str]) -> list[str | None]:
+    """For each sample, the name (of ``names`` in ``folder``) of the FER+ image with its pixels, or None."""
+    names = [name for name in names if (folder / name).is_file()]
+    theirs, their_ok = _grey_stack([folder / name for name in names], f"reading {folder.name} images")
+    ours, our_ok = _grey_stack(samples, "reading FER2013 images")
+    twins: list[str | None] = [None] * len(samples)
+    if not their_ok.any():
+        return twins
+    theirs, names = theirs[their_ok], [name for name, ok in zip(names, their_ok) if ok]
+    # Nearest by 4 x 4 block means (a 144-d vector, blind to JPEG's ringing), then checked on every pixel.
+    their_blocks = _block_means(theirs)
+    their_norms = (their_blocks**2).sum(1)
+    for start in range(0, len(ours), 2048):
+        nearest = np.argmin(their_norms[None] - 2 * _block_means(ours[start : start + 2048]) @ their_blocks.T, axis=1)
+        for i, j in enumerate(nearest, start):
+            if our_ok[i] and np.abs(ours[i].astype(np.float32) - theirs[j]).mean() <= FERPLUS_TWIN_MAE:
+                twins[i] = names[j]
+    return twins
+
+
+def _grey_stack(items: list, desc: str) -> tuple[np.ndarray, np.ndarray]:
+    """Samples or image files as one ``N x 48 x 48`` uint8 array, and which of them are 48 x 48 (the rest
+    are left zero: FER2013 faces are all that size)."""
+    from PIL import Image
+
+    stack, ok = np.zeros((len(items), 48, 48), dtype=np.uint8), np.zeros(len(items), dtype=bool)
+    for i, item in enumerate(tqdm(items, desc=desc, unit=" images", leave=False)):
+        image = item.load().convert("L") if isinstance(item, Sample) else Image.open(item).convert("L")
+        if image.size == (48, 48):
+            stack[i], ok[i] = np.asarray(image), True
+    return stack, ok
+
+
+def _block_means(stack: np.ndarray) -> np.ndarray:
+    return stack.reshape(len(stack), 12, 4, 12, 4).mean(axis=(2, 4), dtype=np.float32).reshape(len(stack), -1)
 
 
 def _ferplus_votes(row: list[str], where: str, first_line: bool) -> list[int] | None:

@@ -1,0 +1,102 @@
+"""Training targets that mix a sample's label with its soft label (FER+ votes on FER2013 images)."""
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from msfer.cli import main as cli
+from msfer.data.samples import Sample
+from msfer.engine.config import load_config
+from msfer.engine.datasets import ConcatFaceDataset, FaceDataset
+from msfer.errors import MsferError
+from msfer.labels import EMOTIONS
+
+TINY = ["model.name=classifier_mobilenetv2", "model.pretrained=false", "model.input_size=32", "data.num_workers=0",
+        "train.batch_size=8", "eval.batch_size=16", "train.epochs=1", "data.format=fer2013"]
+HAPPY, SAD = EMOTIONS.index("happy"), EMOTIONS.index("sad")
+
+
+def test_the_target_is_the_weighted_mix_and_the_label_alone_without_a_soft_label():
+    votes = tuple(float(i == SAD) for i in range(len(EMOTIONS)))  # the annotators say sad
+    samples = [Sample("a", HAPPY, "train", pixels=np.zeros((8, 8), np.uint8), soft_label=votes),
+               Sample("b", HAPPY, "train", pixels=np.zeros((8, 8), np.uint8))]
+    mixed = FaceDataset(samples, 8, ("face",), soft_label_weight=0.25)
+    target = mixed[0]["soft_label"]
+    assert target.dtype == torch.float32 and target.sum().item() == pytest.approx(1.0)
+    assert target[HAPPY].item() == pytest.approx(0.75) and target[SAD].item() == pytest.approx(0.25)
+    assert mixed[1]["soft_label"].tolist() == [float(i == HAPPY) for i in range(len(EMOTIONS))]
+    assert "soft_label" not in FaceDataset(samples, 8, ("face",))[0]  # weight 0: the label, as a class index
+    # every part of a training set gives the same keys, so their samples share a batch
+    extra = FaceDataset(samples[1:], 8, ("face",), soft_label_weight=0.25)
+    assert set(ConcatFaceDataset([mixed, extra], [0.5, 0.5])[1]) == set(mixed[0])
+
+
+def test_old_configs_with_the_soft_labels_flag_still_load(tmp_path):
+    assert load_config(base={"data": {"soft_labels": True}})["data"]["soft_label_weight"] == 1.0
+    config = load_config(base={"data": {"soft_labels": False}})
+    assert config["data"]["soft_label_weight"] == 0.0 and "soft_labels" not in config["data"]
+    assert load_config(overrides=["data.soft_labels=true"])["data"]["soft_label_weight"] == 1.0
+    with pytest.raises(MsferError, match="data.soft_label_weight"):
+        load_config(overrides=["data.soft_label_weight=1.5"])
+
+
+@pytest.fixture(scope="module")
+def fer_with_votes(tmp_path_factory) -> tuple[Path, Path]:
+    """A FER2013 CSV (each class 3 train + 2 public_test rows, a bright patch per class) and a FER+ folder
+    whose votes name, for every train row, the next class over from its FER2013 label."""
+    root = tmp_path_factory.mktemp("fer")
+    rng = np.random.default_rng(0)
+    rows, votes = [], []
+    fer_codes = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+    ferplus_columns = ("neutral", "happy", "surprise", "sad", "angry", "disgust", "fear")
+    for usage, per_class in (("Training", 3), ("PublicTest", 2)):
+        for code in range(len(fer_codes)):
+            for _ in range(per_class):
+                pixels = rng.integers(0, 60, (48, 48), dtype=np.uint8)
+                pixels[6 * code : 6 * code + 8, 10:30] = 230
+                if usage == "Training":
+                    other = ferplus_columns.index(fer_codes[(code + 1) % 7])
+                    votes.append((len(rows), [10 * (i == other) for i in range(10)]))
+                rows.append([str(code), " ".join(map(str, pixels.ravel())), usage])
+    with (root / "fer2013.csv").open("w", newline="") as file:
+        csv.writer(file).writerows([["emotion", "pixels", "Usage"], *rows])
+    (root / "ferplus" / "FER2013Train").mkdir(parents=True)
+    with (root / "ferplus" / "FER2013Train" / "label.csv").open("w", newline="") as file:
+        for row, counts in votes:
+            csv.writer(file).writerow([f"fer{row:07d}.png", "(0, 0, 48, 48)", *counts])
+    return root / "fer2013.csv", root / "ferplus"
+
+
+def train_loss(run: Path, *overrides: str) -> float:
+    assert cli(["train", "--config", os.devnull, "--output-dir", str(run), *TINY, *overrides]) == 0
+    with open(run / "metrics.csv") as handle:
+        return float(next(csv.DictReader(handle))["train_loss"])
+
+
+def test_training_on_fer2013_labels_mixed_with_ferplus_votes_beside_an_extra_set(fer_with_votes, tmp_path):
+    csv_file, ferplus = fer_with_votes
+    extra = tmp_path / "extra"  # no soft labels: its faces train on their labels
+    for name in EMOTIONS:
+        (extra / "train" / name).mkdir(parents=True)
+        Image.new("L", (48, 48), 100 + EMOTIONS.index(name)).save(extra / "train" / name / "0.png")
+    common = [f"data.root={csv_file}", f"data.reader_options={{ferplus: {ferplus}}}",
+              f"data.extra_train=[{{format: folder, root: {extra}, split: train, weight: 0.3}}]"]
+    labels_only = train_loss(tmp_path / "labels", *common, "data.soft_label_weight=0")
+    mixed = train_loss(tmp_path / "mixed", *common, "data.soft_label_weight=0.5")
+    # the same seed and images: only the targets differ, and half of each FER2013 target is a class its label is not
+    assert np.isfinite(mixed) and mixed != pytest.approx(labels_only, abs=1e-4)
+    saved = yaml.safe_load((tmp_path / "mixed" / "config.yaml").read_text())
+    assert saved["data"]["soft_label_weight"] == 0.5 and "soft_labels" not in saved["data"]
+
+
+def test_a_soft_label_weight_without_soft_labels_names_the_way_to_get_them(fer_with_votes, tmp_path, capsys):
+    csv_file, _ = fer_with_votes
+    assert cli(["train", "--config", os.devnull, "--output-dir", str(tmp_path / "run"), *TINY,
+                f"data.root={csv_file}", "data.soft_label_weight=0.5"]) != 0
+    error = capsys.readouterr().err
+    assert "no training sample" in error and "ferplus=FOLDER" in error and str(csv_file) in error
