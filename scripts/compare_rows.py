@@ -5,11 +5,14 @@ models that classify the image right (argmax; a photo without a face counts as w
 rows is then paired over the same images, per set and for the suite's score (the mean over its domains of
 each domain's mean set accuracy), with a 95% interval from a bootstrap stratified by class over the images
 (the seeds' own spread is in the averaging, not in the interval: read it from the benchmark's rows).
+A model written ``a+b`` is the ensemble of models ``a`` and ``b``: the mean of their probabilities.
 
     msfer benchmark configs/benchmarks/dev.yaml --data-root DATA --out runs/bench \\
         --weights base0=runs/study/base_seed0/last.pt base1=... sfew0=... sfew1=...
     python scripts/compare_rows.py runs/bench/predictions.npz configs/benchmarks/dev.yaml \\
         --row sfew=sfew0,sfew1 --against base=base0,base1
+    python scripts/compare_rows.py runs/bench/predictions.npz configs/benchmarks/dev.yaml \
+        --row ensemble=sfew0+sfew1 --against sfew=sfew0,sfew1       # does an ensemble of the seeds pay?
 """
 from __future__ import annotations
 
@@ -27,11 +30,19 @@ def row_correct(predictions, set_name: str, models: list[str]) -> np.ndarray:
     labels = predictions[f"{set_name}/labels"]
     rights = []
     for model in models:
-        key = f"{set_name}/probs/{model}"
-        if key not in predictions:
-            raise MsferError(f"the predictions have no model {model!r} on {set_name}")
-        rights.append(decisions(predictions[key], None) == labels)  # a photo without a face: NO_FACE, wrong
+        rights.append(decisions(model_probs(predictions, set_name, model), None) == labels)  # no face: wrong
     return np.mean(rights, axis=0)
+
+
+def model_probs(predictions, set_name: str, model: str) -> np.ndarray:
+    """``N x 7`` probabilities of ``model`` on ``set_name``; ``a+b``: the mean of ``a``'s and ``b``'s."""
+    members = []
+    for member in model.split("+"):
+        key = f"{set_name}/probs/{member}"
+        if key not in predictions:
+            raise MsferError(f"the predictions have no model {member!r} on {set_name}")
+        members.append(predictions[key])
+    return np.mean(members, axis=0)  # a photo without a face is NaN in every member's, and stays NaN
 
 
 def compare(predictions, suite, row: list[str], against: list[str], resamples: int = BOOTSTRAP,

@@ -42,3 +42,30 @@ def test_rows_are_averaged_over_seeds_and_compared_pair_by_pair(tmp_path):
     assert lines["crops"][:2] == ["50.0", "25.0"] and lines["crops"][2].startswith("+25.0 [")
     assert lines["photos"][:2] == ["48.8", "25.0"]  # 39 of 40 right for a0
     assert lines["suite"][2].startswith("+24.4 [")
+
+
+def test_a_plus_joins_models_into_the_ensemble_of_their_mean_probabilities(tmp_path):
+    labels = np.arange(40) % 7
+    first_half = np.arange(40) < 20
+
+    def confident_where(right: np.ndarray) -> np.ndarray:  # right: 0.9 on the label; wrong: 0.6 on the next class
+        probs = np.zeros((40, 7))
+        probs[np.arange(40), labels] = np.where(right, 0.9, 0.4)
+        probs[np.arange(40), (labels + 1) % 7] = np.where(right, 0.1, 0.6)
+        return probs
+
+    arrays = {}
+    for name in ("crops", "photos", "extra"):
+        arrays[f"{name}/labels"] = labels
+        arrays[f"{name}/probs/a0"] = confident_where(first_half)
+        arrays[f"{name}/probs/a1"] = confident_where(~first_half)
+    arrays["photos/probs/a0"][0] = arrays["photos/probs/a1"][0] = np.nan  # no face: wrong for the ensemble too
+    np.savez(tmp_path / "predictions.npz", **arrays)
+    (tmp_path / "suite.yaml").write_text(SUITE)
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_rows.py"), str(tmp_path / "predictions.npz"),
+                          str(tmp_path / "suite.yaml"), "--row", "ensemble=a0+a1", "--against", "a=a0,a1"],
+                         capture_output=True, text=True, check=True)
+    lines = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:5]]
+             for line in run.stdout.splitlines()[2:]}
+    assert lines["crops"][:2] == ["100.0", "50.0"]  # each alone is right on half; their mean is right on all
+    assert lines["photos"][:2] == ["97.5", "48.8"]
