@@ -11,7 +11,7 @@ A model written ``a+b`` is the ensemble of models ``a`` and ``b``: the mean of t
         --weights base0=runs/study/base_seed0/last.pt base1=... sfew0=... sfew1=...
     python scripts/compare_rows.py runs/bench/predictions.npz configs/benchmarks/dev.yaml \\
         --row sfew=sfew0,sfew1 --against base=base0,base1
-    python scripts/compare_rows.py runs/bench/predictions.npz configs/benchmarks/dev.yaml \
+    python scripts/compare_rows.py runs/bench/predictions.npz configs/benchmarks/dev.yaml \\
         --row ensemble=sfew0+sfew1 --against sfew=sfew0,sfew1       # does an ensemble of the seeds pay?
 """
 from __future__ import annotations
@@ -73,7 +73,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("predictions", help="predictions.npz of msfer benchmark")
     parser.add_argument("suite", help="the suite file the benchmark ran")
-    parser.add_argument("--row", type=parse_row, required=True, help="NAME=MODEL,MODEL,... (one per seed)")
+    parser.add_argument("--row", type=parse_row, required=True,
+                        help="NAME=MODEL,MODEL,... (one per seed; a+b: the ensemble of a and b)")
     parser.add_argument("--against", type=parse_row, required=True, help="NAME=MODEL,MODEL,... (one per seed)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
     args = parser.parse_args()

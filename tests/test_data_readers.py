@@ -268,45 +268,72 @@ def shares(**named: float) -> tuple[float, ...]:
     return tuple((dict.fromkeys(EMOTIONS, 0.0) | named).values())
 
 
-def ferplus_of_rows(root: Path, rows: dict[int, list[int]], folder: str = "FER2013Train") -> Path:
+def ferplus_of_rows(root: Path, rows: dict[int, list[int]], folder: str = "FER2013Train",
+                    images: bool = True) -> Path:
     """A FER+ folder naming each image by its FER2013 row, as FER+ does."""
     (root / folder).mkdir(parents=True)
     with (root / folder / "label.csv").open("w", newline="") as file:
         for row, votes in rows.items():
             csv.writer(file).writerow([f"fer{row:07d}.png", "(0, 0, 48, 48)", *votes])
-            Image.fromarray(smooth_face(row)).save(root / folder / f"fer{row:07d}.png")
+            if images:
+                Image.fromarray(smooth_face(row)).save(root / folder / f"fer{row:07d}.png")
     return root
 
 
-def test_fer2013_csv_takes_ferplus_votes_by_row_and_keeps_its_labels(tmp_path):
-    rows = [["3", " ".join(map(str, smooth_face(r).ravel())), "Training"] for r in range(4)]
+def test_fer2013_csv_takes_ferplus_votes_by_row_of_the_whole_file_and_keeps_its_labels(tmp_path):
+    usages = ["Training"] * 4 + ["PublicTest", "PrivateTest"]
+    rows = [["3", " ".join(map(str, smooth_face(r).ravel())), usage] for r, usage in enumerate(usages)]
     votes = ferplus_of_rows(tmp_path / "ferplus", TWIN_VOTES)
+    ferplus_of_rows(votes, {4: [0, 0, 0, 0, 9, 1, 0, 0, 0, 0]}, "FER2013Valid")
+    ferplus_of_rows(votes, {5: [0, 0, 0, 0, 0, 0, 10, 0, 0, 0]}, "FER2013Test")
     index = read_dataset(fer2013_csv(tmp_path / "fer.csv", rows), "fer2013", ferplus=str(votes))
     soft = {s.id: s.soft_label for s in index.samples}
     assert soft["train/0"] == pytest.approx(shares(happy=0.8, surprise=0.2))
     assert soft["train/1"] == pytest.approx(shares(neutral=0.6, sad=0.4))
     assert soft["train/2"] is None and soft["train/3"] is None  # no emotion votes; no FER+ row
+    assert soft["public_test/4"] == pytest.approx(shares(angry=1.0))  # FER2013Valid, row 4 of the whole file
+    assert soft["private_test/5"] == pytest.approx(shares(fear=1.0))  # FER2013Test
     assert {EMOTIONS[s.label] for s in index.samples} == {"happy"}  # FER2013's label, whatever FER+ says
+
+
+def test_a_fer2013_csv_whose_rows_are_not_ferplus_rows_is_refused(tmp_path):
+    rows = [["3", " ".join(map(str, smooth_face(r).ravel())), "Training"] for r in (1, 0)]  # two rows swapped
+    votes = ferplus_of_rows(tmp_path / "ferplus", TWIN_VOTES)
+    with pytest.raises(DatasetError, match="fer.csv: row 0 is not the face FER\\+ names .*filtered or reordered"):
+        read_dataset(fer2013_csv(tmp_path / "fer.csv", rows), "fer2013", ferplus=str(votes))
 
 
 def test_fer2013_folder_takes_ferplus_votes_by_pixels_of_its_jpeg_copies(tmp_path):
     root = tmp_path / "fer2013"
-    for row, name in [(1, "Training_1.jpg"), (0, "Training_7.jpg"), (5, "Training_3.jpg")]:  # row 5: not in FER+
-        (root / "train" / "sad").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(smooth_face(row)).save(root / "train" / "sad" / name, quality=75)
-    face(root / "train" / "sad" / "Training_9.jpg", size=(64, 64))  # not FER2013's size: no twin
-    votes = ferplus_of_rows(tmp_path / "ferplus", TWIN_VOTES)
+    for split, row, name in [("train", 1, "Training_1.jpg"), ("train", 0, "Training_7.jpg"),
+                             ("train", 5, "Training_3.jpg"), ("public_test", 6, "PublicTest_2.jpg")]:
+        (root / split / "sad").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(smooth_face(row)).save(root / split / "sad" / name, quality=75)  # row 5: not in FER+
+    face(root / "train" / "sad" / "Training_9.jpg", size=(64, 64))  # not FER2013's size: no copy
+    votes = ferplus_of_rows(tmp_path / "ferplus", TWIN_VOTES | {7: [0, 0, 10, 0, 0, 0, 0, 0, 0, 0]})
+    # FER2013 holds some pictures twice, each with its own FER+ votes: row 7 is row 0's picture again
+    Image.fromarray(smooth_face(0)).save(votes / "FER2013Train" / "fer0000007.png")
+    ferplus_of_rows(votes, {6: [0, 0, 0, 0, 0, 0, 10, 0, 0, 0]}, "FER2013Valid")
     index = read_dataset(root, "fer2013", ferplus=str(votes))
     soft = {s.id: s.soft_label for s in index.samples}
-    assert np.argmax(soft["train/sad/Training_7.jpg"]) == EMOTIONS.index("happy")  # row 0's votes
-    assert np.argmax(soft["train/sad/Training_1.jpg"]) == EMOTIONS.index("neutral")  # row 1's
+    assert soft["train/sad/Training_7.jpg"] == pytest.approx(shares(happy=0.4, surprise=0.6))  # rows 0 and 7
+    assert soft["train/sad/Training_1.jpg"] == pytest.approx(shares(neutral=0.6, sad=0.4))  # row 1's
+    assert soft["public_test/sad/PublicTest_2.jpg"] == pytest.approx(shares(fear=1.0))  # FER2013Valid's row 6
     assert soft["train/sad/Training_3.jpg"] is None and soft["train/sad/Training_9.jpg"] is None
 
 
-def test_fer2013_ferplus_option_needs_a_ferplus_folder(tmp_path):
+def test_fer2013_ferplus_option_needs_a_ferplus_folder_and_for_folders_its_images(tmp_path):
     rows = [["3", pixel_text(5), "Training"]]
     with pytest.raises(DatasetError, match="has none of the FER\\+ folders"):
         read_dataset(fer2013_csv(tmp_path / "fer.csv", rows), "fer2013", ferplus=str(tmp_path))
+    face(tmp_path / "fer2013" / "train" / "sad" / "Training_1.jpg")
+    votes = ferplus_of_rows(tmp_path / "ferplus", TWIN_VOTES, images=False)  # the label files alone
+    with pytest.raises(DatasetError, match="FER2013Train has a label.csv but none of its images"):
+        read_dataset(tmp_path / "fer2013", "fer2013", ferplus=str(votes))
+    # a CSV is joined by row: the label files are enough
+    rows = [["3", " ".join(map(str, smooth_face(0).ravel())), "Training"]]
+    index = read_dataset(fer2013_csv(tmp_path / "fer.csv", rows), "fer2013", ferplus=str(votes))
+    assert index.samples[0].soft_label == pytest.approx(shares(happy=0.8, surprise=0.2))
 
 
 # --- AffectNet ------------------------------------------------------------------------------------------

@@ -171,13 +171,16 @@ def read_ferplus(root: str | Path, soft_labels: bool = False, require_images: bo
 def attach_ferplus_votes(index: DatasetIndex, ferplus_root: str | Path) -> int:
     """Set ``soft_label`` of FER2013 samples to their image's FER+ vote distribution; returns how many got one.
 
-    Samples of a FER2013 CSV (ids ``<split>/<row>``) are joined by row: FER+ names the image of row
-    ``r`` ``fer<r:07d>.png``. Images of a folder tree carry no row, so they are joined by pixels: a
-    sample's FER+ copy is the image of its split's FER+ folder (:data:`FERPLUS_FOLDER_OF_SPLIT`) with
-    the least mean absolute difference, if that is at most :data:`FERPLUS_TWIN_MAE` grey levels.
-    Samples without a FER+ copy, or whose votes all fall outside the 7 classes (contempt, unknown,
-    not a face), keep ``soft_label=None``; the count is logged. Raises :class:`DatasetError` when
-    ``ferplus_root`` has none of the FER+ folders or a ``label.csv`` is malformed.
+    Samples of a FER2013 CSV (ids ``<split>/<row>``, rows counted over the whole file) are joined by row:
+    FER+ names the image of row ``r`` ``fer<r:07d>.png``, in the folder of the sample's split
+    (:data:`FERPLUS_FOLDER_OF_SPLIT`); where FER+'s images are there, a few rows are checked against
+    them. Images of a folder tree carry no row, so they are joined by pixels: a sample's FER+ copies are
+    the images of its split's folder within :data:`FERPLUS_TWIN_MAE` grey levels (mean absolute
+    difference) of it, and their vote distributions are averaged (FER2013 holds some pictures twice).
+    Samples without a FER+ copy, or whose votes all fall outside the 7 classes (contempt, unknown, not a
+    face), keep ``soft_label=None``; the count is logged. Raises :class:`DatasetError` when
+    ``ferplus_root`` has none of the FER+ folders, a ``label.csv`` is malformed, a folder tree meets a
+    FER+ folder without its images, or a CSV's rows are not FER+'s.
     """
     root = require_dir(Path(ferplus_root), "FER+ folder")
     if not any((root / folder).is_dir() for folder in FERPLUS_FOLDERS):
@@ -190,16 +193,18 @@ def attach_ferplus_votes(index: DatasetIndex, ferplus_root: str | Path) -> int:
             continue
         votes = _ferplus_vote_table(require_file(folder / "label.csv", "FER+ label file"))
         if all(sample.pixels is not None for sample in samples):
-            names = [f"fer{int(sample.id.rpartition('/')[2]):07d}.png" for sample in samples]
+            copies = [[f"fer{int(sample.id.rpartition('/')[2]):07d}.png"] for sample in samples]
+            _check_rows(samples, copies, folder, index.root)
         else:
-            names = _ferplus_twins(samples, folder, sorted(votes))
-        for sample, name in zip(samples, names):
-            shares = _seven_class_shares(votes[name]) if name in votes else None
-            if shares is not None:
-                sample.soft_label = shares
+            copies = _ferplus_twins(samples, folder, sorted(votes))
+        for sample, names in zip(samples, copies):
+            shares = [s for s in (_seven_class_shares(votes[name]) for name in names if name in votes) if s]
+            if shares:
+                sample.soft_label = tuple(float(x) for x in np.mean(shares, axis=0))
                 attached += 1
-    log.info("%s: FER+ vote distributions for %d of %d samples (the others train on their label)",
-             index.root, attached, len(index.samples))
+    level = logging.INFO if attached >= 0.9 * len(index.samples) else logging.WARNING
+    log.log(level, "%s: FER+ vote distributions for %d of %d samples (the others train on their label alone)",
+            index.root, attached, len(index.samples))
     return attached
 
 
@@ -220,23 +225,43 @@ def _ferplus_vote_table(label_file: Path) -> dict[str, list[int]]:
     return table
 
 
-def _ferplus_twins(samples: list[Sample], folder: Path, names: list[str]) -> list[str | None]:
-    """For each sample, the name (of ``names`` in ``folder``) of the FER+ image with its pixels, or None."""
+def _check_rows(samples: list[Sample], copies: list[list[str]], folder: Path, csv_path: Path) -> None:
+    """Compare up to 3 CSV rows with the FER+ images their row names (where present): a filtered or reordered
+    CSV would join every row to another face's votes."""
+    from PIL import Image
+
+    present = [(sample, folder / names[0]) for sample, names in zip(samples, copies) if (folder / names[0]).is_file()]
+    for sample, image in present[:: max(len(present) // 3, 1)][:3]:
+        theirs = np.asarray(Image.open(image).convert("L"), dtype=np.float32)
+        if theirs.shape != sample.pixels.shape or np.abs(theirs - sample.pixels).mean() > FERPLUS_TWIN_MAE:
+            raise DatasetError(f"{csv_path}: row {sample.id.rpartition('/')[2]} is not the face FER+ names "
+                               f"{image}: FER+ joins the full FER2013 CSV by row, and this one is filtered or "
+                               "reordered")
+
+
+def _ferplus_twins(samples: list[Sample], folder: Path, names: list[str]) -> list[list[str]]:
+    """For each sample, the names (of ``names`` in ``folder``) of the FER+ images with its pixels."""
     names = [name for name in names if (folder / name).is_file()]
+    if not names:
+        raise DatasetError(f"{folder} has a label.csv but none of its images: a FER2013 folder tree is joined to "
+                           "FER+ by pixels, so it needs FER+'s images (or join the FER2013 CSV, by row)")
     theirs, their_ok = _grey_stack([folder / name for name in names], f"reading {folder.name} images")
     ours, our_ok = _grey_stack(samples, "reading FER2013 images")
-    twins: list[str | None] = [None] * len(samples)
-    if not their_ok.any():
-        return twins
+    twins: list[list[str]] = [[] for _ in samples]
     theirs, names = theirs[their_ok], [name for name, ok in zip(names, their_ok) if ok]
-    # Nearest by 4 x 4 block means (a 144-d vector, blind to JPEG's ringing), then checked on every pixel.
+    if not names:
+        return twins
+    # The 3 nearest by 4 x 4 block means (a 144-d vector, blind to JPEG's ringing), then checked on every pixel.
     their_blocks = _block_means(theirs)
     their_norms = (their_blocks**2).sum(1)
+    nearest_k = min(3, len(names))
     for start in range(0, len(ours), 2048):
-        nearest = np.argmin(their_norms[None] - 2 * _block_means(ours[start : start + 2048]) @ their_blocks.T, axis=1)
-        for i, j in enumerate(nearest, start):
-            if our_ok[i] and np.abs(ours[i].astype(np.float32) - theirs[j]).mean() <= FERPLUS_TWIN_MAE:
-                twins[i] = names[j]
+        distances = their_norms[None] - 2 * _block_means(ours[start : start + 2048]) @ their_blocks.T
+        nearest = np.argpartition(distances, nearest_k - 1, axis=1)[:, :nearest_k]
+        for i, candidates in enumerate(nearest, start):
+            if our_ok[i]:
+                mae = np.abs(ours[i].astype(np.float32) - theirs[candidates]).mean(axis=(1, 2))
+                twins[i] = [names[j] for j, m in zip(candidates, mae) if m <= FERPLUS_TWIN_MAE]
     return twins
 
 
