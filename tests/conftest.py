@@ -37,16 +37,10 @@ def ferplus_root(shared_data, tmp_path_factory) -> Path:
 
 
 def random_checkpoint(name: str, path: Path) -> Path:
-    """A checkpoint of the registered model ``name`` with random weights, saved as the engine saves one."""
-    import torch
+    """A checkpoint of the registered model ``name`` with random weights (seed 0), saved as the engine saves one."""
+    from msfer.model.checkpoint import random_checkpoint as save_random
 
-    from msfer.model import build_model
-    from msfer.model.checkpoint import describe, save_checkpoint
-
-    torch.manual_seed(0)
-    config = {"name": name, "pretrained": False}
-    model = build_model(config)
-    return save_checkpoint({"model": model.state_dict(), **describe(model, {"model": config})}, path)
+    return save_random(path, name, seed=0)
 
 
 @pytest.fixture(scope="session")

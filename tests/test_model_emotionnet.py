@@ -212,3 +212,14 @@ def test_onnx_export_matches_pytorch():
         expected = model(images)
     for name, got in zip(names, session.run(None, {"images": images.numpy()})):
         torch.testing.assert_close(torch.from_numpy(got), expected[name], atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_a_random_checkpoint_of_every_model_loads_as_the_network_it_was(name, tmp_path):
+    # benchmarks time registered models from such files: one that read back as another network (a model key
+    # missing from its config reads as a checkpoint older than the key) would time the wrong one
+    from msfer.model.checkpoint import load_model, random_checkpoint
+
+    model, _ = load_model(random_checkpoint(tmp_path / "random.pt", name, seed=0), torch.device("cpu"))
+    built = build_model({"name": name, "pretrained": False})
+    assert model.state_dict().keys() == built.state_dict().keys()

@@ -201,10 +201,12 @@ def export_weights(checkpoint_path: str | Path, out: str | Path, half: bool = Tr
 def random_checkpoint(path: str | Path, name: str = "msfer_mobilenetv2", seed: int | None = None) -> Path:
     """Save the registered model ``name`` with untrained weights (drawn from ``seed`` when given) as a checkpoint
     at ``path``, as training saves one: what benchmarks measure where no trained model is at hand."""
-    from .registry import build_model
+    from .registry import build_model, resolve_config
 
     if seed is not None:
         torch.manual_seed(seed)
-    config = {"name": name, "pretrained": False}
+    # the registered config in full, as training saves it: a key missing from a saved config reads as a checkpoint
+    # older than the key (registry.ADDED_KEYS)
+    config = {"name": name, **resolve_config({"name": name, "pretrained": False})}
     model = build_model(config)
     return save_checkpoint({"model": model.state_dict(), **describe(model, {"model": config})}, path)
