@@ -66,21 +66,29 @@ def parse_row(text: str) -> tuple[str, list[str]]:
     name, _, models = text.partition("=")
     if not models:
         raise argparse.ArgumentTypeError(f"expected NAME=MODEL,MODEL,... got {text!r}")
-    return name, models.split(",")
+    return name.strip(), ["+".join(part.strip() for part in model.split("+")) for model in models.split(",")]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("predictions", help="predictions.npz of msfer benchmark")
     parser.add_argument("suite", help="the suite file the benchmark ran")
-    parser.add_argument("--row", type=parse_row, required=True,
-                        help="NAME=MODEL,MODEL,... (one per seed; a+b: the ensemble of a and b)")
-    parser.add_argument("--against", type=parse_row, required=True, help="NAME=MODEL,MODEL,... (one per seed)")
+    models = "MODEL: a name given to msfer benchmark --weights; a+b: the ensemble of models a and b"
+    parser.add_argument("--row", type=parse_row, required=True, help=f"NAME=MODEL,MODEL,... (one per seed; {models})")
+    parser.add_argument("--against", type=parse_row, required=True, help="NAME=MODEL,MODEL,... (as --row)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
     args = parser.parse_args()
-    predictions, suite = np.load(args.predictions), load_suite(args.suite)
+    try:
+        predictions, suite = np.load(args.predictions), load_suite(args.suite)
+    except (OSError, ValueError, MsferError) as error:
+        parser.error(str(error))
     (row, row_models), (against, against_models) = args.row, args.against
-    result = compare(predictions, suite, row_models, against_models, seed=args.seed)
+    try:
+        result = compare(predictions, suite, row_models, against_models, seed=args.seed)
+    except MsferError as error:
+        named = sorted({key.split("/probs/")[1] for key in predictions.files if "/probs/" in key})
+        parser.error(f"{error} (models in {args.predictions}: {', '.join(named)})")
     print(f"| set | {row} (%) | {against} (%) | {row} - {against} [95% CI] |\n|---|---|---|---|")
     for name, entry in result.items():
         scores = ("-", "-") if name == "suite" else (f"{entry['row']:.1f}", f"{entry['against']:.1f}")

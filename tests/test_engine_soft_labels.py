@@ -99,4 +99,4 @@ def test_a_soft_label_weight_without_soft_labels_names_the_way_to_get_them(fer_w
     assert cli(["train", "--config", os.devnull, "--output-dir", str(tmp_path / "run"), *TINY,
                 f"data.root={csv_file}", "data.soft_label_weight=0.5"]) != 0
     error = capsys.readouterr().err
-    assert "no training sample" in error and "ferplus=FOLDER" in error and str(csv_file) in error
+    assert "no training sample" in error and "data.reader_options={ferplus: FOLDER}" in error and str(csv_file) in error

@@ -295,10 +295,8 @@ def build_datasets(config: Config, model: torch.nn.Module, roles: tuple[str, ...
         if data["limit"] and role == "train_split" and len(samples) > data["limit"]:
             keep = np.random.default_rng(0).choice(len(samples), data["limit"], replace=False)
             samples = [samples[i] for i in sorted(keep)]
-        if data["soft_label_weight"] and role == "train_split" and all(s.soft_label is None for s in samples):
-            raise MsferError(f"data.soft_label_weight={data['soft_label_weight']} but no training sample of "
-                             f"{data['root']} has a soft label: read FER+ with reader option soft_labels=true, or "
-                             "FER2013 with reader option ferplus=FOLDER, or set data.soft_label_weight=0")
+        if role == "train_split":
+            _check_soft_labels(samples, data, info)
         role_sets[role] = samples
         sources[role] = [(f"data.{role}={data[role] or 'holdout'!r} of {data['root']}", data["root"], samples)]
     extra_sets = _extra_samples(extras, learns_regions)
@@ -329,6 +327,22 @@ def build_datasets(config: Config, model: torch.nn.Module, roles: tuple[str, ...
     if extra_sets:
         datasets["train_split"] = _with_extra_sets(datasets["train_split"], extra_sets, model, rule, data, info)
     return datasets
+
+
+def _check_soft_labels(samples: list, data: Config, info: DistInfo) -> None:
+    """Say what the training targets are; refuse a soft-label weight without soft labels."""
+    weight, soft = data["soft_label_weight"], sum(sample.soft_label is not None for sample in samples)
+    if weight and not soft:
+        raise MsferError(f"data.soft_label_weight={weight} but no training sample of {data['root']} has a soft "
+                         "label: read FER+ with data.reader_options={soft_labels: true}, or FER2013 with "
+                         "data.reader_options={ferplus: FOLDER}, or set data.soft_label_weight=0")
+    if info.is_main and weight:
+        log.info("training targets: %g x soft label + %g x one-hot label (%d of the %d images of data.train_split "
+                 "have a soft label; the others, and data.extra_train's, train on their label)",
+                 weight, 1 - weight, soft, len(samples))
+    elif info.is_main and soft:
+        log.warning("%d training images have a soft label, unused: data.soft_label_weight is 0 (set it, e.g. 0.5, "
+                    "to train on them)", soft)
 
 
 def _extra_samples(extras: list[Config], learns_regions: bool) -> list[tuple[str, Config, list]]:

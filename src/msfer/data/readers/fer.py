@@ -185,27 +185,53 @@ def attach_ferplus_votes(index: DatasetIndex, ferplus_root: str | Path) -> int:
     root = require_dir(Path(ferplus_root), "FER+ folder")
     if not any((root / folder).is_dir() for folder in FERPLUS_FOLDERS):
         raise DatasetError(f"{root} has none of the FER+ folders {', '.join(FERPLUS_FOLDERS)}")
-    attached = 0
+    attached, counts, without = 0, [], []
     for split in sorted({sample.split for sample in index.samples}):
         folder = root / FERPLUS_FOLDER_OF_SPLIT.get(split, "")
         samples = [sample for sample in index.samples if sample.split == split]
         if split not in FERPLUS_FOLDER_OF_SPLIT or not folder.is_dir():
+            without.append(split)
             continue
         votes = _ferplus_vote_table(require_file(folder / "label.csv", "FER+ label file"))
-        if all(sample.pixels is not None for sample in samples):
+        by_row = all(sample.pixels is not None for sample in samples)
+        if by_row:
             copies = [[f"fer{int(sample.id.rpartition('/')[2]):07d}.png"] for sample in samples]
             _check_rows(samples, copies, folder, index.root)
         else:
             copies = _ferplus_twins(samples, folder, sorted(votes))
+        joined = 0
         for sample, names in zip(samples, copies):
             shares = [s for s in (_seven_class_shares(votes[name]) for name in names if name in votes) if s]
             if shares:
                 sample.soft_label = tuple(float(x) for x in np.mean(shares, axis=0))
-                attached += 1
+                joined += 1
+        if by_row:
+            _check_agreement([sample for sample in samples if sample.soft_label is not None], folder, index.root)
+        attached += joined
+        counts.append(f"{split} {joined} of {len(samples)}")
     level = logging.INFO if attached >= 0.9 * len(index.samples) else logging.WARNING
-    log.log(level, "%s: FER+ vote distributions for %d of %d samples (the others train on their label alone)",
-            index.root, attached, len(index.samples))
+    log.log(level, "%s: FER+ vote distributions for %s%s", index.root, ", ".join(counts) or "no sample",
+            f"; no FER+ folder for split {', '.join(map(repr, without))} (FER+ relabels "
+            f"{', '.join(FERPLUS_FOLDER_OF_SPLIT)})" if without else "")
     return attached
+
+
+# On the full FER2013 CSV, FER2013's label is FER+'s vote majority for about 65% of the images; rows joined to
+# other faces' votes agree about as often as two random labels do (about 20%).
+MIN_LABEL_AGREEMENT = 0.4
+
+
+def _check_agreement(samples: list[Sample], folder: Path, csv_path: Path) -> None:
+    """Refuse a row join whose labels and votes disagree as other faces' would (a filtered or reordered CSV,
+    where FER+'s images are not there to compare with)."""
+    if len(samples) < 100:
+        return  # too few to tell
+    agreement = float(np.mean([int(np.argmax(sample.soft_label)) == sample.label for sample in samples]))
+    if agreement < MIN_LABEL_AGREEMENT:
+        raise DatasetError(f"{csv_path}: joined by row to {folder}, FER2013's labels are FER+'s vote majority for "
+                           f"only {100 * agreement:.0f}% of {len(samples)} images (about 65% for the full "
+                           "fer2013.csv): its rows are not FER+'s; FER+ joins the full, unfiltered and unreordered "
+                           "FER2013 CSV by row")
 
 
 def _seven_class_shares(votes: list[int]) -> tuple[float, ...] | None:
