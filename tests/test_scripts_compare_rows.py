@@ -19,6 +19,17 @@ def probs_for(labels: np.ndarray, right: np.ndarray) -> np.ndarray:
     return np.eye(7)[predicted]
 
 
+def compare_rows(folder: Path, arrays: dict, row: str, against: str) -> dict[str, list[str]]:
+    """The script's table for ``arrays`` (as msfer benchmark's predictions.npz) on SUITE: set -> its cells."""
+    np.savez(folder / "predictions.npz", **arrays)
+    (folder / "suite.yaml").write_text(SUITE)
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_rows.py"), str(folder / "predictions.npz"),
+                          str(folder / "suite.yaml"), "--row", row, "--against", against],
+                         capture_output=True, text=True, check=True)
+    return {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:5]]
+            for line in run.stdout.splitlines()[2:]}
+
+
 def test_rows_are_averaged_over_seeds_and_compared_pair_by_pair(tmp_path):
     labels = np.arange(40) % 7
     arrays = {}
@@ -31,13 +42,7 @@ def test_rows_are_averaged_over_seeds_and_compared_pair_by_pair(tmp_path):
     no_face = arrays["photos/probs/a0"].copy()
     no_face[0] = np.nan  # a photo without a face is wrong, never class 0
     arrays["photos/probs/a0"] = no_face
-    np.savez(tmp_path / "predictions.npz", **arrays)
-    (tmp_path / "suite.yaml").write_text(SUITE)
-    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_rows.py"), str(tmp_path / "predictions.npz"),
-                          str(tmp_path / "suite.yaml"), "--row", "a=a0,a1", "--against", "b=b0,b1"],
-                         capture_output=True, text=True, check=True)
-    lines = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:5]]
-             for line in run.stdout.splitlines()[2:]}
+    lines = compare_rows(tmp_path, arrays, "a=a0,a1", "b=b0,b1")
     assert set(lines) == {"crops", "photos", "suite"}  # a set outside the score is not compared
     assert lines["crops"][:2] == ["50.0", "25.0"] and lines["crops"][2].startswith("+25.0 [")
     assert lines["photos"][:2] == ["48.8", "25.0"]  # 39 of 40 right for a0
@@ -60,12 +65,6 @@ def test_a_plus_joins_models_into_the_ensemble_of_their_mean_probabilities(tmp_p
         arrays[f"{name}/probs/a0"] = confident_where(first_half)
         arrays[f"{name}/probs/a1"] = confident_where(~first_half)
     arrays["photos/probs/a0"][0] = arrays["photos/probs/a1"][0] = np.nan  # no face: wrong for the ensemble too
-    np.savez(tmp_path / "predictions.npz", **arrays)
-    (tmp_path / "suite.yaml").write_text(SUITE)
-    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_rows.py"), str(tmp_path / "predictions.npz"),
-                          str(tmp_path / "suite.yaml"), "--row", "ensemble=a0+a1", "--against", "a=a0,a1"],
-                         capture_output=True, text=True, check=True)
-    lines = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:5]]
-             for line in run.stdout.splitlines()[2:]}
+    lines = compare_rows(tmp_path, arrays, "ensemble=a0+a1", "a=a0,a1")
     assert lines["crops"][:2] == ["100.0", "50.0"]  # each alone is right on half; their mean is right on all
     assert lines["photos"][:2] == ["97.5", "48.8"]
