@@ -27,6 +27,10 @@ from msfer.inference.benchmark import BOOTSTRAP, bootstrap_indices, load_suite, 
 
 def row_correct(predictions, set_name: str, models: list[str]) -> np.ndarray:
     """Per image of ``set_name``, the share of ``models`` that classify it right (N,)."""
+    if f"{set_name}/labels" not in predictions:
+        held = sorted({key.split("/")[0] for key in predictions})
+        raise MsferError(f"the predictions have no set {set_name!r} (they hold {', '.join(held)}): give the suite "
+                         "file the benchmark ran")
     labels = predictions[f"{set_name}/labels"]
     rights = []
     for model in models:
@@ -40,7 +44,8 @@ def model_probs(predictions, set_name: str, model: str) -> np.ndarray:
     for member in model.split("+"):
         key = f"{set_name}/probs/{member}"
         if key not in predictions:
-            raise MsferError(f"the predictions have no model {member!r} on {set_name}")
+            held = sorted(name.split("/probs/")[1] for name in predictions if name.startswith(f"{set_name}/probs/"))
+            raise MsferError(f"the predictions have no model {member!r} on {set_name} (they hold {', '.join(held)})")
         members.append(predictions[key])
     return np.mean(members, axis=0)  # a photo without a face is NaN in every member's, and stays NaN
 
@@ -82,13 +87,14 @@ def main() -> None:
     try:
         predictions, suite = np.load(args.predictions), load_suite(args.suite)
     except (OSError, ValueError, MsferError) as error:
-        parser.error(str(error))
+        parser.error(f"{args.predictions} or {args.suite}: {error}")
+    if not isinstance(predictions, np.lib.npyio.NpzFile):
+        parser.error(f"{args.predictions} is not the predictions.npz msfer benchmark writes")
     (row, row_models), (against, against_models) = args.row, args.against
     try:
         result = compare(predictions, suite, row_models, against_models, seed=args.seed)
     except MsferError as error:
-        named = sorted({key.split("/probs/")[1] for key in predictions.files if "/probs/" in key})
-        parser.error(f"{error} (models in {args.predictions}: {', '.join(named)})")
+        parser.error(f"{args.predictions}: {error}")
     print(f"| set | {row} (%) | {against} (%) | {row} - {against} [95% CI] |\n|---|---|---|---|")
     for name, entry in result.items():
         scores = ("-", "-") if name == "suite" else (f"{entry['row']:.1f}", f"{entry['against']:.1f}")

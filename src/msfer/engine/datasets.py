@@ -295,11 +295,11 @@ def build_datasets(config: Config, model: torch.nn.Module, roles: tuple[str, ...
         if data["limit"] and role == "train_split" and len(samples) > data["limit"]:
             keep = np.random.default_rng(0).choice(len(samples), data["limit"], replace=False)
             samples = [samples[i] for i in sorted(keep)]
-        if role == "train_split":
-            _check_soft_labels(samples, data, info)
         role_sets[role] = samples
         sources[role] = [(f"data.{role}={data[role] or 'holdout'!r} of {data['root']}", data["root"], samples)]
     extra_sets = _extra_samples(extras, learns_regions)
+    if "train_split" in roles:
+        _check_soft_labels([role_sets["train_split"], *(samples for _, _, samples in extra_sets)], data, info)
     for name, entry, samples in extra_sets:
         sources["train_split"].append((f"{name} (split {entry['split']!r} of {entry['root']})", entry["root"],
                                        samples))
@@ -329,17 +329,18 @@ def build_datasets(config: Config, model: torch.nn.Module, roles: tuple[str, ...
     return datasets
 
 
-def _check_soft_labels(samples: list, data: Config, info: DistInfo) -> None:
-    """Say what the training targets are; refuse a soft-label weight without soft labels."""
-    weight, soft = data["soft_label_weight"], sum(sample.soft_label is not None for sample in samples)
+def _check_soft_labels(sets: list[list], data: Config, info: DistInfo) -> None:
+    """Say what the training targets are (``sets``: the samples of each training set); refuse a soft-label weight
+    without soft labels."""
+    weight, samples = data["soft_label_weight"], [sample for part in sets for sample in part]
+    soft, total = sum(sample.soft_label is not None for sample in samples), len(samples)
     if weight and not soft:
-        raise MsferError(f"data.soft_label_weight={weight} but no training sample of {data['root']} has a soft "
-                         "label: read FER+ with data.reader_options={soft_labels: true}, or FER2013 with "
-                         "data.reader_options={ferplus: FOLDER}, or set data.soft_label_weight=0")
+        raise MsferError(f"data.soft_label_weight={weight} but no training sample (of {data['root']} or "
+                         "data.extra_train) has a soft label: read FER+ with data.reader_options={soft_labels: true}, "
+                         "or FER2013 with data.reader_options={ferplus: FOLDER}, or set data.soft_label_weight=0")
     if info.is_main and weight:
-        log.info("training targets: %g x soft label + %g x one-hot label (%d of the %d images of data.train_split "
-                 "have a soft label; the others, and data.extra_train's, train on their label)",
-                 weight, 1 - weight, soft, len(samples))
+        log.info("training targets: %g x soft label + %g x one-hot label (%d of the %d training images have a soft "
+                 "label; the others train on their label)", weight, 1 - weight, soft, total)
     elif info.is_main and soft:
         log.warning("%d training images have a soft label, unused: data.soft_label_weight is 0 (set it, e.g. 0.5, "
                     "to train on them)", soft)
