@@ -158,17 +158,23 @@ def test_balanced_decision_needs_a_bundled_rule(random_weights, tmp_path):
 def test_ece_floor_is_the_expected_ece_of_a_perfectly_calibrated_model_and_shrinks_with_more_faces():
     """Labels drawn from the probabilities make a perfectly calibrated model; its ECE on N faces is not 0 but about
     the floor, which falls roughly as 1/sqrt(N)."""
-    from msfer.engine.calibration import ece_floor, expected_calibration_error
+    from msfer.engine.calibration import calibration_metrics, ece_floor, expected_calibration_error
 
     rng = np.random.default_rng(3)
     floors = {}
     for n in (90, 2000):
         probs = rng.dirichlet(np.full(7, 0.6), size=n)
-        measured = [expected_calibration_error(probs, np.array([rng.choice(7, p=p) for p in probs]))
-                    for _ in range(60)]
+        measured = np.array([expected_calibration_error(probs, np.array([rng.choice(7, p=p) for p in probs]))
+                             for _ in range(60)])
         floors[n] = ece_floor(probs)
         assert abs(np.mean(measured) - floors[n]) < 0.15 * floors[n]
         assert ece_floor(probs) == floors[n]  # seeded: the same figure every call
+        # the 95th percentile: what a calibrated model stays under 19 times in 20
+        upper = calibration_metrics(probs, np.zeros(n, int))["ece_floor_95"]
+        assert upper > floors[n] and np.mean(measured > upper) <= 0.15
     assert floors[90] > 0.08 and floors[2000] < 0.03 and floors[90] > 3 * floors[2000]
     overconfident = np.eye(7)[rng.integers(0, 7, 90)] * 0.9 + 0.1 / 7
-    assert expected_calibration_error(overconfident, rng.integers(0, 7, 90)) > 5 * ece_floor(overconfident)
+    labels = rng.integers(0, 7, 90)
+    assert expected_calibration_error(overconfident, labels) > 5 * ece_floor(overconfident)
+    overconfident_metrics = calibration_metrics(overconfident, labels)
+    assert overconfident_metrics["ece"] > overconfident_metrics["ece_floor_95"]

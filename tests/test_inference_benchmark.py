@@ -71,7 +71,7 @@ def test_rows_hold_each_set_and_model_with_intervals_around_the_figure(result):
         low, high = row["mean_class_accuracy_ci"]
         assert low <= row["mean_class_accuracy"] <= high
         assert row["decision"] == "argmax" and len(row["confusion_matrix"]) == len(EMOTIONS)
-        assert row["ece"] is not None and row["nll"] > 0
+        assert row["ece"] is not None and row["nll"] > 0 and 0 < row["ece_floor"] < row["ece_floor_95"] <= 1
     assert rows[("crops_a", "plain")]["n"] == 6 and rows[("crops_a", "plain")]["missed"] == 0
     photos = rows[("photos", "plain")]
     assert photos["n"] == 3 and photos["missed"] == 1  # the blank photo: no face, counted as wrong
@@ -89,6 +89,13 @@ def test_groups_split_a_sets_accuracy_by_the_file_name(result):
         assert groups["a"]["overall_accuracy"] * 1 + groups["b"]["overall_accuracy"] * 2 == pytest.approx(
             row["overall_accuracy"] * 3)
     assert "| photos | b | 2 |" in format_markdown(result)
+
+
+def test_the_table_shows_each_ece_beside_what_a_calibrated_model_would_show_and_says_so(result):
+    table = format_markdown(result)
+    row = next(r for r in result["rows"] if r["set"] == "crops_a")
+    assert f"| {row['ece']:.3f} ({row['ece_floor']:.3f}, {row['ece_floor_95']:.3f}) |" in table
+    assert "ECE (if calibrated: mean, 95%)" in table and "evidence of miscalibration" in table
 
 
 def test_the_score_counts_each_domain_once_and_leaves_out_sets_without_one(result):
@@ -321,3 +328,19 @@ def test_a_crop_rule_can_name_its_scale_and_the_table_names_each_models_settings
     for bad, message in (("box:big", "must be a number"), ("box:9", "out of range"), ("wide", "unknown crop method")):
         assert main(["benchmark", str(suite_file), "--weights", str(random_weights), "--crop-rule", bad]) == 2
         assert f"--crop-rule '{bad}'" in (err := capsys.readouterr().err) and message in err
+
+
+def test_files_a_sets_reader_leaves_out_are_named_not_dropped_silently(tmp_path, caplog):
+    from msfer.inference.benchmark import set_samples
+
+    folder = tmp_path / "crops" / "val"
+    for name in ("happy", "contempt"):  # contempt: not one of the 7 classes
+        (folder / name).mkdir(parents=True)
+        Image.new("L", (48, 48), 90).save(folder / name / "0.png")
+    (folder / "happy" / "notes.txt").write_text("not an image")
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump({"name": "s", "sets": [
+        {"name": "crops", "domain": "crops", "format": "folder", "root": "crops", "split": "val", "mode": "crops"}]}))
+    [entry] = load_suite(tmp_path / "suite.yaml").sets
+    assert len(set_samples(entry, "suite.yaml")) == 1
+    warning = " ".join(record.getMessage() for record in caplog.records if record.levelname == "WARNING")
+    assert "set crops: 1 contempt, 1 not an image file left out" in warning and "notes.txt" in warning

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 from pathlib import Path
 
 from ..errors import MsferError
@@ -125,5 +126,5 @@ def run(args: argparse.Namespace) -> int:
             save_predictions(result, npz)
             md.write_text(table, encoding="utf-8")
             js.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-        print("wrote " + ", ".join(printable(args.out / name) for name in outputs))
+        print("wrote " + ", ".join(printable(args.out / name) for name in outputs), file=sys.stderr)
     return 0

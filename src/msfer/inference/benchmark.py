@@ -20,8 +20,9 @@ under each decision rule asked for. Per row (set, model, rule): ``n``, overall a
 accuracy with 95% percentile bootstrap intervals (:data:`BOOTSTRAP` resamples of the set's
 images, the same resamples for every model, so differences are paired), the photos whose face
 was not found (``missed``, counted as wrong, as ``msfer evaluate --detect-faces`` counts them),
-and the expected calibration error (with ``ece_floor``, what a perfectly calibrated model would
-show on that many faces) and negative log-likelihood of the faces found
+and the expected calibration error (with what a perfectly calibrated model with the same
+confidences would show on these faces: ``ece_floor``, its mean, and ``ece_floor_95``, its 95th
+percentile) and negative log-likelihood of the faces found
 (:func:`msfer.engine.calibration.calibration_metrics`).
 
 The suite's **score** is the mean over its domains of each domain's mean overall accuracy, so
@@ -161,6 +162,10 @@ def set_samples(entry: SuiteSet, suite: str = "") -> list:
         index = read_dataset(entry.root, entry.format, **entry.reader_options)
     except MsferError as error:
         raise MsferError(f"{suite + ', ' if suite else ''}set {entry.name}: {error}") from None
+    if index.skipped:  # the reader's: broken links, files that are not images, classes outside the 7
+        log.warning("%sset %s: %s left out of %s by its reader%s", suite + ", " if suite else "", entry.name,
+                    ", ".join(f"{n} {reason}" for reason, n in sorted(index.skipped.items())), printable(entry.root),
+                    f" ({'; '.join(index.problems[:3])})" if index.problems else "")
     samples = [s for s in index.samples if entry.split is None or s.split == entry.split]
     if not samples:
         raise MsferError(f"set {entry.name}: no samples in split {entry.split!r} of {printable(entry.root)}; "
@@ -276,6 +281,7 @@ def row_metrics(labels: np.ndarray, probs: np.ndarray, predicted: np.ndarray, in
         "missed": int((~found).sum()),
         "ece": calibration.get("ece"),
         "ece_floor": calibration.get("ece_floor"),
+        "ece_floor_95": calibration.get("ece_floor_95"),
         "nll": calibration.get("nll"),
         "recall": {name: scores["per_class"][name]["recall"] if scores["per_class"][name]["support"] else None
                    for name in EMOTIONS},  # None: no image of that class in the set
@@ -426,15 +432,20 @@ def format_markdown(result: dict) -> str:
     if left_out:
         lines += ["Left out as unreadable (named in the JSON): " + ", ".join(f"{n} in {name}" for name, n in left_out)
                   + ".", ""]
-    lines += ["| set | domain | model | n | overall % [95% CI] | mean class % [95% CI] | missed | ECE (floor) | NLL |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| set | domain | model | n | overall % [95% CI] | mean class % [95% CI] | missed | "
+              "ECE (if calibrated: mean, 95%) | NLL |", "|---|---|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
-        ece = "-" if row["ece"] is None else f"{row['ece']:.3f} ({row['ece_floor']:.3f})"
+        ece = "-" if row["ece"] is None else f"{row['ece']:.3f} ({row['ece_floor']:.3f}, {row['ece_floor_95']:.3f})"
         nll = "-" if row["nll"] is None else f"{row['nll']:.3f}"
         lines.append(f"| {row['set']} | {row['domain'] or '(outside the score)'} | {row['model']} | {row['n']} | "
                      f"{_percent(row['overall_accuracy'], row['overall_accuracy_ci'])} | "
                      f"{_percent(row['mean_class_accuracy'], row['mean_class_accuracy_ci'])} | {row['missed']} | "
                      f"{ece} | {nll} |")
+    lines += ["", "Intervals: bootstrap over each set's images, resampled within each class (a class a model reads "
+                  "all right or all wrong adds no width). Missed: photos without a detected face, counted wrong. "
+                  "ECE (15 bins) and NLL: over the faces found; in brackets, the ECE a perfectly calibrated model "
+                  "with the same confidences shows on as many faces, its mean and 95th percentile: an ECE above the "
+                  "latter is evidence of miscalibration, one below it is not."]
     grouped = [row for row in result["rows"] if row.get("groups")]
     if grouped:
         models = list(dict.fromkeys(row["model"] for row in grouped))
