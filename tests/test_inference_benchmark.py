@@ -210,7 +210,14 @@ def test_the_command_scores_two_rules_and_writes_its_files_once(suite_file, rand
     names = [model["name"] for model in report["models"]]
     assert names == ["mine own argmax", "mine own balanced", "mine similarity argmax", "mine similarity balanced"]
     assert "| crops_a | crops | mine own balanced | 6 |" in printed
-    assert (out / "benchmark.md").read_text() == format_markdown(report)
+    assert (out / "benchmark.md").read_text() == format_markdown(report) == printed  # "wrote ...": on stderr
+    # enough to trace every row later: the version, the options, and the exact weights file
+    import hashlib
+
+    from msfer import __version__
+    assert report["provenance"]["msfer_version"] == __version__
+    assert report["provenance"]["options"]["decision"] == ["argmax", "balanced"]
+    assert report["provenance"]["weights_sha256"] == {str(balanced): hashlib.sha256(balanced.read_bytes()).hexdigest()}
     stored = np.load(out / "predictions.npz")
     assert stored["photos/probs/mine own"].shape == (3, len(EMOTIONS))
     assert np.isnan(stored["photos/probs/mine own"]).any(axis=1).sum() == 1

@@ -70,6 +70,30 @@ def crop_rule_of(text: str, scale: float):
         raise MsferError(f"--crop-rule {text!r}: {error}") from None
 
 
+def provenance(args: argparse.Namespace, weights: list) -> dict:
+    """What a benchmark.json needs to be read later: msfer's version, the options as given, and a SHA-256 of
+    each weights file (``None``: the bundled model), so that a row can be traced to the exact file."""
+    import hashlib
+
+    from .. import __version__
+    from ..model.checkpoint import resolve_checkpoint
+    from ..weights import BUNDLED_MODEL
+
+    def sha256(path: Path) -> str:
+        digest = hashlib.sha256()
+        with open(path, "rb") as file:
+            for chunk in iter(lambda: file.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    files = {str(path or BUNDLED_MODEL): sha256(resolve_checkpoint(path or BUNDLED_MODEL, prefer="best.pt"))
+             for path in weights}  # a run folder: the best.pt a model is read from
+    options = {key: value if isinstance(value, (int, float, bool, type(None))) else
+               [str(v) for v in value] if isinstance(value, list) else str(value)
+               for key, value in vars(args).items() if not callable(value)}
+    return {"msfer_version": __version__, "options": options, "weights_sha256": files}
+
+
 def run(args: argparse.Namespace) -> int:
     from ..faces.retinaface import RetinaFaceDetector
     from ..inference.benchmark import ModelVariant, format_markdown, load_suite, run_benchmark, save_predictions
@@ -119,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
     print(table, end="")
     if args.out is not None:
         report = {k: v for k, v in result.items() if k != "predictions"}
+        report["provenance"] = provenance(args, [None if text is None else named_weights(text)[1]
+                                                 for text in args.weights or [None]])
         # nested: each is renamed into place only once all three are written, so a failure leaves the earlier
         # run's files as they were, never a mix of two runs
         with (atomic_output(args.out / "predictions.npz") as npz, atomic_output(args.out / "benchmark.md") as md,
