@@ -77,6 +77,7 @@ def test_rows_hold_each_set_and_model_with_intervals_around_the_figure(result):
     assert photos["n"] == 3 and photos["missed"] == 1  # the blank photo: no face, counted as wrong
     assert photos["overall_accuracy"] <= 2 / 3
     assert sum(map(sum, photos["confusion_matrix"])) == 3 and sum(r[-1] for r in photos["confusion_matrix"]) == 1
+    assert result["confusion_axes"]["columns"][-1] == "no face" and len(result["confusion_axes"]["columns"]) == 8
 
 
 def test_groups_split_a_sets_accuracy_by_the_file_name(result):
@@ -144,7 +145,8 @@ def test_a_rare_class_cannot_vanish_from_a_resample():
 @pytest.mark.parametrize("change, message", [
     ({"mode": "whole"}, "mode 'whole'"),
     ({"format": "nope"}, "unknown format 'nope'"),
-    ({"colour": 1}, "unknown keys colour"),
+    ({"colour": 1}, "unknown keys colour; a set has description, domain"),
+    ({"spilt": "val"}, "unknown keys spilt \\(did you mean split\\?\\)"),
     ({"reader_options": [1]}, "reader_options must be a mapping"),
     ({"name": "a/b"}, "name 'a/b' may hold only"),
     ({"groups": "[0-9]+"}, "groups '\\[0-9\\]\\+' is not a usable regular expression: it has no group"),
@@ -157,7 +159,7 @@ def test_a_bad_suite_is_an_error_naming_the_file_and_set(tmp_path, change, messa
         message = "missing keys root"
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"sets": [entry]}))
-    with pytest.raises(MsferError, match=f"bad.yaml, set 1: .*{message}"):
+    with pytest.raises(MsferError, match=f"bad.yaml, set 1\\b.*: .*{message}"):
         load_suite(path)
 
 
@@ -175,7 +177,8 @@ def test_duplicate_names_and_empty_suites_are_refused(tmp_path):
 def test_a_set_without_a_domain_key_is_refused_and_a_missing_folder_names_the_set(tmp_path, random_weights):
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump({"sets": [{"name": "x", "format": "folder", "root": "x", "mode": "crops"}]}))
-    with pytest.raises(MsferError, match="set 1: missing keys domain"):  # null is said, never implied
+    # null is said, never implied
+    with pytest.raises(MsferError, match="set 1 \\(x\\): missing keys domain \\(domain: null for a set outside"):
         load_suite(path)
     path.write_text(yaml.safe_dump({"sets": [{"name": "x", "domain": "d", "format": "folder", "root": "nowhere",
                                               "mode": "crops"}]}))

@@ -34,6 +34,7 @@ faces by its own rule.
 """
 from __future__ import annotations
 
+import difflib
 import logging
 import re
 import zlib
@@ -116,12 +117,21 @@ def load_suite(path: str | Path, data_root: str | Path | None = None) -> Suite:
         where = f"{printable(path)}, set {number}"
         if not isinstance(entry, dict):
             raise MsferError(f"{where}: expected a mapping of {', '.join(sorted(SET_KEYS))}")
+        if isinstance(entry.get("name"), str):
+            where += f" ({entry['name']})"
         unknown = set(entry) - SET_KEYS
         missing = {"name", "domain", "format", "root", "mode"} - set(entry)  # domain: null is said, never implied
         if unknown or missing:
+            def known(key) -> str:
+                close = difflib.get_close_matches(str(key), sorted(SET_KEYS), n=1)
+                return f"{key} (did you mean {close[0]}?)" if close else str(key)
+
             raise MsferError(f"{where}: " + "; ".join(
-                ([f"unknown keys {', '.join(sorted(unknown))}"] if unknown else [])
-                + ([f"missing keys {', '.join(sorted(missing))}"] if missing else [])))
+                ([f"unknown keys {', '.join(known(k) for k in sorted(map(str, unknown)))}; a set has "
+                  f"{', '.join(sorted(SET_KEYS))}"] if unknown else [])
+                + ([f"missing keys {', '.join(sorted(missing))}"
+                    + (" (domain: null for a set outside the score)" if "domain" in missing else "")]
+                   if missing else [])))
         for key in ("name", "format", "mode"):
             if not isinstance(entry[key], str):
                 raise MsferError(f"{where}: {key} must be a string, got {entry[key]!r}")
@@ -168,7 +178,8 @@ def set_samples(entry: SuiteSet, suite: str = "") -> list:
                     f" ({'; '.join(index.problems[:3])})" if index.problems else "")
     samples = [s for s in index.samples if entry.split is None or s.split == entry.split]
     if not samples:
-        raise MsferError(f"set {entry.name}: no samples in split {entry.split!r} of {printable(entry.root)}; "
+        raise MsferError(f"{suite + ', ' if suite else ''}set {entry.name}: no samples in split {entry.split!r} of "
+                         f"{printable(entry.root)}; "
                          f"splits present: {', '.join(index.splits()) or 'none'}")
     return samples
 
@@ -379,6 +390,8 @@ def run_benchmark(suite: Suite, models: Sequence[ModelVariant], decisions: Seque
         "bootstrap": {"resamples": BOOTSTRAP, "seed": seed, "interval": "95% percentile",
                       "resampling": "with replacement within each class, seeded by [seed, crc32(set name)]"},
         "rows": rows,
+        # a row's confusion_matrix: one row per true class, one column per decided class and one for no face
+        "confusion_axes": {"rows": list(EMOTIONS), "columns": [*EMOTIONS, "no face"]},
         "scores": scores,
         "predictions": predictions,
     }
