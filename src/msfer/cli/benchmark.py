@@ -72,7 +72,8 @@ def crop_rule_of(text: str, scale: float):
 
 def provenance(args: argparse.Namespace, weights: list) -> dict:
     """What a benchmark.json needs to be read later: msfer's version, the options as given, and a SHA-256 of
-    each weights file (``None``: the bundled model), so that a row can be traced to the exact file."""
+    each weights file (``weights``: the paths given, ``None`` for the bundled model), keyed as the models'
+    ``weights`` are, so that a row can be traced to the exact file."""
     import hashlib
 
     from .. import __version__
@@ -86,8 +87,9 @@ def provenance(args: argparse.Namespace, weights: list) -> dict:
                 digest.update(chunk)
         return digest.hexdigest()
 
-    files = {str(path or BUNDLED_MODEL): sha256(resolve_checkpoint(path or BUNDLED_MODEL, prefer="best.pt"))
-             for path in weights}  # a run folder: the best.pt a model is read from
+    # keyed as the models' "weights" are; a run folder: the best.pt a model is read from
+    files = {str(path) if path else "bundled": sha256(resolve_checkpoint(path or BUNDLED_MODEL, prefer="best.pt"))
+             for path in weights}
     options = {key: value if isinstance(value, (int, float, bool, type(None))) else
                [str(v) for v in value] if isinstance(value, list) else str(value)
                for key, value in vars(args).items() if not callable(value)}
@@ -138,13 +140,14 @@ def run(args: argparse.Namespace) -> int:
             named = f"{label} {rule or OWN}" if len(rules) > 1 or rule is not None else label
             models.append(ModelVariant(named, recognizer,
                                        str(path) if path else "bundled"))
+    # hashed now, as loaded: a run folder's best.pt may be rewritten while the benchmark runs
+    sources = provenance(args, [None if text is None else named_weights(text)[1] for text in args.weights or [None]])
     result = run_benchmark(suite, models, decisions, args.batch_size, args.seed)
     table = format_markdown(result)
     print(table, end="")
     if args.out is not None:
         report = {k: v for k, v in result.items() if k != "predictions"}
-        report["provenance"] = provenance(args, [None if text is None else named_weights(text)[1]
-                                                 for text in args.weights or [None]])
+        report["provenance"] = sources
         # nested: each is renamed into place only once all three are written, so a failure leaves the earlier
         # run's files as they were, never a mix of two runs
         with (atomic_output(args.out / "predictions.npz") as npz, atomic_output(args.out / "benchmark.md") as md,

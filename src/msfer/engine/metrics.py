@@ -97,7 +97,8 @@ def format_table(metrics: dict) -> str:
     if metrics.get("calibration"):
         cal = metrics["calibration"]
         floor = (f" (if calibrated: {cal['ece_floor']:.3f}, 95% up to {cal['ece_floor_95']:.3f})"
-                 if "ece_floor_95" in cal else "")
+                 if "ece_floor_95" in cal else f" (if calibrated: {cal['ece_floor']:.3f})" if "ece_floor" in cal
+                 else "")  # metrics saved before these keys
         lines.append(f"calibration: ECE = {cal['ece']:.3f}{floor}   NLL = {cal['nll']:.3f}   "
                      f"Brier = {cal['brier']:.3f}   mean top probability = {cal['mean_confidence']:.3f}")
     for rule, scores in metrics.get("decision_rules", {}).items():

@@ -47,6 +47,7 @@ import yaml
 from tqdm import tqdm
 
 from ..data.transforms import resize_square
+from ..engine.calibration import ECE_BINS
 from ..engine.decision import decisions as decide_rows
 from ..engine.photos import classify_found, largest_face_crops
 from ..errors import MsferError
@@ -117,7 +118,7 @@ def load_suite(path: str | Path, data_root: str | Path | None = None) -> Suite:
         where = f"{printable(path)}, set {number}"
         if not isinstance(entry, dict):
             raise MsferError(f"{where}: expected a mapping of {', '.join(sorted(SET_KEYS))}")
-        if isinstance(entry.get("name"), str):
+        if isinstance(entry.get("name"), str) and re.fullmatch(r"[\w.+-]+", entry["name"]):
             where += f" ({entry['name']})"
         unknown = set(entry) - SET_KEYS
         missing = {"name", "domain", "format", "root", "mode"} - set(entry)  # domain: null is said, never implied
@@ -163,19 +164,20 @@ def load_suite(path: str | Path, data_root: str | Path | None = None) -> Suite:
                  str(path))
 
 
-def set_samples(entry: SuiteSet, suite: str = "") -> list:
+def set_samples(entry: SuiteSet, suite: str = "", warn: bool = True) -> list:
     """The samples of one suite set; :class:`MsferError` naming the suite file and the set if it cannot be read
-    or has none."""
+    or has none. With ``warn``, files the reader left out (a broken link, a file that is not an image: its
+    ``problems``, of any split under the set's root) are named in a warning."""
     from ..data.readers import read_dataset
 
     try:
         index = read_dataset(entry.root, entry.format, **entry.reader_options)
     except MsferError as error:
         raise MsferError(f"{suite + ', ' if suite else ''}set {entry.name}: {error}") from None
-    if index.skipped:  # the reader's: broken links, files that are not images, classes outside the 7
-        log.warning("%sset %s: %s left out of %s by its reader%s", suite + ", " if suite else "", entry.name,
-                    ", ".join(f"{n} {reason}" for reason, n in sorted(index.skipped.items())), printable(entry.root),
-                    f" ({'; '.join(index.problems[:3])})" if index.problems else "")
+    if warn and index.problems:  # files a user may fix, not the exclusions a dataset defines (FER+'s contempt)
+        log.warning("%sset %s: files under %s (any split) left out by its reader: %s", suite + ", " if suite else "",
+                    entry.name, printable(entry.root), "; ".join(index.problems[:3])
+                    + (f"; {len(index.problems) - 3} more" if len(index.problems) > 3 else ""))
     samples = [s for s in index.samples if entry.split is None or s.split == entry.split]
     if not samples:
         raise MsferError(f"{suite + ', ' if suite else ''}set {entry.name}: no samples in split {entry.split!r} of "
@@ -327,7 +329,8 @@ def run_benchmark(suite: Suite, models: Sequence[ModelVariant], decisions: Seque
                   batch_size: int = 32, seed: int = 0, progress: bool = True) -> dict:
     """Score every model on every set of ``suite`` under each of ``decisions`` (None: each model's own rule).
 
-    Returns ``{"suite", "models", "rows", "scores"}`` (see :func:`format_markdown` for what they hold)
+    Returns ``{"suite", "models", "bootstrap", "rows", "confusion_axes", "scores"}`` (see
+    :func:`format_markdown` for what they hold)
     and, under ``"predictions"``, per set: ``ids``, ``labels``, each model's ``probs`` (for
     :func:`save_predictions`) and each row's per-image ``correct`` (booleans, by the row's model label).
     """
@@ -448,7 +451,9 @@ def format_markdown(result: dict) -> str:
     lines += ["| set | domain | model | n | overall % [95% CI] | mean class % [95% CI] | missed | "
               "ECE (if calibrated: mean, 95%) | NLL |", "|---|---|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
-        ece = "-" if row["ece"] is None else f"{row['ece']:.3f} ({row['ece_floor']:.3f}, {row['ece_floor_95']:.3f})"
+        calibrated = ", ".join("-" if row.get(key) is None else f"{row[key]:.3f}"
+                               for key in ("ece_floor", "ece_floor_95"))  # records before these keys lack them
+        ece = "-" if row["ece"] is None else f"{row['ece']:.3f} ({calibrated})"
         nll = "-" if row["nll"] is None else f"{row['nll']:.3f}"
         lines.append(f"| {row['set']} | {row['domain'] or '(outside the score)'} | {row['model']} | {row['n']} | "
                      f"{_percent(row['overall_accuracy'], row['overall_accuracy_ci'])} | "
@@ -456,9 +461,9 @@ def format_markdown(result: dict) -> str:
                      f"{ece} | {nll} |")
     lines += ["", "Intervals: bootstrap over each set's images, resampled within each class (a class a model reads "
                   "all right or all wrong adds no width). Missed: photos without a detected face, counted wrong. "
-                  "ECE (15 bins) and NLL: over the faces found; in brackets, the ECE a perfectly calibrated model "
-                  "with the same confidences shows on as many faces, its mean and 95th percentile: an ECE above the "
-                  "latter is evidence of miscalibration, one below it is not."]
+                  f"ECE ({ECE_BINS} bins) and NLL: over the faces found; in brackets, the ECE a perfectly calibrated "
+                  "model with the same confidences shows on as many faces, its mean and 95th percentile: an ECE above "
+                  "the latter is evidence of miscalibration, one below it is not."]
     grouped = [row for row in result["rows"] if row.get("groups")]
     if grouped:
         models = list(dict.fromkeys(row["model"] for row in grouped))

@@ -248,7 +248,8 @@ def _read_inputs(run: Path, suite: Suite, calibrate_on: str | None, compare: Seq
         if calibration_set is None or calibration_set.mode != "crops":
             raise MsferError(f"calibrate on {calibrate_on!r}: name a crops set of {printable(suite.source)} "
                              f"({', '.join(entry.name for entry in crops) or 'it has none'})")
-    samples = {entry.name: set_samples(entry, printable(suite.source)) for entry in suite.sets}
+    # read here to refuse a bad set before the work starts; the benchmark reads them again and warns
+    samples = {entry.name: set_samples(entry, printable(suite.source), warn=False) for entry in suite.sets}
     best = resolve_checkpoint(run, prefer="best.pt")
     # the model as trained: an earlier bundle's folded adjustment taken out, any calibration reset, so that the
     # calibration is fitted to (and later applied to) the raw logits
@@ -383,4 +384,4 @@ def _suite_record(result: dict) -> dict:
              "sets": [{**{k: v for k, v in entry.items() if k not in ("root", "unreadable")},
                        "unreadable": len(entry["unreadable"])} for entry in result["suite"]["sets"]]}
     return {"suite": suite, "models": result["models"], "bootstrap": result["bootstrap"], "rows": result["rows"],
-            "scores": result["scores"]}
+            "confusion_axes": result["confusion_axes"], "scores": result["scores"]}
