@@ -125,11 +125,12 @@ def ferplus_majority(votes: list[int]) -> str | None:
     return FERPLUS_COLUMNS[kept.index(top)]
 
 
-def ferplus_soft_label(votes: list[int]) -> tuple[float, ...]:
-    """The vote distribution over the 7 emotions in ``EMOTIONS`` order, outlier votes (<= 1) zeroed."""
+def ferplus_soft_label(votes: list[int]) -> tuple[float, ...] | None:
+    """The vote distribution over the 7 emotions in ``EMOTIONS`` order, outlier votes (<= 1) zeroed; ``None``
+    when no emotion keeps a vote (contempt, unknown or not-a-face only)."""
     kept = {name: (v if v > 1 else 0) for name, v in zip(FERPLUS_COLUMNS, votes)}
     total = sum(kept[name] for name in EMOTIONS)
-    return tuple(kept[name] / total for name in EMOTIONS)
+    return tuple(kept[name] / total for name in EMOTIONS) if total else None
 
 
 def read_ferplus(root: str | Path, soft_labels: bool = False, require_images: bool = True) -> DatasetIndex:
@@ -201,7 +202,7 @@ def attach_ferplus_votes(index: DatasetIndex, ferplus_root: str | Path) -> int:
             copies = _ferplus_twins(samples, folder, sorted(votes))
         joined = 0
         for sample, names in zip(samples, copies):
-            shares = [s for s in (_seven_class_shares(votes[name]) for name in names if name in votes) if s]
+            shares = [s for s in (ferplus_soft_label(votes[name]) for name in names if name in votes) if s]
             if shares:
                 sample.soft_label = tuple(float(x) for x in np.mean(shares, axis=0))
                 joined += 1
@@ -241,11 +242,6 @@ def _check_agreement(samples: list[Sample], folder: Path, csv_path: Path) -> Non
                 f"{100 * agreement:.0f}% of the {len(block)} images from row {block[0].id.rpartition('/')[2]} (about "
                 "65% in the full fer2013.csv): its rows are not FER+'s; FER+ joins the full, unfiltered and "
                 "unreordered FER2013 CSV by row")
-
-
-def _seven_class_shares(votes: list[int]) -> tuple[float, ...] | None:
-    kept = {name: (v if v > 1 else 0) for name, v in zip(FERPLUS_COLUMNS, votes)}
-    return ferplus_soft_label(votes) if sum(kept[name] for name in EMOTIONS) else None
 
 
 def _ferplus_vote_table(label_file: Path) -> dict[str, list[int]]:
