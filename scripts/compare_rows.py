@@ -17,6 +17,7 @@ A model written ``a+b`` is the ensemble of models ``a`` and ``b``: the mean of t
 from __future__ import annotations
 
 import argparse
+import zipfile
 
 import numpy as np
 
@@ -39,9 +40,10 @@ def row_correct(predictions, set_name: str, models: list[str]) -> np.ndarray:
 
 
 def model_probs(predictions, set_name: str, model: str) -> np.ndarray:
-    """``N x 7`` probabilities of ``model`` on ``set_name``; ``a+b``: the mean of ``a``'s and ``b``'s."""
+    """``N x 7`` probabilities of ``model`` on ``set_name``; ``a+b``: the mean of ``a``'s and ``b``'s (unless the
+    predictions hold a model named ``a+b`` itself)."""
     members = []
-    for member in model.split("+"):
+    for member in [model] if f"{set_name}/probs/{model}" in predictions else model.split("+"):
         key = f"{set_name}/probs/{member}"
         if key not in predictions:
             held = sorted(name.split("/probs/")[1] for name in predictions if name.startswith(f"{set_name}/probs/"))
@@ -85,9 +87,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
     args = parser.parse_args()
     try:
-        predictions, suite = np.load(args.predictions), load_suite(args.suite)
-    except (OSError, ValueError, MsferError) as error:
-        parser.error(f"{args.predictions} or {args.suite}: {error}")
+        predictions = np.load(args.predictions)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:  # empty or cut short: EOF, BadZipFile
+        parser.error(f"{args.predictions}: not a predictions.npz of msfer benchmark ({error})")
+    try:
+        suite = load_suite(args.suite)
+    except MsferError as error:
+        parser.error(str(error))
     if not isinstance(predictions, np.lib.npyio.NpzFile):
         parser.error(f"{args.predictions} is not the predictions.npz msfer benchmark writes")
     (row, row_models), (against, against_models) = args.row, args.against

@@ -325,6 +325,19 @@ def test_a_reordered_or_filtered_fer2013_csv_is_refused_by_its_labels_where_ferp
         read_dataset(fer2013_csv(tmp_path / "filtered.csv", filtered), "fer2013", ferplus=str(ferplus))
 
 
+def test_a_row_missing_late_in_a_fer2013_csv_shows_in_its_last_block_of_rows(tmp_path):
+    # 1,699 rows in blocks of 500 (the short last one joined to the block before: rows 1000-1698): a row missing at
+    # 1350 leaves that block half right, and the last 500 rows 30% right
+    codes = [i % 7 for i in range(1700)]
+    columns = {"angry": 4, "disgust": 5, "fear": 6, "happy": 1, "sad": 3, "surprise": 2, "neutral": 0}
+    fer_names = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+    votes = {row: [10 * (i == columns[fer_names[code]]) for i in range(10)] for row, code in enumerate(codes)}
+    ferplus = ferplus_of_rows(tmp_path / "ferplus", votes, images=False)
+    rows = [[str(code), pixel_text(9, 16), "Training"] for code in codes]
+    with pytest.raises(DatasetError, match="for only 30% of the 500 images from row 1199"):
+        read_dataset(fer2013_csv(tmp_path / "late.csv", rows[:1350] + rows[1351:]), "fer2013", ferplus=str(ferplus))
+
+
 def test_fer2013_folder_takes_ferplus_votes_by_pixels_of_its_jpeg_copies(tmp_path):
     root = tmp_path / "fer2013"
     for split, row, name in [("train", 1, "Training_1.jpg"), ("train", 0, "Training_7.jpg"),

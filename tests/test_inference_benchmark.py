@@ -347,13 +347,15 @@ def test_files_a_sets_reader_leaves_out_are_named_not_dropped_silently(tmp_path,
     for name in ("happy", "contempt"):  # contempt: not one of the 7 classes
         (folder / name).mkdir(parents=True)
         Image.new("L", (48, 48), 90).save(folder / name / "0.png")
-    (folder / "happy" / "notes.txt").write_text("not an image")
+    for k in range(40):  # more than the reader lists by name: the warning still counts every one
+        (folder / "happy" / f"notes{k:02d}.txt").write_text("not an image")
     (tmp_path / "suite.yaml").write_text(yaml.safe_dump({"name": "s", "sets": [
         {"name": "crops", "domain": "crops", "format": "folder", "root": "crops", "split": "val", "mode": "crops"}]}))
     [entry] = load_suite(tmp_path / "suite.yaml").sets
     assert len(set_samples(entry, "suite.yaml")) == 1
     warning = " ".join(record.getMessage() for record in caplog.records if record.levelname == "WARNING")
-    assert "set crops: files under" in warning and "notes.txt: not an image file" in warning
+    assert "set crops: 40 file(s) under" in warning and "notes00.txt: not an image file" in warning
+    assert "; 37 more" in warning
     assert "contempt" not in warning  # a class outside the 7 is the dataset's definition, not a fault to fix
 
 

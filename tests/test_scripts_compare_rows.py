@@ -68,3 +68,25 @@ def test_a_plus_joins_models_into_the_ensemble_of_their_mean_probabilities(tmp_p
     lines = compare_rows(tmp_path, arrays, "ensemble=a0+a1", "a=a0,a1")
     assert lines["crops"][:2] == ["100.0", "50.0"]  # each alone is right on half; their mean is right on all
     assert lines["photos"][:2] == ["97.5", "48.8"]
+
+
+def test_a_model_named_with_a_plus_is_itself_not_an_ensemble(tmp_path):
+    labels = np.arange(40) % 7
+    arrays = {}
+    for name in ("crops", "photos", "extra"):  # "sfew+grey": a name msfer benchmark gives runs/sfew+grey/last.pt
+        arrays[f"{name}/labels"] = labels
+        arrays[f"{name}/probs/sfew+grey"] = probs_for(labels, np.ones(40, bool))
+        arrays[f"{name}/probs/b"] = probs_for(labels, np.zeros(40, bool))
+    lines = compare_rows(tmp_path, arrays, "grey=sfew+grey", "b=b")
+    assert lines["crops"][:2] == ["100.0", "0.0"]
+
+
+def test_an_empty_or_broken_predictions_file_is_one_line_naming_it(tmp_path):
+    (tmp_path / "suite.yaml").write_text(SUITE)
+    for content in (b"", b"PK\x03\x04 cut short"):
+        (tmp_path / "predictions.npz").write_bytes(content)
+        run = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_rows.py"),
+                              str(tmp_path / "predictions.npz"), str(tmp_path / "suite.yaml"),
+                              "--row", "a=a", "--against", "b=b"], capture_output=True, text=True)
+        assert run.returncode == 2 and "Traceback" not in run.stderr
+        assert "predictions.npz: not a predictions.npz of msfer benchmark" in run.stderr

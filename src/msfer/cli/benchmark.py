@@ -70,26 +70,26 @@ def crop_rule_of(text: str, scale: float):
         raise MsferError(f"--crop-rule {text!r}: {error}") from None
 
 
-def provenance(args: argparse.Namespace, weights: list) -> dict:
-    """What a benchmark.json needs to be read later: msfer's version, the options as given, and a SHA-256 of
-    each weights file (``weights``: the paths given, ``None`` for the bundled model), keyed as the models'
-    ``weights`` are, so that a row can be traced to the exact file."""
+def weights_sha256(path: Path | None) -> str:
+    """SHA-256 of a weights file (``None``: the bundled model; a run folder: the best.pt a model is read from)."""
     import hashlib
 
-    from .. import __version__
     from ..model.checkpoint import resolve_checkpoint
     from ..weights import BUNDLED_MODEL
 
-    def sha256(path: Path) -> str:
-        digest = hashlib.sha256()
-        with open(path, "rb") as file:
-            for chunk in iter(lambda: file.read(1 << 20), b""):
-                digest.update(chunk)
-        return digest.hexdigest()
+    digest = hashlib.sha256()
+    with open(resolve_checkpoint(path or BUNDLED_MODEL, prefer="best.pt"), "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
-    # keyed as the models' "weights" are; a run folder: the best.pt a model is read from
-    files = {str(path) if path else "bundled": sha256(resolve_checkpoint(path or BUNDLED_MODEL, prefer="best.pt"))
-             for path in weights}
+
+def provenance(args: argparse.Namespace, files: dict[str, str]) -> dict:
+    """What a benchmark.json needs to be read later: msfer's version, the options as given, and ``files``, the
+    SHA-256 of each weights file (:func:`weights_sha256`) keyed as the models' ``weights`` are, so that a row can
+    be traced to the exact file."""
+    from .. import __version__
+
     options = {key: value if isinstance(value, (int, float, bool, type(None))) else
                [str(v) for v in value] if isinstance(value, list) else str(value)
                for key, value in vars(args).items() if not callable(value)}
@@ -122,9 +122,11 @@ def run(args: argparse.Namespace) -> int:
                              "add --overwrite to replace them")
     suite = load_suite(args.suite, args.data_root)
     detector = RetinaFaceDetector()
-    models = []
+    models, hashes = [], {}
     for text in args.weights or [None]:
         name, path = named_weights(text) if text is not None else (None, None)
+        # hashed as it is loaded: a run folder's best.pt may be rewritten while the benchmark runs
+        hashes[str(path) if path else "bundled"] = weights_sha256(path)
         options = model_options(argparse.Namespace(weights=path, backend=args.backend, device=args.device))
         first = EmotionRecognizer(**options, detector=detector, tta=args.tta, batch_size=args.batch_size)
         scored = set()
@@ -140,8 +142,7 @@ def run(args: argparse.Namespace) -> int:
             named = f"{label} {rule or OWN}" if len(rules) > 1 or rule is not None else label
             models.append(ModelVariant(named, recognizer,
                                        str(path) if path else "bundled"))
-    # hashed now, as loaded: a run folder's best.pt may be rewritten while the benchmark runs
-    sources = provenance(args, [None if text is None else named_weights(text)[1] for text in args.weights or [None]])
+    sources = provenance(args, hashes)
     result = run_benchmark(suite, models, decisions, args.batch_size, args.seed)
     table = format_markdown(result)
     print(table, end="")

@@ -88,8 +88,8 @@ KEYS: tuple[Key, ...] = (
     Key("data.photo_val", None, "entries", "a second validation through the whole pipeline on whole photos"),
     # The target is w * soft label + (1 - w) * one-hot label (before model.label_smoothing): 1 trains on
     # FER+ votes alone (format ferplus, reader option soft_labels), 0.5 mixes them with FER2013's own
-    # labels (format fer2013, reader option ferplus). Samples without a soft label (data.extra_train
-    # sets, FER2013 images FER+ left out) train on their label.
+    # labels (format fer2013, reader option ferplus); it applies to data.extra_train's sets too. Samples
+    # without a soft label (a folder set's images, FER2013 images FER+ left out) train on their label.
     Key("data.soft_label_weight", 0.0, "number", "weight w of Sample.soft_label in the training target",
         _FRACTION),
     Key("data.balanced_sampling", False, "flag", "draw classes equally often (sampling with replacement)"),

@@ -174,10 +174,12 @@ def set_samples(entry: SuiteSet, suite: str = "", warn: bool = True) -> list:
         index = read_dataset(entry.root, entry.format, **entry.reader_options)
     except MsferError as error:
         raise MsferError(f"{suite + ', ' if suite else ''}set {entry.name}: {error}") from None
-    if warn and index.problems:  # files a user may fix, not the exclusions a dataset defines (FER+'s contempt)
-        log.warning("%sset %s: files under %s (any split) left out by its reader: %s", suite + ", " if suite else "",
-                    entry.name, printable(entry.root), "; ".join(index.problems[:3])
-                    + (f"; {len(index.problems) - 3} more" if len(index.problems) > 3 else ""))
+    if warn and index.problem_count:  # files a user may fix, not the exclusions a dataset defines (FER+'s contempt)
+        named = index.problems[:3]
+        log.warning("%sset %s: %d file(s) under %s (any split) left out by its reader: %s%s", suite + ", " if suite
+                    else "", entry.name, index.problem_count, printable(entry.root), "; ".join(named),
+                    f"; {index.problem_count - len(named)} more (msfer datasets inspect counts them by reason)"
+                    if index.problem_count > len(named) else "")
     samples = [s for s in index.samples if entry.split is None or s.split == entry.split]
     if not samples:
         raise MsferError(f"{suite + ', ' if suite else ''}set {entry.name}: no samples in split {entry.split!r} of "

@@ -32,8 +32,9 @@ class DatasetIndex:
 
     ``skipped`` counts samples left out by reason (``"contempt"``, ``"missing image"``, ...);
     ``problems`` are human-readable lines naming file (and line) for the skips a user may
-    want to fix, at most :data:`PROBLEMS_LISTED_PER_REASON` per reason. Exclusions that are
-    part of a dataset's definition (FER+ ``unknown`` votes, AffectNet ``None``) are counted only.
+    want to fix, at most :data:`PROBLEMS_LISTED_PER_REASON` per reason, and ``problem_count`` how many such skips
+    there were in all. Exclusions that are part of a dataset's definition (FER+ ``unknown`` votes, AffectNet
+    ``None``) are counted only.
     """
 
     format: str
@@ -41,12 +42,14 @@ class DatasetIndex:
     samples: list[Sample] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     skipped: Counter = field(default_factory=Counter)
+    problem_count: int = 0
 
     def skip(self, reason: str, problem: str | None = None) -> None:
         """Count one left-out sample; list ``problem`` unless this reason has been listed enough."""
         self.skipped[reason] += 1
         if problem is None:
             return
+        self.problem_count += 1
         listed = self.skipped[reason]
         if listed <= PROBLEMS_LISTED_PER_REASON:
             self.problems.append(problem)
