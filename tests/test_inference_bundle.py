@@ -135,35 +135,43 @@ def test_a_classifier_is_bundled_into_another_folder_and_judged_on_the_suite(bun
     public = record["validation"][record["precision"]]["fer2013_public_test"]
     assert public["n"] == 7 * PUBLIC_TEST_PER_CLASS and "region_detection" not in public
 
-    # the suite: the candidate and the bundled model (compared by default) on every set, under their own rules
+    # the suite: the candidate under both rules (its default is chosen there) and the bundled model (compared by
+    # default) under its own, on every set
     rows = {(row["set"], row["model"]): row for row in record["suite"]["rows"]}
-    assert set(rows) == {(s, m) for s in ("fer2013_public_test", "tcce_val", "aside") for m in ("candidate", "bundled")}
-    assert rows["tcce_val", "candidate"]["n"] == 7 * TCCE_VAL_PER_CLASS and rows["tcce_val", "candidate"]["missed"] == 0
+    assert set(rows) == {(s, m) for s in ("fer2013_public_test", "tcce_val", "aside")
+                         for m in ("candidate argmax", "candidate balanced", "bundled")}
+    default = record["decision"]["default"]
+    assert record["decision"]["chosen_on"] == "suite" and set(record["decision"]["suite"]) == {"argmax", "balanced"}
+    candidate = f"candidate {default}"
+    scores = {entry["model"]: entry["score_overall"] for entry in record["suite"]["scores"]}
+    assert record["decision"]["suite"][default]["score_overall"] == scores[candidate]
+    assert rows["tcce_val", candidate]["n"] == 7 * TCCE_VAL_PER_CLASS and rows["tcce_val", candidate]["missed"] == 0
     assert all("root" not in entry for entry in record["suite"]["suite"]["sets"])  # no machine's data paths
     verdict = record["verdict"]
     assert verdict["verdict"] in ("better", "not better") and verdict["why"]
     assert [(c["set"], c["against"]) for c in verdict["sets"]] == [("fer2013_public_test", "bundled"),
                                                                     ("tcce_val", "bundled")]  # "aside": no domain
     for check in verdict["sets"]:
-        row, theirs = rows[check["set"], "candidate"], rows[check["set"], "bundled"]
+        row, theirs = rows[check["set"], candidate], rows[check["set"], "bundled"]
         assert check["candidate"] == pytest.approx(row["overall_accuracy"])
         assert check["compared"] == pytest.approx(theirs["overall_accuracy"])
         assert check["within"] == (check["difference"] >= -check["standard_error"])
     assert "| tcce_val | bundled |" in printed and f"verdict: {verdict['verdict']}" in printed
+    assert "default decision rule on the suite" in printed and f"-> {default}" in printed
     assert record["replaced"] is None and "held no model: the candidate is written whatever the verdict" in printed
 
     # the written file loads with the API, carries the checkpoint's crop rule and its balanced rule, and is the
     # file the suite measured: its TCCE val figures are the whole pipeline's on that file
     recognizer = EmotionRecognizer(out / "msfer_fer2013.pt", device="cpu")
-    assert recognizer.decision == record["decision"]["default"] == "argmax"  # the default rule
+    assert recognizer.decision == default  # the rule the suite chose is the model's own
     assert recognizer.crop_rule.to_dict() == CROP_RULE
     assert np.allclose(recognizer.classifier.balanced_offsets, record["decision"]["offsets"], atol=1e-2)
     [face] = recognizer.predict(np.asarray(Image.open(ASTRONAUT).convert("RGB")))
     assert face.label in EMOTIONS and face.regions == {} and abs(sum(face.probs.values()) - 1) < 1e-3
     again = evaluate_with_detection(recognizer, read_dataset(tcce_tree, "folder").samples)
-    assert again["overall_accuracy"] == rows["tcce_val", "candidate"]["overall_accuracy"]
+    assert again["overall_accuracy"] == rows["tcce_val", candidate]["overall_accuracy"]
     # the probabilities too (a tiny model's accuracy alone could match another model's)
-    assert again["calibration"]["nll"] == pytest.approx(rows["tcce_val", "candidate"]["nll"], rel=1e-6)
+    assert again["calibration"]["nll"] == pytest.approx(rows["tcce_val", candidate]["nll"], rel=1e-6)
     # the balanced rule divides out the prior the calibrated probabilities carry: their mean on public_test
     # (here 9 faces per class, where training saw 2-4: not training's prior)
     public_samples = [s for s in read_dataset(fer_tree, "fer2013").samples if s.split == "public_test"]
@@ -310,6 +318,39 @@ def test_the_verdict_needs_a_higher_score_and_no_set_worse_by_more_than_one_stan
     assert verdict["verdict"] == "not better" and "against v2" in verdict["why"] and "against old" not in verdict["why"]
     with pytest.raises(MsferError, match="no set with a domain"):
         suite_verdict(fake_result(tie, {"crops": None, "photos": None, "aside": None}), "candidate", ["old"])
+
+
+def rule_result(figures: dict[str, tuple[float, float, list[float]]]) -> dict:
+    """A benchmark result as choose_decision reads it: per rule, the candidate's suite scores (overall, mean class)
+    and its photo sets' mean class accuracies, beside a crops row and a row outside the score."""
+    rows, scores = [], []
+    for rule, (overall, mean_class, photos) in figures.items():
+        label = f"candidate {rule}"
+        scores.append({"model": label, "score_overall": overall, "score_mean_class": mean_class})
+        rows += [{"model": label, "mode": "crops", "domain": "crops", "mean_class_accuracy": 0.9},
+                 {"model": label, "mode": "photos", "domain": None, "mean_class_accuracy": 0.0}]
+        rows += [{"model": label, "mode": "photos", "domain": "photos", "mean_class_accuracy": value}
+                 for value in photos]
+    return {"rows": rows, "scores": scores}
+
+
+@pytest.mark.parametrize("argmax, balanced, chosen", [
+    ((0.55, 0.54, [0.50, 0.40]), (0.56, 0.56, [0.52, 0.41]), "balanced"),  # higher score, photos gain
+    ((0.55, 0.54, [0.50, 0.40]), (0.54, 0.57, [0.52, 0.41]), "argmax"),  # photos gain, the score falls
+    ((0.55, 0.54, [0.50, 0.40]), (0.56, 0.56, [0.48, 0.40]), "argmax"),  # the score rises, photos lose class accuracy
+    ((0.55, 0.54, [0.50, 0.40]), (0.55, 0.55, [0.52, 0.41]), "balanced"),  # a tied score: mean class decides
+    ((0.55, 0.54, []), (0.56, 0.55, []), "balanced"),  # no photo set: the suite's mean class score decides
+    ((0.55, 0.54, []), (0.56, 0.53, []), "argmax"),
+])
+def test_the_default_rule_is_chosen_on_the_whole_suite(argmax, balanced, chosen):
+    from msfer.inference.bundle import choose_decision
+
+    rule, figures = choose_decision(rule_result({"argmax": argmax, "balanced": balanced}), "candidate")
+    assert rule == chosen
+    assert figures["balanced"]["score_overall"] == balanced[0]
+    assert figures["balanced"]["photos_mean_class"] == (pytest.approx(np.mean(balanced[2])) if balanced[2] else None)
+    with pytest.raises(MsferError, match="no model 'candidate balanced'"):
+        choose_decision(rule_result({"argmax": argmax}), "candidate")
 
 
 def test_the_paired_standard_error():

@@ -33,9 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=BUNDLED_MODEL.parent, metavar="DIR",
                         help="where the model and its record go (default: the package's, replacing the shipped "
                              "model if the verdict is better)")
-    parser.add_argument("--decision", choices=("argmax", "balanced"), default="argmax",
+    parser.add_argument("--decision", choices=("suite", "argmax", "balanced"), default="suite",
                         help="the model's default decision rule, which every command and the API then use unless "
-                             "told otherwise; the verdict judges it under this rule (default argmax)")
+                             "told otherwise; the verdict judges it under this rule. suite (the default): the rule "
+                             "with the higher suite score, balanced only where it also raises mean class accuracy on "
+                             "the suite's photo sets")
     parser.add_argument("--compare", nargs="+", default=None, metavar="[NAME=]PATH",
                         help="models to compare with, each under its own default rule; the first is the one whose "
                              "suite score the candidate must beat; a model DIR holds is always compared first "
@@ -68,9 +70,14 @@ def run(args: argparse.Namespace) -> int:
     elif replaced["forced"]:
         print(f"replaced the model in {printable(args.out)} (trained from {replaced['source'] or 'unknown'}) although "
               "the verdict is not better: --force")
+    chosen = record["decision"]
+    if chosen.get("chosen_on") == "suite":
+        print("default decision rule on the suite (score overall / mean class %): " + ", ".join(
+            f"{rule} {100 * f['score_overall']:.1f} / {100 * f['score_mean_class']:.1f}"
+            for rule, f in chosen["suite"].items()) + f" -> {chosen['default']}")
     print(f"bundled {printable(model)} ({model.stat().st_size / 2**20:.1f} MB, {record['precision']}; calibration "
-          f"{record['calibration']['method']} on {record['calibrated_on']}, balanced rule tau "
-          f"{record['decision']['tau']}); every figure is in {printable(args.out / BUNDLED_RECORD.name)}")
+          f"{record['calibration']['method']} on {record['calibrated_on']}, default rule {chosen['default']}, "
+          f"balanced rule tau {chosen['tau']}); every figure is in {printable(args.out / BUNDLED_RECORD.name)}")
     return 0
 
 

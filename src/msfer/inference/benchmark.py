@@ -190,11 +190,13 @@ def set_samples(entry: SuiteSet, suite: str = "", warn: bool = True) -> list:
 
 @dataclass
 class ModelVariant:
-    """A model as the benchmark runs it: ``name`` in the tables, a recognizer (weights, crop rule, TTA)."""
+    """A model as the benchmark runs it: ``name`` in the tables, a recognizer (weights, crop rule, TTA), and
+    ``decisions``, the rules this model is scored under where they differ from the run's (empty: the run's)."""
 
     name: str
     recognizer: EmotionRecognizer
     weights: str = ""
+    decisions: tuple[str | None, ...] = ()
 
 
 def set_probabilities(entry: SuiteSet, samples: Sequence, models: Sequence[ModelVariant], batch_size: int = 32,
@@ -329,7 +331,9 @@ def suite_score(suite: Suite, values: dict[str, np.ndarray | float]) -> np.ndarr
 
 def run_benchmark(suite: Suite, models: Sequence[ModelVariant], decisions: Sequence[str | None] = (None,),
                   batch_size: int = 32, seed: int = 0, progress: bool = True) -> dict:
-    """Score every model on every set of ``suite`` under each of ``decisions`` (None: each model's own rule).
+    """Score every model on every set of ``suite`` under each of ``decisions`` (None: each model's own rule; a
+    model's own ``decisions`` replace them for that model). A model scored under its own rule alone is named
+    by its name in the rows, else ``"NAME RULE"``.
 
     Returns ``{"suite", "models", "bootstrap", "rows", "confusion_axes", "scores"}`` (see
     :func:`format_markdown` for what they hold)
@@ -338,11 +342,12 @@ def run_benchmark(suite: Suite, models: Sequence[ModelVariant], decisions: Seque
     """
     if not models:
         raise MsferError("no model to benchmark")
-    variants = []
+    variants, labels = [], []
     for k, model in enumerate(models):
-        for rule in dict.fromkeys(model.recognizer.check_decision(rule) for rule in decisions):  # own = a named one
+        rules = list(model.decisions or decisions)
+        for rule in dict.fromkeys(model.recognizer.check_decision(rule) for rule in rules):  # own = a named one
             variants.append((k, model, rule))
-    labels = [model.name if list(decisions) == [None] else f"{model.name} {rule}" for _, model, rule in variants]
+            labels.append(model.name if rules == [None] else f"{model.name} {rule}")  # own rule alone: the name
     repeated = sorted({label for label in labels if labels.count(label) > 1})
     if repeated:
         raise MsferError(f"two models are named {', '.join(map(repr, repeated))}: "

@@ -14,10 +14,14 @@ class-prior adjustment an earlier msfer folded into its bias has it taken out fi
 3. **Export** as ``msfer_fer2013.pt``, in half precision if that loses nothing measurable on that
    set (every accuracy within 0.1 point, with and without flip TTA, under both decision rules).
 4. **The suite** (:func:`msfer.inference.benchmark.run_benchmark`): the candidate under its default
-   decision rule (``decision``) and every compared model under its own, on every set, in one run.
-5. **The verdict** (:func:`suite_verdict`): ``better`` when the candidate's suite score (overall
-   accuracy) is higher than the first compared model's, and on no set in the score is it worse than
-   any compared model by more than one standard error of their paired difference.
+   decision rule (``decision``; ``"suite"``: under both rules) and every compared model under its own,
+   on every set, in one run.
+5. **The default decision rule**, with ``decision="suite"`` (:func:`choose_decision`): chosen on the
+   whole suite, not on the calibration set: the rule with the higher suite score, balanced only where
+   it also raises mean class accuracy on the suite's photo sets.
+6. **The verdict** (:func:`suite_verdict`): ``better`` when the candidate's suite score (overall
+   accuracy) under its default rule is higher than the first compared model's, and on no set in the
+   score is it worse than any compared model by more than one standard error of their paired difference.
 
 The record ``msfer_fer2013.json`` holds every figure: calibration, decision rule, the calibration
 set's figures per precision, ``fixed_sample`` (500 images of FER2013 public_test, drawn with a fixed
@@ -55,7 +59,7 @@ from ..weights import BUNDLED_MODEL, BUNDLED_RECORD, fixed_sample
 from .benchmark import ModelVariant, Suite, SuiteSet, run_benchmark, set_samples
 from .recognizer import EmotionRecognizer
 
-__all__ = ["BundleRefused", "bundle", "suite_verdict", "verdict_table"]
+__all__ = ["BundleRefused", "bundle", "choose_decision", "suite_verdict", "verdict_table"]
 
 CANDIDATE = "candidate"
 HEADLINE = ("n", "overall_accuracy", "mean_class_accuracy")
@@ -115,8 +119,9 @@ def _both_tta(weights: Path, name: str, samples: list, annotations: dict | None,
 
 def make_candidate(inputs: _Inputs, work: Path, decision: str) -> tuple[Path, dict]:
     """Steps 1-3 of the module docstring: calibrate ``inputs.checkpoint`` on the calibration set, choose its balanced
-    rule, export ``work/msfer_fer2013.pt``; returns that file and the record so far. Every other file it writes is a
-    temporary one in ``work``."""
+    rule, export ``work/msfer_fer2013.pt`` with ``decision`` as its default rule (``"suite"``: argmax until
+    :func:`choose_decision` has read the suite); returns that file and the record so far. Every other file it writes
+    is a temporary one in ``work``."""
     name, samples, annotations = inputs.calibration_set.name, inputs.samples, inputs.annotations
     candidate = work / BUNDLED_MODEL.name
     as_trained = save_checkpoint(inputs.checkpoint, work / "as_trained.pt")
@@ -133,7 +138,7 @@ def make_candidate(inputs: _Inputs, work: Path, decision: str) -> tuple[Path, di
     record["decision"] = {"default": decision, **rule}
     kept = {"method": calibration["method"], "scale": calibration["scale"], "bias": calibration["bias"],
             "criterion": calibration["criterion"], "balanced_tau": rule["tau"],
-            "balanced_criterion": rule["criterion"], "decision": decision}
+            "balanced_criterion": rule["criterion"], "decision": "argmax" if decision == "suite" else decision}
     source = save_checkpoint(calibrated_checkpoint(inputs.checkpoint, calibration["scale"], calibration["bias"],
                                                    rule["offsets"], kept), work / "float32.pt")
     record["validation"]["as_trained"] = _both_tta(
@@ -162,6 +167,39 @@ def make_candidate(inputs: _Inputs, work: Path, decision: str) -> tuple[Path, di
         record["fixed_sample"] = {"split": "public_test", "size": len(sample),
                                   **_measure(candidate, sample, None, tta=False)}
     return candidate, record
+
+
+def choose_decision(result: dict, name: str) -> tuple[str, dict]:
+    """The default decision rule of the model ``name``, read on a :func:`~msfer.inference.benchmark.run_benchmark`
+    result that scored it under both rules (rows ``"NAME argmax"`` and ``"NAME balanced"``): the rule with the higher
+    suite score (overall accuracy, the score the verdict judges; mean class accuracy breaks a tie), balanced only where
+    it also raises the mean class accuracy of the suite's photo sets in the score (where the suite has none, its mean
+    class score). Returns the rule and, per rule, ``score_overall``, ``score_mean_class`` and ``photos_mean_class``
+    (fractions; None without photo sets)."""
+    scores = {entry["model"]: entry for entry in result["scores"]}
+    figures = {}
+    for rule in DECISION_RULES:
+        label = f"{name} {rule}"
+        if label not in scores:
+            raise MsferError(f"the suite scored no model {label!r}: choosing a decision rule needs both rules' rows")
+        photos = [row["mean_class_accuracy"] for row in result["rows"]
+                  if row["model"] == label and row["mode"] == "photos" and row["domain"] is not None]
+        figures[rule] = {"score_overall": scores[label]["score_overall"],
+                         "score_mean_class": scores[label]["score_mean_class"],
+                         "photos_mean_class": float(np.mean(photos)) if photos else None}
+    argmax, balanced = figures["argmax"], figures["balanced"]
+    class_gain = ((balanced["photos_mean_class"] > argmax["photos_mean_class"]) if argmax["photos_mean_class"]
+                  is not None else balanced["score_mean_class"] > argmax["score_mean_class"])
+    higher = ((balanced["score_overall"], balanced["score_mean_class"])
+              > (argmax["score_overall"], argmax["score_mean_class"]))
+    return ("balanced" if class_gain and higher else "argmax"), figures
+
+
+def _set_default_rule(weights: Path, rule: str) -> None:
+    """Write ``rule`` as the default decision rule in the calibration record of the model file ``weights``."""
+    checkpoint = load_checkpoint(weights)
+    checkpoint["calibration"] = {**checkpoint["calibration"], "decision": rule}
+    save_checkpoint(checkpoint, weights)
 
 
 def paired_standard_error(a: np.ndarray, b: np.ndarray) -> float:
@@ -272,7 +310,7 @@ def _read_inputs(run: Path, suite: Suite, calibrate_on: str | None, compare: Seq
 
 def bundle(run: str | os.PathLike, suite: Suite, out: str | os.PathLike = BUNDLED_MODEL.parent,
            compare: Sequence[tuple[str, str | os.PathLike]] | None = None, calibrate_on: str | None = None,
-           decision: str = "argmax", annotations: str | os.PathLike | None = None, force: bool = False,
+           decision: str = "suite", annotations: str | os.PathLike | None = None, force: bool = False,
            progress: bool = True) -> dict:
     """Bundle ``run`` (a run folder, whose ``best.pt`` is taken, or a checkpoint file) into ``out`` as the module
     docstring says, judged on ``suite`` against ``compare`` (``(name, weights)`` pairs; default: the bundled model).
@@ -285,8 +323,8 @@ def bundle(run: str | os.PathLike, suite: Suite, out: str | os.PathLike = BUNDLE
     """
     from ..faces.retinaface import RetinaFaceDetector
 
-    if decision not in DECISION_RULES:
-        raise MsferError(f"decision {decision!r}: use one of {', '.join(DECISION_RULES)}")
+    if decision not in (*DECISION_RULES, "suite"):
+        raise MsferError(f"decision {decision!r}: use one of {', '.join(DECISION_RULES)} or suite")
     out = Path(out)
     model_path, record_path = out / BUNDLED_MODEL.name, out / BUNDLED_RECORD.name
     if out.exists() and not out.is_dir():
@@ -317,10 +355,17 @@ def bundle(run: str | os.PathLike, suite: Suite, out: str | os.PathLike = BUNDLE
         with work_folder as work:
             candidate, record = make_candidate(inputs, Path(work), decision)
             variant = ModelVariant(CANDIDATE, EmotionRecognizer(candidate, device="cpu", detector=detector),
-                                   CANDIDATE)
+                                   CANDIDATE, DECISION_RULES if decision == "suite" else ())
             result = run_benchmark(suite, [variant, *inputs.compared], progress=progress)
+            judged = CANDIDATE
+            if decision == "suite":
+                chosen, figures = choose_decision(result, CANDIDATE)
+                record["decision"].update(default=chosen, chosen_on="suite", suite=figures)
+                if chosen != "argmax":
+                    _set_default_rule(candidate, chosen)
+                judged = f"{CANDIDATE} {chosen}"
             record["suite"] = _suite_record(result)
-            record["verdict"] = suite_verdict(result, CANDIDATE, [model.name for model in inputs.compared])
+            record["verdict"] = suite_verdict(result, judged, [model.name for model in inputs.compared])
             record["config"] = inputs.checkpoint["config"]
             # what this bundle writes over, so the record says where the model before it came from
             record["replaced"] = ({"source": _previous_source(record_path),
