@@ -252,6 +252,14 @@ def test_own_is_each_models_default_rule_and_crop_rules_change_photos(suite_file
     assert found.sum() == 2 and not np.allclose(own[found], aligned[found])  # each rule crops its own way
 
 
+def test_two_models_of_one_name_are_refused_even_under_different_rules(suite_file, random_weights, tmp_path):
+    own_balanced = EmotionRecognizer(with_rule(random_weights, tmp_path / "own.pt", default="balanced"))
+    models = [ModelVariant("m", own_balanced, decisions=("argmax",)), ModelVariant("m", own_balanced,
+                                                                                    decisions=("balanced",))]
+    with pytest.raises(MsferError, match="two models are named 'm'"):  # their probabilities are kept by name
+        run_benchmark(load_suite(suite_file), models, progress=False)
+
+
 def test_each_photo_is_detected_once_for_every_model(suite_file, random_weights, classifier_weights):
     first, second = EmotionRecognizer(random_weights), EmotionRecognizer(classifier_weights)
     calls = []

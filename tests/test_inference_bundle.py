@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image, ImageEnhance, ImageOps
 
@@ -37,6 +38,15 @@ def digests(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` (hidden ones too) by its SHA-256."""
     return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
             for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def strings(value) -> list[str]:
+    """Every string in a record (dicts and lists, recursively)."""
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in strings(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in strings(item)]
+    return [value] if isinstance(value, str) else []
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +136,13 @@ def test_a_classifier_is_bundled_into_another_folder_and_judged_on_the_suite(bun
 
     record = json.loads((out / "msfer_fer2013.json").read_text())
     assert {"calibration", "decision", "fixed_sample", "precision", "suite", "verdict", "config"} <= set(record)
-    assert record["source"] == str(trained / "best.pt")
+    assert record["source"] == "run/best.pt"  # no bundling machine's folders: the path's last two parts
+    assert record["config"]["data"]["root"] == f"{fer_tree.parent.name}/{fer_tree.name}"  # trained with its full path
+    from msfer.model.checkpoint import load_checkpoint
+
+    shipped_config = load_checkpoint(out / "msfer_fer2013.pt")["config"]
+    for text in strings(record) + strings(shipped_config):
+        assert not (Path(text).is_absolute() or text.startswith("~")), text
     assert record["calibrated_on"] == "fer2013_public_test"  # the suite's first crops set
     assert record["config"]["model"]["name"] == "classifier_mobilenetv2"
     assert record["calibration"]["method"] in ("temperature", "vector")
@@ -157,7 +173,7 @@ def test_a_classifier_is_bundled_into_another_folder_and_judged_on_the_suite(bun
         assert check["compared"] == pytest.approx(theirs["overall_accuracy"])
         assert check["within"] == (check["difference"] >= -check["standard_error"])
     assert "| tcce_val | bundled |" in printed and f"verdict: {verdict['verdict']}" in printed
-    assert "default decision rule on the suite" in printed and f"-> {default}" in printed
+    assert "default decision rule chosen on the suite: argmax: suite score" in printed and f"-> {default}" in printed
     assert record["replaced"] is None and "held no model: the candidate is written whatever the verdict" in printed
 
     # the written file loads with the API, carries the checkpoint's crop rule and its balanced rule, and is the
@@ -206,9 +222,42 @@ def test_replacing_a_model_the_candidate_does_not_beat_is_refused_unless_forced(
     assert EmotionRecognizer(folder / "msfer_fer2013.pt").decision == "balanced"
     assert record["verdict"]["sets"][0]["against"] == "replaced"
     # where the model before it came from
-    assert record["replaced"] == {"source": str(trained / "best.pt"), "forced": True}
+    assert record["replaced"] == {"source": "run/best.pt", "forced": True}
     models = {model["name"]: model["decision"] for model in record["suite"]["models"]}
-    assert models == {"candidate": "balanced", "replaced": "argmax"}  # each under its own default rule
+    before = json.loads((bundled[0] / "msfer_fer2013.json").read_text())["decision"]["default"]
+    assert models == {"candidate": "balanced", "replaced": before}  # each under its own default rule
+
+
+def test_the_rule_the_suite_chooses_is_written_into_the_model_file(bundled, trained, suite_file, tmp_path,
+                                                                   monkeypatch):
+    """Where the suite chooses balanced, the exported file is rewritten with it and keeps all else: its weights'
+    precision, calibration and config (the tiny model's suite need not choose balanced by itself)."""
+    import msfer.inference.bundle as bundling
+    from msfer.inference.recognizer import EmotionRecognizer
+    from msfer.model.checkpoint import load_checkpoint
+
+    chooses = bundling.choose_decision
+    monkeypatch.setattr(bundling, "choose_decision", lambda result, name: ("balanced", chooses(result, name)[1]))
+    out = tmp_path / "balanced"
+    assert main(bundle_args(trained, suite_file, out)) == 0
+    record = json.loads((out / "msfer_fer2013.json").read_text())
+    assert record["decision"]["default"] == "balanced" and record["decision"]["chosen_on"] == "suite"
+    assert EmotionRecognizer(out / "msfer_fer2013.pt").decision == "balanced"
+    assert record["verdict"]["scores"].keys() == {"candidate balanced", "bundled"}  # judged under the chosen rule
+    mine, theirs = load_checkpoint(out / "msfer_fer2013.pt"), load_checkpoint(bundled[0] / "msfer_fer2013.pt")
+    assert {k: v.dtype for k, v in mine["model"].items()} == {k: v.dtype for k, v in theirs["model"].items()}
+    assert all(torch.equal(mine["model"][k], theirs["model"][k]) for k in theirs["model"])  # the same run's bundle
+    assert {**mine["calibration"], "decision": None} == {**theirs["calibration"], "decision": None}
+    assert mine["config"] == theirs["config"]
+
+
+def test_a_compared_model_named_as_a_row_of_the_candidate_is_refused_before_any_work(trained, suite_file, tmp_path):
+    from msfer.inference.benchmark import load_suite
+    from msfer.inference.bundle import bundle
+
+    with pytest.raises(MsferError, match="named 'candidate balanced', a name of the candidate's rows"):
+        bundle(trained, load_suite(suite_file), tmp_path / "out", compare=[("candidate balanced", BUNDLED_MODEL)])
+    assert not (tmp_path / "out").exists()
 
 
 def test_annotations_are_refused_for_a_classifier_before_anything_is_written(trained, suite_file, tmp_path, capsys):

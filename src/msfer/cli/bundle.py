@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..inference.benchmark import load_suite
-    from ..inference.bundle import BundleRefused, bundle, verdict_table
+    from ..inference.bundle import BundleRefused, bundle, decision_line, verdict_table
     from .options import model_name, named_weights
 
     compare = None
@@ -61,8 +61,10 @@ def run(args: argparse.Namespace) -> int:
         record = bundle(args.run, suite, args.out, compare, args.calibrate_on, args.decision, args.annotations,
                         args.force)
     except BundleRefused as refused:
+        print(decision_line(refused.record))
         print(verdict_table(refused.record))
         raise
+    print(decision_line(record))
     print(verdict_table(record))
     model, replaced = args.out / BUNDLED_MODEL.name, record["replaced"]
     if replaced is None:
@@ -71,10 +73,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"replaced the model in {printable(args.out)} (trained from {replaced['source'] or 'unknown'}) although "
               "the verdict is not better: --force")
     chosen = record["decision"]
-    if chosen.get("chosen_on") == "suite":
-        print("default decision rule on the suite (score overall / mean class %): " + ", ".join(
-            f"{rule} {100 * f['score_overall']:.1f} / {100 * f['score_mean_class']:.1f}"
-            for rule, f in chosen["suite"].items()) + f" -> {chosen['default']}")
     print(f"bundled {printable(model)} ({model.stat().st_size / 2**20:.1f} MB, {record['precision']}; calibration "
           f"{record['calibration']['method']} on {record['calibrated_on']}, default rule {chosen['default']}, "
           f"balanced rule tau {chosen['tau']}); every figure is in {printable(args.out / BUNDLED_RECORD.name)}")

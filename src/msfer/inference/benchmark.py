@@ -348,7 +348,8 @@ def run_benchmark(suite: Suite, models: Sequence[ModelVariant], decisions: Seque
         for rule in dict.fromkeys(model.recognizer.check_decision(rule) for rule in rules):  # own = a named one
             variants.append((k, model, rule))
             labels.append(model.name if rules == [None] else f"{model.name} {rule}")  # own rule alone: the name
-    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    names = [model.name for model in models]  # probabilities are kept by model name, rows by label
+    repeated = sorted({label for label in [*labels, *names] if labels.count(label) > 1 or names.count(label) > 1})
     if repeated:
         raise MsferError(f"two models are named {', '.join(map(repr, repeated))}: "
                          "name each one (--weights NAME=PATH)")

@@ -59,7 +59,7 @@ from ..weights import BUNDLED_MODEL, BUNDLED_RECORD, fixed_sample
 from .benchmark import ModelVariant, Suite, SuiteSet, run_benchmark, set_samples
 from .recognizer import EmotionRecognizer
 
-__all__ = ["BundleRefused", "bundle", "choose_decision", "suite_verdict", "verdict_table"]
+__all__ = ["BundleRefused", "bundle", "choose_decision", "decision_line", "suite_verdict", "verdict_table"]
 
 CANDIDATE = "candidate"
 HEADLINE = ("n", "overall_accuracy", "mean_class_accuracy")
@@ -244,6 +244,20 @@ def suite_verdict(result: dict, candidate: str, compared: Sequence[str]) -> dict
             "scores": {name: scores[name] for name in (candidate, *compared)}, "sets": checks}
 
 
+def decision_line(record: dict) -> str:
+    """How the record's default decision rule was chosen, on one line (percent)."""
+    decision = record["decision"]
+    if decision.get("chosen_on") != "suite":
+        return f"default decision rule {decision['default']} (given)"
+    figures = []
+    for rule, f in decision["suite"].items():
+        photos = f["photos_mean_class"]
+        photos = "" if photos is None else f", photo sets' mean class {100 * photos:.1f}"
+        figures.append(f"{rule}: suite score {100 * f['score_overall']:.2f} (mean class "
+                       f"{100 * f['score_mean_class']:.1f}{photos})")
+    return f"default decision rule chosen on the suite: {'; '.join(figures)} -> {decision['default']}"
+
+
 def verdict_table(record: dict) -> str:
     """The record's suite comparison as a Markdown table (overall accuracy %, difference and its standard error)
     and the verdict line."""
@@ -260,12 +274,24 @@ def verdict_table(record: dict) -> str:
 
 
 def _shown(path: Path | str) -> str:
-    """``path`` relative to the working folder when inside it: a shipped record carries no bundling machine's
-    paths."""
+    """``path`` as a shipped record shows it, with no bundling machine's folders: relative to the working folder when
+    inside it, else its last two parts (``/home/me/runs/v3/last.pt`` -> ``v3/last.pt``)."""
     try:
         return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
     except ValueError:
-        return str(path)
+        path = Path(path)
+        return Path(*path.relative_to(path.anchor).parts[-2:], ".").as_posix()
+
+
+def _portable(value):
+    """``value`` (a config: dicts, lists, scalars) with every absolute path in it shown by :func:`_shown`."""
+    if isinstance(value, dict):
+        return {key: _portable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_portable(item) for item in value]
+    if isinstance(value, str) and (value.startswith("~") or Path(value).is_absolute()):
+        return _shown(Path(value).expanduser())
+    return value
 
 
 def _read_inputs(run: Path, suite: Suite, calibrate_on: str | None, compare: Sequence[tuple[str, Path]],
@@ -293,14 +319,15 @@ def _read_inputs(run: Path, suite: Suite, calibrate_on: str | None, compare: Seq
     # calibration is fitted to (and later applied to) the raw logits
     checkpoint = calibrated_checkpoint(unfold_adjustment(load_checkpoint(best)), [1.0] * 7, [0.0] * 7, [0.0] * 7, {})
     checkpoint.pop("calibration")
+    checkpoint["config"] = _portable(checkpoint["config"])  # it ships in the model file and its record
     if annotations and not checkpoint.get("region_names"):
         raise MsferError(f"annotations (--annotations) score a region detector, and {printable(best)} is a plain "
                          f"classifier ({checkpoint['config']['model'].get('name')}, no regions): leave them out")
     models = []
     for name, path in compare:
-        if name == CANDIDATE:
-            raise MsferError(f"the compared model {printable(path)} is named {name!r}, the candidate's name: name it "
-                             "otherwise (NAME=PATH)")
+        if name in (CANDIDATE, *(f"{CANDIDATE} {rule}" for rule in DECISION_RULES)):
+            raise MsferError(f"the compared model {printable(path)} is named {name!r}, a name of the candidate's "
+                             "rows: name it otherwise (NAME=PATH)")
         if any(model.name == name for model in models):
             raise MsferError(f"two compared models are named {name!r}: name each one (NAME=PATH)")
         models.append(ModelVariant(name, EmotionRecognizer(path, device="cpu", detector=detector), _shown(path)))
