@@ -137,6 +137,7 @@ def test_a_classifier_is_bundled_into_another_folder_and_judged_on_the_suite(bun
     record = json.loads((out / "msfer_fer2013.json").read_text())
     assert {"calibration", "decision", "fixed_sample", "precision", "suite", "verdict", "config"} <= set(record)
     assert record["source"] == "run/best.pt"  # no bundling machine's folders: the path's last two parts
+    assert record["epoch"] == record["best_epoch"] == 1  # best.pt: its own epoch is the best one
     assert record["config"]["data"]["root"] == f"{fer_tree.parent.name}/{fer_tree.name}"  # trained with its full path
     from msfer.model.checkpoint import load_checkpoint
 

@@ -125,7 +125,9 @@ def make_candidate(inputs: _Inputs, work: Path, decision: str) -> tuple[Path, di
     name, samples, annotations = inputs.calibration_set.name, inputs.samples, inputs.annotations
     candidate = work / BUNDLED_MODEL.name
     as_trained = save_checkpoint(inputs.checkpoint, work / "as_trained.pt")
-    record = {"source": _shown(inputs.best), "best_epoch": inputs.checkpoint.get("best", {}).get("epoch"),
+    # epoch: the bundled weights' own (a last.pt's best_epoch is the run's best so far, not its own)
+    record = {"source": _shown(inputs.best), "epoch": inputs.checkpoint.get("epoch"),
+              "best_epoch": inputs.checkpoint.get("best", {}).get("epoch"),
               "calibrated_on": name, "validation": {}}
 
     predictions, region_names = _predict(as_trained, samples, annotations, tta=False)
