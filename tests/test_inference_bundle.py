@@ -181,6 +181,7 @@ def test_a_classifier_is_bundled_into_another_folder_and_judged_on_the_suite(bun
     # file the suite measured: its TCCE val figures are the whole pipeline's on that file
     recognizer = EmotionRecognizer(out / "msfer_fer2013.pt", device="cpu")
     assert recognizer.decision == default  # the rule the suite chose is the model's own
+    assert EmotionRecognizer(out, device="cpu").decision == default  # the folder names its model too
     assert recognizer.crop_rule.to_dict() == CROP_RULE
     assert np.allclose(recognizer.classifier.balanced_offsets, record["decision"]["offsets"], atol=1e-2)
     [face] = recognizer.predict(np.asarray(Image.open(ASTRONAUT).convert("RGB")))
@@ -259,6 +260,14 @@ def test_a_compared_model_named_as_a_row_of_the_candidate_is_refused_before_any_
     with pytest.raises(MsferError, match="named 'candidate balanced', a name of the candidate's rows"):
         bundle(trained, load_suite(suite_file), tmp_path / "out", compare=[("candidate balanced", BUNDLED_MODEL)])
     assert not (tmp_path / "out").exists()
+
+
+def test_the_shipped_model_is_replaced_only_where_out_names_its_folder(trained, suite_file, capsys):
+    try:  # no default --out: a bundle never writes over the package's model unless told to
+        code = main(["bundle", str(trained), str(suite_file)])
+    except SystemExit as stopped:
+        code = stopped.code
+    assert code == 2 and "--out" in capsys.readouterr().err
 
 
 def test_annotations_are_refused_for_a_classifier_before_anything_is_written(trained, suite_file, tmp_path, capsys):

@@ -30,9 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: its first crops set)")
     parser.add_argument("--annotations", type=Path, help="pseudo-labels of the calibration set, to score the region "
                                                          "detector too (region networks only)")
-    parser.add_argument("--out", type=Path, default=BUNDLED_MODEL.parent, metavar="DIR",
-                        help="where the model and its record go (default: the package's, replacing the shipped "
-                             "model if the verdict is better)")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="where the model and its record go; the package's own folder "
+                             f"({BUNDLED_MODEL.parent.name}/ of the installed msfer) replaces the shipped model if "
+                             "the verdict is better, so it must be named")
     parser.add_argument("--decision", choices=("suite", "argmax", "balanced"), default="suite",
                         help="the model's default decision rule, which every command and the API then use unless "
                              "told otherwise; the verdict judges it under this rule. suite (the default): the rule "

@@ -255,7 +255,7 @@ def decision_line(record: dict) -> str:
     for rule, f in decision["suite"].items():
         photos = f["photos_mean_class"]
         photos = "" if photos is None else f", photo sets' mean class {100 * photos:.1f}"
-        figures.append(f"{rule}: suite score {100 * f['score_overall']:.2f} (mean class "
+        figures.append(f"{rule}: suite score {100 * f['score_overall']:.1f} (mean class "
                        f"{100 * f['score_mean_class']:.1f}{photos})")
     return f"default decision rule chosen on the suite: {'; '.join(figures)} -> {decision['default']}"
 
@@ -337,7 +337,7 @@ def _read_inputs(run: Path, suite: Suite, calibrate_on: str | None, compare: Seq
                    load_annotations(annotations) if annotations else None, models)
 
 
-def bundle(run: str | os.PathLike, suite: Suite, out: str | os.PathLike = BUNDLED_MODEL.parent,
+def bundle(run: str | os.PathLike, suite: Suite, out: str | os.PathLike,
            compare: Sequence[tuple[str, str | os.PathLike]] | None = None, calibrate_on: str | None = None,
            decision: str = "suite", annotations: str | os.PathLike | None = None, force: bool = False,
            progress: bool = True) -> dict:

@@ -91,8 +91,13 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
 
 
 def resolve_checkpoint(path: str | Path, prefer: str = "last.pt") -> Path:
-    """``path`` itself if it is a file, else ``path/prefer`` (a run directory)."""
+    """``path`` itself if it is a file, else ``path/prefer`` (a run directory), or the model a folder written by
+    ``msfer bundle`` holds (``msfer_fer2013.pt``) where it has no ``prefer``."""
+    from ..weights import BUNDLED_MODEL
+
     path = Path(path)
+    if path.is_dir() and not (path / prefer).is_file() and (path / BUNDLED_MODEL.name).is_file():
+        return path / BUNDLED_MODEL.name  # a folder msfer bundle wrote
     if path.is_dir():
         run_dir, path = path, path / prefer
         if not path.is_file() and prefer == "last.pt":
