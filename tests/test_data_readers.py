@@ -303,15 +303,21 @@ def test_a_fer2013_csv_whose_rows_are_not_ferplus_rows_is_refused(tmp_path):
         read_dataset(fer2013_csv(tmp_path / "fer.csv", rows), "fer2013", ferplus=str(votes))
 
 
-def test_a_reordered_or_filtered_fer2013_csv_is_refused_by_its_labels_where_ferplus_has_no_images(tmp_path):
-    # FER+ ships its label files alone; then a CSV's rows can be checked only by how often FER2013's label is
-    # FER+'s majority (about 65% in the real files; about chance for rows joined to other faces)
-    codes = [i % 7 for i in range(1500)]
+def rows_agreeing_with_ferplus(tmp_path: Path, n: int) -> tuple[list[list[str]], Path]:
+    """``n`` FER2013 CSV rows labelled 0..6 in turn, and a FER+ folder (label files, no images) whose votes name
+    each row's label: a row joined to its neighbour's votes never agrees."""
+    codes = [i % 7 for i in range(n)]
     columns = {"angry": 4, "disgust": 5, "fear": 6, "happy": 1, "sad": 3, "surprise": 2, "neutral": 0}
     fer_names = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
     votes = {row: [10 * (i == columns[fer_names[code]]) for i in range(10)] for row, code in enumerate(codes)}
     ferplus = ferplus_of_rows(tmp_path / "ferplus", votes, images=False)
-    in_order = [[str(code), pixel_text(9, 16), "Training"] for code in codes]
+    return [[str(code), pixel_text(9, 16), "Training"] for code in codes], ferplus
+
+
+def test_a_reordered_or_filtered_fer2013_csv_is_refused_by_its_labels_where_ferplus_has_no_images(tmp_path):
+    # FER+ ships its label files alone; then a CSV's rows can be checked only by how often FER2013's label is
+    # FER+'s majority (about 65% in the real files; about chance for rows joined to other faces)
+    in_order, ferplus = rows_agreeing_with_ferplus(tmp_path, 1500)
     index = read_dataset(fer2013_csv(tmp_path / "fer.csv", in_order), "fer2013", ferplus=str(ferplus))
     assert all(np.argmax(s.soft_label) == s.label for s in index.samples)
     shuffled = [in_order[i] for i in np.random.default_rng(0).permutation(140)]
@@ -328,12 +334,7 @@ def test_a_reordered_or_filtered_fer2013_csv_is_refused_by_its_labels_where_ferp
 def test_a_row_missing_late_in_a_fer2013_csv_shows_in_its_last_block_of_rows(tmp_path):
     # 1,699 rows in blocks of 500 (the short last one joined to the block before: rows 1000-1698): a row missing at
     # 1350 leaves that block half right, and the last 500 rows 30% right
-    codes = [i % 7 for i in range(1700)]
-    columns = {"angry": 4, "disgust": 5, "fear": 6, "happy": 1, "sad": 3, "surprise": 2, "neutral": 0}
-    fer_names = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
-    votes = {row: [10 * (i == columns[fer_names[code]]) for i in range(10)] for row, code in enumerate(codes)}
-    ferplus = ferplus_of_rows(tmp_path / "ferplus", votes, images=False)
-    rows = [[str(code), pixel_text(9, 16), "Training"] for code in codes]
+    rows, ferplus = rows_agreeing_with_ferplus(tmp_path, 1700)
     with pytest.raises(DatasetError, match="for only 30% of the 500 images from row 1199"):
         read_dataset(fer2013_csv(tmp_path / "late.csv", rows[:1350] + rows[1351:]), "fer2013", ferplus=str(ferplus))
 

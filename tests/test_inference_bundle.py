@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image, ImageEnhance, ImageOps
+from test_bundled_model import strings
 
 from msfer.cli import main
 from msfer.errors import MsferError
@@ -38,15 +39,6 @@ def digests(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` (hidden ones too) by its SHA-256."""
     return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
             for path in sorted(folder.rglob("*")) if path.is_file()}
-
-
-def strings(value) -> list[str]:
-    """Every string in a record (dicts and lists, recursively)."""
-    if isinstance(value, dict):
-        return [text for item in value.values() for text in strings(item)]
-    if isinstance(value, list):
-        return [text for item in value for text in strings(item)]
-    return [value] if isinstance(value, str) else []
 
 
 @pytest.fixture(scope="module")
@@ -212,6 +204,7 @@ def test_replacing_a_model_the_candidate_does_not_beat_is_refused_unless_forced(
     assert digests(folder) == before  # nothing replaced, no temporary file left
     captured = capsys.readouterr()
     assert "verdict: not better" in captured.out and "| suite score | replaced |" in captured.out
+    assert "default decision rule chosen on the suite: argmax: suite score" in captured.out  # refused: shown too
     assert "| tcce_val | v1 |" in captured.out and "is not above replaced's" in captured.out
     assert "refused to replace the model in" in captured.err and "--force" in captured.err
 

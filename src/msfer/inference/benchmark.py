@@ -349,7 +349,7 @@ def run_benchmark(suite: Suite, models: Sequence[ModelVariant], decisions: Seque
             variants.append((k, model, rule))
             labels.append(model.name if rules == [None] else f"{model.name} {rule}")  # own rule alone: the name
     names = [model.name for model in models]  # probabilities are kept by model name, rows by label
-    repeated = sorted({label for label in [*labels, *names] if labels.count(label) > 1 or names.count(label) > 1})
+    repeated = sorted({name for group in (labels, names) for name in group if group.count(name) > 1})
     if repeated:
         raise MsferError(f"two models are named {', '.join(map(repr, repeated))}: "
                          "name each one (--weights NAME=PATH)")
