@@ -59,6 +59,19 @@ def test_bundled_models_calibration_figures_are_those_of_the_shipped_file():
     summary = EmotionRecognizer().calibration
     assert summary["ece"] == held_out["bundled"]["ece"] != held_out["calibrated"]["ece"]
     assert summary["n"] == held_out["bundled"]["n"]
+    # and on each kind of face of the suite it was judged on, as its bundling measured it
+    rows = {row["set"]: row for row in bundled_record()["suite"]["rows"] if row["model"] == "candidate argmax"}
+    assert summary["sets"].keys() == {"fer2013_public_test", "tcce_val", "sfew_val"}
+    for name, figures in summary["sets"].items():
+        assert (figures["ece"], figures["n"], figures["domain"]) == (rows[name]["ece"], rows[name]["n"],
+                                                                     rows[name]["domain"])
+
+
+def test_the_bundled_model_is_named_as_its_record_names_it():
+    """The name the service's /healthz, reports and ONNX exports show."""
+    from msfer import EmotionRecognizer
+
+    assert EmotionRecognizer().model_name == bundled_record()["name"] == "v3"
 
 
 def strings(value) -> list[str]:

@@ -168,6 +168,7 @@ def test_a_classifier_is_bundled_into_another_folder_and_judged_on_the_suite(bun
     assert "| tcce_val | bundled |" in printed and f"verdict: {verdict['verdict']}" in printed
     assert "default decision rule chosen on the suite: argmax: suite score" in printed and f"-> {default}" in printed
     assert record["replaced"] is None and "held no model: the candidate is written whatever the verdict" in printed
+    assert record["name"] == "run" and "bundled run as " in printed  # the run folder's name, unless given one
 
     # the written file loads with the API, carries the checkpoint's crop rule and its balanced rule, and is the
     # file the suite measured: its TCCE val figures are the whole pipeline's on that file
@@ -175,6 +176,14 @@ def test_a_classifier_is_bundled_into_another_folder_and_judged_on_the_suite(bun
     assert recognizer.decision == default  # the rule the suite chose is the model's own
     assert EmotionRecognizer(out, device="cpu").decision == default  # the folder names its model too
     assert recognizer.crop_rule.to_dict() == CROP_RULE
+    # the file carries what only the whole bundle measured, so a copy of it alone still says it
+    assert recognizer.model_name == "run"
+    calibration = recognizer.calibration
+    assert calibration["ece"] == record["calibration"]["held_out"]["bundled"]["ece"]
+    assert set(calibration["sets"]) == {"fer2013_public_test", "tcce_val"}  # the score's sets
+    for name, figures in calibration["sets"].items():
+        assert figures["ece"] == rows[name, candidate]["ece"] and figures["n"] == rows[name, candidate]["n"]
+    assert calibration["sets"]["tcce_val"]["domain"] == "posed photos"
     assert np.allclose(recognizer.classifier.balanced_offsets, record["decision"]["offsets"], atol=1e-2)
     [face] = recognizer.predict(np.asarray(Image.open(ASTRONAUT).convert("RGB")))
     assert face.label in EMOTIONS and face.regions == {} and abs(sum(face.probs.values()) - 1) < 1e-3
@@ -203,24 +212,25 @@ def test_replacing_a_model_the_candidate_does_not_beat_is_refused_unless_forced(
     assert main(bundle_args(trained, suite_file, folder, "--compare", f"v1={BUNDLED_MODEL}")) == 2
     assert digests(folder) == before  # nothing replaced, no temporary file left
     captured = capsys.readouterr()
-    assert "verdict: not better" in captured.out and "| suite score | replaced |" in captured.out
+    assert "verdict: not better" in captured.out and "| suite score | current |" in captured.out
     assert "default decision rule chosen on the suite: argmax: suite score" in captured.out  # refused: shown too
-    assert "| tcce_val | v1 |" in captured.out and "is not above replaced's" in captured.out
+    assert "| tcce_val | v1 |" in captured.out and "is not above current's" in captured.out
     assert "refused to replace the model in" in captured.err and "--force" in captured.err
 
-    assert main(bundle_args(trained, suite_file, folder, "--force", "--decision", "balanced")) == 0
+    assert main(bundle_args(trained, suite_file, folder, "--force", "--decision", "balanced", "--name", "v9")) == 0
     assert "although the verdict is not better: --force" in capsys.readouterr().out
     assert sorted(os.listdir(folder)) == ["msfer_fer2013.json", "msfer_fer2013.pt"]
     record = json.loads((folder / "msfer_fer2013.json").read_text())
     # the chosen default decision rule is the record's and the model's own: the API uses it unless told otherwise
     assert record["decision"]["default"] == "balanced"
     assert EmotionRecognizer(folder / "msfer_fer2013.pt").decision == "balanced"
-    assert record["verdict"]["sets"][0]["against"] == "replaced"
+    assert record["name"] == "v9" and EmotionRecognizer(folder).model_name == "v9"
+    assert record["verdict"]["sets"][0]["against"] == "current"
     # where the model before it came from
     assert record["replaced"] == {"source": "run/best.pt", "forced": True}
     models = {model["name"]: model["decision"] for model in record["suite"]["models"]}
     before = json.loads((bundled[0] / "msfer_fer2013.json").read_text())["decision"]["default"]
-    assert models == {"candidate": "balanced", "replaced": before}  # each under its own default rule
+    assert models == {"candidate": "balanced", "current": before}  # each under its own default rule
 
 
 def test_the_rule_the_suite_chooses_is_written_into_the_model_file(bundled, trained, suite_file, tmp_path,
@@ -242,7 +252,10 @@ def test_the_rule_the_suite_chooses_is_written_into_the_model_file(bundled, trai
     mine, theirs = load_checkpoint(out / "msfer_fer2013.pt"), load_checkpoint(bundled[0] / "msfer_fer2013.pt")
     assert {k: v.dtype for k, v in mine["model"].items()} == {k: v.dtype for k, v in theirs["model"].items()}
     assert all(torch.equal(mine["model"][k], theirs["model"][k]) for k in theirs["model"])  # the same run's bundle
-    assert {**mine["calibration"], "decision": None} == {**theirs["calibration"], "decision": None}
+    # the suite's figures are the chosen rule's
+    assert {**mine["calibration"], "decision": None, "suite": None} == {**theirs["calibration"], "decision": None,
+                                                                        "suite": None}
+    assert mine["calibration"]["suite"] == record["calibration"]["suite"]
     assert mine["config"] == theirs["config"]
 
 

@@ -150,13 +150,16 @@ def test_export_onnx_backend_and_csv(balanced_weights, balanced_face, offsets, m
     assert main(["export", "--weights", str(balanced_weights), "--out", str(exported)]) == 0
     metadata = {prop.key: json.loads(prop.value) for prop in onnx.load(str(exported)).metadata_props}
     assert metadata["region_names"] == [] and np.allclose(metadata["balanced_offsets"], offsets, atol=1e-6)
+    assert metadata["name"] == "balanced"  # the checkpoint's name, not the ONNX file's
     session = onnxruntime.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
     logits, boxes, box_scores = session.run(["logits", "boxes", "box_scores"],
                                             {"images": np.zeros((3, 3, 112, 112), np.float32)})
     assert logits.shape == (3, 7) and boxes.shape == (3, 0, 4) and box_scores.shape == (3, 0)
 
     torch_face = balanced_face
-    onnx_face = EmotionRecognizer(exported, backend="onnx", detector=recognizer.detector).predict(astronaut)[0]
+    onnx_recognizer = EmotionRecognizer(exported, backend="onnx", detector=recognizer.detector)
+    assert onnx_recognizer.model_name == "balanced"
+    onnx_face = onnx_recognizer.predict(astronaut)[0]
     assert onnx_face.regions == {} and onnx_face.probs == pytest.approx(torch_face.probs, abs=1e-4)
 
     table = tmp_path / "faces.csv"
@@ -184,6 +187,7 @@ def test_service_answers_with_empty_regions(balanced, offsets, astronaut):
     client = TestClient(create_app(balanced))
     health = client.get("/healthz").json()
     assert health["status"] == "ok" and health["balanced_decision"] is True
+    assert health["model"] == "balanced"  # unnamed by a bundle: its file's stem
     assert health["calibration"]["method"] == "temperature"
     answer = client.post("/v1/predict?decision=balanced", files={"image": ("a.jpg", buffer.getvalue(), "image/jpeg")})
     assert answer.status_code == 200

@@ -256,6 +256,26 @@ def test_report_uncertain_threshold_and_calibration_statement(clip, random_weigh
     page = (out / "report.html").read_text()
     assert "probabilities are calibrated (temperature scaling)" in page and "expected calibration error 0.031" in page
     assert "below 0.50" in page  # the default threshold
+    assert "On faces unlike that validation data" in page  # judged on no suite: its figures on other faces unknown
+    assert "model: calibrated (" in page  # unnamed: its file's stem
+
+    # a bundled model's file names it and says how its probabilities held on each kind of face it was judged on
+    from msfer.model.checkpoint import load_checkpoint, save_checkpoint
+
+    checkpoint = load_checkpoint(calibrated)
+    suite = {"tcce_val": {"domain": "posed photos", "n": 195, "ece": 0.09, "ece_floor_95": 0.1,
+                          "overall_accuracy": 0.67},
+             "sfew_val": {"domain": "film frames", "n": 177, "ece": 0.223, "ece_floor_95": 0.107,
+                          "overall_accuracy": 0.469}}
+    checkpoint.update(name="v7", calibration={**checkpoint["calibration"], "suite": suite})
+    named = save_checkpoint(checkpoint, tmp_path / "named.pt")
+    out = tmp_path / "report_named"
+    assert main(["report", str(clip), "--out", str(out), "--weights", str(named), "--every", "5"]) == 0
+    page = (out / "report.html").read_text()
+    assert "model: v7 (" in page and "expected calibration error 0.031" in page
+    assert ("posed photos (tcce_val, 195 faces, 67% right): ECE 0.090, within what a perfectly calibrated model "
+            "shows on that many faces") in page
+    assert "film frames (sfew_val, 177 faces, 47% right): ECE 0.223, beyond the 0.11" in page
     args = ["report", str(clip), "--out", str(out), "--weights", str(random_weights), "--uncertain-below", "2"]
     assert main(args) == 2
 

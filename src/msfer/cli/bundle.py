@@ -41,8 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the suite's photo sets")
     parser.add_argument("--compare", nargs="+", default=None, metavar="[NAME=]PATH",
                         help="models to compare with, each under its own default rule; the first is the one whose "
-                             "suite score the candidate must beat; a model DIR holds is always compared first "
-                             "(default: that model, else the bundled one)")
+                             "suite score the candidate must beat; a model DIR holds is always compared first, as "
+                             "'current' (default: that model, else the bundled one)")
+    parser.add_argument("--name", default=None,
+                        help="the model's name, which its file and record carry and the service and reports show "
+                             "(default: the run folder's name, e.g. v3 for runs/v3/last.pt)")
     parser.add_argument("--force", action="store_true", help="replace the model in DIR whatever the verdict")
 
 
@@ -60,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite, args.data_root)
     try:
         record = bundle(args.run, suite, args.out, compare, args.calibrate_on, args.decision, args.annotations,
-                        args.force)
+                        args.force, name=args.name)
     except BundleRefused as refused:
         print(decision_line(refused.record))
         print(verdict_table(refused.record))
@@ -74,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"replaced the model in {printable(args.out)} (trained from {replaced['source'] or 'unknown'}) although "
               "the verdict is not better: --force")
     chosen = record["decision"]
-    print(f"bundled {printable(model)} ({model.stat().st_size / 2**20:.1f} MB, {record['precision']}; calibration "
+    print(f"bundled {record['name']} as {printable(model)} ({model.stat().st_size / 2**20:.1f} MB, "
+          f"{record['precision']}; calibration "
           f"{record['calibration']['method']} on {record['calibrated_on']}, default rule {chosen['default']}, "
           f"balanced rule tau {chosen['tau']}); every figure is in {printable(args.out / BUNDLED_RECORD.name)}")
     return 0

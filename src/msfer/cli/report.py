@@ -77,7 +77,8 @@ def report_run(args: argparse.Namespace) -> int:
     recognizer = EmotionRecognizer(**model_options(args), detect_size=args.detect_size, min_face=args.min_face,
                                    decision=args.decision)
     frames, shortfall, thumbnails = processed_frames(recognizer, args.video, args.every, args.smooth)
-    settings = {"model": args.weights or "bundled", "every": args.every, "smoothing": args.smooth,
+    settings = {"model": f"{recognizer.model_name} ({args.weights or 'bundled'})", "every": args.every,
+                "smoothing": args.smooth,
                 "decision": recognizer.decision, "uncertain below": args.uncertain_below,
                 "min quality": args.min_quality}
     if shortfall is not None:  # the report covers the frames read and says so; the run counts as failed

@@ -4,7 +4,7 @@ A backend takes face crops (numpy, N x S x S x 3 uint8 RGB) and gives their clas
 with test-time augmentation if asked) and region boxes (N x R x 4, crop pixels; R = 0 for a plain classifier):
 :meth:`probabilities`, numpy in and out, one crossing into the backend's framework and one back. Called with
 a normalised batch (N x 3 x S x S float32) it gives the network's logits and boxes. It says what its model
-expects (:class:`ModelSpec`), its balanced decision offsets, calibration summary and crop rule.
+expects (:class:`ModelSpec`), its name, balanced decision offsets, calibration summary and crop rule.
 :class:`TorchBackend` runs a checkpoint of ``msfer train`` in PyTorch, with the functions ``msfer evaluate`` uses
 (the only backend that imports torch); :class:`OnnxBackend` an ``msfer export`` file in ONNX Runtime, with
 numpy only.
@@ -59,6 +59,7 @@ class TorchBackend:
         self.balanced_offsets = self.model.balanced_offsets.float().cpu().numpy().astype(np.float64)
         self.calibration = calibration_summary(meta.get("calibration"), weights)
         self.crop_rule = CropRule.recorded(meta.get("crop_rule"), str(weights))
+        self.name = model_name(meta, weights)
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits (N x 7) and region boxes (N x R x 4, input pixels; R = 0 for a plain classifier) of a normalised
@@ -108,6 +109,7 @@ class OnnxBackend:
             raise MsferError(f"{source}: balanced_offsets in its metadata must be {len(EMOTIONS)} numbers")
         self.calibration = optional["calibration"]
         self.crop_rule = CropRule.recorded(optional["crop_rule"], source)
+        self.name = str(optional["name"] or Path(source).stem)
         self.input_name = self._check_graph(source)
 
     def _check_graph(self, source: str) -> str:
@@ -161,6 +163,15 @@ class OnnxBackend:
         logits, boxes = self(batch)
         mirrored = self(np.ascontiguousarray(batch[..., ::-1]))[0] if tta else None
         return class_probabilities_array(logits, mirrored), boxes
+
+
+def model_name(meta: dict, weights: str | os.PathLike) -> str:
+    """A model's name: the one ``msfer bundle`` gave it (its file's ``name``; for the bundled model, its record's),
+    else its file's stem."""
+    from ..weights import bundled_record, is_bundled_model
+
+    name = meta.get("name") or (bundled_record().get("name") if is_bundled_model(weights) else None)
+    return str(name or Path(weights).stem)
 
 
 def _shape_text(shape: list) -> str:
@@ -218,5 +229,6 @@ def load_backend(weights: str | os.PathLike | None, device: str = "cpu", backend
     if backend == "onnx":
         torch_backend = TorchBackend(path, "cpu")
         return OnnxBackend(onnx_bytes(torch_backend.model, path, calibration=torch_backend.calibration,
-                                      crop_rule=torch_backend.crop_rule.to_dict()), f"{path} (exported to ONNX)")
+                                      crop_rule=torch_backend.crop_rule.to_dict(), name=torch_backend.name),
+                           f"{path} (exported to ONNX)")
     return TorchBackend(path, device)

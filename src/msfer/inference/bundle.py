@@ -59,7 +59,8 @@ from ..weights import BUNDLED_MODEL, BUNDLED_RECORD, fixed_sample
 from .benchmark import ModelVariant, Suite, SuiteSet, run_benchmark, set_samples
 from .recognizer import EmotionRecognizer
 
-__all__ = ["BundleRefused", "bundle", "choose_decision", "decision_line", "suite_verdict", "verdict_table"]
+__all__ = ["BundleRefused", "bundle", "choose_decision", "decision_line", "default_name", "suite_calibration",
+           "suite_verdict", "verdict_table"]
 
 CANDIDATE = "candidate"
 HEADLINE = ("n", "overall_accuracy", "mean_class_accuracy")
@@ -197,11 +198,33 @@ def choose_decision(result: dict, name: str) -> tuple[str, dict]:
     return ("balanced" if class_gain and higher else "argmax"), figures
 
 
-def _set_default_rule(weights: Path, rule: str) -> None:
-    """Write ``rule`` as the default decision rule in the calibration record of the model file ``weights``."""
+def suite_calibration(result: dict, model: str) -> dict:
+    """``{set: {"domain", "n", "ece", "ece_floor_95", "overall_accuracy"}}``: how well the probabilities of
+    ``model`` (a model's name in the :func:`~msfer.inference.benchmark.run_benchmark` ``result``, under one rule)
+    hold on each set of the suite's score (fractions; ``ece_floor_95`` as
+    :func:`msfer.engine.calibration.calibrated_ece`'s 95th percentile)."""
+    return {row["set"]: {key: row[key] for key in ("domain", "n", "ece", "ece_floor_95", "overall_accuracy")}
+            for row in result["rows"] if row["model"] == model and row["domain"] is not None}
+
+
+def _finish_model(weights: Path, name: str, record: dict) -> None:
+    """Write into the model file ``weights`` what only the whole bundle measured, so that the file says it wherever
+    it is copied: its ``name``, and in its calibration record the default decision rule, the figures on the
+    calibration set's held-out half and on each suite set (``record``'s)."""
     checkpoint = load_checkpoint(weights)
-    checkpoint["calibration"] = {**checkpoint["calibration"], "decision": rule}
+    calibration = record["calibration"]
+    checkpoint["name"] = name
+    checkpoint["calibration"] = {**checkpoint["calibration"], "decision": record["decision"]["default"],
+                                 "held_out": {"bundled": calibration["held_out"]["bundled"]},
+                                 "suite": calibration["suite"]}
     save_checkpoint(checkpoint, weights)
+
+
+def default_name(run: str | os.PathLike) -> str:
+    """The name a bundle of ``run`` gets unless given one: the run folder's (``runs/v3`` and ``runs/v3/last.pt``
+    -> ``v3``), else the file's stem."""
+    run = Path(run).resolve()
+    return run.name if run.is_dir() else (run.parent.name or run.stem)
 
 
 def paired_standard_error(a: np.ndarray, b: np.ndarray) -> float:
@@ -340,12 +363,13 @@ def _read_inputs(run: Path, suite: Suite, calibrate_on: str | None, compare: Seq
 def bundle(run: str | os.PathLike, suite: Suite, out: str | os.PathLike,
            compare: Sequence[tuple[str, str | os.PathLike]] | None = None, calibrate_on: str | None = None,
            decision: str = "suite", annotations: str | os.PathLike | None = None, force: bool = False,
-           progress: bool = True) -> dict:
+           progress: bool = True, name: str | None = None) -> dict:
     """Bundle ``run`` (a run folder, whose ``best.pt`` is taken, or a checkpoint file) into ``out`` as the module
     docstring says, judged on ``suite`` against ``compare`` (``(name, weights)`` pairs; default: the bundled model).
-    A model that ``out`` already holds is always compared first, as ``replaced``: a bundle never replaces a model it
-    does not beat. Returns the record written beside the model (paths in it relative to the working folder when
-    inside it).
+    A model that ``out`` already holds is always compared first, as ``current``: a bundle never replaces a model it
+    does not beat. ``name`` (default :func:`default_name`) is the model's name, which the file and its record carry
+    and the service and reports show. Returns the record written beside the model (paths in it relative to the
+    working folder when inside it).
 
     Raises :class:`MsferError` naming the file or set for a bad input, before any work; :class:`BundleRefused`
     (with the record) when ``out`` holds a model and the verdict is not ``better`` and not ``force``.
@@ -361,7 +385,7 @@ def bundle(run: str | os.PathLike, suite: Suite, out: str | os.PathLike,
     replacing = model_path.exists() or record_path.exists()
     compare = list(compare or [])
     if model_path.is_file():  # the model a bundle would replace is always the first it must beat
-        compare = [("replaced", model_path)] + [(n, p) for n, p in compare
+        compare = [("current", model_path)] + [(n, p) for n, p in compare
                                                 if Path(p).resolve() != model_path.resolve()]
     elif not compare:
         compare = [("bundled", BUNDLED_MODEL)]
@@ -390,9 +414,10 @@ def bundle(run: str | os.PathLike, suite: Suite, out: str | os.PathLike,
             if decision == "suite":
                 chosen, figures = choose_decision(result, CANDIDATE)
                 record["decision"].update(default=chosen, chosen_on="suite", suite=figures)
-                if chosen != "argmax":
-                    _set_default_rule(candidate, chosen)
                 judged = f"{CANDIDATE} {chosen}"
+            record["name"] = name or default_name(run)
+            record["calibration"]["suite"] = suite_calibration(result, judged)
+            _finish_model(candidate, record["name"], record)
             record["suite"] = _suite_record(result)
             record["verdict"] = suite_verdict(result, judged, [model.name for model in inputs.compared])
             record["config"] = inputs.checkpoint["config"]

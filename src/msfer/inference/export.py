@@ -12,7 +12,8 @@ for a model without one or with one fitted at tau 0), ``calibration`` (how its p
 were calibrated, the held-out figures and, when the rule was fitted, ``balanced_tau``:
 :func:`msfer.engine.calibration.calibration_summary`; null when they were not),
 ``crop_rule`` (how the model's faces are cropped from a photo,
-:class:`msfer.faces.crop.CropRule` as ``{"method", "scale"}``) and ``msfer_version``,
+:class:`msfer.faces.crop.CropRule` as ``{"method", "scale"}``), ``name`` (the model's, given when it
+was bundled) and ``msfer_version``,
 so the file is self-describing like a checkpoint. The
 calibration itself is part of the graph (the model's ``logit_scale``/``logit_bias``), so
 ``logits`` are calibrated. Exported with PyTorch's TorchScript-based exporter, which needs no
@@ -35,18 +36,19 @@ from ..outputs import InputFiles, existing_out_mode
 ONNX_METADATA_KEYS = ("classes", "input_size", "mean", "std", "region_names")
 # Also written (files exported by earlier versions may lack them): the balanced decision rule's logit
 # offsets, the model's calibration summary (:func:`msfer.engine.calibration.calibration_summary`) and its
-# crop rule (:class:`msfer.faces.crop.CropRule` as a dict; absent: box, scale 1.0).
-ONNX_OPTIONAL_KEYS = ("balanced_offsets", "calibration", "crop_rule")
+# crop rule (:class:`msfer.faces.crop.CropRule` as a dict; absent: box, scale 1.0) and name (absent: the file's stem).
+ONNX_OPTIONAL_KEYS = ("balanced_offsets", "calibration", "crop_rule", "name")
 OUTPUT_NAMES = ("logits", "boxes", "box_scores", "fallback")
 DEFAULT_OPSET = 17
 
 
 def onnx_bytes(model, source: str | Path, opset: int = DEFAULT_OPSET, calibration: dict | None = None,
-               crop_rule: dict | None = None) -> bytes:
+               crop_rule: dict | None = None, name: str | None = None) -> bytes:
     """The serialised ONNX model of ``model`` (an eval-mode msfer network), with msfer's metadata.
 
     ``calibration``: the model's calibration summary, stored as metadata for reports. ``crop_rule``:
-    the checkpoint's crop rule (``{"method", "scale"}``; None: box at scale 1.0, the default).
+    the checkpoint's crop rule (``{"method", "scale"}``; None: box at scale 1.0, the default). ``name``: the
+    model's name (None: the file's stem names it).
     """
     import onnx
     import torch
@@ -89,6 +91,7 @@ def onnx_bytes(model, source: str | Path, opset: int = DEFAULT_OPSET, calibratio
         "balanced_offsets": [float(v) for v in model.balanced_offsets.float().cpu()],
         "calibration": calibration,
         "crop_rule": CropRule.from_dict(crop_rule).to_dict(),
+        "name": name,
         "msfer_version": __version__,
     }
     onnx.helper.set_model_props(proto, {key: json.dumps(value) for key, value in metadata.items()})
@@ -105,6 +108,7 @@ def export_onnx(weights: str | Path | None, out: str | Path, opset: int = DEFAUL
     from ..engine.calibration import calibration_summary
     from ..model.checkpoint import load_model, resolve_checkpoint
     from ..weights import default_weights_path
+    from .backends import model_name
 
     weights = Path(weights) if weights is not None else default_weights_path()
     if opset < 17:
@@ -116,7 +120,7 @@ def export_onnx(weights: str | Path | None, out: str | Path, opset: int = DEFAUL
     model, meta = load_model(weights, "cpu")  # refuses a model of other classes
     crop_rule = CropRule.recorded(meta.get("crop_rule"), str(weights))
     data = onnx_bytes(model.eval(), weights, opset, calibration=calibration_summary(meta.get("calibration"), weights),
-                      crop_rule=crop_rule.to_dict())
+                      crop_rule=crop_rule.to_dict(), name=model_name(meta, weights))
     with atomic_output(out) as temporary:
         temporary.write_bytes(data)
     return out

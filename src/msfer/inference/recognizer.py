@@ -260,6 +260,12 @@ class EmotionRecognizer:
     # -- public API --------------------------------------------------------------------
 
     @property
+    def model_name(self) -> str:
+        """The model's name: the one ``msfer bundle`` gave it (e.g. "v3" for the bundled model), else its file's
+        stem."""
+        return self.classifier.name
+
+    @property
     def calibration(self) -> dict | None:
         """The model's :func:`calibration_summary` (None: its probabilities are not calibrated)."""
         return self.classifier.calibration

@@ -131,7 +131,24 @@ def calibration_sentence(calibration: dict | None) -> str:
             f"probability p was right about p of the time, on average within {100 * calibration['ece']:.1f} "
             f"percentage points (expected calibration error {calibration['ece']:.3f}; negative log-likelihood "
             f"{calibration['nll']:.2f}, Brier score {calibration['brier']:.2f}; lower is better for all three). "
-            "On faces unlike that validation data (other cameras, poses, people) the probabilities can be further off.")
+            + (suite_calibration_sentence(calibration["sets"]) if calibration.get("sets") else
+               "On faces unlike that validation data (other cameras, poses, people) the probabilities can be "
+               "further off."))
+
+
+def suite_calibration_sentence(sets: dict) -> str:
+    """One sentence on how the probabilities held on each validation set the model was judged on
+    (:func:`msfer.engine.calibration.calibration_summary`'s ``sets``): its ECE, and whether that is more than a
+    perfectly calibrated model shows on that many faces (then its probabilities are off there)."""
+    parts = []
+    for name, figures in sets.items():
+        within = figures["ece"] <= figures["ece_floor_95"]
+        verdict = ("within what a perfectly calibrated model shows on that many faces" if within else
+                   f"beyond the {figures['ece_floor_95']:.2f} a perfectly calibrated model stays under")
+        parts.append(f"{html.escape(str(figures.get('domain') or name))} ({html.escape(name)}, {figures['n']} faces, "
+                     f"{100 * figures['overall_accuracy']:.0f}% right): ECE {figures['ece']:.3f}, {verdict}")
+    return ("Measured on each kind of face it was validated on: " + "; ".join(parts) + ". Where the error is "
+            "beyond that bound, take the probabilities as rankings more than as chances.")
 
 
 def plot_timeline(track: TrackSummary, path: Path, duration: float | None = None) -> None:

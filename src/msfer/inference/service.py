@@ -225,7 +225,8 @@ def healthz(request: Request) -> dict:
     service = request.app.state.service
     recognizer = service.recognizer
     uploads = service.uploads
-    return {"status": "ok", "version": __version__, "backend": type(recognizer.classifier).__name__,
+    return {"status": "ok", "version": __version__, "model": recognizer.model_name,
+            "backend": type(recognizer.classifier).__name__,
             "max_upload_mb": service.max_upload_mb, "max_pixels": service.max_pixels,
             "max_concurrent": service.max_concurrent, "max_queue": service.max_queue,
             "upload_timeout_s": service.upload_timeout, "max_uploads": service.max_uploads,
