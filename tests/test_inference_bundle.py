@@ -177,13 +177,19 @@ def test_a_classifier_is_bundled_into_another_folder_and_judged_on_the_suite(bun
     assert EmotionRecognizer(out, device="cpu").decision == default  # the folder names its model too
     assert recognizer.crop_rule.to_dict() == CROP_RULE
     # the file carries what only the whole bundle measured, so a copy of it alone still says it
-    assert recognizer.model_name == "run"
-    calibration = recognizer.calibration
+    import shutil
+
+    copy = Path(shutil.copy(out / "msfer_fer2013.pt", out.parent / "copy.pt"))
+    elsewhere = EmotionRecognizer(copy, device="cpu", detector=recognizer.detector)
+    assert recognizer.model_name == elsewhere.model_name == "run"
+    calibration = elsewhere.calibration
     assert calibration["ece"] == record["calibration"]["held_out"]["bundled"]["ece"]
-    assert set(calibration["sets"]) == {"fer2013_public_test", "tcce_val"}  # the score's sets
-    for name, figures in calibration["sets"].items():
-        assert figures["ece"] == rows[name, candidate]["ece"] and figures["n"] == rows[name, candidate]["n"]
-    assert calibration["sets"]["tcce_val"]["domain"] == "posed photos"
+    # the score's sets but the calibration set, whose held-out half's figures those are
+    assert calibration["sets"] == record["calibration"]["suite"] and set(calibration["sets"]) == {"tcce_val"}
+    row = rows["tcce_val", candidate]  # under the default rule
+    assert calibration["sets"]["tcce_val"] == {"domain": "posed photos", "n": row["n"], "missed": row["missed"],
+                                               "ece": row["ece"], "ece_floor_95": row["ece_floor_95"],
+                                               "overall_accuracy": row["overall_accuracy"]}
     assert np.allclose(recognizer.classifier.balanced_offsets, record["decision"]["offsets"], atol=1e-2)
     [face] = recognizer.predict(np.asarray(Image.open(ASTRONAUT).convert("RGB")))
     assert face.label in EMOTIONS and face.regions == {} and abs(sum(face.probs.values()) - 1) < 1e-3
@@ -252,10 +258,13 @@ def test_the_rule_the_suite_chooses_is_written_into_the_model_file(bundled, trai
     mine, theirs = load_checkpoint(out / "msfer_fer2013.pt"), load_checkpoint(bundled[0] / "msfer_fer2013.pt")
     assert {k: v.dtype for k, v in mine["model"].items()} == {k: v.dtype for k, v in theirs["model"].items()}
     assert all(torch.equal(mine["model"][k], theirs["model"][k]) for k in theirs["model"])  # the same run's bundle
-    # the suite's figures are the chosen rule's
     assert {**mine["calibration"], "decision": None, "suite": None} == {**theirs["calibration"], "decision": None,
                                                                         "suite": None}
+    # the suite's figures are the chosen rule's
+    balanced_row = next(row for row in record["suite"]["rows"]
+                        if (row["set"], row["model"]) == ("tcce_val", "candidate balanced"))
     assert mine["calibration"]["suite"] == record["calibration"]["suite"]
+    assert mine["calibration"]["suite"]["tcce_val"]["overall_accuracy"] == balanced_row["overall_accuracy"]
     assert mine["config"] == theirs["config"]
 
 
@@ -423,3 +432,29 @@ def test_the_paired_standard_error():
     difference = a - b
     assert paired_standard_error(a, b) == pytest.approx(difference.std(ddof=1) / np.sqrt(5))
     assert paired_standard_error(a, a) == 0.0 and paired_standard_error(a[:1], b[:1]) == 0.0
+
+
+def test_a_bundle_is_named_after_its_checkpoint_or_its_run_folder(tmp_path):
+    from msfer.inference.bundle import default_name
+
+    run = tmp_path / "runs" / "v7"
+    run.mkdir(parents=True)
+    (run / "last.pt").touch()
+    (tmp_path / "model.pt").touch()
+    assert default_name(run, {}) == default_name(run / "last.pt", {}) == "v7"
+    assert default_name(tmp_path / "model.pt", {}) == "model"  # no run folder: the file's stem
+    assert default_name(run / "last.pt", {"name": "v3"}) == "v3"  # a bundled model bundled again keeps its name
+
+
+def test_the_per_set_calibration_leaves_out_the_calibration_set_and_sets_without_a_face():
+    from msfer.inference.bundle import suite_calibration
+
+    def row(set_name, model, domain="photos", ece=0.1):
+        return {"set": set_name, "model": model, "domain": domain, "n": 10, "missed": 1, "ece": ece,
+                "ece_floor_95": 0.2, "overall_accuracy": 0.5}
+
+    result = {"rows": [row("crops", "c argmax"), row("photos", "c argmax"), row("photos", "c balanced", ece=0.3),
+                       row("aside", "c argmax", domain=None), row("empty", "c argmax", ece=None)]}
+    figures = suite_calibration(result, "c argmax", calibrated_on="crops")
+    assert figures == {"photos": {"domain": "photos", "n": 10, "missed": 1, "ece": 0.1, "ece_floor_95": 0.2,
+                                  "overall_accuracy": 0.5}}

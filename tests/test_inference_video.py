@@ -263,9 +263,9 @@ def test_report_uncertain_threshold_and_calibration_statement(clip, random_weigh
     from msfer.model.checkpoint import load_checkpoint, save_checkpoint
 
     checkpoint = load_checkpoint(calibrated)
-    suite = {"tcce_val": {"domain": "posed photos", "n": 195, "ece": 0.09, "ece_floor_95": 0.1,
-                          "overall_accuracy": 0.67},
-             "sfew_val": {"domain": "film frames", "n": 177, "ece": 0.223, "ece_floor_95": 0.107,
+    suite = {"tcce_val": {"domain": "posed & candid photos", "n": 195, "missed": 2, "ece": 0.09,
+                          "ece_floor_95": 0.1, "overall_accuracy": 0.67},
+             "sfew_val": {"domain": "film frames", "n": 177, "missed": 0, "ece": 0.223, "ece_floor_95": 0.107,
                           "overall_accuracy": 0.469}}
     checkpoint.update(name="v7", calibration={**checkpoint["calibration"], "suite": suite})
     named = save_checkpoint(checkpoint, tmp_path / "named.pt")
@@ -273,9 +273,13 @@ def test_report_uncertain_threshold_and_calibration_statement(clip, random_weigh
     assert main(["report", str(clip), "--out", str(out), "--weights", str(named), "--every", "5"]) == 0
     page = (out / "report.html").read_text()
     assert "model: v7 (" in page and "expected calibration error 0.031" in page
-    assert ("posed photos (tcce_val, 195 faces, 67% right): ECE 0.090, within what a perfectly calibrated model "
-            "shows on that many faces") in page
-    assert "film frames (sfew_val, 177 faces, 47% right): ECE 0.223, beyond the 0.11" in page
+    assert ("posed &amp; candid photos (tcce_val, 195 images, 67% right): ECE 0.090 on its 193 faces, within what "
+            "a perfectly calibrated model shows on that many faces") in page
+    assert "film frames (sfew_val, 177 images, 47% right): ECE 0.223 on its 177 faces, beyond the 0.107" in page
+    from msfer.inference.report import calibration_sentence
+
+    note = calibration_sentence(EmotionRecognizer(named).calibration)  # /healthz's: text, shown as text
+    assert "posed & candid photos (tcce_val" in note and "&amp;" not in note
     args = ["report", str(clip), "--out", str(out), "--weights", str(random_weights), "--uncertain-below", "2"]
     assert main(args) == 2
 

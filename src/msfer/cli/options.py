@@ -109,7 +109,7 @@ def named_weights(text: str) -> tuple[str | None, Path]:
 
 
 def model_name(path: Path | None) -> str:
-    """The name a model file goes by in tables: its run folder's for best.pt/last.pt, else its stem; 'bundled'."""
-    if path is None:
-        return "bundled"
-    return path.name if path.is_dir() else (path.parent.name if path.stem in ("best", "last") else path.stem)
+    """The name a model file goes by in tables (:func:`msfer.model.checkpoint.file_model_name`); 'bundled'."""
+    from ..model.checkpoint import file_model_name
+
+    return "bundled" if path is None else file_model_name(path)

@@ -29,7 +29,6 @@ class's mean probability against its frequency.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -259,19 +258,18 @@ def calibrated_checkpoint(checkpoint: dict, scale: Sequence[float], bias: Sequen
     return out
 
 
-def calibration_summary(record: dict | None, weights: Path | None = None) -> dict | None:
+def calibration_summary(record: dict | None) -> dict | None:
     """How a model's probabilities were calibrated and how well, or None when they were not.
 
     ``record`` is a checkpoint's ``calibration`` entry (``msfer bundle`` writes it:
-    ``method`` and how it was chosen). The figures measured on the held-out half of the
-    validation split come from the record itself when it has them (``held_out``), else, for the
-    bundled model, from its JSON record. So do the figures on each set of the suite it was judged on
-    (``suite``). Returns ``{"method", and if measured: "ece", "nll", "brier", "accuracy",
-    "mean_confidence", "n"}``, ``"balanced_tau"`` when the bundling step fitted the balanced decision
-    rule, ``"decision"`` when it chose the model's default rule, and ``"sets"`` when it was judged on
-    a suite: ``{set: {"domain", "n", "ece", "ece_floor_95", "overall_accuracy"}}`` under its default
-    rule (fractions; ``ece_floor_95``: the ECE a perfectly calibrated model exceeds on 5% of draws of
-    that set's size, :func:`calibrated_ece`).
+    ``method`` and how it was chosen, the figures on the held-out half of the calibration set,
+    ``held_out``, and on each other set of the suite it was judged on, ``suite``). Returns
+    ``{"method", and if measured: "ece", "nll", "brier", "accuracy", "mean_confidence", "n"}``,
+    ``"balanced_tau"`` when the bundling step fitted the balanced decision rule, ``"decision"`` when it
+    chose the model's default rule, and ``"sets"`` when it was judged on a suite: ``{set: {"domain",
+    "n" (images), "missed" (photos without a face found, counted wrong), "ece" and "ece_floor_95" (on
+    the faces found; the floor is what a perfectly calibrated model exceeds on 5% of draws,
+    :func:`calibrated_ece`), "overall_accuracy"}}``, fractions, under the model's default rule.
     """
     if not record:
         return None
@@ -280,15 +278,9 @@ def calibration_summary(record: dict | None, weights: Path | None = None) -> dic
         summary["decision"] = record["decision"]
     if record.get("balanced_tau") is not None:  # the balanced rule was fitted (tau 0: it equals argmax)
         summary["balanced_tau"] = record["balanced_tau"]
-    held_out, suite = record.get("held_out"), record.get("suite")
-    if held_out is None and weights is not None:
-        from ..weights import bundled_record, is_bundled_model
-
-        if is_bundled_model(weights):
-            shipped = bundled_record().get("calibration") or {}
-            held_out, suite = shipped.get("held_out"), shipped.get("suite")
-    if suite:
-        summary["sets"] = suite
+    held_out = record.get("held_out")
+    if record.get("suite"):
+        summary["sets"] = record["suite"]
     # "bundled": the shipped file itself (half precision); "calibrated": the float32 model before it was stored.
     figures = (held_out or {}).get("bundled") or (held_out or {}).get("calibrated") or {}
     summary.update({key: figures[key] for key in ("ece", "nll", "brier", "accuracy", "mean_confidence", "n")

@@ -57,7 +57,7 @@ class TorchBackend:
         self.spec = ModelSpec(int(meta["input_size"]), tuple(meta["mean"]), tuple(meta["std"]),
                               tuple(meta["region_names"]))
         self.balanced_offsets = self.model.balanced_offsets.float().cpu().numpy().astype(np.float64)
-        self.calibration = calibration_summary(meta.get("calibration"), weights)
+        self.calibration = calibration_summary(meta.get("calibration"))
         self.crop_rule = CropRule.recorded(meta.get("crop_rule"), str(weights))
         self.name = model_name(meta, weights)
 
@@ -166,12 +166,11 @@ class OnnxBackend:
 
 
 def model_name(meta: dict, weights: str | os.PathLike) -> str:
-    """A model's name: the one ``msfer bundle`` gave it (its file's ``name``; for the bundled model, its record's),
-    else its file's stem."""
-    from ..weights import bundled_record, is_bundled_model
+    """A model's name: the one ``msfer bundle`` gave it (its checkpoint's ``name``), else the name its path goes
+    by (:func:`msfer.model.checkpoint.file_model_name`)."""
+    from ..model.checkpoint import file_model_name
 
-    name = meta.get("name") or (bundled_record().get("name") if is_bundled_model(weights) else None)
-    return str(name or Path(weights).stem)
+    return str(meta.get("name") or file_model_name(weights))
 
 
 def _shape_text(shape: list) -> str:

@@ -53,7 +53,14 @@ from ..engine.metrics import compute_metrics
 from ..engine.prior import choose_tau, stratified_halves, unfold_adjustment
 from ..errors import MsferError
 from ..labels import EMOTIONS
-from ..model.checkpoint import export_weights, load_checkpoint, load_model, resolve_checkpoint, save_checkpoint
+from ..model.checkpoint import (
+    export_weights,
+    file_model_name,
+    load_checkpoint,
+    load_model,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from ..outputs import printable
 from ..weights import BUNDLED_MODEL, BUNDLED_RECORD, fixed_sample
 from .benchmark import ModelVariant, Suite, SuiteSet, run_benchmark, set_samples
@@ -198,13 +205,17 @@ def choose_decision(result: dict, name: str) -> tuple[str, dict]:
     return ("balanced" if class_gain and higher else "argmax"), figures
 
 
-def suite_calibration(result: dict, model: str) -> dict:
-    """``{set: {"domain", "n", "ece", "ece_floor_95", "overall_accuracy"}}``: how well the probabilities of
+def suite_calibration(result: dict, model: str, calibrated_on: str) -> dict:
+    """``{set: {"domain", "n", "missed", "ece", "ece_floor_95", "overall_accuracy"}}``: how well the probabilities of
     ``model`` (a model's name in the :func:`~msfer.inference.benchmark.run_benchmark` ``result``, under one rule)
-    hold on each set of the suite's score (fractions; ``ece_floor_95`` as
-    :func:`msfer.engine.calibration.calibrated_ece`'s 95th percentile)."""
-    return {row["set"]: {key: row[key] for key in ("domain", "n", "ece", "ece_floor_95", "overall_accuracy")}
-            for row in result["rows"] if row["model"] == model and row["domain"] is not None}
+    hold on each set of the suite's score but ``calibrated_on`` (half of it fitted the calibration; its other half's
+    figures are the record's ``calibration.held_out``) and one without a face found (no ECE). Fractions; the ECE
+    and ``ece_floor_95`` (:func:`msfer.engine.calibration.calibrated_ece`'s 95th percentile) are on the faces
+    found."""
+    keys = ("domain", "n", "missed", "ece", "ece_floor_95", "overall_accuracy")
+    return {row["set"]: {key: row[key] for key in keys} for row in result["rows"]
+            if row["model"] == model and row["domain"] is not None and row["set"] != calibrated_on
+            and row["ece"] is not None}
 
 
 def _finish_model(weights: Path, name: str, record: dict) -> None:
@@ -220,11 +231,11 @@ def _finish_model(weights: Path, name: str, record: dict) -> None:
     save_checkpoint(checkpoint, weights)
 
 
-def default_name(run: str | os.PathLike) -> str:
-    """The name a bundle of ``run`` gets unless given one: the run folder's (``runs/v3`` and ``runs/v3/last.pt``
-    -> ``v3``), else the file's stem."""
-    run = Path(run).resolve()
-    return run.name if run.is_dir() else (run.parent.name or run.stem)
+def default_name(run: str | os.PathLike, checkpoint: dict) -> str:
+    """The name a bundle of ``run`` (its ``checkpoint``) gets unless given one: the checkpoint's own (a bundled
+    model bundled again), else :func:`msfer.model.checkpoint.file_model_name`'s (``runs/v3`` and
+    ``runs/v3/last.pt`` -> ``v3``)."""
+    return str(checkpoint.get("name") or file_model_name(run))
 
 
 def paired_standard_error(a: np.ndarray, b: np.ndarray) -> float:
@@ -415,8 +426,8 @@ def bundle(run: str | os.PathLike, suite: Suite, out: str | os.PathLike,
                 chosen, figures = choose_decision(result, CANDIDATE)
                 record["decision"].update(default=chosen, chosen_on="suite", suite=figures)
                 judged = f"{CANDIDATE} {chosen}"
-            record["name"] = name or default_name(run)
-            record["calibration"]["suite"] = suite_calibration(result, judged)
+            record["name"] = name or default_name(run, inputs.checkpoint)
+            record["calibration"]["suite"] = suite_calibration(result, judged, record["calibrated_on"])
             _finish_model(candidate, record["name"], record)
             record["suite"] = _suite_record(result)
             record["verdict"] = suite_verdict(result, judged, [model.name for model in inputs.compared])

@@ -119,7 +119,7 @@ def export_onnx(weights: str | Path | None, out: str | Path, opset: int = DEFAUL
     existing_out_mode(out, resume=False, overwrite=overwrite, resumable=False)
     model, meta = load_model(weights, "cpu")  # refuses a model of other classes
     crop_rule = CropRule.recorded(meta.get("crop_rule"), str(weights))
-    data = onnx_bytes(model.eval(), weights, opset, calibration=calibration_summary(meta.get("calibration"), weights),
+    data = onnx_bytes(model.eval(), weights, opset, calibration=calibration_summary(meta.get("calibration")),
                       crop_rule=crop_rule.to_dict(), name=model_name(meta, weights))
     with atomic_output(out) as temporary:
         temporary.write_bytes(data)

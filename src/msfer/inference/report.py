@@ -17,7 +17,8 @@ marked "(uncertain)"). With calibrated probabilities a label of probability p is
 time, so the default 0.5 marks the moments whose label is more likely wrong than right.
 A face of low quality (:func:`msfer.faces.quality.face_quality`) is marked **low
 quality** instead (default), or with ``--min-quality good`` left out of the report. The
-report states the model's calibration figures, or that its probabilities are uncalibrated.
+report names the model and states its calibration figures (held out, and on each other validation set it was
+judged on), or that its probabilities are uncalibrated.
 Times are the video's own frame timestamps (:mod:`msfer.inference.video`). Each file is replaced whole (written beside
 it and renamed); a DIR where one of them would be the video itself is refused. The plots of an
 earlier report in DIR that this one does not draw (a face it no longer has) are removed, so the
@@ -119,14 +120,15 @@ def summarise_tracks(frames: list[VideoFrame], uncertain_below: float = DEFAULT_
 
 
 def calibration_sentence(calibration: dict | None) -> str:
-    """One plain sentence on how far the model's probabilities can be taken at their word."""
+    """A few plain sentences (text, not HTML) on how far the model's probabilities can be taken at their word:
+    on the calibration set's held-out half and, when the model was judged on a suite, on each other set of it."""
     if not calibration:
         return ("This model's probabilities are not calibrated: they rank the emotions, but a probability of, "
                 "say, 70% does not mean the label is right 70% of the time.")
     if "ece" not in calibration:
-        return (f"This model's probabilities were calibrated ({html.escape(str(calibration.get('method')))} scaling), "
+        return (f"This model's probabilities were calibrated ({calibration.get('method')} scaling), "
                 "but no measurement of how well was recorded with it.")
-    return (f"This model's probabilities are calibrated ({html.escape(str(calibration.get('method')))} scaling): on "
+    return (f"This model's probabilities are calibrated ({calibration.get('method')} scaling): on "
             f"{calibration.get('n', 'held-out')} validation faces not used to calibrate it, a label given with "
             f"probability p was right about p of the time, on average within {100 * calibration['ece']:.1f} "
             f"percentage points (expected calibration error {calibration['ece']:.3f}; negative log-likelihood "
@@ -137,18 +139,21 @@ def calibration_sentence(calibration: dict | None) -> str:
 
 
 def suite_calibration_sentence(sets: dict) -> str:
-    """One sentence on how the probabilities held on each validation set the model was judged on
-    (:func:`msfer.engine.calibration.calibration_summary`'s ``sets``): its ECE, and whether that is more than a
-    perfectly calibrated model shows on that many faces (then its probabilities are off there)."""
+    """One sentence (text) on how the probabilities held on each other validation set the model was judged on
+    (:func:`msfer.engine.calibration.calibration_summary`'s ``sets``): its ECE on the faces found, and whether that
+    is more than a perfectly calibrated model shows on that many faces 95% of the time (then its probabilities are
+    off there)."""
     parts = []
     for name, figures in sets.items():
+        faces = figures["n"] - figures.get("missed", 0)
         within = figures["ece"] <= figures["ece_floor_95"]
         verdict = ("within what a perfectly calibrated model shows on that many faces" if within else
-                   f"beyond the {figures['ece_floor_95']:.2f} a perfectly calibrated model stays under")
-        parts.append(f"{html.escape(str(figures.get('domain') or name))} ({html.escape(name)}, {figures['n']} faces, "
-                     f"{100 * figures['overall_accuracy']:.0f}% right): ECE {figures['ece']:.3f}, {verdict}")
-    return ("Measured on each kind of face it was validated on: " + "; ".join(parts) + ". Where the error is "
-            "beyond that bound, take the probabilities as rankings more than as chances.")
+                   f"beyond the {figures['ece_floor_95']:.3f} a perfectly calibrated model stays under")
+        parts.append(f"{figures.get('domain') or name} ({name}, {figures['n']} images, "
+                     f"{100 * figures['overall_accuracy']:.0f}% right): ECE {figures['ece']:.3f} on its {faces} "
+                     f"faces, {verdict}")
+    return ("On the other kinds of face it was validated on: " + "; ".join(parts) + ". Where the error is beyond "
+            "that bound, take the probabilities as rankings more than as chances.")
 
 
 def plot_timeline(track: TrackSummary, path: Path, duration: float | None = None) -> None:
@@ -344,7 +349,7 @@ def report_page(video: Path, frames: list[VideoFrame], tracks: list[TrackSummary
         f"unless the label's probability is below {uncertain_below:.2f}: then it is <em>uncertain</em>. "
         + ("Faces of low quality (by default small, blurred or turned away) are "
            + (f"left out ({left_out} face-moments)." if min_quality == "good" else "marked <em>low quality</em>.")
-           ) + f"</p>\n<p>{calibration_sentence(calibration)}</p>"
+           ) + f"</p>\n<p>{html.escape(calibration_sentence(calibration))}</p>"
     )
     timelines = "\n".join(
         f'<img src="timeline_{track.track_id}.png" alt="emotion timeline of face {track.track_id}">' for track in tracks

@@ -90,6 +90,17 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
     return write_atomic(path, lambda handle: torch.save(checkpoint, handle))
 
 
+def file_model_name(path: str | Path) -> str:
+    """The name a model file goes by where none was given: a folder's own name (a run's or a bundle's), its run
+    folder's for ``best.pt``/``last.pt`` (``runs/v3/last.pt`` -> ``v3``), else the file's stem."""
+    path = Path(path)
+    if path.is_dir():
+        return path.resolve().name or str(path)
+    if path.stem in ("best", "last"):
+        return path.resolve().parent.name or path.stem
+    return path.stem
+
+
 def resolve_checkpoint(path: str | Path, prefer: str = "last.pt") -> Path:
     """``path`` itself if it is a file, else ``path/prefer`` (a run directory), or the model a folder written by
     ``msfer bundle`` holds (``msfer_fer2013.pt``) where it has no ``prefer``."""

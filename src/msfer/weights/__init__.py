@@ -10,7 +10,6 @@ MIT; its source and licence are in ``retinaface_mnet025.NOTICE.md`` beside it).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -29,13 +28,6 @@ def default_weights_path() -> Path:
     if not BUNDLED_MODEL.is_file():
         raise MsferError(f"no bundled model at {BUNDLED_MODEL}: pass --weights PATH to a checkpoint of 'msfer train'")
     return BUNDLED_MODEL
-
-
-def is_bundled_model(weights: str | os.PathLike | None) -> bool:
-    """Whether ``weights`` is the bundled model's file (by path or a link to it; None: the default, so yes)."""
-    if weights is None:
-        return BUNDLED_MODEL.is_file()
-    return BUNDLED_MODEL.is_file() and Path(weights).is_file() and os.path.samefile(weights, BUNDLED_MODEL)
 
 
 def bundled_record() -> dict:
