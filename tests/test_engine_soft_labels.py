@@ -100,3 +100,89 @@ def test_a_soft_label_weight_without_soft_labels_names_the_way_to_get_them(fer_w
                 f"data.root={csv_file}", "data.soft_label_weight=0.5"]) != 0
     error = capsys.readouterr().err
     assert "no training sample" in error and "data.reader_options={ferplus: FOLDER}" in error and str(csv_file) in error
+
+
+@pytest.fixture(scope="module")
+def teacher_setup(fer_with_votes, tmp_path_factory):
+    """A training config of the FER2013 CSV beside a folder set, and two random classifiers as teachers."""
+    from msfer.model.checkpoint import random_checkpoint
+
+    csv_file, _ = fer_with_votes
+    folder = tmp_path_factory.mktemp("teacher")
+    extra = folder / "extra"
+    for name in EMOTIONS:
+        (extra / "train" / name).mkdir(parents=True)
+        Image.new("L", (40, 40), 90 + 9 * EMOTIONS.index(name)).save(extra / "train" / name / "0.png")
+    common = [f"data.root={csv_file}", f"data.extra_train=[{{format: folder, root: {extra}, split: train, "
+                                       "weight: 0.3}]", "data.image_size=24"]
+    teachers = [random_checkpoint(folder / f"teacher{seed}.pt", "classifier_mobilenetv2", seed=seed)
+                for seed in (0, 1)]
+    return common, teachers
+
+
+def test_a_teachers_soft_labels_are_the_mean_of_its_models_on_every_training_image(teacher_setup, tmp_path):
+    from msfer.data.readers import read_dataset
+    from msfer.engine.teacher import load_soft_labels, save_soft_labels, teacher_soft_labels
+    from msfer.inference.recognizer import EmotionRecognizer
+
+    common, teachers = teacher_setup
+    config = load_config(None, [*TINY, *common])
+    keys, probs = teacher_soft_labels(config, teachers, progress=False)
+    assert len(keys) == len(set(keys)) == 7 * 3 + 7  # FER2013's training rows and the folder set's images
+    assert keys[0].startswith("fer2013.csv/") and keys[-1].startswith("extra/train/")
+    alone = [teacher_soft_labels(config, [teacher], progress=False) for teacher in teachers]
+    assert all(these == keys for these, _ in alone)
+    assert not np.allclose(alone[0][1], alone[1][1], atol=1e-3)  # two different teachers
+    assert np.allclose(probs, (alone[0][1] + alone[1][1]) / 2, atol=1e-6)
+    # each teacher sees the image as inference would show it the crop: at its own input size (not the config's
+    # data.image_size of 24 px), resized once
+    csv_file = config["data"]["root"]
+    first = next(s for s in read_dataset(csv_file, "fer2013").samples if s.split == "train")
+    [face] = EmotionRecognizer(teachers[0], device="cpu").classify_faces([first.load()])
+    assert keys[0] == f"fer2013.csv/{first.id}"
+    assert np.allclose([face.probs[name] for name in EMOTIONS], alone[0][1][0], atol=1e-4)
+
+    path = save_soft_labels(tmp_path / "teacher.npz", keys, probs)
+    loaded = load_soft_labels(path)
+    assert list(loaded) == keys and np.allclose([loaded[key] for key in keys], probs)
+
+
+def test_a_student_trains_on_the_teachers_soft_labels(teacher_setup, tmp_path, capsys, caplog):
+    import logging
+
+    from msfer.engine.teacher import save_soft_labels, teacher_soft_labels
+
+    caplog.set_level(logging.INFO, logger="msfer.engine.datasets")
+
+    common, teachers = teacher_setup
+    keys, probs = teacher_soft_labels(load_config(None, [*TINY, *common]), teachers, progress=False)
+    path = save_soft_labels(tmp_path / "teacher.npz", keys, probs)
+    labels_only = train_loss(tmp_path / "labels", *common)
+    distilled = train_loss(tmp_path / "distilled", *common, f"data.soft_label_file={path}",
+                           "data.soft_label_weight=0.5")
+    # the same seed and images: only the targets differ
+    assert np.isfinite(distilled) and distilled != pytest.approx(labels_only, abs=1e-4)
+    assert "a teacher's soft label for 28 of the 28 training images" in caplog.text
+
+    other = save_soft_labels(tmp_path / "other.npz", [f"elsewhere/{key}" for key in keys], probs)
+    assert cli(["train", "--config", os.devnull, "--output-dir", str(tmp_path / "refused"), *TINY, *common,
+                f"data.soft_label_file={other}", "data.soft_label_weight=0.5"]) != 0
+    assert "names none of the 28 training images" in capsys.readouterr().err
+
+
+def test_a_soft_label_file_that_is_not_one_is_refused_naming_it(tmp_path):
+    from msfer.engine.teacher import load_soft_labels, save_soft_labels
+
+    with pytest.raises(MsferError, match="cannot read the soft labels .*missing.npz"):
+        load_soft_labels(tmp_path / "missing.npz")
+    np.savez(tmp_path / "classes.npz", keys=np.array(["a/b"]), probs=np.full((1, 7), 1 / 7, np.float32),
+             classes=np.array(list(reversed(EMOTIONS))))
+    with pytest.raises(MsferError, match="classes.npz are of the classes"):
+        load_soft_labels(tmp_path / "classes.npz")
+    np.savez(tmp_path / "sums.npz", keys=np.array(["a/b"]), probs=np.full((1, 7), 0.5, np.float32),
+             classes=np.array(EMOTIONS))
+    with pytest.raises(MsferError, match="sums.npz are not 1 x 7 probabilities summing to 1"):
+        load_soft_labels(tmp_path / "sums.npz")
+    with pytest.raises(MsferError, match="same soft-label key"):
+        save_soft_labels(tmp_path / "twice.npz", ["a/b", "a/b"], np.full((2, 7), 1 / 7))
+    assert not (tmp_path / "twice.npz").exists()

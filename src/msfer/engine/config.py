@@ -92,6 +92,10 @@ KEYS: tuple[Key, ...] = (
     # without a soft label (a folder set's images, FER2013 images FER+ left out) train on their label.
     Key("data.soft_label_weight", 0.0, "number", "weight w of Sample.soft_label in the training target",
         _FRACTION),
+    # Distillation: a teacher's (or an ensemble's) probabilities for the training images
+    # (scripts/teacher_targets.py, msfer.engine.teacher), replacing any soft label a reader gave; trained on
+    # at data.soft_label_weight, in every training set. Images the file does not name train on their label.
+    Key("data.soft_label_file", None, "path", "soft labels of a teacher for the training images (.npz)"),
     Key("data.balanced_sampling", False, "flag", "draw classes equally often (sampling with replacement)"),
     Key("data.cache_images", False, "flag", "decode every image once into memory before the first epoch"),
     # The augmentation resamples them to the model's input size; 48 for FER2013 keeps its cache at

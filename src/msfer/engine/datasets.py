@@ -298,6 +298,8 @@ def build_datasets(config: Config, model: torch.nn.Module, roles: tuple[str, ...
         role_sets[role] = samples
         sources[role] = [(f"data.{role}={data[role] or 'holdout'!r} of {data['root']}", data["root"], samples)]
     extra_sets = _extra_samples(extras, learns_regions)
+    if "train_split" in roles and data["soft_label_file"]:
+        role_sets["train_split"], extra_sets = _teacher_labels(data, role_sets["train_split"], extra_sets, info)
     if "train_split" in roles:
         _check_soft_labels([role_sets["train_split"], *(samples for _, _, samples in extra_sets)], data, info)
     for name, entry, samples in extra_sets:
@@ -337,13 +339,37 @@ def _check_soft_labels(sets: list[list], data: Config, info: DistInfo) -> None:
     if weight and not soft:
         raise MsferError(f"data.soft_label_weight={weight} but no training sample (of {data['root']} or "
                          "data.extra_train) has a soft label: read FER+ with data.reader_options={soft_labels: true}, "
-                         "or FER2013 with data.reader_options={ferplus: FOLDER}, or set data.soft_label_weight=0")
+                         "or FER2013 with data.reader_options={ferplus: FOLDER}, give a teacher's with "
+                         "data.soft_label_file, or set data.soft_label_weight=0")
     if info.is_main and weight:
         log.info("training targets: %g x soft label + %g x one-hot label (%d of the %d training images have a soft "
                  "label; the others train on their label)", weight, 1 - weight, soft, total)
     elif info.is_main and soft:
         log.warning("%d training images have a soft label, unused: data.soft_label_weight is 0 (set it, e.g. 0.5, "
                     "to train on them)", soft)
+
+
+def _teacher_labels(data: Config, train: list, extra_sets: list[tuple[str, Config, list]],
+                    info: DistInfo) -> tuple[list, list[tuple[str, Config, list]]]:
+    """The training samples with the soft labels of ``data.soft_label_file`` (:mod:`msfer.engine.teacher`);
+    refused when it names none of them (a file made for other data)."""
+    from .teacher import load_soft_labels, with_soft_labels
+
+    soft_labels = load_soft_labels(data["soft_label_file"])
+    train, found = with_soft_labels(train, data["root"], soft_labels)
+    labelled = []
+    for name, entry, samples in extra_sets:
+        samples, more = with_soft_labels(samples, entry["root"], soft_labels)
+        labelled.append((name, entry, samples))
+        found += more
+    total = len(train) + sum(len(samples) for _, _, samples in extra_sets)
+    if not found:
+        raise MsferError(f"data.soft_label_file {data['soft_label_file']} names none of the {total} training images "
+                         "(its keys are FOLDER/ID: made for other data?); make it for this config with "
+                         "scripts/teacher_targets.py")
+    if info.is_main:
+        log.info("data.soft_label_file: a teacher's soft label for %d of the %d training images", found, total)
+    return train, labelled
 
 
 def _extra_samples(extras: list[Config], learns_regions: bool) -> list[tuple[str, Config, list]]:
