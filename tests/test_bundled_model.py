@@ -59,6 +59,7 @@ def test_bundled_models_calibration_figures_are_those_of_the_shipped_file():
     summary = EmotionRecognizer().calibration
     assert summary["ece"] == held_out["bundled"]["ece"] != held_out["calibrated"]["ece"]
     assert summary["n"] == held_out["bundled"]["n"]
+    assert summary["set"] == bundled_record()["calibrated_on"] == "fer2013_public_test"
     # and on each other kind of face of the suite it was judged on (under its default rule), as its bundling
     # measured them
     record = bundled_record()

@@ -165,8 +165,12 @@ def test_bad_inputs_raise_clear_errors(tmp_path, random_weights):
     with pytest.raises(MsferError, match="does not exist"):
         EmotionRecognizer(tmp_path / "absent.pt")
     not_a_model = tmp_path / "model.pt"
-    not_a_model.write_text("hello")
-    with pytest.raises(MsferError, match="cannot read checkpoint"):
+    not_a_model.write_text("hello")  # say, a video given as --weights
+    with pytest.raises(MsferError, match="model.pt is not an msfer model: a .pt checkpoint of msfer train or msfer "
+                                         "bundle, or an .onnx file of msfer export, is wanted"):
+        EmotionRecognizer(not_a_model)
+    not_a_model.write_bytes(b"PK\x03\x04 cut short")  # a zip, as torch saves, but damaged
+    with pytest.raises(MsferError, match="cannot read checkpoint .*model.pt: it is damaged"):
         EmotionRecognizer(not_a_model)
     with pytest.raises(MsferError, match="backend"):
         EmotionRecognizer(random_weights, backend="tensorrt")

@@ -184,6 +184,7 @@ def test_a_classifier_is_bundled_into_another_folder_and_judged_on_the_suite(bun
     assert recognizer.model_name == elsewhere.model_name == "run"
     calibration = elsewhere.calibration
     assert calibration["ece"] == record["calibration"]["held_out"]["bundled"]["ece"]
+    assert calibration["set"] == "fer2013_public_test"  # which set's held-out half those are
     # the score's sets but the calibration set, whose held-out half's figures those are
     assert calibration["sets"] == record["calibration"]["suite"] and set(calibration["sets"]) == {"tcce_val"}
     row = rows["tcce_val", candidate]  # under the default rule

@@ -188,6 +188,7 @@ def test_service_answers_with_empty_regions(balanced, offsets, astronaut):
     health = client.get("/healthz").json()
     assert health["status"] == "ok" and health["balanced_decision"] is True
     assert health["model"] == "balanced"  # unnamed by a bundle: its file's stem
+    assert health["backend"] == "torch"  # as --backend names it
     assert health["calibration"]["method"] == "temperature"
     answer = client.post("/v1/predict?decision=balanced", files={"image": ("a.jpg", buffer.getvalue(), "image/jpeg")})
     assert answer.status_code == 200

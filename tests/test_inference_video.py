@@ -267,12 +267,14 @@ def test_report_uncertain_threshold_and_calibration_statement(clip, random_weigh
                           "ece_floor_95": 0.1, "overall_accuracy": 0.67},
              "sfew_val": {"domain": "film frames", "n": 177, "missed": 0, "ece": 0.223, "ece_floor_95": 0.107,
                           "overall_accuracy": 0.469}}
-    checkpoint.update(name="v7", calibration={**checkpoint["calibration"], "suite": suite})
+    checkpoint.update(name="v7", calibration={**checkpoint["calibration"], "suite": suite,
+                                              "calibrated_on": "fer2013_public_test"})
     named = save_checkpoint(checkpoint, tmp_path / "named.pt")
     out = tmp_path / "report_named"
     assert main(["report", str(clip), "--out", str(out), "--weights", str(named), "--every", "5"]) == 0
     page = (out / "report.html").read_text()
     assert "model: v7 (" in page and "expected calibration error 0.031" in page
+    assert "on 1794 validation faces of fer2013_public_test not used to calibrate it" in page
     assert ("posed &amp; candid photos (tcce_val, 195 images, 67% right): ECE 0.090 on its 193 faces, within what "
             "a perfectly calibrated model shows on that many faces") in page
     assert "film frames (sfew_val, 177 images, 47% right): ECE 0.223 on its 177 faces, beyond the 0.107" in page

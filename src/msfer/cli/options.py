@@ -54,7 +54,7 @@ def add_decision_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decision", choices=DECISION_RULES, default=None,
                         help="decision rule: 'argmax', the most probable emotion, or 'balanced', the class-prior "
                              "adjustment a bundled model carries (higher mean class accuracy); probabilities are "
-                             "unchanged. Default: the model's own rule (the bundled model's: balanced; a model "
+                             "unchanged. Default: the model's own rule (the bundled model's: argmax; a model "
                              "that names none: argmax)")
 
 

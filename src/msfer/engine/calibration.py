@@ -264,7 +264,8 @@ def calibration_summary(record: dict | None) -> dict | None:
     ``record`` is a checkpoint's ``calibration`` entry (``msfer bundle`` writes it:
     ``method`` and how it was chosen, the figures on the held-out half of the calibration set,
     ``held_out``, and on each other set of the suite it was judged on, ``suite``). Returns
-    ``{"method", and if measured: "ece", "nll", "brier", "accuracy", "mean_confidence", "n"}``,
+    ``{"method", and if measured: "ece", "nll", "brier", "accuracy", "mean_confidence", "n"}`` (and
+    ``"set"``, the calibration set's name, where the record names it: ``calibrated_on``),
     ``"balanced_tau"`` when the bundling step fitted the balanced decision rule, ``"decision"`` when it
     chose the model's default rule, and ``"sets"`` when it was judged on a suite: ``{set: {"domain",
     "n" (images), "missed" (photos without a face found, counted wrong), "ece" and "ece_floor_95" (on
@@ -279,6 +280,8 @@ def calibration_summary(record: dict | None) -> dict | None:
     if record.get("balanced_tau") is not None:  # the balanced rule was fitted (tau 0: it equals argmax)
         summary["balanced_tau"] = record["balanced_tau"]
     held_out = record.get("held_out")
+    if record.get("calibrated_on"):
+        summary["set"] = record["calibrated_on"]
     if record.get("suite"):
         summary["sets"] = record["suite"]
     # "bundled": the shipped file itself (half precision); "calibrated": the float32 model before it was stored.

@@ -220,12 +220,13 @@ def suite_calibration(result: dict, model: str, calibrated_on: str) -> dict:
 
 def _finish_model(weights: Path, name: str, record: dict) -> None:
     """Write into the model file ``weights`` what only the whole bundle measured, so that the file says it wherever
-    it is copied: its ``name``, and in its calibration record the default decision rule, the figures on the
-    calibration set's held-out half and on each suite set (``record``'s)."""
+    it is copied: its ``name``, and in its calibration record the default decision rule, the calibration set's
+    name (``calibrated_on``) and figures on its held-out half, and those on each other suite set (``record``'s)."""
     checkpoint = load_checkpoint(weights)
     calibration = record["calibration"]
     checkpoint["name"] = name
     checkpoint["calibration"] = {**checkpoint["calibration"], "decision": record["decision"]["default"],
+                                 "calibrated_on": record["calibrated_on"],
                                  "held_out": {"bundled": calibration["held_out"]["bundled"]},
                                  "suite": calibration["suite"]}
     save_checkpoint(checkpoint, weights)

@@ -25,7 +25,7 @@ Pipeline, per image:
 4. **Decide** the label by the ``decision`` rule: ``"argmax"``, the most probable
    emotion; ``"balanced"``, the class-prior adjustment a bundled model carries (higher mean
    class accuracy). The default is the model's own rule, chosen when it was bundled (the
-   bundled model's: balanced; a model that names none: argmax). The rule changes ``label`` and
+   bundled model's: argmax; a model that names none: argmax). The rule changes ``label`` and
    ``confidence`` (the probability of that label), never ``probs``.
 5. **Map back** the emotion regions the network used (none for a plain classifier) from crop
    pixels to image pixels, and measure each face's quality (:func:`msfer.faces.quality.face_quality`).

@@ -49,8 +49,8 @@ from .video import VideoFrame, open_video, predict_video
 
 DISCLAIMER_LEAD = "This report is a research aid, not a diagnosis."  # stated once, in bold on the page
 DISCLAIMER = (
-    f"{DISCLAIMER_LEAD} It shows what a neural network trained on posed and "
-    "web photos reads from facial expressions; expressions do not reliably reveal what a person feels, "
+    f"{DISCLAIMER_LEAD} It shows what a neural network trained on web, posed and "
+    "film photos reads from facial expressions; expressions do not reliably reveal what a person feels, "
     "the network makes mistakes (more so for some people, faces, lighting and cultures than others), and "
     "nothing here should be used to make decisions about a person."
 )
@@ -128,8 +128,9 @@ def calibration_sentence(calibration: dict | None) -> str:
     if "ece" not in calibration:
         return (f"This model's probabilities were calibrated ({calibration.get('method')} scaling), "
                 "but no measurement of how well was recorded with it.")
+    of_set = f" of {calibration['set']}" if calibration.get("set") else ""
     return (f"This model's probabilities are calibrated ({calibration.get('method')} scaling): on "
-            f"{calibration.get('n', 'held-out')} validation faces not used to calibrate it, a label given with "
+            f"{calibration.get('n', 'held-out')} validation faces{of_set} not used to calibrate it, a label given with "
             f"probability p was right about p of the time, on average within {100 * calibration['ece']:.1f} "
             f"percentage points (expected calibration error {calibration['ece']:.3f}; negative log-likelihood "
             f"{calibration['nll']:.2f}, Brier score {calibration['brier']:.2f}; lower is better for all three). "
