@@ -157,6 +157,7 @@ def test_an_unexpected_failure_is_a_json_500(recognizer, astronaut):
     class Failing:
         classifier, min_face, decision = recognizer.classifier, recognizer.min_face, recognizer.decision
         calibration, check_decision = recognizer.calibration, recognizer.check_decision
+        model_name = recognizer.model_name
 
         def predict(self, image, decision=None):
             raise RuntimeError("the model broke")
@@ -222,6 +223,7 @@ def test_a_full_queue_answers_503_with_retry_after(recognizer, astronaut):
 
         classifier, min_face, decision = recognizer.classifier, recognizer.min_face, recognizer.decision
         calibration, check_decision = recognizer.calibration, recognizer.check_decision
+        model_name = recognizer.model_name
 
         def __init__(self) -> None:
             self.entered, self.release = threading.Semaphore(0), threading.Event()

@@ -59,7 +59,7 @@ class TorchBackend:
         self.balanced_offsets = self.model.balanced_offsets.float().cpu().numpy().astype(np.float64)
         self.calibration = calibration_summary(meta.get("calibration"))
         self.crop_rule = CropRule.recorded(meta.get("crop_rule"), str(weights))
-        self.name = model_name(meta, weights)
+        self.name = checkpoint_name(meta, weights)
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits (N x 7) and region boxes (N x R x 4, input pixels; R = 0 for a plain classifier) of a normalised
@@ -165,7 +165,7 @@ class OnnxBackend:
         return class_probabilities_array(logits, mirrored), boxes
 
 
-def model_name(meta: dict, weights: str | os.PathLike) -> str:
+def checkpoint_name(meta: dict, weights: str | os.PathLike) -> str:
     """A model's name: the one ``msfer bundle`` gave it (its checkpoint's ``name``), else the name its path goes
     by (:func:`msfer.model.checkpoint.file_model_name`)."""
     from ..model.checkpoint import file_model_name

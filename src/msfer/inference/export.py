@@ -108,7 +108,7 @@ def export_onnx(weights: str | Path | None, out: str | Path, opset: int = DEFAUL
     from ..engine.calibration import calibration_summary
     from ..model.checkpoint import load_model, resolve_checkpoint
     from ..weights import default_weights_path
-    from .backends import model_name
+    from .backends import checkpoint_name
 
     weights = Path(weights) if weights is not None else default_weights_path()
     if opset < 17:
@@ -120,7 +120,7 @@ def export_onnx(weights: str | Path | None, out: str | Path, opset: int = DEFAUL
     model, meta = load_model(weights, "cpu")  # refuses a model of other classes
     crop_rule = CropRule.recorded(meta.get("crop_rule"), str(weights))
     data = onnx_bytes(model.eval(), weights, opset, calibration=calibration_summary(meta.get("calibration")),
-                      crop_rule=crop_rule.to_dict(), name=model_name(meta, weights))
+                      crop_rule=crop_rule.to_dict(), name=checkpoint_name(meta, weights))
     with atomic_output(out) as temporary:
         temporary.write_bytes(data)
     return out
