@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="the soft-label file to write (.npz)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
+    misplaced = [str(path) for path in args.weights if "=" in str(path) and not path.exists()]
+    if misplaced:
+        parser.error(f"{', '.join(misplaced)}: config overrides go before --weights")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     try:

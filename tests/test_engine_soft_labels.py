@@ -142,9 +142,22 @@ def test_a_teachers_soft_labels_are_the_mean_of_its_models_on_every_training_ima
     assert keys[0] == f"fer2013.csv/{first.id}"
     assert np.allclose([face.probs[name] for name in EMOTIONS], alone[0][1][0], atol=1e-4)
 
+    # and the folder set's images under their own keys
+    extra = Path(config["data"]["extra_train"][0]["root"])
+    [neutral] = EmotionRecognizer(teachers[0], device="cpu").classify_faces([Image.open(extra / "train" / "neutral" /
+                                                                                     "0.png")])
+    row = keys.index("extra/train/neutral/0.png")
+    assert np.allclose([neutral.probs[name] for name in EMOTIONS], alone[0][1][row], atol=1e-4)
+
     path = save_soft_labels(tmp_path / "teacher.npz", keys, probs)
     loaded = load_soft_labels(path)
     assert list(loaded) == keys and np.allclose([loaded[key] for key in keys], probs)
+
+    from msfer.model.checkpoint import random_checkpoint
+
+    region_network = random_checkpoint(tmp_path / "regions.pt", "msfer_mobilenetv2", seed=0)
+    with pytest.raises(MsferError, match="regions.pt is a region network: teachers are plain classifiers"):
+        teacher_soft_labels(config, [region_network], progress=False)
 
 
 def test_a_student_trains_on_the_teachers_soft_labels(teacher_setup, tmp_path, capsys, caplog):
@@ -183,6 +196,12 @@ def test_a_soft_label_file_that_is_not_one_is_refused_naming_it(tmp_path):
              classes=np.array(EMOTIONS))
     with pytest.raises(MsferError, match="sums.npz are not 1 x 7 probabilities summing to 1"):
         load_soft_labels(tmp_path / "sums.npz")
+    (tmp_path / "empty.npz").touch()
+    with pytest.raises(MsferError, match="cannot read the soft labels .*empty.npz"):
+        load_soft_labels(tmp_path / "empty.npz")
+    np.save(tmp_path / "array.npy", np.zeros(3))
+    with pytest.raises(MsferError, match="cannot read the soft labels .*array.npy: not an .npz file"):
+        load_soft_labels(tmp_path / "array.npy")
     with pytest.raises(MsferError, match="same soft-label key"):
         save_soft_labels(tmp_path / "twice.npz", ["a/b", "a/b"], np.full((2, 7), 1 / 7))
     assert not (tmp_path / "twice.npz").exists()

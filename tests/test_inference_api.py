@@ -169,6 +169,14 @@ def test_bad_inputs_raise_clear_errors(tmp_path, random_weights):
     with pytest.raises(MsferError, match="model.pt is not an msfer model: a .pt checkpoint of msfer train or msfer "
                                          "bundle, or an .onnx file of msfer export, is wanted"):
         EmotionRecognizer(not_a_model)
+    not_a_model.write_bytes(b"")
+    with pytest.raises(MsferError, match=r"is neither \(it is empty\)"):
+        EmotionRecognizer(not_a_model)
+    from msfer.model.checkpoint import load_checkpoint
+
+    not_a_model.write_bytes(b"\x08\x07 an ONNX model's first field")  # an export, where a checkpoint is needed
+    with pytest.raises(MsferError, match="model.pt is an ONNX export: this needs the .pt checkpoint"):
+        load_checkpoint(not_a_model)
     not_a_model.write_bytes(b"PK\x03\x04 cut short")  # a zip, as torch saves, but damaged
     with pytest.raises(MsferError, match="cannot read checkpoint .*model.pt: it is damaged"):
         EmotionRecognizer(not_a_model)

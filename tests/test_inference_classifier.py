@@ -158,7 +158,7 @@ def test_export_onnx_backend_and_csv(balanced_weights, balanced_face, offsets, m
 
     torch_face = balanced_face
     onnx_recognizer = EmotionRecognizer(exported, backend="onnx", detector=recognizer.detector)
-    assert onnx_recognizer.model_name == "balanced"
+    assert onnx_recognizer.model_name == "balanced" and onnx_recognizer.classifier.kind == "onnx"
     onnx_face = onnx_recognizer.predict(astronaut)[0]
     assert onnx_face.regions == {} and onnx_face.probs == pytest.approx(torch_face.probs, abs=1e-4)
 

@@ -94,7 +94,8 @@ KEYS: tuple[Key, ...] = (
         _FRACTION),
     # Distillation: a teacher's (or an ensemble's) probabilities for the training images
     # (scripts/teacher_targets.py, msfer.engine.teacher), replacing any soft label a reader gave; trained on
-    # at data.soft_label_weight, in every training set. Images the file does not name train on their label.
+    # at data.soft_label_weight, in every training set. Images the file does not name keep a reader's soft
+    # label if they have one, else train on their label.
     Key("data.soft_label_file", None, "path", "soft labels of a teacher for the training images (.npz)"),
     Key("data.balanced_sampling", False, "flag", "draw classes equally often (sampling with replacement)"),
     Key("data.cache_images", False, "flag", "decode every image once into memory before the first epoch"),

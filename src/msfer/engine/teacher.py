@@ -4,10 +4,12 @@ A soft-label file holds, for training images, a 7-vector of class probabilities 
 :data:`msfer.labels.EMOTIONS`' order): what a teacher, one model or the mean of several (the seeds of
 one recipe: an ensemble), predicts for the image. Training with ``data.soft_label_file=FILE`` and
 ``data.soft_label_weight=w`` fits ``w * soft label + (1 - w) * one-hot label``: knowledge distillation
-at temperature 1 (Hinton, Vinyals and Dean 2015, "Distilling the Knowledge in a Neural Network", eq. 1
-with T = 1), the ensemble's knowledge in one model of one model's cost. Images are keyed by their set's
-folder name and their id (``fer2013/train/angry/00001.jpg``, :func:`soft_label_key`), so a file made on
-one machine fits another that holds the same data.
+at temperature 1 on the teachers' probabilities (Hinton, Vinyals and Dean 2015, "Distilling the
+Knowledge in a Neural Network", eq. 1 with T = 1; a bundled teacher's are calibrated), the ensemble's
+knowledge in one model of one model's cost. Images are keyed by the name of their set's folder as the
+config gives it and their id (``fer2013/train/angry/00001.jpg``, :func:`soft_label_key`), so a file made
+on one machine fits another that holds the same data in folders of the same names. A teacher must not
+have been trained on the student's validation images: nothing here can tell.
 
 :func:`teacher_soft_labels` makes one (``scripts/teacher_targets.py``): each teacher classifies every
 training image of a config as the run would hold it (the main set's training split and every
@@ -19,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import os
+import zipfile
 from pathlib import Path
 from typing import Sequence
 
@@ -32,9 +36,9 @@ log = logging.getLogger(__name__)
 
 
 def soft_label_key(sample, root: str | Path) -> str:
-    """``FOLDER/ID``: the name of ``root``'s folder (links resolved) and the sample's id, which is stable across
-    machines (:class:`msfer.data.samples.Sample`)."""
-    return f"{Path(root).resolve().name}/{sample.id}"
+    """``FOLDER/ID``: the name of ``root``'s folder as given (a link keeps its own name) and the sample's id, which
+    is stable across machines (:class:`msfer.data.samples.Sample`)."""
+    return f"{os.path.basename(os.path.normpath(os.path.abspath(root)))}/{sample.id}"
 
 
 def save_soft_labels(path: str | Path, keys: Sequence[str], probs: np.ndarray) -> Path:
@@ -55,10 +59,13 @@ def load_soft_labels(path: str | Path) -> dict[str, tuple[float, ...]]:
     when it is missing or unreadable, its classes are not msfer's seven in their order, or a row is not a
     distribution (negative, or not summing to 1 within 1e-3)."""
     try:
-        with np.load(path, allow_pickle=False) as stored:
+        stored = np.load(path, allow_pickle=False)
+        if not isinstance(stored, np.lib.npyio.NpzFile):
+            raise ValueError("not an .npz file")
+        with stored:
             keys, probs, classes = stored["keys"], stored["probs"], stored["classes"]
-    except (OSError, ValueError, KeyError) as error:
-        raise MsferError(f"cannot read the soft labels {path}: {error} (write them with "
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise MsferError(f"cannot read the soft labels {path}: {error or type(error).__name__} (write them with "
                          "scripts/teacher_targets.py)") from None
     if list(classes) != list(EMOTIONS):
         raise MsferError(f"the soft labels {path} are of the classes {list(classes)}, not {list(EMOTIONS)}")
@@ -86,8 +93,8 @@ def teacher_soft_labels(config, weights: Sequence[str | Path], device: str = "cp
     training config, :func:`msfer.engine.config.load_config`'s), and their keys (N, :func:`soft_label_key`).
 
     Each image is held as the run holds it (its set's crop), resized once to each teacher's input size (the
-    config's ``data.image_size`` is not used: a teacher sees what it was validated on). Raises
-    :class:`MsferError` when the teachers do not see the same images (a model whose regions leave out others).
+    config's ``data.image_size`` is not used: a teacher sees what it was validated on). Teachers are plain
+    classifiers: :class:`MsferError` for a region network (its regions would need the config's annotations).
     """
     import copy
 
@@ -107,12 +114,11 @@ def teacher_soft_labels(config, weights: Sequence[str | Path], device: str = "cp
     keys, total = None, None
     for path in weights:
         model, _ = load_model(path, device)
+        if getattr(model, "region_source", "none") != "none":
+            raise MsferError(f"the teacher {path} is a region network: teachers are plain classifiers (classifier_*)")
         train = build_datasets(config, model, ("train_split",), DistInfo())["train_split"]
         parts = getattr(train, "datasets", [train])
         these = [soft_label_key(sample, root) for part, root in zip(parts, roots) for sample in part.samples]
-        if keys is not None and these != keys:
-            raise MsferError(f"the teacher {path} is given other training images than {weights[0]}: teachers must "
-                             "hold the same sets (a region network leaves out photos without regions)")
         probs = np.concatenate([predict_split(model, part, torch.device(device), batch_size=batch_size,
                                               progress=progress)["probs"] for part in parts])
         keys, total = these, probs if total is None else total + probs

@@ -44,6 +44,8 @@ class TorchBackend:
     """Inference backend: the emotion network (region network or plain classifier) in PyTorch, from a checkpoint
     of ``msfer train``."""
 
+    kind = "torch"  # as --backend names it
+
     def __init__(self, weights: Path, device: str) -> None:
         import torch
 
@@ -83,6 +85,8 @@ class TorchBackend:
 
 class OnnxBackend:
     """Inference backend: the emotion network in ONNX Runtime, from a file of ``msfer export`` (or its bytes)."""
+
+    kind = "onnx"  # as --backend names it
 
     def __init__(self, model: Path | bytes, source: str, threads: int | None = None) -> None:
         import onnxruntime as ort

@@ -226,7 +226,7 @@ def healthz(request: Request) -> dict:
     recognizer = service.recognizer
     uploads = service.uploads
     return {"status": "ok", "version": __version__, "model": recognizer.model_name,
-            "backend": "onnx" if type(recognizer.classifier).__name__ == "OnnxBackend" else "torch",
+            "backend": recognizer.classifier.kind,
             "max_upload_mb": service.max_upload_mb, "max_pixels": service.max_pixels,
             "max_concurrent": service.max_concurrent, "max_queue": service.max_queue,
             "upload_timeout_s": service.upload_timeout, "max_uploads": service.max_uploads,

@@ -145,11 +145,17 @@ def load_checkpoint(path: str | Path, prefer: str = "last.pt") -> dict[str, Any]
     was saved with (:func:`msfer.model.registry.saved_config`).
     """
     path = resolve_checkpoint(path, prefer)
-    with open(path, "rb") as handle:
-        head = handle.read(2)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(2)
+    except OSError as error:
+        raise MsferError(f"cannot read checkpoint {path}: {error.strerror or error}") from None
+    if head[:1] == b"\x08":  # an ONNX model's first field
+        raise MsferError(f"{path} is an ONNX export: this needs the .pt checkpoint it was exported from")
     if head[:2] != b"PK" and head[:1] != b"\x80":  # neither a zip (torch.save) nor a pickle (older files)
         raise MsferError(f"{path} is not an msfer model: a .pt checkpoint of msfer train or msfer bundle, or an "
-                         ".onnx file of msfer export, is wanted, and this file is neither")
+                         ".onnx file of msfer export, is wanted, and this file is neither"
+                         + (" (it is empty)" if not head else ""))
     try:
         with _allow_legacy_numpy():
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
