@@ -184,6 +184,15 @@ def test_bad_inputs_raise_clear_errors(tmp_path, random_weights):
         EmotionRecognizer(random_weights, backend="tensorrt")
 
 
+def test_the_sample_photo_ships_with_the_package(recognizer):
+    from pathlib import Path
+
+    import msfer
+
+    assert msfer.SAMPLE_PHOTO.is_file() and msfer.SAMPLE_PHOTO.parent.parent == Path(msfer.__file__).parent
+    assert len(recognizer.predict(msfer.SAMPLE_PHOTO)) == 1  # one face, found
+
+
 def test_bundled_model_reads_a_smile(astronaut):
     from msfer.weights import BUNDLED_MODEL
 

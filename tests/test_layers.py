@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "msfer"
 LAYERS = ["base", "data", "faces", "regions", "model", "engine", "inference", "cli"]
 LAYER_OF = {
     "msfer._version": "base", "msfer.errors": "base", "msfer.labels": "base", "msfer.weights": "base",
-    "msfer.outputs": "base", "msfer.files": "base", "msfer.values": "base",
+    "msfer.samples": "base", "msfer.outputs": "base", "msfer.files": "base", "msfer.values": "base",
     "msfer.data": "data", "msfer.faces": "faces", "msfer.regions": "regions", "msfer.model": "model",
     "msfer.engine": "engine", "msfer.inference": "inference", "msfer.cli": "cli", "msfer": "cli",
     "msfer.studies": "cli",  # the study scripts' library: it composes training and inference

@@ -5,8 +5,9 @@ Recognition Method Based on Deep Learning", Instrumentation 9(3), 2022.
 """
 from ._version import __version__
 from .labels import EMOTIONS
+from .samples import SAMPLE_PHOTO
 
-__all__ = ["EMOTIONS", "EmotionRecognizer", "__version__", "to_dataframe"]
+__all__ = ["EMOTIONS", "EmotionRecognizer", "SAMPLE_PHOTO", "__version__", "to_dataframe"]
 
 
 def __getattr__(name):

@@ -89,6 +89,7 @@ from starlette.requests import ClientDisconnect
 
 from ..engine.decision import has_balanced_rule
 from ..errors import MsferError
+from ..samples import SAMPLE_PHOTO
 from .recognizer import EmotionRecognizer
 from .report import DEFAULT_UNCERTAIN_BELOW, calibration_sentence
 from .service_guards import (
@@ -135,7 +136,8 @@ DEFAULT_MAX_UPLOADS = 16
 RETRY_AFTER_S = 2
 FIELD_NAMES = ("image", "file")
 STATIC_DIR = Path(__file__).with_name("static")
-SAMPLE_IMAGE = Path(__file__).parents[1] / "samples" / "astronaut.jpg"
+
+
 @dataclass
 class Service:
     """What the handlers share: the recognizer, the limits and the gate (``app.state.service``)."""
@@ -246,7 +248,7 @@ def index() -> FileResponse:
 
 
 def sample() -> FileResponse:
-    return FileResponse(SAMPLE_IMAGE, media_type="image/jpeg")
+    return FileResponse(SAMPLE_PHOTO, media_type="image/jpeg")
 
 
 DOCS_PAGE = """<!DOCTYPE html>
