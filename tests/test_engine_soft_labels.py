@@ -176,6 +176,15 @@ def test_a_student_trains_on_the_teachers_soft_labels(teacher_setup, tmp_path, c
     # the same seed and images: only the targets differ
     assert np.isfinite(distilled) and distilled != pytest.approx(labels_only, abs=1e-4)
     assert "a teacher's soft label for 28 of the 28 training images" in caplog.text
+    assert "names none of" not in caplog.text
+
+    # a file made before the folder set joined: that set trains on its labels, and the warning names it
+    crops_only = [i for i, key in enumerate(keys) if key.startswith("fer2013.csv/")]
+    partial = save_soft_labels(tmp_path / "partial.npz", [keys[i] for i in crops_only], probs[crops_only])
+    assert np.isfinite(train_loss(tmp_path / "partial", *common, f"data.soft_label_file={partial}",
+                                  "data.soft_label_weight=0.5"))
+    assert "a teacher's soft label for 21 of the 28 training images" in caplog.text
+    assert "names none of the 7 images of data.extra_train[0]: they train on their labels only" in caplog.text
 
     other = save_soft_labels(tmp_path / "other.npz", [f"elsewhere/{key}" for key in keys], probs)
     assert cli(["train", "--config", os.devnull, "--output-dir", str(tmp_path / "refused"), *TINY, *common,

@@ -357,10 +357,12 @@ def _teacher_labels(data: Config, train: list, extra_sets: list[tuple[str, Confi
 
     soft_labels = load_soft_labels(data["soft_label_file"])
     train, found = with_soft_labels(train, data["root"], soft_labels)
+    per_set = [("data.root", len(train), found)]
     labelled = []
     for name, entry, samples in extra_sets:
         samples, more = with_soft_labels(samples, entry["root"], soft_labels)
         labelled.append((name, entry, samples))
+        per_set.append((name, len(samples), more))
         found += more
     total = len(train) + sum(len(samples) for _, _, samples in extra_sets)
     if not found:
@@ -369,6 +371,10 @@ def _teacher_labels(data: Config, train: list, extra_sets: list[tuple[str, Confi
                          "scripts/teacher_targets.py")
     if info.is_main:
         log.info("data.soft_label_file: a teacher's soft label for %d of the %d training images", found, total)
+        for name, size, named in per_set:
+            if size and not named:  # a set added after the file was made trains on its labels alone
+                log.warning("data.soft_label_file names none of the %d images of %s: they train on their labels "
+                            "only (make the file again with scripts/teacher_targets.py to include them)", size, name)
     return train, labelled
 
 
