@@ -66,8 +66,17 @@ def test_bundled_models_calibration_figures_are_those_of_the_shipped_file():
     judged = f"candidate {record['decision']['default']}"
     rows = {row["set"]: row for row in record["suite"]["rows"] if row["model"] == judged}
     assert summary["sets"].keys() == {"tcce_val", "sfew_val"}  # FER2013's is the held-out half's above
+    photos = record["calibration"]["photos"]
+    assert summary["photos"] == {key: photos[key] for key in summary["photos"]} and set(photos["fitted_on"]) == {
+        "tcce_val", "sfew_val"}
     for name, figures in summary["sets"].items():
-        assert figures == {key: rows[name][key] for key in figures} and len(figures) == 6
+        # the photo sets' ECE is with the photo temperature, each face scored by a fit on the set's other half
+        with_it = photos["held_out"][name]["with"]
+        assert figures == {**{key: rows[name][key] for key in ("domain", "n", "missed", "overall_accuracy")},
+                           "ece": with_it["ece"], "ece_floor_95": with_it["ece_floor_95"],
+                           "photo_temperature": "cross-fitted"}
+        assert photos["held_out"][name]["without"]["ece"] == rows[name]["ece"]  # the suite measured it before
+        assert with_it["nll"] < rows[name]["nll"]
 
 
 def test_the_bundled_model_file_names_itself_and_carries_its_calibration(tmp_path):

@@ -178,3 +178,76 @@ def test_ece_floor_is_the_expected_ece_of_a_perfectly_calibrated_model_and_shrin
     assert expected_calibration_error(overconfident, labels) > 5 * ece_floor(overconfident)
     overconfident_metrics = calibration_metrics(overconfident, labels)
     assert overconfident_metrics["ece"] > overconfident_metrics["ece_floor_95"]
+
+
+PHOTO = {"method": "yaw_temperature", "temperature": 1.3, "per_degree": 0.03, "yaw_limit": 45.0}
+
+
+def overconfident_photos(n: int, seed: int):
+    """Faces whose labels follow softmax(z / T(yaw)) while the model reports softmax(z): overconfident, the more so
+    the more the head is turned (as on film frames)."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 2.0, size=(n, 7))
+    yaw = rng.uniform(-60, 60, size=n)
+    truth = C.softmax(logits / C.photo_temperatures(yaw, PHOTO)[:, None])
+    labels = np.array([rng.choice(7, p=p) for p in truth])
+    return C.softmax(logits), yaw, labels
+
+
+def test_the_photo_temperature_rises_with_the_turn_up_to_its_limit_and_changes_no_label():
+    assert C.photo_temperatures([0.0, -20.0, 20.0, 45.0, 80.0], PHOTO) == pytest.approx(
+        [1.3, 1.3 * np.exp(0.6), 1.3 * np.exp(0.6), 1.3 * np.exp(1.35), 1.3 * np.exp(1.35)])
+    probs, yaw, _ = overconfident_photos(200, seed=1)
+    softened = C.with_photo_temperature(probs, yaw, PHOTO)
+    assert np.allclose(softened.sum(axis=1), 1) and (softened.argmax(1) == probs.argmax(1)).all()
+    assert (softened.max(1) < probs.max(1)).all()  # every temperature here is above 1
+    # by hand for one face: softmax(log p / T)
+    expected = probs[0] ** (1 / C.photo_temperatures(yaw[:1], PHOTO)[0])
+    assert softened[0] == pytest.approx(expected / expected.sum())
+    assert C.with_photo_temperature(probs, yaw, None) is not None and np.array_equal(
+        C.with_photo_temperature(probs, yaw, None), probs)  # a model without one: unchanged
+    # a photo without a face (a NaN row) stays one
+    with_missing = probs[:3].copy()
+    with_missing[1] = np.nan
+    out = C.with_photo_temperature(with_missing, np.array([0.0, np.nan, 10.0]), PHOTO)
+    assert np.isnan(out[1]).all() and np.isfinite(out[[0, 2]]).all()
+
+
+def test_fitting_the_photo_temperature_recovers_a_known_law_and_helps_on_faces_it_did_not_see():
+    probs, yaw, labels = overconfident_photos(6000, seed=0)
+    fitted = C.fit_photo_temperature(probs, yaw, labels)
+    assert fitted["method"] == "yaw_temperature" and fitted["yaw_limit"] == C.YAW_LIMIT
+    assert fitted["temperature"] == pytest.approx(1.3, rel=0.1)
+    assert fitted["per_degree"] == pytest.approx(0.03, abs=0.006)
+
+    # two sets of different turns; each is scored by fits on the other halves
+    sets = {"frontal": overconfident_photos(400, seed=2), "turned": overconfident_photos(400, seed=3)}
+    sets["frontal"] = (sets["frontal"][0], sets["frontal"][1] / 4, sets["frontal"][2])
+    study = C.photo_temperature_study(sets)
+    assert study["fitted_on"] == ["frontal", "turned"] and "cross-fitted" in study["criterion"]
+    for name, figures in study["held_out"].items():
+        assert figures["with"]["n"] == figures["without"]["n"] == 400
+        assert figures["with"]["nll"] < figures["without"]["nll"], name
+        assert figures["with"]["accuracy"] == figures["without"]["accuracy"]  # no label changes
+    assert study["held_out"]["turned"]["with"]["ece"] < study["held_out"]["turned"]["without"]["ece"]
+    assert study["too_few_faces"] == []
+    one_each = (np.full((7, 7), 1 / 7), np.zeros(7), np.arange(7))  # every half of it would be empty
+    assert C.photo_temperature_study({**sets, "tiny": one_each})["too_few_faces"] == ["tiny"]
+    with pytest.raises(MsferError, match="both of its stratified halves.*tiny"):
+        C.photo_temperature_study({"tiny": one_each})
+
+
+def test_the_photo_temperature_travels_in_the_calibration_summary_and_the_onnx_file(random_weights, tmp_path):
+    pytest.importorskip("onnx")
+    from msfer.inference.backends import OnnxBackend, TorchBackend
+    from msfer.inference.export import export_onnx
+    from msfer.model.checkpoint import load_checkpoint, save_checkpoint
+
+    checkpoint = load_checkpoint(random_weights)
+    checkpoint["calibration"] = {"method": "vector", "photos": {**PHOTO, "fitted_on": ["a"], "held_out": {}}}
+    path = save_checkpoint(checkpoint, tmp_path / "photos.pt")
+    summary = C.calibration_summary(checkpoint["calibration"])
+    assert summary["photos"] == {**PHOTO, "fitted_on": ["a"]}  # the parameters, not the figures
+    assert TorchBackend(path, "cpu").calibration["photos"] == summary["photos"]
+    onnx_path = export_onnx(path, tmp_path / "photos.onnx")
+    assert OnnxBackend(onnx_path, str(onnx_path)).calibration["photos"] == summary["photos"]

@@ -360,3 +360,46 @@ def test_to_dataframe_has_the_csv_columns_for_every_result_form(recognizer, astr
     table = to_dataframe(recognizer.predict_folder(tmp_path))
     assert table["source"].tolist() == [str(tmp_path / "photo.jpg")]
     assert to_dataframe(dict(recognizer.predict_folder(tmp_path)))["source"].tolist() == [str(tmp_path / "photo.jpg")]
+
+
+def test_faces_found_in_photos_get_the_photo_temperature_and_keep_their_label(random_weights, recognizer,
+                                                                             astronaut, astronaut_file, tmp_path):
+    """The model's photo temperature softens the probabilities of a face found in a photo (by its yaw), after the
+    decision: labels under either rule are those of the same model without it; a crop given whole keeps the crop
+    calibration; whole-pipeline evaluation reports the softened probabilities and the same accuracy."""
+    from msfer.data.samples import Sample
+    from msfer.engine.calibration import calibrated_checkpoint, with_photo_temperature
+    from msfer.faces.quality import yaw_degrees
+    from msfer.inference.detect_eval import evaluate_with_detection, photo_predictions
+    from msfer.model.checkpoint import load_checkpoint, save_checkpoint
+
+    offsets = [2.0, -1.0, 0.5, -2.0, 1.0, 0.0, -0.5]
+    photo = {"method": "yaw_temperature", "temperature": 2.5, "per_degree": 0.02, "yaw_limit": 45.0}
+    plain = calibrated_checkpoint(load_checkpoint(random_weights), [1.0] * 7, [0.0] * 7, offsets,
+                                  {"method": "temperature", "balanced_tau": 1.0})
+    tempered = {**plain, "calibration": {**plain["calibration"], "photos": photo}}
+    without = EmotionRecognizer(save_checkpoint(plain, tmp_path / "plain.pt"), detector=recognizer.detector)
+    with_it = EmotionRecognizer(save_checkpoint(tempered, tmp_path / "tempered.pt"), detector=recognizer.detector)
+    assert with_it.photo_temperature == photo and without.photo_temperature is None
+
+    for decision in ("argmax", "balanced"):
+        [before] = without.predict(astronaut, decision=decision)
+        [after] = with_it.predict(astronaut, decision=decision)
+        assert after.label == before.label
+        probs = np.array([before.probs[name] for name in EMOTIONS])
+        yaw = yaw_degrees(np.array(before.landmarks))
+        expected = with_photo_temperature(probs[None], [yaw], photo)[0]
+        assert [after.probs[name] for name in EMOTIONS] == pytest.approx(expected, abs=1e-4)
+        assert after.confidence == pytest.approx(expected[EMOTIONS.index(after.label)], abs=1e-4)
+        assert max(after.probs.values()) < max(before.probs.values())
+    crop = astronaut[20:220, 140:320]
+    assert with_it.classify_faces([crop])[0].probs == without.classify_faces([crop])[0].probs
+
+    samples = [Sample("happy/astronaut.jpg", EMOTIONS.index("happy"), "test", path=astronaut_file)]
+    decided, reported = photo_predictions(with_it, samples)
+    assert np.array_equal(decided, photo_predictions(without, samples)[1])
+    [face] = with_it.predict(astronaut_file)
+    assert reported[0] == pytest.approx([face.probs[name] for name in EMOTIONS], abs=1e-4)
+    metrics, plain_metrics = evaluate_with_detection(with_it, samples), evaluate_with_detection(without, samples)
+    assert metrics["overall_accuracy"] == plain_metrics["overall_accuracy"]
+    assert metrics["calibration"]["mean_confidence"] < plain_metrics["calibration"]["mean_confidence"]

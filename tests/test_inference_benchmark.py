@@ -373,3 +373,34 @@ def test_records_written_before_a_column_existed_still_render(record):
     report = json.loads((Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / record).read_text())
     table = format_markdown(report)
     assert table.count("\n| ") > len(report["rows"])
+
+
+def test_photos_are_scored_with_the_models_photo_temperature_and_crops_without(suite_file, random_weights, tmp_path):
+    """A model's photo temperature changes what its photo rows say of the probabilities (ECE, NLL), not its
+    decisions; crops are classified whole and keep the crop calibration. The predictions file holds each photo's
+    yaw, so that a photo temperature can be fitted on it."""
+    from msfer.engine.calibration import with_photo_temperature
+    from msfer.inference.benchmark import save_predictions
+    from msfer.model.checkpoint import load_checkpoint, save_checkpoint
+
+    checkpoint = load_checkpoint(random_weights)
+    photo = {"method": "yaw_temperature", "temperature": 3.0, "per_degree": 0.01, "yaw_limit": 45.0}
+    checkpoint["calibration"] = {"method": "temperature", "photos": photo}
+    tempered = EmotionRecognizer(save_checkpoint(checkpoint, tmp_path / "tempered.pt"))
+    plain = EmotionRecognizer(random_weights, detector=tempered.detector)
+    result = run_benchmark(load_suite(suite_file), [ModelVariant("plain", plain), ModelVariant("tempered", tempered)],
+                           progress=False)
+    rows = {(row["set"], row["model"]): row for row in result["rows"]}
+    for name in ("crops_a", "photos"):
+        assert rows[name, "tempered"]["overall_accuracy"] == rows[name, "plain"]["overall_accuracy"]
+    assert rows["crops_a", "tempered"]["nll"] == rows["crops_a", "plain"]["nll"]
+    assert rows["photos", "tempered"]["nll"] != rows["photos", "plain"]["nll"]
+    photos = result["predictions"]["photos"]
+    yaw = photos["yaw"]
+    assert np.isfinite(yaw[:2]).all() and np.isnan(yaw[2])  # two faces and a blank photo
+    assert np.allclose(photos["probs"]["tempered"][:2], with_photo_temperature(photos["probs"]["plain"][:2], yaw[:2],
+                                                                             photo), atol=1e-5)
+    assert np.isnan(photos["probs"]["tempered"][2]).all()
+    assert np.isnan(result["predictions"]["crops_a"]["yaw"]).all()
+    save_predictions(result, tmp_path / "predictions.npz")
+    assert np.array_equal(np.load(tmp_path / "predictions.npz")["photos/yaw"], yaw, equal_nan=True)

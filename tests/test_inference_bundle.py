@@ -23,7 +23,7 @@ from msfer.weights import BUNDLED_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 ASTRONAUT = ROOT / "src" / "msfer" / "samples" / "astronaut.jpg"
-PUBLIC_TEST_PER_CLASS, TCCE_VAL_PER_CLASS = 9, 1
+PUBLIC_TEST_PER_CLASS, TCCE_VAL_PER_CLASS = 9, 2
 CROP_RULE = {"method": "box", "scale": 1.1}  # not the default, so the bundle must carry the checkpoint's own
 
 # The fastest real model: MobileNetV2 classifier from scratch at 32 px, one epoch.
@@ -58,13 +58,15 @@ def fer_tree(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tcce_tree(tmp_path_factory) -> Path:
     """TCCE's layout, val/<class>/*.jpg: 256 px colour photos of the sample's face (RetinaFace finds it), a
-    different brightness (and side) per class."""
+    different brightness (and side) per class, the second of each class squeezed sideways (another yaw)."""
     root = tmp_path_factory.mktemp("tcce")
     photo = Image.open(ASTRONAUT).convert("RGB").resize((256, 256))
     for k, name in enumerate(EMOTIONS):
         (root / "val" / name).mkdir(parents=True)
         variant = ImageEnhance.Brightness(photo).enhance(0.7 + 0.1 * k)
-        (ImageOps.mirror(variant) if k % 2 else variant).save(root / "val" / name / "0.jpg", quality=90)
+        variant = ImageOps.mirror(variant) if k % 2 else variant
+        variant.save(root / "val" / name / "0.jpg", quality=90)
+        ImageOps.pad(variant.resize((192, 256)), (256, 256)).save(root / "val" / name / "1.jpg", quality=90)
     return root
 
 
@@ -119,7 +121,8 @@ def bundled(trained, suite_file, tmp_path_factory) -> tuple[Path, str, dict, dic
 
 def test_a_classifier_is_bundled_into_another_folder_and_judged_on_the_suite(bundled, trained, fer_tree, tcce_tree):
     from msfer.data.readers import read_dataset
-    from msfer.inference.detect_eval import evaluate_with_detection
+    from msfer.engine.calibration import PHOTO_TEMPERATURE_KEYS, negative_log_likelihood
+    from msfer.inference.detect_eval import evaluate_with_detection, photo_predictions
     from msfer.inference.recognizer import EmotionRecognizer
 
     out, printed, shipped, after = bundled
@@ -188,16 +191,39 @@ def test_a_classifier_is_bundled_into_another_folder_and_judged_on_the_suite(bun
     # the score's sets but the calibration set, whose held-out half's figures those are
     assert calibration["sets"] == record["calibration"]["suite"] and set(calibration["sets"]) == {"tcce_val"}
     row = rows["tcce_val", candidate]  # under the default rule
-    assert calibration["sets"]["tcce_val"] == {"domain": "posed photos", "n": row["n"], "missed": row["missed"],
-                                               "ece": row["ece"], "ece_floor_95": row["ece_floor_95"],
-                                               "overall_accuracy": row["overall_accuracy"]}
+    # the photo set fitted a photo temperature, kept where it lowers the negative log-likelihood on faces it was not
+    # fitted on (cross-fitted halves), else recorded as declined
+    kept, declined = record["calibration"].get("photos"), record["calibration"].get("photos_declined")
+    assert (kept is None) != (declined is None)
+    study = kept or declined
+    assert study["fitted_on"] == ["tcce_val"] and study["held_out"]["tcce_val"]["with"]["n"] == row["n"] - row["missed"]
+    assert study["held_out"]["tcce_val"]["without"]["nll"] == pytest.approx(row["nll"])  # the rows' own faces
+    pays = study["held_out"]["tcce_val"]["with"]["nll"] < study["held_out"]["tcce_val"]["without"]["nll"]
+    assert pays == (kept is not None)
+    assert recognizer.photo_temperature == (None if kept is None else {key: kept[key] for key in
+                                                                        PHOTO_TEMPERATURE_KEYS})
+    figures = {"domain": "posed photos", "n": row["n"], "missed": row["missed"], "ece": row["ece"],
+               "ece_floor_95": row["ece_floor_95"], "overall_accuracy": row["overall_accuracy"]}
+    if kept:  # the set's figures are those with the photo temperature, each face scored by a fit on the other half
+        figures.update(ece=kept["held_out"]["tcce_val"]["with"]["ece"], photo_temperature="cross-fitted",
+                       ece_floor_95=kept["held_out"]["tcce_val"]["with"]["ece_floor_95"])
+    assert calibration["sets"]["tcce_val"] == figures
+    assert f"photo temperature T = {study['temperature']:.3f} x exp(" in printed
+    assert printed.split("photo temperature")[1].splitlines()[0].endswith("-> kept" if kept else "-> declined")
     assert np.allclose(recognizer.classifier.balanced_offsets, record["decision"]["offsets"], atol=1e-2)
     [face] = recognizer.predict(np.asarray(Image.open(ASTRONAUT).convert("RGB")))
     assert face.label in EMOTIONS and face.regions == {} and abs(sum(face.probs.values()) - 1) < 1e-3
     again = evaluate_with_detection(recognizer, read_dataset(tcce_tree, "folder").samples)
     assert again["overall_accuracy"] == rows["tcce_val", candidate]["overall_accuracy"]
-    # the probabilities too (a tiny model's accuracy alone could match another model's)
-    assert again["calibration"]["nll"] == pytest.approx(rows["tcce_val", candidate]["nll"], rel=1e-6)
+    # the probabilities too (a tiny model's accuracy alone could match another model's): the suite measured them
+    # before the photo temperature was fitted
+    tcce = read_dataset(tcce_tree, "folder").samples
+    decided, reported = photo_predictions(recognizer, tcce)
+    found = ~np.isnan(decided).any(axis=1)
+    truth = np.array([sample.label for sample in tcce])[found]
+    assert negative_log_likelihood(decided[found], truth) == pytest.approx(rows["tcce_val", candidate]["nll"],
+                                                                           rel=1e-6)
+    assert again["calibration"]["nll"] == pytest.approx(negative_log_likelihood(reported[found], truth), rel=1e-6)
     # the balanced rule divides out the prior the calibrated probabilities carry: their mean on public_test
     # (here 9 faces per class, where training saw 2-4: not training's prior)
     public_samples = [s for s in read_dataset(fer_tree, "fer2013").samples if s.split == "public_test"]

@@ -410,7 +410,7 @@ def test_a_multi_frame_image_read_as_one_image_says_so(animations, random_weight
 def test_a_report_reads_an_animated_image_and_refuses_pages(animations, random_weights, tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["report", str(animations["webp"]), "--out", str(out), "--weights", str(random_weights)]) == 0
-    assert "4 processed frames over 0.7 s" in (out / "report.html").read_text()
+    assert "4 processed frames, the last at 0.7 s" in (out / "report.html").read_text()
     assert main(["report", str(animations["tiff"]), "--out", str(tmp_path / "pages"),
                  "--weights", str(random_weights)]) == 2
     assert "the pages of a multi-page image have no times to plot" in capsys.readouterr().err

@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..inference.benchmark import load_suite
-    from ..inference.bundle import BundleRefused, bundle, decision_line, verdict_table
+    from ..inference.bundle import BundleRefused, bundle, decision_line, photo_temperature_line, verdict_table
     from .options import model_name, named_weights
 
     compare = None
@@ -69,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         print(verdict_table(refused.record))
         raise
     print(decision_line(record))
+    if photo_temperature_line(record):
+        print(photo_temperature_line(record))
     print(verdict_table(record))
     model, replaced = args.out / BUNDLED_MODEL.name, record["replaced"]
     if replaced is None:

@@ -22,6 +22,16 @@ emotion. ``balanced`` adds ``balanced_offsets = -tau * log(prior)`` (the class-p
 adjustment of :mod:`.prior`) to the calibrated logits before the argmax, which trades overall
 accuracy for mean class accuracy; it changes labels, never the reported probabilities.
 
+A face the pipeline found in a photo gets one more step, the **photo temperature**
+(:func:`fit_photo_temperature`, :func:`with_photo_temperature`): a temperature that rises with the
+head's turn, ``T(yaw) = temperature * exp(per_degree * min(|yaw|, YAW_LIMIT))``, applied to the
+calibrated probabilities' logarithms. A calibration fitted on frontal FER2013 crops is overconfident
+on photos, the more so the more the head is turned (the accuracy falls with the turn, the
+confidence does not), and the yaw is the one thing the pipeline knows of each face that says so. It is
+fitted on the suite's photo sets (:func:`photo_temperature_study` reports it on halves it was not
+fitted on) and changes no decision: the decision rule reads the probabilities before it. A face given
+already cropped (no landmarks, no yaw) keeps the crop calibration.
+
 Measures (:func:`calibration_metrics`): expected calibration error over 15 equal-width bins of
 the top probability (Naeini et al. 2015; Guo et al. 2017, eq. 3), negative log-likelihood,
 the multi-class Brier score (mean over faces of ``sum_c (p_c - y_c)^2``, range 0..2), and each
@@ -32,7 +42,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from ..errors import MsferError
 from ..files import atomic_output
@@ -135,6 +144,8 @@ def fit(logits: np.ndarray, labels: np.ndarray, method: str) -> tuple[np.ndarray
     Temperature: ``scale = 1/T`` for every class, ``bias = 0``. Vector: free per-class scale and
     bias (the bias's mean is fixed at 0: a common shift changes no probability).
     """
+    import torch  # here, not at the top: inference applies a calibration without PyTorch
+
     if method not in ("temperature", "vector"):
         raise MsferError(f"calibration method must be 'temperature' or 'vector', not {method!r}")
     z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
@@ -244,6 +255,8 @@ def calibrated_checkpoint(checkpoint: dict, scale: Sequence[float], bias: Sequen
     """A copy of ``checkpoint`` whose model applies ``scale``/``bias`` to its logits and carries the
     ``balanced_offsets`` of the balanced decision rule (7 values each, ``EMOTIONS`` order);
     ``record`` (how they were chosen) is kept as ``calibration``."""
+    import torch  # here, not at the top: inference applies a calibration without PyTorch
+
     from ..model.checkpoint import model_state
 
     values = {"logit_scale": scale, "logit_bias": bias, "balanced_offsets": balanced_offsets}
@@ -270,7 +283,9 @@ def calibration_summary(record: dict | None) -> dict | None:
     chose the model's default rule, and ``"sets"`` when it was judged on a suite: ``{set: {"domain",
     "n" (images), "missed" (photos without a face found, counted wrong), "ece" and "ece_floor_95" (on
     the faces found; the floor is what a perfectly calibrated model exceeds on 5% of draws,
-    :func:`calibrated_ece`), "overall_accuracy"}}``, fractions, under the model's default rule.
+    :func:`calibrated_ece`), "overall_accuracy"}}``, fractions, under the model's default rule; and ``"photos"``,
+    the photo temperature (``method``, ``temperature``, ``per_degree``, ``yaw_limit``, ``fitted_on``;
+    :func:`photo_temperatures`) where the model has one.
     """
     if not record:
         return None
@@ -284,8 +299,109 @@ def calibration_summary(record: dict | None) -> dict | None:
         summary["set"] = record["calibrated_on"]
     if record.get("suite"):
         summary["sets"] = record["suite"]
+    if record.get("photos"):  # the parameters alone: what inference needs and ONNX metadata carries
+        summary["photos"] = {key: record["photos"][key] for key in PHOTO_TEMPERATURE_KEYS if key in record["photos"]}
     # "bundled": the shipped file itself (half precision); "calibrated": the float32 model before it was stored.
     figures = (held_out or {}).get("bundled") or (held_out or {}).get("calibrated") or {}
     summary.update({key: figures[key] for key in ("ece", "nll", "brier", "accuracy", "mean_confidence", "n")
                     if key in figures})
     return summary
+
+
+PHOTO_TEMPERATURE_KEYS = ("method", "temperature", "per_degree", "yaw_limit", "fitted_on")
+
+# Degrees: the yaw proxy (msfer.faces.quality.yaw_degrees) saturates beyond it, so a photo temperature stops rising.
+YAW_LIMIT = 45.0
+
+
+def photo_temperatures(yaw: np.ndarray, photo: dict) -> np.ndarray:
+    """The photo temperature of each face, ``photo["temperature"] * exp(photo["per_degree"] * min(|yaw|,
+    YAW_LIMIT))`` (N); ``yaw`` N degrees (:func:`msfer.faces.quality.yaw_degrees`), ``photo`` a model's
+    ``calibration["photos"]`` (:func:`fit_photo_temperature`'s)."""
+    turn = np.minimum(np.abs(np.asarray(yaw, dtype=np.float64)), float(photo.get("yaw_limit", YAW_LIMIT)))
+    return float(photo["temperature"]) * np.exp(float(photo["per_degree"]) * turn)
+
+
+def with_photo_temperature(probs: np.ndarray, yaw: np.ndarray, photo: dict | None) -> np.ndarray:
+    """``softmax(log(probs) / T(yaw))`` per row: the probabilities (N x 7) of faces found in photos with the photo
+    temperature ``photo`` (None: ``probs`` unchanged). Rows of NaN (no face found) stay NaN."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if photo is None or not len(probs):
+        return probs
+    logits = np.log(np.clip(probs, 1e-12, None)) / photo_temperatures(yaw, photo)[:, None]
+    return softmax(np.nan_to_num(logits)) + np.where(np.isnan(probs).any(axis=1, keepdims=True), np.nan, 0.0)
+
+
+def fit_photo_temperature(probs: np.ndarray, yaw: np.ndarray, labels: np.ndarray,
+                          weights: np.ndarray | None = None) -> dict:
+    """Fit :func:`photo_temperatures`'s ``temperature`` and ``per_degree`` by (weighted) maximum likelihood.
+
+    ``probs`` N x 7 calibrated probabilities of faces found in photos, ``yaw`` N degrees, ``labels`` N class
+    indices, ``weights`` N (default equal; e.g. each set's faces summing to the same weight). Returns
+    ``{"method": "yaw_temperature", "temperature", "per_degree", "yaw_limit"}``.
+    """
+    import torch  # here, not at the top: inference applies a calibration without PyTorch
+
+    z = torch.as_tensor(np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, None)))
+    turn = torch.as_tensor(np.minimum(np.abs(np.asarray(yaw, dtype=np.float64)), YAW_LIMIT))
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    w = torch.as_tensor(np.ones(len(y)) if weights is None else np.asarray(weights, dtype=np.float64))
+    w = w / w.sum()
+    # log T = a + b |yaw|; b per 10 degrees in the optimisation, so both parameters are of order 1
+    params = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([params], lr=0.5, max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        inverse = torch.exp(-(params[0] + params[1] * turn / 10))[:, None]
+        loss = (torch.nn.functional.cross_entropy(z * inverse, y, reduction="none") * w).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    a, b = params.detach().tolist()
+    return {"method": "yaw_temperature", "temperature": float(np.exp(a)), "per_degree": b / 10,
+            "yaw_limit": YAW_LIMIT}
+
+
+def photo_temperature_study(sets: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], seed: int = 0) -> dict:
+    """Fit the photo temperature on photo sets and say how it holds on faces it was not fitted on.
+
+    ``sets``: ``{name: (probs N x 7, yaw N degrees, labels N)}`` of the faces found in each set's photos, under
+    the model's calibration. Each set counts equally in every fit. The fit (:func:`fit_photo_temperature`) is on
+    all faces; the figures are cross-fitted: each set is split into stratified halves (seed ``seed``), the
+    temperature fitted on one half of every set scores the other halves and the other way round, so each face
+    is scored once by a fit that did not see it; a set with an empty half (no class with two faces) is left out.
+    Returns the fit's fields and ``"fitted_on"`` (the sets), ``"too_few_faces"`` (those left out),
+    ``"criterion"``, and ``"held_out"``: ``{set: {"without": ..., "with": ...}}``, :func:`calibration_metrics`
+    of the set's faces without and with the photo temperature (the latter cross-fitted).
+    """
+    from .prior import stratified_halves
+
+    halves = {name: stratified_halves(labels, seed) for name, (_, _, labels) in sets.items()}
+    too_few = [name for name, (first, second) in halves.items() if not (len(first) and len(second))]
+    sets = {name: faces for name, faces in sets.items() if name not in too_few}
+    if not sets:
+        raise MsferError("fitting a photo temperature needs a photo set with faces found in both of its stratified "
+                         f"halves (a class with two faces or more); {', '.join(too_few) or 'none was given'}")
+
+    def weighted(parts: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+        chosen = [(sets[name], rows) for name, rows in parts.items()]
+        return (np.concatenate([probs[rows] for (probs, _, _), rows in chosen]),
+                np.concatenate([yaw[rows] for (_, yaw, _), rows in chosen]),
+                np.concatenate([labels[rows] for (_, _, labels), rows in chosen]),
+                np.concatenate([np.full(len(rows), 1 / len(rows)) for _, rows in chosen]))
+
+    fitted = fit_photo_temperature(*weighted({name: np.arange(len(labels)) for name, (_, _, labels) in sets.items()}))
+    crossed = {name: np.zeros_like(probs) for name, (probs, _, _) in sets.items()}
+    for fit_half, score_half in ((0, 1), (1, 0)):
+        photo = fit_photo_temperature(*weighted({name: halves[name][fit_half] for name in sets}))
+        for name, (probs, yaw, _) in sets.items():
+            rows = halves[name][score_half]
+            crossed[name][rows] = with_photo_temperature(probs[rows], yaw[rows], photo)
+    held_out = {name: {"without": calibration_metrics(probs, labels),
+                       "with": calibration_metrics(crossed[name], labels)} for name, (probs, _, labels) in sets.items()}
+    return {**fitted, "fitted_on": list(sets), "too_few_faces": too_few,
+            "criterion": f"maximum likelihood on every face found in {', '.join(sets)}, each set weighted equally; "
+                         f"held_out: cross-fitted on stratified halves (seed {seed})",
+            "held_out": held_out}

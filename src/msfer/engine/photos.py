@@ -24,6 +24,7 @@ from tqdm import tqdm
 from ..data.samples import Sample
 from ..data.transforms import model_input
 from ..faces.crop import CropRule, crop_face
+from ..faces.quality import yaw_degrees
 from ..faces.retinaface import Face
 from ..labels import EMOTIONS
 from .augment import predict_probs
@@ -39,13 +40,29 @@ Detect = Callable[[list[np.ndarray]], list[list[Face]]]
 Classify = Callable[[np.ndarray], np.ndarray]
 
 
+def largest_faces(arrays: Sequence[np.ndarray], detect: Detect) -> list[Face | None]:
+    """Each image's largest face (None: no face found)."""
+    return [faces[0] if faces else None for faces in detect(list(arrays))]
+
+
+def face_crops(arrays: Sequence[np.ndarray], faces: Sequence[Face | None], rule: CropRule,
+               size: int) -> list[np.ndarray | None]:
+    """The ``size`` x ``size`` x 3 crop of each image's face by ``rule`` (None where it has none)."""
+    return [None if face is None else crop_face(array, face.box, face.landmarks, rule, size)[0]
+            for array, face in zip(arrays, faces)]
+
+
 def largest_face_crops(arrays: Sequence[np.ndarray], detect: Detect, rule: CropRule,
                        size: int) -> list[np.ndarray | None]:
     """The ``size`` x ``size`` x 3 crop of each image's largest face by ``rule`` (None: no face found)."""
-    crops: list[np.ndarray | None] = []
-    for array, faces in zip(arrays, detect(list(arrays))):
-        crops.append(crop_face(array, faces[0].box, faces[0].landmarks, rule, size)[0] if faces else None)
-    return crops
+    return face_crops(arrays, largest_faces(arrays, detect), rule, size)
+
+
+def face_yaws(faces: Sequence[Face | None]) -> np.ndarray:
+    """Each face's yaw in degrees (:func:`msfer.faces.quality.yaw_degrees`; NaN where there is no face or no
+    landmarks), ``len(faces)``."""
+    return np.array([np.nan if face is None or face.landmarks is None else yaw_degrees(face.landmarks)
+                     for face in faces], dtype=np.float64)
 
 
 def classify_found(crops: Sequence[np.ndarray | None], classify: Classify) -> np.ndarray:
@@ -58,17 +75,22 @@ def classify_found(crops: Sequence[np.ndarray | None], classify: Classify) -> np
 
 
 def photo_probabilities(load: Callable[[int], np.ndarray], count: int, detect: Detect, classify: Classify,
-                        rule: CropRule, size: int, batch_size: int = 32, progress: bool = True) -> np.ndarray:
+                        rule: CropRule, size: int, batch_size: int = 32,
+                        progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The probabilities of the largest face of each of ``count`` photos (``load(i)``: H x W x 3 uint8 RGB),
-    ``count x 7``; a row of NaN where no face was found. Photos are loaded, detected and classified
-    ``batch_size`` at a time."""
-    rows = []
+    ``count x 7``, a row of NaN where no face was found, and that face's yaw (``count`` degrees, :func:`face_yaws`).
+    Photos are loaded, detected and classified ``batch_size`` at a time."""
+    rows, yaws = [], []
     with tqdm(total=count, desc="detect + classify", unit="img", disable=not progress) as bar:
         for start in range(0, count, batch_size):
             arrays = [load(i) for i in range(start, min(start + batch_size, count))]
-            rows.append(classify_found(largest_face_crops(arrays, detect, rule, size), classify))
+            faces = largest_faces(arrays, detect)
+            rows.append(classify_found(face_crops(arrays, faces, rule, size), classify))
+            yaws.append(face_yaws(faces))
             bar.update(len(arrays))
-    return np.concatenate(rows) if rows else np.zeros((0, len(EMOTIONS)))
+    if not rows:
+        return np.zeros((0, len(EMOTIONS))), np.zeros(0)
+    return np.concatenate(rows), np.concatenate(yaws)
 
 
 def model_classifier(model: torch.nn.Module, device: torch.device, tta: bool = False,
@@ -89,11 +111,13 @@ def model_classifier(model: torch.nn.Module, device: torch.device, tta: bool = F
 
 
 def photo_metrics(samples: Sequence[Sample], probs: np.ndarray, balanced_offsets: Sequence[float] | None = None,
-                  decision: str = "argmax") -> dict:
+                  decision: str = "argmax", reported: np.ndarray | None = None) -> dict:
     """Metrics of the whole pipeline from each photo's probabilities (NaN rows: no face), as the module
     docstring says; with ``balanced_offsets`` (7 logit offsets, as :func:`msfer.engine.evaluate.split_metrics`
     takes them), ``decision_rules`` gives overall and mean class accuracy under every rule, and
-    ``calibration`` describes the probabilities of the faces found."""
+    ``calibration`` describes the probabilities of the faces found: ``reported`` where given (the probabilities a
+    user is given, with a photo temperature, :func:`msfer.engine.calibration.with_photo_temperature`; the
+    decisions read ``probs``)."""
     y_true = [sample.label for sample in samples]
     y_pred = decisions(probs, balanced_offsets, decision).tolist()
     metrics = compute_metrics(y_true, y_pred, (*EMOTIONS, "no_face"))
@@ -105,7 +129,8 @@ def photo_metrics(samples: Sequence[Sample], probs: np.ndarray, balanced_offsets
             scores = compute_metrics(y_true, decisions(probs, balanced_offsets, rule).tolist(), (*EMOTIONS, "no_face"))
             metrics["decision_rules"][rule] = {key: scores[key] for key in ("overall_accuracy", "mean_class_accuracy")}
     found = ~np.isnan(probs).any(axis=1)
-    metrics["calibration"] = calibration_metrics(probs[found], np.asarray(y_true)[found]) if found.any() else {}
+    shown = probs if reported is None else np.asarray(reported)
+    metrics["calibration"] = calibration_metrics(shown[found], np.asarray(y_true)[found]) if found.any() else {}
     del metrics["per_class"]["no_face"]  # not a class: no photo has it as its truth
     matrix = np.asarray(metrics["confusion_matrix"])
     metrics["confusion_matrix"] = matrix[: len(EMOTIONS), : len(EMOTIONS)].tolist()

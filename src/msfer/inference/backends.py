@@ -113,7 +113,7 @@ class OnnxBackend:
             raise MsferError(f"{source}: balanced_offsets in its metadata must be {len(EMOTIONS)} numbers")
         self.calibration = optional["calibration"]
         self.crop_rule = CropRule.recorded(optional["crop_rule"], source)
-        self.name = str(optional["name"] or Path(source).stem)
+        self.name = str(optional["name"] or Path(source).stem)  # not checkpoint_name: msfer.model imports PyTorch
         self.input_name = self._check_graph(source)
 
     def _check_graph(self, source: str) -> str:

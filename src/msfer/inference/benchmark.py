@@ -47,9 +47,9 @@ import yaml
 from tqdm import tqdm
 
 from ..data.transforms import resize_square
-from ..engine.calibration import ECE_BINS
+from ..engine.calibration import ECE_BINS, with_photo_temperature
 from ..engine.decision import decisions as decide_rows
-from ..engine.photos import classify_found, largest_face_crops
+from ..engine.photos import classify_found, face_crops, face_yaws, largest_faces
 from ..errors import MsferError
 from ..labels import EMOTIONS
 from ..outputs import printable
@@ -200,11 +200,14 @@ class ModelVariant:
 
 
 def set_probabilities(entry: SuiteSet, samples: Sequence, models: Sequence[ModelVariant], batch_size: int = 32,
-                      progress: bool = True) -> tuple[list[np.ndarray], dict[int, str]]:
+                      progress: bool = True) -> tuple[list[np.ndarray], np.ndarray, dict[int, str]]:
     """``N x 7`` probabilities of each model for the set's images (photos: the largest face; NaN rows where
-    no face was found), and the images that could not be read (index -> the error naming the file), whose rows
-    stay NaN: the caller leaves them out. Photos are detected once, by the first model's detector and settings."""
+    no face was found) under the model's crop calibration (before any photo temperature), the yaw of each
+    photo's largest face (N degrees, :func:`msfer.faces.quality.yaw_degrees`; NaN for a crop or no face), and
+    the images that could not be read (index -> the error naming the file), whose rows stay NaN: the caller
+    leaves them out. Photos are detected once, by the first model's detector and settings."""
     probs = [np.full((len(samples), len(EMOTIONS)), np.nan) for _ in models]
+    yaw = np.full(len(samples), np.nan)
     unreadable: dict[int, str] = {}
     detector = models[0].recognizer
     with tqdm(total=len(samples), desc=entry.name, unit="img", disable=not progress) as bar:
@@ -219,7 +222,9 @@ def set_probabilities(entry: SuiteSet, samples: Sequence, models: Sequence[Model
             bar.update(min(batch_size, len(samples) - start))
             if not rows:
                 continue
-            faces = detector.detect(arrays) if entry.mode == "photos" else None
+            faces = largest_faces(arrays, detector.detect) if entry.mode == "photos" else None
+            if faces is not None:
+                yaw[np.asarray(rows)] = face_yaws(faces)
             for k, model in enumerate(models):
                 recognizer, size = model.recognizer, model.recognizer.spec.input_size
                 batch = np.asarray(rows)
@@ -230,9 +235,9 @@ def set_probabilities(entry: SuiteSet, samples: Sequence, models: Sequence[Model
                         continue
                     crops = [resize_square(a, size) for a in arrays]
                 else:  # the loop of msfer evaluate --detect-faces, on the faces found once
-                    crops = largest_face_crops(arrays, lambda _, found=faces: found, recognizer.crop_rule, size)
+                    crops = face_crops(arrays, faces, recognizer.crop_rule, size)
                 probs[k][batch] = classify_found(crops, lambda c, r=recognizer: r.classify_crops(list(c))[0])
-    return probs, unreadable
+    return probs, yaw, unreadable
 
 
 def shared_classifier(models: Sequence[ModelVariant], k: int) -> int | None:
@@ -358,26 +363,28 @@ def run_benchmark(suite: Suite, models: Sequence[ModelVariant], decisions: Seque
     samples_of = {entry.name: set_samples(entry, printable(suite.source)) for entry in suite.sets}
     unreadable_of: dict[str, list[str]] = {}
     for entry in suite.sets:
-        probs, unreadable = set_probabilities(entry, samples_of[entry.name], models, batch_size, progress)
+        probs, yaw, unreadable = set_probabilities(entry, samples_of[entry.name], models, batch_size, progress)
         for message in unreadable.values():
             log.warning("set %s: left out: %s", entry.name, message)
         kept = [i for i in range(len(samples_of[entry.name])) if i not in unreadable]
         samples = samples_of[entry.name] = [samples_of[entry.name][i] for i in kept]
         unreadable_of[entry.name] = list(unreadable.values())
-        probs = [p[kept] for p in probs]
+        probs, yaw = [p[kept] for p in probs], yaw[kept]
         if not samples:
             raise MsferError(f"{printable(suite.source)}, set {entry.name}: no image could be read")
         truth = np.array([s.label for s in samples], dtype=np.int64)
-        predictions[entry.name] = {"ids": [s.id for s in samples], "labels": truth,
-                                   "probs": {m.name: p for m, p in zip(models, probs)}}
+        # what a user is given: a face found in a photo with the model's photo temperature (no decision changes)
+        reported = [with_photo_temperature(p, yaw, m.recognizer.photo_temperature) if entry.mode == "photos" else p
+                    for m, p in zip(models, probs)]
+        predictions[entry.name] = {"ids": [s.id for s in samples], "labels": truth, "yaw": yaw,
+                                   "probs": {m.name: p for m, p in zip(models, reported)}}
         # seeded by the set's name: adding or moving another set changes no interval of this one
         indices = bootstrap_indices(truth, seed=[seed, zlib.crc32(entry.name.encode())])
         for (k, model, rule), label in zip(variants, labels):
-            model_probs = probs[k]
             offsets = model.recognizer.classifier.balanced_offsets if rule == "balanced" else None
-            predicted = decide_rows(model_probs, offsets, rule)  # NO_FACE where no face was found
+            predicted = decide_rows(probs[k], offsets, rule)  # NO_FACE where no face was found
             predictions[entry.name].setdefault("correct", {})[label] = predicted == truth
-            row = row_metrics(truth, model_probs, predicted, indices)
+            row = row_metrics(truth, reported[k], predicted, indices)
             overall, mean_class = row.pop("_replicates")
             if entry.groups:
                 row["groups"] = group_accuracy(predictions[entry.name]["ids"], predicted == truth, entry.groups)
@@ -501,12 +508,15 @@ def format_markdown(result: dict) -> str:
 
 
 def save_predictions(result: dict, path: Path) -> None:
-    """Every set's ids, labels and each model's probabilities in one ``.npz`` (``<set>/ids``, ``<set>/labels``,
-    ``<set>/probs/<model>``; NaN rows: no face), for analyses that reuse them (calibration, decision rules)."""
+    """Every set's ids, labels, yaws and each model's probabilities in one ``.npz`` (``<set>/ids``, ``<set>/labels``,
+    ``<set>/yaw`` (degrees; NaN for a crop or no face), ``<set>/probs/<model>``, as a user is given them: with the
+    model's photo temperature on photos; NaN rows: no face), for analyses that reuse them (calibration, decision
+    rules)."""
     arrays = {}
     for name, entry in result["predictions"].items():
         arrays[f"{name}/ids"] = np.asarray(entry["ids"])
         arrays[f"{name}/labels"] = entry["labels"]
+        arrays[f"{name}/yaw"] = entry["yaw"]
         for model, probs in entry["probs"].items():
             arrays[f"{name}/probs/{model}"] = probs
     with open(path, "wb") as handle:

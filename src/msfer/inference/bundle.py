@@ -19,7 +19,10 @@ class-prior adjustment an earlier msfer folded into its bias has it taken out fi
 5. **The default decision rule**, with ``decision="suite"`` (:func:`choose_decision`): chosen on the
    whole suite, not on the calibration set: the rule with the higher suite score, balanced only where
    it also raises mean class accuracy on the suite's photo sets.
-6. **The verdict** (:func:`suite_verdict`): ``better`` when the candidate's suite score (overall
+6. **The photo temperature** (:func:`msfer.engine.calibration.photo_temperature_study`): fitted on the faces
+   the candidate found in the suite's photo sets, kept when it lowers their cross-fitted negative log-likelihood
+   (:func:`photo_temperature_pays`); it changes no decision, so the verdict is the same with or without it.
+7. **The verdict** (:func:`suite_verdict`): ``better`` when the candidate's suite score (overall
    accuracy) under its default rule is higher than the first compared model's, and on no set in the
    score is it worse than any compared model by more than one standard error of their paired difference.
 
@@ -45,7 +48,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..engine.calibration import apply, calibrated_checkpoint, calibration_metrics, choose_calibration
+from ..engine.calibration import (
+    PHOTO_TEMPERATURE_KEYS,
+    apply,
+    calibrated_checkpoint,
+    calibration_metrics,
+    choose_calibration,
+    photo_temperature_study,
+)
 from ..engine.datasets import FaceDataset
 from ..engine.decision import DECISION_RULES, decide
 from ..engine.evaluate import predict_split, split_metrics
@@ -66,8 +76,8 @@ from ..weights import BUNDLED_MODEL, BUNDLED_RECORD, fixed_sample
 from .benchmark import ModelVariant, Suite, SuiteSet, run_benchmark, set_samples
 from .recognizer import EmotionRecognizer
 
-__all__ = ["BundleRefused", "bundle", "choose_decision", "decision_line", "default_name", "suite_calibration",
-           "suite_verdict", "verdict_table"]
+__all__ = ["BundleRefused", "bundle", "choose_decision", "decision_line", "default_name", "found_photo_faces",
+           "photo_temperature_line", "photo_temperature_pays", "suite_calibration", "suite_verdict", "verdict_table"]
 
 CANDIDATE = "candidate"
 HEADLINE = ("n", "overall_accuracy", "mean_class_accuracy")
@@ -205,17 +215,47 @@ def choose_decision(result: dict, name: str) -> tuple[str, dict]:
     return ("balanced" if class_gain and higher else "argmax"), figures
 
 
-def suite_calibration(result: dict, model: str, calibrated_on: str) -> dict:
+def suite_calibration(result: dict, model: str, calibrated_on: str, photos: dict | None = None) -> dict:
     """``{set: {"domain", "n", "missed", "ece", "ece_floor_95", "overall_accuracy"}}``: how well the probabilities of
     ``model`` (a model's name in the :func:`~msfer.inference.benchmark.run_benchmark` ``result``, under one rule)
     hold on each set of the suite's score but ``calibrated_on`` (half of it fitted the calibration; its other half's
     figures are the record's ``calibration.held_out``) and one without a face found (no ECE). Fractions; the ECE
     and ``ece_floor_95`` (:func:`msfer.engine.calibration.calibrated_ece`'s 95th percentile) are on the faces
-    found."""
+    found. With ``photos`` (:func:`msfer.engine.calibration.photo_temperature_study`'s), a photo set it was fitted
+    on has the cross-fitted figures with the photo temperature (``"photo_temperature": "cross-fitted"``)."""
     keys = ("domain", "n", "missed", "ece", "ece_floor_95", "overall_accuracy")
-    return {row["set"]: {key: row[key] for key in keys} for row in result["rows"]
-            if row["model"] == model and row["domain"] is not None and row["set"] != calibrated_on
-            and row["ece"] is not None}
+    figures = {row["set"]: {key: row[key] for key in keys} for row in result["rows"]
+               if row["model"] == model and row["domain"] is not None and row["set"] != calibrated_on
+               and row["ece"] is not None}
+    for name, held_out in (photos or {}).get("held_out", {}).items():
+        if name in figures:
+            figures[name].update(ece=held_out["with"]["ece"], ece_floor_95=held_out["with"]["ece_floor_95"],
+                                 photo_temperature="cross-fitted")
+    return figures
+
+
+def found_photo_faces(result: dict, model: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``{set: (probs F x 7, yaw F degrees, labels F)}`` of the faces ``model`` (a model's name, not a row's label)
+    found in each photo set of the suite's score, from a :func:`~msfer.inference.benchmark.run_benchmark` result;
+    sets where no face was found are left out."""
+    sets = {}
+    for entry in result["suite"]["sets"]:
+        if entry["mode"] != "photos" or entry["domain"] is None:
+            continue
+        predictions = result["predictions"][entry["name"]]
+        probs, yaw = predictions["probs"][model], predictions["yaw"]
+        found = ~np.isnan(probs).any(axis=1) & ~np.isnan(yaw)
+        if found.any():
+            sets[entry["name"]] = (probs[found], yaw[found], predictions["labels"][found])
+    return sets
+
+
+def photo_temperature_pays(study: dict) -> bool:
+    """Whether a photo temperature (:func:`msfer.engine.calibration.photo_temperature_study`) lowers the mean over its
+    sets of the cross-fitted negative log-likelihood: a bundle keeps it only then."""
+    nll = {when: float(np.mean([figures[when]["nll"] for figures in study["held_out"].values()]))
+           for when in ("without", "with")}
+    return nll["with"] < nll["without"]
 
 
 def _finish_model(weights: Path, name: str, record: dict) -> None:
@@ -229,6 +269,12 @@ def _finish_model(weights: Path, name: str, record: dict) -> None:
                                  "calibrated_on": record["calibrated_on"],
                                  "held_out": {"bundled": calibration["held_out"]["bundled"]},
                                  "suite": calibration["suite"]}
+    if calibration.get("photos"):  # its parameters and cross-fitted ECE per set; the full figures are the record's
+        photos = calibration["photos"]
+        checkpoint["calibration"]["photos"] = {
+            **{key: photos[key] for key in PHOTO_TEMPERATURE_KEYS},
+            "held_out": {name: {when: {key: figures[when][key] for key in ("n", "ece", "ece_floor_95", "nll")}
+                                for when in ("without", "with")} for name, figures in photos["held_out"].items()}}
     save_checkpoint(checkpoint, weights)
 
 
@@ -293,6 +339,23 @@ def decision_line(record: dict) -> str:
         figures.append(f"{rule}: suite score {100 * f['score_overall']:.1f} (mean class "
                        f"{100 * f['score_mean_class']:.1f}{photos})")
     return f"default decision rule chosen on the suite: {'; '.join(figures)} -> {decision['default']}"
+
+
+def photo_temperature_line(record: dict) -> str | None:
+    """The record's photo temperature on one line: its law, and per set the ECE and NLL of the faces found without
+    and with it (cross-fitted); kept or declined. None where the suite had no photo set."""
+    calibration = record["calibration"]
+    study = calibration.get("photos") or calibration.get("photos_declined")
+    if study is None:
+        return None
+    verdict = "kept" if calibration.get("photos") else "declined"
+    if "held_out" not in study:
+        return f"photo temperature: {verdict} ({study['why']})"
+    figures = "; ".join(f"{name} ECE {sets['without']['ece']:.3f} -> {sets['with']['ece']:.3f}, NLL "
+                        f"{sets['without']['nll']:.3f} -> {sets['with']['nll']:.3f}"
+                        for name, sets in study["held_out"].items())
+    return (f"photo temperature T = {study['temperature']:.3f} x exp({study['per_degree']:.4f} x min(|yaw|, "
+            f"{study['yaw_limit']:g} degrees)); on faces it was not fitted on: {figures} -> {verdict}")
 
 
 def verdict_table(record: dict) -> str:
@@ -428,7 +491,15 @@ def bundle(run: str | os.PathLike, suite: Suite, out: str | os.PathLike,
                 record["decision"].update(default=chosen, chosen_on="suite", suite=figures)
                 judged = f"{CANDIDATE} {chosen}"
             record["name"] = name or default_name(run, inputs.checkpoint)
-            record["calibration"]["suite"] = suite_calibration(result, judged, record["calibrated_on"])
+            photo_sets = found_photo_faces(result, CANDIDATE)
+            if photo_sets:
+                try:
+                    study = photo_temperature_study(photo_sets)
+                    record["calibration"]["photos" if photo_temperature_pays(study) else "photos_declined"] = study
+                except MsferError as error:  # too few faces to fit it and say how it holds
+                    record["calibration"]["photos_declined"] = {"why": str(error)}
+            record["calibration"]["suite"] = suite_calibration(result, judged, record["calibrated_on"],
+                                                               record["calibration"].get("photos"))
             _finish_model(candidate, record["name"], record)
             record["suite"] = _suite_record(result)
             record["verdict"] = suite_verdict(result, judged, [model.name for model in inputs.compared])

@@ -27,7 +27,11 @@ Pipeline, per image:
    class accuracy). The default is the model's own rule, chosen when it was bundled (the
    bundled model's: argmax; a model that names none: argmax). The rule changes ``label`` and
    ``confidence`` (the probability of that label), never ``probs``.
-5. **Map back** the emotion regions the network used (none for a plain classifier) from crop
+5. **Photo temperature**: a face found in a photo (not a crop given to :meth:`EmotionRecognizer.classify_faces`)
+   has its probabilities softened by the model's photo temperature, which rises with the head's turn
+   (:mod:`msfer.engine.calibration`; a bundled model fits it on photo sets), after the decision: it changes
+   ``probs`` and ``confidence``, never ``label``.
+6. **Map back** the emotion regions the network used (none for a plain classifier) from crop
    pixels to image pixels, and measure each face's quality (:func:`msfer.faces.quality.face_quality`).
 
 Images are RGB everywhere in msfer. A numpy array is taken as RGB unless
@@ -54,12 +58,13 @@ from ..data.images import (
     to_upright_rgb,
 )
 from ..data.transforms import resize_square
+from ..engine.calibration import with_photo_temperature
 from ..engine.decision import check_rule, decide, has_balanced_rule, model_decision
 from ..errors import MsferError
 from ..faces.crop import DEFAULT_CROP_RULE, CropRule, clip_boxes, map_boxes_back
 from ..faces.crop import crop_face as crop_by_rule
 from ..faces.detection import DEFAULT_DETECT_SIZE, DEFAULT_MIN_FACE, detect_faces
-from ..faces.quality import QualityThresholds, face_quality
+from ..faces.quality import QualityThresholds, face_quality, yaw_degrees
 from ..faces.retinaface import Face
 from ..labels import EMOTIONS
 from ..outputs import printable
@@ -271,6 +276,13 @@ class EmotionRecognizer:
         return self.classifier.calibration
 
     @property
+    def photo_temperature(self) -> dict | None:
+        """The model's photo temperature (``calibration["photos"]``: ``temperature``, ``per_degree``, ``yaw_limit``;
+        :func:`msfer.engine.calibration.photo_temperatures`), applied to the probabilities of faces found in
+        photos, not to :meth:`classify_faces`' crops; None: the model has none."""
+        return (self.classifier.calibration or {}).get("photos")
+
+    @property
     def model_decision(self) -> str:
         """The model's own default decision rule: the one its bundling chose (the checkpoint's or ONNX file's
         calibration record), else "argmax" (:func:`msfer.engine.decision.model_decision`)."""
@@ -459,6 +471,8 @@ class EmotionRecognizer:
     def _result(self, box, score, landmarks, regions: np.ndarray, probs: np.ndarray, decision: str,
                 quality: dict) -> FaceResult:
         best = int(self.decide(probs[None], decision)[0])
+        if landmarks is not None:  # a face found in a photo: its photo temperature, after the decision
+            probs = with_photo_temperature(probs[None], [yaw_degrees(landmarks)], self.photo_temperature)[0]
         return FaceResult(
             box=_rounded(box, 1),
             score=None if score is None else round(float(score), 4),

@@ -134,6 +134,9 @@ def calibration_sentence(calibration: dict | None) -> str:
             f"probability p was right about p of the time, on average within {100 * calibration['ece']:.1f} "
             f"percentage points (expected calibration error {calibration['ece']:.3f}; negative log-likelihood "
             f"{calibration['nll']:.2f}, Brier score {calibration['brier']:.2f}; lower is better for all three). "
+            + ("Faces found in photos get a photo temperature on top, which softens their probabilities the more "
+               "the head is turned (such faces are read less accurately), fitted on photo sets. "
+               if calibration.get("photos") else "")
             + (suite_calibration_sentence(calibration["sets"]) if calibration.get("sets") else
                "On faces unlike that validation data (other cameras, poses, people) the probabilities can be "
                "further off."))
@@ -150,9 +153,11 @@ def suite_calibration_sentence(sets: dict) -> str:
         within = figures["ece"] <= figures["ece_floor_95"]
         verdict = ("within what a perfectly calibrated model shows on that many faces" if within else
                    f"beyond the {figures['ece_floor_95']:.3f} a perfectly calibrated model stays under")
+        crossed = (" (with the photo temperature, each face scored by a fit on the set's other half)"
+                   if figures.get("photo_temperature") == "cross-fitted" else "")
         parts.append(f"{figures.get('domain') or name} ({name}, {figures['n']} images, "
                      f"{100 * figures['overall_accuracy']:.0f}% right): ECE {figures['ece']:.3f} on its {faces} "
-                     f"faces, {verdict}")
+                     f"faces{crossed}, {verdict}")
     return ("On the other kinds of face it was validated on: " + "; ".join(parts) + ". Where the error is beyond "
             "that bound, take the probabilities as rankings more than as chances.")
 
@@ -372,7 +377,7 @@ img.face {{ display: inline-block; height: 64px; margin: 0; vertical-align: midd
 </style></head><body>
 <h1>Facial emotion report: {html.escape(printable(video.name))}</h1>
 <p class="notice">{DISCLAIMER.replace(DISCLAIMER_LEAD, f"<strong>{DISCLAIMER_LEAD}</strong>", 1)}</p>
-<p>{len(frames)} processed frames over {duration:.1f} s; {len(tracks)} tracked face(s). {settings_text}.</p>
+<p>{len(frames)} processed frames, the last at {duration:.1f} s; {len(tracks)} tracked face(s). {settings_text}.</p>
 {reading}
 {body}
 </body></html>
