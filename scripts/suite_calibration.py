@@ -2,6 +2,15 @@
 
     python scripts/suite_calibration.py bench/predictions.npz --model v1 \
         --fit-sets fer2013_public_test tcce_val sfew_val
+    python scripts/suite_calibration.py bench/predictions.npz --model v3 --fit-sets tcce_val sfew_val \
+        --photo-seeds 10
+
+With ``--photo-seeds N`` it compares, on the photo sets named, four ways of calibrating faces found in
+photos over N random pairs of stratified halves (seeds 0..N-1), each face scored by a fit on its set's
+other half (:func:`msfer.engine.calibration.photo_temperature_study`): the model's probabilities before
+any photo temperature, one temperature for every photo, the photo temperature (rising with the yaw;
+what ``msfer bundle`` fits), and a temperature per set (which inference could not know: a bound). It
+prints the mean cross-fitted NLL of the sets and each set's mean ECE.
 
 Reads the ``predictions.npz`` of ``msfer benchmark --out`` (each set's labels and each model's probabilities;
 rows of photos without a face are left out). Each set is split into stratified halves
@@ -25,19 +34,22 @@ from pathlib import Path
 
 import numpy as np
 
-from msfer.engine.calibration import apply, calibration_metrics, fit
+from msfer.engine.calibration import apply, calibration_metrics, fit, photo_temperature_study
 from msfer.engine.prior import stratified_halves
 from msfer.files import write_text
 
 
 def load(path: Path, model: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``{set: (log-probabilities N x 7, labels N)}`` of ``model``'s faces found."""
+    """``{set: (log-probabilities N x 7, labels N)}`` of ``model``'s faces found, as a user is given them (with its
+    photo temperature on photos, where the file has them)."""
     stored = np.load(path)
     sets = {}
     for key in stored.files:
         name, _, rest = key.partition("/")
         if rest == f"probs/{model}":
-            probs, labels = stored[key], stored[f"{name}/labels"]
+            reported = f"{name}/reported/{model}"
+            probs = stored[reported] if reported in stored.files else stored[key]
+            labels = stored[f"{name}/labels"]
             found = ~np.isnan(probs).any(axis=1)
             sets[name] = (np.log(np.clip(probs[found], 1e-12, None)), labels[found])
     if not sets:
@@ -54,7 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fit-sets", nargs="+", required=True,
                         help="sets whose halves the fit sees; no two may hold the same images")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
+    parser.add_argument("--photo-seeds", type=int, default=None, metavar="N",
+                        help="compare calibrations of faces found in photos on the --fit-sets, over N pairs of halves")
     args = parser.parse_args(argv)
+    if args.photo_seeds is not None:
+        return photo_seeds(args.predictions, args.model, list(dict.fromkeys(args.fit_sets)), args.photo_seeds,
+                           args.out, parser)
 
     sets = load(args.predictions, args.model)
     fit_sets = list(dict.fromkeys(args.fit_sets))
@@ -88,6 +105,45 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines))
     if args.out is not None:
         write_text(args.out, json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+def photo_seeds(path: Path, model: str, names: list[str], seeds: int, out: Path | None, parser) -> int:
+    """The ``--photo-seeds`` comparison (module docstring): from each photo set's probabilities before any photo
+    temperature (``<set>/probs/<model>``) and yaws (``<set>/yaw``)."""
+    stored = np.load(path)
+    sets = {}
+    for name in names:
+        if f"{name}/probs/{model}" not in stored.files or f"{name}/yaw" not in stored.files:
+            parser.error(f"{path} holds no probabilities of {model!r} with yaws for set {name} (a photo set of a "
+                         "benchmark run by this msfer)")
+        probs, yaw, labels = stored[f"{name}/probs/{model}"], stored[f"{name}/yaw"], stored[f"{name}/labels"]
+        found = ~np.isnan(probs).any(axis=1) & np.isfinite(yaw)
+        sets[name] = (probs[found], yaw[found], labels[found])
+    frontal = {name: (probs, np.zeros_like(yaw), labels) for name, (probs, yaw, labels) in sets.items()}
+    ways = {"before any photo temperature": [], "one temperature": [], "photo temperature (yaw)": [],
+            "a temperature per set": []}
+    for seed in range(seeds):
+        by_yaw = photo_temperature_study(sets, seed)["held_out"]
+        one = photo_temperature_study(frontal, seed)["held_out"]
+        per_set = {name: photo_temperature_study({name: faces}, seed)["held_out"][name]
+                   for name, faces in frontal.items()}
+        for way, held_out, when in (("before any photo temperature", by_yaw, "without"),
+                                    ("one temperature", one, "with"), ("photo temperature (yaw)", by_yaw, "with"),
+                                    ("a temperature per set", per_set, "with")):
+            ways[way].append({name: {k: held_out[name][when][k] for k in ("nll", "ece")} for name in names})
+    lines = [f"Faces found in photos, {model}: cross-fitted on stratified halves, mean over seeds 0-{seeds - 1}", "",
+             "| calibration | mean NLL | " + " | ".join(f"{name} ECE" for name in names) + " |",
+             "|---|---|" + "---|" * len(names)]
+    result = {"model": model, "sets": names, "seeds": seeds, "ways": {}}
+    for way, runs in ways.items():
+        nll = float(np.mean([np.mean([run[name]["nll"] for name in names]) for run in runs]))
+        ece = {name: float(np.mean([run[name]["ece"] for run in runs])) for name in names}
+        result["ways"][way] = {"mean_nll": nll, "ece": ece}
+        lines.append(f"| {way} | {nll:.3f} | " + " | ".join(f"{ece[name]:.3f}" for name in names) + " |")
+    print("\n".join(lines))
+    if out is not None:
+        write_text(out, json.dumps(result, indent=1) + "\n")
     return 0
 
 

@@ -211,6 +211,8 @@ def test_the_photo_temperature_rises_with_the_turn_up_to_its_limit_and_changes_n
     with_missing[1] = np.nan
     out = C.with_photo_temperature(with_missing, np.array([0.0, np.nan, 10.0]), PHOTO)
     assert np.isnan(out[1]).all() and np.isfinite(out[[0, 2]]).all()
+    # a face without a yaw (no landmarks) keeps its probabilities
+    assert C.with_photo_temperature(probs[:2], np.array([np.nan, 5.0]), PHOTO)[0] == pytest.approx(probs[0])
 
 
 def test_fitting_the_photo_temperature_recovers_a_known_law_and_helps_on_faces_it_did_not_see():
@@ -251,3 +253,11 @@ def test_the_photo_temperature_travels_in_the_calibration_summary_and_the_onnx_f
     assert TorchBackend(path, "cpu").calibration["photos"] == summary["photos"]
     onnx_path = export_onnx(path, tmp_path / "photos.onnx")
     assert OnnxBackend(onnx_path, str(onnx_path)).calibration["photos"] == summary["photos"]
+
+    # a malformed one is refused when the model is loaded, naming the file, not at the first photo
+    from msfer import EmotionRecognizer
+
+    checkpoint["calibration"]["photos"] = {"method": "yaw_temperature", "temperature": -1.0, "per_degree": 0.0}
+    broken = save_checkpoint(checkpoint, tmp_path / "broken.pt")
+    with pytest.raises(MsferError, match="broken.pt: its calibration's photo temperature is not one"):
+        EmotionRecognizer(broken)

@@ -301,6 +301,7 @@ def test_predict_folder_reads_every_image_and_reports_the_bad_one(recognizer, as
     Image.fromarray(astronaut).save(tmp_path / "sub" / "c.png")
     (tmp_path / "a.jpg").write_bytes(b"broken")
     (tmp_path / "notes.txt").write_text("not an image")
+    Image.fromarray(astronaut).save(tmp_path / "b.jpg.msfer.jpg")  # msfer predict --save-vis's copy: not an input
     found = list(recognizer.predict_folder(tmp_path, chunk=2))
     assert [path.relative_to(tmp_path).as_posix() for path, _ in found] == ["a.jpg", "b.jpg", "sub/c.png"]
     assert isinstance(found[0][1], MsferError) and "a.jpg" in str(found[0][1])

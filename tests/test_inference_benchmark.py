@@ -398,9 +398,15 @@ def test_photos_are_scored_with_the_models_photo_temperature_and_crops_without(s
     photos = result["predictions"]["photos"]
     yaw = photos["yaw"]
     assert np.isfinite(yaw[:2]).all() and np.isnan(yaw[2])  # two faces and a blank photo
-    assert np.allclose(photos["probs"]["tempered"][:2], with_photo_temperature(photos["probs"]["plain"][:2], yaw[:2],
-                                                                             photo), atol=1e-5)
-    assert np.isnan(photos["probs"]["tempered"][2]).all()
+    # the decision rules read the probabilities before the temperature; a user is given them after it
+    assert np.array_equal(photos["probs"]["tempered"], photos["probs"]["plain"], equal_nan=True)
+    assert np.array_equal(photos["reported"]["plain"], photos["probs"]["plain"], equal_nan=True)
+    assert np.allclose(photos["reported"]["tempered"][:2], with_photo_temperature(photos["probs"]["plain"][:2],
+                                                                                yaw[:2], photo), atol=1e-5)
+    assert np.isnan(photos["reported"]["tempered"][2]).all()
     assert np.isnan(result["predictions"]["crops_a"]["yaw"]).all()
     save_predictions(result, tmp_path / "predictions.npz")
-    assert np.array_equal(np.load(tmp_path / "predictions.npz")["photos/yaw"], yaw, equal_nan=True)
+    saved = np.load(tmp_path / "predictions.npz")
+    assert np.array_equal(saved["photos/yaw"], yaw, equal_nan=True)
+    assert np.array_equal(saved["photos/reported/tempered"], photos["reported"]["tempered"], equal_nan=True)
+    assert np.array_equal(saved["photos/probs/tempered"], photos["probs"]["tempered"], equal_nan=True)

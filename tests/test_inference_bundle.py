@@ -247,6 +247,7 @@ def test_replacing_a_model_the_candidate_does_not_beat_is_refused_unless_forced(
     captured = capsys.readouterr()
     assert "verdict: not better" in captured.out and "| suite score | current |" in captured.out
     assert "default decision rule chosen on the suite: argmax: suite score" in captured.out  # refused: shown too
+    assert "photo temperature" in captured.out  # what was fitted, refused or not
     assert "| tcce_val | v1 |" in captured.out and "is not above current's" in captured.out
     assert "refused to replace the model in" in captured.err and "--force" in captured.err
 

@@ -59,9 +59,15 @@ def test_annotated_copies_written_into_the_input_folder_change_no_input(shots, r
     os.umask(umask)
     assert {(shots / name).stat().st_mode & 0o777 for name in written} == {0o666 & ~umask}
 
-    # A second run over the same folder skips the first run's copies, names them, and changes nothing else.
+    # A second run over the same folder would replace the first run's copies: refused unless asked, before any is
+    # written; with --overwrite it skips the copies as inputs, names them, and writes the same files again.
     capsys.readouterr()
-    assert main(["predict", str(shots), "--weights", str(random_weights), "--save-vis", str(shots)]) == 0
+    assert main(["predict", str(shots), "--weights", str(random_weights), "--save-vis", str(shots)]) == 2
+    message = capsys.readouterr().err
+    assert "already holds 6 of this run's annotated copies" in message and "--overwrite" in message
+    assert digests(shots) == after
+    assert main(["predict", str(shots), "--weights", str(random_weights), "--save-vis", str(shots),
+                 "--overwrite"]) == 0
     assert "skipped" in capsys.readouterr().err and sorted(digests(shots)) == sorted(after)
 
 

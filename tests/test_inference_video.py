@@ -62,6 +62,34 @@ def test_smoothing_is_an_exponential_moving_average():
         FaceTracker(smoothing=1.0)
 
 
+def test_smoothed_labels_read_the_probabilities_before_the_photo_temperature():
+    """A turned face's tempered probabilities are flatter than those its label was decided on; smoothing them with a
+    frontal frame's must not change the label that the untempered probabilities give (the reviewer's case: (0.8,
+    0.2) turned, then (0.3, 0.7) frontal, at 0.5)."""
+    from msfer.engine.calibration import with_photo_temperature
+
+    photo = {"method": "yaw_temperature", "temperature": 1.0, "per_degree": 0.05, "yaw_limit": 45.0}
+    happy, sad = EMOTIONS.index("happy"), EMOTIONS.index("sad")
+
+    def seen(first: float, yaw: float) -> FaceResult:
+        before = np.full(7, 1e-4)
+        before[happy], before[sad] = first, 1 - first - 5e-4
+        after = with_photo_temperature(before[None], [yaw], photo)[0]
+        result = face([0, 0, 100, 100])
+        result.probs = dict(zip(EMOTIONS, after.tolist()))
+        result.decision_probs = dict(zip(EMOTIONS, before.tolist()))
+        return result
+
+    tracker = FaceTracker(smoothing=0.5)
+    tracker.update([seen(0.8, yaw=40.0)])
+    [smoothed] = tracker.update([seen(0.3, yaw=0.0)])
+    # untempered, (0.8 + 0.3) / 2 = 0.55 for happy: happy; the tempered mean would read sad
+    assert smoothed.label == "happy" and smoothed.decision_probs["happy"] == pytest.approx(0.55, abs=1e-3)
+    assert smoothed.probs["happy"] < smoothed.probs["sad"]  # what is shown is the smoothed tempered probabilities
+    assert smoothed.confidence == smoothed.probs["happy"]
+    assert "decision_probs" not in smoothed.to_dict()
+
+
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory, astronaut):
     path = tmp_path_factory.mktemp("video") / "clip.avi"

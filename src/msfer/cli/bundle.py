@@ -52,6 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..inference.benchmark import load_suite
     from ..inference.bundle import BundleRefused, bundle, decision_line, photo_temperature_line, verdict_table
+
+    def measured(record: dict) -> str:  # what the bundle measured, refused or not
+        return "\n".join(line for line in (decision_line(record), photo_temperature_line(record),
+                                            verdict_table(record)) if line)
     from .options import model_name, named_weights
 
     compare = None
@@ -65,13 +69,9 @@ def run(args: argparse.Namespace) -> int:
         record = bundle(args.run, suite, args.out, compare, args.calibrate_on, args.decision, args.annotations,
                         args.force, name=args.name)
     except BundleRefused as refused:
-        print(decision_line(refused.record))
-        print(verdict_table(refused.record))
+        print(measured(refused.record))
         raise
-    print(decision_line(record))
-    if photo_temperature_line(record):
-        print(photo_temperature_line(record))
-    print(verdict_table(record))
+    print(measured(record))
     model, replaced = args.out / BUNDLED_MODEL.name, record["replaced"]
     if replaced is None:
         print(f"{printable(args.out)} held no model: the candidate is written whatever the verdict")

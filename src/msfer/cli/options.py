@@ -41,12 +41,13 @@ def add_model_arguments(parser: argparse.ArgumentParser, device: bool = True, ba
     return group
 
 
-def add_existing_out_arguments(parser: argparse.ArgumentParser, resume_help: str) -> None:
+def add_existing_out_arguments(parser: argparse.ArgumentParser, resume_help: str,
+                                overwrite_help: str = "--out exists: replace it") -> None:
     """``--resume`` / ``--overwrite`` for an ``--out`` file that exists (read with
     :func:`msfer.outputs.existing_out_mode`); argparse refuses the two together."""
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help=resume_help)
-    group.add_argument("--overwrite", action="store_true", help="--out exists: replace it")
+    group.add_argument("--overwrite", action="store_true", help=overwrite_help)
 
 
 def add_decision_argument(parser: argparse.ArgumentParser) -> None:

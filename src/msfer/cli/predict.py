@@ -36,7 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=file_argument,
                         help="write results to FILE.jsonl (one object per image or frame) or FILE.csv "
                              "(one row per face)")
-    add_existing_out_arguments(parser, "--out exists: continue it, skipping the inputs it already has")
+    add_existing_out_arguments(parser, "--out exists: continue it, skipping the inputs it already has (and replacing "
+                                       "annotated copies of the others)",
+                               "--out or annotated copies in --save-vis exist: replace them")
     parser.add_argument("--save-vis", type=Path, metavar="DIR",
                         help="write annotated copies into DIR: NAME.msfer.jpg per image, NAME.msfer.mp4 per video, "
                              "at the inputs' relative paths")
@@ -91,7 +93,7 @@ def predict_run(args: argparse.Namespace, options: dict, mode: str) -> int:
     items = shard(inputs.items, args.num_shards, args.shard_index)
     if args.save_vis is not None:
         ready_folder(args.save_vis, "--save-vis")
-    check_outputs(inputs, items, args.out, args.save_vis)
+    check_outputs(inputs, items, args.out, args.save_vis, replace_copies=args.overwrite or args.resume)
     recognizer = EmotionRecognizer(**options, tta=args.tta, batch_size=args.batch_size,
                                    detect_size=args.detect_size, min_face=args.min_face, decision=args.decision)
     keep = QualityFilter(args.min_quality)

@@ -314,6 +314,20 @@ PHOTO_TEMPERATURE_KEYS = ("method", "temperature", "per_degree", "yaw_limit", "f
 YAW_LIMIT = 45.0
 
 
+def check_photo_temperature(photo: dict | None, source: str) -> None:
+    """:class:`MsferError` naming ``source`` (the model file) unless ``photo`` is None or a photo temperature:
+    ``temperature`` a positive number, ``per_degree`` and ``yaw_limit`` (optional, non-negative) numbers."""
+    if photo is None:
+        return
+    values = {key: photo.get(key, YAW_LIMIT if key == "yaw_limit" else None) if isinstance(photo, dict) else None
+              for key in ("temperature", "per_degree", "yaw_limit")}
+    numbers = all(isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+                  for value in values.values())
+    if not (numbers and values["temperature"] > 0 and values["yaw_limit"] >= 0):
+        raise MsferError(f"{source}: its calibration's photo temperature is not one (a positive 'temperature' and "
+                         f"numbers 'per_degree' and 'yaw_limit' are wanted, got {photo!r}): bundle the model again")
+
+
 def photo_temperatures(yaw: np.ndarray, photo: dict) -> np.ndarray:
     """The photo temperature of each face, ``photo["temperature"] * exp(photo["per_degree"] * min(|yaw|,
     YAW_LIMIT))`` (N); ``yaw`` N degrees (:func:`msfer.faces.quality.yaw_degrees`), ``photo`` a model's
@@ -324,11 +338,14 @@ def photo_temperatures(yaw: np.ndarray, photo: dict) -> np.ndarray:
 
 def with_photo_temperature(probs: np.ndarray, yaw: np.ndarray, photo: dict | None) -> np.ndarray:
     """``softmax(log(probs) / T(yaw))`` per row: the probabilities (N x 7) of faces found in photos with the photo
-    temperature ``photo`` (None: ``probs`` unchanged). Rows of NaN (no face found) stay NaN."""
+    temperature ``photo`` (None: ``probs`` unchanged); ``yaw``: N degrees, one per face. Rows of NaN (no face
+    found) stay NaN; a row whose yaw is not a number (a face without landmarks) is left as it is."""
     probs = np.asarray(probs, dtype=np.float64)
     if photo is None or not len(probs):
         return probs
-    logits = np.log(np.clip(probs, 1e-12, None)) / photo_temperatures(yaw, photo)[:, None]
+    yaw = np.asarray(yaw, dtype=np.float64)
+    temperature = np.where(np.isfinite(yaw), photo_temperatures(np.nan_to_num(yaw), photo), 1.0)
+    logits = np.log(np.clip(probs, 1e-12, None)) / temperature[:, None]
     return softmax(np.nan_to_num(logits)) + np.where(np.isnan(probs).any(axis=1, keepdims=True), np.nan, 0.0)
 
 

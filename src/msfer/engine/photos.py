@@ -41,7 +41,7 @@ Classify = Callable[[np.ndarray], np.ndarray]
 
 
 def largest_faces(arrays: Sequence[np.ndarray], detect: Detect) -> list[Face | None]:
-    """Each image's largest face (None: no face found)."""
+    """Each image's largest face (None: no face found), ``len(arrays)``."""
     return [faces[0] if faces else None for faces in detect(list(arrays))]
 
 

@@ -342,8 +342,9 @@ def run_benchmark(suite: Suite, models: Sequence[ModelVariant], decisions: Seque
 
     Returns ``{"suite", "models", "bootstrap", "rows", "confusion_axes", "scores"}`` (see
     :func:`format_markdown` for what they hold)
-    and, under ``"predictions"``, per set: ``ids``, ``labels``, each model's ``probs`` (for
-    :func:`save_predictions`) and each row's per-image ``correct`` (booleans, by the row's model label).
+    and, under ``"predictions"``, per set: ``ids``, ``labels``, ``yaw``, each model's ``probs`` and ``reported``
+    probabilities (see :func:`save_predictions`) and each row's per-image ``correct`` (booleans, by the row's model
+    label).
     """
     if not models:
         raise MsferError("no model to benchmark")
@@ -377,7 +378,8 @@ def run_benchmark(suite: Suite, models: Sequence[ModelVariant], decisions: Seque
         reported = [with_photo_temperature(p, yaw, m.recognizer.photo_temperature) if entry.mode == "photos" else p
                     for m, p in zip(models, probs)]
         predictions[entry.name] = {"ids": [s.id for s in samples], "labels": truth, "yaw": yaw,
-                                   "probs": {m.name: p for m, p in zip(models, reported)}}
+                                   "probs": {m.name: p for m, p in zip(models, probs)},
+                                   "reported": {m.name: p for m, p in zip(models, reported)}}
         # seeded by the set's name: adding or moving another set changes no interval of this one
         indices = bootstrap_indices(truth, seed=[seed, zlib.crc32(entry.name.encode())])
         for (k, model, rule), label in zip(variants, labels):
@@ -508,10 +510,11 @@ def format_markdown(result: dict) -> str:
 
 
 def save_predictions(result: dict, path: Path) -> None:
-    """Every set's ids, labels, yaws and each model's probabilities in one ``.npz`` (``<set>/ids``, ``<set>/labels``,
-    ``<set>/yaw`` (degrees; NaN for a crop or no face), ``<set>/probs/<model>``, as a user is given them: with the
-    model's photo temperature on photos; NaN rows: no face), for analyses that reuse them (calibration, decision
-    rules)."""
+    """Every set's ids, labels, yaws and each model's probabilities in one ``.npz``: ``<set>/ids``, ``<set>/labels``,
+    ``<set>/yaw`` (degrees; NaN for a crop or no face), ``<set>/probs/<model>`` (what the decision rules read:
+    before any photo temperature) and ``<set>/reported/<model>`` (what a user is given: with the model's photo
+    temperature on photos; the same where it has none); NaN rows: no face. For analyses that reuse them
+    (calibration, decision rules, ensembles)."""
     arrays = {}
     for name, entry in result["predictions"].items():
         arrays[f"{name}/ids"] = np.asarray(entry["ids"])
@@ -519,5 +522,6 @@ def save_predictions(result: dict, path: Path) -> None:
         arrays[f"{name}/yaw"] = entry["yaw"]
         for model, probs in entry["probs"].items():
             arrays[f"{name}/probs/{model}"] = probs
+            arrays[f"{name}/reported/{model}"] = entry["reported"][model]
     with open(path, "wb") as handle:
         np.savez_compressed(handle, **arrays)

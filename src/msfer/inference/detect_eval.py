@@ -55,11 +55,14 @@ def predict_with_detection(recognizer: EmotionRecognizer, samples: Sequence[Samp
     return decisions(photo_predictions(recognizer, samples)[0], offsets, decision)
 
 
-def evaluate_with_detection(recognizer: EmotionRecognizer, samples: Sequence[Sample],
-                            predictions: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+def evaluate_with_detection(recognizer: EmotionRecognizer, samples: Sequence[Sample], probs: np.ndarray | None = None,
+                            reported: np.ndarray | None = None) -> dict:
     """Detect, then classify the largest face of each sample's photo; metrics as described in the module docstring.
-    ``predictions``: the photos' :func:`photo_predictions`, when already computed."""
-    probs, reported = predictions if predictions is not None else photo_predictions(recognizer, samples)
+    ``probs`` and ``reported``: the photos' :func:`photo_predictions`, when already computed (N x 7 each; NaN rows:
+    no face; ``reported`` defaults to ``probs``)."""
+    if probs is None:
+        probs, reported = photo_predictions(recognizer, samples)
+    reported = probs if reported is None else reported
     # A model without the balanced rule reports one rule, as msfer evaluate does on crops.
     offsets = recognizer.classifier.balanced_offsets if recognizer.has_balanced_rule else None
     return photo_metrics(samples, probs, offsets, recognizer.decision, reported)
@@ -71,8 +74,7 @@ def evaluate_photos(recognizer, samples: list) -> tuple[dict, dict]:
     Returns the metrics and the predictions of the faces found (``probs``, ``y_true``): the reliability
     diagram is of those, as the metrics' calibration is.
     """
-    predictions = photo_predictions(recognizer, samples)
-    metrics = evaluate_with_detection(recognizer, samples, predictions)
-    reported = predictions[1]
+    probs, reported = photo_predictions(recognizer, samples)
+    metrics = evaluate_with_detection(recognizer, samples, probs, reported)
     found = ~np.isnan(reported).any(axis=1)
     return metrics, {"probs": reported[found], "y_true": np.array([s.label for s in samples])[found]}

@@ -395,14 +395,24 @@ def report_problem(problems: list[str], writer: ResultWriter, source: Path | str
     tqdm.write(f"msfer predict: {'skipped ' if skipped else ''}{printable(message)}", file=sys.stderr)
 
 
-def check_outputs(inputs: Inputs, items: list[InputItem], out: Path | None, save_vis: Path | None) -> None:
-    """Refuse (a :class:`MsferError` naming both files) any output (``--out``, the copies in ``--save-vis``) that
-    would land on an input."""
+def check_outputs(inputs: Inputs, items: list[InputItem], out: Path | None, save_vis: Path | None,
+                  replace_copies: bool = False) -> None:
+    """Refuse (a :class:`MsferError` naming the files) any output (``--out``, the copies in ``--save-vis``) that
+    would land on an input, and, unless ``replace_copies`` (``--overwrite`` or ``--resume``), annotated copies
+    that exist already: an earlier run's output is not replaced unasked."""
     if out is not None:
         inputs.files.refuse(out, "--out")
     if save_vis is not None:
         for item in items:
             inputs.files.refuse(save_vis / item.vis_name, "--save-vis")
+        # a file or link (something else there fails its input alone, when its copy is written)
+        copies = [save_vis / item.vis_name for item in items]
+        existing = [] if replace_copies else [path for path in copies if path.is_file() or path.is_symlink()]
+        if existing:
+            raise MsferError(f"--save-vis {printable(save_vis)} already holds {len(existing)} of this run's annotated "
+                             f"copies ({', '.join(printable(path) for path in existing[:3])}"
+                             f"{', ...' if len(existing) > 3 else ''}): add --overwrite to replace them, --resume to "
+                             "go on with the run that wrote them, or give another folder")
 
 
 def predict_inputs(

@@ -58,7 +58,7 @@ from ..data.images import (
     to_upright_rgb,
 )
 from ..data.transforms import resize_square
-from ..engine.calibration import with_photo_temperature
+from ..engine.calibration import check_photo_temperature, with_photo_temperature
 from ..engine.decision import check_rule, decide, has_balanced_rule, model_decision
 from ..errors import MsferError
 from ..faces.crop import DEFAULT_CROP_RULE, CropRule, clip_boxes, map_boxes_back
@@ -228,6 +228,7 @@ class EmotionRecognizer:
         self.classifier = load_backend(weights, device, backend)
         self.spec: ModelSpec = self.classifier.spec
         self.weights_name = str(weights) if weights is not None else "the bundled model"
+        check_photo_temperature(self.photo_temperature, self.weights_name)
         self.decision = DEFAULT_DECISION
         self.decision = self.check_decision(decision or self.model_decision)
         self.quality = quality or QualityThresholds()
@@ -353,7 +354,8 @@ class EmotionRecognizer:
         """``(path, faces)`` for every image file in ``folder``, in sorted order, ``chunk`` images at a time.
 
         Image files are those with an extension Pillow (with HEIC support) opens
-        (:data:`msfer.data.images.IMAGE_EXTENSIONS`); ``recursive``: sub-folders too. An image
+        (:data:`msfer.data.images.IMAGE_EXTENSIONS`), but not the annotated copies ``msfer predict --save-vis``
+        writes (``*.msfer.jpg``), as ``msfer predict`` skips them; ``recursive``: sub-folders too. An image
         that cannot be read gives its :class:`MsferError` (naming the file) in place of its
         faces, and the others go on. Raises :class:`MsferError` if ``folder`` is not a folder.
         Only ``chunk`` decoded images are held at a time, so a folder of any size fits in memory::
@@ -361,12 +363,15 @@ class EmotionRecognizer:
             for path, faces in recognizer.predict_folder("photos"):
                 print(path, [face.label for face in faces] if isinstance(faces, list) else faces)
         """
+        from .predict import IMAGE_VIS_SUFFIX
+
         folder = Path(folder)
         if not folder.is_dir():
             what = "not a folder" if folder.exists() and not folder.is_symlink() else not_a_file_reason(folder)
             raise MsferError(f"{printable(folder)}: {what}")
         paths = sorted(path for path in (folder.rglob("*") if recursive else folder.iterdir())
-                       if path.suffix.lower() in IMAGE_EXTENSIONS and not path.is_dir())
+                       if path.suffix.lower() in IMAGE_EXTENSIONS and not path.is_dir()
+                       and not path.name.lower().endswith(IMAGE_VIS_SUFFIX))  # msfer predict's annotated copies
         for start in range(0, len(paths), max(int(chunk), 1)):
             batch = paths[start:start + max(int(chunk), 1)]
             yield from zip(batch, self.predict_batch(batch, errors="return", decision=decision))
@@ -471,6 +476,7 @@ class EmotionRecognizer:
     def _result(self, box, score, landmarks, regions: np.ndarray, probs: np.ndarray, decision: str,
                 quality: dict) -> FaceResult:
         best = int(self.decide(probs[None], decision)[0])
+        decision_probs = {name: round(float(p), 5) for name, p in zip(EMOTIONS, probs)}
         if landmarks is not None:  # a face found in a photo: its photo temperature, after the decision
             probs = with_photo_temperature(probs[None], [yaw_degrees(landmarks)], self.photo_temperature)[0]
         return FaceResult(
@@ -483,5 +489,6 @@ class EmotionRecognizer:
             confidence=round(float(probs[best]), 5),
             decision=decision,
             **quality,
+            decision_probs=decision_probs,
         )
 

@@ -37,7 +37,10 @@ class FaceResult:
     (:meth:`EmotionRecognizer.classify_faces`); ``track_id`` is set only for video.
 
     ``label`` is the emotion the ``decision`` rule ("argmax" or "balanced") chose and
-    ``confidence`` its probability; ``probs`` do not depend on the rule. The quality fields
+    ``confidence`` its probability; ``probs`` do not depend on the rule. For a face found in a photo,
+    ``probs`` carry the model's photo temperature and ``decision_probs`` (the same 7 keys) are those
+    before it, which the rule read (so the label does not depend on the temperature); for a crop given
+    whole they are ``probs`` themselves. ``decision_probs`` stay out of :meth:`to_dict`. The quality fields
     are those of :func:`msfer.faces.quality.face_quality`: ``face_size`` (pixels),
     ``sharpness``, ``roll`` and ``yaw`` (degrees; None without landmarks), ``quality``
     ("good" or "low") and ``quality_issues``.
@@ -58,10 +61,12 @@ class FaceResult:
     quality: str | None = None
     quality_issues: list[str] = field(default_factory=list)
     track_id: int | None = field(default=None)
+    decision_probs: dict[str, float] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form written by ``msfer predict`` and returned by the REST service."""
         result = asdict(self)
+        del result["decision_probs"]
         if self.track_id is None:
             del result["track_id"]
         return result

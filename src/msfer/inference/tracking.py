@@ -27,7 +27,9 @@ Smoothing is an exponential moving average of each track's probabilities:
 ``smoothed = smoothing * previous + (1 - smoothing) * current``, so 0 is off and
 values near 1 follow slowly. It steadies labels that flicker between neighbouring
 emotions from frame to frame. A smoothed face's label is chosen again from the smoothed
-probabilities, by the same decision rule as its frame's (``decide``).
+probabilities, by the same decision rule as its frame's (``decide``): from its ``decision_probs``
+(those before the photo temperature, smoothed alike), so the temperature changes no smoothed label
+either; the shown ``probs`` and ``confidence`` are the smoothed tempered ones.
 """
 from __future__ import annotations
 
@@ -69,6 +71,7 @@ class Track:
     id: int
     box: np.ndarray
     probs: np.ndarray
+    decision_probs: np.ndarray  # smoothed apart: the label reads them, never the photo-tempered probs
     missed: int = 0
     appearance: np.ndarray | None = None  # the colour histogram of its last face
 
@@ -114,20 +117,23 @@ class FaceTracker:
                 track.missed += 1
         for face_index, face in enumerate(faces):
             probs = np.array([face.probs[name] for name in EMOTIONS])
+            decision_probs = np.array([(face.decision_probs or face.probs)[name] for name in EMOTIONS])
             if face_index in matches:
                 track = self.tracks[matches[face_index]]
                 track.box, track.missed = np.asarray(face.box, dtype=np.float64), 0
                 track.appearance = looks[face_index] if looks[face_index] is not None else track.appearance
                 track.probs = self.smoothing * track.probs + (1 - self.smoothing) * probs
+                track.decision_probs = self.smoothing * track.decision_probs + (1 - self.smoothing) * decision_probs
             else:
-                track = Track(self.next_id, np.asarray(face.box, dtype=np.float64), probs,
+                track = Track(self.next_id, np.asarray(face.box, dtype=np.float64), probs, decision_probs,
                               appearance=looks[face_index])
                 self.tracks.append(track)
                 self.next_id += 1
             face.track_id = track.id
             if self.smoothing:
-                best = self.decide(track.probs)
+                best = self.decide(track.decision_probs)
                 face.probs = {name: round(float(p), 5) for name, p in zip(EMOTIONS, track.probs)}
+                face.decision_probs = {name: round(float(p), 5) for name, p in zip(EMOTIONS, track.decision_probs)}
                 face.label, face.confidence = EMOTIONS[best], round(float(track.probs[best]), 5)
         self.tracks = [track for track in self.tracks if track.missed <= self.max_missed]
         return faces
