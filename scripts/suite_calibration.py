@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="compare calibrations of faces found in photos on the --fit-sets, over N pairs of halves")
     args = parser.parse_args(argv)
     if args.photo_seeds is not None:
+        if args.photo_seeds < 1:
+            parser.error(f"--photo-seeds must be at least 1, got {args.photo_seeds}")
         return photo_seeds(args.predictions, args.model, list(dict.fromkeys(args.fit_sets)), args.photo_seeds,
                            args.out, parser)
 
@@ -114,11 +116,15 @@ def photo_seeds(path: Path, model: str, names: list[str], seeds: int, out: Path 
     stored = np.load(path)
     sets = {}
     for name in names:
-        if f"{name}/probs/{model}" not in stored.files or f"{name}/yaw" not in stored.files:
+        keys = (f"{name}/probs/{model}", f"{name}/reported/{model}", f"{name}/yaw")
+        if not all(key in stored.files for key in keys):
             parser.error(f"{path} holds no probabilities of {model!r} with yaws for set {name} (a photo set of a "
                          "benchmark run by this msfer)")
-        probs, yaw, labels = stored[f"{name}/probs/{model}"], stored[f"{name}/yaw"], stored[f"{name}/labels"]
+        probs, yaw, labels = stored[keys[0]], stored[keys[2]], stored[f"{name}/labels"]
         found = ~np.isnan(probs).any(axis=1) & np.isfinite(yaw)
+        if found.sum() < 4:
+            parser.error(f"set {name} has {int(found.sum())} faces with a yaw in {path}: --photo-seeds compares "
+                         "calibrations of faces found in photos (name photo sets)")
         sets[name] = (probs[found], yaw[found], labels[found])
     frontal = {name: (probs, np.zeros_like(yaw), labels) for name, (probs, yaw, labels) in sets.items()}
     ways = {"before any photo temperature": [], "one temperature": [], "photo temperature (yaw)": [],

@@ -387,6 +387,8 @@ def test_faces_found_in_photos_get_the_photo_temperature_and_keep_their_label(ra
         [before] = without.predict(astronaut, decision=decision)
         [after] = with_it.predict(astronaut, decision=decision)
         assert after.label == before.label
+        assert after.decision_probs == before.probs == before.decision_probs  # what the rule read: the same
+        assert "decision_probs" not in after.to_dict()
         probs = np.array([before.probs[name] for name in EMOTIONS])
         yaw = yaw_degrees(np.array(before.landmarks))
         expected = with_photo_temperature(probs[None], [yaw], photo)[0]
@@ -394,7 +396,8 @@ def test_faces_found_in_photos_get_the_photo_temperature_and_keep_their_label(ra
         assert after.confidence == pytest.approx(expected[EMOTIONS.index(after.label)], abs=1e-4)
         assert max(after.probs.values()) < max(before.probs.values())
     crop = astronaut[20:220, 140:320]
-    assert with_it.classify_faces([crop])[0].probs == without.classify_faces([crop])[0].probs
+    [whole] = with_it.classify_faces([crop])
+    assert whole.probs == without.classify_faces([crop])[0].probs == whole.decision_probs
 
     samples = [Sample("happy/astronaut.jpg", EMOTIONS.index("happy"), "test", path=astronaut_file)]
     decided, reported = photo_predictions(with_it, samples)

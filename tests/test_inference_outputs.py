@@ -60,15 +60,32 @@ def test_annotated_copies_written_into_the_input_folder_change_no_input(shots, r
     assert {(shots / name).stat().st_mode & 0o777 for name in written} == {0o666 & ~umask}
 
     # A second run over the same folder would replace the first run's copies: refused unless asked, before any is
-    # written; with --overwrite it skips the copies as inputs, names them, and writes the same files again.
+    # written; with --overwrite it skips the copies as inputs, names them, and writes copies of the same names again.
     capsys.readouterr()
     assert main(["predict", str(shots), "--weights", str(random_weights), "--save-vis", str(shots)]) == 2
     message = capsys.readouterr().err
     assert "already holds 6 of this run's annotated copies" in message and "--overwrite" in message
+    assert "--resume" not in message  # no --out to resume
+    assert main(["predict", str(shots), "--weights", str(random_weights), "--save-vis", str(shots),
+                 "--resume"]) == 2  # --resume without --out resumes nothing: still refused
     assert digests(shots) == after
     assert main(["predict", str(shots), "--weights", str(random_weights), "--save-vis", str(shots),
                  "--overwrite"]) == 0
     assert "skipped" in capsys.readouterr().err and sorted(digests(shots)) == sorted(after)
+
+
+def test_the_webcams_earlier_recording_is_not_replaced_unasked(tmp_path):
+    from msfer.errors import MsferError
+    from msfer.inference.predict import check_outputs, collect_inputs
+
+    vis = tmp_path / "vis"
+    vis.mkdir()
+    (vis / "webcam0.msfer.mp4").write_bytes(b"an earlier recording")
+    inputs = collect_inputs([])
+    with pytest.raises(MsferError, match="already holds 1 of this run's annotated copies .*webcam0.msfer.mp4"):
+        check_outputs(inputs, [], None, vis, webcam=0)
+    check_outputs(inputs, [], None, vis, replace_copies=True, webcam=0)  # --overwrite
+    check_outputs(inputs, [], None, vis, webcam=1)  # another camera's copy is free
 
 
 def test_a_name_too_long_for_a_suffix_gets_a_shortened_unique_copy(tmp_path, astronaut, random_weights):

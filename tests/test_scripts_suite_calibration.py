@@ -45,7 +45,10 @@ def test_the_photo_temperature_is_compared_with_other_calibrations_over_seeds(tm
     assert result["ways"]["photo temperature (yaw)"]["ece"]["film"] < \
         result["ways"]["before any photo temperature"]["ece"]["film"]
 
-    # the first mode reads the probabilities as a user is given them and refits on top
+    # the first mode reads the probabilities as a user is given them (here uniform for the film set) and refits on top
+    arrays["film/reported/m"] = np.where(np.isnan(arrays["film/probs/m"]), np.nan, 1 / 7)
+    np.savez(tmp_path / "predictions.npz", **arrays)
     table = run(tmp_path, "--fit-sets", "posed", "film").stdout
+    assert f"/ {np.log(7):.3f} |" in next(line for line in table.splitlines() if line.startswith("| film"))
     held_out = {line.split("|")[1].strip(): int(line.split("|")[2]) for line in table.splitlines()[4:]}
     assert set(held_out) == {"posed", "film"} and all(299 <= n <= 301 for n in held_out.values())  # 599 faces

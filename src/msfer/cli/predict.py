@@ -93,7 +93,8 @@ def predict_run(args: argparse.Namespace, options: dict, mode: str) -> int:
     items = shard(inputs.items, args.num_shards, args.shard_index)
     if args.save_vis is not None:
         ready_folder(args.save_vis, "--save-vis")
-    check_outputs(inputs, items, args.out, args.save_vis, replace_copies=args.overwrite or args.resume)
+    check_outputs(inputs, items, args.out, args.save_vis, args.overwrite or (args.resume and args.out is not None),
+                  args.webcam)
     recognizer = EmotionRecognizer(**options, tta=args.tta, batch_size=args.batch_size,
                                    detect_size=args.detect_size, min_face=args.min_face, decision=args.decision)
     keep = QualityFilter(args.min_quality)

@@ -316,7 +316,8 @@ YAW_LIMIT = 45.0
 
 def check_photo_temperature(photo: dict | None, source: str) -> None:
     """:class:`MsferError` naming ``source`` (the model file) unless ``photo`` is None or a photo temperature:
-    ``temperature`` a positive number, ``per_degree`` and ``yaw_limit`` (optional, non-negative) numbers."""
+    ``temperature`` a positive number, ``per_degree`` a number (of either sign), ``yaw_limit`` (optional, default
+    :data:`YAW_LIMIT`) a non-negative one."""
     if photo is None:
         return
     values = {key: photo.get(key, YAW_LIMIT if key == "yaw_limit" else None) if isinstance(photo, dict) else None

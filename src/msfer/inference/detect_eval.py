@@ -59,7 +59,9 @@ def evaluate_with_detection(recognizer: EmotionRecognizer, samples: Sequence[Sam
                             reported: np.ndarray | None = None) -> dict:
     """Detect, then classify the largest face of each sample's photo; metrics as described in the module docstring.
     ``probs`` and ``reported``: the photos' :func:`photo_predictions`, when already computed (N x 7 each; NaN rows:
-    no face; ``reported`` defaults to ``probs``)."""
+    no face). ``probs`` are what the decision rule reads, before the photo temperature (not
+    :func:`probs_with_detection`'s, which are after it); ``reported`` defaults to ``probs``, and is ignored
+    without them."""
     if probs is None:
         probs, reported = photo_predictions(recognizer, samples)
     reported = probs if reported is None else reported

@@ -61,12 +61,9 @@ from ..errors import MsferError
 from ..files import LOCK_SUFFIX, DiskFullError, atomic_output
 from ..outputs import InputFiles, printable, source_fields
 from .recognizer import EmotionRecognizer, to_rgb_array
-from .results import MIN_QUALITY, FaceResult, ResultWriter, Tally, source_key
+from .results import IMAGE_VIS_SUFFIX, MIN_QUALITY, VIDEO_VIS_SUFFIX, FaceResult, ResultWriter, Tally, source_key
 from .video import AnnotatedVideoWriter, VideoFrame, is_video, open_video, predict_video, probe_video
 from .visualize import draw_faces
-
-# Appended to an input's full file name for its annotated copy under --save-vis.
-IMAGE_VIS_SUFFIX, VIDEO_VIS_SUFFIX = ".msfer.jpg", ".msfer.mp4"
 
 
 class IncompleteVideoError(MsferError):
@@ -395,24 +392,35 @@ def report_problem(problems: list[str], writer: ResultWriter, source: Path | str
     tqdm.write(f"msfer predict: {'skipped ' if skipped else ''}{printable(message)}", file=sys.stderr)
 
 
+def webcam_vis_name(inputs: Inputs, webcam: int) -> Path:
+    """The name of webcam ``webcam``'s annotated video under ``--save-vis``: ``webcamN.msfer.mp4``, made unique
+    among the inputs' copies."""
+    taken = {str(item.vis_name).casefold() for item in inputs.items}
+    return Path(_unique(f"webcam{webcam}{VIDEO_VIS_SUFFIX}", taken))
+
+
 def check_outputs(inputs: Inputs, items: list[InputItem], out: Path | None, save_vis: Path | None,
-                  replace_copies: bool = False) -> None:
-    """Refuse (a :class:`MsferError` naming the files) any output (``--out``, the copies in ``--save-vis``) that
-    would land on an input, and, unless ``replace_copies`` (``--overwrite`` or ``--resume``), annotated copies
-    that exist already: an earlier run's output is not replaced unasked."""
+                  replace_copies: bool = False, webcam: int | None = None) -> None:
+    """Refuse (a :class:`MsferError` naming the files) any output (``--out``, the copies in ``--save-vis``, the
+    webcam's included) that would land on an input, and, unless ``replace_copies`` (``--overwrite``, or
+    ``--resume`` of an ``--out``), annotated copies that exist already: an earlier run's output is not replaced
+    unasked."""
     if out is not None:
         inputs.files.refuse(out, "--out")
     if save_vis is not None:
-        for item in items:
-            inputs.files.refuse(save_vis / item.vis_name, "--save-vis")
-        # a file or link (something else there fails its input alone, when its copy is written)
         copies = [save_vis / item.vis_name for item in items]
+        if webcam is not None:
+            copies.append(save_vis / webcam_vis_name(inputs, webcam))
+        for path in copies:
+            inputs.files.refuse(path, "--save-vis")
+        # a file or link (something else there fails its input alone, when its copy is written)
         existing = [] if replace_copies else [path for path in copies if path.is_file() or path.is_symlink()]
         if existing:
+            resume = ", --resume to go on with the --out run that wrote them" if out is not None else ""
             raise MsferError(f"--save-vis {printable(save_vis)} already holds {len(existing)} of this run's annotated "
                              f"copies ({', '.join(printable(path) for path in existing[:3])}"
-                             f"{', ...' if len(existing) > 3 else ''}): add --overwrite to replace them, --resume to "
-                             "go on with the run that wrote them, or give another folder")
+                             f"{', ...' if len(existing) > 3 else ''}): add --overwrite to replace them{resume}, "
+                             "or give another folder")
 
 
 def predict_inputs(
@@ -463,8 +471,7 @@ def predict_inputs(
         predict_images(recognizer, [item for item in todo if not item.video], writer, save_vis, problems, keep)
         streams = [(item.path, item.vis_name) for item in todo if item.video]
         if webcam is not None:
-            taken = {str(item.vis_name).casefold() for item in inputs.items}
-            streams.append((webcam, Path(_unique(f"webcam{webcam}{VIDEO_VIS_SUFFIX}", taken))))
+            streams.append((webcam, webcam_vis_name(inputs, webcam)))
         for source, vis_name in streams:
             try:
                 predict_stream(recognizer, source, vis_name, writer, keep, save_vis, every, smooth)

@@ -69,7 +69,7 @@ from ..faces.retinaface import Face
 from ..labels import EMOTIONS
 from ..outputs import printable
 from .backends import ModelSpec, load_backend
-from .results import DEFAULT_DECISION, FaceResult
+from .results import DEFAULT_DECISION, IMAGE_VIS_SUFFIX, FaceResult
 
 if TYPE_CHECKING:
     from .video import VideoFrame
@@ -363,8 +363,6 @@ class EmotionRecognizer:
             for path, faces in recognizer.predict_folder("photos"):
                 print(path, [face.label for face in faces] if isinstance(faces, list) else faces)
         """
-        from .predict import IMAGE_VIS_SUFFIX
-
         folder = Path(folder)
         if not folder.is_dir():
             what = "not a folder" if folder.exists() and not folder.is_symlink() else not_a_file_reason(folder)

@@ -72,6 +72,9 @@ class FaceResult:
         return result
 
 
+# Appended to an input's full file name for its annotated copy under msfer predict --save-vis.
+IMAGE_VIS_SUFFIX, VIDEO_VIS_SUFFIX = ".msfer.jpg", ".msfer.mp4"
+
 QUALITY_FIELDS = ["face_size", "sharpness", "roll", "yaw", "quality", "quality_issues"]
 CSV_FACE_FIELDS = ["face", "track_id", "x1", "y1", "x2", "y2", "score", "label", "confidence", *EMOTIONS, "decision",
                    *QUALITY_FIELDS]
