@@ -1,12 +1,22 @@
-"""tools/gpu_experiments.py: what it runs on the GPU loads as a config, its epoch plans fit the time given, and
-``prepare`` never deletes a folder it did not write. (The whole call is rehearsed on a CPU with ``--smoke``.)"""
+"""tools/gpu_experiments.py: what it runs on the GPU loads as the recipe's config, the training images it carries
+are those training makes, its epoch plans fit the time given, and ``prepare`` never deletes a folder it did not
+write. (The whole call is rehearsed on a CPU with ``--smoke``.)"""
 import argparse
 import importlib.util
+import io
+import json
+import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
+from msfer.data.readers import read_dataset
 from msfer.engine.config import load_config
+from msfer.engine.datasets import FaceDataset
+from msfer.faces.crop import CropRule
+from msfer.labels import EMOTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,20 +29,100 @@ def script():
     return module
 
 
-def test_v2_on_the_gpu_is_v2_with_the_gpu_settings_and_the_carried_data(script, tmp_path):
-    overrides = script.v2_overrides(tmp_path / "data", tmp_path / "carry", script.V2_GPU)
-    config = load_config(ROOT / script.V2_CONFIG, [f"{k}={v}" for k, v in overrides.items()])
-    plain = load_config(ROOT / script.V2_CONFIG)
-    assert config["model"] == plain["model"] and config["data"]["crop_rule"] == plain["data"]["crop_rule"]
+def test_the_recipe_on_the_gpu_is_the_recipe_with_the_gpu_settings_and_the_carried_data(script, tmp_path):
+    given = ["model.input_size=160", "data.image_size=160"]
+    record = {"config": script.RECIPE_CONFIG, "set": given,
+              "extra_train": [{"root": "extra/0", "split": "train", "weight": 0.1, "images": 800},
+                              {"root": "extra/1", "split": "train", "weight": 0.05, "images": 500}]}
+    overrides = script.recipe_overrides(tmp_path / "data", tmp_path / "carry", record, script.RECIPE_GPU)
+    config = load_config(ROOT / script.RECIPE_CONFIG, [f"{k}={v}" for k, v in overrides.items()])
+    plain = load_config(ROOT / script.RECIPE_CONFIG, given)
+    assert config["model"] == plain["model"] and config["model"]["input_size"] == 160
+    assert config["data"]["crop_rule"] == plain["data"]["crop_rule"] and config["data"]["image_size"] == 160
     assert config["data"]["augment"] == plain["data"]["augment"]
     assert config["train"]["batch_size"] == 256 and config["train"]["amp"] == "bf16"
+    assert config["train"]["epochs"] == plain["train"]["epochs"]  # the plan sets it on the command line
     # the EMA keeps its horizon in epochs: 4x the batch, a quarter of the steps
     steps = lambda decay: 1 / (1 - decay)  # noqa: E731
     assert steps(config["train"]["ema"]) * 256 == pytest.approx(steps(plain["train"]["ema"]) * 64, rel=0.01)
-    [extra] = config["data"]["extra_train"]
-    assert extra["root"] == str(tmp_path / "carry" / "tcce_crops") and extra["crop"] is False
-    assert extra["weight"] == plain["data"]["extra_train"][0]["weight"]
-    assert config["data"]["photo_val"]["root"] == str(tmp_path / "carry" / "tcce")
+    extras = config["data"]["extra_train"]
+    assert [e["root"] for e in extras] == [str(tmp_path / "carry" / "extra" / i) for i in ("0", "1")]
+    assert [e["weight"] for e in extras] == [e["weight"] for e in plain["data"]["extra_train"]]
+    assert all(e["crop"] is False and e["format"] == "folder" for e in extras)
+    assert config["data"]["photo_val"] is None and config["data"]["root"] == str(tmp_path / "data" / "fer2013")
+
+
+def annotated_photos(root: Path) -> Path:
+    """``root/photos/train/<emotion>/<i>.png``: 7 x 2 colour photos (80 x 64) with a bright face box, annotated as
+    msfer annotate writes it, but one photo never annotated and one without a face. Returns the annotation file."""
+    records = []
+    ramp = np.add.outer(np.arange(64), np.arange(80)) // 3  # a smooth background, as photos mostly have
+    for k, name in enumerate(EMOTIONS):
+        (root / "photos" / "train" / name).mkdir(parents=True)
+        for i in range(2):
+            pixels = np.repeat((ramp + 10 * i)[..., None], 3, axis=2).astype(np.uint8)
+            pixels[12:52, 30:70] = (120 + 15 * k, 90, 40 + 20 * i)
+            Image.fromarray(pixels).save(root / "photos" / "train" / name / f"{i}.png")
+            if (k, i) == (0, 1):
+                continue
+            ok = (k, i) != (1, 1)
+            x1, y1, w, h = 30, 12, 40, 40
+            marks = [[x1 + 0.3 * w, y1 + 0.4 * h], [x1 + 0.7 * w, y1 + 0.4 * h], [x1 + 0.5 * w, y1 + 0.6 * h],
+                     [x1 + 0.35 * w, y1 + 0.8 * h], [x1 + 0.65 * w, y1 + 0.8 * h]]
+            records.append({"id": f"train/{name}/{i}.png", "split": "train", "label": k, "width": 80, "height": 64,
+                            "status": "ok" if ok else "no_face", "regions": {"face": [x1, y1, x1 + w, y1 + h]}
+                            if ok else {}, "landmarks": marks if ok else None, "score": 0.99 if ok else None})
+    (root / "regions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return root / "regions.jsonl"
+
+
+def test_the_carried_training_images_are_the_ones_training_cuts(script, tmp_path):
+    annotations = annotated_photos(tmp_path)
+    entry = {"format": "folder", "root": str(tmp_path / "photos"), "split": "train", "weight": 0.1, "crop": True,
+             "annotations": str(annotations), "reader_options": {}}
+    config = load_config(ROOT / script.RECIPE_CONFIG, ["data.image_size=48"])
+    assert script.extra_train_images(entry, config, tmp_path / "carried", quality=95) == 12  # 14 less 2 unusable
+    from msfer.regions.annotations import load_annotations
+
+    samples = read_dataset(entry["root"], "folder").samples
+    training = FaceDataset(samples, 48, (), load_annotations(annotations),
+                           crop_rule=CropRule.from_dict(config["data"]["crop_rule"]))
+    carried = FaceDataset(read_dataset(tmp_path / "carried", "folder").samples, 48, ())
+    assert sorted(carried.labels.tolist()) == sorted(training.labels.tolist())
+    def as_jpeg(pixels: np.ndarray) -> np.ndarray:
+        data = io.BytesIO()
+        Image.fromarray(pixels.transpose(1, 2, 0)).save(data, format="JPEG", quality=95)
+        return np.asarray(Image.open(data).convert("RGB")).transpose(2, 0, 1)
+
+    # JPEG at quality 95 is the only difference
+    expected = sorted((int(training.labels[i]), as_jpeg(training.decode(i)[0]).tobytes()) for i in range(len(training)))
+    found = sorted((int(carried.labels[i]), carried.decode(i)[0].tobytes()) for i in range(len(carried)))
+    assert found == expected
+
+
+def test_prepare_recipe_packs_what_run_needs(script, tmp_path):
+    annotations = annotated_photos(tmp_path)
+    archive = tmp_path / "fer2013.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        data = io.BytesIO()
+        Image.fromarray(np.zeros((48, 48), np.uint8)).save(data, format="PNG")
+        info = tarfile.TarInfo("fer2013/train/happy/0.png")
+        info.size = len(data.getvalue())
+        tar.addfile(info, io.BytesIO(data.getvalue()))
+    extra = (f"data.extra_train=[{{format: folder, root: {tmp_path / 'photos'}, split: train, weight: 0.1, "
+             f"crop: true, annotations: {annotations}}}]")
+    args = argparse.Namespace(what="recipe", carry=tmp_path / "carry", fer2013=archive, tcce=None, annotations=None,
+                              config=ROOT / script.RECIPE_CONFIG, set=[extra, "data.image_size=64"], quality=90)
+    assert script.prepare(args) == 0
+    record = json.loads((tmp_path / "carry" / "carry.json").read_text())
+    assert record["config"] == script.RECIPE_CONFIG and record["image_size"] == 64
+    assert record["extra_train"] == [{"root": "extra/0", "split": "train", "weight": 0.1, "images": 12}]
+    assert len(list((tmp_path / "carry" / "extra" / "0" / "train").rglob("*.jpg"))) == 12
+    assert all((tmp_path / "carry" / name).is_file() for name in ("fer2013.tar.gz", "mobilenet_v2_half.pth"))
+    outside = tmp_path / "mine.yaml"
+    outside.write_text("_base_: " + str(ROOT / script.RECIPE_CONFIG) + "\n")
+    with pytest.raises(SystemExit, match="not in the repository"):
+        script.prepare(argparse.Namespace(**{**vars(args), "config": outside}))
 
 
 def test_the_ablation_settings_load_for_every_row(script):
@@ -44,9 +134,10 @@ def test_the_ablation_settings_load_for_every_row(script):
 @pytest.mark.parametrize("rate", [300.0, 3000.0, 30000.0])
 def test_epoch_plans_fit_the_seconds_given(script, rate):
     seconds = 300.0
-    epochs = script.plan_v2(rate, seconds, max_epochs=1000)
-    assert epochs == 1 or epochs * script.epoch_seconds(rate, script.TRAIN_IMAGES + script.TCCE_TRAIN_IMAGES) <= seconds
-    assert script.plan_v2(rate, seconds, max_epochs=3) <= 3
+    images = script.TRAIN_IMAGES + 1400
+    epochs = script.plan_recipe(rate, seconds, max_epochs=1000, images=images)
+    assert epochs == 1 or epochs * script.epoch_seconds(rate, images) <= seconds
+    assert script.plan_recipe(rate, seconds, max_epochs=3, images=images) <= 3
     rates = {config: rate for _, config, _ in script.ABLATIONS}
     per_row = script.plan_ablation(rates, seconds, max_epochs=1000)
     assert per_row == 1 or per_row * len(script.ABLATIONS) * script.epoch_seconds(rate) <= seconds
@@ -58,8 +149,8 @@ def test_prepare_refuses_a_folder_it_did_not_write(script, tmp_path):
     (carry / "keep.txt").write_text("someone's file")
     archive = tmp_path / "fer2013.tar.gz"
     archive.write_bytes(b"")
-    args = argparse.Namespace(what="ablation", carry=carry, fer2013=archive, tcce=None, tcce_annotations=None,
-                              annotations=archive)
+    args = argparse.Namespace(what="ablation", carry=carry, fer2013=archive, tcce=None, annotations=archive,
+                              config=None, set=[], quality=95)
     with pytest.raises(SystemExit, match="prepare did not write"):
         script.prepare(args)
     assert (carry / "keep.txt").read_text() == "someone's file"
