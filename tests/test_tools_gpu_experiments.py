@@ -29,29 +29,6 @@ def script():
     return module
 
 
-def test_the_recipe_on_the_gpu_is_the_recipe_with_the_gpu_settings_and_the_carried_data(script, tmp_path):
-    given = ["model.input_size=160", "data.image_size=160"]
-    record = {"config": script.RECIPE_CONFIG, "set": given,
-              "extra_train": [{"root": "extra/0", "split": "train", "weight": 0.1, "images": 800},
-                              {"root": "extra/1", "split": "train", "weight": 0.05, "images": 500}]}
-    overrides = script.recipe_overrides(tmp_path / "data", tmp_path / "carry", record, script.RECIPE_GPU)
-    config = load_config(ROOT / script.RECIPE_CONFIG, [f"{k}={v}" for k, v in overrides.items()])
-    plain = load_config(ROOT / script.RECIPE_CONFIG, given)
-    assert config["model"] == plain["model"] and config["model"]["input_size"] == 160
-    assert config["data"]["crop_rule"] == plain["data"]["crop_rule"] and config["data"]["image_size"] == 160
-    assert config["data"]["augment"] == plain["data"]["augment"]
-    assert config["train"]["batch_size"] == 256 and config["train"]["amp"] == "bf16"
-    assert config["train"]["epochs"] == plain["train"]["epochs"]  # the plan sets it on the command line
-    # the EMA keeps its horizon in epochs: 4x the batch, a quarter of the steps
-    steps = lambda decay: 1 / (1 - decay)  # noqa: E731
-    assert steps(config["train"]["ema"]) * 256 == pytest.approx(steps(plain["train"]["ema"]) * 64, rel=0.01)
-    extras = config["data"]["extra_train"]
-    assert [e["root"] for e in extras] == [str(tmp_path / "carry" / "extra" / i) for i in ("0", "1")]
-    assert [e["weight"] for e in extras] == [e["weight"] for e in plain["data"]["extra_train"]]
-    assert all(e["crop"] is False and e["format"] == "folder" for e in extras)
-    assert config["data"]["photo_val"] is None and config["data"]["root"] == str(tmp_path / "data" / "fer2013")
-
-
 def annotated_photos(root: Path) -> Path:
     """``root/photos/train/<emotion>/<i>.png``: 7 x 2 colour photos (80 x 64) with a bright face box, annotated as
     msfer annotate writes it, but one photo never annotated and one without a face. Returns the annotation file."""
@@ -100,29 +77,70 @@ def test_the_carried_training_images_are_the_ones_training_cuts(script, tmp_path
     assert found == expected
 
 
-def test_prepare_recipe_packs_what_run_needs(script, tmp_path):
-    annotations = annotated_photos(tmp_path)
-    archive = tmp_path / "fer2013.tar.gz"
+@pytest.fixture(scope="module")
+def carry(script, tmp_path_factory) -> Path:
+    """A carry that ``prepare recipe`` wrote: configs/v3.yaml at 64 px with one extra set of annotated photos."""
+    root = tmp_path_factory.mktemp("prepare")
+    annotations = annotated_photos(root)
+    archive = root / "fer2013.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         data = io.BytesIO()
         Image.fromarray(np.zeros((48, 48), np.uint8)).save(data, format="PNG")
         info = tarfile.TarInfo("fer2013/train/happy/0.png")
         info.size = len(data.getvalue())
         tar.addfile(info, io.BytesIO(data.getvalue()))
-    extra = (f"data.extra_train=[{{format: folder, root: {tmp_path / 'photos'}, split: train, weight: 0.1, "
+    extra = (f"data.extra_train=[{{format: folder, root: {root / 'photos'}, split: train, weight: 0.1, "
              f"crop: true, annotations: {annotations}}}]")
-    args = argparse.Namespace(what="recipe", carry=tmp_path / "carry", fer2013=archive, tcce=None, annotations=None,
-                              config=ROOT / script.RECIPE_CONFIG, set=[extra, "data.image_size=64"], quality=90)
+    args = argparse.Namespace(what="recipe", carry=root / "carry", fer2013=archive, tcce=None, annotations=None,
+                              config=ROOT / script.RECIPE_CONFIG, quality=90,
+                              set=[extra, "model.input_size=64", "data.image_size=64"])
     assert script.prepare(args) == 0
-    record = json.loads((tmp_path / "carry" / "carry.json").read_text())
-    assert record["config"] == script.RECIPE_CONFIG and record["image_size"] == 64
-    assert record["extra_train"] == [{"root": "extra/0", "split": "train", "weight": 0.1, "images": 12}]
-    assert len(list((tmp_path / "carry" / "extra" / "0" / "train").rglob("*.jpg"))) == 12
-    assert all((tmp_path / "carry" / name).is_file() for name in ("fer2013.tar.gz", "mobilenet_v2_half.pth"))
-    outside = tmp_path / "mine.yaml"
-    outside.write_text("_base_: " + str(ROOT / script.RECIPE_CONFIG) + "\n")
-    with pytest.raises(SystemExit, match="not in the repository"):
-        script.prepare(argparse.Namespace(**{**vars(args), "config": outside}))
+    return root / "carry"
+
+
+def test_prepare_recipe_packs_what_run_needs(carry):
+    record = json.loads((carry / "carry.json").read_text())
+    [extra] = record["extra_train"]
+    assert (extra["carried"], extra["split"], extra["weight"], extra["images"]) == ("extra/0", "train", 0.1, 12)
+    assert extra["crop"] is True and extra["root"].endswith("photos")  # where the images came from
+    assert len(list((carry / "extra" / "0" / "train").rglob("*.jpg"))) == 12
+    assert all((carry / name).is_file() for name in ("fer2013.tar.gz", "mobilenet_v2_half.pth", "config.yaml"))
+    assert not carry.with_name("carry.partial").exists()
+
+
+def test_the_run_trains_the_carried_recipe_with_the_gpu_settings_and_the_planned_epochs(script, carry, tmp_path):
+    record = json.loads((carry / "carry.json").read_text())
+    overrides = script.recipe_overrides(tmp_path / "data", carry, record, script.RECIPE_GPU)
+    arguments = script.train_arguments(carry, tmp_path / "run", overrides, epochs=7, seconds=420)
+    assert arguments[:5] == ["train", "--config", str(carry / "config.yaml"), "--output-dir", str(tmp_path / "run")]
+    config = load_config(arguments[2], arguments[5:])
+    plain = load_config(ROOT / script.RECIPE_CONFIG, record["set"])
+    assert config["model"] == plain["model"] and config["model"]["input_size"] == 64
+    assert config["data"]["crop_rule"] == plain["data"]["crop_rule"] and config["data"]["image_size"] == 64
+    assert config["data"]["augment"] == plain["data"]["augment"] and config["train"]["lr"] == 4.0e-3
+    assert config["train"]["epochs"] == 7 and config["train"]["max_minutes"] == 7.0
+    assert config["train"]["batch_size"] == 256 and config["train"]["amp"] == "bf16"
+    # the EMA keeps its horizon in epochs: 4x the batch, a quarter of the steps
+    steps = lambda decay: 1 / (1 - decay)  # noqa: E731
+    assert steps(config["train"]["ema"]) * 256 == pytest.approx(steps(plain["train"]["ema"]) * 64, rel=0.01)
+    [extra] = config["data"]["extra_train"]
+    assert extra["root"] == str(carry / "extra" / "0") and extra["crop"] is False and extra["weight"] == 0.1
+    assert config["data"]["photo_val"] is None and config["data"]["root"] == str(tmp_path / "data" / "fer2013")
+
+
+@pytest.mark.parametrize("given, refused", [
+    (["train.lr=1e-3"], "train.lr"), (["train.epochs=30"], "train.epochs"), (["train={ema: 0.99}"], "train.ema"),
+    (["model.name=msfer_mobilenetv2"], "model.name"), (["model.name=classifier_faceres"], "model.name"),
+    (["data.annotations=regions.jsonl"], "data.annotations"), (["train.bogus=1"], "train.bogus"),
+])
+def test_prepare_refuses_a_recipe_the_run_would_change_or_could_not_train(script, tmp_path, given, refused):
+    archive = tmp_path / "fer2013.tar.gz"
+    archive.write_bytes(b"")
+    args = argparse.Namespace(what="recipe", carry=tmp_path / "carry", fer2013=archive, tcce=None, annotations=None,
+                              config=ROOT / script.RECIPE_CONFIG, set=given, quality=95)
+    with pytest.raises(SystemExit, match=refused.replace(".", r"\.")):
+        script.prepare(args)
+    assert not (tmp_path / "carry").exists() and not (tmp_path / "carry.partial").exists()
 
 
 def test_the_ablation_settings_load_for_every_row(script):

@@ -17,16 +17,21 @@ after unpacking, the speed test, image caching and a reserve for the scoring tha
 
 ``recipe``: a training config (default ``configs/v3.yaml``, the bundled model's: FER2013 train plus TCCE
 train and SFEW train's film faces at their shares, aligned faces, EMA) with the ``--set`` overrides given to
-``prepare``, at batch 256 with bf16 autocast and channels-last (the EMA's decay 0.996: the same ~2-epoch
-horizon as 0.999 at the CPU's batch 64), for as many epochs as fit. FER2013 public_test is the validation
-after each epoch; the photo sets are not carried, since the development suite judges the run back on the
-CPU. ``$OUT`` gets ``trained.pt`` (its ``last.pt``, the one-cycle schedule's end, half precision) as soon as
-training ends; it is judged where the suite's data is, with ``msfer bundle trained.pt configs/benchmarks/dev.yaml
---data-root DATA --out bundle/ --compare v2=v2.pt`` (copied into ``src/msfer/weights/`` only if its verdict
-is better). To fit the carry, each ``data.extra_train`` set travels as its training images (``prepare``
-cuts them as ``msfer train`` would: by the crop rule around their annotated face at the training size, or
-resized whole; JPEG at ``--quality``: the only difference from a CPU run), and the ImageNet MobileNetV2
-weights in half precision (widened again there; an initialisation, so the rounding does not matter).
+``prepare``, merged there and carried as ``config.yaml``, trained at batch 256 with bf16 autocast and
+channels-last (the EMA's decay 0.996: the same ~2-epoch horizon as 0.999 at the CPU's batch 64) for as many
+epochs as fit. ``prepare`` refuses a recipe the carry cannot hold (a main set other than FER2013's images,
+region annotations or a region model, a backbone other than ImageNet MobileNetV2, soft labels) and ``--set``
+keys that the run sets itself (the GPU's settings, the epochs, the carried data). FER2013 public_test is the
+validation after each epoch; the photo sets are not carried, since the development suite judges the run back
+on the CPU. ``$OUT`` gets ``trained.pt`` (its ``last.pt``, the one-cycle schedule's end, half precision; the
+summary's ``complete`` is false if the time budget stopped it earlier) as soon as training ends; it is judged
+where the suite's data is, with ``msfer bundle trained.pt configs/benchmarks/dev.yaml --data-root DATA --out
+bundle/ --compare v3=src/msfer/weights/msfer_fer2013.pt`` (copied into ``src/msfer/weights/`` only if its
+verdict is better). To fit the carry, each ``data.extra_train`` set travels as its training images
+(``prepare`` cuts them as ``msfer train`` would: by the crop rule around their annotated face at the training
+size, or resized whole; JPEG at ``--quality``: the only difference from a CPU run; a 160 px recipe needs a
+lower quality, about 90), and the ImageNet MobileNetV2 weights in half precision (widened again there; an
+initialisation, so the rounding does not matter).
 
 ``ablation``: the rows of ``scripts/ablation_study.py`` (docs/ablation.json) at one equal epoch budget, all
 on the GPU at once, scored as that script scores them on a CPU (FER2013 public_test, the full models
@@ -59,7 +64,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from msfer.engine.config import load_config
+from msfer.engine.config import load_config, save_config
 from msfer.studies import NEEDS_NO_REGIONS, ROWS, score, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,6 +84,9 @@ RECIPE_GPU = {"train.batch_size": "256", "train.lr": "4.0e-3", "train.warmup_epo
 ABLATION_GPU = {"train.batch_size": "256", "train.lr": "4.0e-3", "train.amp": "bf16", "train.channels_last": "true",
                 "data.num_workers": "3"}
 CPU_REHEARSAL = {"train.batch_size": "16", "data.num_workers": "2"}  # --smoke adds data.limit=512
+# What a recipe's run sets itself, so --set may not: the GPU's settings, the epoch plan, the carried data.
+RUN_KEYS = {*RECIPE_GPU, "train.epochs", "train.max_minutes", "data.root", "data.limit", "data.photo_val",
+            "eval.photo_val_every"}
 # (row name, config, seed) of every ablation run, at one equal epoch budget (scripts/ablation_study.py).
 ABLATIONS = [(name, f"configs/ablations/{config}", seed) for name, _, config, seeds in ROWS for seed in seeds]
 
@@ -86,67 +94,103 @@ ABLATIONS = [(name, f"configs/ablations/{config}", seed) for name, _, config, se
 # --- here: pack the carry ---------------------------------------------------------------------------------------
 
 def prepare(args: argparse.Namespace) -> int:
-    """Write the carry folder for ``args.what``; refuse one larger than the device tool carries."""
+    """Write the carry folder for ``args.what``; refuse one larger than the device tool carries. It is built beside
+    ``args.carry`` and moved into place whole, so a failed prepare leaves an earlier carry as it was."""
     carry = args.carry
-    for label, path in (("--fer2013", args.fer2013), ("--tcce", args.tcce), ("--annotations", args.annotations),
-                        ("--config", args.config)):
+    given = [("--fer2013", args.fer2013), ("--tcce", args.tcce), ("--annotations", args.annotations)]
+    for label, path in given + ([("--config", args.config)] if args.what == "recipe" else []):
         if path is not None and not path.exists():
             raise SystemExit(f"{label}: {path} does not exist")
     if args.what == "ablation" and not args.annotations:
         raise SystemExit("prepare ablation needs --annotations (msfer annotate over both FER2013 splits)")
     if carry.exists() and any(carry.iterdir()) and not (carry / "carry.json").is_file():
         raise SystemExit(f"--carry: {carry} holds files that prepare did not write: give an empty or new folder")
-    config = None
-    if args.what == "recipe":  # a config outside the repository, or a bad --set, stops here
-        try:  # only the repository travels with the carry
-            args.config = args.config.resolve().relative_to(ROOT)
-        except ValueError:
-            raise SystemExit(f"--config: {args.config} is not in the repository ({ROOT}), which is what travels") \
-                from None
-        config = recipe_config(args.config, args.set)
+    if not 1 <= args.quality <= 100:
+        raise SystemExit(f"--quality must be 1 to 100, got {args.quality}")
+    config = recipe_config(args.config, args.set) if args.what == "recipe" else None  # a bad recipe stops here
+    building = carry.with_name(carry.name + ".partial")
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir(parents=True)
+    try:
+        pack(args, config, building)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
     shutil.rmtree(carry, ignore_errors=True)
-    carry.mkdir(parents=True)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    record = {"what": args.what, "commit": commit}
-    shutil.copy(args.fer2013, carry / "fer2013.tar.gz")
-    if args.what == "ablation":
-        with open(args.annotations, "rb") as src, gzip.open(carry / "fer2013.jsonl.gz", "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        record["tcce_val"] = bool(args.tcce)
-        if args.tcce:  # the ablation's second validation
-            shutil.copytree(args.tcce / "val", carry / "tcce" / "val")
-    else:
-        record.update(config=str(args.config), set=list(args.set), crop_rule=config["data"]["crop_rule"],
-                      image_size=training_size(config), extra_train=[])
-        for i, entry in enumerate(config["data"]["extra_train"]):
-            images = extra_train_images(entry, config, carry / "extra" / str(i), args.quality)
-            print(f"data.extra_train[{i}] ({entry['root']}, {entry['split']}): {images} images")
-            record["extra_train"].append({"root": f"extra/{i}", "split": entry["split"], "weight": entry["weight"],
-                                          "images": images})
-    save_half_weights(carry / "mobilenet_v2_half.pth")
-    (carry / "carry.json").write_text(json.dumps(record, indent=1))
-    total = sum(f.stat().st_size for f in carry.rglob("*") if f.is_file())
-    # What travels besides the carry: tracked files and untracked ones git does not ignore.
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, check=True).stdout.decode().split("\0")
-    repo = sum((ROOT / name).stat().st_size for name in set(listed) if name and (ROOT / name).is_file())
-    print(f"{carry}: {total / 2**20:.1f} MiB, with the repository {(total + repo) / 2**20:.1f} MiB "
-          f"(the device tool carries {CARRY_BUDGET / 2**20:.0f})")
-    if total + repo > CARRY_BUDGET:
-        raise SystemExit("too large to carry: lower --quality, or carry fewer or smaller training images")
+    building.rename(carry)
     return 0
 
 
+def pack(args: argparse.Namespace, config: dict | None, building: Path) -> None:
+    """Write what ``prepare`` carries into ``building``; SystemExit if it would not travel."""
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    record = {"what": args.what, "commit": commit}
+    shutil.copy(args.fer2013, building / "fer2013.tar.gz")
+    if args.what == "ablation":
+        with open(args.annotations, "rb") as src, gzip.open(building / "fer2013.jsonl.gz", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        record["tcce_val"] = bool(args.tcce)
+        if args.tcce:  # the ablation's second validation
+            shutil.copytree(args.tcce / "val", building / "tcce" / "val")
+    else:
+        record.update(config=str(args.config), set=list(args.set), extra_train=[])
+        for i, entry in enumerate(config["data"]["extra_train"]):
+            images = extra_train_images(entry, config, building / "extra" / str(i), args.quality)
+            if not images:
+                raise SystemExit(f"data.extra_train[{i}] ({entry['root']}): no training images in split "
+                                 f"{entry['split']!r}")
+            print(f"data.extra_train[{i}] ({entry['root']}, {entry['split']}): {images} images")
+            record["extra_train"].append({**entry, "carried": f"extra/{i}", "images": images})
+        # the recipe travels merged, as msfer train saves a run's config.yaml: nothing else of it need travel
+        save_config(config, building)
+    save_half_weights(building / "mobilenet_v2_half.pth")
+    (building / "carry.json").write_text(json.dumps(record, indent=1))
+    total = sum(f.stat().st_size for f in building.rglob("*") if f.is_file())
+    # What travels besides the carry: tracked files and untracked ones git does not ignore.
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    carried = (building.resolve(), args.carry.resolve())  # counted once, as the carry, if git does not ignore them
+    files = [(ROOT / name).resolve() for name in set(listed) if name]
+    repo = sum(f.stat().st_size for f in files if f.is_file() and not any(c in f.parents for c in carried))
+    print(f"{args.carry}: {total / 2**20:.1f} MiB, with the repository {(total + repo) / 2**20:.1f} MiB "
+          f"(the device tool carries {CARRY_BUDGET / 2**20:.0f})")
+    if total + repo > CARRY_BUDGET:
+        raise SystemExit("too large to carry: lower --quality, or carry fewer or smaller training images")
+
+
 def recipe_config(path: Path, overrides: list[str]) -> dict:
-    """The recipe's config as ``msfer train`` would load it with ``overrides``; SystemExit for one whose training
-    sets cannot travel as images (soft labels, reader options)."""
-    config = load_config(path if path.is_absolute() else ROOT / path, overrides)
-    if config["data"]["format"] != "fer2013":
-        raise SystemExit(f"{path}: the carry holds FER2013 as the main training set, not {config['data']['format']}")
-    for i, entry in enumerate(config["data"]["extra_train"]):
-        if entry["reader_options"]:
-            raise SystemExit(f"{path}: data.extra_train[{i}] has reader_options {entry['reader_options']}: only "
-                             "hard-labelled images travel in the carry")
+    """The recipe's config as ``msfer train`` would load it with ``overrides``. SystemExit for what the carry
+    cannot hold or the run sets itself: a main set other than FER2013's images, region annotations or a
+    region model, a backbone other than ImageNet MobileNetV2 (the weights carried), soft labels, reader options,
+    and ``--set`` keys of the GPU settings, the epoch plan or the carried data."""
+    from msfer.errors import MsferError
+    from msfer.model.registry import resolve_config
+
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        taken = [k for k in RUN_KEYS if k == key or k.startswith(key + ".")]
+        if taken:
+            raise SystemExit(f"--set {item!r}: the run sets {', '.join(taken)} itself (the GPU's settings, the "
+                             "epochs that fit, the carried data)")
+    try:
+        config = load_config(path, overrides)
+        model = resolve_config(config["model"])
+    except MsferError as error:
+        raise SystemExit(f"{path}: {error}") from None
+    data = config["data"]
+    refusals = {
+        "data.format": data["format"] != "fer2013", "data.reader_options": bool(data["reader_options"]),
+        "data.crop": bool(data["crop"]), "data.annotations": bool(data["annotations"]),
+        "data.soft_label_file": bool(data.get("soft_label_file")),
+        "model.name": model["type"] != "classifier" or model["backbone"] != "mobilenet_v2" or not model["pretrained"],
+    }
+    refusals.update({f"data.extra_train[{i}].reader_options": bool(e["reader_options"])
+                     for i, e in enumerate(data["extra_train"])})
+    for key, refused in refusals.items():
+        if refused:
+            raise SystemExit(f"{path}: {key} is not what the carry holds (FER2013's images as they are, each "
+                             "extra set's hard-labelled training images, ImageNet MobileNetV2's weights for a plain "
+                             "classifier)")
     return config
 
 
@@ -240,7 +284,7 @@ def setup(carry: Path, work: Path) -> Path:
     return data
 
 
-def images_per_second(config_path: str, overrides: dict[str, str], steps: int = 12) -> float:
+def images_per_second(config_path: str | Path, overrides: dict[str, str], steps: int = 12) -> float:
     """Training speed of one config on the GPU, on random batches (its images are cached and augmented there)."""
     import torch
 
@@ -248,7 +292,7 @@ def images_per_second(config_path: str, overrides: dict[str, str], steps: int = 
 
     cuda = torch.cuda.is_available()  # the CPU path only rehearses the script (--smoke)
     device = torch.device("cuda" if cuda else "cpu")
-    config = load_config(ROOT / config_path, [f"{k}={v}" for k, v in overrides.items()])
+    config = load_config(ROOT / config_path, [f"{k}={v}" for k, v in overrides.items()])  # absolute stays
     model = build_model(config["model"]).to(device).train().to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     batch, size = config["train"]["batch_size"] if cuda else 8, model.input_size
@@ -304,13 +348,19 @@ def training_seconds(deadline: float, reserve: float = SCORE_SECONDS) -> float:
 
 
 def recipe_overrides(data: Path, carry: Path, record: dict, device: dict[str, str]) -> dict[str, str]:
-    """The recipe's overrides for a run from the unpacked carry (``record``: its carry.json), with the
-    ``device``'s own: the ``--set`` given to prepare, then the carried data, then the device's."""
-    given = dict(item.split("=", 1) for item in record["set"])
-    extras = [{"format": "folder", "root": str(carry / e["root"]), "split": e["split"], "weight": e["weight"],
+    """Overrides of the carried recipe (``carry/config.yaml``) for a run from the unpacked carry (``record``: its
+    carry.json): the ``device``'s settings and the carried data, keys that ``--set`` may not give."""
+    extras = [{"format": "folder", "root": str(carry / e["carried"]), "split": e["split"], "weight": e["weight"],
                "crop": False} for e in record["extra_train"]]  # cut by prepare: no annotations needed
-    return {**given, **device, "data.root": str(data / "fer2013"), "data.extra_train": json.dumps(extras),
+    return {**device, "data.root": str(data / "fer2013"), "data.extra_train": json.dumps(extras),
             "data.photo_val": "null", "eval.photo_val_every": "null"}
+
+
+def train_arguments(carry: Path, run: Path, overrides: dict[str, str], epochs: int, seconds: float) -> list[str]:
+    """``msfer train``'s arguments for the carried recipe: its config, the ``overrides``, then the plan."""
+    return ["train", "--config", str(carry / "config.yaml"), "--output-dir", str(run),
+            *[f"{k}={v}" for k, v in overrides.items()], f"train.epochs={epochs}",
+            f"train.max_minutes={seconds / 60:.2f}"]
 
 
 def run_recipe(args: argparse.Namespace, data: Path, runs: Path, deadline: float, summary: dict) -> None:
@@ -319,27 +369,27 @@ def run_recipe(args: argparse.Namespace, data: Path, runs: Path, deadline: float
     carry, record = args.carry, summary["carry"]
     gpu = RECIPE_GPU if torch.cuda.is_available() else CPU_REHEARSAL
     overrides = recipe_overrides(data, carry, record, {**gpu, **({"data.limit": "512"} if args.smoke else {})})
-    summary["rate"] = rate = images_per_second(record["config"], overrides)
+    summary["rate"] = rate = images_per_second(carry / "config.yaml", overrides)
     seconds = training_seconds(deadline, EXPORT_SECONDS)
     images = TRAIN_IMAGES + sum(e["images"] for e in record["extra_train"])
     summary["epochs_planned"] = epochs = 1 if args.smoke else plan_recipe(rate, seconds, args.max_epochs, images)
     print(f"{record['config']}: {rate:.0f} training images/s; {epochs} epochs in {seconds / 60:.1f} minutes",
           flush=True)
     run = runs / "recipe"
-    wait_all([("recipe", msfer("train", "--config", str(config_path(record["config"])), "--output-dir", str(run),
-                               f"train.epochs={epochs}", f"train.max_minutes={seconds / 60:.2f}",
-                               *[f"{k}={v}" for k, v in overrides.items()], log=runs / "recipe.log"))])
-    summary["epochs_trained"] = len((run / "metrics.csv").read_text().splitlines()) - 1
+    wait_all([("recipe", msfer(*train_arguments(carry, run, overrides, epochs, seconds), log=runs / "recipe.log"))])
+    summary["epochs_trained"] = trained = len((run / "metrics.csv").read_text().splitlines()) - 1
+    # a run the time budget stopped is mid-schedule (one-cycle is planned for every epoch): said, not hidden
+    summary["complete"] = trained == epochs
+    if trained < epochs:
+        print(f"warning: the time budget stopped training after {trained} of {epochs} epochs: trained.pt is "
+              "mid-schedule", flush=True)
     from msfer.model.checkpoint import export_weights
 
     # the suite judges the schedule's end, as on the CPU (configs/v3.yaml), not the epoch FER2013 alone would pick
     export_weights(run / "last.pt", args.out / "trained.pt", half=True)
     summary["bundle"] = ("msfer bundle trained.pt configs/benchmarks/dev.yaml --data-root DATA --out bundle/ "
-                         "(on the CPU, with the development suite's data)")
-
-
-def config_path(path: str) -> Path:
-    return Path(path) if Path(path).is_absolute() else ROOT / path
+                         "--compare v3=src/msfer/weights/msfer_fer2013.pt (on the CPU, with the development "
+                         "suite's data)")
 
 
 def run_ablation(args: argparse.Namespace, data: Path, runs: Path, deadline: float, summary: dict) -> None:
@@ -384,11 +434,6 @@ def run(args: argparse.Namespace) -> int:
     made = json.loads((args.carry / "carry.json").read_text()) if (args.carry / "carry.json").is_file() else {}
     if made.get("what") != args.what:
         raise SystemExit(f"--carry: {args.carry} was not made by 'prepare {args.what}' (its carry.json: {made})")
-    if args.what == "recipe":
-        config = recipe_config(config_path(made["config"]), made["set"])
-        if (made["crop_rule"], made["image_size"]) != (config["data"]["crop_rule"], training_size(config)):
-            raise SystemExit(f"--carry: its training images were cut by {made['crop_rule']} at {made['image_size']} "
-                             f"px, but {made['config']} now trains on another: run 'prepare recipe' again")
     runs = args.work / "runs"
     shutil.rmtree(runs, ignore_errors=True)
     runs.mkdir(parents=True)
@@ -415,9 +460,9 @@ def main() -> int:
     pack = steps.add_parser("prepare", help="here: write the carry folder")
     pack.add_argument("what", choices=("recipe", "ablation"))
     pack.add_argument("--fer2013", type=Path, required=True, help="fer2013.tar.gz (../shared/data)")
-    pack.add_argument("--config", type=Path, default=Path(RECIPE_CONFIG),
+    pack.add_argument("--config", type=Path, default=ROOT / RECIPE_CONFIG,
                       help=f"recipe: the training config (default {RECIPE_CONFIG}); its data.extra_train sets are "
-                           "read from where msfer train would read them")
+                           "read from where msfer train would read them, relative to this folder")
     pack.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                       help="recipe: config overrides, as msfer train takes them (e.g. model.input_size=160 "
                            "data.image_size=160)")
