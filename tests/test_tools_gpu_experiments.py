@@ -130,8 +130,10 @@ def test_the_run_trains_the_carried_recipe_with_the_gpu_settings_and_the_planned
 
 @pytest.mark.parametrize("given, refused", [
     (["train.lr=1e-3"], "train.lr"), (["train.epochs=30"], "train.epochs"), (["train={ema: 0.99}"], "train.ema"),
-    (["model.name=msfer_mobilenetv2"], "model.name"), (["model.name=classifier_faceres"], "model.name"),
-    (["data.annotations=regions.jsonl"], "data.annotations"), (["train.bogus=1"], "train.bogus"),
+    (["train.device=cpu"], "train.device"), (["model.name=msfer_mobilenetv2"], "model.name"),
+    (["model.name=classifier_faceres"], "model.name"), (["data.annotations=regions.jsonl"], "data.annotations"),
+    (["train.bogus=1"], "train.bogus"), (["model.input_sise=160"], "input_sise"),
+    (["train.weight_decay=0.1", "train=1"], "train"),
 ])
 def test_prepare_refuses_a_recipe_the_run_would_change_or_could_not_train(script, tmp_path, given, refused):
     archive = tmp_path / "fer2013.tar.gz"
@@ -172,3 +174,34 @@ def test_prepare_refuses_a_folder_it_did_not_write(script, tmp_path):
     with pytest.raises(SystemExit, match="prepare did not write"):
         script.prepare(args)
     assert (carry / "keep.txt").read_text() == "someone's file"
+
+
+def test_a_whole_section_override_is_refused_only_for_the_keys_the_run_sets(script):
+    config = script.recipe_config(ROOT / script.RECIPE_CONFIG, ["train={seed: 1}", "data={augment: {erase: 0.5}}"])
+    assert config["train"]["seed"] == 1 and config["data"]["augment"]["erase"] == 0.5
+    assert config["train"]["lr"] == 2.0e-3  # the section is merged, as msfer train merges it
+
+
+def test_a_failed_prepare_leaves_the_earlier_carry_as_it_was(script, carry, tmp_path):
+    before = {f.relative_to(carry): f.read_bytes() for f in carry.rglob("*") if f.is_file()}
+    record = json.loads((carry / "carry.json").read_text())
+    empty = (f"data.extra_train=[{{format: folder, root: {record['extra_train'][0]['root']}, split: val, "
+             "weight: 0.1, crop: false}]")  # the photos have no val split
+    args = argparse.Namespace(what="recipe", carry=carry, fer2013=carry / "fer2013.tar.gz", tcce=None,
+                              annotations=None, config=ROOT / script.RECIPE_CONFIG, quality=90, set=[empty])
+    with pytest.raises(SystemExit, match="no training images"):
+        script.prepare(args)
+    assert {f.relative_to(carry): f.read_bytes() for f in carry.rglob("*") if f.is_file()} == before
+    assert not carry.with_name("carry.partial").exists() and not carry.with_name("carry.earlier").exists()
+    with pytest.raises(SystemExit, match="--quality"):
+        script.prepare(argparse.Namespace(**{**vars(args), "set": [], "quality": 0}))
+
+
+def test_run_refuses_a_carry_an_older_prepare_wrote(script, tmp_path):
+    carry = tmp_path / "carry"
+    carry.mkdir()
+    (carry / "carry.json").write_text(json.dumps({"what": "recipe", "extra_train": []}))
+    args = argparse.Namespace(what="recipe", carry=carry, out=tmp_path / "out", work=tmp_path / "work", minutes=1.0,
+                              max_epochs=3, smoke=True)
+    with pytest.raises(SystemExit, match="prepare recipe' again"):
+        script.run(args)

@@ -20,7 +20,8 @@ train and SFEW train's film faces at their shares, aligned faces, EMA) with the 
 ``prepare``, merged there and carried as ``config.yaml``, trained at batch 256 with bf16 autocast and
 channels-last (the EMA's decay 0.996: the same ~2-epoch horizon as 0.999 at the CPU's batch 64) for as many
 epochs as fit. ``prepare`` refuses a recipe the carry cannot hold (a main set other than FER2013's images,
-region annotations or a region model, a backbone other than ImageNet MobileNetV2, soft labels) and ``--set``
+region annotations or a region model, a backbone other than ImageNet MobileNetV2, soft labels, a batch,
+learning rate, warm-up or EMA other than the CPU recipe's that the GPU's settings are scaled from) and ``--set``
 keys that the run sets itself (the GPU's settings, the epochs, the carried data). FER2013 public_test is the
 validation after each epoch; the photo sets are not carried, since the development suite judges the run back
 on the CPU. ``$OUT`` gets ``trained.pt`` (its ``last.pt``, the one-cycle schedule's end, half precision; the
@@ -85,8 +86,10 @@ ABLATION_GPU = {"train.batch_size": "256", "train.lr": "4.0e-3", "train.amp": "b
                 "data.num_workers": "3"}
 CPU_REHEARSAL = {"train.batch_size": "16", "data.num_workers": "2"}  # --smoke adds data.limit=512
 # What a recipe's run sets itself, so --set may not: the GPU's settings, the epoch plan, the carried data.
-RUN_KEYS = {*RECIPE_GPU, "train.epochs", "train.max_minutes", "data.root", "data.limit", "data.photo_val",
-            "eval.photo_val_every"}
+RUN_KEYS = {*RECIPE_GPU, "train.epochs", "train.max_minutes", "train.device", "data.root", "data.limit",
+            "data.photo_val", "eval.photo_val_every"}
+# The CPU recipe's values RECIPE_GPU is scaled from: a recipe with others would not get what it asks for.
+RECIPE_CPU = {"train.batch_size": 64, "train.lr": 2.0e-3, "train.warmup_epochs": 0.5, "train.ema": 0.999}
 # (row name, config, seed) of every ablation run, at one equal epoch budget (scripts/ablation_study.py).
 ABLATIONS = [(name, f"configs/ablations/{config}", seed) for name, _, config, seeds in ROWS for seed in seeds]
 
@@ -108,7 +111,8 @@ def prepare(args: argparse.Namespace) -> int:
     if not 1 <= args.quality <= 100:
         raise SystemExit(f"--quality must be 1 to 100, got {args.quality}")
     config = recipe_config(args.config, args.set) if args.what == "recipe" else None  # a bad recipe stops here
-    building = carry.with_name(carry.name + ".partial")
+    carry = carry.resolve()
+    building, earlier = (carry.with_name(carry.name + suffix) for suffix in (".partial", ".earlier"))
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir(parents=True)
     try:
@@ -116,8 +120,11 @@ def prepare(args: argparse.Namespace) -> int:
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise
-    shutil.rmtree(carry, ignore_errors=True)
+    if carry.exists():  # set aside, then replaced: never a half-deleted carry
+        shutil.rmtree(earlier, ignore_errors=True)
+        carry.rename(earlier)
     building.rename(carry)
+    shutil.rmtree(earlier, ignore_errors=True)
     return 0
 
 
@@ -158,31 +165,50 @@ def pack(args: argparse.Namespace, config: dict | None, building: Path) -> None:
         raise SystemExit("too large to carry: lower --quality, or carry fewer or smaller training images")
 
 
+def leaf_keys(tree: dict, prefix: str = "") -> list[str]:
+    """``{"train": {"lr": 1, "ema": 2}}`` -> ``["train.lr", "train.ema"]``."""
+    keys = []
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        keys += leaf_keys(value, name + ".") if isinstance(value, dict) and value else [name]
+    return keys
+
+
 def recipe_config(path: Path, overrides: list[str]) -> dict:
     """The recipe's config as ``msfer train`` would load it with ``overrides``. SystemExit for what the carry
     cannot hold or the run sets itself: a main set other than FER2013's images, region annotations or a
     region model, a backbone other than ImageNet MobileNetV2 (the weights carried), soft labels, reader options,
     and ``--set`` keys of the GPU settings, the epoch plan or the carried data."""
+    from msfer.engine.config import get, parse_override
     from msfer.errors import MsferError
-    from msfer.model.registry import resolve_config
+    from msfer.model.registry import build_model, resolve_config
 
     for item in overrides:
-        key = item.partition("=")[0].strip()
-        taken = [k for k in RUN_KEYS if k == key or k.startswith(key + ".")]
+        try:
+            keys = leaf_keys(parse_override(item))
+        except MsferError as error:
+            raise SystemExit(f"--set {item!r}: {error}") from None
+        taken = sorted(k for k in RUN_KEYS for key in keys if k == key or k.startswith(key + "."))
         if taken:
             raise SystemExit(f"--set {item!r}: the run sets {', '.join(taken)} itself (the GPU's settings, the "
                              "epochs that fit, the carried data)")
     try:
         config = load_config(path, overrides)
         model = resolve_config(config["model"])
+        build_model({**config["model"], "pretrained": False})  # its checks, here rather than on the GPU machine
     except MsferError as error:
         raise SystemExit(f"{path}: {error}") from None
+    for key, value in RECIPE_CPU.items():
+        if get(config, key) != value:
+            raise SystemExit(f"{path}: {key} is {get(config, key)}, but the GPU's settings ({', '.join(RECIPE_GPU)}) "
+                             f"are scaled from the CPU recipe's {key}={value}")
     data = config["data"]
     refusals = {
         "data.format": data["format"] != "fer2013", "data.reader_options": bool(data["reader_options"]),
         "data.crop": bool(data["crop"]), "data.annotations": bool(data["annotations"]),
         "data.soft_label_file": bool(data.get("soft_label_file")),
-        "model.name": model["type"] != "classifier" or model["backbone"] != "mobilenet_v2" or not model["pretrained"],
+        "model.name": (model.get("type") != "classifier" or model.get("backbone") != "mobilenet_v2"
+                       or model.get("pretrained") is not True),
     }
     refusals.update({f"data.extra_train[{i}].reader_options": bool(e["reader_options"])
                      for i, e in enumerate(data["extra_train"])})
@@ -434,6 +460,9 @@ def run(args: argparse.Namespace) -> int:
     made = json.loads((args.carry / "carry.json").read_text()) if (args.carry / "carry.json").is_file() else {}
     if made.get("what") != args.what:
         raise SystemExit(f"--carry: {args.carry} was not made by 'prepare {args.what}' (its carry.json: {made})")
+    if args.what == "recipe" and not (args.carry / "config.yaml").is_file():
+        raise SystemExit(f"--carry: {args.carry} holds no config.yaml (an older prepare wrote it): run 'prepare "
+                         "recipe' again")
     runs = args.work / "runs"
     shutil.rmtree(runs, ignore_errors=True)
     runs.mkdir(parents=True)
