@@ -19,6 +19,7 @@ from msfer.inference.benchmark import (
     bootstrap_indices,
     format_markdown,
     load_suite,
+    plot_benchmark,
     run_benchmark,
 )
 from msfer.inference.recognizer import EmotionRecognizer
@@ -214,6 +215,7 @@ def test_the_command_scores_two_rules_and_writes_its_files_once(suite_file, rand
     assert names == ["mine own argmax", "mine own balanced", "mine similarity argmax", "mine similarity balanced"]
     assert "| crops_a | crops | mine own balanced | 6 |" in printed
     assert (out / "benchmark.md").read_text() == format_markdown(report) == printed  # "wrote ...": on stderr
+    assert Image.open(out / "benchmark.png").format == "PNG"
     # enough to trace every row later: the version, the options, and the exact weights file
     import hashlib
 
@@ -228,6 +230,19 @@ def test_the_command_scores_two_rules_and_writes_its_files_once(suite_file, rand
     assert np.array_equal(stored["crops_a/probs/mine own"], stored["crops_a/probs/mine similarity"])
     assert main(args) == 2 and "add --overwrite" in capsys.readouterr().err
     assert main([*args, "--overwrite"]) == 0
+
+
+def test_the_forest_plot_draws_a_benchmark_json_read_back_and_refuses_an_empty_one(result, tmp_path):
+    report = json.loads(json.dumps({k: v for k, v in result.items() if k != "predictions"}))  # as benchmark.json
+    plot_benchmark(report, tmp_path / "plot.png")
+    image = Image.open(tmp_path / "plot.png")
+    assert image.format == "PNG" and image.width > image.height  # a panel per set and the score, side by side
+    scoreless = {**report, "scores": []}  # a suite whose sets are all outside the score
+    plot_benchmark(scoreless, tmp_path / "scoreless.png")
+    assert Image.open(tmp_path / "scoreless.png").width < image.width  # one panel fewer
+    with pytest.raises(MsferError, match="no row"):
+        plot_benchmark({**report, "rows": []}, tmp_path / "empty.png")
+    assert not (tmp_path / "empty.png").exists()
 
 
 def test_a_rule_the_model_lacks_is_refused_before_scoring(suite_file, random_weights, capsys):
@@ -276,7 +291,8 @@ def test_an_unwritable_run_leaves_the_earlier_outputs_as_they_were(suite_file, r
     out = tmp_path / "bench"
     args = ["benchmark", str(suite_file), "--weights", str(random_weights), "--out", str(out)]
     assert main(args) == 0
-    before = {name: (out / name).read_bytes() for name in ("benchmark.json", "benchmark.md", "predictions.npz")}
+    before = {name: (out / name).read_bytes()
+              for name in ("benchmark.json", "benchmark.md", "benchmark.png", "predictions.npz")}
 
     def full_disk(result, path):
         raise OSError(28, "No space left on device")

@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "dev.yaml is msfer's development suite): per set and model, overall and mean class "
                           "accuracy with 95% bootstrap intervals, faces missed, ECE and NLL, and the suite's score, "
                           "the mean over its domains. Prints a Markdown table; --out also writes benchmark.json, "
-                          "benchmark.md and predictions.npz.")
+                          "benchmark.md, benchmark.png (a forest plot of the accuracies and their intervals) and "
+                          "predictions.npz.")
     parser.epilog = ("A suite file: 'name: NAME', optional 'description: TEXT', and 'sets:', a list of sets, each "
                      "with name (letters, digits, _ . + -), domain (sets of one domain are averaged, then "
                      "domains; null: outside the score), format (a dataset reader: fer2013, ferplus, folder, ...), "
@@ -49,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="folder for benchmark.json, benchmark.md and predictions.npz")
+                        help="folder for benchmark.json, benchmark.md, benchmark.png and predictions.npz")
     parser.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in --out")
     add_model_arguments(parser, weights=False)
 
@@ -98,7 +99,14 @@ def provenance(args: argparse.Namespace, files: dict[str, str]) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from ..faces.retinaface import RetinaFaceDetector
-    from ..inference.benchmark import ModelVariant, format_markdown, load_suite, run_benchmark, save_predictions
+    from ..inference.benchmark import (
+        ModelVariant,
+        format_markdown,
+        load_suite,
+        plot_benchmark,
+        run_benchmark,
+        save_predictions,
+    )
     from ..inference.recognizer import EmotionRecognizer
     from .options import check_at_least_one, model_name, model_options, named_weights
 
@@ -113,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     for rule in rules:  # a bad rule stops before anything loads
         if rule is not None:
             crop_rule_of(rule, 1.0)
-    outputs = ("benchmark.json", "benchmark.md", "predictions.npz")
+    outputs = ("benchmark.json", "benchmark.md", "benchmark.png", "predictions.npz")
     if args.out is not None:
         refuse_file_as_folder(args.out, "--out")
         existing = [name for name in outputs if (args.out / name).exists()]
@@ -149,12 +157,13 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         report = {k: v for k, v in result.items() if k != "predictions"}
         report["provenance"] = sources
-        # nested: each is renamed into place only once all three are written, so a failure leaves the earlier
+        # nested: each is renamed into place only once all four are written, so a failure leaves the earlier
         # run's files as they were, never a mix of two runs
         with (atomic_output(args.out / "predictions.npz") as npz, atomic_output(args.out / "benchmark.md") as md,
-              atomic_output(args.out / "benchmark.json") as js):
+              atomic_output(args.out / "benchmark.png") as png, atomic_output(args.out / "benchmark.json") as js):
             save_predictions(result, npz)
             md.write_text(table, encoding="utf-8")
+            plot_benchmark(report, png)
             js.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
         print("wrote " + ", ".join(printable(args.out / name) for name in outputs), file=sys.stderr)
     return 0

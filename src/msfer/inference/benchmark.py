@@ -51,6 +51,7 @@ from ..engine.calibration import ECE_BINS, with_photo_temperature
 from ..engine.decision import decisions as decide_rows
 from ..engine.photos import classify_found, face_crops, face_yaws, largest_faces
 from ..errors import MsferError
+from ..files import atomic_output
 from ..labels import EMOTIONS
 from ..outputs import printable
 from ..values import parse_yaml, yaml_problem
@@ -507,6 +508,52 @@ def format_markdown(result: dict) -> str:
                                                                  *(100 * v for v in score[f"difference_{kind}_ci"])))
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def plot_benchmark(result: dict, path: str | Path) -> None:
+    """A forest plot of a benchmark: a panel per set and one for the suite's score, each model's overall accuracy
+    (%) as a dot with its 95% bootstrap interval as a bar, the first model's figure as a dashed line to read the
+    others against. Takes :func:`run_benchmark`'s result or a ``benchmark.json`` read back; writes a PNG.
+
+    Raises :class:`MsferError` when the result has no row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    if not rows:
+        raise MsferError("the benchmark has no row to draw")
+    models = list(dict.fromkeys(row["model"] for row in rows))
+    panels = [(f"{name}\n({domain or 'outside the score'}, n={n})",
+               {row["model"]: (row["overall_accuracy"], row["overall_accuracy_ci"]) for row in rows
+                if row["set"] == name})
+              for name, domain, n in dict.fromkeys((row["set"], row["domain"], row["n"]) for row in rows)]
+    if result.get("scores"):
+        panels.append(("suite score\n(mean over domains)",
+                       {s["model"]: (s["score_overall"], s["score_overall_ci"]) for s in result["scores"]}))
+    figure, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels) + 1.6, 0.45 * len(models) + 1.6),
+                                sharey=True, squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for panel, (title, figures) in zip(axes[0], panels):
+        for k, model in enumerate(models):
+            if model not in figures:
+                continue
+            value, (low, high) = figures[model]
+            panel.errorbar(100 * value, k, xerr=[[100 * (value - low)], [100 * (high - value)]], fmt="o",
+                           color=colours[k % len(colours)], capsize=3)
+        if models[0] in figures:
+            panel.axvline(100 * figures[models[0]][0], color="grey", linestyle="--", linewidth=0.8)
+        panel.set_title(title, fontsize=9)
+        panel.set_xlabel("overall accuracy (%)", fontsize=8)
+        panel.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(range(len(models)), models)
+    axes[0][0].invert_yaxis()
+    figure.suptitle(f"suite {result['suite']['name']}: overall accuracy with 95% bootstrap intervals", fontsize=10)
+    figure.tight_layout()
+    with atomic_output(Path(path)) as temporary:
+        figure.savefig(temporary, dpi=110, format="png")
+    plt.close(figure)
 
 
 def save_predictions(result: dict, path: Path) -> None:
