@@ -243,6 +243,13 @@ def test_the_forest_plot_draws_a_benchmark_json_read_back_and_refuses_an_empty_o
     with pytest.raises(MsferError, match="no row"):
         plot_benchmark({**report, "rows": []}, tmp_path / "empty.png")
     assert not (tmp_path / "empty.png").exists()
+    # a figure without a value (a hand-edited file) is left out, not an error; the caller's backend is kept
+    import matplotlib
+
+    backend = matplotlib.get_backend()
+    holes = [{**row, "overall_accuracy": None} if k == 0 else row for k, row in enumerate(report["rows"])]
+    plot_benchmark({**report, "rows": holes}, tmp_path / "holes.png")
+    assert Image.open(tmp_path / "holes.png").format == "PNG" and matplotlib.get_backend() == backend
 
 
 def test_a_rule_the_model_lacks_is_refused_before_scoring(suite_file, random_weights, capsys):
@@ -299,9 +306,19 @@ def test_an_unwritable_run_leaves_the_earlier_outputs_as_they_were(suite_file, r
 
     monkeypatch.setattr(benchmark, "save_predictions", full_disk)
     assert main([*args, "--overwrite", "--seed", "5"]) == 2
-    assert "No space left on device" in capsys.readouterr().err
+    assert f"cannot write {out / 'predictions.npz'}: No space left on device" in capsys.readouterr().err
     assert {name: (out / name).read_bytes() for name in before} == before  # never a mix of two runs
     assert sorted(p.name for p in out.iterdir()) == sorted(before)  # no temporary file left
+    monkeypatch.undo()
+
+    def unwritable_figure(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("matplotlib.figure.Figure.savefig", unwritable_figure)
+    assert main([*args, "--overwrite", "--seed", "5"]) == 2
+    assert f"cannot write {out / 'benchmark.png'}" in capsys.readouterr().err  # the file the user asked for
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in out.iterdir()) == sorted(before)
     assert main([*args, "--overwrite", "--seed", "-1"]) == 2 and "--seed must be 0 or more" in capsys.readouterr().err
 
 

@@ -5,13 +5,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import sys
 from pathlib import Path
 
 from ..errors import MsferError
-from ..files import atomic_output, refuse_file_as_folder
+from ..files import atomic_output, refuse_file_as_folder, writing
 from ..outputs import printable
 
 OWN = "own"  # --crop-rule / --decision: the model's own
@@ -101,9 +102,9 @@ def run(args: argparse.Namespace) -> int:
     from ..faces.retinaface import RetinaFaceDetector
     from ..inference.benchmark import (
         ModelVariant,
+        benchmark_figure,
         format_markdown,
         load_suite,
-        plot_benchmark,
         run_benchmark,
         save_predictions,
     )
@@ -121,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     for rule in rules:  # a bad rule stops before anything loads
         if rule is not None:
             crop_rule_of(rule, 1.0)
-    outputs = ("benchmark.json", "benchmark.md", "benchmark.png", "predictions.npz")
+    outputs = ("benchmark.json", "benchmark.md", "benchmark.png", "predictions.npz")  # the files of --out
     if args.out is not None:
         refuse_file_as_folder(args.out, "--out")
         existing = [name for name in outputs if (args.out / name).exists()]
@@ -157,13 +158,17 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         report = {k: v for k, v in result.items() if k != "predictions"}
         report["provenance"] = sources
-        # nested: each is renamed into place only once all four are written, so a failure leaves the earlier
-        # run's files as they were, never a mix of two runs
-        with (atomic_output(args.out / "predictions.npz") as npz, atomic_output(args.out / "benchmark.md") as md,
-              atomic_output(args.out / "benchmark.png") as png, atomic_output(args.out / "benchmark.json") as js):
-            save_predictions(result, npz)
-            md.write_text(table, encoding="utf-8")
-            plot_benchmark(report, png)
-            js.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        writers = {"predictions.npz": lambda path: save_predictions(result, path),
+                   "benchmark.md": lambda path: path.write_text(table, encoding="utf-8"),
+                   "benchmark.png": lambda path: benchmark_figure(report).savefig(path, dpi=110, format="png"),
+                   "benchmark.json": lambda path: path.write_text(json.dumps(report, indent=1) + "\n",
+                                                                  encoding="utf-8")}
+        # each written to a temporary file, all renamed into place only once all four are written: a failure
+        # leaves the earlier run's files as they were, never a mix of two runs
+        with contextlib.ExitStack() as stack:
+            temporaries = {name: stack.enter_context(atomic_output(args.out / name)) for name in writers}
+            for name, write in writers.items():
+                with writing(args.out / name):  # an error names the file being written, not a temporary one
+                    write(temporaries[name])
         print("wrote " + ", ".join(printable(args.out / name) for name in outputs), file=sys.stderr)
     return 0

@@ -510,50 +510,60 @@ def format_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_benchmark(result: dict, path: str | Path) -> None:
-    """A forest plot of a benchmark: a panel per set and one for the suite's score, each model's overall accuracy
-    (%) as a dot with its 95% bootstrap interval as a bar, the first model's figure as a dashed line to read the
-    others against. Takes :func:`run_benchmark`'s result or a ``benchmark.json`` read back; writes a PNG.
+def benchmark_figure(result: dict):
+    """A forest plot of a benchmark as a :class:`matplotlib.figure.Figure`: a panel per set and, where the suite has
+    a score, one for it; each model's overall accuracy (%) as a dot with its 95% bootstrap interval as a bar, the
+    first model's figure as a dashed line to read the others against. Takes :func:`run_benchmark`'s result or a
+    ``benchmark.json`` read back; a figure without a value (``None``) is left out. Built without pyplot, so a
+    caller's matplotlib backend and open figures are left as they are.
 
     Raises :class:`MsferError` when the result has no row."""
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     rows = result["rows"]
     if not rows:
         raise MsferError("the benchmark has no row to draw")
     models = list(dict.fromkeys(row["model"] for row in rows))
-    panels = [(f"{name}\n({domain or 'outside the score'}, n={n})",
-               {row["model"]: (row["overall_accuracy"], row["overall_accuracy_ci"]) for row in rows
-                if row["set"] == name})
-              for name, domain, n in dict.fromkeys((row["set"], row["domain"], row["n"]) for row in rows)]
+    panels = []
+    for name in dict.fromkeys(row["set"] for row in rows):
+        of_set = [row for row in rows if row["set"] == name]
+        panels.append((f"{name}\n({of_set[0]['domain'] or 'outside the score'}, n={of_set[0]['n']})",
+                       {row["model"]: (row["overall_accuracy"], row["overall_accuracy_ci"]) for row in of_set}))
     if result.get("scores"):
         panels.append(("suite score\n(mean over domains)",
                        {s["model"]: (s["score_overall"], s["score_overall_ci"]) for s in result["scores"]}))
-    figure, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels) + 1.6, 0.45 * len(models) + 1.6),
-                                sharey=True, squeeze=False)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for panel, (title, figures) in zip(axes[0], panels):
+    figure = Figure(figsize=(2.6 * len(panels) + 1.6, 0.45 * len(models) + 1.6))
+    axes = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    palette = "tab10" if len(models) <= 10 else "tab20"  # a colour of its own for up to 20 models
+    colours = matplotlib.colormaps[palette].colors
+    for panel, (title, figures) in zip(axes, panels):
         for k, model in enumerate(models):
-            if model not in figures:
+            value, ci = figures.get(model, (None, None))
+            if value is None or ci is None or None in ci:
                 continue
-            value, (low, high) = figures[model]
-            panel.errorbar(100 * value, k, xerr=[[100 * (value - low)], [100 * (high - value)]], fmt="o",
-                           color=colours[k % len(colours)], capsize=3)
-        if models[0] in figures:
+            low, high = ci
+            panel.errorbar(100 * value, k, xerr=[[100 * max(value - low, 0)], [100 * max(high - value, 0)]],
+                           fmt="o", color=colours[k % len(colours)], capsize=3)
+        if figures.get(models[0], (None,))[0] is not None:
             panel.axvline(100 * figures[models[0]][0], color="grey", linestyle="--", linewidth=0.8)
         panel.set_title(title, fontsize=9)
         panel.set_xlabel("overall accuracy (%)", fontsize=8)
         panel.grid(axis="x", alpha=0.3)
-    axes[0][0].set_yticks(range(len(models)), models)
-    axes[0][0].invert_yaxis()
+    axes[0].set_yticks(range(len(models)), models)
+    axes[0].set_ylim(len(models) - 0.5, -0.5)  # the first model on top
     figure.suptitle(f"suite {result['suite']['name']}: overall accuracy with 95% bootstrap intervals", fontsize=10)
     figure.tight_layout()
+    return figure
+
+
+def plot_benchmark(result: dict, path: str | Path) -> None:
+    """Write :func:`benchmark_figure` of ``result`` to ``path`` as a PNG, whole or not at all.
+
+    Raises :class:`MsferError` when the result has no row or ``path`` cannot be written."""
+    figure = benchmark_figure(result)
     with atomic_output(Path(path)) as temporary:
         figure.savefig(temporary, dpi=110, format="png")
-    plt.close(figure)
 
 
 def save_predictions(result: dict, path: Path) -> None:
