@@ -183,13 +183,37 @@ def test_a_set_without_a_domain_key_is_refused_and_a_missing_folder_names_the_se
         load_suite(path)
     path.write_text(yaml.safe_dump({"sets": [{"name": "x", "domain": "d", "format": "folder", "root": "nowhere",
                                               "mode": "crops"}]}))
-    with pytest.raises(MsferError, match="suite.yaml, set x: .*nowhere"):
+    with pytest.raises(MsferError, match="suite.yaml, set x: its root .*nowhere does not exist \\(a relative root is "
+                                         "read under --data-root"):
         run_benchmark(load_suite(path), [ModelVariant("m", EmotionRecognizer(random_weights))], progress=False)
 
 
 def test_relative_roots_follow_data_root(tmp_path, suite_file):
     assert load_suite(suite_file).sets[0].root == suite_file.parent / "crops_a"
     assert load_suite(suite_file, tmp_path).sets[0].root == tmp_path / "crops_a"
+
+
+def test_output_folders_and_a_data_root_that_is_no_folder_are_refused_before_scoring(suite_file, random_weights,
+                                                                                     tmp_path, capsys):
+    out = tmp_path / "bench"
+    (out / "benchmark.png").mkdir(parents=True)
+    args = ["benchmark", str(suite_file), "--weights", str(random_weights), "--out", str(out)]
+    assert main(args) == 2
+    assert "holds a folder named benchmark.png" in capsys.readouterr().err
+    assert main(["benchmark", str(suite_file), "--data-root", str(tmp_path / "nothere")]) == 2
+    assert f"--data-root {tmp_path / 'nothere'} is not a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["benchmark.png"]  # nothing written
+
+
+def test_a_suite_without_a_domain_says_it_has_no_score_and_many_sets_wrap_in_the_plot(result, tmp_path):
+    report = json.loads(json.dumps({k: v for k, v in result.items() if k != "predictions"}))
+    aside = {**report, "rows": [{**row, "domain": None} for row in report["rows"]], "scores": []}
+    assert "No suite score: no set of this suite has a domain" in format_markdown(aside)
+    many = {**report, "rows": [{**row, "set": f"{row['set']}_{k}"} for k in range(3) for row in report["rows"]]}
+    plot_benchmark(report, tmp_path / "five.png")  # 4 sets and the score: one row
+    plot_benchmark(many, tmp_path / "thirteen.png")  # 12 sets and the score: three rows of at most five
+    five, thirteen = Image.open(tmp_path / "five.png"), Image.open(tmp_path / "thirteen.png")
+    assert thirteen.width == five.width and thirteen.height > 2 * five.height
 
 
 def with_rule(random_weights: Path, out: Path, default: str | None = None) -> Path:

@@ -125,10 +125,16 @@ def run(args: argparse.Namespace) -> int:
     outputs = ("benchmark.json", "benchmark.md", "benchmark.png", "predictions.npz")  # the files of --out
     if args.out is not None:
         refuse_file_as_folder(args.out, "--out")
+        folders = [name for name in outputs if (args.out / name).is_dir()]
+        if folders:  # found before the scoring, not after it
+            raise MsferError(f"--out {printable(args.out)} holds a folder named {folders[0]}, a file this command "
+                             "writes: move it or choose another --out")
         existing = [name for name in outputs if (args.out / name).exists()]
         if existing and not args.overwrite:
             raise MsferError(f"--out {printable(args.out)} already holds {', '.join(existing)}: "
-                             "add --overwrite to replace them")
+                             f"add --overwrite to replace {'them' if len(existing) > 1 else 'it'}")
+    if args.data_root is not None and not args.data_root.is_dir():
+        raise MsferError(f"--data-root {printable(args.data_root)} is not a folder")
     suite = load_suite(args.suite, args.data_root)
     detector = RetinaFaceDetector()
     models, hashes = [], {}

@@ -60,6 +60,7 @@ from .recognizer import EmotionRecognizer
 log = logging.getLogger(__name__)
 
 MODES = ("crops", "photos")
+PLOT_COLUMNS = 5  # panels in a row of the forest plot, more wrap onto the next
 BOOTSTRAP = 1000
 SUITE_KEYS = {"name", "description", "sets"}
 SET_KEYS = {"name", "domain", "format", "root", "split", "mode", "reader_options", "description", "groups"}
@@ -171,6 +172,9 @@ def set_samples(entry: SuiteSet, suite: str = "", warn: bool = True) -> list:
     ``problems``, of any split under the set's root) are named in a warning."""
     from ..data.readers import read_dataset
 
+    if not entry.root.exists():
+        raise MsferError(f"{suite + ', ' if suite else ''}set {entry.name}: its root {printable(entry.root)} does not "
+                         "exist (a relative root is read under --data-root, or without it beside the suite file)")
     try:
         index = read_dataset(entry.root, entry.format, **entry.reader_options)
     except MsferError as error:
@@ -367,7 +371,7 @@ def run_benchmark(suite: Suite, models: Sequence[ModelVariant], decisions: Seque
     for entry in suite.sets:
         probs, yaw, unreadable = set_probabilities(entry, samples_of[entry.name], models, batch_size, progress)
         for message in unreadable.values():
-            log.warning("set %s: left out: %s", entry.name, message)
+            log.warning("%s, set %s: left out: %s", printable(suite.source), entry.name, message)
         kept = [i for i in range(len(samples_of[entry.name])) if i not in unreadable]
         samples = samples_of[entry.name] = [samples_of[entry.name][i] for i in kept]
         unreadable_of[entry.name] = list(unreadable.values())
@@ -492,7 +496,9 @@ def format_markdown(result: dict) -> str:
             for group, figures in next(iter(of_set.values())).items():
                 cells = [_percent(of_set[m][group]["overall_accuracy"]) if m in of_set else "-" for m in models]
                 lines.append(f"| {set_name} | {group} | {figures['n']} | " + " | ".join(cells) + " |")
-    if result["scores"]:
+    if not result["scores"]:
+        lines += ["", "No suite score: no set of this suite has a domain (every one is `domain: null`)."]
+    else:
         first = result["scores"][0]["model"]
         lines += ["", f"Suite score: the mean over the domains ({', '.join(suite['domains'])}) of each domain's "
                       f"mean accuracy; differences are paired, against {first}.", "",
@@ -533,8 +539,13 @@ def benchmark_figure(result: dict):
     if result.get("scores"):
         panels.append(("suite score\n(mean over domains)",
                        {s["model"]: (s["score_overall"], s["score_overall_ci"]) for s in result["scores"]}))
-    figure = Figure(figsize=(2.6 * len(panels) + 1.6, 0.45 * len(models) + 1.6))
-    axes = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    columns = min(len(panels), PLOT_COLUMNS)
+    lines = -(-len(panels) // columns)
+    figure = Figure(figsize=(2.6 * columns + 1.6, lines * (0.45 * len(models) + 1.3) + 0.5))
+    grid = figure.subplots(lines, columns, sharey=True, squeeze=False)
+    for unused in grid.flat[len(panels):]:
+        unused.set_visible(False)
+    axes = list(grid.flat[:len(panels)])
     palette = "tab10" if len(models) <= 10 else "tab20"  # a colour of its own for up to 20 models
     colours = matplotlib.colormaps[palette].colors
     for panel, (title, figures) in zip(axes, panels):
@@ -547,13 +558,18 @@ def benchmark_figure(result: dict):
                            fmt="o", color=colours[k % len(colours)], capsize=3)
         if figures.get(models[0], (None,))[0] is not None:
             panel.axvline(100 * figures[models[0]][0], color="grey", linestyle="--", linewidth=0.8)
+        low, high = panel.get_xlim()
+        panel.set_xlim(max(low, 0), min(high, 100))
         panel.set_title(title, fontsize=9)
         panel.set_xlabel("overall accuracy (%)", fontsize=8)
         panel.grid(axis="x", alpha=0.3)
-    axes[0].set_yticks(range(len(models)), models)
-    axes[0].set_ylim(len(models) - 0.5, -0.5)  # the first model on top
+    grid[0][0].set_yticks(range(len(models)), models)
+    grid[0][0].set_ylim(len(models) - 0.5, -0.5)  # the first model on top
     figure.suptitle(f"suite {result['suite']['name']}: overall accuracy with 95% bootstrap intervals", fontsize=10)
-    figure.tight_layout()
+    figure.text(0.5, 0.005, f"Dashed: {models[0]}, the reference of the paired differences. Each panel has a scale of "
+                "its own; an interval of no width is a set too small or too easy to vary.", ha="center",
+                va="bottom", fontsize=7, color="dimgrey")
+    figure.tight_layout(rect=(0, 0.03, 1, 1))
     return figure
 
 
