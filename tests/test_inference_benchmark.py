@@ -276,6 +276,19 @@ def test_the_forest_plot_draws_a_benchmark_json_read_back_and_refuses_an_empty_o
     assert Image.open(tmp_path / "holes.png").format == "PNG" and matplotlib.get_backend() == backend
 
 
+def test_the_bundled_model_is_named_with_its_version_and_traced_by_its_hash(suite_file, tmp_path, capsys):
+    import hashlib
+
+    from msfer.weights import BUNDLED_MODEL, bundled_record
+
+    out = tmp_path / "bench"
+    assert main(["benchmark", str(suite_file), "--out", str(out)]) == 0
+    report = json.loads((out / "benchmark.json").read_text())
+    weights = f"bundled ({bundled_record()['name']})"
+    assert report["models"][0]["weights"] == weights and f"| {weights} |" in capsys.readouterr().out
+    assert report["provenance"]["weights_sha256"] == {weights: hashlib.sha256(BUNDLED_MODEL.read_bytes()).hexdigest()}
+
+
 def test_a_rule_the_model_lacks_is_refused_before_scoring(suite_file, random_weights, capsys):
     assert main(["benchmark", str(suite_file), "--weights", str(random_weights), "--decision", "balanced"]) == 2
     assert "has no balanced decision rule" in capsys.readouterr().err

@@ -109,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         save_predictions,
     )
     from ..inference.recognizer import EmotionRecognizer
+    from ..weights import bundled_record
     from .options import check_at_least_one, model_name, model_options, named_weights
 
     check_at_least_one(args, "batch_size")
@@ -138,10 +139,11 @@ def run(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite, args.data_root)
     detector = RetinaFaceDetector()
     models, hashes = [], {}
+    bundled = f"bundled ({bundled_record().get('name', 'msfer')})"  # which model, for a table read later
     for text in args.weights or [None]:
         name, path = named_weights(text) if text is not None else (None, None)
         # hashed as it is loaded: a run folder's best.pt may be rewritten while the benchmark runs
-        hashes[str(path) if path else "bundled"] = weights_sha256(path)
+        hashes[str(path) if path else bundled] = weights_sha256(path)
         options = model_options(argparse.Namespace(weights=path, backend=args.backend, device=args.device))
         first = EmotionRecognizer(**options, detector=detector, tta=args.tta, batch_size=args.batch_size)
         scored = set()
@@ -155,8 +157,7 @@ def run(args: argparse.Namespace) -> int:
             recognizer.crop_rule = crop_rule
             label = name or model_name(path)
             named = f"{label} {rule or OWN}" if len(rules) > 1 or rule is not None else label
-            models.append(ModelVariant(named, recognizer,
-                                       str(path) if path else "bundled"))
+            models.append(ModelVariant(named, recognizer, str(path) if path else bundled))
     sources = provenance(args, hashes)
     result = run_benchmark(suite, models, decisions, args.batch_size, args.seed)
     table = format_markdown(result)
