@@ -16,6 +16,7 @@ from ..files import atomic_output, refuse_file_as_folder, writing
 from ..outputs import printable
 
 OWN = "own"  # --crop-rule / --decision: the model's own
+OUTPUTS = ("benchmark.json", "benchmark.md", "benchmark.png", "predictions.npz")  # the files --out receives
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,6 +102,7 @@ def provenance(args: argparse.Namespace, files: dict[str, str]) -> dict:
 def run(args: argparse.Namespace) -> int:
     from ..faces.retinaface import RetinaFaceDetector
     from ..inference.benchmark import (
+        FIGURE_FORMAT,
         ModelVariant,
         benchmark_figure,
         format_markdown,
@@ -123,14 +125,13 @@ def run(args: argparse.Namespace) -> int:
     for rule in rules:  # a bad rule stops before anything loads
         if rule is not None:
             crop_rule_of(rule, 1.0)
-    outputs = ("benchmark.json", "benchmark.md", "benchmark.png", "predictions.npz")  # the files of --out
     if args.out is not None:
         refuse_file_as_folder(args.out, "--out")
-        folders = [name for name in outputs if (args.out / name).is_dir()]
+        folders = [name for name in OUTPUTS if (args.out / name).is_dir()]
         if folders:  # found before the scoring, not after it
             raise MsferError(f"--out {printable(args.out)} holds a folder named {folders[0]}, a file this command "
                              "writes: move it or choose another --out")
-        existing = [name for name in outputs if (args.out / name).exists()]
+        existing = [name for name in OUTPUTS if (args.out / name).exists()]
         if existing and not args.overwrite:
             raise MsferError(f"--out {printable(args.out)} already holds {', '.join(existing)}: "
                              f"add --overwrite to replace {'them' if len(existing) > 1 else 'it'}")
@@ -167,9 +168,10 @@ def run(args: argparse.Namespace) -> int:
         report["provenance"] = sources
         writers = {"predictions.npz": lambda path: save_predictions(result, path),
                    "benchmark.md": lambda path: path.write_text(table, encoding="utf-8"),
-                   "benchmark.png": lambda path: benchmark_figure(report).savefig(path, dpi=110, format="png"),
+                   "benchmark.png": lambda path: benchmark_figure(report).savefig(path, **FIGURE_FORMAT),
                    "benchmark.json": lambda path: path.write_text(json.dumps(report, indent=1) + "\n",
                                                                   encoding="utf-8")}
+        assert set(writers) == set(OUTPUTS)
         # each written to a temporary file, all renamed into place only once all four are written: a failure
         # leaves the earlier run's files as they were, never a mix of two runs
         with contextlib.ExitStack() as stack:
@@ -177,5 +179,5 @@ def run(args: argparse.Namespace) -> int:
             for name, write in writers.items():
                 with writing(args.out / name):  # an error names the file being written, not a temporary one
                     write(temporaries[name])
-        print("wrote " + ", ".join(printable(args.out / name) for name in outputs), file=sys.stderr)
+        print("wrote " + ", ".join(printable(args.out / name) for name in OUTPUTS), file=sys.stderr)
     return 0

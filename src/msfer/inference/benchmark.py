@@ -573,13 +573,16 @@ def benchmark_figure(result: dict):
     return figure
 
 
+FIGURE_FORMAT = {"dpi": 110, "format": "png"}  # how benchmark.png is saved, by the library and the command
+
+
 def plot_benchmark(result: dict, path: str | Path) -> None:
     """Write :func:`benchmark_figure` of ``result`` to ``path`` as a PNG, whole or not at all.
 
     Raises :class:`MsferError` when the result has no row or ``path`` cannot be written."""
     figure = benchmark_figure(result)
     with atomic_output(Path(path)) as temporary:
-        figure.savefig(temporary, dpi=110, format="png")
+        figure.savefig(temporary, **FIGURE_FORMAT)
 
 
 def save_predictions(result: dict, path: Path) -> None:
