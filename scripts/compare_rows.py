@@ -6,6 +6,8 @@ rows is then paired over the same images, per set and for the suite's score (the
 each domain's mean set accuracy), with a 95% interval from a bootstrap stratified by class over the images
 (the seeds' own spread is in the averaging, not in the interval: read it from the benchmark's rows).
 A model written ``a+b`` is the ensemble of models ``a`` and ``b``: the mean of their probabilities.
+Several predictions.npz of the same suite (runs scored apart, e.g. with and without ``--tta``) are read as one:
+their images must agree and each model name must be in one file only.
 
     msfer benchmark configs/benchmarks/dev.yaml --data-root DATA --out runs/bench \\
         --weights base0=runs/study/base_seed0/last.pt base1=... sfew0=... sfew1=...
@@ -13,6 +15,9 @@ A model written ``a+b`` is the ensemble of models ``a`` and ``b``: the mean of t
         --row sfew=sfew0,sfew1 --against base=base0,base1
     python scripts/compare_rows.py runs/bench/predictions.npz configs/benchmarks/dev.yaml \\
         --row ensemble=sfew0+sfew1 --against sfew=sfew0,sfew1       # does an ensemble of the seeds pay?
+    msfer benchmark ... --tta --out runs/bench_tta --weights base0_tta=runs/study/base_seed0/last.pt ...
+    python scripts/compare_rows.py runs/bench/predictions.npz runs/bench_tta/predictions.npz \
+        configs/benchmarks/dev.yaml --row tta=base0_tta,base1_tta --against plain=base0,base1
 """
 from __future__ import annotations
 
@@ -69,6 +74,27 @@ def compare(predictions, suite, row: list[str], against: list[str], resamples: i
     return result
 
 
+def join_predictions(files: dict[str, dict]) -> dict[str, np.ndarray]:
+    """One mapping of several benchmark predictions (``{file name: its arrays}``) of the same suite.
+
+    A set's ``ids`` and ``labels`` must be the same in every file that holds the set (its ``yaw`` is taken from
+    the first); a model's ``probs`` and ``reported`` must come from one file. :class:`MsferError` naming the two
+    files otherwise."""
+    joined, source = {}, {}
+    for name, arrays in files.items():
+        for key, value in arrays.items():
+            set_name, _, field = key.partition("/")
+            if key not in joined:
+                joined[key], source[key] = value, name
+            elif field.startswith(("probs/", "reported/")):
+                raise MsferError(f"model {field.split('/', 1)[1]!r} on {set_name} is in both {source[key]} and "
+                                 f"{name}: name the models apart in msfer benchmark --weights")
+            elif field in ("ids", "labels") and not np.array_equal(joined[key], value):
+                raise MsferError(f"{source[key]} and {name} hold different images of {set_name}: not runs of "
+                                 "the same suite")
+    return joined
+
+
 def parse_row(text: str) -> tuple[str, list[str]]:
     name, _, models = text.partition("=")
     if not models:
@@ -79,28 +105,31 @@ def parse_row(text: str) -> tuple[str, list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("predictions", help="predictions.npz of msfer benchmark")
+    parser.add_argument("predictions", nargs="+", help="predictions.npz of msfer benchmark; several: read as one")
     parser.add_argument("suite", help="the suite file the benchmark ran")
     models = "MODEL: a name given to msfer benchmark --weights; a+b: the ensemble of models a and b"
     parser.add_argument("--row", type=parse_row, required=True, help=f"NAME=MODEL,MODEL,... (one per seed; {models})")
     parser.add_argument("--against", type=parse_row, required=True, help="NAME=MODEL,MODEL,... (as --row)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
     args = parser.parse_args()
-    try:
-        predictions = np.load(args.predictions)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:  # empty or cut short: EOF, BadZipFile
-        parser.error(f"{args.predictions}: not a predictions.npz of msfer benchmark ({error})")
+    files = {}
+    for path in args.predictions:
+        try:
+            with np.load(path) as loaded:
+                files[path] = dict(loaded)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, TypeError, AttributeError) as error:
+            # empty or cut short: EOF, BadZipFile; one array (.npy), not an archive: no context manager
+            parser.error(f"{path}: not a predictions.npz of msfer benchmark ({error})")
     try:
         suite = load_suite(args.suite)
     except MsferError as error:
         parser.error(str(error))
-    if not isinstance(predictions, np.lib.npyio.NpzFile):
-        parser.error(f"{args.predictions} is not the predictions.npz msfer benchmark writes")
     (row, row_models), (against, against_models) = args.row, args.against
     try:
+        predictions = join_predictions(files)
         result = compare(predictions, suite, row_models, against_models, seed=args.seed)
     except MsferError as error:
-        parser.error(f"{args.predictions}: {error}")
+        parser.error(f"{', '.join(args.predictions)}: {error}")
     print(f"| set | {row} (%) | {against} (%) | {row} - {against} [95% CI] |\n|---|---|---|---|")
     for name, entry in result.items():
         scores = ("-", "-") if name == "suite" else (f"{entry['row']:.1f}", f"{entry['against']:.1f}")

@@ -90,3 +90,44 @@ def test_an_empty_or_broken_predictions_file_is_one_line_naming_it(tmp_path):
                               "--row", "a=a", "--against", "b=b"], capture_output=True, text=True)
         assert run.returncode == 2 and "Traceback" not in run.stderr
         assert "predictions.npz: not a predictions.npz of msfer benchmark" in run.stderr
+
+
+def run_on_files(tmp_path: Path, parts: list[dict], row: str, against: str) -> subprocess.CompletedProcess:
+    """The script on one predictions file per entry of ``parts`` (each as msfer benchmark writes it)."""
+    (tmp_path / "suite.yaml").write_text(SUITE)
+    paths = []
+    for index, arrays in enumerate(parts):
+        paths.append(tmp_path / f"run{index}" / "predictions.npz")
+        paths[-1].parent.mkdir()
+        np.savez(paths[-1], **arrays)
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_rows.py"), *map(str, paths),
+                           str(tmp_path / "suite.yaml"), "--row", row, "--against", against],
+                          capture_output=True, text=True)
+
+
+def test_runs_scored_apart_are_compared_as_one(tmp_path):
+    labels = np.arange(40) % 7
+    plain, tta = {}, {}
+    for name in ("crops", "photos", "extra"):
+        plain[f"{name}/labels"] = tta[f"{name}/labels"] = labels
+        plain[f"{name}/probs/a"] = probs_for(labels, np.arange(40) < 10)
+        tta[f"{name}/probs/a_tta"] = probs_for(labels, np.arange(40) < 30)
+    run = run_on_files(tmp_path, [plain, tta], "tta=a_tta", "plain=a")
+    assert run.returncode == 0, run.stderr
+    cells = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:5]]
+             for line in run.stdout.splitlines()[2:]}
+    assert cells["crops"][:2] == ["75.0", "25.0"] and cells["suite"][2].startswith("+50.0 [")
+
+
+def test_files_of_different_images_or_one_model_twice_are_refused_naming_both(tmp_path):
+    labels = np.arange(40) % 7
+    some_right = probs_for(labels, labels > 2)
+    first = {"crops/labels": labels, "photos/labels": labels, "crops/probs/a": some_right, "photos/probs/a": some_right}
+    other_images = {"crops/labels": (labels + 1) % 7, "photos/labels": labels, "crops/probs/b": some_right,
+                    "photos/probs/b": some_right}
+    run = run_on_files(tmp_path, [first, other_images], "a=a", "b=b")
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "run0/predictions.npz and" in run.stderr and "hold different images of crops" in run.stderr
+    (tmp_path / "twice").mkdir()
+    run = run_on_files(tmp_path / "twice", [first, first], "a=a", "a2=a")
+    assert run.returncode == 2 and "model 'a' on crops is in both" in run.stderr and "run1" in run.stderr
