@@ -7,7 +7,7 @@ each domain's mean set accuracy), with a 95% interval from a bootstrap stratifie
 (the seeds' own spread is in the averaging, not in the interval: read it from the benchmark's rows).
 A model written ``a+b`` is the ensemble of models ``a`` and ``b``: the mean of their probabilities.
 Several predictions.npz of the same suite (runs scored apart, e.g. with and without ``--tta``) are read as one:
-their images must agree and each model name must be in one file only.
+their images must agree, and a model named in two of them must have the same predictions in both.
 
     msfer benchmark configs/benchmarks/dev.yaml --data-root DATA --out runs/bench \\
         --weights base0=runs/study/base_seed0/last.pt base1=... sfew0=... sfew1=...
@@ -16,7 +16,7 @@ their images must agree and each model name must be in one file only.
     python scripts/compare_rows.py runs/bench/predictions.npz configs/benchmarks/dev.yaml \\
         --row ensemble=sfew0+sfew1 --against sfew=sfew0,sfew1       # does an ensemble of the seeds pay?
     msfer benchmark ... --tta --out runs/bench_tta --weights base0_tta=runs/study/base_seed0/last.pt ...
-    python scripts/compare_rows.py runs/bench/predictions.npz runs/bench_tta/predictions.npz \
+    python scripts/compare_rows.py runs/bench/predictions.npz runs/bench_tta/predictions.npz \\
         configs/benchmarks/dev.yaml --row tta=base0_tta,base1_tta --against plain=base0,base1
 """
 from __future__ import annotations
@@ -78,17 +78,17 @@ def join_predictions(files: dict[str, dict]) -> dict[str, np.ndarray]:
     """One mapping of several benchmark predictions (``{file name: its arrays}``) of the same suite.
 
     A set's ``ids`` and ``labels`` must be the same in every file that holds the set (its ``yaw`` is taken from
-    the first); a model's ``probs`` and ``reported`` must come from one file. :class:`MsferError` naming the two
-    files otherwise."""
+    the first); a model in several files (a reference scored again) must have the same ``probs`` and
+    ``reported`` in each. :class:`MsferError` naming the two files otherwise."""
     joined, source = {}, {}
     for name, arrays in files.items():
         for key, value in arrays.items():
             set_name, _, field = key.partition("/")
             if key not in joined:
                 joined[key], source[key] = value, name
-            elif field.startswith(("probs/", "reported/")):
-                raise MsferError(f"model {field.split('/', 1)[1]!r} on {set_name} is in both {source[key]} and "
-                                 f"{name}: name the models apart in msfer benchmark --weights")
+            elif field.startswith(("probs/", "reported/")) and not np.array_equal(joined[key], value, equal_nan=True):
+                raise MsferError(f"model {field.split('/', 1)[1]!r} on {set_name} has other predictions in "
+                                 f"{name} than in {source[key]}: name the models apart in msfer benchmark --weights")
             elif field in ("ids", "labels") and not np.array_equal(joined[key], value):
                 raise MsferError(f"{source[key]} and {name} hold different images of {set_name}: not runs of "
                                  "the same suite")
@@ -115,11 +115,15 @@ def main() -> None:
     files = {}
     for path in args.predictions:
         try:
-            with np.load(path) as loaded:
-                files[path] = dict(loaded)
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile, TypeError, AttributeError) as error:
-            # empty or cut short: EOF, BadZipFile; one array (.npy), not an archive: no context manager
+            loaded = np.load(path)
+        except FileNotFoundError:
+            parser.error(f"{path}: no such file")
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:  # empty or cut short: EOF, BadZipFile
             parser.error(f"{path}: not a predictions.npz of msfer benchmark ({error})")
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # one array (.npy)
+            parser.error(f"{path}: not a predictions.npz of msfer benchmark (one array, not an archive of them)")
+        with loaded:
+            files[path] = dict(loaded)
     try:
         suite = load_suite(args.suite)
     except MsferError as error:
@@ -127,6 +131,9 @@ def main() -> None:
     (row, row_models), (against, against_models) = args.row, args.against
     try:
         predictions = join_predictions(files)
+    except MsferError as error:  # it names the files
+        parser.error(str(error))
+    try:
         result = compare(predictions, suite, row_models, against_models, seed=args.seed)
     except MsferError as error:
         parser.error(f"{', '.join(args.predictions)}: {error}")

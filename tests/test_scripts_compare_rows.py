@@ -119,15 +119,34 @@ def test_runs_scored_apart_are_compared_as_one(tmp_path):
     assert cells["crops"][:2] == ["75.0", "25.0"] and cells["suite"][2].startswith("+50.0 [")
 
 
-def test_files_of_different_images_or_one_model_twice_are_refused_naming_both(tmp_path):
+def test_files_of_other_images_or_other_predictions_under_one_name_are_refused_naming_both(tmp_path):
     labels = np.arange(40) % 7
-    some_right = probs_for(labels, labels > 2)
-    first = {"crops/labels": labels, "photos/labels": labels, "crops/probs/a": some_right, "photos/probs/a": some_right}
-    other_images = {"crops/labels": (labels + 1) % 7, "photos/labels": labels, "crops/probs/b": some_right,
-                    "photos/probs/b": some_right}
-    run = run_on_files(tmp_path, [first, other_images], "a=a", "b=b")
-    assert run.returncode == 2 and "Traceback" not in run.stderr
-    assert "run0/predictions.npz and" in run.stderr and "hold different images of crops" in run.stderr
-    (tmp_path / "twice").mkdir()
-    run = run_on_files(tmp_path / "twice", [first, first], "a=a", "a2=a")
-    assert run.returncode == 2 and "model 'a' on crops is in both" in run.stderr and "run1" in run.stderr
+    some_right, others_right = probs_for(labels, labels > 2), probs_for(labels, labels < 2)
+    ids = np.array([f"{i:04d}.jpg" for i in range(40)])
+    first = {"crops/labels": labels, "crops/ids": ids, "photos/labels": labels, "crops/probs/a": some_right,
+             "photos/probs/a": some_right}
+    checks = {"other_labels": ({**first, "crops/labels": (labels + 1) % 7}, "hold different images of crops"),
+              "other_ids": ({**first, "crops/ids": ids[::-1]}, "hold different images of crops"),
+              "other_predictions": ({**first, "crops/probs/a": others_right},
+                                    "model 'a' on crops has other predictions in")}
+    for folder, (second, message) in checks.items():
+        (tmp_path / folder).mkdir()
+        run = run_on_files(tmp_path / folder, [first, second], "a=a", "a2=a")
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+        assert message in run.stderr
+        assert f"{folder}/run0/predictions.npz" in run.stderr and f"{folder}/run1/predictions.npz" in run.stderr
+    (tmp_path / "again").mkdir()  # a reference scored again in a later run, the same predictions: read once
+    run = run_on_files(tmp_path / "again", [first, {**first, "crops/probs/b": others_right,
+                                                    "photos/probs/b": others_right}], "a=a", "b=b")
+    assert run.returncode == 0, run.stderr
+
+
+def test_a_missing_file_or_a_single_array_is_one_line_naming_it(tmp_path):
+    (tmp_path / "suite.yaml").write_text(SUITE)
+    np.save(tmp_path / "one.npy", np.arange(3))
+    for path, message in ((tmp_path / "absent.npz", "absent.npz: no such file"),
+                          (tmp_path / "one.npy", "one.npy: not a predictions.npz of msfer benchmark")):
+        run = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_rows.py"), str(path),
+                              str(tmp_path / "suite.yaml"), "--row", "a=a", "--against", "b=b"],
+                             capture_output=True, text=True)
+        assert run.returncode == 2 and "Traceback" not in run.stderr and message in run.stderr

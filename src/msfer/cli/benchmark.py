@@ -25,9 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Score one or more models on a suite of labelled sets (a YAML file; configs/benchmarks/"
                           "dev.yaml is msfer's development suite): per set and model, overall and mean class "
                           "accuracy with 95% bootstrap intervals, faces missed, ECE and NLL, and the suite's score, "
-                          "the mean over its domains. Prints a Markdown table; --out also writes benchmark.json, "
-                          "benchmark.md, benchmark.png (a forest plot of the accuracies and their intervals) and "
-                          "predictions.npz.")
+                          "the mean over its domains. Prints a Markdown table; --out also writes "
+                          f"{', '.join(OUTPUTS)} (the figure: a forest plot of the accuracies and their intervals).")
     parser.epilog = ("A suite file: 'name: NAME', optional 'description: TEXT', and 'sets:', a list of sets, each "
                      "with name (letters, digits, _ . + -), domain (sets of one domain are averaged, then "
                      "domains; null: outside the score), format (a dataset reader: fer2013, ferplus, folder, ...), "
@@ -52,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="folder for benchmark.json, benchmark.md, benchmark.png and predictions.npz")
+                        help=f"folder for {', '.join(OUTPUTS)}")
     parser.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in --out")
     add_model_arguments(parser, weights=False)
 
@@ -102,7 +101,7 @@ def provenance(args: argparse.Namespace, files: dict[str, str]) -> dict:
 def run(args: argparse.Namespace) -> int:
     from ..faces.retinaface import RetinaFaceDetector
     from ..inference.benchmark import (
-        FIGURE_FORMAT,
+        FIGURE_SAVE_OPTIONS,
         ModelVariant,
         benchmark_figure,
         format_markdown,
@@ -168,10 +167,9 @@ def run(args: argparse.Namespace) -> int:
         report["provenance"] = sources
         writers = {"predictions.npz": lambda path: save_predictions(result, path),
                    "benchmark.md": lambda path: path.write_text(table, encoding="utf-8"),
-                   "benchmark.png": lambda path: benchmark_figure(report).savefig(path, **FIGURE_FORMAT),
+                   "benchmark.png": lambda path: benchmark_figure(report).savefig(path, **FIGURE_SAVE_OPTIONS),
                    "benchmark.json": lambda path: path.write_text(json.dumps(report, indent=1) + "\n",
                                                                   encoding="utf-8")}
-        assert set(writers) == set(OUTPUTS)
         # each written to a temporary file, all renamed into place only once all four are written: a failure
         # leaves the earlier run's files as they were, never a mix of two runs
         with contextlib.ExitStack() as stack:

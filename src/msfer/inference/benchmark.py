@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("crops", "photos")
 PLOT_COLUMNS = 5  # panels in a row of the forest plot, more wrap onto the next
+FIGURE_SAVE_OPTIONS = {"dpi": 110, "format": "png"}  # benchmark.png, from the library and the command alike
 BOOTSTRAP = 1000
 SUITE_KEYS = {"name", "description", "sets"}
 SET_KEYS = {"name", "domain", "format", "root", "split", "mode", "reader_options", "description", "groups"}
@@ -573,16 +574,13 @@ def benchmark_figure(result: dict):
     return figure
 
 
-FIGURE_FORMAT = {"dpi": 110, "format": "png"}  # how benchmark.png is saved, by the library and the command
-
-
 def plot_benchmark(result: dict, path: str | Path) -> None:
     """Write :func:`benchmark_figure` of ``result`` to ``path`` as a PNG, whole or not at all.
 
     Raises :class:`MsferError` when the result has no row or ``path`` cannot be written."""
     figure = benchmark_figure(result)
     with atomic_output(Path(path)) as temporary:
-        figure.savefig(temporary, **FIGURE_FORMAT)
+        figure.savefig(temporary, **FIGURE_SAVE_OPTIONS)
 
 
 def save_predictions(result: dict, path: Path) -> None:
