@@ -26,9 +26,10 @@ import zipfile
 
 import numpy as np
 
+from msfer.data.suites import load_suite
 from msfer.engine.decision import decisions
 from msfer.errors import MsferError
-from msfer.inference.benchmark import BOOTSTRAP, bootstrap_indices, load_suite, suite_score
+from msfer.inference.benchmark import BOOTSTRAP, bootstrap_indices, suite_score
 
 
 def row_correct(predictions, set_name: str, models: list[str]) -> np.ndarray:

@@ -11,6 +11,7 @@ import yaml
 from PIL import Image
 
 from msfer.cli import main
+from msfer.data.suites import load_suite
 from msfer.engine.metrics import compute_metrics
 from msfer.errors import MsferError
 from msfer.inference.benchmark import (
@@ -18,7 +19,6 @@ from msfer.inference.benchmark import (
     accuracy_replicates,
     bootstrap_indices,
     format_markdown,
-    load_suite,
     plot_benchmark,
     run_benchmark,
 )
@@ -419,7 +419,7 @@ def test_a_crop_rule_can_name_its_scale_and_the_table_names_each_models_settings
 
 
 def test_files_a_sets_reader_leaves_out_are_named_not_dropped_silently(tmp_path, caplog):
-    from msfer.inference.benchmark import set_samples
+    from msfer.data.suites import set_samples
 
     folder = tmp_path / "crops" / "val"
     for name in ("happy", "contempt"):  # contempt: not one of the 7 classes

@@ -297,7 +297,7 @@ def test_the_rule_the_suite_chooses_is_written_into_the_model_file(bundled, trai
 
 
 def test_a_compared_model_named_as_a_row_of_the_candidate_is_refused_before_any_work(trained, suite_file, tmp_path):
-    from msfer.inference.benchmark import load_suite
+    from msfer.data.suites import load_suite
     from msfer.inference.bundle import bundle
 
     with pytest.raises(MsferError, match="named 'candidate balanced', a name of the candidate's rows"):
@@ -380,7 +380,8 @@ def test_a_failed_bundle_leaves_no_folder_it_made(out_case, trained, suite_file,
 def fake_result(correct: dict[str, dict[str, list[int]]], domains: dict[str, str | None]) -> dict:
     """A benchmark result as the verdict reads it: per set, each model's per-image correctness; scores as the
     suite's mean over domains."""
-    from msfer.inference.benchmark import Suite, SuiteSet, suite_score
+    from msfer.data.suites import Suite, SuiteSet
+    from msfer.inference.benchmark import suite_score
 
     suite = Suite("fake", tuple(SuiteSet(name, "folder", Path(name), "crops", domain=domain)
                                 for name, domain in domains.items()))

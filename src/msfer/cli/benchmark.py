@@ -99,13 +99,13 @@ def provenance(args: argparse.Namespace, files: dict[str, str]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..data.suites import load_suite
     from ..faces.retinaface import RetinaFaceDetector
     from ..inference.benchmark import (
         FIGURE_SAVE_OPTIONS,
         ModelVariant,
         benchmark_figure,
         format_markdown,
-        load_suite,
         run_benchmark,
         save_predictions,
     )

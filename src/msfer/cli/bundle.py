@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference.benchmark import load_suite
+    from ..data.suites import load_suite
     from ..inference.bundle import BundleRefused, bundle, decision_line, photo_temperature_line, verdict_table
 
     def measured(record: dict) -> str:  # what the bundle measured, refused or not

@@ -48,6 +48,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..data.suites import Suite, SuiteSet, set_samples
 from ..engine.calibration import (
     PHOTO_TEMPERATURE_KEYS,
     apply,
@@ -73,7 +74,7 @@ from ..model.checkpoint import (
 )
 from ..outputs import printable
 from ..weights import BUNDLED_MODEL, BUNDLED_RECORD, fixed_sample
-from .benchmark import ModelVariant, Suite, SuiteSet, run_benchmark, set_samples
+from .benchmark import ModelVariant, run_benchmark
 from .recognizer import EmotionRecognizer
 
 __all__ = ["BundleRefused", "bundle", "choose_decision", "decision_line", "default_name", "found_photo_faces",
